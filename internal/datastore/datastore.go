@@ -1,0 +1,260 @@
+// Package datastore declares the server's persistent model and the storage
+// interfaces, split by aggregate. Implementations live in sub-packages
+// (sqlstore: SQLite by default, PostgreSQL for HA). Callers declare the
+// narrow subset they need; these interfaces are the full contract an
+// implementation offers.
+package datastore
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+// Sentinel errors. Implementations wrap them with context; callers test with
+// errors.Is and map them to gRPC codes at the API edge.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrConflict is returned when an optimistic update lost a race
+	// (e.g. a bundle's sequence number changed underneath).
+	ErrConflict = errors.New("conflict")
+)
+
+// Entry is a registration entry: SPIFFE ID <- parent + selectors.
+type Entry struct {
+	ID            string // generated (UUID) when empty on create
+	SPIFFEID      string // validated spiffe://td/path
+	ParentID      string
+	Selectors     []selector.Selector // kept sorted and de-duplicated
+	X509SVIDTTL   int32               // seconds; 0 = server default
+	JWTSVIDTTL    int32               // seconds; 0 = server default
+	DNSNames      []string
+	FederatesWith []string // trust domain names, e.g. "example.org"
+	Admin         bool
+	Downstream    bool
+	Hint          string
+	StoreSVID     bool
+	ExpiresAt     int64 // unix seconds; 0 = never
+	CreatedAt     int64 // unix seconds, set by the store
+	// RevisionNumber starts at 0 on create and is incremented by every update.
+	RevisionNumber int64
+}
+
+// Two entries are duplicates when SPIFFEID, ParentID and the selector set
+// are equal (SPIRE's rule); creating a duplicate returns ErrAlreadyExists.
+
+// EntryMask selects which fields UpdateEntry changes (nil = all).
+type EntryMask struct {
+	SPIFFEID, ParentID, Selectors, X509SVIDTTL, JWTSVIDTTL, DNSNames,
+	FederatesWith, Admin, Downstream, Hint, StoreSVID, ExpiresAt bool
+}
+
+// SelectorMatch mirrors spire-api-sdk types.SelectorMatch.
+type SelectorMatch int
+
+const (
+	MatchExact    SelectorMatch = iota // the entry's set equals the given set
+	MatchSubset                        // the entry's set is a subset of the given set
+	MatchSuperset                      // the entry's set contains all of the given set
+	MatchAny                           // the entry has at least one of the given selectors
+)
+
+// EntryFilter restricts ListEntries/CountEntries. Zero fields don't filter.
+type EntryFilter struct {
+	BySPIFFEID      string
+	ByParentID      string
+	BySelectors     []selector.Selector
+	SelectorMatch   SelectorMatch
+	ByFederatesWith []string
+	FederatesMatch  SelectorMatch // same four modes, over trust domain names
+	ByHint          *string
+	ByDownstream    *bool
+}
+
+// Page requests a page. Token is opaque, returned by the previous call; an
+// empty NextToken means there are no more results. Size 0 = everything.
+type Page struct {
+	Size  int
+	Token string
+}
+
+// EntryEventKind says what happened to an entry.
+type EntryEventKind int
+
+const (
+	EntryCreated EntryEventKind = iota + 1
+	EntryUpdated
+	EntryDeleted
+)
+
+// EntryEvent is one row of the entry change journal. IDs increase
+// monotonically; readers poll for events after the last ID they saw. This is
+// how every server sharing one database (HA) learns of changes.
+type EntryEvent struct {
+	ID      int64
+	EntryID string
+	Kind    EntryEventKind
+}
+
+// EntryStore stores registration entries.
+type EntryStore interface {
+	// CreateEntries creates the entries in one transaction where possible;
+	// it returns one result per input, in order. A per-entry failure
+	// (ErrAlreadyExists) does not fail the others. err is for failures of the
+	// whole call.
+	CreateEntries(ctx context.Context, entries []*Entry) (results []EntryResult, err error)
+	GetEntry(ctx context.Context, id string) (*Entry, error) // ErrNotFound
+	ListEntries(ctx context.Context, f EntryFilter, p Page) (entries []*Entry, nextToken string, err error)
+	CountEntries(ctx context.Context, f EntryFilter) (int, error)
+	// UpdateEntry changes the masked fields of the entry with e.ID and bumps
+	// its revision. Errors: ErrNotFound, ErrAlreadyExists (would duplicate).
+	UpdateEntry(ctx context.Context, e *Entry, mask *EntryMask) (*Entry, error)
+	// DeleteEntries deletes by ID; one error (nil, ErrNotFound) per ID.
+	DeleteEntries(ctx context.Context, ids []string) ([]error, error)
+	// PruneEntries deletes entries whose ExpiresAt is before t; returns how many.
+	PruneEntries(ctx context.Context, before time.Time) (int, error)
+	// ListEntryEvents returns journal events with ID > after, oldest first,
+	// at most limit (0 = no limit).
+	ListEntryEvents(ctx context.Context, after int64, limit int) ([]EntryEvent, error)
+	// LastEntryEventID returns the highest event ID (0 if none).
+	LastEntryEventID(ctx context.Context) (int64, error)
+}
+
+// EntryResult is the outcome for one entry of a batch.
+type EntryResult struct {
+	Entry *Entry // the stored entry (with ID, CreatedAt) on success
+	Err   error  // nil, or wraps ErrAlreadyExists etc.
+}
+
+// AttestedNode is an agent that has attested.
+type AttestedNode struct {
+	SPIFFEID        string
+	AttestationType string // e.g. "join_token"
+	CertSerial      string // decimal serial of the agent's current SVID; "" when banned
+	CertNotAfter    int64  // unix seconds
+	NewCertSerial   string // serial of a renewed SVID not yet in use
+	NewCertNotAfter int64
+	CanReattest     bool
+	Selectors       []selector.Selector
+	CreatedAt       int64 // unix seconds, set by the store
+}
+
+// Banned reports whether the node was banned (SPIRE: empty serials).
+func (n *AttestedNode) Banned() bool { return n.CertSerial == "" && n.NewCertSerial == "" }
+
+// NodeFilter restricts ListNodes/CountNodes.
+type NodeFilter struct {
+	ByAttestationType string
+	ByBanned          *bool
+	BySelectors       []selector.Selector
+	SelectorMatch     SelectorMatch
+	ExpiresBefore     int64 // unix seconds; 0 = no filter
+	ByCanReattest     *bool
+}
+
+// NodeMask selects fields UpdateNode changes (nil = all).
+type NodeMask struct {
+	CertSerial, CertNotAfter, NewCertSerial, NewCertNotAfter, CanReattest bool
+}
+
+// NodeStore stores attested nodes and their selectors.
+type NodeStore interface {
+	CreateNode(ctx context.Context, n *AttestedNode) (*AttestedNode, error) // ErrAlreadyExists
+	GetNode(ctx context.Context, spiffeID string) (*AttestedNode, error)    // ErrNotFound; includes selectors
+	ListNodes(ctx context.Context, f NodeFilter, p Page) ([]*AttestedNode, string, error)
+	CountNodes(ctx context.Context, f NodeFilter) (int, error)
+	UpdateNode(ctx context.Context, n *AttestedNode, mask *NodeMask) (*AttestedNode, error)
+	DeleteNode(ctx context.Context, spiffeID string) (*AttestedNode, error) // also deletes its selectors
+	SetNodeSelectors(ctx context.Context, spiffeID string, sels []selector.Selector) error
+	// ListNodeEvents / LastNodeEventID: like the entry journal, so every
+	// server learns of bans, deletes and selector changes.
+	ListNodeEvents(ctx context.Context, after int64, limit int) ([]NodeEvent, error)
+	LastNodeEventID(ctx context.Context) (int64, error)
+}
+
+// NodeEvent is one row of the node change journal.
+type NodeEvent struct {
+	ID       int64
+	SPIFFEID string
+}
+
+// JoinToken is a single-use node attestation secret. Only its SHA-256 is
+// stored; the plaintext is shown once to the admin who created it.
+type JoinToken struct {
+	Hash      [32]byte // sha256 of the token value
+	ExpiresAt int64    // unix seconds
+	CreatedAt int64
+}
+
+// TokenStore stores join tokens.
+type TokenStore interface {
+	CreateJoinToken(ctx context.Context, t *JoinToken) error // ErrAlreadyExists
+	// ConsumeJoinToken atomically deletes and returns the token with this
+	// hash (ErrNotFound if absent). The caller checks expiry.
+	ConsumeJoinToken(ctx context.Context, hash [32]byte) (*JoinToken, error)
+	PruneJoinTokens(ctx context.Context, before time.Time) (int, error)
+}
+
+// JWTKey is a JWT signing public key published in a bundle.
+type JWTKey struct {
+	KeyID     string
+	PublicKey []byte // PKIX DER
+	ExpiresAt int64  // unix seconds; 0 = none
+	Tainted   bool
+}
+
+// X509Authority is a root CA certificate published in a bundle.
+type X509Authority struct {
+	ASN1    []byte // DER
+	Tainted bool
+}
+
+// Bundle is the trust bundle of one trust domain (ours or federated).
+type Bundle struct {
+	TrustDomain     string // name, e.g. "example.org"
+	X509Authorities []X509Authority
+	JWTKeys         []JWTKey
+	RefreshHint     int64 // seconds
+	SequenceNumber  uint64
+}
+
+// BundleStore stores trust bundles. Every write bumps SequenceNumber and
+// records a bundle event.
+type BundleStore interface {
+	CreateBundle(ctx context.Context, b *Bundle) (*Bundle, error) // ErrAlreadyExists
+	GetBundle(ctx context.Context, trustDomain string) (*Bundle, error)
+	ListBundles(ctx context.Context, p Page) ([]*Bundle, string, error)
+	CountBundles(ctx context.Context) (int, error)
+	// UpdateBundle replaces the stored bundle (ErrNotFound if absent).
+	UpdateBundle(ctx context.Context, b *Bundle) (*Bundle, error)
+	// SetBundle creates or replaces.
+	SetBundle(ctx context.Context, b *Bundle) (*Bundle, error)
+	// AppendBundle adds authorities and keys not already present (by DER /
+	// key ID), creating the bundle if absent.
+	AppendBundle(ctx context.Context, b *Bundle) (*Bundle, error)
+	DeleteBundle(ctx context.Context, trustDomain string) error // ErrNotFound
+	// PruneBundle drops X.509 authorities expired before t and JWT keys
+	// with ExpiresAt before t from the bundle; reports whether it changed.
+	PruneBundle(ctx context.Context, trustDomain string, before time.Time) (bool, error)
+}
+
+// CAJournalStore persists the CA manager's key-slot journal (an opaque,
+// versioned blob: which keys exist, their certificates and states).
+type CAJournalStore interface {
+	GetCAJournal(ctx context.Context, name string) ([]byte, error) // ErrNotFound
+	SetCAJournal(ctx context.Context, name string, data []byte) error
+}
+
+// DataStore is everything a store offers. Components take the narrower
+// interfaces above (or declare their own subsets).
+type DataStore interface {
+	EntryStore
+	NodeStore
+	TokenStore
+	BundleStore
+	CAJournalStore
+	Close() error
+}

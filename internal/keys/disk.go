@@ -1,0 +1,188 @@
+package keys
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// Disk keeps one PKCS#8 PEM file per key ID in a directory. Files are 0600
+// and the directory 0700; writes are atomic (temp file, fsync, rename), so a
+// crash leaves either the old or the new key, never a torn file.
+type Disk struct {
+	dir string
+
+	mu    sync.Mutex
+	cache map[string]crypto.Signer
+}
+
+var _ Manager = (*Disk)(nil)
+
+const pemTypePrivateKey = "PRIVATE KEY"
+
+// NewDisk returns a manager storing keys under dir, creating it (0700) if
+// needed and tightening its mode to 0700 if it is wider.
+func NewDisk(dir string) (*Disk, error) {
+	if dir == "" {
+		return nil, errors.New("disk key manager: empty directory")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("disk key manager: create %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("disk key manager: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("disk key manager: %s is not a directory", dir)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("disk key manager: chmod %s: %w", dir, err)
+		}
+	}
+	return &Disk{dir: dir, cache: make(map[string]crypto.Signer)}, nil
+}
+
+// Dir returns the key directory.
+func (d *Disk) Dir() string { return d.dir }
+
+// GenerateKey creates a key of type t under id and persists it before
+// returning, replacing any previous key with that ID.
+func (d *Disk) GenerateKey(_ context.Context, id string, t Type) (crypto.Signer, error) {
+	name, err := fileName(id)
+	if err != nil {
+		return nil, err
+	}
+	k, err := Generate(t)
+	if err != nil {
+		return nil, fmt.Errorf("generate key %q: %w", id, err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return nil, fmt.Errorf("marshal key %q: %w", id, err)
+	}
+	data := pem.EncodeToMemory(&pem.Block{Type: pemTypePrivateKey, Bytes: der})
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := writeAtomic(d.dir, name, data); err != nil {
+		return nil, fmt.Errorf("store key %q: %w", id, err)
+	}
+	d.cache[id] = k
+	return k, nil
+}
+
+// GetKey returns the key stored under id (reading its file on first use), or
+// an error wrapping ErrNotFound.
+func (d *Disk) GetKey(_ context.Context, id string) (crypto.Signer, error) {
+	name, err := fileName(id)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if k, ok := d.cache[id]; ok {
+		return k, nil
+	}
+	path := filepath.Join(d.dir, name)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("key %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read key %q: %w", id, err)
+	}
+	k, err := parseKeyPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("key %q in %s: %w", id, path, err)
+	}
+	d.cache[id] = k
+	return k, nil
+}
+
+func parseKeyPEM(data []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != pemTypePrivateKey {
+		return nil, errors.New("no PKCS#8 PRIVATE KEY PEM block")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse PKCS#8: %w", err)
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("key of type %T cannot sign", k)
+	}
+	return s, nil
+}
+
+// fileName maps a key ID to a safe, injective file name: ASCII letters,
+// digits, '-' and '.' are kept, every other byte (including '_') becomes
+// "_hh"; a leading '.' is escaped too so no name is hidden, "." or "..".
+func fileName(id string) (string, error) {
+	if id == "" {
+		return "", errors.New("empty key ID")
+	}
+	if len(id) > 200 {
+		return "", fmt.Errorf("key ID too long (%d bytes)", len(id))
+	}
+	var b strings.Builder
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		safe := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || (c == '.' && i > 0)
+		if safe {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "_%02x", c)
+		}
+	}
+	b.WriteString(".pem")
+	return b.String(), nil
+}
+
+// writeAtomic writes data to dir/name with mode 0600 through a synced temp
+// file renamed into place, then syncs the directory.
+func writeAtomic(dir, name string, data []byte) (err error) {
+	f, err := os.CreateTemp(dir, ".tmp-key-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if _, err = f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		err = d.Sync()
+		_ = d.Close()
+	}
+	return err
+}

@@ -1,0 +1,97 @@
+package client
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ErrBundleNotFound is returned by GetFederatedBundle when the server has no
+// bundle for the trust domain.
+var ErrBundleNotFound = errors.New("bundle not found")
+
+// GetBundle returns the bundle of the agent's own trust domain.
+func (c *Client) GetBundle(ctx context.Context) (*spiffebundle.Bundle, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	b, err := c.bundle.GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("get bundle: %w", err)
+	}
+	out, err := BundleFromProto(b)
+	if err != nil {
+		return nil, fmt.Errorf("get bundle: %w", err)
+	}
+	if out.TrustDomain() != c.cfg.TrustDomain {
+		return nil, fmt.Errorf("get bundle: server returned the bundle of %q, want %q", out.TrustDomain(), c.cfg.TrustDomain)
+	}
+	return out, nil
+}
+
+// GetFederatedBundle returns the bundle of a federated trust domain, or an
+// error wrapping ErrBundleNotFound.
+func (c *Client) GetFederatedBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	b, err := c.bundle.GetFederatedBundle(ctx, &bundlev1.GetFederatedBundleRequest{TrustDomain: td.Name()})
+	if status.Code(err) == codes.NotFound {
+		return nil, fmt.Errorf("get federated bundle %q: %w", td, ErrBundleNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get federated bundle %q: %w", td, err)
+	}
+	out, err := BundleFromProto(b)
+	if err != nil {
+		return nil, fmt.Errorf("get federated bundle %q: %w", td, err)
+	}
+	if out.TrustDomain() != td {
+		return nil, fmt.Errorf("get federated bundle: server returned the bundle of %q, want %q", out.TrustDomain(), td)
+	}
+	return out, nil
+}
+
+// BundleFromProto validates and converts a bundle message. Tainted
+// authorities are kept (they are still trusted until removed).
+func BundleFromProto(b *types.Bundle) (*spiffebundle.Bundle, error) {
+	if b == nil {
+		return nil, errors.New("empty bundle")
+	}
+	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("bundle trust domain: %w", err)
+	}
+	out := spiffebundle.New(td)
+	for i, a := range b.X509Authorities {
+		cert, err := x509.ParseCertificate(a.GetAsn1())
+		if err != nil {
+			return nil, fmt.Errorf("bundle %q: X.509 authority %d: %w", td, i, err)
+		}
+		out.AddX509Authority(cert)
+	}
+	for _, k := range b.JwtAuthorities {
+		if k.GetKeyId() == "" {
+			return nil, fmt.Errorf("bundle %q: JWT authority without a key ID", td)
+		}
+		pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
+		if err != nil {
+			return nil, fmt.Errorf("bundle %q: JWT authority %q: %w", td, k.GetKeyId(), err)
+		}
+		if err := out.AddJWTAuthority(k.GetKeyId(), pub); err != nil {
+			return nil, fmt.Errorf("bundle %q: JWT authority %q: %w", td, k.GetKeyId(), err)
+		}
+	}
+	if b.RefreshHint > 0 {
+		out.SetRefreshHint(time.Duration(b.RefreshHint) * time.Second)
+	}
+	out.SetSequenceNumber(b.SequenceNumber)
+	return out, nil
+}

@@ -1,0 +1,169 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+)
+
+// entryOutputMask asks for every field the agent uses.
+var entryOutputMask = &types.EntryMask{
+	SpiffeId: true, ParentId: true, Selectors: true, X509SvidTtl: true,
+	FederatesWith: true, Admin: true, Downstream: true, ExpiresAt: true,
+	DnsNames: true, RevisionNumber: true, StoreSvid: true, JwtSvidTtl: true,
+	Hint: true, CreatedAt: true,
+}
+
+// Revision identifies the version of an entry: its revision number and
+// creation time (an entry deleted and re-created under the same ID starts
+// again at revision 0 with a new creation time).
+type Revision struct {
+	Number    int64
+	CreatedAt int64
+}
+
+// KnownFunc reports the revision of a cached entry, if any.
+type KnownFunc func(id string) (Revision, bool)
+
+// wireRound is the outcome of one sync round at the wire level.
+type wireRound struct {
+	// ids lists every authorized entry ID.
+	ids map[string]struct{}
+	// full holds the complete entries the server sent: every authorized
+	// entry (small sets), or those that were new or changed.
+	full []*types.Entry
+}
+
+// recvRound runs one round on an open stream whose first response is
+// first: either the complete list of entries, or pages of revisions after
+// which the client asks for the entries it lacks.
+func (c *Client) recvRound(stream entryv1.Entry_SyncAuthorizedEntriesClient, first *entryv1.SyncAuthorizedEntriesResponse, known KnownFunc) (*wireRound, error) {
+	r := &wireRound{ids: make(map[string]struct{})}
+	addFull := func(entries []*types.Entry) error {
+		for _, e := range entries {
+			if e == nil || e.Id == "" {
+				return errors.New("server sent an entry without an ID")
+			}
+			r.ids[e.Id] = struct{}{}
+			r.full = append(r.full, e)
+		}
+		return nil
+	}
+
+	resp := first
+	if len(resp.EntryRevisions) == 0 {
+		// Complete list, possibly in several pages.
+		for {
+			if err := addFull(resp.Entries); err != nil {
+				return nil, err
+			}
+			if !resp.More {
+				return r, nil
+			}
+			var err error
+			if resp, err = stream.Recv(); err != nil {
+				return nil, fmt.Errorf("receive entries page: %w", err)
+			}
+			if len(resp.EntryRevisions) > 0 {
+				return nil, errors.New("server sent entry revisions while paging entries")
+			}
+		}
+	}
+
+	pageSize := len(resp.EntryRevisions)
+	var needFull []string
+	for {
+		if len(resp.Entries) > 0 {
+			return nil, errors.New("server sent entries while paging revisions")
+		}
+		for _, rev := range resp.EntryRevisions {
+			if rev.GetId() == "" || rev.GetRevisionNumber() < 0 {
+				c.log.Warn("ignoring malformed entry revision from server", "entry_id", rev.GetId(), "revision", rev.GetRevisionNumber())
+				continue
+			}
+			r.ids[rev.Id] = struct{}{}
+			have, ok := known(rev.Id)
+			if !ok || have.Number != rev.RevisionNumber || (rev.CreatedAt != 0 && have.CreatedAt != rev.CreatedAt) {
+				needFull = append(needFull, rev.Id)
+			}
+		}
+		if !resp.More {
+			break
+		}
+		var err error
+		if resp, err = stream.Recv(); err != nil {
+			return nil, fmt.Errorf("receive entry revisions page: %w", err)
+		}
+	}
+
+	slices.Sort(needFull)
+	for len(needFull) > 0 {
+		n := min(len(needFull), pageSize)
+		if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{Ids: needFull[:n]}); err != nil {
+			return nil, fmt.Errorf("request entries: %w", sendErr(stream, err))
+		}
+		needFull = needFull[n:]
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				return nil, fmt.Errorf("receive requested entries: %w", err)
+			}
+			if len(resp.EntryRevisions) > 0 {
+				return nil, errors.New("server sent entry revisions while answering an entry request")
+			}
+			// Only keep entries we asked for and that are authorized.
+			for _, e := range resp.Entries {
+				if e == nil || e.Id == "" {
+					return nil, errors.New("server sent an entry without an ID")
+				}
+				if _, ok := r.ids[e.Id]; !ok {
+					return nil, fmt.Errorf("server sent entry %q that was not in its revision list", e.Id)
+				}
+				r.full = append(r.full, e)
+			}
+			if !resp.More {
+				break
+			}
+		}
+	}
+	return r, nil
+}
+
+// sendErr returns the stream's real error when Send fails (gRPC reports
+// io.EOF from Send and the status from Recv).
+func sendErr(stream entryv1.Entry_SyncAuthorizedEntriesClient, err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := stream.Recv(); rerr != nil && !errors.Is(rerr, io.EOF) {
+			return rerr
+		}
+	}
+	return err
+}
+
+// syncOnce runs a single SPIRE-style round on a new stream.
+func (c *Client) syncOnce(ctx context.Context, known KnownFunc) (*wireRound, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	stream, err := c.entry.SyncAuthorizedEntries(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sync entries: open stream: %w", err)
+	}
+	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{OutputMask: entryOutputMask}); err != nil {
+		return nil, fmt.Errorf("sync entries: %w", sendErr(stream, err))
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return nil, fmt.Errorf("sync entries: %w", err)
+	}
+	r, err := c.recvRound(stream, first, known)
+	if err != nil {
+		return nil, fmt.Errorf("sync entries: %w", err)
+	}
+	_ = stream.CloseSend()
+	return r, nil
+}

@@ -1,0 +1,738 @@
+// Package entrycache keeps every registration entry and every agent's node
+// selectors in memory, indexed for the question asked on every agent sync
+// and SVID request: which entries is this agent authorized for?
+//
+// # Authorization rule (SPIRE's)
+//
+// An agent with SPIFFE ID A is authorized for
+//   - every entry whose parent is A;
+//   - every entry whose parent is the SPIFFE ID of a node alias entry that
+//     matches the agent: an entry whose parent is the server ID
+//     (spiffe://<td>/spire/server) and whose selectors are all among A's
+//     node selectors (the alias entries themselves are not returned);
+//   - recursively, every entry whose parent is the SPIFFE ID of an entry
+//     already authorized.
+//
+// Entries whose ExpiresAt is in the past are neither returned nor followed.
+//
+// # Freshness
+//
+// Load reads everything once. Afterwards the cache follows the store's entry
+// and node journals (ListEntryEvents / ListNodeEvents): each event makes it
+// re-read that entry or node. Run applies new events when Poke is called (a
+// write happened on this server) and every PollInterval (writes made by
+// other servers sharing the database). Event IDs that are skipped (a
+// transaction that committed later than a newer one, possible on
+// PostgreSQL) are re-checked on every poll for GapTimeout.
+//
+// # Subscriptions
+//
+// Subscribe(agentID) returns a channel signalled (coalesced, buffer 1) when
+// the agent's authorized set may have changed, or when any bundle changed
+// (BundleChanged). Waking is targeted: the cache remembers, per subscribed
+// agent, the SPIFFE IDs it was authorized to act as parent for at its last
+// AuthorizedEntries call, and an entry change wakes only the agents for
+// which the entry's old or new parent is in that set (alias entry changes
+// wake the agents whose node selectors match the alias; node changes wake
+// that agent). An agent with no recorded set is always woken. False wakes
+// are possible; missed wakes are not, provided the agent calls
+// AuthorizedEntries after subscribing.
+package entrycache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+const (
+	defaultPollInterval = time.Second
+	// GapTimeout is how long a skipped journal event ID is re-checked.
+	GapTimeout = 5 * time.Minute
+	// maxGaps bounds tracked skipped IDs per journal; beyond it the cache
+	// reloads everything instead.
+	maxGaps       = 1000
+	eventPageSize = 1000
+	loadPageSize  = 1000
+	serverPath    = "/spire/server"
+)
+
+// ErrNotLoaded is returned by queries made before the first Load.
+var ErrNotLoaded = errors.New("entry cache not loaded")
+
+// Store is the part of the datastore the cache reads.
+type Store interface {
+	ListEntries(ctx context.Context, f datastore.EntryFilter, p datastore.Page) ([]*datastore.Entry, string, error)
+	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
+	ListEntryEvents(ctx context.Context, after int64, limit int) ([]datastore.EntryEvent, error)
+	LastEntryEventID(ctx context.Context) (int64, error)
+	GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
+	ListNodes(ctx context.Context, f datastore.NodeFilter, p datastore.Page) ([]*datastore.AttestedNode, string, error)
+	ListNodeEvents(ctx context.Context, after int64, limit int) ([]datastore.NodeEvent, error)
+	LastNodeEventID(ctx context.Context) (int64, error)
+}
+
+// Config configures a Cache.
+type Config struct {
+	Store Store
+	Clock clock.Clock
+	Log   *slog.Logger
+	// PollInterval is how often the journals are polled without a Poke
+	// (default 1s). It bounds how late writes made by other servers that
+	// share the database are seen.
+	PollInterval time.Duration
+}
+
+// Cache is the in-memory entry and node-selector index. Safe for
+// concurrent use. Entries it returns are shared: callers must not modify
+// them.
+type Cache struct {
+	store Store
+	clk   clock.Clock
+	log   *slog.Logger
+	poll  time.Duration
+
+	pokeCh chan struct{}
+
+	// applyMu serializes Load and journal application.
+	applyMu sync.Mutex
+
+	mu            sync.RWMutex
+	st            *state
+	lastEntryEv   int64
+	lastNodeEv    int64
+	entryGaps     map[int64]time.Time
+	nodeGaps      map[int64]time.Time
+	subMu         sync.Mutex
+	subs          map[string]map[*subscriber]struct{}
+	reach         map[string]map[string]struct{}
+	needReloadErr error
+}
+
+type subscriber struct{ ch chan struct{} }
+
+type state struct {
+	entries    map[string]*datastore.Entry
+	byParent   map[string]map[string]*datastore.Entry
+	bySPIFFEID map[string]map[string]*datastore.Entry
+	aliasBySel map[selector.Selector]map[string]*datastore.Entry
+	nodeSels   map[string][]selector.Selector
+}
+
+func newState() *state {
+	return &state{
+		entries:    make(map[string]*datastore.Entry),
+		byParent:   make(map[string]map[string]*datastore.Entry),
+		bySPIFFEID: make(map[string]map[string]*datastore.Entry),
+		aliasBySel: make(map[selector.Selector]map[string]*datastore.Entry),
+		nodeSels:   make(map[string][]selector.Selector),
+	}
+}
+
+// New returns an empty cache; call Load (or Run, which loads first).
+func New(cfg Config) *Cache {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	poll := cfg.PollInterval
+	if poll <= 0 {
+		poll = defaultPollInterval
+	}
+	return &Cache{
+		store:     cfg.Store,
+		clk:       clock.OrReal(cfg.Clock),
+		log:       log,
+		poll:      poll,
+		pokeCh:    make(chan struct{}, 1),
+		entryGaps: make(map[int64]time.Time),
+		nodeGaps:  make(map[int64]time.Time),
+		subs:      make(map[string]map[*subscriber]struct{}),
+		reach:     make(map[string]map[string]struct{}),
+	}
+}
+
+// Load reads all entries and nodes and replaces the cache contents. It
+// records the journal positions first, so writes racing with the load are
+// applied afterwards by Sync/Run. Every subscriber is woken.
+func (c *Cache) Load(ctx context.Context) error {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	return c.loadLocked(ctx)
+}
+
+func (c *Cache) loadLocked(ctx context.Context) error {
+	lastE, err := c.store.LastEntryEventID(ctx)
+	if err != nil {
+		return fmt.Errorf("entry cache: reading entry journal position: %w", err)
+	}
+	lastN, err := c.store.LastNodeEventID(ctx)
+	if err != nil {
+		return fmt.Errorf("entry cache: reading node journal position: %w", err)
+	}
+	st := newState()
+	token := ""
+	for {
+		entries, next, err := c.store.ListEntries(ctx, datastore.EntryFilter{}, datastore.Page{Size: loadPageSize, Token: token})
+		if err != nil {
+			return fmt.Errorf("entry cache: listing entries: %w", err)
+		}
+		for _, e := range entries {
+			st.putEntry(e)
+		}
+		if next == "" || len(entries) == 0 {
+			break
+		}
+		token = next
+	}
+	token = ""
+	for {
+		nodes, next, err := c.store.ListNodes(ctx, datastore.NodeFilter{}, datastore.Page{Size: loadPageSize, Token: token})
+		if err != nil {
+			return fmt.Errorf("entry cache: listing nodes: %w", err)
+		}
+		for _, n := range nodes {
+			st.nodeSels[n.SPIFFEID] = slices.Clone(n.Selectors)
+		}
+		if next == "" || len(nodes) == 0 {
+			break
+		}
+		token = next
+	}
+	c.mu.Lock()
+	c.st = st
+	c.lastEntryEv, c.lastNodeEv = lastE, lastN
+	clear(c.entryGaps)
+	clear(c.nodeGaps)
+	c.mu.Unlock()
+	c.log.Debug("entry cache loaded", "entries", len(st.entries), "nodes", len(st.nodeSels))
+	c.wakeAll()
+	return nil
+}
+
+// Run loads the cache if needed, then applies journal events on every Poke
+// and every PollInterval until ctx ends. Failures to poll are logged and
+// retried on the next tick.
+func (c *Cache) Run(ctx context.Context) error {
+	c.mu.RLock()
+	loaded := c.st != nil
+	c.mu.RUnlock()
+	if !loaded {
+		if err := c.Load(ctx); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.pokeCh:
+		case <-c.clk.After(c.poll):
+		}
+		if err := c.Sync(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("entry cache: applying journal events failed", "error", err)
+		}
+	}
+}
+
+// Poke tells Run that a local write happened: apply new journal events now.
+// It never blocks.
+func (c *Cache) Poke() {
+	select {
+	case c.pokeCh <- struct{}{}:
+	default:
+	}
+}
+
+// BundleChanged wakes every subscriber (our or a federated bundle changed).
+func (c *Cache) BundleChanged() { c.wakeAll() }
+
+// Sync applies every journal event not yet applied, synchronously. Run
+// calls it; tests and callers needing read-your-writes may too.
+func (c *Cache) Sync(ctx context.Context) error {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	c.mu.RLock()
+	loaded := c.st != nil
+	c.mu.RUnlock()
+	if !loaded {
+		return c.loadLocked(ctx)
+	}
+	if err := c.syncEntries(ctx); err != nil {
+		if errors.Is(err, errReload) {
+			c.log.Warn("entry cache: too many skipped entry events, reloading")
+			return c.loadLocked(ctx)
+		}
+		return err
+	}
+	if err := c.syncNodes(ctx); err != nil {
+		if errors.Is(err, errReload) {
+			c.log.Warn("entry cache: too many skipped node events, reloading")
+			return c.loadLocked(ctx)
+		}
+		return err
+	}
+	return nil
+}
+
+var errReload = errors.New("reload needed")
+
+type entryUpdate struct {
+	id    string
+	entry *datastore.Entry // nil = deleted
+}
+
+// syncEntries reads new entry events and the entries they name, then
+// applies them under the write lock. Called with applyMu held.
+func (c *Cache) syncEntries(ctx context.Context) error {
+	c.mu.RLock()
+	last := c.lastEntryEv
+	gaps := make([]int64, 0, len(c.entryGaps))
+	for id := range c.entryGaps {
+		gaps = append(gaps, id)
+	}
+	c.mu.RUnlock()
+
+	var updates []entryUpdate
+	var newGaps []int64
+	var foundGaps []int64
+	seen := make(map[string]struct{})
+	fetch := func(entryID string) error {
+		if _, ok := seen[entryID]; ok {
+			return nil
+		}
+		seen[entryID] = struct{}{}
+		e, err := c.store.GetEntry(ctx, entryID)
+		switch {
+		case errors.Is(err, datastore.ErrNotFound):
+			e = nil
+		case err != nil:
+			return fmt.Errorf("entry cache: reading entry %q: %w", entryID, err)
+		}
+		updates = append(updates, entryUpdate{id: entryID, entry: e})
+		return nil
+	}
+	// Re-check skipped IDs first.
+	for _, g := range gaps {
+		evs, err := c.store.ListEntryEvents(ctx, g-1, 1)
+		if err != nil {
+			return fmt.Errorf("entry cache: re-reading skipped entry event %d: %w", g, err)
+		}
+		if len(evs) == 1 && evs[0].ID == g {
+			if err := fetch(evs[0].EntryID); err != nil {
+				return err
+			}
+			foundGaps = append(foundGaps, g)
+		}
+	}
+	for {
+		evs, err := c.store.ListEntryEvents(ctx, last, eventPageSize)
+		if err != nil {
+			return fmt.Errorf("entry cache: listing entry events after %d: %w", last, err)
+		}
+		for _, ev := range evs {
+			if ev.ID <= last {
+				continue
+			}
+			if ev.ID > last+1 {
+				if ev.ID-last-1 > maxGaps {
+					return errReload
+				}
+				for g := last + 1; g < ev.ID; g++ {
+					newGaps = append(newGaps, g)
+				}
+			}
+			// Re-reading the same entry twice in one batch is pointless:
+			// the read returns the current state.
+			if err := fetch(ev.EntryID); err != nil {
+				return err
+			}
+			last = ev.ID
+		}
+		if len(evs) < eventPageSize {
+			break
+		}
+	}
+
+	now := c.clk.Now()
+	c.mu.Lock()
+	wake := make(map[string]struct{})
+	for _, u := range updates {
+		old := c.st.entries[u.id]
+		if old != nil {
+			c.st.removeEntry(old)
+		}
+		if u.entry != nil {
+			c.st.putEntry(u.entry)
+		}
+		c.collectEntryWakes(wake, old, u.entry)
+	}
+	c.lastEntryEv = last
+	for _, g := range foundGaps {
+		delete(c.entryGaps, g)
+	}
+	for _, g := range newGaps {
+		c.entryGaps[g] = now
+	}
+	for g, t := range c.entryGaps {
+		if now.Sub(t) > GapTimeout {
+			delete(c.entryGaps, g)
+		}
+	}
+	tooMany := len(c.entryGaps) > maxGaps
+	c.mu.Unlock()
+	c.wake(wake)
+	if tooMany {
+		return errReload
+	}
+	return nil
+}
+
+type nodeUpdate struct {
+	id   string
+	node *datastore.AttestedNode
+}
+
+func (c *Cache) syncNodes(ctx context.Context) error {
+	c.mu.RLock()
+	last := c.lastNodeEv
+	gaps := make([]int64, 0, len(c.nodeGaps))
+	for id := range c.nodeGaps {
+		gaps = append(gaps, id)
+	}
+	c.mu.RUnlock()
+
+	var updates []nodeUpdate
+	var newGaps, foundGaps []int64
+	seen := make(map[string]struct{})
+	fetch := func(id string) error {
+		if _, ok := seen[id]; ok {
+			return nil
+		}
+		seen[id] = struct{}{}
+		n, err := c.store.GetNode(ctx, id)
+		switch {
+		case errors.Is(err, datastore.ErrNotFound):
+			n = nil
+		case err != nil:
+			return fmt.Errorf("entry cache: reading node %q: %w", id, err)
+		}
+		updates = append(updates, nodeUpdate{id: id, node: n})
+		return nil
+	}
+	for _, g := range gaps {
+		evs, err := c.store.ListNodeEvents(ctx, g-1, 1)
+		if err != nil {
+			return fmt.Errorf("entry cache: re-reading skipped node event %d: %w", g, err)
+		}
+		if len(evs) == 1 && evs[0].ID == g {
+			if err := fetch(evs[0].SPIFFEID); err != nil {
+				return err
+			}
+			foundGaps = append(foundGaps, g)
+		}
+	}
+	for {
+		evs, err := c.store.ListNodeEvents(ctx, last, eventPageSize)
+		if err != nil {
+			return fmt.Errorf("entry cache: listing node events after %d: %w", last, err)
+		}
+		for _, ev := range evs {
+			if ev.ID <= last {
+				continue
+			}
+			if ev.ID > last+1 {
+				if ev.ID-last-1 > maxGaps {
+					return errReload
+				}
+				for g := last + 1; g < ev.ID; g++ {
+					newGaps = append(newGaps, g)
+				}
+			}
+			if err := fetch(ev.SPIFFEID); err != nil {
+				return err
+			}
+			last = ev.ID
+		}
+		if len(evs) < eventPageSize {
+			break
+		}
+	}
+
+	now := c.clk.Now()
+	c.mu.Lock()
+	wake := make(map[string]struct{})
+	for _, u := range updates {
+		if u.node == nil {
+			delete(c.st.nodeSels, u.id)
+		} else {
+			c.st.nodeSels[u.id] = slices.Clone(u.node.Selectors)
+		}
+		wake[u.id] = struct{}{}
+	}
+	c.lastNodeEv = last
+	for _, g := range foundGaps {
+		delete(c.nodeGaps, g)
+	}
+	for _, g := range newGaps {
+		c.nodeGaps[g] = now
+	}
+	for g, t := range c.nodeGaps {
+		if now.Sub(t) > GapTimeout {
+			delete(c.nodeGaps, g)
+		}
+	}
+	tooMany := len(c.nodeGaps) > maxGaps
+	c.mu.Unlock()
+	c.wake(wake)
+	if tooMany {
+		return errReload
+	}
+	return nil
+}
+
+// collectEntryWakes adds to wake the subscribed agents whose authorized set
+// may change because old became new. Called with c.mu held for writing.
+func (c *Cache) collectEntryWakes(wake map[string]struct{}, old, new *datastore.Entry) {
+	c.subMu.Lock()
+	defer c.subMu.Unlock()
+	for _, e := range []*datastore.Entry{old, new} {
+		if e == nil {
+			continue
+		}
+		alias := isAlias(e)
+		for agent := range c.subs {
+			if _, ok := wake[agent]; ok {
+				continue
+			}
+			r, ok := c.reach[agent]
+			if !ok {
+				wake[agent] = struct{}{}
+				continue
+			}
+			if _, ok := r[e.ParentID]; ok {
+				wake[agent] = struct{}{}
+				continue
+			}
+			if alias && selector.NewSet(c.st.nodeSels[agent]...).ContainsAll(e.Selectors) {
+				wake[agent] = struct{}{}
+			}
+		}
+	}
+}
+
+func isAlias(e *datastore.Entry) bool {
+	rest, ok := strings.CutPrefix(e.ParentID, "spiffe://")
+	if !ok {
+		return false
+	}
+	i := strings.IndexByte(rest, '/')
+	return i >= 0 && rest[i:] == serverPath
+}
+
+func (st *state) putEntry(e *datastore.Entry) {
+	st.entries[e.ID] = e
+	addIdx(st.byParent, e.ParentID, e)
+	addIdx(st.bySPIFFEID, e.SPIFFEID, e)
+	if isAlias(e) {
+		for _, s := range e.Selectors {
+			addIdx(st.aliasBySel, s, e)
+		}
+	}
+}
+
+func (st *state) removeEntry(e *datastore.Entry) {
+	delete(st.entries, e.ID)
+	delIdx(st.byParent, e.ParentID, e.ID)
+	delIdx(st.bySPIFFEID, e.SPIFFEID, e.ID)
+	if isAlias(e) {
+		for _, s := range e.Selectors {
+			delIdx(st.aliasBySel, s, e.ID)
+		}
+	}
+}
+
+func addIdx[K comparable](m map[K]map[string]*datastore.Entry, k K, e *datastore.Entry) {
+	inner := m[k]
+	if inner == nil {
+		inner = make(map[string]*datastore.Entry)
+		m[k] = inner
+	}
+	inner[e.ID] = e
+}
+
+func delIdx[K comparable](m map[K]map[string]*datastore.Entry, k K, id string) {
+	inner := m[k]
+	delete(inner, id)
+	if len(inner) == 0 {
+		delete(m, k)
+	}
+}
+
+// AuthorizedEntries returns the entries agentID is authorized for, sorted
+// by entry ID. The returned entries are shared and must not be modified.
+func (c *Cache) AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*datastore.Entry, error) {
+	agent := agentID.String()
+	c.mu.RLock()
+	if c.st == nil {
+		c.mu.RUnlock()
+		return nil, ErrNotLoaded
+	}
+	sels, known := c.st.nodeSels[agent]
+	c.mu.RUnlock()
+	if !known {
+		// The node may have attested an instant ago and its journal event
+		// not been applied yet: read its selectors directly (not cached, so
+		// a racing delete can't be undone).
+		n, err := c.store.GetNode(ctx, agent)
+		switch {
+		case errors.Is(err, datastore.ErrNotFound):
+		case err != nil:
+			return nil, fmt.Errorf("entry cache: reading node %q: %w", agent, err)
+		default:
+			sels = n.Selectors
+		}
+	}
+
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	st := c.st
+	if known {
+		sels = st.nodeSels[agent]
+	}
+	now := c.clk.Now().Unix()
+	live := func(e *datastore.Entry) bool { return e.ExpiresAt == 0 || e.ExpiresAt > now }
+
+	visited := map[string]struct{}{agent: {}}
+	queue := []string{agent}
+	if len(sels) > 0 {
+		nodeSet := selector.NewSet(sels...)
+		checked := make(map[string]struct{})
+		for _, s := range sels {
+			for id, e := range st.aliasBySel[s] {
+				if _, ok := checked[id]; ok {
+					continue
+				}
+				checked[id] = struct{}{}
+				if !live(e) || !nodeSet.ContainsAll(e.Selectors) {
+					continue
+				}
+				if _, ok := visited[e.SPIFFEID]; !ok {
+					visited[e.SPIFFEID] = struct{}{}
+					queue = append(queue, e.SPIFFEID)
+				}
+			}
+		}
+	}
+	var out []*datastore.Entry
+	for i := 0; i < len(queue); i++ {
+		for _, e := range st.byParent[queue[i]] {
+			if !live(e) {
+				continue
+			}
+			out = append(out, e)
+			if _, ok := visited[e.SPIFFEID]; !ok {
+				visited[e.SPIFFEID] = struct{}{}
+				queue = append(queue, e.SPIFFEID)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b *datastore.Entry) int { return strings.Compare(a.ID, b.ID) })
+
+	c.subMu.Lock()
+	if _, ok := c.subs[agent]; ok {
+		c.reach[agent] = visited
+	}
+	c.subMu.Unlock()
+	return out, nil
+}
+
+// AdminAndDownstream reports whether any unexpired entry with SPIFFE ID id
+// has admin, respectively downstream, set.
+func (c *Cache) AdminAndDownstream(ctx context.Context, id spiffeid.ID) (admin, downstream bool, err error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.st == nil {
+		return false, false, ErrNotLoaded
+	}
+	now := c.clk.Now().Unix()
+	for _, e := range c.st.bySPIFFEID[id.String()] {
+		if e.ExpiresAt != 0 && e.ExpiresAt <= now {
+			continue
+		}
+		admin = admin || e.Admin
+		downstream = downstream || e.Downstream
+	}
+	return admin, downstream, nil
+}
+
+// Subscribe registers interest in agentID's authorized set. The channel is
+// signalled (coalesced, buffer 1) when the set may have changed or a bundle
+// changed; call AuthorizedEntries after subscribing and after every signal.
+// The returned func unsubscribes; it is idempotent.
+func (c *Cache) Subscribe(agentID spiffeid.ID) (<-chan struct{}, func()) {
+	agent := agentID.String()
+	sub := &subscriber{ch: make(chan struct{}, 1)}
+	c.subMu.Lock()
+	m := c.subs[agent]
+	if m == nil {
+		m = make(map[*subscriber]struct{})
+		c.subs[agent] = m
+	}
+	m[sub] = struct{}{}
+	c.subMu.Unlock()
+	var once sync.Once
+	return sub.ch, func() {
+		once.Do(func() {
+			c.subMu.Lock()
+			defer c.subMu.Unlock()
+			m := c.subs[agent]
+			delete(m, sub)
+			if len(m) == 0 {
+				delete(c.subs, agent)
+				delete(c.reach, agent)
+			}
+		})
+	}
+}
+
+func (c *Cache) wake(agents map[string]struct{}) {
+	if len(agents) == 0 {
+		return
+	}
+	c.subMu.Lock()
+	defer c.subMu.Unlock()
+	for agent := range agents {
+		for s := range c.subs[agent] {
+			signal(s.ch)
+		}
+	}
+}
+
+func (c *Cache) wakeAll() {
+	c.subMu.Lock()
+	defer c.subMu.Unlock()
+	for _, m := range c.subs {
+		for s := range m {
+			signal(s.ch)
+		}
+	}
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}

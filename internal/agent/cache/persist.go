@@ -1,0 +1,262 @@
+package cache
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// FileName is the name of the persisted cache inside Config.Dir.
+const FileName = "workload-cache.json"
+
+const diskVersion = 1
+
+type diskState struct {
+	Version     int                        `json:"version"`
+	TrustDomain spiffeid.TrustDomain       `json:"trust_domain"`
+	Entries     []*Entry                   `json:"entries"`
+	Bundles     map[string]json.RawMessage `json:"bundles"`
+	SVIDs       map[string]diskSVID        `json:"svids"`
+}
+
+type diskSVID struct {
+	Chain    [][]byte `json:"chain"` // DER, leaf first
+	Key      []byte   `json:"key"`   // PKCS#8 DER
+	Revision int64    `json:"entry_revision"`
+}
+
+// Path returns the file the cache persists to, or "" when not persisted.
+func (c *Cache) Path() string {
+	if c.cfg.Dir == "" {
+		return ""
+	}
+	return filepath.Join(c.cfg.Dir, FileName)
+}
+
+func (c *Cache) snapshot() (*diskState, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	st := &diskState{
+		Version:     diskVersion,
+		TrustDomain: c.cfg.TrustDomain,
+		Entries:     make([]*Entry, 0, len(c.entries)),
+		Bundles:     make(map[string]json.RawMessage, len(c.bundles)),
+		SVIDs:       make(map[string]diskSVID, len(c.svids)),
+	}
+	for _, r := range c.entries {
+		st.Entries = append(st.Entries, r.entry)
+	}
+	for td, r := range c.bundles {
+		raw, err := r.bundle.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("marshal bundle of %q: %w", td, err)
+		}
+		st.Bundles[td.String()] = raw
+	}
+	for id, s := range c.svids {
+		key, err := x509.MarshalPKCS8PrivateKey(s.key)
+		if err != nil {
+			// A key that cannot be exported (hardware-backed) is simply
+			// not persisted; the SVID is re-issued after a restart.
+			c.log.Warn("X509-SVID key cannot be persisted", "entry_id", id, "error", err)
+			continue
+		}
+		ds := diskSVID{Key: key, Revision: s.revision}
+		for _, cert := range s.chain {
+			ds.Chain = append(ds.Chain, cert.Raw)
+		}
+		st.SVIDs[id] = ds
+	}
+	return st, nil
+}
+
+// persist writes the current state to disk (a no-op without Dir).
+func (c *Cache) persist() error {
+	if c.cfg.Dir == "" {
+		return nil
+	}
+	c.persistMu.Lock()
+	defer c.persistMu.Unlock()
+	st, err := c.snapshot()
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("encode agent cache: %w", err)
+	}
+	return writeFileAtomic(c.cfg.Dir, FileName, data)
+}
+
+// writeFileAtomic replaces dir/name with data: temporary file in dir
+// (0600), fsync, rename, fsync of dir. dir is created 0700 if missing.
+func writeFileAtomic(dir, name string, data []byte) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create temporary file: %w", err)
+	}
+	tmpName := tmp.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmpName)
+		}
+	}()
+	// CreateTemp uses 0600 already; be explicit against a future change.
+	if err := tmp.Chmod(0o600); err != nil {
+		return fmt.Errorf("chmod temporary file: %w", err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("write temporary file: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("sync temporary file: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close temporary file: %w", err)
+	}
+	if err := os.Rename(tmpName, filepath.Join(dir, name)); err != nil {
+		return fmt.Errorf("rename into place: %w", err)
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open data dir for sync: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync data dir: %w", err)
+	}
+	return nil
+}
+
+// Load restores the persisted state, replacing what the cache holds, and
+// notifies subscribers. A missing file is not an error (first start). SVIDs
+// that have expired, or whose entry is absent or has another SPIFFE ID, are
+// not restored. Bundles and entries that fail to parse make Load fail, with
+// nothing applied: the caller may log it and start empty (the server will
+// resend everything).
+func (c *Cache) Load() error {
+	path := c.Path()
+	if path == "" {
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read agent cache: %w", err)
+	}
+	var st diskState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return fmt.Errorf("decode agent cache %s: %w", path, err)
+	}
+	if st.Version != diskVersion {
+		return fmt.Errorf("agent cache %s has version %d, want %d", path, st.Version, diskVersion)
+	}
+	if st.TrustDomain != c.cfg.TrustDomain {
+		return fmt.Errorf("agent cache %s is for trust domain %q, not %q", path, st.TrustDomain, c.cfg.TrustDomain)
+	}
+
+	entries := make(map[string]*entryRecord, len(st.Entries))
+	for _, e := range st.Entries {
+		if err := e.validate(); err != nil {
+			return fmt.Errorf("agent cache %s: %w", path, err)
+		}
+		entries[e.ID] = &entryRecord{entry: e}
+	}
+	bundles := make(map[spiffeid.TrustDomain]*bundleRecord, len(st.Bundles))
+	for name, raw := range st.Bundles {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			return fmt.Errorf("agent cache %s: bundle key: %w", path, err)
+		}
+		b, err := spiffebundle.Parse(td, raw)
+		if err != nil {
+			return fmt.Errorf("agent cache %s: bundle of %q: %w", path, td, err)
+		}
+		bundles[td] = &bundleRecord{bundle: b}
+	}
+	now := c.clk.Now()
+	svids := make(map[string]*svidRecord, len(st.SVIDs))
+	for id, ds := range st.SVIDs {
+		r, ok := entries[id]
+		if !ok {
+			continue
+		}
+		s, err := parseDiskSVID(ds)
+		if err != nil {
+			c.log.Warn("Dropping unreadable persisted X509-SVID", "entry_id", id, "error", err)
+			continue
+		}
+		if !now.Before(s.notAfter()) {
+			c.log.Debug("Dropping expired persisted X509-SVID", "entry_id", id, "not_after", s.notAfter())
+			continue
+		}
+		if err := checkSVID(r.entry, &X509SVID{Chain: s.chain, PrivateKey: s.key}); err != nil {
+			c.log.Warn("Dropping inconsistent persisted X509-SVID", "entry_id", id, "error", err)
+			continue
+		}
+		svids[id] = s
+	}
+
+	c.mu.Lock()
+	c.entries = entries
+	c.svids = svids
+	c.bundles = bundles
+	for _, r := range c.entries {
+		r.gen = c.nextGen()
+	}
+	for _, s := range c.svids {
+		s.gen = c.nextGen()
+	}
+	for _, b := range c.bundles {
+		b.gen = c.nextGen()
+	}
+	c.mu.Unlock()
+	c.log.Info("Restored agent cache", "path", path, "entries", len(entries),
+		"x509_svids", len(svids), "bundles", len(bundles))
+	c.notifyAll()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func parseDiskSVID(ds diskSVID) (*svidRecord, error) {
+	if len(ds.Chain) == 0 {
+		return nil, errors.New("empty chain")
+	}
+	s := &svidRecord{revision: ds.Revision}
+	for _, der := range ds.Chain {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("parse certificate: %w", err)
+		}
+		s.chain = append(s.chain, cert)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(ds.Key)
+	if err != nil {
+		return nil, fmt.Errorf("parse key: %w", err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("key type %T is not a signer", key)
+	}
+	s.key = signer
+	return s, nil
+}

@@ -1,0 +1,746 @@
+package sqlstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+const entryColumns = "e.id, e.spiffe_id, e.parent_id, e.x509_svid_ttl, e.jwt_svid_ttl, e.admin, e.downstream, e.hint, e.store_svid, e.expires_at, e.created_at, e.revision"
+
+// maxIDLen bounds caller-chosen entry IDs.
+const maxIDLen = 255
+
+// normalizeEntry validates e and returns a copy with selectors sorted and
+// de-duplicated and trust domains sorted and de-duplicated.
+func normalizeEntry(e *datastore.Entry) (*datastore.Entry, error) {
+	if e == nil {
+		return nil, errors.New("entry is nil")
+	}
+	if e.SPIFFEID == "" {
+		return nil, errors.New("entry SPIFFE ID is empty")
+	}
+	if e.ParentID == "" {
+		return nil, errors.New("entry parent ID is empty")
+	}
+	if len(e.ID) > maxIDLen {
+		return nil, fmt.Errorf("entry ID is longer than %d bytes", maxIDLen)
+	}
+	if len(e.Selectors) == 0 {
+		return nil, errors.New("entry has no selectors")
+	}
+	for _, s := range e.Selectors {
+		if err := s.Validate(); err != nil {
+			return nil, fmt.Errorf("entry selector: %w", err)
+		}
+	}
+	for _, td := range e.FederatesWith {
+		if td == "" {
+			return nil, errors.New("entry federates with an empty trust domain")
+		}
+	}
+	for _, dns := range e.DNSNames {
+		if dns == "" {
+			return nil, errors.New("entry has an empty DNS name")
+		}
+	}
+	c := *e
+	c.Selectors = selector.Dedupe(e.Selectors)
+	c.DNSNames = append([]string(nil), e.DNSNames...)
+	c.FederatesWith = dedupeStrings(e.FederatesWith)
+	if len(c.FederatesWith) == 0 {
+		c.FederatesWith = nil
+	}
+	if len(c.DNSNames) == 0 {
+		c.DNSNames = nil
+	}
+	return &c, nil
+}
+
+// dupKey encodes SPIRE's duplicate rule (SPIFFE ID, parent ID, selector
+// set) as a fixed-size key. Fields are length-prefixed, so no two distinct
+// tuples share an encoding. sels must be sorted and de-duplicated.
+func dupKey(spiffeID, parentID string, sels []selector.Selector) string {
+	h := sha256.New()
+	var buf [binary.MaxVarintLen64]byte
+	write := func(s string) {
+		n := binary.PutUvarint(buf[:], uint64(len(s)))
+		h.Write(buf[:n])
+		h.Write([]byte(s))
+	}
+	write(spiffeID)
+	write(parentID)
+	for _, s := range sels {
+		write(s.Type)
+		write(s.Value)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+type preparedEntry struct {
+	e   *datastore.Entry
+	key string
+}
+
+// CreateEntries creates the entries in one transaction. Invalid entries and
+// duplicates (of stored entries or of earlier entries of the same batch)
+// get a per-entry error and do not fail the others.
+func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) ([]datastore.EntryResult, error) {
+	results := make([]datastore.EntryResult, len(entries))
+	prepared := make([]*preparedEntry, len(entries))
+	now := s.now()
+	for i, in := range entries {
+		e, err := normalizeEntry(in)
+		if err != nil {
+			results[i].Err = fmt.Errorf("entry %d: %w", i, err)
+			continue
+		}
+		if e.ID == "" {
+			e.ID = uuid.NewString()
+		}
+		e.CreatedAt = now
+		e.RevisionNumber = 0
+		prepared[i] = &preparedEntry{e: e, key: dupKey(e.SPIFFEID, e.ParentID, e.Selectors)}
+	}
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		// Which IDs and duplicate keys exist already: a few IN queries for
+		// the whole batch instead of lookups per entry.
+		var ids, keys []string
+		for _, p := range prepared {
+			if p != nil {
+				ids = append(ids, p.e.ID)
+				keys = append(keys, p.key)
+			}
+		}
+		takenIDs, err := s.existing(ctx, tx, "SELECT id FROM entries WHERE id IN (%s)", ids)
+		if err != nil {
+			return err
+		}
+		takenKeys, err := s.existing(ctx, tx, "SELECT dup_key FROM entries WHERE dup_key IN (%s)", keys)
+		if err != nil {
+			return err
+		}
+		ins, err := newEntryInserter(ctx, s, tx)
+		if err != nil {
+			return err
+		}
+		defer ins.close()
+		for i, p := range prepared {
+			if p == nil {
+				continue
+			}
+			if takenIDs[p.e.ID] {
+				results[i].Err = fmt.Errorf("entry %q: ID in use: %w", p.e.ID, datastore.ErrAlreadyExists)
+				continue
+			}
+			if takenKeys[p.key] {
+				results[i].Err = fmt.Errorf("entry with SPIFFE ID %q, parent %q and these selectors: %w", p.e.SPIFFEID, p.e.ParentID, datastore.ErrAlreadyExists)
+				continue
+			}
+			if err := ins.insert(ctx, p.e, p.key); err != nil {
+				return fmt.Errorf("create entry %q: %w", p.e.ID, err)
+			}
+			takenIDs[p.e.ID] = true
+			takenKeys[p.key] = true
+			results[i].Entry = p.e
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create entries: %w", err)
+	}
+	return results, nil
+}
+
+// existing returns which of vals the query (with one %s for the IN list)
+// finds.
+func (s *Store) existing(ctx context.Context, q queryer, query string, vals []string) (map[string]bool, error) {
+	out := make(map[string]bool)
+	for _, c := range chunks(len(vals), maxInArgs) {
+		part := vals[c[0]:c[1]]
+		args := make([]any, len(part))
+		for i, v := range part {
+			args[i] = v
+		}
+		rows, err := q.QueryContext(ctx, s.q(fmt.Sprintf(query, placeholders(len(part)))), args...)
+		if err != nil {
+			return nil, fmt.Errorf("look up existing rows: %w", err)
+		}
+		for rows.Next() {
+			var v string
+			if err := rows.Scan(&v); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("look up existing rows: %w", err)
+			}
+			out[v] = true
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("look up existing rows: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// entryInserter holds the prepared statements that write one entry, its
+// child rows and its creation event.
+type entryInserter struct {
+	entry, sel, dns, fed, event *sql.Stmt
+	now                         int64
+}
+
+func newEntryInserter(ctx context.Context, s *Store, tx *sql.Tx) (*entryInserter, error) {
+	ins := &entryInserter{now: s.now()}
+	var err error
+	prep := func(q string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var st *sql.Stmt
+		st, err = tx.PrepareContext(ctx, s.q(q))
+		return st
+	}
+	ins.entry = prep(`INSERT INTO entries (id, spiffe_id, parent_id, dup_key, x509_svid_ttl, jwt_svid_ttl, admin, downstream, hint, store_svid, expires_at, created_at, revision)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	ins.sel = prep("INSERT INTO entry_selectors (entry_id, type, value) VALUES (?, ?, ?)")
+	ins.dns = prep("INSERT INTO entry_dns_names (entry_id, pos, name) VALUES (?, ?, ?)")
+	ins.fed = prep("INSERT INTO entry_federates_with (entry_id, trust_domain) VALUES (?, ?)")
+	ins.event = prep("INSERT INTO entry_events (entry_id, kind, created_at) VALUES (?, ?, ?)")
+	if err != nil {
+		ins.close()
+		return nil, fmt.Errorf("prepare statements: %w", err)
+	}
+	return ins, nil
+}
+
+func (ins *entryInserter) close() {
+	for _, st := range []*sql.Stmt{ins.entry, ins.sel, ins.dns, ins.fed, ins.event} {
+		if st != nil {
+			st.Close()
+		}
+	}
+}
+
+func (ins *entryInserter) insert(ctx context.Context, e *datastore.Entry, key string) error {
+	if _, err := ins.entry.ExecContext(ctx, e.ID, e.SPIFFEID, e.ParentID, key, e.X509SVIDTTL, e.JWTSVIDTTL,
+		e.Admin, e.Downstream, e.Hint, e.StoreSVID, e.ExpiresAt, e.CreatedAt, e.RevisionNumber); err != nil {
+		return err
+	}
+	if err := ins.children(ctx, e); err != nil {
+		return err
+	}
+	_, err := ins.event.ExecContext(ctx, e.ID, int(datastore.EntryCreated), ins.now)
+	return err
+}
+
+func (ins *entryInserter) children(ctx context.Context, e *datastore.Entry) error {
+	for _, sel := range e.Selectors {
+		if _, err := ins.sel.ExecContext(ctx, e.ID, sel.Type, sel.Value); err != nil {
+			return err
+		}
+	}
+	for i, name := range e.DNSNames {
+		if _, err := ins.dns.ExecContext(ctx, e.ID, i, name); err != nil {
+			return err
+		}
+	}
+	for _, td := range e.FederatesWith {
+		if _, err := ins.fed.ExecContext(ctx, e.ID, td); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GetEntry returns the entry with this ID.
+func (s *Store) GetEntry(ctx context.Context, id string) (*datastore.Entry, error) {
+	var out []*datastore.Entry
+	err := s.readTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		out, err = s.loadEntries(ctx, tx, " WHERE e.id = ?", []any{id}, "")
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("get entry %q: %w", id, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("entry %q: %w", id, datastore.ErrNotFound)
+	}
+	return out[0], nil
+}
+
+// loadEntries runs SELECT entryColumns FROM entries e <where> ORDER BY e.id
+// <limit> and loads the child rows of the result.
+func (s *Store) loadEntries(ctx context.Context, q queryer, where string, args []any, limit string) ([]*datastore.Entry, error) {
+	rows, err := q.QueryContext(ctx, s.q("SELECT "+entryColumns+" FROM entries e"+where+" ORDER BY e.id"+limit), args...)
+	if err != nil {
+		return nil, fmt.Errorf("query entries: %w", err)
+	}
+	var out []*datastore.Entry
+	for rows.Next() {
+		e := new(datastore.Entry)
+		if err := rows.Scan(&e.ID, &e.SPIFFEID, &e.ParentID, &e.X509SVIDTTL, &e.JWTSVIDTTL, &e.Admin, &e.Downstream,
+			&e.Hint, &e.StoreSVID, &e.ExpiresAt, &e.CreatedAt, &e.RevisionNumber); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("scan entry: %w", err)
+		}
+		out = append(out, e)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("query entries: %w", err)
+	}
+	if err := s.loadEntryChildren(ctx, q, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// loadEntryChildren fills selectors, DNS names and trust domains.
+func (s *Store) loadEntryChildren(ctx context.Context, q queryer, entries []*datastore.Entry) error {
+	byID := make(map[string]*datastore.Entry, len(entries))
+	for _, e := range entries {
+		byID[e.ID] = e
+	}
+	for _, c := range chunks(len(entries), maxInArgs) {
+		part := entries[c[0]:c[1]]
+		args := make([]any, len(part))
+		for i, e := range part {
+			args[i] = e.ID
+		}
+		in := "(" + placeholders(len(part)) + ")"
+		err := scanRows(ctx, q, s.q("SELECT entry_id, type, value FROM entry_selectors WHERE entry_id IN "+in), args, func(r *sql.Rows) error {
+			var id string
+			var sel selector.Selector
+			if err := r.Scan(&id, &sel.Type, &sel.Value); err != nil {
+				return err
+			}
+			if e := byID[id]; e != nil {
+				e.Selectors = append(e.Selectors, sel)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("load entry selectors: %w", err)
+		}
+		err = scanRows(ctx, q, s.q("SELECT entry_id, name FROM entry_dns_names WHERE entry_id IN "+in+" ORDER BY entry_id, pos"), args, func(r *sql.Rows) error {
+			var id, name string
+			if err := r.Scan(&id, &name); err != nil {
+				return err
+			}
+			if e := byID[id]; e != nil {
+				e.DNSNames = append(e.DNSNames, name)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("load entry DNS names: %w", err)
+		}
+		err = scanRows(ctx, q, s.q("SELECT entry_id, trust_domain FROM entry_federates_with WHERE entry_id IN "+in), args, func(r *sql.Rows) error {
+			var id, td string
+			if err := r.Scan(&id, &td); err != nil {
+				return err
+			}
+			if e := byID[id]; e != nil {
+				e.FederatesWith = append(e.FederatesWith, td)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("load entry trust domains: %w", err)
+		}
+	}
+	for _, e := range entries {
+		// Sort in Go: collation-independent, same order on every dialect.
+		selector.Sort(e.Selectors)
+		sort.Strings(e.FederatesWith)
+	}
+	return nil
+}
+
+// scanRows runs a query and calls fn for every row, closing the rows before
+// returning (so the next statement on a transaction can run on any driver).
+func scanRows(ctx context.Context, q queryer, query string, args []any, fn func(*sql.Rows) error) error {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		if err := fn(rows); err != nil {
+			rows.Close()
+			return err
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	return rows.Err()
+}
+
+// entryWhere translates an EntryFilter into SQL conditions over "e".
+func entryWhere(f datastore.EntryFilter) (*whereBuilder, error) {
+	w := &whereBuilder{}
+	if f.BySPIFFEID != "" {
+		w.add("e.spiffe_id = ?", f.BySPIFFEID)
+	}
+	if f.ByParentID != "" {
+		w.add("e.parent_id = ?", f.ByParentID)
+	}
+	if f.ByHint != nil {
+		w.add("e.hint = ?", *f.ByHint)
+	}
+	if f.ByDownstream != nil {
+		w.add("e.downstream = ?", *f.ByDownstream)
+	}
+	if len(f.BySelectors) > 0 {
+		if err := selectorSet("entry_selectors", "entry_id", "e.id", f.BySelectors).apply(w, f.SelectorMatch); err != nil {
+			return nil, fmt.Errorf("selector filter: %w", err)
+		}
+	}
+	if len(f.ByFederatesWith) > 0 {
+		if err := stringSet("entry_federates_with", "entry_id", "e.id", "trust_domain", f.ByFederatesWith).apply(w, f.FederatesMatch); err != nil {
+			return nil, fmt.Errorf("federates-with filter: %w", err)
+		}
+	}
+	return w, nil
+}
+
+// ListEntries lists entries matching f in ID order, one page at a time.
+func (s *Store) ListEntries(ctx context.Context, f datastore.EntryFilter, p datastore.Page) ([]*datastore.Entry, string, error) {
+	after, err := checkPage(p)
+	if err != nil {
+		return nil, "", fmt.Errorf("list entries: %w", err)
+	}
+	w, err := entryWhere(f)
+	if err != nil {
+		return nil, "", fmt.Errorf("list entries: %w", err)
+	}
+	if after != "" {
+		w.add("e.id > ?", after)
+	}
+	limit, largs := limitClause(p)
+	var out []*datastore.Entry
+	err = s.readTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		out, err = s.loadEntries(ctx, tx, w.sql(), append(w.args, largs...), limit)
+		return err
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("list entries: %w", err)
+	}
+	next := ""
+	if p.Size > 0 && len(out) > p.Size {
+		out = out[:p.Size]
+		next = encodePageToken(out[len(out)-1].ID)
+	}
+	return out, next, nil
+}
+
+// CountEntries counts the entries ListEntries would return for f.
+func (s *Store) CountEntries(ctx context.Context, f datastore.EntryFilter) (int, error) {
+	w, err := entryWhere(f)
+	if err != nil {
+		return 0, fmt.Errorf("count entries: %w", err)
+	}
+	var n int
+	if err := s.r.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM entries e"+w.sql()), w.args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count entries: %w", err)
+	}
+	return n, nil
+}
+
+// UpdateEntry changes the masked fields of entry e.ID (all fields when mask
+// is nil) and bumps its revision.
+func (s *Store) UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datastore.EntryMask) (*datastore.Entry, error) {
+	if e == nil || e.ID == "" {
+		return nil, errors.New("update entry: entry ID is empty")
+	}
+	if mask == nil {
+		mask = &datastore.EntryMask{SPIFFEID: true, ParentID: true, Selectors: true, X509SVIDTTL: true, JWTSVIDTTL: true,
+			DNSNames: true, FederatesWith: true, Admin: true, Downstream: true, Hint: true, StoreSVID: true, ExpiresAt: true}
+	}
+	var updated *datastore.Entry
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		cur, err := s.loadEntries(ctx, tx, " WHERE e.id = ?", []any{e.ID}, "")
+		if err != nil {
+			return err
+		}
+		if len(cur) == 0 {
+			return fmt.Errorf("entry %q: %w", e.ID, datastore.ErrNotFound)
+		}
+		n := cur[0]
+		if mask.SPIFFEID {
+			n.SPIFFEID = e.SPIFFEID
+		}
+		if mask.ParentID {
+			n.ParentID = e.ParentID
+		}
+		if mask.Selectors {
+			n.Selectors = e.Selectors
+		}
+		if mask.X509SVIDTTL {
+			n.X509SVIDTTL = e.X509SVIDTTL
+		}
+		if mask.JWTSVIDTTL {
+			n.JWTSVIDTTL = e.JWTSVIDTTL
+		}
+		if mask.DNSNames {
+			n.DNSNames = e.DNSNames
+		}
+		if mask.FederatesWith {
+			n.FederatesWith = e.FederatesWith
+		}
+		if mask.Admin {
+			n.Admin = e.Admin
+		}
+		if mask.Downstream {
+			n.Downstream = e.Downstream
+		}
+		if mask.Hint {
+			n.Hint = e.Hint
+		}
+		if mask.StoreSVID {
+			n.StoreSVID = e.StoreSVID
+		}
+		if mask.ExpiresAt {
+			n.ExpiresAt = e.ExpiresAt
+		}
+		n, err = normalizeEntry(n)
+		if err != nil {
+			return fmt.Errorf("entry %q: %w", e.ID, err)
+		}
+		n.RevisionNumber++
+		key := dupKey(n.SPIFFEID, n.ParentID, n.Selectors)
+		var other string
+		err = tx.QueryRowContext(ctx, s.q("SELECT id FROM entries WHERE dup_key = ? AND id <> ?"), key, n.ID).Scan(&other)
+		switch {
+		case err == nil:
+			return fmt.Errorf("entry %q would duplicate entry %q: %w", n.ID, other, datastore.ErrAlreadyExists)
+		case !errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("check duplicates: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE entries SET spiffe_id = ?, parent_id = ?, dup_key = ?, x509_svid_ttl = ?, jwt_svid_ttl = ?,
+admin = ?, downstream = ?, hint = ?, store_svid = ?, expires_at = ?, revision = ? WHERE id = ?`),
+			n.SPIFFEID, n.ParentID, key, n.X509SVIDTTL, n.JWTSVIDTTL, n.Admin, n.Downstream, n.Hint, n.StoreSVID,
+			n.ExpiresAt, n.RevisionNumber, n.ID); err != nil {
+			return fmt.Errorf("update entry: %w", err)
+		}
+		if mask.Selectors {
+			if err := s.replaceChildren(ctx, tx, "entry_selectors", n.ID, func(st *sql.Stmt) error {
+				for _, sel := range n.Selectors {
+					if _, err := st.ExecContext(ctx, n.ID, sel.Type, sel.Value); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, "INSERT INTO entry_selectors (entry_id, type, value) VALUES (?, ?, ?)"); err != nil {
+				return err
+			}
+		}
+		if mask.DNSNames {
+			if err := s.replaceChildren(ctx, tx, "entry_dns_names", n.ID, func(st *sql.Stmt) error {
+				for i, name := range n.DNSNames {
+					if _, err := st.ExecContext(ctx, n.ID, i, name); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, "INSERT INTO entry_dns_names (entry_id, pos, name) VALUES (?, ?, ?)"); err != nil {
+				return err
+			}
+		}
+		if mask.FederatesWith {
+			if err := s.replaceChildren(ctx, tx, "entry_federates_with", n.ID, func(st *sql.Stmt) error {
+				for _, td := range n.FederatesWith {
+					if _, err := st.ExecContext(ctx, n.ID, td); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, "INSERT INTO entry_federates_with (entry_id, trust_domain) VALUES (?, ?)"); err != nil {
+				return err
+			}
+		}
+		if err := s.entryEvent(ctx, tx, n.ID, datastore.EntryUpdated); err != nil {
+			return err
+		}
+		updated = n
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("update entry: %w", err)
+	}
+	return updated, nil
+}
+
+// replaceChildren deletes the entry's rows of table and inserts new ones
+// through fill with the prepared insert statement.
+func (s *Store) replaceChildren(ctx context.Context, tx *sql.Tx, table, id string, fill func(*sql.Stmt) error, insert string) error {
+	if _, err := tx.ExecContext(ctx, s.q("DELETE FROM "+table+" WHERE entry_id = ?"), id); err != nil {
+		return fmt.Errorf("replace %s: %w", table, err)
+	}
+	st, err := tx.PrepareContext(ctx, s.q(insert))
+	if err != nil {
+		return fmt.Errorf("replace %s: %w", table, err)
+	}
+	defer st.Close()
+	if err := fill(st); err != nil {
+		return fmt.Errorf("replace %s: %w", table, err)
+	}
+	return nil
+}
+
+func (s *Store) entryEvent(ctx context.Context, tx *sql.Tx, id string, kind datastore.EntryEventKind) error {
+	if _, err := tx.ExecContext(ctx, s.q("INSERT INTO entry_events (entry_id, kind, created_at) VALUES (?, ?, ?)"), id, int(kind), s.now()); err != nil {
+		return fmt.Errorf("record entry event: %w", err)
+	}
+	return nil
+}
+
+// DeleteEntries deletes the entries by ID, one result per ID.
+func (s *Store) DeleteEntries(ctx context.Context, ids []string) ([]error, error) {
+	errs := make([]error, len(ids))
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		st, err := tx.PrepareContext(ctx, s.q("DELETE FROM entries WHERE id = ?"))
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for i, id := range ids {
+			res, err := st.ExecContext(ctx, id)
+			if err != nil {
+				return fmt.Errorf("delete entry %q: %w", id, err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				errs[i] = fmt.Errorf("entry %q: %w", id, datastore.ErrNotFound)
+				continue
+			}
+			if err := s.entryEvent(ctx, tx, id, datastore.EntryDeleted); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delete entries: %w", err)
+	}
+	return errs, nil
+}
+
+// PruneEntries deletes the entries whose ExpiresAt (when set) is before t.
+func (s *Store) PruneEntries(ctx context.Context, before time.Time) (int, error) {
+	var n int
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var ids []string
+		err := scanRows(ctx, tx, s.q("SELECT id FROM entries WHERE expires_at <> 0 AND expires_at < ?"), []any{cutoff(before)}, func(r *sql.Rows) error {
+			var id string
+			if err := r.Scan(&id); err != nil {
+				return err
+			}
+			ids = append(ids, id)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("find expired entries: %w", err)
+		}
+		for _, id := range ids {
+			if _, err := tx.ExecContext(ctx, s.q("DELETE FROM entries WHERE id = ?"), id); err != nil {
+				return fmt.Errorf("delete entry %q: %w", id, err)
+			}
+			if err := s.entryEvent(ctx, tx, id, datastore.EntryDeleted); err != nil {
+				return err
+			}
+		}
+		n = len(ids)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune entries: %w", err)
+	}
+	if n > 0 {
+		s.log.Info("Pruned expired entries", "count", n)
+	}
+	return n, nil
+}
+
+// ListEntryEvents returns entry events with ID > after, oldest first.
+func (s *Store) ListEntryEvents(ctx context.Context, after int64, limit int) ([]datastore.EntryEvent, error) {
+	query := "SELECT id, entry_id, kind FROM entry_events WHERE id > ? ORDER BY id"
+	args := []any{after}
+	if limit > 0 {
+		query += " LIMIT ?"
+		args = append(args, limit)
+	}
+	var out []datastore.EntryEvent
+	err := scanRows(ctx, s.r, s.q(query), args, func(r *sql.Rows) error {
+		var ev datastore.EntryEvent
+		var kind int
+		if err := r.Scan(&ev.ID, &ev.EntryID, &kind); err != nil {
+			return err
+		}
+		ev.Kind = datastore.EntryEventKind(kind)
+		out = append(out, ev)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list entry events: %w", err)
+	}
+	return out, nil
+}
+
+// LastEntryEventID returns the highest entry event ID (0 if none).
+func (s *Store) LastEntryEventID(ctx context.Context) (int64, error) {
+	return s.lastEventID(ctx, "entry_events")
+}
+
+func (s *Store) lastEventID(ctx context.Context, table string) (int64, error) {
+	var v sql.NullInt64
+	if err := s.r.QueryRowContext(ctx, "SELECT MAX(id) FROM "+table).Scan(&v); err != nil {
+		return 0, fmt.Errorf("last event of %s: %w", strings.TrimSuffix(table, "s"), err)
+	}
+	return v.Int64, nil
+}
+
+// PruneEvents deletes entry, node and bundle events created before t
+// (servers that fell that far behind do a full reload instead).
+func (s *Store) PruneEvents(ctx context.Context, before time.Time) (int, error) {
+	var n int64
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		for _, table := range []string{"entry_events", "node_events", "bundle_events"} {
+			res, err := tx.ExecContext(ctx, s.q("DELETE FROM "+table+" WHERE created_at < ?"), cutoff(before))
+			if err != nil {
+				return fmt.Errorf("prune %s: %w", table, err)
+			}
+			c, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			n += c
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune events: %w", err)
+	}
+	return int(n), nil
+}

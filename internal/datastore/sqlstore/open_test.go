@@ -1,0 +1,240 @@
+package sqlstore
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+)
+
+func TestOpenRejectsBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"postgres", Config{DatabaseType: "postgres", ConnectionString: "dbname=sigil"}, "not supported yet"},
+		{"unknown type", Config{DatabaseType: "mysql", ConnectionString: filepath.Join(dir, "x.db")}, "unknown database_type"},
+		{"missing type", Config{ConnectionString: filepath.Join(dir, "x.db")}, "database_type is required"},
+		{"missing path", Config{DatabaseType: "sqlite3"}, "connection_string is required"},
+		{"memory", Config{DatabaseType: "sqlite3", ConnectionString: ":memory:"}, "on-disk"},
+		{"memory uri", Config{DatabaseType: "sqlite3", ConnectionString: "file:x?mode=memory"}, "mode=memory"},
+		{"driver params", Config{DatabaseType: "sqlite3", ConnectionString: "file:" + filepath.Join(dir, "y.db") + "?_txlock=deferred"}, "not allowed"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := Open(context.Background(), c.cfg)
+			if err == nil {
+				s.Close()
+				t.Fatal("Open succeeded")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestOpenCreatesPrivateFileAndDir(t *testing.T) {
+	root := t.TempDir()
+	path := filepath.Join(root, "var", "lib", "sigil", "datastore.sqlite3")
+	s, err := Open(context.Background(), Config{DatabaseType: "sqlite", ConnectionString: path})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	if err := s.SetCAJournal(context.Background(), "x", []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{filepath.Join(root, "var"), filepath.Dir(path)} {
+		fi, err := os.Stat(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s mode = %v, want 0700", d, fi.Mode().Perm())
+		}
+	}
+	for _, f := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode = %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+}
+
+func TestOpenFileURI(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "with space?and#hash.db")
+	s, err := Open(context.Background(), Config{DatabaseType: "sqlite3", ConnectionString: "file:" + escapeURIPath(path) + "?cache=private"})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	if err := s.SetCAJournal(context.Background(), "j", []byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("database not at %s: %v", path, err)
+	}
+}
+
+func TestPragmas(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for _, c := range []struct {
+		pragma string
+		want   string
+	}{
+		{"journal_mode", "wal"},
+		{"foreign_keys", "1"},
+		{"synchronous", "1"}, // NORMAL
+		{"busy_timeout", "10000"},
+	} {
+		var got string
+		if err := f.store.w.QueryRowContext(ctx, "PRAGMA "+c.pragma).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("write pool: PRAGMA %s = %s, want %s", c.pragma, got, c.want)
+		}
+	}
+	var qo string
+	if err := f.store.r.QueryRowContext(ctx, "PRAGMA query_only").Scan(&qo); err != nil {
+		t.Fatal(err)
+	}
+	if qo != "1" {
+		t.Errorf("read pool: query_only = %s, want 1", qo)
+	}
+}
+
+func TestMigrationVersioning(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ms, err := loadMigrations(migrationsFS, "migrations/sqlite")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := f.store.SchemaVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v != len(ms) || v < 1 {
+		t.Fatalf("schema version = %d, want %d", v, len(ms))
+	}
+
+	// Reopening applies nothing and keeps data.
+	if err := f.store.SetCAJournal(ctx, "a", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	f.reopen(t)
+	if v2, _ := f.store.SchemaVersion(ctx); v2 != v {
+		t.Fatalf("version after reopen = %d, want %d", v2, v)
+	}
+
+	// A later binary's migration applies on top, in order.
+	next := fstest.MapFS{}
+	for _, m := range ms {
+		next["m/"+m.name] = &fstest.MapFile{Data: []byte(m.sql)}
+	}
+	n := len(ms) + 1
+	name := fmt.Sprintf("%04d_extra.sql", n)
+	next["m/"+name] = &fstest.MapFile{Data: []byte("CREATE TABLE extra (x INTEGER); INSERT INTO extra VALUES (42);")}
+	if err := f.store.migrate(ctx, next, "m"); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	var x int
+	if err := f.store.r.QueryRowContext(ctx, "SELECT x FROM extra").Scan(&x); err != nil || x != 42 {
+		t.Fatalf("extra migration not applied: %v %d", err, x)
+	}
+	if v3, _ := f.store.SchemaVersion(ctx); v3 != n {
+		t.Fatalf("version = %d, want %d", v3, n)
+	}
+
+	// This binary refuses the newer database.
+	if err := f.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(ctx, Config{DatabaseType: "sqlite3", ConnectionString: f.path})
+	wantErr(t, err, ErrSchemaTooNew)
+	if !strings.Contains(err.Error(), fmt.Sprintf("version %d", n)) {
+		t.Errorf("error %q does not name the database version", err)
+	}
+}
+
+func TestLoadMigrationsRejectsGaps(t *testing.T) {
+	fsys := fstest.MapFS{
+		"m/0001_a.sql": &fstest.MapFile{Data: []byte("SELECT 1")},
+		"m/0003_c.sql": &fstest.MapFile{Data: []byte("SELECT 1")},
+	}
+	if _, err := loadMigrations(fsys, "m"); err == nil {
+		t.Fatal("gap accepted")
+	}
+	fsys = fstest.MapFS{"m/one.sql": &fstest.MapFile{Data: []byte("SELECT 1")}}
+	if _, err := loadMigrations(fsys, "m"); err == nil {
+		t.Fatal("unnumbered migration accepted")
+	}
+}
+
+func TestRebind(t *testing.T) {
+	pg := dialect{name: "postgres", numbered: true}
+	got := pg.rebind("SELECT a FROM t WHERE x = ? AND y IN (?, ?)")
+	if want := "SELECT a FROM t WHERE x = $1 AND y IN ($2, $3)"; got != want {
+		t.Fatalf("rebind = %q, want %q", got, want)
+	}
+	if got := sqliteDialect.rebind("x = ?"); got != "x = ?" {
+		t.Fatalf("sqlite rebind changed the query: %q", got)
+	}
+}
+
+func TestRestartPersistence(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	e := mustCreate(t, f.store, &datastore.Entry{SPIFFEID: "spiffe://td/w", ParentID: "spiffe://td/n", Selectors: sels("unix:uid:1"),
+		DNSNames: []string{"a.example", "b.example"}, FederatesWith: []string{"other.org"}, Hint: "h", Admin: true, ExpiresAt: 99})[0]
+	if _, err := f.store.CreateNode(ctx, &datastore.AttestedNode{SPIFFEID: "spiffe://td/n", AttestationType: "join_token",
+		CertSerial: "1", Selectors: sels("jt:x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.CreateJoinToken(ctx, &datastore.JoinToken{Hash: [32]byte{1}, ExpiresAt: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.CreateBundle(ctx, &datastore.Bundle{TrustDomain: "td", X509Authorities: []datastore.X509Authority{{ASN1: []byte{1}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.SetCAJournal(ctx, "ca", []byte("journal")); err != nil {
+		t.Fatal(err)
+	}
+	lastEv, _ := f.store.LastEntryEventID(ctx)
+
+	f.reopen(t)
+
+	got, err := f.store.GetEntry(ctx, e.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertEntryEqual(t, got, e)
+	if n, err := f.store.GetNode(ctx, "spiffe://td/n"); err != nil || len(n.Selectors) != 1 {
+		t.Fatalf("node after restart: %v %+v", err, n)
+	}
+	if _, err := f.store.ConsumeJoinToken(ctx, [32]byte{1}); err != nil {
+		t.Fatalf("token after restart: %v", err)
+	}
+	if b, err := f.store.GetBundle(ctx, "td"); err != nil || b.SequenceNumber != 1 {
+		t.Fatalf("bundle after restart: %v %+v", err, b)
+	}
+	if j, err := f.store.GetCAJournal(ctx, "ca"); err != nil || string(j) != "journal" {
+		t.Fatalf("journal after restart: %v %q", err, j)
+	}
+	if ev, _ := f.store.LastEntryEventID(ctx); ev != lastEv || ev == 0 {
+		t.Fatalf("last entry event after restart = %d, want %d", ev, lastEv)
+	}
+}

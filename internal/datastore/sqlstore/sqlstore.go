@@ -1,0 +1,404 @@
+// Package sqlstore implements datastore.DataStore on database/sql.
+//
+// SQLite (modernc.org/sqlite, pure Go) is the default backend. Queries are
+// written with '?' placeholders in SQL that SQLite and PostgreSQL both accept
+// (explicit transactions, INSERT ... ON CONFLICT, DELETE ... RETURNING) and
+// pass through a per-dialect rebind step, so a PostgreSQL dialect only needs
+// its own migrations and connection setup.
+//
+// SQLite concurrency: writes go through a pool of exactly one connection
+// whose transactions begin IMMEDIATE, reads through a separate small pool of
+// query-only connections. In WAL mode readers never block the writer and
+// the writer never sees SQLITE_BUSY from its own process; busy_timeout
+// covers other processes opening the same file.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+)
+
+// Config configures Open.
+type Config struct {
+	// DatabaseType is "sqlite3" (SPIRE's spelling) or "sqlite".
+	// "postgres" is reserved and returns an error for now.
+	DatabaseType string
+	// ConnectionString is, for SQLite, a file path (e.g.
+	// /var/lib/sigil/datastore.sqlite3) or a file: URI.
+	ConnectionString string
+	Log              *slog.Logger
+	// Clock stamps CreatedAt and event rows; the real clock when nil.
+	Clock clock.Clock
+}
+
+// ErrInvalidPage is returned by the List methods for a page token they did
+// not issue or a negative page size. The API layer maps it to
+// InvalidArgument.
+var ErrInvalidPage = errors.New("invalid page")
+
+// busyTimeoutMS bounds how long a connection waits for a lock held by
+// another process sharing the database file.
+const busyTimeoutMS = 10000
+
+// readPoolSize is the number of concurrent read connections.
+const readPoolSize = 4
+
+// Store is a datastore.DataStore backed by SQL.
+type Store struct {
+	w       *sql.DB // writes: exactly one connection for SQLite
+	r       *sql.DB // reads: query-only connections for SQLite
+	dialect dialect
+	log     *slog.Logger
+	clock   clock.Clock
+}
+
+var _ datastore.DataStore = (*Store)(nil)
+
+// Open opens (creating if absent) the database and applies pending
+// migrations. For SQLite the file is created 0600 and its parent directory
+// 0700 when absent.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	switch strings.ToLower(strings.TrimSpace(cfg.DatabaseType)) {
+	case "sqlite3", "sqlite":
+	case "postgres", "postgresql":
+		return nil, fmt.Errorf("datastore: database_type %q is not supported yet (use sqlite3)", cfg.DatabaseType)
+	case "":
+		return nil, errors.New("datastore: database_type is required (sqlite3)")
+	default:
+		return nil, fmt.Errorf("datastore: unknown database_type %q (supported: sqlite3)", cfg.DatabaseType)
+	}
+	s := &Store{
+		dialect: sqliteDialect,
+		log:     log.With("component", "datastore"),
+		clock:   clock.OrReal(cfg.Clock),
+	}
+	if err := s.openSQLite(ctx, cfg.ConnectionString); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) openSQLite(ctx context.Context, conn string) error {
+	path, uriQuery, err := parseSQLiteConn(conn)
+	if err != nil {
+		return err
+	}
+	if err := prepareSQLiteFile(path, s.log); err != nil {
+		return err
+	}
+	base := "file:" + escapeURIPath(path)
+
+	wq := cloneValues(uriQuery)
+	wq.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeoutMS))
+	wq.Add("_pragma", "journal_mode(WAL)")
+	wq.Add("_pragma", "synchronous(NORMAL)")
+	wq.Add("_pragma", "foreign_keys(1)")
+	wq.Set("_txlock", "immediate")
+	w, err := sql.Open("sqlite", base+"?"+wq.Encode())
+	if err != nil {
+		return fmt.Errorf("datastore: open %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	if err := checkWAL(ctx, w); err != nil {
+		w.Close()
+		return fmt.Errorf("datastore: open %s: %w", path, err)
+	}
+	s.w = w
+	if err := s.migrate(ctx, migrationsFS, "migrations/sqlite"); err != nil {
+		w.Close()
+		return fmt.Errorf("datastore: %s: %w", path, err)
+	}
+
+	rq := cloneValues(uriQuery)
+	rq.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeoutMS))
+	rq.Add("_pragma", "foreign_keys(1)")
+	rq.Add("_pragma", "query_only(1)")
+	r, err := sql.Open("sqlite", base+"?"+rq.Encode())
+	if err != nil {
+		w.Close()
+		return fmt.Errorf("datastore: open %s for reading: %w", path, err)
+	}
+	r.SetMaxOpenConns(readPoolSize)
+	r.SetMaxIdleConns(readPoolSize)
+	r.SetConnMaxIdleTime(5 * time.Minute)
+	if err := r.PingContext(ctx); err != nil {
+		r.Close()
+		w.Close()
+		return fmt.Errorf("datastore: open %s for reading: %w", path, err)
+	}
+	s.r = r
+	s.log.Info("Datastore opened", "type", "sqlite3", "path", path)
+	return nil
+}
+
+// checkWAL connects and verifies the pragmas took effect.
+func checkWAL(ctx context.Context, db *sql.DB) error {
+	var mode string
+	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return fmt.Errorf("read journal_mode: %w", err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fmt.Errorf("journal_mode is %q, want wal (is the filesystem WAL-capable?)", mode)
+	}
+	var fk int
+	if err := db.QueryRowContext(ctx, "PRAGMA foreign_keys").Scan(&fk); err != nil {
+		return fmt.Errorf("read foreign_keys: %w", err)
+	}
+	if fk != 1 {
+		return errors.New("foreign keys could not be enabled")
+	}
+	return nil
+}
+
+// parseSQLiteConn returns the file path and any URI query parameters of a
+// SQLite connection string (a path or a file: URI).
+func parseSQLiteConn(conn string) (string, url.Values, error) {
+	conn = strings.TrimSpace(conn)
+	if conn == "" {
+		return "", nil, errors.New("datastore: connection_string is required (path of the SQLite file)")
+	}
+	q := url.Values{}
+	path := conn
+	if strings.HasPrefix(conn, "file:") {
+		u, err := url.Parse(conn)
+		if err != nil {
+			return "", nil, fmt.Errorf("datastore: invalid connection_string %q: %w", conn, err)
+		}
+		if u.Host != "" && u.Host != "localhost" {
+			return "", nil, fmt.Errorf("datastore: connection_string %q: remote hosts are not supported", conn)
+		}
+		path = u.Path
+		if u.Opaque != "" {
+			if path, err = url.PathUnescape(u.Opaque); err != nil {
+				return "", nil, fmt.Errorf("datastore: invalid connection_string %q: %w", conn, err)
+			}
+		}
+		q = u.Query()
+		for k := range q {
+			if strings.HasPrefix(k, "_") {
+				// Connection behaviour (pragmas, locking) is ours to set.
+				return "", nil, fmt.Errorf("datastore: connection_string parameter %q is not allowed", k)
+			}
+		}
+		if m := q.Get("mode"); m == "memory" || m == "ro" {
+			return "", nil, fmt.Errorf("datastore: connection_string mode=%s is not supported", m)
+		}
+	}
+	if path == "" || path == ":memory:" {
+		return "", nil, fmt.Errorf("datastore: connection_string %q: an on-disk SQLite file is required", conn)
+	}
+	return filepath.Clean(path), q, nil
+}
+
+// prepareSQLiteFile creates the parent directory (0700) and the database
+// file (0600) when absent, so the file is never world-readable even for a
+// moment.
+func prepareSQLiteFile(path string, log *slog.Logger) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("datastore: create directory %s: %w", dir, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case err == nil:
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("datastore: create %s: %w", path, err)
+		}
+	case errors.Is(err, os.ErrExist):
+		fi, err := os.Stat(path)
+		if err != nil {
+			return fmt.Errorf("datastore: stat %s: %w", path, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("datastore: %s is not a regular file", path)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			log.Warn("Datastore file is accessible by group or others", "path", path, "mode", fi.Mode().Perm().String())
+		}
+	default:
+		return fmt.Errorf("datastore: create %s: %w", path, err)
+	}
+	return nil
+}
+
+// escapeURIPath escapes the characters that are special in a SQLite URI path.
+func escapeURIPath(p string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23").Replace(p)
+}
+
+func cloneValues(v url.Values) url.Values {
+	out := url.Values{}
+	for k, vs := range v {
+		out[k] = append([]string(nil), vs...)
+	}
+	return out
+}
+
+// Close closes both connection pools.
+func (s *Store) Close() error {
+	var errs []error
+	if s.r != nil {
+		errs = append(errs, s.r.Close())
+	}
+	if s.w != nil {
+		errs = append(errs, s.w.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// dialect holds what differs between SQL backends at query time.
+type dialect struct {
+	name string
+	// numbered is true when placeholders are $1, $2... (PostgreSQL).
+	numbered bool
+}
+
+var sqliteDialect = dialect{name: "sqlite3"}
+
+// rebind rewrites '?' placeholders for the dialect. Queries never contain
+// '?' inside string literals.
+func (d dialect) rebind(q string) string {
+	if !d.numbered {
+		return q
+	}
+	var b strings.Builder
+	b.Grow(len(q) + 16)
+	n := 0
+	for i := 0; i < len(q); i++ {
+		if q[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(q[i])
+	}
+	return b.String()
+}
+
+// q rebinds a query for the store's dialect.
+func (s *Store) q(query string) string { return s.dialect.rebind(query) }
+
+// queryer is what *sql.DB and *sql.Tx have in common.
+type queryer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// writeTx runs fn in a write transaction and commits it when fn succeeds.
+func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if err = fn(tx); err != nil {
+		return err
+	}
+	if err = tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// readTx runs fn in a read transaction (one consistent snapshot).
+func (s *Store) readTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+	tx, err := s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin read transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	return fn(tx)
+}
+
+func (s *Store) now() int64 { return s.clock.Now().Unix() }
+
+// cutoff returns the smallest unix second that is not before t, so that
+// "x before t" is "x < cutoff(t)" for whole-second timestamps.
+func cutoff(t time.Time) int64 {
+	c := t.Unix()
+	if t.Nanosecond() > 0 {
+		c++
+	}
+	return c
+}
+
+// placeholders returns "?, ?, ..." with n placeholders.
+func placeholders(n int) string {
+	if n <= 0 {
+		return ""
+	}
+	return strings.Repeat("?, ", n-1) + "?"
+}
+
+// Page tokens are the base64url of the last key returned.
+func encodePageToken(key string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(key))
+}
+
+func decodePageToken(tok string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil || len(b) == 0 {
+		return "", fmt.Errorf("page token %q: %w", tok, ErrInvalidPage)
+	}
+	return string(b), nil
+}
+
+func checkPage(p datastore.Page) (string, error) {
+	if p.Size < 0 {
+		return "", fmt.Errorf("page size %d: %w", p.Size, ErrInvalidPage)
+	}
+	return decodePageToken(p.Token)
+}
+
+// limitClause returns " LIMIT ?" and the arg for a page (one extra row to
+// learn whether another page follows), or nothing for Size 0.
+func limitClause(p datastore.Page) (string, []any) {
+	if p.Size == 0 {
+		return "", nil
+	}
+	return " LIMIT ?", []any{p.Size + 1}
+}
+
+// chunk splits n items into ranges of at most size.
+func chunks(n, size int) [][2]int {
+	var out [][2]int
+	for i := 0; i < n; i += size {
+		j := min(i+size, n)
+		out = append(out, [2]int{i, j})
+	}
+	return out
+}
+
+// maxInArgs bounds the number of values in one IN (...) list.
+const maxInArgs = 500

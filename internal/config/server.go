@@ -1,0 +1,525 @@
+package config
+
+import (
+	"crypto/x509/pkix"
+	"errors"
+	"flag"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/keys"
+)
+
+// SPIRE's server defaults.
+const (
+	DefaultServerConfigPath  = "conf/server/server.conf"
+	DefaultServerBindAddress = "0.0.0.0"
+	DefaultServerBindPort    = 8081
+	DefaultServerSocketPath  = "/tmp/spire-server/private/api.sock"
+	DefaultLogLevel          = "INFO"
+	DefaultLogFormat         = "text"
+	DefaultCATTL             = 24 * time.Hour
+	DefaultX509SVIDTTL       = time.Hour
+	DefaultJWTSVIDTTL        = 5 * time.Minute
+	DatabaseTypeSQLite       = "sqlite3"
+	DatabaseTypePostgres     = "postgres"
+	KeyManagerDisk           = "disk"
+	KeyManagerMemory         = "memory"
+	defaultCASubjectCountry  = "US"
+	defaultCASubjectOrg      = "SPIFFE"
+)
+
+// Server is sigil-server's configuration: defaults applied, validated.
+type Server struct {
+	// Path is the configuration file it was read from ("" when built in code).
+	Path string
+
+	BindAddress string
+	BindPort    int // 0 means an ephemeral port (tests)
+	SocketPath  string
+	TrustDomain spiffeid.TrustDomain
+	DataDir     string
+
+	LogLevel  string
+	LogFormat string
+	LogFile   string
+
+	CATTL              time.Duration
+	DefaultX509SVIDTTL time.Duration
+	DefaultJWTSVIDTTL  time.Duration
+	// AgentTTL is the lifetime of agent SVIDs; it defaults to DefaultX509SVIDTTL.
+	AgentTTL   time.Duration
+	CAKeyType  keys.Type
+	JWTKeyType keys.Type // defaults to CAKeyType
+	JWTIssuer  string
+	CASubject  pkix.Name // default C=US, O=SPIFFE, as SPIRE
+
+	RateLimit    RateLimit
+	HealthChecks HealthChecks
+
+	DataStore     DataStore
+	KeyManager    ServerKeyManager
+	NodeAttestors ServerNodeAttestors
+	UpstreamDisk  *UpstreamDisk  // UpstreamAuthority "disk"; at most one upstream is set
+	UpstreamSPIRE *UpstreamSPIRE // UpstreamAuthority "spire"
+}
+
+// RateLimit is server.ratelimit; both default to true, as SPIRE.
+type RateLimit struct {
+	Attestation bool
+	Signing     bool
+}
+
+// DataStore is DataStore "sql".
+type DataStore struct {
+	DatabaseType     string // "sqlite3" or "postgres"
+	ConnectionString string // as given: a relative SQLite path is relative to the working directory
+}
+
+// ServerKeyManager is KeyManager "disk" or "memory".
+type ServerKeyManager struct {
+	Kind string // "disk" or "memory"
+	// KeysPath is the disk plugin's keys_path, as given (in SPIRE it names a
+	// file; relative paths are relative to the working directory).
+	KeysPath string
+}
+
+// ServerNodeAttestors lists the enabled server node attestors.
+type ServerNodeAttestors struct {
+	JoinToken bool // NodeAttestor "join_token"
+}
+
+// UpstreamDisk is UpstreamAuthority "disk".
+type UpstreamDisk struct {
+	CertFilePath   string
+	KeyFilePath    string
+	BundleFilePath string // optional
+}
+
+// UpstreamSPIRE is UpstreamAuthority "spire": a nested server's upstream.
+type UpstreamSPIRE struct {
+	ServerAddress     string
+	ServerPort        int
+	WorkloadAPISocket string
+}
+
+// DefaultServer returns a Server holding SPIRE's defaults; TrustDomain,
+// DataDir, DataStore and KeyManager are left for the caller.
+func DefaultServer() *Server {
+	return &Server{
+		BindAddress:        DefaultServerBindAddress,
+		BindPort:           DefaultServerBindPort,
+		SocketPath:         DefaultServerSocketPath,
+		LogLevel:           DefaultLogLevel,
+		LogFormat:          DefaultLogFormat,
+		CATTL:              DefaultCATTL,
+		DefaultX509SVIDTTL: DefaultX509SVIDTTL,
+		DefaultJWTSVIDTTL:  DefaultJWTSVIDTTL,
+		AgentTTL:           DefaultX509SVIDTTL,
+		CAKeyType:          keys.ECP256,
+		JWTKeyType:         keys.ECP256,
+		CASubject:          defaultCASubject(),
+		RateLimit:          RateLimit{Attestation: true, Signing: true},
+		HealthChecks:       defaultHealthChecks(),
+	}
+}
+
+func defaultCASubject() pkix.Name {
+	return pkix.Name{Country: []string{defaultCASubjectCountry}, Organization: []string{defaultCASubjectOrg}}
+}
+
+// SPIRE server options Sigil does not implement: named as unsupported rather
+// than unknown.
+var (
+	unsupportedTopLevel = map[string]bool{"telemetry": true}
+	unsupportedServer   = map[string]bool{
+		"admin_ids": true, "audit_log_enabled": true, "experimental": true, "federation": true,
+		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
+		"profiling_freq": true, "profiling_names": true, "prune_attested_nodes_expired_for": true,
+		"prune_tofu_nodes": true, "proxy_protocol_trusted_cidrs": true, "disable_jwt_svids": true,
+		"use_legacy_downstream_x509_ca_ttl": true, "default_svid_ttl": true,
+	}
+	unsupportedServerPluginTypes = map[string]bool{
+		"Notifier": true, "CredentialComposer": true, "BundlePublisher": true, "NodeResolver": true,
+	}
+)
+
+// ParseServer parses a server configuration file's content (name is used in
+// messages), applies defaults and validates it.
+func ParseServer(name string, src []byte) (*Server, error) {
+	s, err := parseServer(name, src)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return s, nil
+}
+
+// serverFlags are SPIRE's `spire-server run` flags that Sigil supports.
+type serverFlags struct {
+	config, bindAddress, socketPath, trustDomain, dataDir string
+	logLevel, logFormat, logFile                          string
+	serverPort                                            int
+	expandEnv                                             bool
+}
+
+func newServerFlagSet(f *serverFlags) *flag.FlagSet {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.StringVar(&f.config, "config", DefaultServerConfigPath, "Path to a SPIRE-style server config file")
+	fs.StringVar(&f.bindAddress, "bindAddress", "", "IP address or DNS name of the server")
+	fs.IntVar(&f.serverPort, "serverPort", 0, "Port number of the server")
+	fs.StringVar(&f.socketPath, "socketPath", "", "Path to bind the server API socket to")
+	fs.StringVar(&f.trustDomain, "trustDomain", "", "The trust domain that this server belongs to")
+	fs.StringVar(&f.dataDir, "dataDir", "", "Directory to store runtime data to")
+	fs.StringVar(&f.logLevel, "logLevel", "", "'debug', 'info', 'warn', or 'error'")
+	fs.StringVar(&f.logFormat, "logFormat", "", "'text' or 'json'")
+	fs.StringVar(&f.logFile, "logFile", "", "File to write logs to")
+	fs.BoolVar(&f.expandEnv, "expandEnv", false, "Expand environment variables in the config file")
+	return fs
+}
+
+// LoadServer handles `sigil-server run` arguments: it parses the flags,
+// reads -config, lets set flags override the file, applies defaults and
+// validates. -h yields an error wrapping flag.ErrHelp carrying the usage.
+func LoadServer(args []string) (*Server, error) {
+	var f serverFlags
+	set, err := parseFlags(newServerFlagSet(&f), args)
+	if err != nil {
+		return nil, err
+	}
+	src, err := readConfigFile(f.config, f.expandEnv)
+	if err != nil {
+		return nil, err
+	}
+	s, err := parseServer(f.config, src)
+	if err != nil {
+		return nil, err
+	}
+	if set["bindAddress"] {
+		s.BindAddress = f.bindAddress
+	}
+	if set["serverPort"] {
+		s.BindPort = f.serverPort
+	}
+	if set["socketPath"] {
+		s.SocketPath = f.socketPath
+	}
+	if set["trustDomain"] {
+		td, err := spiffeid.TrustDomainFromString(f.trustDomain)
+		if err != nil {
+			return nil, fmt.Errorf("-trustDomain: invalid trust domain %q: %w", f.trustDomain, err)
+		}
+		s.TrustDomain = td
+	}
+	if set["dataDir"] {
+		s.DataDir = f.dataDir
+	}
+	if set["logLevel"] {
+		s.LogLevel = f.logLevel
+	}
+	if set["logFormat"] {
+		s.LogFormat = f.logFormat
+	}
+	if set["logFile"] {
+		s.LogFile = f.logFile
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", f.config, err)
+	}
+	return s, nil
+}
+
+// parseServer decodes the file over DefaultServer without validating.
+func parseServer(name string, src []byte) (*Server, error) {
+	es, err := parseFile(name, src)
+	if err != nil {
+		return nil, err
+	}
+	d := &decoder{file: name}
+	s := DefaultServer()
+	s.Path = name
+	root := d.newBlock("top level", es)
+	root.unsupported = unsupportedTopLevel
+
+	if b := root.sub("server", "server block"); b != nil {
+		b.unsupported = unsupportedServer
+		d.serverSection(b, s)
+		b.done()
+	}
+	d.healthChecks(root, &s.HealthChecks)
+	d.serverPlugins(d.plugins(root), s)
+	root.done()
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (d *decoder) serverSection(b *block, s *Server) {
+	b.str("bind_address", &s.BindAddress)
+	b.port("bind_port", &s.BindPort)
+	b.str("socket_path", &s.SocketPath)
+	var td string
+	if b.str("trust_domain", &td) {
+		v, err := spiffeid.TrustDomainFromString(td)
+		if err != nil {
+			d.errorf(b.kids["trust_domain"].pos, "invalid trust_domain %q: %v", td, err)
+		} else {
+			s.TrustDomain = v
+		}
+	}
+	b.str("data_dir", &s.DataDir)
+	b.str("log_level", &s.LogLevel)
+	b.str("log_format", &s.LogFormat)
+	b.str("log_file", &s.LogFile)
+	b.duration("ca_ttl", &s.CATTL)
+	b.duration("default_x509_svid_ttl", &s.DefaultX509SVIDTTL)
+	b.duration("default_jwt_svid_ttl", &s.DefaultJWTSVIDTTL)
+	if !b.duration("agent_ttl", &s.AgentTTL) {
+		s.AgentTTL = s.DefaultX509SVIDTTL
+	}
+	s.CAKeyType = d.keyType(b, "ca_key_type", s.CAKeyType)
+	s.JWTKeyType = s.CAKeyType
+	s.JWTKeyType = d.keyType(b, "jwt_key_type", s.JWTKeyType)
+	b.str("jwt_issuer", &s.JWTIssuer)
+
+	if cs := b.sub("ca_subject", "ca_subject block"); cs != nil {
+		var subj pkix.Name
+		cs.strings("country", &subj.Country)
+		cs.strings("organization", &subj.Organization)
+		cs.str("common_name", &subj.CommonName)
+		cs.done()
+		// SPIRE keeps its default when ca_subject is present but empty.
+		if !reflect.DeepEqual(subj, pkix.Name{}) {
+			s.CASubject = subj
+		}
+	}
+	if rl := b.sub("ratelimit", "ratelimit block"); rl != nil {
+		rl.boolean("attestation", &s.RateLimit.Attestation)
+		rl.boolean("signing", &s.RateLimit.Signing)
+		rl.done()
+	}
+}
+
+// keyType reads a SPIRE key type (case-insensitive, as SPIRE).
+func (d *decoder) keyType(b *block, key string, def keys.Type) keys.Type {
+	var raw string
+	if !b.str(key, &raw) {
+		return def
+	}
+	t, err := keys.ParseType(strings.ToLower(raw))
+	if err != nil || raw == "" {
+		d.errorf(b.kids[key].pos, "invalid value for %q in %s: key type %q is unknown; must be one of rsa-2048, rsa-4096, ec-p256, ec-p384", key, b.desc, raw)
+		return def
+	}
+	return t
+}
+
+func (d *decoder) serverPlugins(decls []pluginDecl, s *Server) {
+	first := map[string]pluginDecl{}
+	once := func(p pluginDecl) bool {
+		if prev, dup := first[p.typ]; dup {
+			d.errorf(p.pos, "plugin %s %q: only one %s plugin may be configured (%q is on line %d)", p.typ, p.name, p.typ, prev.name, prev.pos.Line)
+			return false
+		}
+		first[p.typ] = p
+		return true
+	}
+	for _, p := range decls {
+		switch p.typ {
+		case "DataStore":
+			if p.name != "sql" {
+				d.unknownPlugin(p, "sql")
+				continue
+			}
+			if !once(p) {
+				continue
+			}
+			p.data.str("database_type", &s.DataStore.DatabaseType)
+			p.data.str("connection_string", &s.DataStore.ConnectionString)
+			p.data.unsupported = map[string]bool{
+				"ro_connection_string": true, "root_ca_path": true, "client_cert_path": true,
+				"client_key_path": true, "max_open_conns": true, "max_idle_conns": true,
+				"conn_max_lifetime": true, "disable_migration": true, "log_sql": true,
+			}
+			p.data.done()
+			switch s.DataStore.DatabaseType {
+			case DatabaseTypeSQLite, DatabaseTypePostgres, "":
+			default:
+				d.errorf(p.data.kids["database_type"].pos, "plugin DataStore \"sql\": database_type %q is not supported (want %q or %q)", s.DataStore.DatabaseType, DatabaseTypeSQLite, DatabaseTypePostgres)
+			}
+		case "KeyManager":
+			switch p.name {
+			case KeyManagerDisk:
+				if once(p) {
+					s.KeyManager.Kind = KeyManagerDisk
+					p.data.str("keys_path", &s.KeyManager.KeysPath)
+					p.data.done()
+				}
+			case KeyManagerMemory:
+				if once(p) {
+					s.KeyManager.Kind = KeyManagerMemory
+					p.data.done()
+				}
+			default:
+				d.unknownPlugin(p, "disk, memory")
+			}
+		case "NodeAttestor":
+			switch p.name {
+			case "join_token":
+				s.NodeAttestors.JoinToken = true
+				p.data.done()
+			default:
+				d.unknownPlugin(p, "join_token")
+			}
+		case "UpstreamAuthority":
+			switch p.name {
+			case "disk":
+				if once(p) {
+					u := &UpstreamDisk{}
+					p.data.str("cert_file_path", &u.CertFilePath)
+					p.data.str("key_file_path", &u.KeyFilePath)
+					p.data.str("bundle_file_path", &u.BundleFilePath)
+					p.data.done()
+					s.UpstreamDisk = u
+				}
+			case "spire":
+				if once(p) {
+					u := &UpstreamSPIRE{}
+					p.data.str("server_address", &u.ServerAddress)
+					p.data.port("server_port", &u.ServerPort)
+					p.data.str("workload_api_socket", &u.WorkloadAPISocket)
+					p.data.unsupported = map[string]bool{"experimental": true}
+					p.data.done()
+					s.UpstreamSPIRE = u
+				}
+			default:
+				d.unknownPlugin(p, "disk, spire")
+			}
+		default:
+			d.unknownPluginType(p, unsupportedServerPluginTypes, "DataStore, KeyManager, NodeAttestor, UpstreamAuthority")
+		}
+	}
+}
+
+func (d *decoder) unknownPlugin(p pluginDecl, builtins string) {
+	d.errorf(p.pos, "unknown plugin %s %q: Sigil's built-in %s plugins are: %s", p.typ, p.name, p.typ, builtins)
+}
+
+func (d *decoder) unknownPluginType(p pluginDecl, unsupported map[string]bool, known string) {
+	if unsupported[p.typ] {
+		d.errorf(p.pos, "unsupported plugin type %s (plugin %s %q): a SPIRE plugin type Sigil does not implement", p.typ, p.typ, p.name)
+		return
+	}
+	d.errorf(p.pos, "unknown plugin type %q (plugin %s %q): known types are %s", p.typ, p.typ, p.name, known)
+}
+
+// Validate checks the whole configuration, naming each offending setting.
+func (s *Server) Validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.TrustDomain.IsZero() {
+		add(errors.New("trust_domain must be configured"))
+	}
+	if s.BindAddress == "" {
+		add(errors.New("bind_address must be configured"))
+	}
+	add(validatePort("bind_port", s.BindPort, true))
+	if s.SocketPath == "" {
+		add(errors.New("socket_path must be configured"))
+	}
+	if s.DataDir == "" {
+		add(errors.New("data_dir must be configured"))
+	}
+	add(validateLogging(s.LogLevel, s.LogFormat))
+	for _, ttl := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"ca_ttl", s.CATTL},
+		{"default_x509_svid_ttl", s.DefaultX509SVIDTTL},
+		{"default_jwt_svid_ttl", s.DefaultJWTSVIDTTL},
+		{"agent_ttl", s.AgentTTL},
+	} {
+		if ttl.v <= 0 {
+			add(fmt.Errorf("%s must be positive, got %s", ttl.name, ttl.v))
+		}
+	}
+	add(validateKeyType("ca_key_type", s.CAKeyType))
+	add(validateKeyType("jwt_key_type", s.JWTKeyType))
+	if reflect.DeepEqual(s.CASubject, pkix.Name{}) {
+		add(errors.New("ca_subject must not be empty"))
+	}
+	add(s.HealthChecks.validate())
+
+	switch {
+	case s.DataStore == (DataStore{}):
+		add(errors.New(`exactly one DataStore plugin must be configured: DataStore "sql"`))
+	case s.DataStore.DatabaseType == "":
+		add(errors.New(`plugin DataStore "sql": database_type must be configured`))
+	case s.DataStore.DatabaseType != DatabaseTypeSQLite && s.DataStore.DatabaseType != DatabaseTypePostgres:
+		add(fmt.Errorf(`plugin DataStore "sql": database_type %q is not supported (want %q or %q)`, s.DataStore.DatabaseType, DatabaseTypeSQLite, DatabaseTypePostgres))
+	}
+	if s.DataStore.DatabaseType != "" && s.DataStore.ConnectionString == "" {
+		add(errors.New(`plugin DataStore "sql": connection_string must be configured`))
+	}
+	switch s.KeyManager.Kind {
+	case KeyManagerDisk:
+		if s.KeyManager.KeysPath == "" {
+			add(errors.New(`plugin KeyManager "disk": keys_path must be configured`))
+		}
+	case KeyManagerMemory:
+	case "":
+		add(errors.New(`exactly one KeyManager plugin must be configured: KeyManager "disk" or "memory"`))
+	default:
+		add(fmt.Errorf("unknown KeyManager %q", s.KeyManager.Kind))
+	}
+	if s.UpstreamDisk != nil && s.UpstreamSPIRE != nil {
+		add(errors.New("at most one UpstreamAuthority plugin may be configured"))
+	}
+	if u := s.UpstreamDisk; u != nil {
+		if u.CertFilePath == "" {
+			add(errors.New(`plugin UpstreamAuthority "disk": cert_file_path must be configured`))
+		}
+		if u.KeyFilePath == "" {
+			add(errors.New(`plugin UpstreamAuthority "disk": key_file_path must be configured`))
+		}
+	}
+	if u := s.UpstreamSPIRE; u != nil {
+		if u.ServerAddress == "" {
+			add(errors.New(`plugin UpstreamAuthority "spire": server_address must be configured`))
+		}
+		add(prefixErr(`plugin UpstreamAuthority "spire": `, validatePort("server_port", u.ServerPort, false)))
+		if u.WorkloadAPISocket == "" {
+			add(errors.New(`plugin UpstreamAuthority "spire": workload_api_socket must be configured`))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validateKeyType(name string, t keys.Type) error {
+	if t == "" {
+		return fmt.Errorf("%s must be set", name)
+	}
+	if _, err := keys.ParseType(string(t)); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+func prefixErr(prefix string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s%w", prefix, err)
+}

@@ -1,0 +1,458 @@
+// Package bundle implements the spire-api-sdk Bundle service (bundle/v1):
+// the server's own bundle (GetBundle, AppendBundle, PublishJWTAuthority)
+// and federated bundles (List/Get/BatchCreate/Update/Set/Delete), with
+// SPIRE's codes and messages. Who may call what is decided by the
+// endpoints middleware. Every successful write calls Cache.BundleChanged so
+// agents in watch mode are told at once; deleting entries or dissociating
+// them from a deleted federated bundle also calls Cache.Poke.
+//
+// PublishWITAuthority is not implemented (the datastore has no WIT keys).
+package bundle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
+)
+
+// Store is the part of the datastore the service uses.
+type Store interface {
+	GetBundle(ctx context.Context, trustDomain string) (*datastore.Bundle, error)
+	ListBundles(ctx context.Context, p datastore.Page) ([]*datastore.Bundle, string, error)
+	CountBundles(ctx context.Context) (int, error)
+	CreateBundle(ctx context.Context, b *datastore.Bundle) (*datastore.Bundle, error)
+	UpdateBundle(ctx context.Context, b *datastore.Bundle) (*datastore.Bundle, error)
+	SetBundle(ctx context.Context, b *datastore.Bundle) (*datastore.Bundle, error)
+	AppendBundle(ctx context.Context, b *datastore.Bundle) (*datastore.Bundle, error)
+	DeleteBundle(ctx context.Context, trustDomain string) error
+
+	// Entries federating with a deleted bundle (BatchDeleteFederatedBundle).
+	ListEntries(ctx context.Context, f datastore.EntryFilter, p datastore.Page) ([]*datastore.Entry, string, error)
+	CountEntries(ctx context.Context, f datastore.EntryFilter) (int, error)
+	UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datastore.EntryMask) (*datastore.Entry, error)
+	DeleteEntries(ctx context.Context, ids []string) ([]error, error)
+}
+
+// Cache is told about changes (entrycache.Cache).
+type Cache interface {
+	BundleChanged()
+	Poke()
+}
+
+// Config configures the service.
+type Config struct {
+	Store       Store
+	Cache       Cache
+	TrustDomain spiffeid.TrustDomain
+	Log         *slog.Logger
+}
+
+// Service implements bundlev1.BundleServer.
+type Service struct {
+	bundlev1.UnimplementedBundleServer
+
+	store Store
+	cache Cache
+	td    spiffeid.TrustDomain
+	log   *slog.Logger
+}
+
+// New returns the service.
+func New(cfg Config) *Service {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{store: cfg.Store, cache: cfg.Cache, td: cfg.TrustDomain, log: log.With("service", "bundle")}
+}
+
+// Register registers the service on g.
+func (s *Service) Register(g *grpc.Server) { bundlev1.RegisterBundleServer(g, s) }
+
+func okStatus() *types.Status { return &types.Status{Code: int32(codes.OK), Message: "OK"} }
+
+func makeStatus(code codes.Code, msg string, err error) *types.Status {
+	if err != nil {
+		msg = msg + ": " + err.Error()
+	}
+	return &types.Status{Code: int32(code), Message: msg}
+}
+
+func (s *Service) makeErr(code codes.Code, msg string, err error) error {
+	if err != nil {
+		msg = msg + ": " + err.Error()
+	}
+	if code == codes.Internal {
+		s.log.Error("bundle API error", "error", msg)
+	} else {
+		s.log.Debug("bundle API request rejected", "code", code.String(), "error", msg)
+	}
+	return status.Error(code, msg)
+}
+
+func masked(b *datastore.Bundle, mask *types.BundleMask) *types.Bundle {
+	out := convert.BundleToProto(b)
+	convert.ApplyBundleMask(out, mask)
+	return out
+}
+
+func (s *Service) changed() {
+	if s.cache != nil {
+		s.cache.BundleChanged()
+	}
+}
+
+// CountBundles counts all bundles, ours included.
+func (s *Service) CountBundles(ctx context.Context, _ *bundlev1.CountBundlesRequest) (*bundlev1.CountBundlesResponse, error) {
+	n, err := s.store.CountBundles(ctx)
+	if err != nil {
+		return nil, s.makeErr(codes.Internal, "failed to count bundles", err)
+	}
+	return &bundlev1.CountBundlesResponse{Count: int32(min(n, int(^uint32(0)>>1)))}, nil
+}
+
+// GetBundle returns the bundle of the server's trust domain.
+func (s *Service) GetBundle(ctx context.Context, req *bundlev1.GetBundleRequest) (*types.Bundle, error) {
+	b, err := s.store.GetBundle(ctx, s.td.Name())
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, s.makeErr(codes.NotFound, "bundle not found", nil)
+	case err != nil:
+		return nil, s.makeErr(codes.Internal, "failed to fetch bundle", err)
+	}
+	return masked(b, req.OutputMask), nil
+}
+
+// AppendBundle appends authorities to the server's own bundle.
+func (s *Service) AppendBundle(ctx context.Context, req *bundlev1.AppendBundleRequest) (*types.Bundle, error) {
+	if len(req.JwtAuthorities) == 0 && len(req.X509Authorities) == 0 {
+		return nil, s.makeErr(codes.InvalidArgument, "no authorities to append", nil)
+	}
+	jwts, err := convert.JWTKeysFromProto(req.JwtAuthorities)
+	if err != nil {
+		return nil, s.makeErr(codes.InvalidArgument, "failed to convert JWT authority", err)
+	}
+	x509s, err := convert.X509AuthoritiesFromProto(req.X509Authorities)
+	if err != nil {
+		return nil, s.makeErr(codes.InvalidArgument, "failed to convert X.509 authority", err)
+	}
+	if _, err := s.store.GetBundle(ctx, s.td.Name()); err != nil {
+		if errors.Is(err, datastore.ErrNotFound) {
+			return nil, s.makeErr(codes.NotFound, "bundle not found", nil)
+		}
+		return nil, s.makeErr(codes.Internal, "failed to fetch bundle", err)
+	}
+	b, err := s.store.AppendBundle(ctx, &datastore.Bundle{TrustDomain: s.td.Name(), X509Authorities: x509s, JWTKeys: jwts})
+	if err != nil {
+		return nil, s.makeErr(codes.Internal, "failed to append bundle", err)
+	}
+	s.changed()
+	s.log.Info("bundle appended", "trust_domain", s.td.Name(), "x509_authorities", len(x509s), "jwt_authorities", len(jwts))
+	return masked(b, req.OutputMask), nil
+}
+
+// PublishJWTAuthority appends a downstream server's JWT key to our bundle
+// and returns all our JWT authorities.
+func (s *Service) PublishJWTAuthority(ctx context.Context, req *bundlev1.PublishJWTAuthorityRequest) (*bundlev1.PublishJWTAuthorityResponse, error) {
+	if req.JwtAuthority == nil {
+		return nil, s.makeErr(codes.InvalidArgument, "missing JWT authority", nil)
+	}
+	key, err := convert.JWTKeyFromProto(req.JwtAuthority)
+	if err != nil {
+		return nil, s.makeErr(codes.InvalidArgument, "invalid JWT authority", err)
+	}
+	b, err := s.store.AppendBundle(ctx, &datastore.Bundle{TrustDomain: s.td.Name(), JWTKeys: []datastore.JWTKey{key}})
+	if err != nil {
+		return nil, s.makeErr(codes.Internal, "failed to publish JWT key", err)
+	}
+	s.changed()
+	s.log.Info("JWT authority published", "key_id", key.KeyID)
+	return &bundlev1.PublishJWTAuthorityResponse{JwtAuthorities: convert.JWTKeysToProto(b.JWTKeys)}, nil
+}
+
+// ListFederatedBundles lists every bundle except ours; page_size 0 returns
+// everything (as SPIRE).
+func (s *Service) ListFederatedBundles(ctx context.Context, req *bundlev1.ListFederatedBundlesRequest) (*bundlev1.ListFederatedBundlesResponse, error) {
+	var page datastore.Page
+	if req.PageSize > 0 {
+		page = datastore.Page{Size: int(req.PageSize), Token: req.PageToken}
+	}
+	bundles, next, err := s.store.ListBundles(ctx, page)
+	if err != nil {
+		return nil, s.makeErr(codes.Internal, "failed to list bundles", err)
+	}
+	resp := &bundlev1.ListFederatedBundlesResponse{NextPageToken: next}
+	for _, b := range bundles {
+		if b.TrustDomain == s.td.Name() {
+			continue
+		}
+		resp.Bundles = append(resp.Bundles, masked(b, req.OutputMask))
+	}
+	return resp, nil
+}
+
+// GetFederatedBundle returns the bundle of another trust domain.
+func (s *Service) GetFederatedBundle(ctx context.Context, req *bundlev1.GetFederatedBundleRequest) (*types.Bundle, error) {
+	td, err := convert.TrustDomainFromNameOrID(req.TrustDomain)
+	if err != nil {
+		return nil, s.makeErr(codes.InvalidArgument, "trust domain argument is not valid", err)
+	}
+	if td == s.td {
+		return nil, s.makeErr(codes.InvalidArgument, "getting a federated bundle for the server's own trust domain is not allowed", nil)
+	}
+	b, err := s.store.GetBundle(ctx, td.Name())
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, s.makeErr(codes.NotFound, "bundle not found", nil)
+	case err != nil:
+		return nil, s.makeErr(codes.Internal, "failed to fetch bundle", err)
+	}
+	return masked(b, req.OutputMask), nil
+}
+
+// BatchCreateFederatedBundle creates bundles of other trust domains.
+func (s *Service) BatchCreateFederatedBundle(ctx context.Context, req *bundlev1.BatchCreateFederatedBundleRequest) (*bundlev1.BatchCreateFederatedBundleResponse, error) {
+	resp := &bundlev1.BatchCreateFederatedBundleResponse{}
+	changed := false
+	for _, pb := range req.Bundle {
+		st, b := s.createOne(ctx, pb)
+		r := &bundlev1.BatchCreateFederatedBundleResponse_Result{Status: st}
+		if b != nil {
+			r.Bundle = masked(b, req.OutputMask)
+			changed = true
+		}
+		resp.Results = append(resp.Results, r)
+	}
+	if changed {
+		s.changed()
+	}
+	return resp, nil
+}
+
+func (s *Service) createOne(ctx context.Context, pb *types.Bundle) (*types.Status, *datastore.Bundle) {
+	b, err := convert.BundleFromProto(pb)
+	if err != nil {
+		return makeStatus(codes.InvalidArgument, "failed to convert bundle", err), nil
+	}
+	if b.TrustDomain == s.td.Name() {
+		return makeStatus(codes.InvalidArgument, "creating a federated bundle for the server's own trust domain is not allowed", nil), nil
+	}
+	got, err := s.store.CreateBundle(ctx, b)
+	switch {
+	case errors.Is(err, datastore.ErrAlreadyExists):
+		return makeStatus(codes.AlreadyExists, "bundle already exists", nil), nil
+	case err != nil:
+		s.log.Error("failed to create federated bundle", "trust_domain", b.TrustDomain, "error", err)
+		return makeStatus(codes.Internal, "unable to create bundle", err), nil
+	}
+	s.log.Info("federated bundle created", "trust_domain", b.TrustDomain)
+	return okStatus(), got
+}
+
+// BatchUpdateFederatedBundle updates the masked fields (nil = all) of
+// existing bundles of other trust domains.
+func (s *Service) BatchUpdateFederatedBundle(ctx context.Context, req *bundlev1.BatchUpdateFederatedBundleRequest) (*bundlev1.BatchUpdateFederatedBundleResponse, error) {
+	resp := &bundlev1.BatchUpdateFederatedBundleResponse{}
+	changed := false
+	for _, pb := range req.Bundle {
+		st, b := s.updateOne(ctx, pb, req.InputMask)
+		r := &bundlev1.BatchUpdateFederatedBundleResponse_Result{Status: st}
+		if b != nil {
+			r.Bundle = masked(b, req.OutputMask)
+			changed = true
+		}
+		resp.Results = append(resp.Results, r)
+	}
+	if changed {
+		s.changed()
+	}
+	return resp, nil
+}
+
+func (s *Service) updateOne(ctx context.Context, pb *types.Bundle, mask *types.BundleMask) (*types.Status, *datastore.Bundle) {
+	b, err := convert.BundleFromProto(pb)
+	if err != nil {
+		return makeStatus(codes.InvalidArgument, "failed to convert bundle", err), nil
+	}
+	if b.TrustDomain == s.td.Name() {
+		return makeStatus(codes.InvalidArgument, "updating a federated bundle for the server's own trust domain is not allowed", nil), nil
+	}
+	cur, err := s.store.GetBundle(ctx, b.TrustDomain)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return makeStatus(codes.NotFound, "bundle not found", nil), nil
+	case err != nil:
+		return makeStatus(codes.Internal, "failed to fetch bundle", err), nil
+	}
+	next := *cur
+	if mask == nil || mask.X509Authorities {
+		next.X509Authorities = b.X509Authorities
+	}
+	if mask == nil || mask.JwtAuthorities {
+		next.JWTKeys = b.JWTKeys
+	}
+	if mask == nil || mask.RefreshHint {
+		next.RefreshHint = b.RefreshHint
+	}
+	if mask == nil || mask.SequenceNumber {
+		next.SequenceNumber = b.SequenceNumber
+	}
+	got, err := s.store.UpdateBundle(ctx, &next)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return makeStatus(codes.NotFound, "bundle not found", nil), nil
+	case err != nil:
+		s.log.Error("failed to update federated bundle", "trust_domain", b.TrustDomain, "error", err)
+		return makeStatus(codes.Internal, "failed to update bundle", err), nil
+	}
+	s.log.Info("federated bundle updated", "trust_domain", b.TrustDomain)
+	return okStatus(), got
+}
+
+// BatchSetFederatedBundle creates or replaces bundles of other trust
+// domains.
+func (s *Service) BatchSetFederatedBundle(ctx context.Context, req *bundlev1.BatchSetFederatedBundleRequest) (*bundlev1.BatchSetFederatedBundleResponse, error) {
+	resp := &bundlev1.BatchSetFederatedBundleResponse{}
+	changed := false
+	for _, pb := range req.Bundle {
+		r := &bundlev1.BatchSetFederatedBundleResponse_Result{}
+		b, err := convert.BundleFromProto(pb)
+		switch {
+		case err != nil:
+			r.Status = makeStatus(codes.InvalidArgument, "failed to convert bundle", err)
+		case b.TrustDomain == s.td.Name():
+			r.Status = makeStatus(codes.InvalidArgument, "setting a federated bundle for the server's own trust domain is not allowed", nil)
+		default:
+			got, err := s.store.SetBundle(ctx, b)
+			if err != nil {
+				s.log.Error("failed to set federated bundle", "trust_domain", b.TrustDomain, "error", err)
+				r.Status = makeStatus(codes.Internal, "failed to set bundle", err)
+				break
+			}
+			s.log.Info("federated bundle set", "trust_domain", b.TrustDomain)
+			r.Status, r.Bundle = okStatus(), masked(got, req.OutputMask)
+			changed = true
+		}
+		resp.Results = append(resp.Results, r)
+	}
+	if changed {
+		s.changed()
+	}
+	return resp, nil
+}
+
+// BatchDeleteFederatedBundle deletes bundles of other trust domains.
+// RESTRICT refuses (FailedPrecondition) while entries federate with the
+// trust domain; DELETE deletes those entries; DISSOCIATE removes the trust
+// domain from their federates_with.
+func (s *Service) BatchDeleteFederatedBundle(ctx context.Context, req *bundlev1.BatchDeleteFederatedBundleRequest) (*bundlev1.BatchDeleteFederatedBundleResponse, error) {
+	switch req.Mode {
+	case bundlev1.BatchDeleteFederatedBundleRequest_RESTRICT,
+		bundlev1.BatchDeleteFederatedBundleRequest_DELETE,
+		bundlev1.BatchDeleteFederatedBundleRequest_DISSOCIATE:
+	default:
+		return nil, s.makeErr(codes.InvalidArgument, "failed to parse deletion mode", fmt.Errorf("unknown deletion mode %d", req.Mode))
+	}
+	resp := &bundlev1.BatchDeleteFederatedBundleResponse{}
+	changed, entriesChanged := false, false
+	for _, name := range req.TrustDomains {
+		st, entryWrites := s.deleteOne(ctx, name, req.Mode)
+		if st.Code == int32(codes.OK) {
+			changed = true
+		}
+		entriesChanged = entriesChanged || entryWrites
+		resp.Results = append(resp.Results, &bundlev1.BatchDeleteFederatedBundleResponse_Result{Status: st, TrustDomain: name})
+	}
+	if entriesChanged && s.cache != nil {
+		s.cache.Poke()
+	}
+	if changed {
+		s.changed()
+	}
+	return resp, nil
+}
+
+func (s *Service) deleteOne(ctx context.Context, name string, mode bundlev1.BatchDeleteFederatedBundleRequest_Mode) (_ *types.Status, entryWrites bool) {
+	td, err := convert.TrustDomainFromNameOrID(name)
+	if err != nil {
+		return makeStatus(codes.InvalidArgument, "malformed trust domain", err), false
+	}
+	if td == s.td {
+		return makeStatus(codes.InvalidArgument, "removing the bundle for the server trust domain is not allowed", nil), false
+	}
+	if _, err := s.store.GetBundle(ctx, td.Name()); err != nil {
+		if errors.Is(err, datastore.ErrNotFound) {
+			return makeStatus(codes.NotFound, "bundle not found", nil), false
+		}
+		return makeStatus(codes.Internal, "failed to fetch bundle", err), false
+	}
+	filter := datastore.EntryFilter{ByFederatesWith: []string{td.Name()}, FederatesMatch: datastore.MatchAny}
+	switch mode {
+	case bundlev1.BatchDeleteFederatedBundleRequest_RESTRICT:
+		n, err := s.store.CountEntries(ctx, filter)
+		if err != nil {
+			return makeStatus(codes.Internal, "failed to delete federated bundle", err), false
+		}
+		if n > 0 {
+			return makeStatus(codes.FailedPrecondition, "failed to delete federated bundle",
+				fmt.Errorf("cannot delete bundle; federated with %d registration entries", n)), false
+		}
+	case bundlev1.BatchDeleteFederatedBundleRequest_DELETE, bundlev1.BatchDeleteFederatedBundleRequest_DISSOCIATE:
+		entries, _, err := s.store.ListEntries(ctx, filter, datastore.Page{})
+		if err != nil {
+			return makeStatus(codes.Internal, "failed to delete federated bundle", err), false
+		}
+		if len(entries) > 0 {
+			entryWrites = true
+			if err := s.detachEntries(ctx, td.Name(), entries, mode); err != nil {
+				return makeStatus(codes.Internal, "failed to delete federated bundle", err), true
+			}
+		}
+	}
+	if err := s.store.DeleteBundle(ctx, td.Name()); err != nil {
+		if errors.Is(err, datastore.ErrNotFound) {
+			return makeStatus(codes.NotFound, "bundle not found", nil), entryWrites
+		}
+		return makeStatus(codes.Internal, "failed to delete federated bundle", err), entryWrites
+	}
+	s.log.Info("federated bundle deleted", "trust_domain", td.Name(), "mode", mode.String())
+	return okStatus(), entryWrites
+}
+
+func (s *Service) detachEntries(ctx context.Context, td string, entries []*datastore.Entry, mode bundlev1.BatchDeleteFederatedBundleRequest_Mode) error {
+	if mode == bundlev1.BatchDeleteFederatedBundleRequest_DELETE {
+		ids := make([]string, 0, len(entries))
+		for _, e := range entries {
+			ids = append(ids, e.ID)
+		}
+		errs, err := s.store.DeleteEntries(ctx, ids)
+		if err != nil {
+			return fmt.Errorf("deleting entries federated with %q: %w", td, err)
+		}
+		for i, e := range errs {
+			if e != nil && !errors.Is(e, datastore.ErrNotFound) {
+				return fmt.Errorf("deleting entry %q: %w", ids[i], e)
+			}
+		}
+		return nil
+	}
+	for _, e := range entries {
+		upd := &datastore.Entry{ID: e.ID, FederatesWith: slices.DeleteFunc(slices.Clone(e.FederatesWith), func(s string) bool { return s == td })}
+		if _, err := s.store.UpdateEntry(ctx, upd, &datastore.EntryMask{FederatesWith: true}); err != nil && !errors.Is(err, datastore.ErrNotFound) {
+			return fmt.Errorf("dissociating entry %q from %q: %w", e.ID, td, err)
+		}
+	}
+	return nil
+}

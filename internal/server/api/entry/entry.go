@@ -1,0 +1,724 @@
+// Package entry implements the spire-api-sdk Entry service (entry/v1) on
+// top of the datastore and the authorization cache (entrycache).
+//
+// Admin RPCs (Count/List/Get/Batch*) behave as SPIRE's: per-entry
+// types.Status results with SPIRE's codes and messages ("OK", "similar
+// entry already exists" carrying the existing entry, "entry not found",
+// "failed to convert entry: <reason>", ...). Who may call what is decided by
+// the endpoints middleware; GetAuthorizedEntries and SyncAuthorizedEntries
+// additionally require rpccontext.Caller.Agent and use Caller.ID as the
+// agent ID.
+//
+// # SyncAuthorizedEntries
+//
+// Default (SPIRE) mode, exactly as SPIRE's server:
+//
+//  1. The client sends a first request with output_mask (ids must be empty;
+//     the mask, when set, must include revision_number).
+//  2. If the agent is authorized for at most EntryPageSize entries (default
+//     500), the server sends them all in one response (entries set,
+//     more=false) and ends the stream.
+//  3. Otherwise the server sends entry_revisions (id, revision_number,
+//     created_at) in pages of EntryPageSize, more=true on all but the last.
+//  4. The client sends requests with the ids it wants in full. Each request
+//     is answered with entries pages of at most EntryPageSize (more=true on
+//     all but the last; a request naming no known id gets one empty
+//     response with more=false). Unknown ids are skipped.
+//  5. The stream ends when the client closes its send side.
+//
+// Watch mode (Sigil agents) is selected by the incoming gRPC metadata
+// "sigil-sync: watch" on the stream. A "round" is steps 2-4 above, and:
+//
+//   - Step 2 does not end the stream: a round of at most EntryPageSize
+//     entries is one response (entries, more=false) and is complete at once.
+//   - In a revisions round (step 3), the client ends the round by sending a
+//     request with no ids, after its id requests; the server answers it
+//     with one empty response (more=false). Id requests are answered in
+//     order, so the client knows the round is complete when it has read the
+//     answer to its empty request.
+//   - Once a round is complete, the server waits until the agent's
+//     authorized entries may have changed or any bundle changed, then runs
+//     a new round with the output mask of the first request. A round may
+//     repeat the previous round's entries (for example when only a bundle
+//     changed): clients should then re-fetch bundles. Changes made while a
+//     round is in progress produce another round right after it.
+//   - Requests with ids received between rounds are answered from the last
+//     round's entries. The stream ends when the client closes its send side
+//     (the server returns OK) or cancels.
+//
+// A watch client therefore reads: one message with entries and more=false
+// (full round), or revisions pages until more=false, then sends its id
+// requests (reading each answer until more=false), then sends an empty
+// request and reads its empty answer. Then it waits for the next round.
+package entry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
+	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
+)
+
+const (
+	// DefaultEntryPageSize is SPIRE's sync page size.
+	DefaultEntryPageSize = 500
+	// SyncModeHeader is the metadata key selecting the sync mode.
+	SyncModeHeader = "sigil-sync"
+	// SyncModeWatch is the SyncModeHeader value turning on watch mode.
+	SyncModeWatch = "watch"
+)
+
+// Store is the part of the datastore the service uses.
+type Store interface {
+	CreateEntries(ctx context.Context, entries []*datastore.Entry) ([]datastore.EntryResult, error)
+	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
+	ListEntries(ctx context.Context, f datastore.EntryFilter, p datastore.Page) ([]*datastore.Entry, string, error)
+	CountEntries(ctx context.Context, f datastore.EntryFilter) (int, error)
+	UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datastore.EntryMask) (*datastore.Entry, error)
+	DeleteEntries(ctx context.Context, ids []string) ([]error, error)
+}
+
+// Cache is the authorization cache (entrycache.Cache).
+type Cache interface {
+	AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*datastore.Entry, error)
+	Subscribe(agentID spiffeid.ID) (<-chan struct{}, func())
+	Poke()
+}
+
+// Config configures the service.
+type Config struct {
+	Store       Store
+	Cache       Cache
+	TrustDomain spiffeid.TrustDomain
+	Log         *slog.Logger
+	Clock       clock.Clock
+	// EntryPageSize is the sync page size (default DefaultEntryPageSize).
+	EntryPageSize int
+}
+
+// Service implements entryv1.EntryServer.
+type Service struct {
+	entryv1.UnimplementedEntryServer
+
+	store    Store
+	cache    Cache
+	td       spiffeid.TrustDomain
+	log      *slog.Logger
+	clk      clock.Clock
+	pageSize int
+}
+
+// New returns the service.
+func New(cfg Config) *Service {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ps := cfg.EntryPageSize
+	if ps <= 0 {
+		ps = DefaultEntryPageSize
+	}
+	return &Service{
+		store:    cfg.Store,
+		cache:    cfg.Cache,
+		td:       cfg.TrustDomain,
+		log:      log.With("service", "entry"),
+		clk:      clock.OrReal(cfg.Clock),
+		pageSize: ps,
+	}
+}
+
+// Register registers the service on g.
+func (s *Service) Register(g *grpc.Server) { entryv1.RegisterEntryServer(g, s) }
+
+// okStatus is SPIRE's success status.
+func okStatus() *types.Status { return &types.Status{Code: int32(codes.OK), Message: "OK"} }
+
+func makeStatus(code codes.Code, msg string, err error) *types.Status {
+	if err != nil {
+		msg = msg + ": " + err.Error()
+	}
+	return &types.Status{Code: int32(code), Message: msg}
+}
+
+func (s *Service) makeErr(code codes.Code, msg string, err error) error {
+	if err != nil {
+		msg = msg + ": " + err.Error()
+	}
+	if code == codes.Internal {
+		s.log.Error("entry API error", "error", msg)
+	} else {
+		s.log.Debug("entry API request rejected", "code", code.String(), "error", msg)
+	}
+	return status.Error(code, msg)
+}
+
+// filterFields is the filter shape shared by List and Count.
+type filterFields struct {
+	bySPIFFEID, byParentID *types.SPIFFEID
+	bySelectors            *types.SelectorMatch
+	byFederatesWith        *types.FederatesWithMatch
+	byHint                 *string
+	byDownstream           *bool
+}
+
+func (s *Service) buildFilter(f filterFields) (datastore.EntryFilter, error) {
+	var out datastore.EntryFilter
+	if f.byParentID != nil {
+		id, err := convert.MemberIDFromProto(s.td, f.byParentID)
+		if err != nil {
+			return out, s.makeErr(codes.InvalidArgument, "malformed parent ID filter", err)
+		}
+		out.ByParentID = id.String()
+	}
+	if f.bySPIFFEID != nil {
+		id, err := convert.WorkloadIDFromProto(s.td, f.bySPIFFEID)
+		if err != nil {
+			return out, s.makeErr(codes.InvalidArgument, "malformed SPIFFE ID filter", err)
+		}
+		out.BySPIFFEID = id.String()
+	}
+	if f.bySelectors != nil {
+		sels, err := convert.SelectorsFromProtoValidated(f.bySelectors.Selectors)
+		if err != nil {
+			return out, s.makeErr(codes.InvalidArgument, "malformed selectors filter", err)
+		}
+		if len(sels) == 0 {
+			return out, s.makeErr(codes.InvalidArgument, "malformed selectors filter", errors.New("empty selector set"))
+		}
+		m, err := matchFromProto(int32(f.bySelectors.Match))
+		if err != nil {
+			return out, s.makeErr(codes.InvalidArgument, "malformed selectors filter", err)
+		}
+		out.BySelectors, out.SelectorMatch = sels, m
+	}
+	if f.byFederatesWith != nil {
+		var tds []string
+		for _, name := range f.byFederatesWith.TrustDomains {
+			td, err := convert.TrustDomainFromNameOrID(name)
+			if err != nil {
+				return out, s.makeErr(codes.InvalidArgument, "malformed federates with filter", err)
+			}
+			tds = append(tds, td.Name())
+		}
+		if len(tds) == 0 {
+			return out, s.makeErr(codes.InvalidArgument, "malformed federates with filter", errors.New("empty trust domain set"))
+		}
+		m, err := matchFromProto(int32(f.byFederatesWith.Match))
+		if err != nil {
+			return out, s.makeErr(codes.InvalidArgument, "malformed federates with filter", err)
+		}
+		out.ByFederatesWith, out.FederatesMatch = tds, m
+	}
+	out.ByHint = f.byHint
+	out.ByDownstream = f.byDownstream
+	return out, nil
+}
+
+func matchFromProto(m int32) (datastore.SelectorMatch, error) {
+	switch m {
+	case int32(types.SelectorMatch_MATCH_EXACT):
+		return datastore.MatchExact, nil
+	case int32(types.SelectorMatch_MATCH_SUBSET):
+		return datastore.MatchSubset, nil
+	case int32(types.SelectorMatch_MATCH_SUPERSET):
+		return datastore.MatchSuperset, nil
+	case int32(types.SelectorMatch_MATCH_ANY):
+		return datastore.MatchAny, nil
+	}
+	return 0, fmt.Errorf("unknown match behavior %d", m)
+}
+
+// CountEntries counts the entries matching the filter.
+func (s *Service) CountEntries(ctx context.Context, req *entryv1.CountEntriesRequest) (*entryv1.CountEntriesResponse, error) {
+	var ff filterFields
+	if f := req.GetFilter(); f != nil {
+		ff = filterFields{bySPIFFEID: f.BySpiffeId, byParentID: f.ByParentId, bySelectors: f.BySelectors, byFederatesWith: f.ByFederatesWith}
+		if f.ByHint != nil {
+			ff.byHint = &f.ByHint.Value
+		}
+		if f.ByDownstream != nil {
+			ff.byDownstream = &f.ByDownstream.Value
+		}
+	}
+	filter, err := s.buildFilter(ff)
+	if err != nil {
+		return nil, err
+	}
+	n, err := s.store.CountEntries(ctx, filter)
+	if err != nil {
+		return nil, s.makeErr(codes.Internal, "failed to count entries", err)
+	}
+	return &entryv1.CountEntriesResponse{Count: int32(min(n, int(^uint32(0)>>1)))}, nil
+}
+
+// ListEntries lists entries; page_size 0 returns everything (as SPIRE).
+func (s *Service) ListEntries(ctx context.Context, req *entryv1.ListEntriesRequest) (*entryv1.ListEntriesResponse, error) {
+	var ff filterFields
+	if f := req.GetFilter(); f != nil {
+		ff = filterFields{bySPIFFEID: f.BySpiffeId, byParentID: f.ByParentId, bySelectors: f.BySelectors, byFederatesWith: f.ByFederatesWith}
+		if f.ByHint != nil {
+			ff.byHint = &f.ByHint.Value
+		}
+		if f.ByDownstream != nil {
+			ff.byDownstream = &f.ByDownstream.Value
+		}
+	}
+	filter, err := s.buildFilter(ff)
+	if err != nil {
+		return nil, err
+	}
+	var page datastore.Page
+	if req.PageSize > 0 {
+		page = datastore.Page{Size: int(req.PageSize), Token: req.PageToken}
+	}
+	entries, next, err := s.store.ListEntries(ctx, filter, page)
+	if err != nil {
+		return nil, s.makeErr(codes.Internal, "failed to list entries", err)
+	}
+	resp := &entryv1.ListEntriesResponse{NextPageToken: next}
+	for _, e := range entries {
+		pe, err := convert.EntryToProtoMasked(e, req.OutputMask)
+		if err != nil {
+			s.log.Error("failed to convert stored entry", "entry_id", e.ID, "error", err)
+			continue
+		}
+		resp.Entries = append(resp.Entries, pe)
+	}
+	return resp, nil
+}
+
+// GetEntry returns one entry.
+func (s *Service) GetEntry(ctx context.Context, req *entryv1.GetEntryRequest) (*types.Entry, error) {
+	if req.Id == "" {
+		return nil, s.makeErr(codes.InvalidArgument, "missing ID", nil)
+	}
+	e, err := s.store.GetEntry(ctx, req.Id)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, s.makeErr(codes.NotFound, "entry not found", nil)
+	case err != nil:
+		return nil, s.makeErr(codes.Internal, "failed to fetch entry", err)
+	}
+	pe, err := convert.EntryToProtoMasked(e, req.OutputMask)
+	if err != nil {
+		return nil, s.makeErr(codes.Internal, "failed to convert entry", err)
+	}
+	return pe, nil
+}
+
+// BatchCreateEntry creates entries; results keep the request order.
+func (s *Service) BatchCreateEntry(ctx context.Context, req *entryv1.BatchCreateEntryRequest) (*entryv1.BatchCreateEntryResponse, error) {
+	results := make([]*entryv1.BatchCreateEntryResponse_Result, len(req.Entries))
+	var batch []*datastore.Entry
+	var batchIdx []int
+	for i, pe := range req.Entries {
+		e, err := convert.EntryFromProto(s.td, pe, nil)
+		if err != nil {
+			results[i] = &entryv1.BatchCreateEntryResponse_Result{
+				Status: makeStatus(codes.InvalidArgument, "failed to convert entry", err),
+			}
+			continue
+		}
+		batch = append(batch, e)
+		batchIdx = append(batchIdx, i)
+	}
+	created := 0
+	if len(batch) > 0 {
+		res, err := s.store.CreateEntries(ctx, batch)
+		if err == nil && len(res) != len(batch) {
+			err = fmt.Errorf("store returned %d results for %d entries", len(res), len(batch))
+		}
+		if err != nil {
+			s.log.Error("failed to create entries", "error", err)
+			for _, i := range batchIdx {
+				results[i] = &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to create entry", err)}
+			}
+		} else {
+			for j, r := range res {
+				i := batchIdx[j]
+				results[i] = s.createResult(ctx, batch[j], r, req.OutputMask)
+				if r.Err == nil {
+					created++
+				}
+			}
+		}
+	}
+	if created > 0 {
+		s.cache.Poke()
+		s.log.Info("entries created", "count", created)
+	}
+	return &entryv1.BatchCreateEntryResponse{Results: results}, nil
+}
+
+func (s *Service) createResult(ctx context.Context, in *datastore.Entry, r datastore.EntryResult, mask *types.EntryMask) *entryv1.BatchCreateEntryResponse_Result {
+	entry, st := r.Entry, okStatus()
+	if r.Err != nil {
+		if !errors.Is(r.Err, datastore.ErrAlreadyExists) {
+			return &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to create entry", r.Err)}
+		}
+		similar, err := s.findSimilar(ctx, in)
+		if err != nil {
+			return &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to list entries", err)}
+		}
+		if similar == nil {
+			// The ID is taken by a different entry.
+			return &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.AlreadyExists, "failed to create entry", r.Err)}
+		}
+		entry, st = similar, &types.Status{Code: int32(codes.AlreadyExists), Message: "similar entry already exists"}
+	}
+	pe, err := convert.EntryToProtoMasked(entry, mask)
+	if err != nil {
+		return &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to convert entry", err)}
+	}
+	return &entryv1.BatchCreateEntryResponse_Result{Status: st, Entry: pe}
+}
+
+// findSimilar returns the stored entry with the same SPIFFE ID, parent ID
+// and selector set as e, or nil.
+func (s *Service) findSimilar(ctx context.Context, e *datastore.Entry) (*datastore.Entry, error) {
+	found, _, err := s.store.ListEntries(ctx, datastore.EntryFilter{
+		BySPIFFEID:    e.SPIFFEID,
+		ByParentID:    e.ParentID,
+		BySelectors:   e.Selectors,
+		SelectorMatch: datastore.MatchExact,
+	}, datastore.Page{Size: 1})
+	if err != nil {
+		return nil, err
+	}
+	if len(found) == 0 {
+		return nil, nil
+	}
+	return found[0], nil
+}
+
+// BatchUpdateEntry updates entries (input_mask nil = all fields).
+func (s *Service) BatchUpdateEntry(ctx context.Context, req *entryv1.BatchUpdateEntryRequest) (*entryv1.BatchUpdateEntryResponse, error) {
+	results := make([]*entryv1.BatchUpdateEntryResponse_Result, 0, len(req.Entries))
+	mask := convert.EntryMaskFromProto(req.InputMask)
+	updated := 0
+	for _, pe := range req.Entries {
+		r := s.updateOne(ctx, pe, req.InputMask, mask, req.OutputMask)
+		if r.Status.Code == int32(codes.OK) {
+			updated++
+		}
+		results = append(results, r)
+	}
+	if updated > 0 {
+		s.cache.Poke()
+		s.log.Info("entries updated", "count", updated)
+	}
+	return &entryv1.BatchUpdateEntryResponse{Results: results}, nil
+}
+
+func (s *Service) updateOne(ctx context.Context, pe *types.Entry, inMask *types.EntryMask, mask *datastore.EntryMask, outMask *types.EntryMask) *entryv1.BatchUpdateEntryResponse_Result {
+	e, err := convert.EntryFromProto(s.td, pe, inMask)
+	if err != nil {
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.InvalidArgument, "failed to convert entry", err)}
+	}
+	if e.ID == "" {
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.InvalidArgument, "failed to update entry", errors.New("missing entry ID"))}
+	}
+	got, err := s.store.UpdateEntry(ctx, e, mask)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.NotFound, "failed to update entry", err)}
+	case errors.Is(err, datastore.ErrAlreadyExists):
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.AlreadyExists, "failed to update entry", err)}
+	case err != nil:
+		s.log.Error("failed to update entry", "entry_id", e.ID, "error", err)
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to update entry", err)}
+	}
+	out, err := convert.EntryToProtoMasked(got, outMask)
+	if err != nil {
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to convert entry in updateEntry", err)}
+	}
+	return &entryv1.BatchUpdateEntryResponse_Result{Status: okStatus(), Entry: out}
+}
+
+// BatchDeleteEntry deletes entries by ID.
+func (s *Service) BatchDeleteEntry(ctx context.Context, req *entryv1.BatchDeleteEntryRequest) (*entryv1.BatchDeleteEntryResponse, error) {
+	results := make([]*entryv1.BatchDeleteEntryResponse_Result, len(req.Ids))
+	var ids []string
+	var idx []int
+	for i, id := range req.Ids {
+		if id == "" {
+			results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: makeStatus(codes.InvalidArgument, "missing entry ID", nil)}
+			continue
+		}
+		ids = append(ids, id)
+		idx = append(idx, i)
+	}
+	deleted := 0
+	if len(ids) > 0 {
+		errs, err := s.store.DeleteEntries(ctx, ids)
+		if err == nil && len(errs) != len(ids) {
+			err = fmt.Errorf("store returned %d results for %d IDs", len(errs), len(ids))
+		}
+		for j, id := range ids {
+			i := idx[j]
+			switch {
+			case err != nil:
+				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: makeStatus(codes.Internal, "failed to delete entry", err)}
+			case errs[j] == nil:
+				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: okStatus()}
+				deleted++
+			case errors.Is(errs[j], datastore.ErrNotFound):
+				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: makeStatus(codes.NotFound, "entry not found", nil)}
+			default:
+				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: makeStatus(codes.Internal, "failed to delete entry", errs[j])}
+			}
+		}
+		if err != nil {
+			s.log.Error("failed to delete entries", "error", err)
+		}
+	}
+	if deleted > 0 {
+		s.cache.Poke()
+		s.log.Info("entries deleted", "count", deleted)
+	}
+	return &entryv1.BatchDeleteEntryResponse{Results: results}, nil
+}
+
+func (s *Service) callerAgent(ctx context.Context) (spiffeid.ID, error) {
+	c, ok := rpccontext.CallerFrom(ctx)
+	if !ok || !c.Agent || c.ID.IsZero() {
+		return spiffeid.ID{}, s.makeErr(codes.PermissionDenied, "caller is not an attested agent", nil)
+	}
+	return c.ID, nil
+}
+
+// authorized returns the caller's authorized entries, masked, sorted by ID.
+func (s *Service) authorized(ctx context.Context, agent spiffeid.ID, mask *types.EntryMask) ([]*types.Entry, error) {
+	entries, err := s.cache.AuthorizedEntries(ctx, agent)
+	if err != nil {
+		return nil, s.makeErr(codes.Internal, "failed to fetch entries", err)
+	}
+	out := make([]*types.Entry, 0, len(entries))
+	for _, e := range entries {
+		pe, err := convert.EntryToProtoMasked(e, mask)
+		if err != nil {
+			s.log.Error("failed to convert stored entry", "entry_id", e.ID, "error", err)
+			continue
+		}
+		out = append(out, pe)
+	}
+	slices.SortFunc(out, func(a, b *types.Entry) int { return strings.Compare(a.Id, b.Id) })
+	return out, nil
+}
+
+// GetAuthorizedEntries returns the entries the calling agent is authorized
+// for.
+func (s *Service) GetAuthorizedEntries(ctx context.Context, req *entryv1.GetAuthorizedEntriesRequest) (*entryv1.GetAuthorizedEntriesResponse, error) {
+	agent, err := s.callerAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := s.authorized(ctx, agent, req.OutputMask)
+	if err != nil {
+		return nil, err
+	}
+	return &entryv1.GetAuthorizedEntriesResponse{Entries: entries}, nil
+}
+
+func watchRequested(ctx context.Context) bool {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return false
+	}
+	for _, v := range md.Get(SyncModeHeader) {
+		if strings.EqualFold(strings.TrimSpace(v), SyncModeWatch) {
+			return true
+		}
+	}
+	return false
+}
+
+// SyncAuthorizedEntries streams the calling agent's authorized entries; see
+// the package documentation for the protocol and the watch mode.
+func (s *Service) SyncAuthorizedEntries(stream entryv1.Entry_SyncAuthorizedEntriesServer) error {
+	ctx := stream.Context()
+	agent, err := s.callerAgent(ctx)
+	if err != nil {
+		return err
+	}
+	watch := watchRequested(ctx)
+	var sig <-chan struct{}
+	if watch {
+		// Subscribe before the first read of the cache so no change
+		// between the read and the wait is lost.
+		ch, cancel := s.cache.Subscribe(agent)
+		defer cancel()
+		sig = ch
+	}
+
+	first, err := stream.Recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+	if len(first.Ids) > 0 {
+		return s.makeErr(codes.InvalidArgument, "specifying IDs on initial request is not supported", nil)
+	}
+	if first.OutputMask != nil && !first.OutputMask.RevisionNumber {
+		return s.makeErr(codes.InvalidArgument, "revision number cannot be masked", nil)
+	}
+	mask := first.OutputMask
+
+	if !watch {
+		entries, revisions, err := s.syncRound(ctx, stream, agent, mask, nil)
+		if err != nil || !revisions {
+			return err
+		}
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+					return nil
+				}
+				return err
+			}
+			if err := s.sendRequested(stream, entries, req.Ids); err != nil {
+				return err
+			}
+		}
+	}
+	return s.watch(ctx, stream, agent, mask, sig)
+}
+
+func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorizedEntriesServer, agent spiffeid.ID, mask *types.EntryMask, sig <-chan struct{}) error {
+	reqs := make(chan *entryv1.SyncAuthorizedEntriesRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	endErr := func(err error) error {
+		if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+			return nil
+		}
+		return err
+	}
+
+	entries, awaitingEnd, err := s.syncRound(ctx, stream, agent, mask, sig)
+	if err != nil {
+		return err
+	}
+	for {
+		if awaitingEnd {
+			// A revisions round: answer id requests until the client's
+			// empty request ends the round.
+			select {
+			case req := <-reqs:
+				if err := s.sendRequested(stream, entries, req.Ids); err != nil {
+					return err
+				}
+				if len(req.Ids) == 0 {
+					awaitingEnd = false
+				}
+			case err := <-recvErr:
+				return endErr(err)
+			case <-ctx.Done():
+				return endErr(status.FromContextError(ctx.Err()).Err())
+			}
+			continue
+		}
+		select {
+		case <-sig:
+			entries, awaitingEnd, err = s.syncRound(ctx, stream, agent, mask, sig)
+			if err != nil {
+				return err
+			}
+		case req := <-reqs:
+			if err := s.sendRequested(stream, entries, req.Ids); err != nil {
+				return err
+			}
+		case err := <-recvErr:
+			return endErr(err)
+		case <-ctx.Done():
+			return endErr(status.FromContextError(ctx.Err()).Err())
+		}
+	}
+}
+
+// syncRound sends the agent's authorized entries in full when they fit in
+// one page, else their revisions in pages. It returns the entries (sorted
+// by ID, for id requests) and whether revisions were sent. A pending
+// signal on sig is drained first: this round covers it.
+func (s *Service) syncRound(ctx context.Context, stream entryv1.Entry_SyncAuthorizedEntriesServer, agent spiffeid.ID, mask *types.EntryMask, sig <-chan struct{}) ([]*types.Entry, bool, error) {
+	if sig != nil {
+		select {
+		case <-sig:
+		default:
+		}
+	}
+	entries, err := s.authorized(ctx, agent, mask)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(entries) <= s.pageSize {
+		return entries, false, stream.Send(&entryv1.SyncAuthorizedEntriesResponse{Entries: entries})
+	}
+	for i := 0; i < len(entries); i += s.pageSize {
+		end := min(i+s.pageSize, len(entries))
+		revs := make([]*entryv1.EntryRevision, 0, end-i)
+		for _, e := range entries[i:end] {
+			revs = append(revs, &entryv1.EntryRevision{Id: e.Id, RevisionNumber: e.RevisionNumber, CreatedAt: e.CreatedAt})
+		}
+		if err := stream.Send(&entryv1.SyncAuthorizedEntriesResponse{EntryRevisions: revs, More: end < len(entries)}); err != nil {
+			return nil, false, err
+		}
+	}
+	return entries, true, nil
+}
+
+// sendRequested pages back the requested entries found in entries (sorted
+// by ID); the last page has more=false (an empty page when none match).
+func (s *Service) sendRequested(stream entryv1.Entry_SyncAuthorizedEntriesServer, entries []*types.Entry, ids []string) error {
+	ids = slices.Clone(ids)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	page := make([]*types.Entry, 0, min(len(ids), s.pageSize))
+	for _, id := range ids {
+		i, found := slices.BinarySearchFunc(entries, id, func(e *types.Entry, id string) int { return strings.Compare(e.Id, id) })
+		if !found {
+			continue
+		}
+		if len(page) == s.pageSize {
+			if err := stream.Send(&entryv1.SyncAuthorizedEntriesResponse{Entries: page, More: true}); err != nil {
+				return err
+			}
+			page = make([]*types.Entry, 0, s.pageSize)
+		}
+		page = append(page, entries[i])
+	}
+	return stream.Send(&entryv1.SyncAuthorizedEntriesResponse{Entries: page})
+}

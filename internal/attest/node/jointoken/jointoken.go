@@ -1,0 +1,146 @@
+// Package jointoken implements the server side of the join_token node
+// attestor: an admin creates a single-use, expiring secret; an agent presents
+// it once as attestation data and receives the agent ID
+// spiffe://<trust-domain>/spire/agent/join_token/<token>.
+//
+// Only the SHA-256 of a token is ever stored. The plaintext does appear in
+// the resulting agent ID (and in the parent ID of an alias entry created with
+// the token), exactly as in SPIRE; that is harmless because a token can be
+// used only once.
+package jointoken
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+// Type is the attestation data type agents send ("join_token").
+const Type = "join_token"
+
+// MaxTokenLen bounds the length of a token presented by a client or chosen
+// by an admin.
+const MaxTokenLen = 256
+
+// Errors returned by Attest. The API layer maps them to gRPC codes.
+var (
+	// ErrUnknownToken: no such token, or it was already consumed.
+	ErrUnknownToken = errors.New("join token does not exist or has already been used")
+	// ErrExpiredToken: the token existed but had expired (it is consumed anyway).
+	ErrExpiredToken = errors.New("join token expired")
+)
+
+// TokenStore is the subset of datastore.TokenStore the attestor needs.
+type TokenStore interface {
+	ConsumeJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error)
+}
+
+// Config configures an Attestor.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Tokens      TokenStore
+	Clock       clock.Clock // nil = real clock
+}
+
+// Attestor attests agents presenting join tokens.
+type Attestor struct {
+	td     spiffeid.TrustDomain
+	tokens TokenStore
+	clk    clock.Clock
+}
+
+// New returns an Attestor.
+func New(cfg Config) (*Attestor, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("jointoken: trust domain is required")
+	}
+	if cfg.Tokens == nil {
+		return nil, errors.New("jointoken: token store is required")
+	}
+	return &Attestor{td: cfg.TrustDomain, tokens: cfg.Tokens, clk: clock.OrReal(cfg.Clock)}, nil
+}
+
+// Attest consumes the token in payload (single use, even when expired) and
+// returns the agent ID. Join-token attestation yields no node selectors.
+// Errors: ErrUnknownToken, ErrExpiredToken, or a wrapped store failure.
+func (a *Attestor) Attest(ctx context.Context, payload []byte) (spiffeid.ID, []selector.Selector, error) {
+	token := string(payload)
+	// A token that cannot form a valid agent ID can never have been issued
+	// by CreateJoinToken; treat it as unknown without touching the store.
+	agentID, err := AgentID(a.td, token)
+	if err != nil {
+		return spiffeid.ID{}, nil, ErrUnknownToken
+	}
+	hash := Hash(token)
+	jt, err := a.tokens.ConsumeJoinToken(ctx, hash)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return spiffeid.ID{}, nil, ErrUnknownToken
+	case err != nil:
+		return spiffeid.ID{}, nil, fmt.Errorf("consume join token: %w", err)
+	case jt == nil || subtle.ConstantTimeCompare(jt.Hash[:], hash[:]) != 1:
+		return spiffeid.ID{}, nil, ErrUnknownToken
+	}
+	if jt.ExpiresAt <= a.clk.Now().Unix() {
+		return spiffeid.ID{}, nil, ErrExpiredToken
+	}
+	return agentID, nil, nil
+}
+
+// AgentID returns spiffe://<td>/spire/agent/join_token/<token>. It fails for
+// tokens that are empty, too long or not a valid SPIFFE ID path segment.
+func AgentID(td spiffeid.TrustDomain, token string) (spiffeid.ID, error) {
+	if err := ValidateToken(token); err != nil {
+		return spiffeid.ID{}, err
+	}
+	id, err := spiffeid.FromSegments(td, "spire", "agent", Type, token)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("join token is not a valid SPIFFE ID path segment: %w", err)
+	}
+	return id, nil
+}
+
+// ValidateToken checks a token's length and that it can be a path segment
+// of a SPIFFE ID (letters, digits, '.', '-', '_'; not "." or "..").
+func ValidateToken(token string) error {
+	switch {
+	case token == "":
+		return errors.New("join token is empty")
+	case len(token) > MaxTokenLen:
+		return fmt.Errorf("join token is longer than %d bytes", MaxTokenLen)
+	case token == "." || token == "..":
+		return errors.New("join token must not be a dot segment")
+	}
+	for i := 0; i < len(token); i++ {
+		c := token[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_'
+		if !ok {
+			return errors.New("join token may contain only letters, digits, '.', '-' and '_'")
+		}
+	}
+	return nil
+}
+
+// Hash returns the SHA-256 of the token, the only form that is stored.
+func Hash(token string) [32]byte { return sha256.Sum256([]byte(token)) }
+
+// Generate returns a new random token: 128 bits from crypto/rand, formatted
+// like a UUID (8-4-4-4-12 lowercase hex) as SPIRE's tokens are.
+func Generate() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generate join token: %w", err)
+	}
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32], nil
+}

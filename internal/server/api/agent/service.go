@@ -1,0 +1,568 @@
+// Package agent implements spire-api-sdk's agent/v1 Agent service: node
+// attestation, agent SVID renewal, join tokens and agent administration.
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
+	"github.com/sigil-spiffe/sigil/internal/ca"
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
+)
+
+// DefaultJoinTokenTTL is used when CreateJoinToken is called with ttl 0.
+const DefaultJoinTokenTTL = 600 * time.Second
+
+// maxAgentVersionLen bounds PostStatus' agent_version (as SPIRE).
+const maxAgentVersionLen = 255
+
+// Signer is the subset of the CA manager the service uses.
+type Signer interface {
+	SignX509SVID(ctx context.Context, p ca.X509SVIDParams) ([]*x509.Certificate, error)
+}
+
+// Store is the subset of datastore.DataStore the service uses.
+type Store interface {
+	GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
+	CreateNode(ctx context.Context, n *datastore.AttestedNode) (*datastore.AttestedNode, error)
+	UpdateNode(ctx context.Context, n *datastore.AttestedNode, mask *datastore.NodeMask) (*datastore.AttestedNode, error)
+	DeleteNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
+	ListNodes(ctx context.Context, f datastore.NodeFilter, p datastore.Page) ([]*datastore.AttestedNode, string, error)
+	CountNodes(ctx context.Context, f datastore.NodeFilter) (int, error)
+	SetNodeSelectors(ctx context.Context, spiffeID string, sels []selector.Selector) error
+	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
+	ConsumeJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error)
+	CreateEntries(ctx context.Context, entries []*datastore.Entry) ([]datastore.EntryResult, error)
+}
+
+// ChallengeFunc sends a challenge to the attesting agent and returns its
+// response.
+type ChallengeFunc func(ctx context.Context, challenge []byte) ([]byte, error)
+
+// AttestResult is what a node attestor establishes.
+type AttestResult struct {
+	AgentID     spiffeid.ID
+	Selectors   []selector.Selector
+	CanReattest bool
+}
+
+// NodeAttestor is a server-side node attestor for a challenge/response (or
+// single-shot) attestation type. Errors that carry a gRPC status keep their
+// code; other errors are reported as PermissionDenied.
+type NodeAttestor interface {
+	Attest(ctx context.Context, payload []byte, challenge ChallengeFunc) (*AttestResult, error)
+}
+
+// EntryCache is told about node changes so authorization data is refreshed.
+type EntryCache interface {
+	Poke()
+}
+
+// Config configures the service.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Store       Store
+	CA          Signer
+	// AgentTTL is the agent X509-SVID lifetime (agent_ttl); 0 = CA default.
+	AgentTTL time.Duration
+	// Attestors are extra node attestors by attestation type. join_token is
+	// built in and cannot be overridden.
+	Attestors map[string]NodeAttestor
+	// AgentIDAsSelector adds the selector spiffe_id:<agent ID> to every
+	// attested node (SPIRE's experimental agent_spiffe_id_as_selector).
+	AgentIDAsSelector bool
+	Cache             EntryCache // optional
+	Clock             clock.Clock
+	Log               *slog.Logger
+}
+
+// Service implements agentv1.AgentServer.
+type Service struct {
+	agentv1.UnsafeAgentServer
+
+	td        spiffeid.TrustDomain
+	ds        Store
+	ca        Signer
+	agentTTL  time.Duration
+	joinToken *jointoken.Attestor
+	attestors map[string]NodeAttestor
+	idAsSel   bool
+	cache     EntryCache
+	clk       clock.Clock
+	log       *slog.Logger
+}
+
+var _ agentv1.AgentServer = (*Service)(nil)
+
+// New returns the service.
+func New(cfg Config) (*Service, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("agent service: trust domain is required")
+	}
+	if cfg.Store == nil || cfg.CA == nil {
+		return nil, errors.New("agent service: store and CA are required")
+	}
+	clk := clock.OrReal(cfg.Clock)
+	jt, err := jointoken.New(jointoken.Config{TrustDomain: cfg.TrustDomain, Tokens: cfg.Store, Clock: clk})
+	if err != nil {
+		return nil, fmt.Errorf("agent service: %w", err)
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Service{
+		td:        cfg.TrustDomain,
+		ds:        cfg.Store,
+		ca:        cfg.CA,
+		agentTTL:  cfg.AgentTTL,
+		joinToken: jt,
+		attestors: cfg.Attestors,
+		idAsSel:   cfg.AgentIDAsSelector,
+		cache:     cfg.Cache,
+		clk:       clk,
+		log:       log.With("service", "agent.v1"),
+	}, nil
+}
+
+// Register registers the service on s.
+func (s *Service) Register(r grpc.ServiceRegistrar) { agentv1.RegisterAgentServer(r, s) }
+
+func (s *Service) poke() {
+	if s.cache != nil {
+		s.cache.Poke()
+	}
+}
+
+// CountAgents counts agents matching the filter.
+func (s *Service) CountAgents(ctx context.Context, req *agentv1.CountAgentsRequest) (*agentv1.CountAgentsResponse, error) {
+	var f datastore.NodeFilter
+	if rf := req.GetFilter(); rf != nil {
+		var err error
+		f, err = nodeFilter(rf.GetByAttestationType(), rf.GetBySelectorMatch(), rf.GetByBanned(), rf.GetByCanReattest(), rf.GetByExpiresBefore())
+		if err != nil {
+			return nil, s.err(ctx, codes.InvalidArgument, "failed to parse filter", err)
+		}
+	}
+	n, err := s.ds.CountNodes(ctx, f)
+	if err != nil {
+		return nil, s.err(ctx, codes.Internal, "failed to count agents", err)
+	}
+	return &agentv1.CountAgentsResponse{Count: int32(min(n, 1<<31-1))}, nil
+}
+
+// ListAgents lists agents, optionally filtered and paginated.
+func (s *Service) ListAgents(ctx context.Context, req *agentv1.ListAgentsRequest) (*agentv1.ListAgentsResponse, error) {
+	var f datastore.NodeFilter
+	if rf := req.GetFilter(); rf != nil {
+		var err error
+		f, err = nodeFilter(rf.GetByAttestationType(), rf.GetBySelectorMatch(), rf.GetByBanned(), rf.GetByCanReattest(), rf.GetByExpiresBefore())
+		if err != nil {
+			return nil, s.err(ctx, codes.InvalidArgument, "failed to parse filter", err)
+		}
+	}
+	if req.GetPageSize() < 0 {
+		return nil, s.err(ctx, codes.InvalidArgument, "page size cannot be negative", nil)
+	}
+	var p datastore.Page
+	if req.GetPageSize() > 0 {
+		p = datastore.Page{Size: int(req.GetPageSize()), Token: req.GetPageToken()}
+	}
+	nodes, next, err := s.ds.ListNodes(ctx, f, p)
+	if err != nil {
+		return nil, s.err(ctx, codes.Internal, "failed to list agents", err)
+	}
+	resp := &agentv1.ListAgentsResponse{NextPageToken: next}
+	for _, n := range nodes {
+		a, err := agentToProto(n)
+		if err != nil {
+			s.log.WarnContext(ctx, "Skipping agent with malformed SPIFFE ID", "spiffe_id", n.SPIFFEID, "error", err)
+			continue
+		}
+		applyMask(a, req.GetOutputMask())
+		resp.Agents = append(resp.Agents, a)
+	}
+	return resp, nil
+}
+
+// GetAgent returns one agent.
+func (s *Service) GetAgent(ctx context.Context, req *agentv1.GetAgentRequest) (*types.Agent, error) {
+	id, err := s.agentIDFromProto(req.GetId())
+	if err != nil {
+		return nil, s.err(ctx, codes.InvalidArgument, "invalid agent ID", err)
+	}
+	n, err := s.ds.GetNode(ctx, id.String())
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, s.err(ctx, codes.NotFound, "agent not found", nil)
+	case err != nil:
+		return nil, s.err(ctx, codes.Internal, "failed to fetch agent", err)
+	}
+	a, err := agentToProto(n)
+	if err != nil {
+		return nil, s.err(ctx, codes.Internal, "failed to convert attested node to agent", err)
+	}
+	applyMask(a, req.GetOutputMask())
+	return a, nil
+}
+
+// DeleteAgent deletes an agent; it must attest again to get an SVID.
+func (s *Service) DeleteAgent(ctx context.Context, req *agentv1.DeleteAgentRequest) (*emptyResp, error) {
+	id, err := s.agentIDFromProto(req.GetId())
+	if err != nil {
+		return nil, s.err(ctx, codes.InvalidArgument, "invalid agent ID", err)
+	}
+	_, err = s.ds.DeleteNode(ctx, id.String())
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, s.err(ctx, codes.NotFound, "agent not found", nil)
+	case err != nil:
+		return nil, s.err(ctx, codes.Internal, "failed to remove agent", err)
+	}
+	s.poke()
+	s.log.InfoContext(ctx, "Agent deleted", "spiffe_id", id.String())
+	return &emptyResp{}, nil
+}
+
+// BanAgent bans an agent: its serial numbers are cleared so it can neither
+// use its SVID nor renew; it must be deleted before it may attest again.
+func (s *Service) BanAgent(ctx context.Context, req *agentv1.BanAgentRequest) (*emptyResp, error) {
+	id, err := s.agentIDFromProto(req.GetId())
+	if err != nil {
+		return nil, s.err(ctx, codes.InvalidArgument, "invalid agent ID", err)
+	}
+	_, err = s.ds.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: id.String()},
+		&datastore.NodeMask{CertSerial: true, NewCertSerial: true})
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, s.err(ctx, codes.NotFound, "agent not found", nil)
+	case err != nil:
+		return nil, s.err(ctx, codes.Internal, "failed to ban agent", err)
+	}
+	s.poke()
+	s.log.InfoContext(ctx, "Agent banned", "spiffe_id", id.String())
+	return &emptyResp{}, nil
+}
+
+// AttestAgent attests a node and issues its agent X509-SVID.
+func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
+	ctx := stream.Context()
+	req, err := stream.Recv()
+	if err != nil {
+		return s.err(ctx, codes.InvalidArgument, "failed to receive request from stream", err)
+	}
+	params := req.GetParams()
+	if err := validateAttestParams(params); err != nil {
+		return s.err(ctx, codes.InvalidArgument, "malformed param", err)
+	}
+	attType := params.GetData().GetType()
+
+	// Check the CSR before attesting so a bad CSR does not burn a join token.
+	csr, err := parseCSR(params.GetParams().GetCsr())
+	if err != nil {
+		return s.err(ctx, codes.InvalidArgument, "failed to parse CSR", err)
+	}
+
+	var res *AttestResult
+	if attType == jointoken.Type {
+		id, sels, err := s.joinToken.Attest(ctx, params.GetData().GetPayload())
+		switch {
+		case errors.Is(err, jointoken.ErrUnknownToken):
+			return s.err(ctx, codes.InvalidArgument, "failed to attest: join token does not exist or has already been used", nil)
+		case errors.Is(err, jointoken.ErrExpiredToken):
+			return s.err(ctx, codes.InvalidArgument, "join token expired", nil)
+		case err != nil:
+			return s.err(ctx, codes.Internal, "failed to attest with join token", err)
+		}
+		res = &AttestResult{AgentID: id, Selectors: sels}
+	} else {
+		at, ok := s.attestors[attType]
+		if !ok {
+			return s.err(ctx, codes.FailedPrecondition, "error getting node attestor", fmt.Errorf("could not find node attestor type %q", attType))
+		}
+		res, err = at.Attest(ctx, params.GetData().GetPayload(), func(ctx context.Context, challenge []byte) ([]byte, error) {
+			if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Challenge{Challenge: challenge}}); err != nil {
+				return nil, status.Error(codes.Internal, "failed to send challenge to agent")
+			}
+			r, err := stream.Recv()
+			if err != nil {
+				return nil, status.Error(codes.Internal, "failed to receive challenge response from agent")
+			}
+			return r.GetChallengeResponse(), nil
+		})
+		if err != nil {
+			if st, ok := status.FromError(err); ok {
+				return s.err(ctx, st.Code(), st.Message(), nil)
+			}
+			return s.err(ctx, codes.PermissionDenied, "failed to attest", err)
+		}
+		if res == nil {
+			return s.err(ctx, codes.Internal, "node attestor returned no result", nil)
+		}
+	}
+
+	agentID := res.AgentID
+	switch {
+	case !agentID.MemberOf(s.td):
+		return s.err(ctx, codes.Internal, "node attestor produced an agent ID outside the trust domain", fmt.Errorf("%q", agentID))
+	case agentID.Path() == "/spire/server":
+		return s.err(ctx, codes.Internal, "agent ID cannot collide with the server ID", nil)
+	}
+	sels := res.Selectors
+	if s.idAsSel {
+		sels = append(sels, selector.Selector{Type: "spiffe_id", Value: agentID.String()})
+	}
+	log := s.log.With("agent_id", agentID.String(), "node_attestor_type", attType)
+
+	existing, err := s.ds.GetNode(ctx, agentID.String())
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		existing = nil
+	case err != nil:
+		return s.err(ctx, codes.Internal, "failed to fetch agent", err)
+	}
+	if existing != nil && existing.CertSerial == "" && existing.NewCertSerial == "" {
+		return s.err(ctx, codes.PermissionDenied, "failed to attest: agent is banned", nil)
+	}
+
+	chain, err := s.sign(ctx, agentID, csr)
+	if err != nil {
+		return err
+	}
+	leaf := chain[0]
+
+	sels = selector.Dedupe(sels)
+	if existing == nil {
+		_, err = s.ds.CreateNode(ctx, &datastore.AttestedNode{
+			SPIFFEID:        agentID.String(),
+			AttestationType: attType,
+			CertSerial:      leaf.SerialNumber.String(),
+			CertNotAfter:    leaf.NotAfter.Unix(),
+			CanReattest:     res.CanReattest,
+			Selectors:       sels,
+		})
+		if err != nil {
+			return s.err(ctx, codes.Internal, "failed to create attested agent", err)
+		}
+	} else {
+		_, err = s.ds.UpdateNode(ctx, &datastore.AttestedNode{
+			SPIFFEID:     agentID.String(),
+			CertSerial:   leaf.SerialNumber.String(),
+			CertNotAfter: leaf.NotAfter.Unix(),
+			CanReattest:  res.CanReattest,
+		}, &datastore.NodeMask{CertSerial: true, CertNotAfter: true, NewCertSerial: true, NewCertNotAfter: true, CanReattest: true})
+		if err != nil {
+			return s.err(ctx, codes.Internal, "failed to update attested agent", err)
+		}
+	}
+	// Set (replace) the selectors after the node exists, also on re-attestation.
+	if err := s.ds.SetNodeSelectors(ctx, agentID.String(), sels); err != nil {
+		return s.err(ctx, codes.Internal, "failed to update selectors", err)
+	}
+	s.poke()
+
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		log = log.With("address", p.Addr.String())
+	}
+	log.InfoContext(ctx, "Agent attestation request completed")
+
+	if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Result_{
+		Result: &agentv1.AttestAgentResponse_Result{Svid: x509SVIDToProto(agentID, chain), Reattestable: res.CanReattest},
+	}}); err != nil {
+		return s.err(ctx, codes.Internal, "failed to send response over stream", err)
+	}
+	return nil
+}
+
+// RenewAgent issues a new agent SVID to the calling agent. The new serial is
+// recorded as the node's NewCertSerial; the authorization middleware makes
+// it current when the agent first uses it.
+func (s *Service) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequest) (*agentv1.RenewAgentResponse, error) {
+	caller, ok := rpccontext.CallerFrom(ctx)
+	if !ok || caller.ID.IsZero() {
+		return nil, s.err(ctx, codes.Internal, "caller ID missing from request context", nil)
+	}
+	node, err := s.ds.GetNode(ctx, caller.ID.String())
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, s.err(ctx, codes.NotFound, "agent not found", nil)
+	case err != nil:
+		return nil, s.err(ctx, codes.Internal, "failed to fetch agent", err)
+	}
+	if node.CanReattest {
+		return nil, permissionDenied(types.PermissionDeniedDetails_AGENT_MUST_REATTEST, "agent must reattest instead of renew")
+	}
+	if req.GetParams() == nil {
+		return nil, s.err(ctx, codes.InvalidArgument, "params cannot be nil", nil)
+	}
+	if len(req.GetParams().GetCsr()) == 0 {
+		return nil, s.err(ctx, codes.InvalidArgument, "missing CSR", nil)
+	}
+	csr, err := parseCSR(req.GetParams().GetCsr())
+	if err != nil {
+		return nil, s.err(ctx, codes.InvalidArgument, "failed to parse CSR", err)
+	}
+	chain, err := s.sign(ctx, caller.ID, csr)
+	if err != nil {
+		return nil, err
+	}
+	_, err = s.ds.UpdateNode(ctx, &datastore.AttestedNode{
+		SPIFFEID:        caller.ID.String(),
+		NewCertSerial:   chain[0].SerialNumber.String(),
+		NewCertNotAfter: chain[0].NotAfter.Unix(),
+	}, &datastore.NodeMask{NewCertSerial: true, NewCertNotAfter: true})
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, s.err(ctx, codes.NotFound, "agent not found", nil)
+	case err != nil:
+		return nil, s.err(ctx, codes.Internal, "failed to update agent", err)
+	}
+	s.poke()
+	s.log.InfoContext(ctx, "Renewed agent SVID", "agent_id", caller.ID.String())
+	return &agentv1.RenewAgentResponse{Svid: x509SVIDToProto(caller.ID, chain)}, nil
+}
+
+// PostStatus accepts the agent's status report. Sigil does not store the
+// agent version; the call validates its input and succeeds.
+func (s *Service) PostStatus(ctx context.Context, req *agentv1.PostStatusRequest) (*agentv1.PostStatusResponse, error) {
+	caller, ok := rpccontext.CallerFrom(ctx)
+	if !ok || caller.ID.IsZero() {
+		return nil, s.err(ctx, codes.Internal, "caller ID missing from request context", nil)
+	}
+	if len(req.GetAgentVersion()) > maxAgentVersionLen {
+		return nil, s.err(ctx, codes.InvalidArgument, "agent version is too long (max 255 characters)", nil)
+	}
+	return &agentv1.PostStatusResponse{}, nil
+}
+
+// CreateJoinToken creates a single-use join token. Only its SHA-256 is
+// stored. With agent_id, an alias entry maps the join-token agent ID to it.
+func (s *Service) CreateJoinToken(ctx context.Context, req *agentv1.CreateJoinTokenRequest) (*types.JoinToken, error) {
+	ttl := time.Duration(req.GetTtl()) * time.Second
+	switch {
+	case req.GetTtl() < 0:
+		return nil, s.err(ctx, codes.InvalidArgument, "ttl is required, you must provide one", nil)
+	case req.GetTtl() == 0:
+		ttl = DefaultJoinTokenTTL
+	}
+
+	var aliasID spiffeid.ID
+	if req.GetAgentId() != nil {
+		id, err := s.workloadIDFromProto(req.GetAgentId())
+		if err != nil {
+			return nil, s.err(ctx, codes.InvalidArgument, "invalid agent ID", err)
+		}
+		aliasID = id
+	}
+
+	token := req.GetToken()
+	if token == "" {
+		var err error
+		if token, err = jointoken.Generate(); err != nil {
+			return nil, s.err(ctx, codes.Internal, "failed to generate token", err)
+		}
+	} else if err := jointoken.ValidateToken(token); err != nil {
+		return nil, s.err(ctx, codes.InvalidArgument, "invalid token", err)
+	}
+	joinID, err := jointoken.AgentID(s.td, token)
+	if err != nil {
+		return nil, s.err(ctx, codes.InvalidArgument, "invalid token", err)
+	}
+
+	now := s.clk.Now()
+	expiry := now.Add(ttl)
+	hash := jointoken.Hash(token)
+	err = s.ds.CreateJoinToken(ctx, &datastore.JoinToken{Hash: hash, ExpiresAt: expiry.Unix(), CreatedAt: now.Unix()})
+	switch {
+	case errors.Is(err, datastore.ErrAlreadyExists):
+		return nil, s.err(ctx, codes.AlreadyExists, "failed to create token: token already exists", nil)
+	case err != nil:
+		return nil, s.err(ctx, codes.Internal, "failed to create token", err)
+	}
+
+	if !aliasID.IsZero() {
+		if err := s.createAliasEntry(ctx, joinID, aliasID); err != nil {
+			// Do not leave a token behind whose promised alias is missing.
+			if _, derr := s.ds.ConsumeJoinToken(ctx, hash); derr != nil {
+				s.log.WarnContext(ctx, "Failed to remove join token after alias entry failure", "error", derr)
+			}
+			return nil, s.err(ctx, codes.Internal, "failed to create join token registration entry", err)
+		}
+		s.poke()
+	}
+	s.log.InfoContext(ctx, "Join token created", "expires_at", expiry.Unix(), "with_alias", !aliasID.IsZero())
+	return &types.JoinToken{Value: token, ExpiresAt: expiry.Unix()}, nil
+}
+
+// createAliasEntry creates SPIRE's join-token alias entry: parent is the
+// join-token agent ID, spiffe_id the requested agent ID, and the single
+// selector spiffe_id:<join-token agent ID>.
+func (s *Service) createAliasEntry(ctx context.Context, joinID, aliasID spiffeid.ID) error {
+	res, err := s.ds.CreateEntries(ctx, []*datastore.Entry{{
+		SPIFFEID:  aliasID.String(),
+		ParentID:  joinID.String(),
+		Selectors: []selector.Selector{{Type: "spiffe_id", Value: joinID.String()}},
+	}})
+	if err != nil {
+		return err
+	}
+	if len(res) != 1 {
+		return fmt.Errorf("store returned %d results for 1 entry", len(res))
+	}
+	return res[0].Err
+}
+
+func (s *Service) sign(ctx context.Context, id spiffeid.ID, csr *x509.CertificateRequest) ([]*x509.Certificate, error) {
+	chain, err := s.ca.SignX509SVID(ctx, ca.X509SVIDParams{SPIFFEID: id, PublicKey: csr.PublicKey, TTL: s.agentTTL})
+	if err != nil {
+		return nil, s.err(ctx, codes.Internal, "failed to sign X509 SVID", err)
+	}
+	if len(chain) == 0 {
+		return nil, s.err(ctx, codes.Internal, "failed to sign X509 SVID", errors.New("CA returned an empty chain"))
+	}
+	return chain, nil
+}
+
+// err logs and returns a status error. The cause is logged, never sent
+// verbatim for Internal errors.
+func (s *Service) err(ctx context.Context, code codes.Code, msg string, cause error) error {
+	attrs := []any{"code", code.String()}
+	if cause != nil {
+		attrs = append(attrs, "error", cause)
+	}
+	if code == codes.Internal {
+		s.log.ErrorContext(ctx, msg, attrs...)
+	} else {
+		s.log.DebugContext(ctx, msg, attrs...)
+	}
+	if cause != nil && code != codes.Internal {
+		return status.Errorf(code, "%s: %v", msg, cause)
+	}
+	return status.Error(code, msg)
+}
+
+// permissionDenied builds a PermissionDenied status carrying SPIRE's reason
+// details, which agents act upon.
+func permissionDenied(reason types.PermissionDeniedDetails_Reason, msg string) error {
+	st := status.New(codes.PermissionDenied, msg)
+	if d, err := st.WithDetails(&types.PermissionDeniedDetails{Reason: reason}); err == nil {
+		st = d
+	}
+	return st.Err()
+}

@@ -1,0 +1,313 @@
+// Package endpoints serves the server APIs: agents reach them over TCP with
+// TLS (the server presents its X509-SVID; a client X509-SVID is optional and
+// verified when presented), administrators over a unix socket. Interceptors
+// establish the rpccontext.Caller, enforce the per-method authorization
+// policy and apply the rate limits.
+package endpoints
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
+)
+
+// Message and connection limits.
+const (
+	MaxRecvMsgSize       = 4 << 20 // gRPC's default, made explicit
+	MaxConcurrentStreams = 1000
+	handshakeTimeout     = 10 * time.Second
+	gracefulStopTimeout  = 5 * time.Second
+)
+
+// NodeStore is the subset of the datastore the authorization middleware
+// needs to recognise agents.
+type NodeStore interface {
+	GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
+	UpdateNode(ctx context.Context, n *datastore.AttestedNode, mask *datastore.NodeMask) (*datastore.AttestedNode, error)
+}
+
+// AdminChecker reports whether entries for id grant admin or downstream
+// rights (internal/server/entrycache).
+type AdminChecker interface {
+	AdminAndDownstream(ctx context.Context, id spiffeid.ID) (admin, downstream bool, err error)
+}
+
+// Config configures the endpoints.
+type Config struct {
+	// TCPAddr is where agents connect (port 0 picks a free port).
+	TCPAddr *net.TCPAddr
+	// SocketPath is the admin unix socket. Its directory is created 0700
+	// when missing; the socket itself is 0600.
+	SocketPath  string
+	TrustDomain spiffeid.TrustDomain
+	// ServerSVID returns the current server X509-SVID (rotated by the caller).
+	ServerSVID func() (*tls.Certificate, error)
+	// Bundle returns the trust anchors client X509-SVIDs are verified against.
+	Bundle    func() []*x509.Certificate
+	Nodes     NodeStore
+	Entries   AdminChecker
+	AdminIDs  []spiffeid.ID // extra admin IDs (SPIRE's admin_ids)
+	RateLimit ratelimit.Config
+	Log       *slog.Logger
+	Clock     clock.Clock
+	// Register registers the API services on each server (TCP and socket).
+	Register func(*grpc.Server)
+}
+
+// Endpoints runs the TCP and unix socket gRPC servers.
+type Endpoints struct {
+	cfg     Config
+	log     *slog.Logger
+	clk     clock.Clock
+	limiter *ratelimit.Limiter
+
+	ready   chan struct{}
+	mu      sync.Mutex
+	tcpAddr net.Addr
+}
+
+// New validates cfg and returns Endpoints; Run starts serving.
+func New(cfg Config) (*Endpoints, error) {
+	switch {
+	case cfg.TCPAddr == nil:
+		return nil, errors.New("endpoints: TCP address is required")
+	case cfg.SocketPath == "":
+		return nil, errors.New("endpoints: socket path is required")
+	case cfg.TrustDomain.IsZero():
+		return nil, errors.New("endpoints: trust domain is required")
+	case cfg.ServerSVID == nil || cfg.Bundle == nil:
+		return nil, errors.New("endpoints: server SVID and bundle sources are required")
+	case cfg.Nodes == nil:
+		return nil, errors.New("endpoints: node store is required")
+	case cfg.Register == nil:
+		return nil, errors.New("endpoints: Register is required")
+	}
+	for _, id := range cfg.AdminIDs {
+		if id.IsZero() {
+			return nil, errors.New("endpoints: admin IDs must not be empty")
+		}
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	clk := clock.OrReal(cfg.Clock)
+	rl := cfg.RateLimit
+	if rl.Clock == nil {
+		rl.Clock = clk
+	}
+	return &Endpoints{
+		cfg:     cfg,
+		log:     log.With("subsystem", "endpoints"),
+		clk:     clk,
+		limiter: ratelimit.New(rl),
+		ready:   make(chan struct{}),
+	}, nil
+}
+
+// Ready is closed once both listeners are bound.
+func (e *Endpoints) Ready() <-chan struct{} { return e.ready }
+
+// TCPAddr returns the bound TCP address (nil before Ready).
+func (e *Endpoints) TCPAddr() net.Addr {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.tcpAddr
+}
+
+// Run serves until ctx is done, then stops both servers and removes the
+// socket. It returns nil on a clean stop.
+func (e *Endpoints) Run(ctx context.Context) error {
+	tcpL, err := net.ListenTCP("tcp", e.cfg.TCPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", e.cfg.TCPAddr, err)
+	}
+	defer tcpL.Close()
+	udsL, err := listenUnix(e.cfg.SocketPath)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		udsL.Close()
+		if err := os.Remove(e.cfg.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			e.log.Warn("Failed to remove socket", "path", e.cfg.SocketPath, "error", err)
+		}
+	}()
+
+	tcpSrv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(e.tlsConfig())),
+		grpc.ChainUnaryInterceptor(e.unaryInterceptor(tcpTransport)),
+		grpc.ChainStreamInterceptor(e.streamInterceptor(tcpTransport)),
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.ConnectionTimeout(handshakeTimeout),
+	)
+	udsSrv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(e.unaryInterceptor(localTransport)),
+		grpc.ChainStreamInterceptor(e.streamInterceptor(localTransport)),
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+	)
+	e.cfg.Register(tcpSrv)
+	e.cfg.Register(udsSrv)
+	hs := health.NewServer()
+	hs.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
+	grpc_health_v1.RegisterHealthServer(udsSrv, hs)
+
+	e.mu.Lock()
+	e.tcpAddr = tcpL.Addr()
+	e.mu.Unlock()
+	close(e.ready)
+	e.log.Info("Starting server APIs", "tcp", tcpL.Addr().String(), "socket", e.cfg.SocketPath)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := tcpSrv.Serve(tcpL); err != nil {
+			return fmt.Errorf("serve TCP: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := udsSrv.Serve(udsL); err != nil {
+			return fmt.Errorf("serve socket: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		hs.Shutdown()
+		stop(tcpSrv)
+		stop(udsSrv)
+		return nil
+	})
+	err = g.Wait()
+	e.log.Info("Server APIs stopped")
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// stop stops gracefully, cutting long-lived streams after a short grace.
+func stop(s *grpc.Server) {
+	done := make(chan struct{})
+	go func() { s.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(gracefulStopTimeout):
+		s.Stop()
+		<-done
+	}
+}
+
+func (e *Endpoints) tlsConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c, err := e.cfg.ServerSVID()
+			if err != nil {
+				e.log.Error("No server SVID for TLS handshake", "error", err)
+				return nil, fmt.Errorf("server SVID unavailable: %w", err)
+			}
+			return c, nil
+		},
+		// Attestation needs no client certificate; when one is presented it
+		// must be an X509-SVID of our trust domain.
+		ClientAuth:            tls.RequestClientCert,
+		VerifyPeerCertificate: e.verifyClientCert,
+	}
+}
+
+func (e *Endpoints) verifyClientCert(raw [][]byte, _ [][]*x509.Certificate) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	certs := make([]*x509.Certificate, 0, len(raw))
+	for _, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return fmt.Errorf("parse client certificate: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	b := x509bundle.FromX509Authorities(e.cfg.TrustDomain, e.cfg.Bundle())
+	id, _, err := x509svid.Verify(certs, b, x509svid.WithTime(e.clk.Now()))
+	if err != nil {
+		return fmt.Errorf("verify client X509-SVID: %w", err)
+	}
+	if !id.MemberOf(e.cfg.TrustDomain) {
+		return fmt.Errorf("client SPIFFE ID %q is not in trust domain %q", id, e.cfg.TrustDomain)
+	}
+	return nil
+}
+
+// listenUnix creates the admin socket owner-only: it binds a temporary name
+// in the same directory, restricts it to 0600 and renames it into place, so
+// the socket is never reachable with looser permissions. A stale socket is
+// removed; a live one (another server) is an error.
+func listenUnix(path string) (*net.UnixListener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket path %s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s is in use by another process", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	var rnd [4]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, fmt.Errorf("socket temp name: %w", err)
+	}
+	tmp := filepath.Join(dir, ".s"+hex.EncodeToString(rnd[:]))
+	if len(tmp) >= 108 { // sun_path limit; bind directly
+		tmp = path
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Net: "unix", Name: tmp})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	l.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		l.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("restrict socket permissions: %w", err)
+	}
+	if tmp != path {
+		if err := os.Rename(tmp, path); err != nil {
+			l.Close()
+			os.Remove(tmp)
+			return nil, fmt.Errorf("move socket into place: %w", err)
+		}
+	}
+	return l, nil
+}

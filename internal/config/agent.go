@@ -4,7 +4,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -397,4 +400,19 @@ func (a *Agent) Validate() error {
 		add(errors.New(`at least one WorkloadAttestor plugin must be configured: WorkloadAttestor "unix"`))
 	}
 	return errors.Join(errs...)
+}
+
+// LogValue summarizes the configuration for a start-up log line. It never
+// includes the join token.
+func (a *Agent) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("path", a.Path),
+		slog.String("trust_domain", a.TrustDomain.Name()),
+		slog.String("server", net.JoinHostPort(a.ServerAddress, strconv.Itoa(a.ServerPort))),
+		slog.String("socket_path", a.SocketPath),
+		slog.String("data_dir", a.DataDir),
+		slog.Bool("insecure_bootstrap", a.InsecureBootstrap),
+		slog.Bool("join_token_set", a.JoinToken != ""),
+		slog.String("key_manager", a.KeyManager.Kind),
+	)
 }

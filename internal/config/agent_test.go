@@ -1,0 +1,322 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+const fullAgentConf = `agent {
+    server_address = "spire-server.example.org"
+    server_port = "8081"
+    socket_path = "/run/sigil/agent.sock"
+    trust_domain = "example.org"
+    trust_bundle_path = "/etc/sigil/bootstrap.crt"
+    trust_bundle_format = "spiffe"
+    data_dir = "/var/lib/sigil/agent"
+    join_token = "2b8e2c7a-1c3b-4a8e-9d0f-0e6b1d2a3c4f"
+    log_level = "warn"
+    log_format = "json"
+    log_file = "/var/log/sigil-agent.log"
+    availability_target = "48h"
+    sds {
+        default_svid_name = "svid"
+        default_bundle_name = "bundle"
+        default_all_bundles_name = "all"
+        disable_spiffe_cert_validation = true
+    }
+}
+
+plugins {
+    NodeAttestor "join_token" {
+        plugin_data {}
+    }
+    KeyManager "disk" {
+        plugin_data {
+            directory = "/var/lib/sigil/agent/keys"
+        }
+    }
+    WorkloadAttestor "unix" {
+        plugin_data {
+            discover_workload_path = true
+            workload_size_limit = -1
+        }
+    }
+}
+
+health_checks {
+    listener_enabled = true
+    bind_port = 8082
+}
+`
+
+// agentConfWith builds a valid 14-line agent config. agentExtra is inserted
+// in the agent block at line 6; tail starts on line 15 when agentExtra is empty.
+func agentConfWith(agentExtra, tail string) string {
+	return `agent {
+    server_address = "127.0.0.1"
+    server_port = 8081
+    trust_domain = "example.org"
+    trust_bundle_path = "bundle.pem"
+` + agentExtra + `}
+plugins {
+    NodeAttestor "join_token" {}
+    KeyManager "memory" {}
+    WorkloadAttestor "unix" {
+        plugin_data {
+        }
+    }
+}
+` + tail
+}
+
+func TestParseAgentFull(t *testing.T) {
+	a, err := ParseAgent("agent.conf", []byte(fullAgentConf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Agent{
+		Path:               "agent.conf",
+		ServerAddress:      "spire-server.example.org",
+		ServerPort:         8081,
+		SocketPath:         "/run/sigil/agent.sock",
+		DataDir:            "/var/lib/sigil/agent",
+		TrustBundlePath:    "/etc/sigil/bootstrap.crt",
+		TrustBundleFormat:  "spiffe",
+		JoinToken:          "2b8e2c7a-1c3b-4a8e-9d0f-0e6b1d2a3c4f",
+		LogLevel:           "warn",
+		LogFormat:          "json",
+		LogFile:            "/var/log/sigil-agent.log",
+		AvailabilityTarget: 48 * time.Hour,
+		SDS:                SDS{DefaultSVIDName: "svid", DefaultBundleName: "bundle", DefaultAllBundlesName: "all", DisableSPIFFECertValidation: true},
+		HealthChecks:       HealthChecks{ListenerEnabled: true, BindAddress: "localhost", BindPort: 8082, LivePath: "/live", ReadyPath: "/ready"},
+		NodeAttestor:       AgentNodeAttestor{JoinToken: true},
+		KeyManager:         AgentKeyManager{Kind: "disk", Directory: "/var/lib/sigil/agent/keys"},
+		WorkloadAttestors:  WorkloadAttestors{Unix: &UnixWorkloadAttestor{DiscoverWorkloadPath: true, WorkloadSizeLimit: -1}},
+	}
+	if a.TrustDomain.Name() != "example.org" {
+		t.Errorf("TrustDomain = %q", a.TrustDomain)
+	}
+	want.TrustDomain = a.TrustDomain
+	if !reflect.DeepEqual(a, want) {
+		t.Errorf("got  %+v\nwant %+v", a, want)
+	}
+}
+
+func TestParseAgentDefaults(t *testing.T) {
+	a, err := ParseAgent("agent.conf", []byte(agentConfWith("", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"socket_path", a.SocketPath, "/tmp/spire-agent/public/api.sock"},
+		{"data_dir", a.DataDir, "."},
+		{"trust_bundle_format", a.TrustBundleFormat, "pem"},
+		{"log_level", a.LogLevel, "INFO"},
+		{"log_format", a.LogFormat, "text"},
+		{"availability_target", a.AvailabilityTarget, time.Duration(0)},
+		{"sds", a.SDS, SDS{DefaultSVIDName: "default", DefaultBundleName: "ROOTCA", DefaultAllBundlesName: "ALL"}},
+		{"health_checks", a.HealthChecks, HealthChecks{BindAddress: "localhost", BindPort: 80, LivePath: "/live", ReadyPath: "/ready"}},
+		{"unix", *a.WorkloadAttestors.Unix, UnixWorkloadAttestor{}},
+		{"join_token", a.JoinToken, ""},
+		{"insecure_bootstrap", a.InsecureBootstrap, false},
+	}
+	for _, c := range checks {
+		if !reflect.DeepEqual(c.got, c.want) {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestAgentUnknownConfiguration(t *testing.T) {
+	cases := []struct {
+		name string
+		src  string
+		want []string
+	}{
+		{"unknown key in agent block",
+			agentConfWith("    cache_enabled = true\n", ""),
+			[]string{`agent.conf:6: unknown key "cache_enabled" in agent block`}},
+		{"unsupported SPIRE agent key",
+			agentConfWith("    retry_bootstrap = true\n", ""),
+			[]string{`agent.conf:6: unsupported key "retry_bootstrap" in agent block`}},
+		{"unknown key in sds",
+			agentConfWith("    sds {\n      default_svid_name = \"x\"\n      color = 1\n    }\n", ""),
+			[]string{`agent.conf:8: unknown key "color" in sds block`}},
+		{"server block in an agent file",
+			agentConfWith("", "server {\n  trust_domain = \"example.org\"\n}\n"),
+			[]string{`agent.conf:15: unknown block "server" in top level`}},
+		{"unknown plugin",
+			agentConfWith("", "plugins {\n  WorkloadAttestor \"docker\" {}\n}\n"),
+			[]string{`agent.conf:16: unknown plugin WorkloadAttestor "docker": Sigil's built-in WorkloadAttestor plugins are: unix`}},
+		{"server plugin type in agent",
+			agentConfWith("", "plugins {\n  DataStore \"sql\" {}\n}\n"),
+			[]string{`agent.conf:16: unknown plugin type "DataStore"`}},
+		{"unsupported plugin type",
+			agentConfWith("", "plugins {\n  SVIDStore \"aws_secretsmanager\" {}\n}\n"),
+			[]string{`agent.conf:16: unsupported plugin type SVIDStore`}},
+		{"second NodeAttestor",
+			strings.Replace(agentConfWith("", ""), `NodeAttestor "join_token" {}`, `NodeAttestor "join_token" {}
+    NodeAttestor "x509pop" {}`, 1),
+			[]string{`agent.conf:9: unknown plugin NodeAttestor "x509pop"`}},
+		{"unknown unix option",
+			strings.Replace(agentConfWith("", ""), "plugin_data {\n", "plugin_data {\n            workload_path = true\n", 1),
+			[]string{`agent.conf:12: unknown key "workload_path" in plugin_data of plugin WorkloadAttestor "unix"`}},
+		{"external plugin",
+			agentConfWith("", "plugins {\n  WorkloadAttestor \"mine\" {\n    plugin_cmd = \"/bin/mine\"\n  }\n}\n"),
+			[]string{`agent.conf:17:`, "Sigil has only built-in plugins"}},
+		{"unix wrong type",
+			strings.Replace(agentConfWith("", ""), "plugin_data {\n", "plugin_data {\n            workload_size_limit = \"big\"\n", 1),
+			[]string{`agent.conf:12: invalid value for "workload_size_limit"`, "expected an integer"}},
+		{"insecure_bootstrap string",
+			agentConfWith("    insecure_bootstrap = \"true\"\n", ""),
+			[]string{`agent.conf:6: invalid value for "insecure_bootstrap" in agent block: expected a bool`}},
+		{"bad trust domain",
+			strings.Replace(agentConfWith("", ""), `"example.org"`, `"Example.ORG"`, 1),
+			[]string{`agent.conf:4: invalid trust_domain "Example.ORG"`}},
+		{"bad availability_target",
+			agentConfWith("    availability_target = \"2 days\"\n", ""),
+			[]string{`agent.conf:6: invalid value for "availability_target"`, "not a duration"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseAgent("agent.conf", []byte(c.src))
+			wantErr(t, err, c.want...)
+		})
+	}
+}
+
+func TestAgentValidation(t *testing.T) {
+	base := agentConfWith("", "")
+	cases := []struct {
+		name string
+		src  string
+		want string
+	}{
+		{"no server_address", strings.Replace(base, `server_address = "127.0.0.1"`, "", 1), "server_address must be configured"},
+		{"no server_port", strings.Replace(base, `server_port = 8081`, "", 1), "server_port 0 out of range 1..65535"},
+		{"no trust_domain", strings.Replace(base, `trust_domain = "example.org"`, "", 1), "agent.conf: trust_domain must be configured"},
+		{"no bootstrap trust", strings.Replace(base, `trust_bundle_path = "bundle.pem"`, "", 1), "trust_bundle_path or trust_bundle_url must be configured unless insecure_bootstrap is set"},
+		{"path and url", agentConfWith("    trust_bundle_url = \"https://example.org/bundle\"\n", ""), "only one of trust_bundle_url or trust_bundle_path"},
+		{"insecure and path", agentConfWith("    insecure_bootstrap = true\n", ""), "only one of insecure_bootstrap, trust_bundle_url or trust_bundle_path"},
+		{"http bundle url", strings.Replace(base, `trust_bundle_path = "bundle.pem"`, `trust_bundle_url = "http://example.org/bundle"`, 1), `trust_bundle_url "http://example.org/bundle" must be an https:// URL`},
+		{"bad bundle format", agentConfWith("    trust_bundle_format = \"der\"\n", ""), `invalid trust_bundle_format "der"`},
+		{"short availability target", agentConfWith("    availability_target = \"1h\"\n", ""), "availability_target must be at least 24h0m0s"},
+		{"no NodeAttestor", strings.Replace(base, `NodeAttestor "join_token" {}`, "", 1), "exactly one NodeAttestor plugin must be configured"},
+		{"no KeyManager", strings.Replace(base, `KeyManager "memory" {}`, "", 1), "exactly one KeyManager plugin must be configured"},
+		{"disk without directory", strings.Replace(base, `KeyManager "memory" {}`, `KeyManager "disk" {}`, 1), `KeyManager "disk": directory must be configured`},
+		{"no WorkloadAttestor", strings.Replace(base, "WorkloadAttestor \"unix\" {\n        plugin_data {\n        }\n    }", "", 1), "at least one WorkloadAttestor plugin must be configured"},
+		{"empty sds name", agentConfWith("    sds {\n      default_bundle_name = \"\"\n    }\n", ""), "sds: default_svid_name, default_bundle_name and default_all_bundles_name must not be empty"},
+		{"bad log level", agentConfWith("    log_level = \"chatty\"\n", ""), `log_level: invalid log level "chatty"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseAgent("agent.conf", []byte(c.src))
+			wantErr(t, err, c.want)
+		})
+	}
+
+	// Valid bootstrap alternatives.
+	for _, src := range []string{
+		strings.Replace(base, `trust_bundle_path = "bundle.pem"`, `trust_bundle_url = "https://example.org/bundle"`, 1),
+		strings.Replace(base, `trust_bundle_path = "bundle.pem"`, `insecure_bootstrap = true`, 1),
+	} {
+		if _, err := ParseAgent("agent.conf", []byte(src)); err != nil {
+			t.Errorf("valid bootstrap rejected: %v", err)
+		}
+	}
+}
+
+func TestLoadAgentFlagOverrides(t *testing.T) {
+	path := writeFile(t, "agent.conf", agentConfWith("", ""))
+	a, err := LoadAgent([]string{
+		"-config", path,
+		"-joinToken", "tok",
+		"-serverAddress", "10.0.0.1",
+		"-serverPort", "9443",
+		"-socketPath", "/tmp/a.sock",
+		"-trustBundle", "/etc/b.pem",
+		"-dataDir", "/srv/agent",
+		"-logLevel", "DEBUG",
+		"-logFormat", "json",
+		"-logFile", "/tmp/agent.log",
+		"-trustDomain", "flag.test",
+		"-trustBundleFormat", "spiffe",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.JoinToken != "tok" || a.ServerAddress != "10.0.0.1" || a.ServerPort != 9443 || a.SocketPath != "/tmp/a.sock" ||
+		a.TrustBundlePath != "/etc/b.pem" || a.DataDir != "/srv/agent" || a.LogLevel != "DEBUG" || a.LogFormat != "json" ||
+		a.LogFile != "/tmp/agent.log" || a.TrustDomain.Name() != "flag.test" || a.TrustBundleFormat != "spiffe" {
+		t.Errorf("flags not applied: %+v", a)
+	}
+
+	// -trustBundleUrl replaces the file's path only if the path is cleared:
+	// both set is an error, as in SPIRE.
+	_, err = LoadAgent([]string{"-config", path, "-trustBundleUrl", "https://example.org/b"})
+	wantErr(t, err, "only one of trust_bundle_url or trust_bundle_path")
+	a, err = LoadAgent([]string{"-config", path, "-trustBundle", "", "-trustBundleUrl", "https://example.org/b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.TrustBundleURL != "https://example.org/b" || a.TrustBundlePath != "" {
+		t.Errorf("bundle flags: %+v", a)
+	}
+	a, err = LoadAgent([]string{"-config", path, "-trustBundle", "", "-insecureBootstrap"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.InsecureBootstrap {
+		t.Error("-insecureBootstrap not applied")
+	}
+}
+
+func TestLoadAgentErrors(t *testing.T) {
+	path := writeFile(t, "agent.conf", agentConfWith("", ""))
+	_, err := LoadAgent([]string{"-config", path, "-retryBootstrap"})
+	wantErr(t, err, "flag provided but not defined: -retryBootstrap")
+
+	_, err = LoadAgent([]string{"-config", path, "-serverPort", "99999"})
+	wantErr(t, err, "server_port 99999 out of range")
+
+	_, err = LoadAgent([]string{"-help"})
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-help: got %v, want flag.ErrHelp", err)
+	}
+	wantErr(t, err, "-joinToken", "-serverAddress", "-serverPort", "-socketPath", "-trustBundle", "-trustBundleUrl", "-dataDir", "-logLevel", "-logFormat")
+
+	bad := writeFile(t, "agent.conf", agentConfWith("    cache_enabled = true\n", ""))
+	_, err = LoadAgent([]string{"-config", bad})
+	wantErr(t, err, bad+`:6: unknown key "cache_enabled" in agent block`)
+}
+
+func TestParseAgentJSON(t *testing.T) {
+	src := `{
+  "agent": {
+    "server_address": "127.0.0.1",
+    "server_port": "8081",
+    "trust_domain": "example.org",
+    "insecure_bootstrap": true
+  },
+  "plugins": {
+    "NodeAttestor": {"join_token": {"plugin_data": {}}},
+    "KeyManager": {"disk": {"plugin_data": {"directory": "./data"}}},
+    "WorkloadAttestor": {"unix": {"plugin_data": {"discover_workload_path": true}}}
+  }
+}`
+	a, err := ParseAgent("agent.json", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.ServerPort != 8081 || !a.InsecureBootstrap || a.KeyManager.Directory != "./data" ||
+		a.WorkloadAttestors.Unix == nil || !a.WorkloadAttestors.Unix.DiscoverWorkloadPath {
+		t.Errorf("unexpected %+v", a)
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 )
 
@@ -191,6 +192,9 @@ func (s *Service) ListFederatedBundles(ctx context.Context, req *bundlev1.ListFe
 	}
 	bundles, next, err := s.store.ListBundles(ctx, page)
 	if err != nil {
+		if errors.Is(err, sqlstore.ErrInvalidPage) {
+			return nil, s.makeErr(codes.InvalidArgument, "could not parse page token", err)
+		}
 		return nil, s.makeErr(codes.Internal, "failed to list bundles", err)
 	}
 	resp := &bundlev1.ListFederatedBundlesResponse{NextPageToken: next}

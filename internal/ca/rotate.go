@@ -1,7 +1,6 @@
 package ca
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -290,16 +289,4 @@ func (m *Manager) publishAll(ctx context.Context, now time.Time) (bool, error) {
 		m.log.Info("pruned expired authorities from the bundle")
 	}
 	return changed || pruned, nil
-}
-
-func equalDER(a, b []*x509.Certificate) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !bytes.Equal(a[i].Raw, b[i].Raw) {
-			return false
-		}
-	}
-	return true
 }

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -96,19 +97,32 @@ func tokenString(t token.Token) (s string, ok bool) {
 // decoder reads one configuration file and collects every error found in it.
 type decoder struct {
 	file string
-	errs []error
+	errs []lineErr
+}
+
+type lineErr struct {
+	line int
+	err  error
 }
 
 func (d *decoder) errorf(pos token.Pos, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	if pos.Line > 0 {
-		d.errs = append(d.errs, fmt.Errorf("%s:%d: %s", d.file, pos.Line, msg))
+		d.errs = append(d.errs, lineErr{pos.Line, fmt.Errorf("%s:%d: %s", d.file, pos.Line, msg)})
 		return
 	}
-	d.errs = append(d.errs, fmt.Errorf("%s: %s", d.file, msg))
+	d.errs = append(d.errs, lineErr{0, fmt.Errorf("%s: %s", d.file, msg)})
 }
 
-func (d *decoder) err() error { return errors.Join(d.errs...) }
+// err joins the errors found, in line order.
+func (d *decoder) err() error {
+	slices.SortStableFunc(d.errs, func(a, b lineErr) int { return a.line - b.line })
+	errs := make([]error, len(d.errs))
+	for i, e := range d.errs {
+		errs[i] = e.err
+	}
+	return errors.Join(errs...)
+}
 
 // parseFile parses HCL or JSON source into root entries.
 func parseFile(name string, src []byte) ([]*entry, error) {

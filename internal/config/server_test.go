@@ -478,6 +478,17 @@ func TestServerManyErrorsReportedTogether(t *testing.T) {
 	src := serverConfWith("    colour = \"blue\"\n    bind_port = \"x\"\n", "extra = 1\n")
 	_, err := ParseServer("server.conf", []byte(src))
 	wantErr(t, err, `server.conf:4: unknown key "colour"`, `server.conf:5: invalid value for "bind_port"`, `server.conf:16: unknown key "extra"`)
+	// One error per line, in file order.
+	lines := strings.Split(err.Error(), "\n")
+	want := []string{"server.conf:4:", "server.conf:5:", "server.conf:16:"}
+	if len(lines) != len(want) {
+		t.Fatalf("got %d errors, want %d: %q", len(lines), len(want), lines)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Errorf("error %d = %q, want prefix %q", i, lines[i], w)
+		}
+	}
 }
 
 func TestServerSyntaxError(t *testing.T) {

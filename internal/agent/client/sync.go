@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 )
 
 // entryOutputMask asks for every field the agent uses.
@@ -19,16 +22,22 @@ var entryOutputMask = &types.EntryMask{
 	Hint: true, CreatedAt: true,
 }
 
-// Revision identifies the version of an entry: its revision number and
-// creation time (an entry deleted and re-created under the same ID starts
-// again at revision 0 with a new creation time).
-type Revision struct {
-	Number    int64
-	CreatedAt int64
-}
+// KnownFunc returns the cached entry with an ID, if any. Entries whose
+// revision number and creation time match what the server reports are not
+// fetched again.
+type KnownFunc func(id string) (*cache.Entry, bool)
 
-// KnownFunc reports the revision of a cached entry, if any.
-type KnownFunc func(id string) (Revision, bool)
+// Round is the outcome of one sync round.
+type Round struct {
+	// Entries is the complete set of authorized entries, sorted by ID:
+	// those received in full plus the unchanged ones taken from the known
+	// set. Malformed entries are left out (and logged).
+	Entries []*cache.Entry
+	// Fetched counts the entries received in full.
+	Fetched int
+	// Skipped counts malformed entries that were left out.
+	Skipped int
+}
 
 // wireRound is the outcome of one sync round at the wire level.
 type wireRound struct {
@@ -87,8 +96,7 @@ func (c *Client) recvRound(stream entryv1.Entry_SyncAuthorizedEntriesClient, fir
 				continue
 			}
 			r.ids[rev.Id] = struct{}{}
-			have, ok := known(rev.Id)
-			if !ok || have.Number != rev.RevisionNumber || (rev.CreatedAt != 0 && have.CreatedAt != rev.CreatedAt) {
+			if have, ok := known(rev.Id); !ok || stale(have, rev) {
 				needFull = append(needFull, rev.Id)
 			}
 		}
@@ -134,6 +142,45 @@ func (c *Client) recvRound(stream entryv1.Entry_SyncAuthorizedEntriesClient, fir
 	return r, nil
 }
 
+// stale reports whether a cached entry is older than the server's.
+func stale(have *cache.Entry, rev *entryv1.EntryRevision) bool {
+	if have.RevisionNumber != rev.RevisionNumber {
+		return true
+	}
+	// Same ID and revision but a different creation time: the entry was
+	// deleted and re-created.
+	return rev.CreatedAt != 0 && have.CreatedAt.Unix() != rev.CreatedAt
+}
+
+// toRound converts a wire round, reusing known entries for unchanged IDs.
+func (c *Client) toRound(w *wireRound, known KnownFunc) *Round {
+	r := &Round{Fetched: len(w.full)}
+	got := make(map[string]bool, len(w.full))
+	for _, pe := range w.full {
+		if got[pe.Id] {
+			continue
+		}
+		e, err := EntryFromProto(pe)
+		if err != nil {
+			r.Skipped++
+			c.log.Warn("Ignoring malformed entry from server", "entry_id", pe.GetId(), "error", err)
+			continue
+		}
+		got[pe.Id] = true
+		r.Entries = append(r.Entries, e)
+	}
+	for id := range w.ids {
+		if _, ok := got[id]; ok {
+			continue
+		}
+		if e, ok := known(id); ok {
+			r.Entries = append(r.Entries, e)
+		}
+	}
+	slices.SortFunc(r.Entries, func(a, b *cache.Entry) int { return strings.Compare(a.ID, b.ID) })
+	return r
+}
+
 // sendErr returns the stream's real error when Send fails (gRPC reports
 // io.EOF from Send and the status from Recv).
 func sendErr(stream entryv1.Entry_SyncAuthorizedEntriesClient, err error) error {
@@ -145,8 +192,12 @@ func sendErr(stream entryv1.Entry_SyncAuthorizedEntriesClient, err error) error 
 	return err
 }
 
-// syncOnce runs a single SPIRE-style round on a new stream.
-func (c *Client) syncOnce(ctx context.Context, known KnownFunc) (*wireRound, error) {
+// SyncEntries runs one SPIRE-style sync round on a new stream and returns
+// the complete authorized set. known may be nil (fetch everything).
+func (c *Client) SyncEntries(ctx context.Context, known KnownFunc) (*Round, error) {
+	if known == nil {
+		known = noneKnown
+	}
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	stream, err := c.entry.SyncAuthorizedEntries(ctx)
@@ -160,10 +211,13 @@ func (c *Client) syncOnce(ctx context.Context, known KnownFunc) (*wireRound, err
 	if err != nil {
 		return nil, fmt.Errorf("sync entries: %w", err)
 	}
-	r, err := c.recvRound(stream, first, known)
+	w, err := c.recvRound(stream, first, known)
 	if err != nil {
 		return nil, fmt.Errorf("sync entries: %w", err)
 	}
 	_ = stream.CloseSend()
-	return r, nil
+	return c.toRound(w, known), nil
 }
+
+func noneKnown(string) (*cache.Entry, bool) { return nil, false }
+

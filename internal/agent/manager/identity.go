@@ -1,0 +1,209 @@
+package manager
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/client"
+	"github.com/sigil-spiffe/sigil/internal/keys"
+)
+
+// The agent SVID key alternates between two key IDs so that the key of the
+// persisted SVID is never overwritten before its replacement is persisted.
+const (
+	agentKeyA = "agent-svid-a"
+	agentKeyB = "agent-svid-b"
+)
+
+func otherKeyID(id string) string {
+	if id == agentKeyA {
+		return agentKeyB
+	}
+	return agentKeyA
+}
+
+// identity is the agent's own SVID, its key ID and the trust bundle used to
+// authenticate the server.
+type identity struct {
+	svid   *x509svid.SVID // nil before attestation
+	keyID  string
+	bundle []*x509.Certificate
+	// renewAt is when the SVID is due for renewal.
+	renewAt time.Time
+}
+
+// loadIdentity restores the persisted agent SVID (and bundle). It returns
+// errNoState when there is none.
+func (m *Manager) loadIdentity(ctx context.Context) (*identity, error) {
+	st, err := loadState(m.cfg.DataDir, m.cfg.TrustDomain.Name())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, errNoState
+	}
+	if err != nil {
+		return nil, err
+	}
+	key, err := m.cfg.Keys.GetKey(ctx, st.keyID)
+	if err != nil {
+		return nil, fmt.Errorf("agent SVID key %q: %w", st.keyID, err)
+	}
+	svid, err := m.newAgentSVID(st.svid, key, st.bundle)
+	if err != nil {
+		return nil, err
+	}
+	return &identity{svid: svid, keyID: st.keyID, bundle: st.bundle, renewAt: m.renewAt(svid.Certificates[0])}, nil
+}
+
+// newAgentSVID validates an agent SVID chain: key match, our trust domain,
+// and (when a bundle is known) chaining to it. Expiry is not checked here:
+// an expired SVID is still loaded, it just cannot be used.
+func (m *Manager) newAgentSVID(chain []*x509.Certificate, key crypto.Signer, bundle []*x509.Certificate) (*x509svid.SVID, error) {
+	if len(chain) == 0 {
+		return nil, errors.New("agent SVID: empty chain")
+	}
+	der := make([]byte, 0)
+	for _, c := range chain {
+		der = append(der, c.Raw...)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("agent SVID key: %w", err)
+	}
+	svid, err := x509svid.ParseRaw(der, keyDER)
+	if err != nil {
+		return nil, fmt.Errorf("agent SVID: %w", err)
+	}
+	if svid.ID.TrustDomain() != m.cfg.TrustDomain {
+		return nil, fmt.Errorf("agent SVID %s is not in trust domain %q", svid.ID, m.cfg.TrustDomain)
+	}
+	if len(bundle) > 0 {
+		// Verify at the leaf's NotBefore so that an expired SVID still
+		// loads (it is refused for use elsewhere).
+		at := chain[0].NotBefore.Add(time.Second)
+		if _, _, err := x509svid.Verify(chain, x509bundle.FromX509Authorities(m.cfg.TrustDomain, bundle), x509svid.WithTime(at)); err != nil {
+			return nil, fmt.Errorf("agent SVID does not chain to the trust bundle: %w", err)
+		}
+	}
+	return svid, nil
+}
+
+// newCSR generates a fresh key under keyID and returns it with a CSR.
+func (m *Manager) newAgentKey(ctx context.Context, keyID string) (crypto.Signer, []byte, error) {
+	key, err := m.cfg.Keys.GenerateKey(ctx, keyID, keys.ECP256)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate agent key: %w", err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create agent CSR: %w", err)
+	}
+	return key, csr, nil
+}
+
+// attest performs join token node attestation, downloading the bundle
+// first when bootstrapping insecurely, and persists the result.
+func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate) (*identity, error) {
+	keyID := agentKeyA
+	key, csr, err := m.newAgentKey(ctx, keyID)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := client.Dial(client.Config{
+		Addr:              m.cfg.ServerAddr,
+		TrustDomain:       m.cfg.TrustDomain,
+		Bundle:            func() []*x509.Certificate { return bundle },
+		InsecureBootstrap: len(bundle) == 0,
+		Log:               m.log,
+		DialOptions:       m.cfg.DialOptions,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = cl.Close() }()
+	chain, err := cl.AttestJoinToken(ctx, m.cfg.JoinToken, csr)
+	if err != nil {
+		return nil, err
+	}
+	svid, err := m.newAgentSVID(chain, key, nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(bundle) == 0 {
+		// Insecure bootstrap: fetch the bundle with the new SVID (server
+		// still unauthenticated) and require the SVID to chain to it.
+		bcl, err := client.Dial(client.Config{
+			Addr:              m.cfg.ServerAddr,
+			TrustDomain:       m.cfg.TrustDomain,
+			SVID:              func() *x509svid.SVID { return svid },
+			InsecureBootstrap: true,
+			Log:               m.log,
+			DialOptions:       m.cfg.DialOptions,
+		})
+		if err != nil {
+			return nil, err
+		}
+		b, err := bcl.GetBundle(ctx)
+		_ = bcl.Close()
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap bundle: %w", err)
+		}
+		bundle = b.X509Authorities()
+	}
+	if svid, err = m.newAgentSVID(chain, key, bundle); err != nil {
+		return nil, err
+	}
+	if err := saveState(m.cfg.DataDir, m.cfg.TrustDomain.Name(), &agentState{svid: chain, keyID: keyID, bundle: bundle}); err != nil {
+		return nil, fmt.Errorf("persist agent SVID: %w", err)
+	}
+	return &identity{svid: svid, keyID: keyID, bundle: bundle, renewAt: m.renewAt(chain[0])}, nil
+}
+
+// renew obtains a new agent SVID over cl, persists it and returns it.
+func (m *Manager) renew(ctx context.Context, cl *client.Client, cur *identity) (*identity, error) {
+	keyID := otherKeyID(cur.keyID)
+	key, csr, err := m.newAgentKey(ctx, keyID)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := cl.RenewAgent(ctx, csr)
+	if err != nil {
+		return nil, err
+	}
+	svid, err := m.newAgentSVID(chain, key, cur.bundle)
+	if err != nil {
+		return nil, err
+	}
+	if svid.ID != cur.svid.ID {
+		return nil, fmt.Errorf("renewed agent SVID names %s, want %s", svid.ID, cur.svid.ID)
+	}
+	if err := saveState(m.cfg.DataDir, m.cfg.TrustDomain.Name(), &agentState{svid: chain, keyID: keyID, bundle: cur.bundle}); err != nil {
+		return nil, fmt.Errorf("persist agent SVID: %w", err)
+	}
+	return &identity{svid: svid, keyID: keyID, bundle: cur.bundle, renewAt: m.renewAt(chain[0])}, nil
+}
+
+// usable reports whether the agent SVID can authenticate to the server now.
+func (id *identity) usable(now time.Time) bool {
+	if id == nil || id.svid == nil {
+		return false
+	}
+	leaf := id.svid.Certificates[0]
+	return now.Before(leaf.NotAfter) && !now.Before(leaf.NotBefore.Add(-5*time.Minute))
+}
+
+// agentID is used in logs.
+func (id *identity) agentID() spiffeid.ID {
+	if id == nil || id.svid == nil {
+		return spiffeid.ID{}
+	}
+	return id.svid.ID
+}

@@ -1,0 +1,360 @@
+// Package manager is the server-facing half of the agent: node attestation
+// (join token), the agent SVID and its renewal, entry sync, workload SVID
+// signing and rotation, bundles, and JWT-SVID minting for the Workload API.
+//
+// It is offline first. New restores the persisted agent SVID; the
+// workload state lives in the cache (internal/agent/cache), which the app
+// loads and serves before Run even starts. Run connects in the background,
+// reconnecting with capped exponential backoff and jitter, and never
+// blocks workloads: while the server is unreachable the cache keeps serving
+// whatever is still valid.
+//
+// Sync uses the watch mode of SyncAuthorizedEntries (the server pushes a
+// round whenever the agent's entries or a bundle change), plus a periodic
+// safety sync; against a server without watch mode (SPIRE) it falls back
+// to a periodic single-round sync. After every round the manager replaces
+// the cache's entries, refreshes bundles (own and federated) and signs a
+// fresh key for every entry that needs an SVID (new, changed, or due per
+// the renewal policy), batching the CSRs. A timer fires at the earliest
+// renewal point of any cached SVID.
+//
+// Join tokens are single use: the manager attests only when there is no
+// persisted agent SVID still usable. The agent SVID is persisted in
+// DataDir (agent_svid.json, 0600, atomic writes) together with the trust
+// bundle used to authenticate the server; its key is kept by Config.Keys
+// under two alternating IDs so the persisted SVID's key is never replaced
+// before the new SVID is persisted.
+package manager
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/sync/singleflight"
+	"google.golang.org/grpc"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/client"
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/keys"
+)
+
+// Defaults.
+const (
+	DefaultSyncInterval       = 5 * time.Second
+	DefaultSafetySyncInterval = 30 * time.Second
+	DefaultMinBackoff         = 200 * time.Millisecond
+	DefaultMaxBackoff         = 30 * time.Second
+)
+
+// Config configures a Manager.
+type Config struct {
+	// ServerAddr is the server's host:port.
+	ServerAddr string
+	// TrustDomain is the agent's trust domain.
+	TrustDomain spiffeid.TrustDomain
+	// TrustBundle bootstraps trust in the server (trust_bundle_path). The
+	// persisted bundle, kept up to date by sync, takes precedence.
+	TrustBundle []*x509.Certificate
+	// InsecureBootstrap attests without authenticating the server when
+	// there is neither a persisted nor a configured bundle.
+	InsecureBootstrap bool
+	// JoinToken attests the node when there is no usable persisted SVID.
+	JoinToken string
+	// DataDir holds the persisted agent SVID and bundle.
+	DataDir string
+	// Keys keeps the agent SVID key (keys.NewDisk for persistence across
+	// restarts, keys.NewMemory otherwise).
+	Keys keys.Manager
+	// Cache is the workload cache, loaded by the caller.
+	Cache *cache.Cache
+	// Clock; nil is the real clock.
+	Clock clock.Clock
+	// Log; nil discards.
+	Log *slog.Logger
+	// RenewBefore decides when an SVID (the agent's and workloads') is
+	// due for renewal; nil is cache.DefaultRenewal (half-life with
+	// jitter). It must be monotonic in now.
+	RenewBefore cache.RenewalPolicy
+	// SyncInterval is the periodic sync when the server has no watch
+	// mode; 0 is DefaultSyncInterval.
+	SyncInterval time.Duration
+	// SafetySyncInterval is the periodic sync alongside watch mode; 0 is
+	// DefaultSafetySyncInterval.
+	SafetySyncInterval time.Duration
+	// MinBackoff and MaxBackoff bound the reconnect backoff; 0 means the
+	// defaults (200 ms, 30 s).
+	MinBackoff, MaxBackoff time.Duration
+	// DialOptions are passed to every client (tests).
+	DialOptions []grpc.DialOption
+}
+
+// Status describes the manager's connection to the server, for health
+// checks.
+type Status struct {
+	// Connected is true while a session with the server is established
+	// and its last exchange succeeded.
+	Connected bool
+	// DegradedSince is when the manager last lost (or failed to establish)
+	// the connection; zero while connected.
+	DegradedSince time.Time
+	// LastSync is when the last sync round completed; zero if never.
+	LastSync time.Time
+	// LastError describes why the manager is degraded.
+	LastError string
+	// AgentID is the agent's SPIFFE ID; zero before attestation.
+	AgentID spiffeid.ID
+	// AgentSVIDExpiresAt is the NotAfter of the agent SVID.
+	AgentSVIDExpiresAt time.Time
+}
+
+// Manager is the agent's server-facing half.
+type Manager struct {
+	cfg   Config
+	log   *slog.Logger
+	clk   clock.Clock
+	cache *cache.Cache
+
+	mu     sync.RWMutex
+	id     *identity
+	status Status
+
+	// cl is the client of the current session (nil while disconnected).
+	cl atomic.Pointer[client.Client]
+	// syncMu serializes sync rounds and SVID signing.
+	syncMu sync.Mutex
+	// kick wakes the session loop to re-arm its rotation timer.
+	kick chan struct{}
+	jwt  singleflight.Group
+}
+
+// New validates cfg and restores the persisted agent SVID. It does not
+// contact the server.
+func New(cfg Config) (*Manager, error) {
+	switch {
+	case cfg.ServerAddr == "":
+		return nil, errors.New("manager: server address is required")
+	case cfg.TrustDomain.IsZero():
+		return nil, errors.New("manager: trust domain is required")
+	case cfg.DataDir == "":
+		return nil, errors.New("manager: data dir is required")
+	case cfg.Keys == nil:
+		return nil, errors.New("manager: key manager is required")
+	case cfg.Cache == nil:
+		return nil, errors.New("manager: cache is required")
+	case cfg.Cache.TrustDomain() != cfg.TrustDomain:
+		return nil, fmt.Errorf("manager: cache is for trust domain %q, not %q", cfg.Cache.TrustDomain(), cfg.TrustDomain)
+	}
+	if cfg.RenewBefore == nil {
+		cfg.RenewBefore = cache.DefaultRenewal
+	}
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = DefaultSyncInterval
+	}
+	if cfg.SafetySyncInterval <= 0 {
+		cfg.SafetySyncInterval = DefaultSafetySyncInterval
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{
+		cfg:   cfg,
+		log:   log,
+		clk:   clock.OrReal(cfg.Clock),
+		cache: cfg.Cache,
+		kick:  make(chan struct{}, 1),
+	}
+	id, err := m.loadIdentity(context.Background())
+	switch {
+	case errors.Is(err, errNoState):
+	case err != nil:
+		log.Warn("Ignoring the persisted agent SVID", "dir", cfg.DataDir, "error", err)
+	default:
+		m.id = id
+		log.Info("Restored the persisted agent SVID", "spiffe_id", id.svid.ID.String(),
+			"expires_at", id.svid.Certificates[0].NotAfter)
+	}
+	now := m.clk.Now()
+	m.status = Status{DegradedSince: now, LastError: "not connected yet"}
+	if m.id != nil {
+		m.status.AgentID = m.id.svid.ID
+		m.status.AgentSVIDExpiresAt = m.id.svid.Certificates[0].NotAfter
+	}
+	return m, nil
+}
+
+// Status returns the current connection status.
+func (m *Manager) Status() Status {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.status
+}
+
+// AgentSVID returns the current agent SVID (nil before attestation). It
+// may have expired.
+func (m *Manager) AgentSVID() *x509svid.SVID {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.id == nil {
+		return nil
+	}
+	return m.id.svid
+}
+
+func (m *Manager) identity() *identity {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.id
+}
+
+func (m *Manager) setIdentity(id *identity) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.id = id
+	m.status.AgentID = id.svid.ID
+	m.status.AgentSVIDExpiresAt = id.svid.Certificates[0].NotAfter
+}
+
+// serverBundle is the bundle used to authenticate the server.
+func (m *Manager) serverBundle() []*x509.Certificate {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.id != nil && len(m.id.bundle) > 0 {
+		return m.id.bundle
+	}
+	if b, ok := m.cache.Bundle(m.cfg.TrustDomain); ok && len(b.X509Authorities()) > 0 {
+		return b.X509Authorities()
+	}
+	return m.cfg.TrustBundle
+}
+
+func (m *Manager) setConnected() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.status.Connected {
+		m.log.Info("Connected to the server", "addr", m.cfg.ServerAddr)
+	}
+	m.status.Connected = true
+	m.status.DegradedSince = time.Time{}
+	m.status.LastError = ""
+}
+
+func (m *Manager) setDegraded(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.status.Connected || m.status.DegradedSince.IsZero() {
+		m.status.DegradedSince = m.clk.Now()
+	}
+	m.status.Connected = false
+	m.status.LastError = err.Error()
+}
+
+func (m *Manager) setSynced() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.status.LastSync = m.clk.Now()
+}
+
+// renewAt returns when the policy says an SVID with this leaf is due.
+func (m *Manager) renewAt(leaf *x509.Certificate) time.Time {
+	return dueTime(m.cfg.RenewBefore, leaf.NotBefore, leaf.NotAfter)
+}
+
+// dueTime finds, by bisection to the millisecond, the first instant in
+// [notBefore, notAfter] at which the (monotonic) policy reports renewal;
+// notAfter when it never does.
+func dueTime(policy cache.RenewalPolicy, notBefore, notAfter time.Time) time.Time {
+	if !notAfter.After(notBefore) || policy(notBefore, notBefore, notAfter) {
+		return notBefore
+	}
+	if !policy(notAfter, notBefore, notAfter) {
+		return notAfter
+	}
+	lo, hi := notBefore, notAfter // policy(lo) false, policy(hi) true
+	for hi.Sub(lo) > time.Millisecond {
+		mid := lo.Add(hi.Sub(lo) / 2)
+		if policy(mid, notBefore, notAfter) {
+			hi = mid
+		} else {
+			lo = mid
+		}
+	}
+	return hi
+}
+
+// MintJWTSVID returns a JWT-SVID for entry and audience: from the cache
+// while it is before its half-life, else minted by the server (concurrent
+// identical requests share one call). It fails while the server is
+// unreachable and no fresh token is cached. It implements the Workload
+// API's JWTMinter.
+func (m *Manager) MintJWTSVID(ctx context.Context, entry *cache.Entry, audience []string) (string, error) {
+	if entry == nil {
+		return "", errors.New("mint JWT-SVID: no entry")
+	}
+	if len(audience) == 0 {
+		return "", errors.New("mint JWT-SVID: at least one audience is required")
+	}
+	if j, ok := m.cache.GetJWTSVID(entry.SPIFFEID, audience); ok {
+		return j.Token, nil
+	}
+	key := jwtFlightKey(entry.ID, audience)
+	ch := m.jwt.DoChan(key, func() (any, error) {
+		if j, ok := m.cache.GetJWTSVID(entry.SPIFFEID, audience); ok {
+			return j.Token, nil
+		}
+		cl := m.cl.Load()
+		if cl == nil {
+			return "", errors.New("mint JWT-SVID: not connected to the server")
+		}
+		// Not tied to one caller's ctx: the result serves every waiter.
+		callCtx, cancel := context.WithTimeout(context.Background(), client.DefaultRPCTimeout)
+		defer cancel()
+		s, err := cl.NewJWTSVID(callCtx, entry.ID, audience)
+		if err != nil {
+			return "", fmt.Errorf("mint JWT-SVID: %w", err)
+		}
+		if s.ID != entry.SPIFFEID {
+			return "", fmt.Errorf("mint JWT-SVID: server issued it for %s, entry is %s", s.ID, entry.SPIFFEID)
+		}
+		m.cache.SetJWTSVID(entry.SPIFFEID, audience, cache.JWTSVID{Token: s.Token, IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt})
+		return s.Token, nil
+	})
+	select {
+	case <-ctx.Done():
+		return "", fmt.Errorf("mint JWT-SVID: %w", ctx.Err())
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
+		}
+		return r.Val.(string), nil
+	}
+}
+
+func jwtFlightKey(entryID string, audience []string) string {
+	n := len(entryID)
+	for _, a := range audience {
+		n += len(a) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, entryID...)
+	for _, a := range audience {
+		b = append(b, 0)
+		b = append(b, a...)
+	}
+	return string(b)
+}

@@ -1,0 +1,128 @@
+package manager
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// stateFile is the name, inside DataDir, of the agent's own persisted state:
+// its SVID chain, the key manager ID of the SVID's key and the trust bundle
+// it authenticates the server with.
+const stateFile = "agent_svid.json"
+
+// persistedState is the on-disk form of the agent's identity.
+type persistedState struct {
+	Version int `json:"version"`
+	// TrustDomain the SVID and bundle belong to.
+	TrustDomain string `json:"trust_domain"`
+	// SVID is the agent SVID chain, leaf first, DER.
+	SVID [][]byte `json:"svid"`
+	// KeyID names the SVID's private key in the key manager.
+	KeyID string `json:"key_id"`
+	// Bundle holds the X.509 authorities of the trust domain, DER.
+	Bundle [][]byte `json:"bundle"`
+}
+
+type agentState struct {
+	svid   []*x509.Certificate
+	keyID  string
+	bundle []*x509.Certificate
+}
+
+func loadState(dir, td string) (*agentState, error) {
+	data, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, err
+	}
+	var p persistedState
+	if err := json.Unmarshal(data, &p); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", stateFile, err)
+	}
+	if p.Version != 1 {
+		return nil, fmt.Errorf("%s: unsupported version %d", stateFile, p.Version)
+	}
+	if p.TrustDomain != td {
+		return nil, fmt.Errorf("%s belongs to trust domain %q, configured %q", stateFile, p.TrustDomain, td)
+	}
+	if len(p.SVID) == 0 || p.KeyID == "" {
+		return nil, fmt.Errorf("%s: no SVID", stateFile)
+	}
+	st := &agentState{keyID: p.KeyID}
+	for _, der := range p.SVID {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("%s: SVID: %w", stateFile, err)
+		}
+		st.svid = append(st.svid, c)
+	}
+	for _, der := range p.Bundle {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("%s: bundle: %w", stateFile, err)
+		}
+		st.bundle = append(st.bundle, c)
+	}
+	return st, nil
+}
+
+func saveState(dir, td string, st *agentState) error {
+	p := persistedState{Version: 1, TrustDomain: td, KeyID: st.keyID}
+	for _, c := range st.svid {
+		p.SVID = append(p.SVID, c.Raw)
+	}
+	for _, c := range st.bundle {
+		p.Bundle = append(p.Bundle, c.Raw)
+	}
+	data, err := json.Marshal(&p)
+	if err != nil {
+		return fmt.Errorf("encode agent state: %w", err)
+	}
+	return writeAtomic(dir, stateFile, data)
+}
+
+// writeAtomic writes dir/name (0600) through a synced temp file renamed
+// into place, then syncs the directory, creating dir (0700) if needed.
+func writeAtomic(dir, name string, data []byte) (err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	f, err := os.CreateTemp(dir, "."+name+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(0o600); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
+}
+
+var errNoState = errors.New("no persisted agent SVID")

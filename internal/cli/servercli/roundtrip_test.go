@@ -1,0 +1,396 @@
+package servercli
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/sigil-spiffe/sigil/internal/ca"
+	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
+	"github.com/sigil-spiffe/sigil/internal/keys"
+	agentapi "github.com/sigil-spiffe/sigil/internal/server/api/agent"
+	bundleapi "github.com/sigil-spiffe/sigil/internal/server/api/bundle"
+	entryapi "github.com/sigil-spiffe/sigil/internal/server/api/entry"
+	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
+	svidapi "github.com/sigil-spiffe/sigil/internal/server/api/svid"
+	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
+)
+
+// testServer runs the real entry, bundle, agent, SVID and health services
+// on a unix socket, backed by a SQLite file and a real CA. Calls are marked
+// as local admin calls, as the endpoints middleware does for the admin
+// socket.
+type testServer struct {
+	socket string
+	ca     *ca.Manager
+	health *health.Server
+}
+
+func startServer(t *testing.T) *testServer {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+
+	store, err := sqlstore.Open(ctx, sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(dir, "datastore.sqlite3")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	cache := entrycache.New(entrycache.Config{Store: store})
+	if err := cache.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	caMgr, err := ca.New(ca.Config{TrustDomain: td, Keys: keys.NewMemory(), Journal: store, Bundles: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caMgr.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: store, CA: caMgr, Cache: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svidSvc, err := svidapi.New(svidapi.Config{TrustDomain: td, CA: caMgr, Entries: cache, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	local := rpccontext.Caller{Local: true, Admin: true}
+	gs := grpc.NewServer(
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			return h(rpccontext.WithCaller(ctx, local), req)
+		}),
+	)
+	entryapi.New(entryapi.Config{Store: store, Cache: cache, TrustDomain: td}).Register(gs)
+	bundleapi.New(bundleapi.Config{Store: store, Cache: cache, TrustDomain: td}).Register(gs)
+	agentSvc.Register(gs)
+	svidSvc.Register(gs)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+
+	sock := filepath.Join(dir, "api.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	return &testServer{socket: sock, ca: caMgr, health: hs}
+}
+
+// cli runs a command against the test server and fails the test on a
+// non-zero exit.
+func (s *testServer) cli(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out, errOut := s.try(t, args...)
+	if code != 0 {
+		t.Fatalf("%v: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, out, errOut)
+	}
+	return out
+}
+
+func (s *testServer) try(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	return run(t, append(args, "-socketPath", s.socket)...)
+}
+
+var entryIDLine = regexp.MustCompile(`(?m)^Entry ID         : (\S+)$`)
+
+func TestRoundTripEntries(t *testing.T) {
+	srv := startServer(t)
+
+	out := srv.cli(t, "healthcheck")
+	if out != "Server is healthy.\n" {
+		t.Errorf("healthcheck: %q", out)
+	}
+
+	out = srv.cli(t, "entry", "create",
+		"-spiffeID", "spiffe://example.org/web",
+		"-parentID", "spiffe://example.org/node",
+		"-selector", "unix:uid:1000",
+		"-dns", "web.local",
+		"-hint", "frontend")
+	for _, want := range []string{
+		"SPIFFE ID        : spiffe://example.org/web\n",
+		"Parent ID        : spiffe://example.org/node\n",
+		"Selector         : unix:uid:1000\n",
+		"DNS name         : web.local\n",
+		"Hint             : frontend\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("entry create output lacks %q:\n%s", want, out)
+		}
+	}
+	m := entryIDLine.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no entry ID in:\n%s", out)
+	}
+	id := m[1]
+
+	// The same entry again is refused, and the CLI says which and why.
+	code, _, errOut := srv.try(t, "entry", "create",
+		"-spiffeID", "spiffe://example.org/web",
+		"-parentID", "spiffe://example.org/node",
+		"-selector", "unix:uid:1000")
+	if code != 1 || !strings.Contains(errOut, "Failed to create the following entry (code: AlreadyExists") ||
+		!strings.Contains(errOut, "SPIFFE ID        : spiffe://example.org/web") {
+		t.Errorf("duplicate create: exit %d, stderr:\n%s", code, errOut)
+	}
+
+	out = srv.cli(t, "entry", "create", "-node",
+		"-spiffeID", "spiffe://example.org/cluster/demo",
+		"-selector", "join_token:abc")
+	if !strings.Contains(out, "Parent ID        : spiffe://example.org/spire/server\n") {
+		t.Errorf("node entry parent:\n%s", out)
+	}
+
+	out = srv.cli(t, "entry", "show", "-spiffeID", "spiffe://example.org/web")
+	if !strings.HasPrefix(out, "Found 1 entry\n") || !strings.Contains(out, "Entry ID         : "+id+"\n") {
+		t.Errorf("entry show:\n%s", out)
+	}
+	out = srv.cli(t, "entry", "show", "-selector", "unix:uid:1000", "-matchSelectorsOn", "exact")
+	if !strings.HasPrefix(out, "Found 1 entry\n") {
+		t.Errorf("entry show by selector:\n%s", out)
+	}
+	out = srv.cli(t, "entry", "show")
+	if !strings.HasPrefix(out, "Found 2 entries\n") {
+		t.Errorf("entry show all:\n%s", out)
+	}
+	out = srv.cli(t, "entry", "count")
+	if out != "2 registration entries\n" {
+		t.Errorf("entry count: %q", out)
+	}
+
+	out = srv.cli(t, "entry", "show", "-entryID", id, "-output", "json")
+	var list entryv1.ListEntriesResponse
+	if err := protojson.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("json output is not a ListEntriesResponse: %v\n%s", err, out)
+	}
+	if len(list.Entries) != 1 || list.Entries[0].Id != id || list.Entries[0].SpiffeId.GetPath() != "/web" {
+		t.Errorf("json entries: %v", list.Entries)
+	}
+	if !strings.Contains(out, `"spiffe_id"`) {
+		t.Errorf("json output should use proto field names: %s", out)
+	}
+
+	out = srv.cli(t, "entry", "update", "-entryID", id,
+		"-spiffeID", "spiffe://example.org/web",
+		"-parentID", "spiffe://example.org/node",
+		"-selector", "unix:uid:2000",
+		"-x509SVIDTTL", "120")
+	if !strings.Contains(out, "Selector         : unix:uid:2000\n") || !strings.Contains(out, "X509-SVID TTL    : 120\n") ||
+		strings.Contains(out, "uid:1000") {
+		t.Errorf("entry update:\n%s", out)
+	}
+	out = srv.cli(t, "entry", "show", "-entryID", id)
+	if !strings.Contains(out, "Selector         : unix:uid:2000\n") {
+		t.Errorf("update not stored:\n%s", out)
+	}
+
+	code, _, errOut = srv.try(t, "entry", "update", "-entryID", "no-such-entry",
+		"-spiffeID", "spiffe://example.org/web", "-parentID", "spiffe://example.org/node", "-selector", "unix:uid:1")
+	if code != 1 || !strings.Contains(errOut, "Failed to update the following entry (code: NotFound") {
+		t.Errorf("update of missing entry: exit %d\n%s", code, errOut)
+	}
+
+	out = srv.cli(t, "entry", "delete", "-entryID", id)
+	if out != "Deleted entry with ID: "+id+"\n" {
+		t.Errorf("entry delete: %q", out)
+	}
+	code, _, errOut = srv.try(t, "entry", "show", "-entryID", id)
+	if code != 1 || !strings.Contains(errOut, "(code: NotFound)") {
+		t.Errorf("show of deleted entry: exit %d, %q", code, errOut)
+	}
+	code, _, errOut = srv.try(t, "entry", "delete", "-entryID", id)
+	if code != 1 || !strings.Contains(errOut, "Failed to delete entry with ID "+id+" (code: NotFound") {
+		t.Errorf("second delete: exit %d, %q", code, errOut)
+	}
+
+	// -data batch form.
+	data := filepath.Join(t.TempDir(), "entries.json")
+	if err := os.WriteFile(data, []byte(`{"entries": [
+		{"spiffe_id": "spiffe://example.org/batch/a", "parent_id": "spiffe://example.org/node", "selectors": [{"type": "unix", "value": "uid:1"}]},
+		{"spiffe_id": "spiffe://example.org/batch/b", "parent_id": "spiffe://example.org/node", "selectors": [{"type": "unix", "value": "uid:2"}]}
+	]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out = srv.cli(t, "entry", "create", "-data", data)
+	if strings.Count(out, "Entry ID") != 2 {
+		t.Errorf("batch create:\n%s", out)
+	}
+	if out = srv.cli(t, "entry", "count", "-parentID", "spiffe://example.org/node"); out != "2 registration entries\n" {
+		t.Errorf("count after batch: %q", out)
+	}
+}
+
+func TestRoundTripTokenAndAgents(t *testing.T) {
+	srv := startServer(t)
+	out := srv.cli(t, "token", "generate", "-ttl", "60")
+	if !regexp.MustCompile(`^Token: \S{16,}\n$`).MatchString(out) {
+		t.Errorf("token generate: %q", out)
+	}
+	out = srv.cli(t, "token", "generate", "-spiffeID", "spiffe://example.org/edge/device1")
+	tok := strings.TrimSpace(strings.TrimPrefix(out, "Token: "))
+	// -spiffeID makes the server register an alias entry for the token's agent.
+	out = srv.cli(t, "entry", "show", "-spiffeID", "spiffe://example.org/edge/device1")
+	if !strings.HasPrefix(out, "Found 1 entry\n") ||
+		!strings.Contains(out, "Parent ID        : spiffe://example.org/spire/agent/join_token/"+tok+"\n") {
+		t.Errorf("alias entry for token:\n%s", out)
+	}
+
+	if out = srv.cli(t, "agent", "list"); out != "Found 0 attested agents:\n\n" {
+		t.Errorf("agent list: %q", out)
+	}
+	if out = srv.cli(t, "agent", "count"); out != "0 attested agents\n" {
+		t.Errorf("agent count: %q", out)
+	}
+	code, _, errOut := srv.try(t, "agent", "show", "-spiffeID", "spiffe://example.org/spire/agent/x")
+	if code != 1 || !strings.Contains(errOut, "(code: NotFound)") {
+		t.Errorf("agent show of unknown agent: exit %d %q", code, errOut)
+	}
+}
+
+func TestRoundTripBundlesAndMint(t *testing.T) {
+	srv := startServer(t)
+	roots := srv.ca.X509Authorities()
+
+	out := srv.cli(t, "bundle", "show")
+	var got []*x509.Certificate
+	for rest := []byte(out); ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, c)
+	}
+	if len(got) != len(roots) || len(got) == 0 || !got[0].Equal(roots[0]) {
+		t.Fatalf("bundle show returned %d certs, CA has %d", len(got), len(roots))
+	}
+
+	out = srv.cli(t, "bundle", "show", "-format", "spiffe")
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	sb, err := spiffebundle.Parse(td, []byte(out))
+	if err != nil {
+		t.Fatalf("bundle show -format spiffe: %v\n%s", err, out)
+	}
+	if len(sb.JWTAuthorities()) == 0 {
+		t.Errorf("server bundle has no JWT authorities:\n%s", out)
+	}
+
+	// Federated bundle life cycle.
+	other := testCert(t, "other.org")
+	path := filepath.Join(t.TempDir(), "other.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: other.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out = srv.cli(t, "bundle", "set", "-id", "spiffe://other.org", "-path", path); out != "bundle set.\n" {
+		t.Errorf("bundle set: %q", out)
+	}
+	out = srv.cli(t, "bundle", "list")
+	if !strings.HasPrefix(out, "****************************************\n* spiffe://other.org\n") || !strings.Contains(out, "BEGIN CERTIFICATE") {
+		t.Errorf("bundle list:\n%s", out)
+	}
+	out = srv.cli(t, "bundle", "list", "-id", "other.org", "-format", "spiffe")
+	if _, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString("other.org"), []byte(out)); err != nil {
+		t.Errorf("bundle list -id -format spiffe: %v\n%s", err, out)
+	}
+	if out = srv.cli(t, "bundle", "delete", "-id", "spiffe://other.org"); out != "bundle deleted.\n" {
+		t.Errorf("bundle delete: %q", out)
+	}
+	if out = srv.cli(t, "bundle", "list"); out != "" {
+		t.Errorf("bundle list after delete: %q", out)
+	}
+	code, _, errOut := srv.try(t, "bundle", "list", "-id", "other.org")
+	if code != 1 || !strings.Contains(errOut, "(code: NotFound)") {
+		t.Errorf("list of deleted bundle: exit %d %q", code, errOut)
+	}
+
+	// x509 mint writes an SVID that verifies against the server bundle.
+	dir := filepath.Join(t.TempDir(), "minted")
+	out = srv.cli(t, "x509", "mint", "-spiffeID", "spiffe://example.org/minted", "-dns", "minted.local", "-ttl", "10m", "-write", dir)
+	if !strings.Contains(out, "X509-SVID written to "+filepath.Join(dir, "svid.pem")) {
+		t.Errorf("x509 mint output: %q", out)
+	}
+	svid, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := x509bundle.Load(td, filepath.Join(dir, "bundle.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, err := x509svid.Verify(svid.Certificates, bundle)
+	if err != nil {
+		t.Fatalf("minted SVID does not verify: %v", err)
+	}
+	if id.String() != "spiffe://example.org/minted" || svid.Certificates[0].DNSNames[0] != "minted.local" {
+		t.Errorf("minted SVID: %s %v", id, svid.Certificates[0].DNSNames)
+	}
+	st, err := os.Stat(filepath.Join(dir, "key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("key.pem mode %v, want 0600", st.Mode().Perm())
+	}
+
+	// Without -write everything goes to stdout.
+	out = srv.cli(t, "x509", "mint", "-spiffeID", "spiffe://example.org/minted")
+	for _, want := range []string{"X509-SVID:\n-----BEGIN CERTIFICATE", "Private key:\n-----BEGIN PRIVATE KEY", "Root CAs:\n-----BEGIN CERTIFICATE"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("x509 mint stdout lacks %q", want)
+		}
+	}
+
+	// jwt mint returns a token valid for the audience under the server's keys.
+	out = srv.cli(t, "jwt", "mint", "-spiffeID", "spiffe://example.org/minted", "-audience", "db", "-audience", "cache")
+	token := strings.TrimSpace(out)
+	jsvid, err := jwtsvid.ParseAndValidate(token, sb, []string{"db"})
+	if err != nil {
+		t.Fatalf("minted JWT-SVID does not validate: %v", err)
+	}
+	if jsvid.ID.String() != "spiffe://example.org/minted" || len(jsvid.Audience) != 2 {
+		t.Errorf("minted JWT: %s %v", jsvid.ID, jsvid.Audience)
+	}
+	tokenPath := filepath.Join(t.TempDir(), "token")
+	srv.cli(t, "jwt", "mint", "-spiffeID", "spiffe://example.org/minted", "-audience", "db", "-write", tokenPath)
+	if b, err := os.ReadFile(tokenPath); err != nil || len(b) == 0 {
+		t.Errorf("token file: %v %d bytes", err, len(b))
+	}
+}
+
+func TestRoundTripHealthcheckNotServing(t *testing.T) {
+	srv := startServer(t)
+	srv.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	code, out, errOut := srv.try(t, "healthcheck")
+	if code != 1 || out != "" || !strings.Contains(errOut, "server is unhealthy") {
+		t.Errorf("not serving: exit %d stdout %q stderr %q", code, out, errOut)
+	}
+	// -shallow only asks that the server answers.
+	if out := srv.cli(t, "healthcheck", "-shallow"); out != "Server is healthy.\n" {
+		t.Errorf("shallow: %q", out)
+	}
+}

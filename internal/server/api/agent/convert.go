@@ -14,36 +14,18 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
-	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 )
-
-// Local conversions. TODO(integration): switch to internal/server/api/convert
-// once it lands.
 
 type emptyResp = emptypb.Empty
 
 // expiresBeforeLayout is the format SPIRE's CLI sends in by_expires_before.
 const expiresBeforeLayout = "2006-01-02 15:04:05 -0700 -07"
 
-func idFromProto(p *types.SPIFFEID) (spiffeid.ID, error) {
-	if p == nil {
-		return spiffeid.ID{}, errors.New("request must specify SPIFFE ID")
-	}
-	td, err := spiffeid.TrustDomainFromString(p.GetTrustDomain())
-	if err != nil {
-		return spiffeid.ID{}, err
-	}
-	return spiffeid.FromPath(td, p.GetPath())
-}
-
-func protoFromID(id spiffeid.ID) *types.SPIFFEID {
-	return &types.SPIFFEID{TrustDomain: id.TrustDomain().Name(), Path: id.Path()}
-}
-
 // agentIDFromProto accepts only agent IDs of our trust domain
 // (spiffe://<td>/spire/agent/...).
 func (s *Service) agentIDFromProto(p *types.SPIFFEID) (spiffeid.ID, error) {
-	id, err := idFromProto(p)
+	id, err := convert.IDFromProto(p)
 	if err != nil {
 		return spiffeid.ID{}, err
 	}
@@ -54,70 +36,6 @@ func (s *Service) agentIDFromProto(p *types.SPIFFEID) (spiffeid.ID, error) {
 		return spiffeid.ID{}, fmt.Errorf("%q is not an agent in trust domain %q; path is not in the agent namespace", id, s.td)
 	}
 	return id, nil
-}
-
-// workloadIDFromProto accepts IDs of our trust domain with a non-empty path
-// outside the reserved /spire/ namespace.
-func (s *Service) workloadIDFromProto(p *types.SPIFFEID) (spiffeid.ID, error) {
-	id, err := idFromProto(p)
-	if err != nil {
-		return spiffeid.ID{}, err
-	}
-	switch {
-	case !id.MemberOf(s.td):
-		return spiffeid.ID{}, fmt.Errorf("%q is not a member of trust domain %q", id, s.td)
-	case id.Path() == "":
-		return spiffeid.ID{}, fmt.Errorf("%q is not a workload in trust domain %q; path is empty", id, s.td)
-	case id.Path() == "/spire" || strings.HasPrefix(id.Path(), "/spire/"):
-		return spiffeid.ID{}, fmt.Errorf("%q is not a workload in trust domain %q; path is in the reserved namespace \"/spire/\"", id, s.td)
-	}
-	return id, nil
-}
-
-func agentToProto(n *datastore.AttestedNode) (*types.Agent, error) {
-	id, err := spiffeid.FromString(n.SPIFFEID)
-	if err != nil {
-		return nil, err
-	}
-	a := &types.Agent{
-		Id:                   protoFromID(id),
-		AttestationType:      n.AttestationType,
-		X509SvidSerialNumber: n.CertSerial,
-		X509SvidExpiresAt:    n.CertNotAfter,
-		Banned:               n.CertSerial == "" && n.NewCertSerial == "",
-		CanReattest:          n.CanReattest,
-	}
-	for _, sel := range n.Selectors {
-		a.Selectors = append(a.Selectors, &types.Selector{Type: sel.Type, Value: sel.Value})
-	}
-	return a, nil
-}
-
-func applyMask(a *types.Agent, m *types.AgentMask) {
-	if m == nil {
-		return
-	}
-	if !m.AttestationType {
-		a.AttestationType = ""
-	}
-	if !m.X509SvidSerialNumber {
-		a.X509SvidSerialNumber = ""
-	}
-	if !m.X509SvidExpiresAt {
-		a.X509SvidExpiresAt = 0
-	}
-	if !m.Selectors {
-		a.Selectors = nil
-	}
-	if !m.Banned {
-		a.Banned = false
-	}
-	if !m.CanReattest {
-		a.CanReattest = false
-	}
-	if !m.AgentVersion {
-		a.AgentVersion = ""
-	}
 }
 
 func nodeFilter(attType string, sm *types.SelectorMatch, banned, canReattest *wrapperspb.BoolValue, expiresBefore string) (datastore.NodeFilter, error) {
@@ -153,13 +71,11 @@ func nodeFilter(attType string, sm *types.SelectorMatch, banned, canReattest *wr
 		if len(sm.GetSelectors()) == 0 {
 			return f, errors.New("selector match requires at least one selector")
 		}
-		for _, ps := range sm.GetSelectors() {
-			sel := selector.Selector{Type: ps.GetType(), Value: ps.GetValue()}
-			if err := sel.Validate(); err != nil {
-				return f, fmt.Errorf("failed to parse selectors: %w", err)
-			}
-			f.BySelectors = append(f.BySelectors, sel)
+		sels, err := convert.SelectorsFromProtoValidated(sm.GetSelectors())
+		if err != nil {
+			return f, err
 		}
+		f.BySelectors = sels
 	}
 	return f, nil
 }
@@ -215,5 +131,5 @@ func x509SVIDToProto(id spiffeid.ID, chain []*x509.Certificate) *types.X509SVID 
 	for _, c := range chain {
 		raw = append(raw, c.Raw)
 	}
-	return &types.X509SVID{Id: protoFromID(id), CertChain: raw, ExpiresAt: chain[0].NotAfter.Unix()}
+	return &types.X509SVID{Id: convert.IDToProto(id), CertChain: raw, ExpiresAt: chain[0].NotAfter.Unix()}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
 )
 
@@ -190,12 +191,12 @@ func (s *Service) ListAgents(ctx context.Context, req *agentv1.ListAgentsRequest
 	}
 	resp := &agentv1.ListAgentsResponse{NextPageToken: next}
 	for _, n := range nodes {
-		a, err := agentToProto(n)
+		a, err := convert.AgentToProto(n)
 		if err != nil {
 			s.log.WarnContext(ctx, "Skipping agent with malformed SPIFFE ID", "spiffe_id", n.SPIFFEID, "error", err)
 			continue
 		}
-		applyMask(a, req.GetOutputMask())
+		convert.ApplyAgentMask(a, req.GetOutputMask())
 		resp.Agents = append(resp.Agents, a)
 	}
 	return resp, nil
@@ -214,11 +215,11 @@ func (s *Service) GetAgent(ctx context.Context, req *agentv1.GetAgentRequest) (*
 	case err != nil:
 		return nil, s.err(ctx, codes.Internal, "failed to fetch agent", err)
 	}
-	a, err := agentToProto(n)
+	a, err := convert.AgentToProto(n)
 	if err != nil {
 		return nil, s.err(ctx, codes.Internal, "failed to convert attested node to agent", err)
 	}
-	applyMask(a, req.GetOutputMask())
+	convert.ApplyAgentMask(a, req.GetOutputMask())
 	return a, nil
 }
 
@@ -370,10 +371,10 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 		if err != nil {
 			return s.err(ctx, codes.Internal, "failed to update attested agent", err)
 		}
-	}
-	// Set (replace) the selectors after the node exists, also on re-attestation.
-	if err := s.ds.SetNodeSelectors(ctx, agentID.String(), sels); err != nil {
-		return s.err(ctx, codes.Internal, "failed to update selectors", err)
+		// Re-attestation replaces the node's selectors.
+		if err := s.ds.SetNodeSelectors(ctx, agentID.String(), sels); err != nil {
+			return s.err(ctx, codes.Internal, "failed to update selectors", err)
+		}
 	}
 	s.poke()
 
@@ -464,7 +465,7 @@ func (s *Service) CreateJoinToken(ctx context.Context, req *agentv1.CreateJoinTo
 
 	var aliasID spiffeid.ID
 	if req.GetAgentId() != nil {
-		id, err := s.workloadIDFromProto(req.GetAgentId())
+		id, err := convert.WorkloadIDFromProto(s.td, req.GetAgentId())
 		if err != nil {
 			return nil, s.err(ctx, codes.InvalidArgument, "invalid agent ID", err)
 		}

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
 )
 
@@ -122,7 +122,7 @@ func (s *Service) MintX509SVID(ctx context.Context, req *svidv1.MintX509SVIDRequ
 		return nil, s.err(ctx, codes.InvalidArgument, "CSR URI SAN is malformed", fmt.Errorf("%q is not normalized", csr.URIs[0].String()))
 	}
 	for _, dns := range csr.DNSNames {
-		if err := validateDNS(dns); err != nil {
+		if err := convert.ValidateDNSName(dns); err != nil {
 			return nil, s.err(ctx, codes.InvalidArgument, "CSR DNS name is not valid", err)
 		}
 	}
@@ -142,7 +142,7 @@ func (s *Service) MintX509SVID(ctx context.Context, req *svidv1.MintX509SVIDRequ
 
 // MintJWTSVID signs a JWT-SVID for any workload ID of the trust domain.
 func (s *Service) MintJWTSVID(ctx context.Context, req *svidv1.MintJWTSVIDRequest) (*svidv1.MintJWTSVIDResponse, error) {
-	id, err := idFromProto(req.GetId())
+	id, err := convert.IDFromProto(req.GetId())
 	if err == nil {
 		err = s.checkWorkloadID(id)
 	}
@@ -303,7 +303,7 @@ func (s *Service) mintJWT(ctx context.Context, id spiffeid.ID, audience []string
 	if err != nil {
 		return nil, s.err(ctx, codes.Internal, "failed to get JWT-SVID expiry", err)
 	}
-	return &types.JWTSVID{Token: token, Id: protoFromID(id), ExpiresAt: exp.Unix(), IssuedAt: iat.Unix()}, nil
+	return &types.JWTSVID{Token: token, Id: convert.IDToProto(id), ExpiresAt: exp.Unix(), IssuedAt: iat.Unix()}, nil
 }
 
 func (s *Service) authorizedEntries(ctx context.Context) (map[string]*datastore.Entry, error) {
@@ -334,19 +334,7 @@ func (s *Service) memberID(raw string) (spiffeid.ID, error) {
 	return id, nil
 }
 
-// checkWorkloadID requires our trust domain, a non-empty path and a path
-// outside the reserved /spire/ namespace.
-func (s *Service) checkWorkloadID(id spiffeid.ID) error {
-	switch {
-	case !id.MemberOf(s.td):
-		return fmt.Errorf("%q is not a member of trust domain %q", id, s.td)
-	case id.Path() == "":
-		return fmt.Errorf("%q is not a workload in trust domain %q; path is empty", id, s.td)
-	case id.Path() == "/spire" || strings.HasPrefix(id.Path(), "/spire/"):
-		return fmt.Errorf("%q is not a workload in trust domain %q; path is in the reserved namespace \"/spire/\"", id, s.td)
-	}
-	return nil
-}
+func (s *Service) checkWorkloadID(id spiffeid.ID) error { return convert.VerifyWorkloadID(s.td, id) }
 
 func (s *Service) logFailure(ctx context.Context, code codes.Code, msg string, cause error) {
 	attrs := []any{"code", code.String()}

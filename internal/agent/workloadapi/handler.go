@@ -1,0 +1,352 @@
+package workloadapi
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/peercred"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+const securityHeader = "workload.spiffe.io"
+
+type handler struct {
+	workloadpb.UnimplementedSpiffeWorkloadAPIServer
+	s *Server
+}
+
+var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
+
+// caller checks the security header, attests the peer and returns its
+// selectors.
+func (h *handler) caller(ctx context.Context) (selector.Set, peercred.Cred, error) {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok || len(md[securityHeader]) != 1 || md[securityHeader][0] != "true" {
+		return nil, peercred.Cred{}, status.Error(codes.InvalidArgument, "security header missing from request")
+	}
+	cred, ok := peercred.FromContext(ctx)
+	if !ok {
+		err := peercred.ErrorFromContext(ctx)
+		h.s.log.Error("Cannot identify Workload API caller", "error", err)
+		return nil, peercred.Cred{}, status.Errorf(codes.Internal, "cannot read caller credentials: %v", err)
+	}
+	set := make(selector.Set)
+	for _, a := range h.s.cfg.Attestors {
+		sels, err := a.Attest(ctx, cred.PID)
+		if err != nil {
+			h.s.log.Warn("Workload attestor failed", "pid", cred.PID, "attestor", fmt.Sprintf("%T", a), "error", err)
+			continue
+		}
+		for _, sel := range sels {
+			set[sel] = struct{}{}
+		}
+	}
+	// PID reuse guard: the selectors must describe the process that
+	// connected, so its PID must still name the same process now that
+	// attestation (which read /proc/<pid>) is done.
+	if err := cred.StillAlive(); err != nil {
+		h.s.log.Warn("Workload API caller changed during attestation", "pid", cred.PID, "error", err)
+		return nil, peercred.Cred{}, status.Error(codes.PermissionDenied, "caller process exited or was replaced during attestation")
+	}
+	h.s.log.Debug("Attested Workload API caller", "pid", cred.PID, "uid", cred.UID, "selectors", len(set))
+	return set, cred, nil
+}
+
+func (h *handler) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {
+	ctx := stream.Context()
+	set, cred, err := h.caller(ctx)
+	if err != nil {
+		return err
+	}
+	sub := h.s.cfg.Cache.Subscribe(set)
+	defer sub.Close()
+
+	var (
+		sent bool
+		wait <-chan time.Time
+		last *workloadpb.X509SVIDResponse
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wait:
+			return status.Error(codes.Unavailable, "no X509-SVID has been issued yet for the caller's entries")
+		case u := <-sub.Updates():
+			if len(u.Entries) == 0 {
+				return errNoIdentity
+			}
+			if len(u.Identities) == 0 {
+				if sent {
+					return status.Error(codes.Unavailable, "the caller's X509-SVIDs have expired and none has been issued since")
+				}
+				if wait == nil {
+					wait = h.s.clk.After(h.s.cfg.IdentityWait)
+				}
+				continue
+			}
+			wait = nil
+			resp, err := composeX509SVIDResponse(u)
+			if err != nil {
+				h.s.log.Error("Cannot build X509-SVID response", "pid", cred.PID, "error", err)
+				return status.Errorf(codes.Unavailable, "could not serialize response: %v", err)
+			}
+			if last != nil && proto.Equal(last, resp) {
+				continue
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			last, sent = resp, true
+		}
+	}
+}
+
+func composeX509SVIDResponse(u *cache.WorkloadUpdate) (*workloadpb.X509SVIDResponse, error) {
+	resp := &workloadpb.X509SVIDResponse{FederatedBundles: make(map[string][]byte)}
+	var own []byte
+	if u.Bundle != nil {
+		own = concatDER(u.Bundle.X509Authorities())
+	}
+	for _, id := range u.Identities {
+		key, err := x509.MarshalPKCS8PrivateKey(id.PrivateKey)
+		if err != nil {
+			return nil, fmt.Errorf("marshal key of entry %q: %w", id.Entry.ID, err)
+		}
+		resp.Svids = append(resp.Svids, &workloadpb.X509SVID{
+			SpiffeId:    id.Entry.SPIFFEID.String(),
+			X509Svid:    concatDER(id.SVID),
+			X509SvidKey: key,
+			Bundle:      own,
+			Hint:        id.Entry.Hint,
+		})
+	}
+	for td, b := range u.FederatedBundles {
+		resp.FederatedBundles[td.IDString()] = concatDER(b.X509Authorities())
+	}
+	return resp, nil
+}
+
+func concatDER(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, c.Raw...)
+	}
+	return out
+}
+
+// bundlesFor returns the bundles a caller may see: ours plus the federated
+// bundles of its entries; for an identity-less caller with
+// AllowUnauthenticatedVerifiers, every bundle. ok is false when the caller
+// has no identity and is not allowed without one.
+func (h *handler) bundlesFor(u *cache.WorkloadUpdate) (map[spiffeid.TrustDomain]*spiffebundle.Bundle, bool) {
+	if len(u.Entries) == 0 {
+		if !h.s.cfg.AllowUnauthenticatedVerifiers {
+			return nil, false
+		}
+		return h.s.cfg.Cache.Bundles(), true
+	}
+	out := make(map[spiffeid.TrustDomain]*spiffebundle.Bundle, len(u.FederatedBundles)+1)
+	for td, b := range u.FederatedBundles {
+		out[td] = b
+	}
+	if u.Bundle != nil {
+		out[u.Bundle.TrustDomain()] = u.Bundle
+	}
+	return out, true
+}
+
+func (h *handler) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) error {
+	return streamBundles(h, stream, func(bundles map[spiffeid.TrustDomain]*spiffebundle.Bundle) (*workloadpb.X509BundlesResponse, error) {
+		resp := &workloadpb.X509BundlesResponse{Bundles: make(map[string][]byte, len(bundles))}
+		for td, b := range bundles {
+			resp.Bundles[td.IDString()] = concatDER(b.X509Authorities())
+		}
+		return resp, nil
+	})
+}
+
+func (h *handler) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream grpc.ServerStreamingServer[workloadpb.JWTBundlesResponse]) error {
+	return streamBundles(h, stream, func(bundles map[spiffeid.TrustDomain]*spiffebundle.Bundle) (*workloadpb.JWTBundlesResponse, error) {
+		resp := &workloadpb.JWTBundlesResponse{Bundles: make(map[string][]byte, len(bundles))}
+		for td, b := range bundles {
+			jwks, err := jwtbundle.FromJWTAuthorities(td, b.JWTAuthorities()).Marshal()
+			if err != nil {
+				return nil, fmt.Errorf("marshal JWT bundle of %q: %w", td, err)
+			}
+			resp.Bundles[td.IDString()] = jwks
+		}
+		return resp, nil
+	})
+}
+
+// streamBundles serves a bundle stream: a response at once, then one each
+// time the response would differ.
+func streamBundles[R any, PR interface {
+	*R
+	proto.Message
+}](h *handler, stream grpc.ServerStreamingServer[R], compose func(map[spiffeid.TrustDomain]*spiffebundle.Bundle) (PR, error)) error {
+	ctx := stream.Context()
+	set, cred, err := h.caller(ctx)
+	if err != nil {
+		return err
+	}
+	sub := h.s.cfg.Cache.Subscribe(set)
+	defer sub.Close()
+	var last PR
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u := <-sub.Updates():
+			bundles, ok := h.bundlesFor(u)
+			if !ok {
+				return errNoIdentity
+			}
+			resp, err := compose(bundles)
+			if err != nil {
+				h.s.log.Error("Cannot build bundles response", "pid", cred.PID, "error", err)
+				return status.Errorf(codes.Unavailable, "could not serialize response: %v", err)
+			}
+			if last != nil && proto.Equal(last, resp) {
+				continue
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			last = resp
+		}
+	}
+}
+
+func (h *handler) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDRequest) (*workloadpb.JWTSVIDResponse, error) {
+	if len(req.Audience) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	for _, a := range req.Audience {
+		if a == "" {
+			return nil, status.Error(codes.InvalidArgument, "audience must not be empty")
+		}
+	}
+	var want spiffeid.ID
+	if req.SpiffeId != "" {
+		id, err := spiffeid.FromString(req.SpiffeId)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid requested SPIFFE ID: %v", err)
+		}
+		want = id
+	}
+	set, cred, err := h.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	resp := &workloadpb.JWTSVIDResponse{}
+	seen := make(map[spiffeid.ID]bool)
+	for _, e := range h.s.cfg.Cache.MatchingEntries(set) {
+		if (!want.IsZero() && e.SPIFFEID != want) || seen[e.SPIFFEID] {
+			continue
+		}
+		seen[e.SPIFFEID] = true
+		token, err := h.jwtSVID(ctx, e, req.Audience)
+		if err != nil {
+			h.s.log.Warn("Cannot obtain JWT-SVID", "pid", cred.PID, "spiffe_id", e.SPIFFEID.String(), "error", err)
+			return nil, status.Errorf(codes.Unavailable, "could not fetch %q JWT-SVID: %v", e.SPIFFEID, err)
+		}
+		resp.Svids = append(resp.Svids, &workloadpb.JWTSVID{SpiffeId: e.SPIFFEID.String(), Svid: token, Hint: e.Hint})
+	}
+	if len(resp.Svids) == 0 {
+		return nil, errNoIdentity
+	}
+	return resp, nil
+}
+
+// jwtSVID returns a cached JWT-SVID or mints and caches one.
+func (h *handler) jwtSVID(ctx context.Context, e *cache.Entry, audience []string) (string, error) {
+	c := h.s.cfg.Cache
+	if j, ok := c.GetJWTSVID(e.SPIFFEID, audience); ok {
+		return j.Token, nil
+	}
+	if h.s.cfg.JWTMinter == nil {
+		return "", fmt.Errorf("no JWT minter configured")
+	}
+	token, err := h.s.cfg.JWTMinter.MintJWTSVID(ctx, e, audience)
+	if err != nil {
+		return "", fmt.Errorf("mint: %w", err)
+	}
+	svid, err := jwtsvid.ParseInsecure(token, audience)
+	if err != nil {
+		return "", fmt.Errorf("minted token is not a JWT-SVID for the audience: %w", err)
+	}
+	if svid.ID != e.SPIFFEID {
+		return "", fmt.Errorf("minted token is for %q, want %q", svid.ID, e.SPIFFEID)
+	}
+	issued := h.s.clk.Now()
+	if iat, ok := svid.Claims["iat"].(float64); ok {
+		issued = time.Unix(int64(iat), 0)
+	}
+	c.SetJWTSVID(e.SPIFFEID, audience, cache.JWTSVID{Token: token, IssuedAt: issued, ExpiresAt: svid.Expiry})
+	return token, nil
+}
+
+func (h *handler) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJWTSVIDRequest) (*workloadpb.ValidateJWTSVIDResponse, error) {
+	if req.Audience == "" {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	if req.Svid == "" {
+		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
+	}
+	set, cred, err := h.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bundles, ok := h.bundlesFor(h.s.cfg.Cache.FetchWorkloadUpdate(set))
+	if !ok {
+		return nil, errNoIdentity
+	}
+	jb := jwtbundle.NewSet()
+	for td, b := range bundles {
+		jb.Add(jwtbundle.FromJWTAuthorities(td, b.JWTAuthorities()))
+	}
+	svid, err := jwtsvid.ParseAndValidate(req.Svid, jb, []string{req.Audience})
+	if err != nil {
+		h.s.log.Debug("JWT-SVID validation failed", "pid", cred.PID, "error", err)
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	claims, err := claimsStruct(svid.Claims)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "convert claims: %v", err)
+	}
+	return &workloadpb.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+}
+
+// claimsStruct converts decoded JWT claims to a protobuf Struct through
+// JSON, which copes with every value type the JWT decoder produces.
+func claimsStruct(claims map[string]any) (*structpb.Struct, error) {
+	raw, err := json.Marshal(claims)
+	if err != nil {
+		return nil, err
+	}
+	s := &structpb.Struct{}
+	if err := protojson.Unmarshal(raw, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}

@@ -1,0 +1,305 @@
+package workloadapi_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
+	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+// testCA is a small SPIFFE CA: an X.509 root and a JWT signing key.
+type testCA struct {
+	td     spiffeid.TrustDomain
+	cert   *x509.Certificate
+	key    *ecdsa.PrivateKey
+	jwtKey *ecdsa.PrivateKey
+	kid    string
+	serial atomic.Int64
+}
+
+func newTestCA(t *testing.T, trustDomain spiffeid.TrustDomain) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{Organization: []string{"Sigil test"}, CommonName: "test CA " + trustDomain.Name()},
+		URIs:                  []*url.URL{trustDomain.ID().URL()},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwtKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &testCA{td: trustDomain, cert: cert, key: key, jwtKey: jwtKey, kid: "jwt-" + trustDomain.Name()}
+	ca.serial.Store(100)
+	return ca
+}
+
+func (ca *testCA) bundle(t *testing.T) *spiffebundle.Bundle {
+	t.Helper()
+	b := spiffebundle.New(ca.td)
+	b.AddX509Authority(ca.cert)
+	if err := b.AddJWTAuthority(ca.kid, ca.jwtKey.Public()); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// svid issues an X509-SVID for id valid from notBefore to notAfter.
+func (ca *testCA) svid(t *testing.T, id spiffeid.ID, notBefore, notAfter time.Time) *cache.X509SVID {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(ca.serial.Add(1)),
+		Subject:               pkix.Name{Organization: []string{"SPIRE"}},
+		URIs:                  []*url.URL{id.URL()},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cache.X509SVID{Chain: []*x509.Certificate{cert}, PrivateKey: key}
+}
+
+// mintJWT signs a JWT-SVID with the CA's JWT key.
+func (ca *testCA) mintJWT(id spiffeid.ID, audience []string, ttl time.Duration) (string, error) {
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: ca.jwtKey},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", ca.kid))
+	if err != nil {
+		return "", err
+	}
+	now := time.Now()
+	return jwt.Signed(signer).Claims(jwt.Claims{
+		Subject:  id.String(),
+		Audience: jwt.Audience(audience),
+		IssuedAt: jwt.NewNumericDate(now),
+		Expiry:   jwt.NewNumericDate(now.Add(ttl)),
+	}).Serialize()
+}
+
+// minter is the test JWTMinter: it signs with the CA key and counts calls.
+type minter struct {
+	ca    *testCA
+	calls atomic.Int32
+}
+
+func (m *minter) MintJWTSVID(_ context.Context, e *cache.Entry, audience []string) (string, error) {
+	m.calls.Add(1)
+	if e == nil {
+		return "", errors.New("nil entry")
+	}
+	return m.ca.mintJWT(e.SPIFFEID, audience, 5*time.Minute)
+}
+
+// env is a running Workload API server on a real socket.
+type env struct {
+	ca     *testCA
+	cache  *cache.Cache
+	clk    *clock.Fake
+	socket string
+	addr   string
+	minter *minter
+	dir    string
+}
+
+type envOpts struct {
+	dir      string // cache dir; "" = in memory
+	clk      *clock.Fake
+	existing *cache.Cache
+	ca       *testCA
+}
+
+func uidSelector() selector.Selector {
+	return selector.Selector{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())}
+}
+
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+func startEnv(t *testing.T, o envOpts) *env {
+	t.Helper()
+	clk := o.clk
+	if clk == nil {
+		clk = clock.NewFake(time.Now())
+	}
+	ca := o.ca
+	if ca == nil {
+		ca = newTestCA(t, td)
+	}
+	c := o.existing
+	if c == nil {
+		c = cache.New(cache.Config{Dir: o.dir, TrustDomain: td, Clock: clk, Log: testLog(t)})
+		if err := c.SetBundle(ca.bundle(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := shortTempDir(t)
+	socket := filepath.Join(dir, "sock", "agent.sock")
+	m := &minter{ca: ca}
+	srv, err := workloadapi.New(workloadapi.Config{
+		SocketPath: socket,
+		Cache:      c,
+		Attestors:  []workloadapi.Attestor{unix.New(unix.Config{})},
+		JWTMinter:  m,
+		Log:        testLog(t),
+		Clock:      clk,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- srv.Run(ctx) }()
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Errorf("run: %v", err)
+			}
+		}
+	})
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		t.Fatalf("server stopped: %v", err)
+	}
+	return &env{ca: ca, cache: c, clk: clk, socket: socket, addr: "unix://" + socket, minter: m, dir: dir}
+}
+
+// shortTempDir returns a temp dir short enough for a unix socket path.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "wlapi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func entry(id string, spiffeID spiffeid.ID, created time.Time, sels ...selector.Selector) *cache.Entry {
+	return &cache.Entry{
+		ID:             id,
+		SPIFFEID:       spiffeID,
+		ParentID:       spiffeid.RequireFromPath(td, "/agent"),
+		Selectors:      sels,
+		RevisionNumber: 1,
+		CreatedAt:      created,
+	}
+}
+
+// addIdentity registers an entry matching the test process and gives it an
+// SVID valid for ttl from the fake clock's now.
+func (e *env) addIdentity(t *testing.T, entries []*cache.Entry, svids map[string]*cache.X509SVID) {
+	t.Helper()
+	if err := e.cache.SetEntries(entries); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cache.SetX509SVIDs(svids); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func keysEqual(a, b crypto.PrivateKey) bool {
+	ea, ok := a.(interface{ Equal(crypto.PrivateKey) bool })
+	return ok && ea.Equal(b)
+}
+
+func mustID(t *testing.T, path string) spiffeid.ID {
+	t.Helper()
+	id, err := spiffeid.FromPath(td, path)
+	if err != nil {
+		t.Fatal(fmt.Errorf("id %q: %w", path, err))
+	}
+	return id
+}
+
+func newServer(socket string, c *cache.Cache) (*workloadapi.Server, error) {
+	return workloadapi.New(workloadapi.Config{
+		SocketPath: socket,
+		Cache:      c,
+		Attestors:  []workloadapi.Attestor{unix.New(unix.Config{})},
+	})
+}
+
+// listenStale leaves a socket file behind with nobody listening, as a
+// crashed agent would.
+func listenStale(path string) (string, error) {
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Net: "unix", Name: path})
+	if err != nil {
+		return "", err
+	}
+	l.SetUnlinkOnClose(false)
+	if err := l.Close(); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+const identityWait = workloadapi.DefaultIdentityWait

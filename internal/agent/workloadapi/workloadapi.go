@@ -1,0 +1,171 @@
+// Package workloadapi serves the SPIFFE Workload API (all of
+// FetchX509SVID, FetchX509Bundles, FetchJWTSVID, FetchJWTBundles and
+// ValidateJWTSVID) on a unix socket, plus gRPC health and reflection.
+//
+// Every call must carry the metadata "workload.spiffe.io: true"
+// (InvalidArgument otherwise). The caller is identified by its peer
+// credentials (SO_PEERCRED), attested by the configured attestors into
+// selectors, and then — after attestation, so a process that exited and
+// whose PID was recycled meanwhile is caught — the PID's start time is
+// checked again. The entries whose selectors are all among the caller's
+// are its identities; none means PermissionDenied ("no identity issued").
+//
+// Streams send a full state at once and again after every change that
+// affects the caller (see internal/agent/cache). While the caller has
+// matching entries but no SVID has been issued yet, FetchX509SVID waits
+// (up to Config.IdentityWait, then Unavailable) instead of failing.
+package workloadapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/peercred"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+// Attestor produces selectors for a process (e.g. internal/attest/workload/unix).
+type Attestor interface {
+	Attest(ctx context.Context, pid int32) ([]selector.Selector, error)
+}
+
+// JWTMinter signs a JWT-SVID for an entry. The agent's server-facing half
+// implements it by calling the server's NewJWTSVID. Results are cached in
+// the cache until half-life, so it is only called on a miss.
+type JWTMinter interface {
+	MintJWTSVID(ctx context.Context, entry *cache.Entry, audience []string) (token string, err error)
+}
+
+// DefaultIdentityWait bounds how long FetchX509SVID waits for the first SVID
+// of a caller whose entries have none yet.
+const DefaultIdentityWait = 30 * time.Second
+
+// Config configures the server.
+type Config struct {
+	// SocketPath is the unix socket to listen on. Its parent directory is
+	// created 0755 when missing; the socket is made 0777 (any local user
+	// may call: identity comes from attestation, not file permissions).
+	SocketPath string
+	// Cache is the agent's workload state.
+	Cache *cache.Cache
+	// Attestors all run for each caller; an attestor that fails is logged
+	// and contributes no selectors (as in SPIRE).
+	Attestors []Attestor
+	// JWTMinter signs JWT-SVIDs; nil makes FetchJWTSVID fail with
+	// Unavailable for cache misses.
+	JWTMinter JWTMinter
+	// AllowUnauthenticatedVerifiers lets callers without an identity use
+	// FetchX509Bundles, FetchJWTBundles and ValidateJWTSVID (with our
+	// bundle and every federated bundle), like SPIRE's
+	// allow_unauthenticated_verifiers.
+	AllowUnauthenticatedVerifiers bool
+	// IdentityWait; 0 means DefaultIdentityWait.
+	IdentityWait time.Duration
+	Log          *slog.Logger
+	Clock        clock.Clock
+}
+
+// Server is the Workload API server.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	clk   clock.Clock
+	ready chan struct{}
+}
+
+// New validates cfg and returns a server; Run serves it.
+func New(cfg Config) (*Server, error) {
+	if cfg.SocketPath == "" {
+		return nil, errors.New("workload API: socket path is required")
+	}
+	if cfg.Cache == nil {
+		return nil, errors.New("workload API: cache is required")
+	}
+	if len(cfg.Attestors) == 0 {
+		return nil, errors.New("workload API: at least one workload attestor is required")
+	}
+	if cfg.IdentityWait <= 0 {
+		cfg.IdentityWait = DefaultIdentityWait
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, log: log, clk: clock.OrReal(cfg.Clock), ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once the socket accepts connections.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Run listens on the socket and serves until ctx is done; the socket file
+// is removed on return.
+func (s *Server) Run(ctx context.Context) error {
+	lis, err := listen(s.cfg.SocketPath)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(s.cfg.SocketPath)
+
+	srv := grpc.NewServer(grpc.Creds(peercred.NewCredentials()))
+	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, &handler{s: s})
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(workloadpb.SpiffeWorkloadAPI_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+
+	errCh := make(chan error, 1)
+	go func() { errCh <- srv.Serve(lis) }()
+	s.log.Info("Workload API listening", "socket", s.cfg.SocketPath)
+	close(s.ready)
+
+	select {
+	case <-ctx.Done():
+		hs.Shutdown()
+		// Streams are open-ended: stop rather than drain.
+		srv.Stop()
+		<-errCh
+		return nil
+	case err := <-errCh:
+		return fmt.Errorf("workload API: serve: %w", err)
+	}
+}
+
+// listen prepares the socket the way SPIRE does: parent directory 0755,
+// stale socket removed, socket 0777.
+func listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("workload API: create socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("workload API: %s exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("workload API: remove stale socket: %w", err)
+		}
+	}
+	lis, err := net.ListenUnix("unix", &net.UnixAddr{Net: "unix", Name: path})
+	if err != nil {
+		return nil, fmt.Errorf("workload API: listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o777); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("workload API: chmod socket: %w", err)
+	}
+	return lis, nil
+}

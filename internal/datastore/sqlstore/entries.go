@@ -89,6 +89,17 @@ func dupKey(spiffeID, parentID string, sels []selector.Selector) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// newEntryID returns a UUIDv7: time-ordered, so new entries (and their
+// child rows, keyed by entry ID) append to the b-trees instead of dirtying
+// random pages.
+func newEntryID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.NewString()
+	}
+	return id.String()
+}
+
 type preparedEntry struct {
 	e   *datastore.Entry
 	key string
@@ -108,7 +119,7 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 			continue
 		}
 		if e.ID == "" {
-			e.ID = uuid.NewString()
+			e.ID = newEntryID()
 		}
 		e.CreatedAt = now
 		e.RevisionNumber = 0
@@ -117,18 +128,21 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		// Which IDs and duplicate keys exist already: a few IN queries for
 		// the whole batch instead of lookups per entry.
-		var ids, keys []string
+		var ids, spiffeIDs []string
 		for _, p := range prepared {
 			if p != nil {
 				ids = append(ids, p.e.ID)
-				keys = append(keys, p.key)
+				spiffeIDs = append(spiffeIDs, p.e.SPIFFEID)
 			}
 		}
+		spiffeIDs = dedupeStrings(spiffeIDs)
 		takenIDs, err := s.existing(ctx, tx, "SELECT id FROM entries WHERE id IN (%s)", ids)
 		if err != nil {
 			return err
 		}
-		takenKeys, err := s.existing(ctx, tx, "SELECT dup_key FROM entries WHERE dup_key IN (%s)", keys)
+		// dup_key is indexed after spiffe_id: fetch the keys of the stored
+		// entries with the batch's SPIFFE IDs.
+		takenKeys, err := s.existing(ctx, tx, "SELECT dup_key FROM entries WHERE spiffe_id IN (%s)", spiffeIDs)
 		if err != nil {
 			return err
 		}
@@ -528,7 +542,7 @@ func (s *Store) UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datas
 		n.RevisionNumber++
 		key := dupKey(n.SPIFFEID, n.ParentID, n.Selectors)
 		var other string
-		err = tx.QueryRowContext(ctx, s.q("SELECT id FROM entries WHERE dup_key = ? AND id <> ?"), key, n.ID).Scan(&other)
+		err = tx.QueryRowContext(ctx, s.q("SELECT id FROM entries WHERE spiffe_id = ? AND dup_key = ? AND id <> ?"), n.SPIFFEID, key, n.ID).Scan(&other)
 		switch {
 		case err == nil:
 			return fmt.Errorf("entry %q would duplicate entry %q: %w", n.ID, other, datastore.ErrAlreadyExists)

@@ -1,5 +1,7 @@
 -- Sigil datastore schema, version 1 (SQLite dialect).
--- Booleans are stored as 0/1 integers, times as unix seconds.
+-- Booleans are stored as 0/1 integers, times as unix seconds. Tables keyed
+-- by text are WITHOUT ROWID: one b-tree per table instead of two, which
+-- halves the pages a batch of inserts dirties.
 
 CREATE TABLE entries (
     id             TEXT    NOT NULL PRIMARY KEY,
@@ -17,18 +19,19 @@ CREATE TABLE entries (
     expires_at     INTEGER NOT NULL DEFAULT 0,
     created_at     INTEGER NOT NULL,
     revision       INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX entries_dup_key ON entries (dup_key);
-CREATE INDEX entries_spiffe_id ON entries (spiffe_id);
+) WITHOUT ROWID;
+-- dup_key determines spiffe_id, so this index both enforces the duplicate
+-- rule and serves lookups by SPIFFE ID (one index instead of two).
+CREATE UNIQUE INDEX entries_spiffe_id_dup_key ON entries (spiffe_id, dup_key);
 CREATE INDEX entries_parent_id ON entries (parent_id);
-CREATE INDEX entries_expires_at ON entries (expires_at);
+CREATE INDEX entries_expires_at ON entries (expires_at) WHERE expires_at <> 0;
 
 CREATE TABLE entry_selectors (
     entry_id TEXT NOT NULL REFERENCES entries (id) ON DELETE CASCADE,
     type     TEXT NOT NULL,
     value    TEXT NOT NULL,
     PRIMARY KEY (entry_id, type, value)
-);
+) WITHOUT ROWID;
 CREATE INDEX entry_selectors_type_value ON entry_selectors (type, value);
 
 CREATE TABLE entry_dns_names (
@@ -36,13 +39,13 @@ CREATE TABLE entry_dns_names (
     pos      INTEGER NOT NULL,
     name     TEXT    NOT NULL,
     PRIMARY KEY (entry_id, pos)
-);
+) WITHOUT ROWID;
 
 CREATE TABLE entry_federates_with (
     entry_id     TEXT NOT NULL REFERENCES entries (id) ON DELETE CASCADE,
     trust_domain TEXT NOT NULL,
     PRIMARY KEY (entry_id, trust_domain)
-);
+) WITHOUT ROWID;
 CREATE INDEX entry_federates_with_td ON entry_federates_with (trust_domain);
 
 CREATE TABLE entry_events (
@@ -72,7 +75,7 @@ CREATE TABLE node_selectors (
     type      TEXT NOT NULL,
     value     TEXT NOT NULL,
     PRIMARY KEY (spiffe_id, type, value)
-);
+) WITHOUT ROWID;
 CREATE INDEX node_selectors_type_value ON node_selectors (type, value);
 
 CREATE TABLE node_events (

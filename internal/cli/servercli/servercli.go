@@ -41,7 +41,7 @@ const (
 // LeadCommands are the sigil-server commands implemented outside this
 // package (in cmd/sigil-server); they are listed in the usage text so that
 // users see everything the binary offers.
-var LeadCommands = []commandInfo{
+var LeadCommands = []CommandInfo{
 	{"run", "Runs the server"},
 	{"validate", "Validates a server configuration file"},
 	{"dev", "Runs a server and an agent in one process for local development"},
@@ -51,7 +51,8 @@ var LeadCommands = []commandInfo{
 // replace it.
 var stdin io.Reader = os.Stdin
 
-type commandInfo struct {
+// CommandInfo names a command and says what it does.
+type CommandInfo struct {
 	Name     string
 	Synopsis string
 }
@@ -97,10 +98,10 @@ func specs() []spec {
 }
 
 // Commands returns the names and synopses of the commands Run accepts.
-func Commands() []commandInfo {
-	var out []commandInfo
+func Commands() []CommandInfo {
+	var out []CommandInfo
 	for _, s := range specs() {
-		out = append(out, commandInfo{Name: s.name, Synopsis: s.synopsis})
+		out = append(out, CommandInfo{Name: s.name, Synopsis: s.synopsis})
 	}
 	return out
 }
@@ -202,7 +203,7 @@ func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: sigil-server <command> [<subcommand>] [flags]")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Available commands are:")
-	rows := append([]commandInfo{}, LeadCommands...)
+	rows := append([]CommandInfo{}, LeadCommands...)
 	rows = append(rows, Commands()...)
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	for _, c := range rows {

@@ -1,0 +1,100 @@
+package jointoken_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+func setup(t *testing.T) (*sqlstore.Store, *clock.Fake, *jointoken.Attestor) {
+	t.Helper()
+	ds, err := sqlstore.Open(context.Background(), sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(t.TempDir(), "ds.sqlite3")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ds.Close() })
+	clk := clock.NewFake(time.Unix(1_700_000_000, 0))
+	a, err := jointoken.New(jointoken.Config{TrustDomain: td, Tokens: ds, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ds, clk, a
+}
+
+func store(t *testing.T, ds *sqlstore.Store, token string, expires time.Time) {
+	t.Helper()
+	if err := ds.CreateJoinToken(context.Background(), &datastore.JoinToken{Hash: jointoken.Hash(token), ExpiresAt: expires.Unix()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAttestSingleUse(t *testing.T) {
+	ds, clk, a := setup(t)
+	ctx := context.Background()
+	tok, err := jointoken.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	store(t, ds, tok, clk.Now().Add(time.Minute))
+
+	id, sels, err := a.Attest(ctx, []byte(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "spiffe://example.org/spire/agent/join_token/" + tok; id.String() != want {
+		t.Fatalf("id = %s, want %s", id, want)
+	}
+	if len(sels) != 0 {
+		t.Fatalf("selectors = %v, want none", sels)
+	}
+	if _, _, err := a.Attest(ctx, []byte(tok)); !errors.Is(err, jointoken.ErrUnknownToken) {
+		t.Fatalf("reuse: %v, want ErrUnknownToken", err)
+	}
+}
+
+func TestAttestExpiredAndUnknown(t *testing.T) {
+	ds, clk, a := setup(t)
+	ctx := context.Background()
+	store(t, ds, "tok-expiring", clk.Now().Add(time.Minute))
+	clk.Add(time.Minute)
+	if _, _, err := a.Attest(ctx, []byte("tok-expiring")); !errors.Is(err, jointoken.ErrExpiredToken) {
+		t.Fatalf("expired: %v", err)
+	}
+	if _, _, err := a.Attest(ctx, []byte("tok-expiring")); !errors.Is(err, jointoken.ErrUnknownToken) {
+		t.Fatalf("expired token not consumed: %v", err)
+	}
+	for _, bad := range []string{"", "nope", "a/b", "..", strings.Repeat("x", jointoken.MaxTokenLen+1), "sp ace"} {
+		if _, _, err := a.Attest(ctx, []byte(bad)); !errors.Is(err, jointoken.ErrUnknownToken) {
+			t.Errorf("%q: %v, want ErrUnknownToken", bad, err)
+		}
+	}
+}
+
+func TestGenerate(t *testing.T) {
+	seen := map[string]bool{}
+	for i := 0; i < 100; i++ {
+		tok, err := jointoken.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(tok) != 36 || seen[tok] {
+			t.Fatalf("token %q: bad length or repeated", tok)
+		}
+		if err := jointoken.ValidateToken(tok); err != nil {
+			t.Fatal(err)
+		}
+		seen[tok] = true
+	}
+}

@@ -1,0 +1,93 @@
+package agentcli
+
+import (
+	"context"
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
+	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+// TestRoundTripRealWorkloadAPI runs the commands against Sigil's own
+// Workload API server, with an entry that matches this test process.
+func TestRoundTripRealWorkloadAPI(t *testing.T) {
+	p := newPKI(t)
+	c := cache.New(cache.Config{TrustDomain: td})
+	b := spiffebundle.FromX509Authorities(td, []*x509.Certificate{p.ca})
+	if err := c.SetBundle(b); err != nil {
+		t.Fatal(err)
+	}
+	me := selector.Selector{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())}
+	if err := c.SetEntries([]*cache.Entry{{
+		ID: "e1", SPIFFEID: webID, ParentID: spiffeid.RequireFromPath(td, "/agent"),
+		Selectors: []selector.Selector{me}, RevisionNumber: 1, CreatedAt: time.Now(),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetX509SVIDs(map[string]*cache.X509SVID{"e1": {Chain: []*x509.Certificate{p.leaf}, PrivateKey: p.leafKey}}); err != nil {
+		t.Fatal(err)
+	}
+
+	dir, err := os.MkdirTemp("", "agentcli") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "api.sock")
+	srv, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Cache: c, Attestors: []workloadapi.Attestor{unix.New(unix.Config{})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- srv.Run(ctx) }()
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Errorf("run: %v", err)
+			}
+		}
+	})
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		t.Fatalf("workload API stopped: %v", err)
+	}
+	a := &agentFixture{socket: socket, p: p}
+
+	if out := a.cli(t, "healthcheck"); out != "Agent is healthy.\n" {
+		t.Errorf("healthcheck: %q", out)
+	}
+	out := a.cli(t, "api", "fetch", "x509")
+	if !strings.HasPrefix(out, "Received 1 svid after ") || !strings.Contains(out, "SPIFFE ID:\t\tspiffe://example.org/web\n") {
+		t.Errorf("fetch x509:\n%s", out)
+	}
+	wdir := t.TempDir()
+	a.cli(t, "api", "fetch", "x509", "-silent", "-write", wdir)
+	svid, err := x509svid.Load(filepath.Join(wdir, "svid.0.pem"), filepath.Join(wdir, "svid.0.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := x509bundle.Load(td, filepath.Join(wdir, "bundle.0.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil || id != webID {
+		t.Errorf("written SVID: %v %v", id, err)
+	}
+}

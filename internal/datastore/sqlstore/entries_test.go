@@ -540,3 +540,47 @@ func TestConcurrentWritesAndReads(t *testing.T) {
 		t.Fatalf("count = %d, want %d", n, workers*perWorker)
 	}
 }
+
+// TestLargeBatch crosses the IN-list chunk size in duplicate detection and
+// child-row loading.
+func TestLargeBatch(t *testing.T) {
+	f := newFixture(t)
+	s, ctx := f.store, context.Background()
+	const n = 2*maxInArgs + 100
+	var in []*datastore.Entry
+	for i := range n {
+		in = append(in, &datastore.Entry{SPIFFEID: fmt.Sprintf("spiffe://td/w%d", i), ParentID: "spiffe://td/p",
+			Selectors: sels(fmt.Sprintf("i:%d", i), "all:yes"), DNSNames: []string{fmt.Sprintf("w%d.example", i)}})
+	}
+	in = append(in, &datastore.Entry{SPIFFEID: "spiffe://td/w3", ParentID: "spiffe://td/p", Selectors: sels("all:yes", "i:3")})
+	res, err := s.CreateEntries(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res[:n] {
+		if r.Err != nil {
+			t.Fatalf("entry %d: %v", i, r.Err)
+		}
+	}
+	wantErr(t, res[n].Err, datastore.ErrAlreadyExists)
+	// A second batch duplicating a stored entry beyond the first chunk.
+	res, err = s.CreateEntries(ctx, []*datastore.Entry{{SPIFFEID: fmt.Sprintf("spiffe://td/w%d", n-1), ParentID: "spiffe://td/p",
+		Selectors: sels(fmt.Sprintf("i:%d", n-1), "all:yes")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, res[0].Err, datastore.ErrAlreadyExists)
+
+	all, _, err := s.ListEntries(ctx, datastore.EntryFilter{BySelectors: sels("all:yes"), SelectorMatch: datastore.MatchSuperset}, datastore.Page{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != n {
+		t.Fatalf("listed %d entries, want %d", len(all), n)
+	}
+	for _, e := range all {
+		if len(e.Selectors) != 2 || len(e.DNSNames) != 1 {
+			t.Fatalf("entry %s loaded with %d selectors, %d DNS names", e.SPIFFEID, len(e.Selectors), len(e.DNSNames))
+		}
+	}
+}

@@ -273,6 +273,10 @@ type dialect struct {
 	name string
 	// numbered is true when placeholders are $1, $2... (PostgreSQL).
 	numbered bool
+	// readIsolation gives multi-statement reads (a page of entries, then
+	// their child rows) one snapshot. SQLite transactions always do;
+	// PostgreSQL needs sql.LevelRepeatableRead.
+	readIsolation sql.IsolationLevel
 }
 
 var sqliteDialect = dialect{name: "sqlite3"}
@@ -330,7 +334,7 @@ func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) (err err
 
 // readTx runs fn in a read transaction (one consistent snapshot).
 func (s *Store) readTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
-	tx, err := s.r.BeginTx(ctx, nil)
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: s.dialect.readIsolation})
 	if err != nil {
 		return fmt.Errorf("begin read transaction: %w", err)
 	}

@@ -67,8 +67,8 @@ type Config struct {
 	Upstream    UpstreamAuthority // nil => self-signed root
 	Clock       clock.Clock       // nil => real clock
 	Log         *slog.Logger      // nil => slog.Default()
-	// OnBundleChange is called (without locks held) after the CA changed the
-	// stored bundle of its trust domain.
+	// OnBundleChange is called (from Init or the Run goroutine, with no CA
+	// lock held) after the CA changed the stored bundle of its trust domain.
 	OnBundleChange func()
 	// JournalName is the CAJournalStore record name (default "ca"). Servers
 	// sharing one database must use distinct names.
@@ -167,6 +167,20 @@ func (m *Manager) JWTSVIDTTL() time.Duration { return m.cfg.JWTSVIDTTL }
 // keeps the same CA and JWT keys), creates whatever is missing or expired,
 // and publishes every live authority in the trust domain's bundle.
 func (m *Manager) Init(ctx context.Context) error {
+	changed, err := m.init(ctx)
+	if changed {
+		m.bundleChanged()
+	}
+	return err
+}
+
+func (m *Manager) bundleChanged() {
+	if m.cfg.OnBundleChange != nil {
+		m.cfg.OnBundleChange()
+	}
+}
+
+func (m *Manager) init(ctx context.Context) (bool, error) {
 	m.rotateMu.Lock()
 	defer m.rotateMu.Unlock()
 	if m.cfg.CATTL < 6*m.cfg.X509SVIDTTL {
@@ -178,13 +192,14 @@ func (m *Manager) Init(ctx context.Context) error {
 			"ca_ttl", m.cfg.CATTL, "jwt_svid_ttl", m.cfg.JWTSVIDTTL)
 	}
 	if err := m.load(ctx); err != nil {
-		return err
+		return false, err
 	}
-	if err := m.rotate(ctx); err != nil {
-		return err
+	changed, err := m.rotate(ctx)
+	if err != nil {
+		return changed, fmt.Errorf("ca: init: %w", err)
 	}
 	m.initialized = true
-	return nil
+	return changed, nil
 }
 
 // Run rotates keys on the configured clock until ctx is done; it returns nil
@@ -196,21 +211,29 @@ func (m *Manager) Run(ctx context.Context) error {
 	if !ok {
 		return errors.New("ca: Run called before a successful Init")
 	}
+	failed := false
 	for {
 		wait := m.nextWait(m.clk.Now())
+		if failed {
+			wait = max(wait, retryWait)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-m.clk.After(wait):
 		}
 		m.rotateMu.Lock()
-		err := m.rotate(ctx)
+		changed, err := m.rotate(ctx)
 		m.rotateMu.Unlock()
+		if changed {
+			m.bundleChanged()
+		}
+		failed = err != nil
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			m.log.Error("CA rotation pass failed; will retry", "error", err)
+			m.log.Error("CA rotation pass failed; will retry", "error", err, "retry_in", retryWait)
 		}
 	}
 }

@@ -16,8 +16,9 @@ import (
 // Bounds of the rotation loop's sleep: it wakes at the next scheduled event
 // but at least every maxWait (to retry failures and follow clock jumps).
 const (
-	minWait = time.Second
-	maxWait = 30 * time.Second
+	minWait   = time.Second
+	maxWait   = 30 * time.Second
+	retryWait = 10 * time.Second // after a failed pass
 )
 
 func (m *Manager) nextWait(now time.Time) time.Duration {
@@ -33,16 +34,11 @@ func (m *Manager) nextWait(now time.Time) time.Duration {
 	return max(wait, minWait)
 }
 
-// rotate runs one rotation pass at the clock's current time. Callers hold
-// rotateMu.
-func (m *Manager) rotate(ctx context.Context) error {
+// rotate runs one rotation pass at the clock's current time and reports
+// whether the stored bundle changed. Callers hold rotateMu and call
+// OnBundleChange (after unlocking) when it did.
+func (m *Manager) rotate(ctx context.Context) (bundleChanged bool, _ error) {
 	now := m.clk.Now()
-	bundleChanged := false
-	defer func() {
-		if bundleChanged && m.cfg.OnBundleChange != nil {
-			m.cfg.OnBundleChange()
-		}
-	}()
 
 	m.mu.RLock()
 	xs, js := m.x509s, m.jwts
@@ -92,7 +88,7 @@ func (m *Manager) rotate(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	bundleChanged = bundleChanged || changed
-	return errors.Join(errs...)
+	return bundleChanged, errors.Join(errs...)
 }
 
 func (m *Manager) logTransitions(xs, xs2 slots[*x509CA], js, js2 slots[*jwtKey]) {

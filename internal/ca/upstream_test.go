@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -170,4 +171,30 @@ func TestUpstreamWithIntermediateAndBundle(t *testing.T) {
 	if !contains(e3.m.X509Authorities(), root) {
 		t.Fatal("the upstream root must stay published while SVIDs chaining to it are valid")
 	}
+}
+
+func selfSignedUpstream(t *testing.T) *upstreamdisk.Upstream {
+	t.Helper()
+	dir := t.TempDir()
+	root, rootKey := makeCA(t, "root", nil, nil, time.Now().Add(1000*time.Hour))
+	writePEM(t, filepath.Join(dir, "cert.pem"), []*x509.Certificate{root}, nil)
+	writePEM(t, filepath.Join(dir, "key.pem"), nil, rootKey)
+	up, err := upstreamdisk.New(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return up
+}
+
+func makeCSR(t *testing.T) []byte {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{td.ID().URL()}}, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }

@@ -1,0 +1,81 @@
+// Command sigil-agent runs on every node or device: it attests to the
+// server, keeps its workloads' identities and serves the SPIFFE Workload
+// API. It also holds the workload-side CLI (api fetch|watch|validate,
+// healthcheck).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
+	"github.com/sigil-spiffe/sigil/internal/cli/agentcli"
+	"github.com/sigil-spiffe/sigil/internal/config"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "run" {
+		return runAgent(ctx, args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "validate" {
+		cfg, err := config.LoadAgent(args[1:])
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "Sigil agent configuration file %s is valid.\n", cfg.Path)
+		return 0
+	}
+	return agentcli.Run(ctx, args, stdout, stderr)
+}
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
+	cfg, err := config.LoadAgent(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(stderr, err)
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	var logOut io.Writer = stderr
+	if cfg.LogFile != "" {
+		f, err := config.OpenLogFile(cfg.LogFile)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		defer f.Close()
+		logOut = f
+	}
+	log, err := config.NewLogger(cfg.LogLevel, cfg.LogFormat, logOut)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	a, err := agentapp.New(ctx, cfg, log, agentapp.Options{})
+	if err != nil {
+		log.Error("Agent failed to start", "error", err)
+		return 1
+	}
+	if err := a.Run(ctx); err != nil {
+		log.Error("Agent stopped with an error", "error", err)
+		return 1
+	}
+	log.Info("Agent stopped")
+	return 0
+}

@@ -1,0 +1,212 @@
+// Package agent assembles sigil-agent: the workload cache (persisted in
+// data_dir), the server-facing manager (attestation, push sync, renewal),
+// the workload attestors and the Workload API, run under one errgroup.
+//
+// It must stay small for devices: nothing here (or below) may import SQL
+// drivers, server packages or Kubernetes code; a test enforces it.
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/manager"
+	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
+	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/keys"
+)
+
+// Options are test and embedding hooks; the zero value is production.
+type Options struct {
+	Clock clock.Clock
+}
+
+// Agent is an assembled, not yet running sigil-agent.
+type Agent struct {
+	cfg   *config.Agent
+	log   *slog.Logger
+	cache *cache.Cache
+	mgr   *manager.Manager
+	wl    *workloadapi.Server
+}
+
+// New loads the persisted state and builds every component. It does not
+// contact the server: an agent whose server is unreachable still starts and
+// serves what it has.
+func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options) (*Agent, error) {
+	clk := clock.OrReal(opts.Clock)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data_dir: %w", err)
+	}
+	var km keys.Manager
+	switch cfg.KeyManager.Kind {
+	case config.KeyManagerMemory:
+		km = keys.NewMemory()
+	default:
+		dir := cfg.KeyManager.Directory
+		if dir == "" {
+			dir = filepath.Join(cfg.DataDir, "keys")
+		}
+		d, err := keys.NewDisk(dir)
+		if err != nil {
+			return nil, fmt.Errorf("KeyManager \"disk\": %w", err)
+		}
+		km = d
+	}
+	bootstrap, err := trustBundle(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+
+	c := cache.New(cache.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Clock: clk, Log: log.With("subsystem", "cache")})
+	if err := c.Load(); err != nil {
+		return nil, fmt.Errorf("load persisted cache: %w", err)
+	}
+	mgr, err := manager.New(manager.Config{
+		ServerAddr:        net.JoinHostPort(cfg.ServerAddress, strconv.Itoa(cfg.ServerPort)),
+		TrustDomain:       cfg.TrustDomain,
+		TrustBundle:       bootstrap,
+		InsecureBootstrap: cfg.InsecureBootstrap,
+		JoinToken:         cfg.JoinToken,
+		DataDir:           cfg.DataDir,
+		Keys:              km,
+		Cache:             c,
+		Clock:             clk,
+		Log:               log.With("subsystem", "manager"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	var attestors []workloadapi.Attestor
+	if u := cfg.WorkloadAttestors.Unix; u != nil {
+		attestors = append(attestors, unix.New(unix.Config{DiscoverWorkloadPath: u.DiscoverWorkloadPath, WorkloadSizeLimit: u.WorkloadSizeLimit}))
+	}
+	wl, err := workloadapi.New(workloadapi.Config{
+		SocketPath: cfg.SocketPath,
+		Cache:      c,
+		Attestors:  attestors,
+		JWTMinter:  mgr,
+		Log:        log.With("subsystem", "workload_api"),
+		Clock:      clk,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, log: log, cache: c, mgr: mgr, wl: wl}, nil
+}
+
+// Ready is closed once the Workload API socket accepts connections.
+func (a *Agent) Ready() <-chan struct{} { return a.wl.Ready() }
+
+// Status reports the manager's connection state.
+func (a *Agent) Status() manager.Status { return a.mgr.Status() }
+
+// Run serves until ctx ends. The Workload API starts at once from the
+// persisted cache; the manager connects to the server in the background.
+func (a *Agent) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.cache.Run(ctx) })
+	g.Go(func() error { return a.wl.Run(ctx) })
+	g.Go(func() error { return a.mgr.Run(ctx) })
+	if hc := a.cfg.HealthChecks; hc.ListenerEnabled {
+		g.Go(func() error { return a.serveHealth(ctx, hc) })
+	}
+	a.log.Info("Starting sigil-agent", "trust_domain", a.cfg.TrustDomain.Name(), "server", net.JoinHostPort(a.cfg.ServerAddress, strconv.Itoa(a.cfg.ServerPort)), "socket_path", a.cfg.SocketPath)
+	return g.Wait()
+}
+
+// trustBundle reads the bootstrap bundle: trust_bundle_path (PEM or SPIFFE
+// JSON), trust_bundle_url (https), or none with insecure_bootstrap.
+func trustBundle(ctx context.Context, cfg *config.Agent) ([]*x509.Certificate, error) {
+	var data []byte
+	switch {
+	case cfg.TrustBundlePath != "":
+		b, err := os.ReadFile(cfg.TrustBundlePath)
+		if err != nil {
+			return nil, fmt.Errorf("read trust_bundle_path: %w", err)
+		}
+		data = b
+	case cfg.TrustBundleURL != "":
+		b, err := fetchBundle(ctx, cfg.TrustBundleURL)
+		if err != nil {
+			return nil, fmt.Errorf("trust_bundle_url: %w", err)
+		}
+		data = b
+	default:
+		return nil, nil
+	}
+	if cfg.TrustBundleFormat == "spiffe" {
+		b, err := spiffebundle.Parse(cfg.TrustDomain, data)
+		if err != nil {
+			return nil, fmt.Errorf("parse SPIFFE trust bundle: %w", err)
+		}
+		return b.X509Authorities(), nil
+	}
+	certs, err := parsePEMCerts(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse PEM trust bundle: %w", err)
+	}
+	return certs, nil
+}
+
+func fetchBundle(ctx context.Context, url string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+}
+
+func (a *Agent) serveHealth(ctx context.Context, hc config.HealthChecks) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc(hc.LivePath, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc(hc.ReadyPath, func(w http.ResponseWriter, _ *http.Request) {
+		// Ready while serving: a disconnected agent still serves its
+		// cached identities, so it stays ready and reports degraded.
+		st := a.mgr.Status()
+		if st.Connected {
+			_, _ = w.Write([]byte("ok\n"))
+			return
+		}
+		_, _ = fmt.Fprintf(w, "degraded since %s: %s\n", st.DegradedSince.Format(time.RFC3339), st.LastError)
+	})
+	srv := &http.Server{Addr: net.JoinHostPort(hc.BindAddress, strconv.Itoa(hc.BindPort)), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", srv.Addr)
+	if err != nil {
+		return fmt.Errorf("health_checks listener: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("health_checks listener: %w", err)
+	}
+	return nil
+}

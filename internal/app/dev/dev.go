@@ -1,0 +1,262 @@
+// Package dev runs the all-in-one developer environment behind
+// `sigil-server dev`: a server on SQLite with a self-signed CA, an agent
+// attested with a fresh join token, and a registration entry for the
+// calling user's uid, then fetches that user's X509-SVID through the
+// Workload API with the go-spiffe client, exactly as a workload would.
+package dev
+
+import (
+	"context"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
+	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
+	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
+	"github.com/sigil-spiffe/sigil/internal/config"
+)
+
+// attestedMarker records, in the agent's data dir, that the dev agent has
+// attested once; later runs reuse its persisted SVID instead of a token.
+const attestedMarker = "dev-attested"
+
+// Run parses the dev flags and runs the environment until ctx ends (or,
+// with -exit, until the workload got its SVID).
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sigil-server dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("dataDir", ".sigil-dev", "directory for the server's and agent's state (kept between runs)")
+	tdName := fs.String("trustDomain", "example.org", "trust domain")
+	port := fs.Int("serverPort", 0, "server TCP port on 127.0.0.1 (0 picks a free one)")
+	logLevel := fs.String("logLevel", "WARN", "log level: DEBUG, INFO, WARN, ERROR")
+	exit := fs.Bool("exit", false, "exit once the workload has its SVID instead of serving until interrupted")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	td, err := spiffeid.TrustDomainFromString(*tdName)
+	if err != nil {
+		return fmt.Errorf("-trustDomain: %w", err)
+	}
+	dir, err := filepath.Abs(*dataDir)
+	if err != nil {
+		return err
+	}
+	log, err := config.NewLogger(*logLevel, "text", stderr)
+	if err != nil {
+		return err
+	}
+	if *port == 0 {
+		if *port, err = freePort(); err != nil {
+			return err
+		}
+	}
+	env := &env{td: td, dir: dir, port: *port, log: log, stdout: stdout}
+	return env.run(ctx, *exit)
+}
+
+type env struct {
+	td     spiffeid.TrustDomain
+	dir    string
+	port   int
+	log    *slog.Logger
+	stdout io.Writer
+}
+
+func (e *env) serverSocket() string { return filepath.Join(e.dir, "server", "api.sock") }
+func (e *env) agentSocket() string  { return filepath.Join(e.dir, "agent", "api.sock") }
+
+func (e *env) run(ctx context.Context, exitWhenDone bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	scfg := config.DefaultServer()
+	scfg.TrustDomain = e.td
+	scfg.DataDir = filepath.Join(e.dir, "server")
+	scfg.BindAddress = "127.0.0.1"
+	scfg.BindPort = e.port
+	scfg.SocketPath = e.serverSocket()
+	scfg.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(scfg.DataDir, "datastore.sqlite3")}
+	scfg.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(scfg.DataDir, "keys")}
+	scfg.NodeAttestors.JoinToken = true
+	if err := scfg.Validate(); err != nil {
+		return fmt.Errorf("server configuration: %w", err)
+	}
+	srv, err := serverapp.New(ctx, scfg, e.log.With("component", "server"), serverapp.Options{})
+	if err != nil {
+		return fmt.Errorf("start server: %w", err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Run(gctx) })
+	select {
+	case <-srv.Ready():
+	case <-gctx.Done():
+		cancel()
+		return errors.Join(g.Wait(), errors.New("server stopped before it was ready"))
+	}
+
+	err = e.startAgentAndFetch(gctx, g)
+	if err != nil || exitWhenDone {
+		cancel()
+		return errors.Join(err, g.Wait())
+	}
+	fmt.Fprintln(e.stdout, "Serving; press Ctrl-C to stop.")
+	return g.Wait()
+}
+
+func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group) error {
+	conn, err := grpc.NewClient("unix://"+e.serverSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("connect to admin socket: %w", err)
+	}
+	defer conn.Close()
+
+	agentDir := filepath.Join(e.dir, "agent")
+	if err := os.MkdirAll(agentDir, 0o700); err != nil {
+		return err
+	}
+	agentID, err := spiffeid.FromSegments(e.td, "dev", "agent")
+	if err != nil {
+		return err
+	}
+	var token string
+	if _, err := os.Stat(filepath.Join(agentDir, attestedMarker)); err != nil {
+		resp, err := agentv1.NewAgentClient(conn).CreateJoinToken(ctx, &agentv1.CreateJoinTokenRequest{
+			Ttl:     600,
+			AgentId: &types.SPIFFEID{TrustDomain: e.td.Name(), Path: agentID.Path()},
+		})
+		if err != nil {
+			return fmt.Errorf("create join token: %w", err)
+		}
+		token = resp.Value
+	}
+
+	u, err := user.Current()
+	if err != nil {
+		return fmt.Errorf("current user: %w", err)
+	}
+	workloadID, err := spiffeid.FromSegments(e.td, "workload", u.Username)
+	if err != nil {
+		// Unusual user names (e.g. with characters not allowed in a path
+		// segment) fall back to the uid.
+		workloadID, err = spiffeid.FromSegments(e.td, "workload", "uid-"+u.Uid)
+		if err != nil {
+			return err
+		}
+	}
+	sel := "uid:" + u.Uid
+	cr, err := entryv1.NewEntryClient(conn).BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{{
+		SpiffeId:  &types.SPIFFEID{TrustDomain: e.td.Name(), Path: workloadID.Path()},
+		ParentId:  &types.SPIFFEID{TrustDomain: e.td.Name(), Path: agentID.Path()},
+		Selectors: []*types.Selector{{Type: "unix", Value: sel}},
+	}}})
+	if err != nil {
+		return fmt.Errorf("create workload entry: %w", err)
+	}
+	if st := cr.Results[0].Status; st.Code != int32(codes.OK) && st.Code != int32(codes.AlreadyExists) {
+		return fmt.Errorf("create workload entry: %s", st.Message)
+	}
+
+	bundle, err := bundlev1.NewBundleClient(conn).GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	if err != nil {
+		return fmt.Errorf("get trust bundle: %w", err)
+	}
+	bundlePath := filepath.Join(agentDir, "bootstrap.pem")
+	var pemData []byte
+	for _, a := range bundle.X509Authorities {
+		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.Asn1})...)
+	}
+	if err := os.WriteFile(bundlePath, pemData, 0o644); err != nil {
+		return fmt.Errorf("write bootstrap bundle: %w", err)
+	}
+
+	acfg := config.DefaultAgent()
+	acfg.ServerAddress = "127.0.0.1"
+	acfg.ServerPort = e.port
+	acfg.SocketPath = e.agentSocket()
+	acfg.TrustDomain = e.td
+	acfg.DataDir = agentDir
+	acfg.TrustBundlePath = bundlePath
+	acfg.JoinToken = token
+	acfg.NodeAttestor.JoinToken = true
+	acfg.KeyManager = config.AgentKeyManager{Kind: config.KeyManagerDisk, Directory: filepath.Join(agentDir, "keys")}
+	acfg.WorkloadAttestors.Unix = &config.UnixWorkloadAttestor{}
+	if err := acfg.Validate(); err != nil {
+		return fmt.Errorf("agent configuration: %w", err)
+	}
+	a, err := agentapp.New(ctx, acfg, e.log.With("component", "agent"), agentapp.Options{})
+	if err != nil {
+		return fmt.Errorf("start agent: %w", err)
+	}
+	g.Go(func() error { return a.Run(ctx) })
+	select {
+	case <-a.Ready():
+	case <-ctx.Done():
+		return errors.New("agent stopped before its Workload API was ready")
+	}
+
+	fetchCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	// The agent attests and syncs in the background; until the entry has
+	// reached it the Workload API answers PermissionDenied, so retry.
+	var svid *x509svid.SVID
+	for {
+		svid, err = workloadapi.FetchX509SVID(fetchCtx, workloadapi.WithAddr("unix://"+e.agentSocket()))
+		if err == nil {
+			break
+		}
+		select {
+		case <-fetchCtx.Done():
+			return fmt.Errorf("fetch the workload's X509-SVID: %w", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if token != "" {
+		if err := os.WriteFile(filepath.Join(agentDir, attestedMarker), nil, 0o600); err != nil {
+			return err
+		}
+	}
+
+	w := e.stdout
+	fmt.Fprintf(w, "Sigil dev environment is up (state in %s).\n\n", e.dir)
+	fmt.Fprintf(w, "  Trust domain:         %s\n", e.td.Name())
+	fmt.Fprintf(w, "  Server:               127.0.0.1:%d, admin socket %s\n", e.port, e.serverSocket())
+	fmt.Fprintf(w, "  Agent:                %s\n", agentID)
+	fmt.Fprintf(w, "  Workload API socket:  %s\n", e.agentSocket())
+	fmt.Fprintf(w, "  Your SPIFFE ID:       %s (selector unix:%s)\n", svid.ID, sel)
+	fmt.Fprintf(w, "  Your X509-SVID:       serial %s, valid until %s\n\n", svid.Certificates[0].SerialNumber, svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "Fetch it yourself (while this runs):\n  go run ./cmd/sigil-agent api fetch x509 -socketPath %s\n", e.agentSocket())
+	fmt.Fprintf(w, "List registration entries:\n  go run ./cmd/sigil-server entry show -socketPath %s\n", e.serverSocket())
+	return nil
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("pick a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+

@@ -1,0 +1,284 @@
+// Package server assembles sigil-server from its components: datastore, key
+// manager, CA, entry cache, API services and endpoints, run together under
+// one errgroup. It is the only place (with cmd/) that knows them all.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	agentapi "github.com/sigil-spiffe/sigil/internal/server/api/agent"
+	bundleapi "github.com/sigil-spiffe/sigil/internal/server/api/bundle"
+	entryapi "github.com/sigil-spiffe/sigil/internal/server/api/entry"
+	svidapi "github.com/sigil-spiffe/sigil/internal/server/api/svid"
+
+	"github.com/sigil-spiffe/sigil/internal/ca"
+	"github.com/sigil-spiffe/sigil/internal/ca/upstreamdisk"
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
+	"github.com/sigil-spiffe/sigil/internal/keys"
+	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
+	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
+	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
+)
+
+// Server is an assembled, not yet running sigil-server.
+type Server struct {
+	cfg   *config.Server
+	log   *slog.Logger
+	clk   clock.Clock
+	ds    *sqlstore.Store
+	ca    *ca.Manager
+	cache *entrycache.Cache
+	svid  *serverSVID
+	ep    *endpoints.Endpoints
+}
+
+// Options are test and embedding hooks; the zero value is production.
+type Options struct {
+	Clock clock.Clock
+}
+
+// New opens the datastore, loads or creates the CA and builds every
+// component. Close releases what New opened if Run is never called.
+func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options) (s *Server, err error) {
+	clk := clock.OrReal(opts.Clock)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data_dir: %w", err)
+	}
+	dsCfg := cfg.DataStore
+	if dsCfg.DatabaseType == "" {
+		dsCfg.DatabaseType = config.DatabaseTypeSQLite
+	}
+	if dsCfg.ConnectionString == "" {
+		dsCfg.ConnectionString = filepath.Join(cfg.DataDir, "datastore.sqlite3")
+	}
+	ds, err := sqlstore.Open(ctx, sqlstore.Config{
+		DatabaseType:     dsCfg.DatabaseType,
+		ConnectionString: dsCfg.ConnectionString,
+		Log:              log.With("subsystem", "datastore"),
+		Clock:            clk,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open datastore: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			ds.Close()
+		}
+	}()
+
+	km, err := keyManager(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var upstream ca.UpstreamAuthority
+	if u := cfg.UpstreamDisk; u != nil {
+		up, err := upstreamdisk.New(u.CertFilePath, u.KeyFilePath, u.BundleFilePath)
+		if err != nil {
+			return nil, fmt.Errorf("UpstreamAuthority \"disk\": %w", err)
+		}
+		upstream = up
+	}
+	if cfg.UpstreamSPIRE != nil {
+		return nil, errors.New(`UpstreamAuthority "spire" (nested servers) is not implemented yet`)
+	}
+
+	cache := entrycache.New(entrycache.Config{Store: ds, Clock: clk, Log: log.With("subsystem", "entrycache")})
+	m, err := ca.New(ca.Config{
+		TrustDomain:    cfg.TrustDomain,
+		KeyType:        cfg.CAKeyType,
+		JWTKeyType:     cfg.JWTKeyType,
+		CATTL:          cfg.CATTL,
+		X509SVIDTTL:    cfg.DefaultX509SVIDTTL,
+		JWTSVIDTTL:     cfg.DefaultJWTSVIDTTL,
+		Subject:        cfg.CASubject,
+		JWTIssuer:      cfg.JWTIssuer,
+		Keys:           km,
+		Journal:        ds,
+		Bundles:        ds,
+		Upstream:       upstream,
+		Clock:          clk,
+		Log:            log.With("subsystem", "ca"),
+		OnBundleChange: cache.BundleChanged,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("CA: %w", err)
+	}
+	if err := m.Init(ctx); err != nil {
+		return nil, fmt.Errorf("initialize CA: %w", err)
+	}
+	if err := cache.Load(ctx); err != nil {
+		return nil, fmt.Errorf("load entry cache: %w", err)
+	}
+	svid, err := newServerSVID(cfg.TrustDomain, m, clk, log.With("subsystem", "server_svid"))
+	if err != nil {
+		return nil, err
+	}
+	if err := svid.rotate(ctx); err != nil {
+		return nil, err
+	}
+
+	agents, err := agentapi.New(agentapi.Config{
+		TrustDomain: cfg.TrustDomain,
+		Store:       ds,
+		CA:          m,
+		AgentTTL:    cfg.AgentTTL,
+		Cache:       cache,
+		Clock:       clk,
+		Log:         log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	svids, err := svidapi.New(svidapi.Config{TrustDomain: cfg.TrustDomain, CA: m, Entries: cache, Store: ds, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	entries := entryapi.New(entryapi.Config{Store: ds, Cache: cache, TrustDomain: cfg.TrustDomain, Log: log, Clock: clk})
+	bundles := bundleapi.New(bundleapi.Config{Store: ds, Cache: cache, TrustDomain: cfg.TrustDomain, Log: log})
+
+	tcpAddr, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.BindPort)))
+	if err != nil {
+		return nil, fmt.Errorf("bind address: %w", err)
+	}
+	ep, err := endpoints.New(endpoints.Config{
+		TCPAddr:     tcpAddr,
+		SocketPath:  cfg.SocketPath,
+		TrustDomain: cfg.TrustDomain,
+		ServerSVID:  svid.Get,
+		Bundle:      m.X509Authorities,
+		Nodes:       ds,
+		Entries:     cache,
+		RateLimit:   ratelimit.Config{Attestation: cfg.RateLimit.Attestation, Signing: cfg.RateLimit.Signing},
+		Log:         log.With("subsystem", "endpoints"),
+		Clock:       clk,
+		Register: func(g *grpc.Server) {
+			agents.Register(g)
+			svids.Register(g)
+			entries.Register(g)
+			bundles.Register(g)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.CATTL < 6*cfg.DefaultX509SVIDTTL {
+		log.Warn("ca_ttl is less than 6 times default_x509_svid_ttl: SVIDs signed near a CA rotation are shortened to the CA's remaining lifetime",
+			"ca_ttl", cfg.CATTL, "default_x509_svid_ttl", cfg.DefaultX509SVIDTTL)
+	}
+	return &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep}, nil
+}
+
+func keyManager(cfg *config.Server) (keys.Manager, error) {
+	switch cfg.KeyManager.Kind {
+	case config.KeyManagerMemory:
+		return keys.NewMemory(), nil
+	case config.KeyManagerDisk, "":
+		dir := cfg.KeyManager.KeysPath
+		if dir == "" {
+			dir = filepath.Join(cfg.DataDir, "keys")
+		}
+		km, err := keys.NewDisk(dir)
+		if err != nil {
+			return nil, fmt.Errorf("KeyManager \"disk\": %w", err)
+		}
+		return km, nil
+	}
+	return nil, fmt.Errorf("unknown KeyManager %q", cfg.KeyManager.Kind)
+}
+
+// Ready is closed once both listeners accept connections.
+func (s *Server) Ready() <-chan struct{} { return s.ep.Ready() }
+
+// TCPAddr is the agent endpoint's address (after Ready).
+func (s *Server) TCPAddr() net.Addr { return s.ep.TCPAddr() }
+
+// Run serves until ctx ends, then shuts everything down and closes the
+// datastore.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.ds.Close()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.ca.Run(ctx) })
+	g.Go(func() error { return s.cache.Run(ctx) })
+	g.Go(func() error { return s.svid.Run(ctx) })
+	g.Go(func() error { return s.ep.Run(ctx) })
+	g.Go(func() error { return s.prune(ctx) })
+	if hc := s.cfg.HealthChecks; hc.ListenerEnabled {
+		g.Go(func() error { return s.serveHealth(ctx, hc) })
+	}
+	s.log.Info("Starting sigil-server", "trust_domain", s.cfg.TrustDomain.Name(), "bind", net.JoinHostPort(s.cfg.BindAddress, strconv.Itoa(s.cfg.BindPort)), "socket_path", s.cfg.SocketPath)
+	return g.Wait()
+}
+
+// Close releases the datastore of a Server whose Run was never called.
+func (s *Server) Close() error { return s.ds.Close() }
+
+// prune removes expired join tokens and registration entries every minute.
+func (s *Server) prune(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.clk.After(time.Minute):
+		}
+		now := s.clk.Now()
+		if n, err := s.ds.PruneJoinTokens(ctx, now); err != nil {
+			s.log.Warn("Could not prune join tokens", "error", err)
+		} else if n > 0 {
+			s.log.Debug("Pruned expired join tokens", "count", n)
+		}
+		if n, err := s.ds.PruneEntries(ctx, now); err != nil {
+			s.log.Warn("Could not prune registration entries", "error", err)
+		} else if n > 0 {
+			s.log.Info("Pruned expired registration entries", "count", n)
+			s.cache.Poke()
+		}
+	}
+}
+
+// serveHealth is SPIRE's health_checks listener: live and ready paths.
+func (s *Server) serveHealth(ctx context.Context, hc config.HealthChecks) error {
+	mux := http.NewServeMux()
+	ok := func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK); _, _ = w.Write([]byte("ok\n")) }
+	mux.HandleFunc(hc.LivePath, ok)
+	mux.HandleFunc(hc.ReadyPath, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-s.ep.Ready():
+			ok(w, r)
+		default:
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		}
+	})
+	return serveHTTP(ctx, net.JoinHostPort(hc.BindAddress, strconv.Itoa(hc.BindPort)), mux)
+}
+
+func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("health_checks listener: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("health_checks listener: %w", err)
+	}
+	return nil
+}

@@ -37,6 +37,11 @@ type Round struct {
 	Fetched int
 	// Skipped counts malformed entries that were left out.
 	Skipped int
+	// Pushed is set by WatchEntries once the server has shown that it
+	// implements watch mode (by confirming it in its response header, or
+	// by pushing a round after the first): later changes will be pushed.
+	// Until then the server may be one that never pushes (SPIRE).
+	Pushed bool
 }
 
 // wireRound is the outcome of one sync round at the wire level.
@@ -220,4 +225,3 @@ func (c *Client) SyncEntries(ctx context.Context, known KnownFunc) (*Round, erro
 }
 
 func noneKnown(string) (*cache.Entry, bool) { return nil, false }
-

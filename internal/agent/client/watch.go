@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"google.golang.org/grpc/metadata"
@@ -32,6 +33,13 @@ var ErrWatchUnsupported = errors.New("server does not support watch-mode entry s
 // re-fetched). Only new or changed entries are fetched in full, compared
 // with known for the first round and with the previous round afterwards.
 //
+// A server confirms watch mode by sending the response header
+// "sigil-sync: watch"; without it, Round.Pushed becomes true only when a
+// second round arrives. A SPIRE server ends the stream after a round that
+// fits one page (reported as ErrWatchUnsupported) but, for larger sets,
+// just stops answering after the round: callers keep polling with
+// SyncEntries until Round.Pushed.
+//
 // It returns when ctx is done (nil), when onRound fails (its error), or when
 // the stream fails. The stream has no deadline: pair it with a periodic
 // single-round sync to detect a silently dead connection.
@@ -49,6 +57,7 @@ func (c *Client) WatchEntries(ctx context.Context, known KnownFunc, onRound func
 	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{OutputMask: entryOutputMask}); err != nil {
 		return fmt.Errorf("watch entries: %w", sendErr(stream, err))
 	}
+	confirmed := false
 	for rounds := 0; ; rounds++ {
 		first, err := stream.Recv()
 		if err != nil {
@@ -62,6 +71,16 @@ func (c *Client) WatchEntries(ctx context.Context, known KnownFunc, onRound func
 				return fmt.Errorf("watch entries: server ended the stream")
 			}
 			return fmt.Errorf("watch entries: %w", err)
+		}
+		if rounds == 0 {
+			// Headers arrived with the first message: no blocking.
+			if md, err := stream.Header(); err == nil {
+				for _, v := range md.Get(SyncModeHeader) {
+					confirmed = confirmed || strings.EqualFold(strings.TrimSpace(v), SyncModeWatch)
+				}
+			}
+		} else {
+			confirmed = true
 		}
 		w, err := c.recvRound(stream, first, known)
 		if err != nil {
@@ -88,6 +107,7 @@ func (c *Client) WatchEntries(ctx context.Context, known KnownFunc, onRound func
 			}
 		}
 		r := c.toRound(w, known)
+		r.Pushed = confirmed
 		prev := make(map[string]*cache.Entry, len(r.Entries))
 		for _, e := range r.Entries {
 			prev[e.ID] = e

@@ -110,6 +110,8 @@ type Status struct {
 	LastSync time.Time
 	// LastError describes why the manager is degraded.
 	LastError string
+	// LastErrorAt is when the last session or connection attempt failed.
+	LastErrorAt time.Time
 	// AgentID is the agent's SPIFFE ID; zero before attestation.
 	AgentID spiffeid.ID
 	// AgentSVIDExpiresAt is the NotAfter of the agent SVID.
@@ -262,6 +264,7 @@ func (m *Manager) setDegraded(err error) {
 	}
 	m.status.Connected = false
 	m.status.LastError = err.Error()
+	m.status.LastErrorAt = m.clk.Now()
 }
 
 func (m *Manager) setSynced() {

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -101,15 +102,25 @@ func (m *Manager) session(ctx context.Context) (err error) {
 	defer cancel()
 	m.cl.Store(cl)
 
+	// Until the server proves it pushes changes, poll at SyncInterval.
+	var pushed atomic.Bool
 	watchErr := make(chan error, 1)
 	go func() {
 		watchErr <- cl.WatchEntries(ctx, m.knownEntries(), func(r *client.Round) error {
+			if r.Pushed && !pushed.Swap(true) {
+				m.log.Debug("Server pushes entry changes (watch mode)")
+			}
 			return m.applyRound(ctx, cl, r)
 		})
 	}()
 
-	watching := true
-	safety := m.clk.After(m.cfg.SafetySyncInterval)
+	interval := func() time.Duration {
+		if pushed.Load() {
+			return m.cfg.SafetySyncInterval
+		}
+		return m.cfg.SyncInterval
+	}
+	safety := m.clk.After(interval())
 	renew := m.clk.After(id.renewAt.Sub(m.clk.Now()))
 	rotate := m.rotationTimer()
 	for {
@@ -119,8 +130,6 @@ func (m *Manager) session(ctx context.Context) (err error) {
 		case err := <-watchErr:
 			if errors.Is(err, client.ErrWatchUnsupported) {
 				m.log.Info("Server has no watch-mode sync; polling", "interval", m.cfg.SyncInterval)
-				watching = false
-				safety = m.clk.After(m.cfg.SyncInterval)
 				watchErr = nil
 				continue
 			}
@@ -136,11 +145,7 @@ func (m *Manager) session(ctx context.Context) (err error) {
 			if err := m.applyRound(ctx, cl, r); err != nil {
 				return err
 			}
-			if watching {
-				safety = m.clk.After(m.cfg.SafetySyncInterval)
-			} else {
-				safety = m.clk.After(m.cfg.SyncInterval)
-			}
+			safety = m.clk.After(interval())
 		case <-rotate:
 			if err := m.rotate(ctx, cl); err != nil {
 				return err

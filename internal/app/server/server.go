@@ -252,7 +252,10 @@ func (s *Server) prune(ctx context.Context) error {
 // serveHealth is SPIRE's health_checks listener: live and ready paths.
 func (s *Server) serveHealth(ctx context.Context, hc config.HealthChecks) error {
 	mux := http.NewServeMux()
-	ok := func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK); _, _ = w.Write([]byte("ok\n")) }
+	ok := func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("ok\n"))
+	}
 	mux.HandleFunc(hc.LivePath, ok)
 	mux.HandleFunc(hc.ReadyPath, func(w http.ResponseWriter, r *http.Request) {
 		select {

@@ -18,7 +18,6 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/clock"
 )
 
-
 // serverSVID keeps the server's own X509-SVID (spiffe://<td>/spire/server),
 // which it presents to agents on the TCP endpoint, and renews it at half
 // life. The key lives only in memory.

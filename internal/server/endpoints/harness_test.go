@@ -64,6 +64,7 @@ type harness struct {
 
 type harnessOpts struct {
 	rateLimit ratelimit.Config
+	attestors map[string]agentapi.NodeAttestor
 }
 
 func newHarness(t *testing.T, opts harnessOpts) *harness {
@@ -93,7 +94,7 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 
 	h := &harness{t: t, ds: ds, ca: m, cache: cache, apiClk: clock.NewFake(time.Now()), rlClk: clock.NewFake(time.Now())}
 
-	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: m, AgentTTL: time.Hour, Cache: cache, Clock: h.apiClk, Log: log})
+	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: m, AgentTTL: time.Hour, Cache: cache, Clock: h.apiClk, Log: log, Attestors: opts.attestors})
 	if err != nil {
 		t.Fatalf("agent service: %v", err)
 	}

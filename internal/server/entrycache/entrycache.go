@@ -108,16 +108,15 @@ type Cache struct {
 	// applyMu serializes Load and journal application.
 	applyMu sync.Mutex
 
-	mu            sync.RWMutex
-	st            *state
-	lastEntryEv   int64
-	lastNodeEv    int64
-	entryGaps     map[int64]time.Time
-	nodeGaps      map[int64]time.Time
-	subMu         sync.Mutex
-	subs          map[string]map[*subscriber]struct{}
-	reach         map[string]map[string]struct{}
-	needReloadErr error
+	mu          sync.RWMutex
+	st          *state
+	lastEntryEv int64
+	lastNodeEv  int64
+	entryGaps   map[int64]time.Time
+	nodeGaps    map[int64]time.Time
+	subMu       sync.Mutex
+	subs        map[string]map[*subscriber]struct{}
+	reach       map[string]map[string]struct{}
 }
 
 type subscriber struct{ ch chan struct{} }

@@ -300,8 +300,8 @@ func TestTargetedWakes(t *testing.T) {
 	}
 
 	steps := []struct {
-		name       string
-		do         func()
+		name         string
+		do           func()
 		want1, want2 bool
 	}{
 		{"unrelated entry", func() { f.create(t, entry("x2", td+"/w/x2", td+"/spire/agent/nobody", "unix:uid:2")) }, false, false},

@@ -121,7 +121,7 @@ func New(cfg Config) (*Endpoints, error) {
 	}
 	return &Endpoints{
 		cfg:     cfg,
-		log:     log.With("subsystem", "endpoints"),
+		log:     log,
 		clk:     clk,
 		limiter: ratelimit.New(rl),
 		ready:   make(chan struct{}),

@@ -1,0 +1,472 @@
+package manager_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/manager"
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/keys"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+// waitTimeout bounds every wait; nothing here asserts on timing.
+const waitTimeout = 20 * time.Second
+
+type testAgent struct {
+	t      *testing.T
+	dir    string
+	m      *manager.Manager
+	cache  *cache.Cache
+	cancel context.CancelFunc
+	done   chan error
+}
+
+type agentOpts struct {
+	token       string
+	clock       clock.Clock
+	renewBefore cache.RenewalPolicy
+	safety      time.Duration
+	poll        time.Duration
+	dialOptions []grpc.DialOption
+}
+
+// startAgent builds a cache (loaded from dir) and a manager and runs both.
+func startAgent(t *testing.T, srv *testServer, dir string, o agentOpts) *testAgent {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c := cache.New(cache.Config{Dir: dir, TrustDomain: td, Clock: o.clock, Log: log})
+	if err := c.Load(); err != nil {
+		t.Fatalf("cache load: %v", err)
+	}
+	km, err := keys.NewDisk(filepath.Join(dir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	safety := o.safety
+	if safety == 0 {
+		safety = 30 * time.Second
+	}
+	m, err := manager.New(manager.Config{
+		ServerAddr:         srv.addr.String(),
+		TrustDomain:        td,
+		TrustBundle:        srv.bundle(),
+		JoinToken:          o.token,
+		DataDir:            dir,
+		Keys:               km,
+		Cache:              c,
+		Clock:              o.clock,
+		Log:                log,
+		RenewBefore:        o.renewBefore,
+		SafetySyncInterval: safety,
+		SyncInterval:       o.poll,
+		MinBackoff:         20 * time.Millisecond,
+		MaxBackoff:         200 * time.Millisecond,
+		DialOptions:        o.dialOptions,
+	})
+	if err != nil {
+		t.Fatalf("manager.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &testAgent{t: t, dir: dir, m: m, cache: c, cancel: cancel, done: make(chan error, 2)}
+	go func() { a.done <- c.Run(ctx) }()
+	go func() { a.done <- m.Run(ctx) }()
+	t.Cleanup(a.stop)
+	return a
+}
+
+func (a *testAgent) stop() {
+	if a.cancel == nil {
+		return
+	}
+	a.cancel()
+	a.cancel = nil
+	for range 2 {
+		if err := <-a.done; err != nil {
+			a.t.Errorf("agent Run: %v", err)
+		}
+	}
+}
+
+// waitIdentity waits, through a cache subscription, for the workload with
+// this uid to be served an SVID for spiffeID, and returns it.
+func (a *testAgent) waitIdentity(uid string, id spiffeid.ID) cache.Identity {
+	a.t.Helper()
+	var got cache.Identity
+	a.waitUpdate(uid, func(u *cache.WorkloadUpdate) bool {
+		for _, ident := range u.Identities {
+			if ident.Entry.SPIFFEID == id {
+				got = ident
+				return true
+			}
+		}
+		return false
+	})
+	return got
+}
+
+// waitUpdate waits for a state of the workload with this uid satisfying ok.
+func (a *testAgent) waitUpdate(uid string, ok func(*cache.WorkloadUpdate) bool) *cache.WorkloadUpdate {
+	a.t.Helper()
+	sub := a.cache.Subscribe(selector.NewSet(selector.Selector{Type: "unix", Value: "uid:" + uid}))
+	defer sub.Close()
+	timeout := time.After(waitTimeout)
+	for {
+		select {
+		case u := <-sub.Updates():
+			if ok(u) {
+				return u
+			}
+		case <-timeout:
+			a.t.Fatalf("no matching workload update for uid %s; manager status %+v", uid, a.m.Status())
+			return nil
+		}
+	}
+}
+
+// eventually polls cond (state that has no subscription, e.g. Status).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func verifySVID(t *testing.T, srv *testServer, ident cache.Identity, want spiffeid.ID) {
+	t.Helper()
+	id, _, err := x509svid.Verify(ident.SVID, x509bundle.FromX509Authorities(td, srv.bundle()))
+	if err != nil {
+		t.Fatalf("SVID does not verify against the server's bundle: %v", err)
+	}
+	if id != want {
+		t.Fatalf("SVID is for %s, want %s", id, want)
+	}
+	if !ident.PrivateKey.Public().(*ecdsa.PublicKey).Equal(ident.SVID[0].PublicKey) {
+		t.Fatal("private key does not match the SVID")
+	}
+}
+
+func TestAttestSyncPersistAndRestart(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, agentID := srv.createToken()
+	wl := spiffeid.RequireFromPath(td, "/workload/one")
+	srv.createEntry(agentID, wl.Path(), "1000")
+
+	dir := t.TempDir()
+	a := startAgent(t, srv, dir, agentOpts{token: token})
+	ident := a.waitIdentity("1000", wl)
+	verifySVID(t, srv, ident, wl)
+
+	agentSVID := a.m.AgentSVID()
+	if agentSVID == nil || agentSVID.ID != agentID {
+		t.Fatalf("agent SVID = %v, want one for %s", agentSVID, agentID)
+	}
+	if _, _, err := x509svid.Verify(agentSVID.Certificates, x509bundle.FromX509Authorities(td, srv.bundle())); err != nil {
+		t.Fatalf("agent SVID does not verify: %v", err)
+	}
+	eventually(t, "connected status", func() bool { s := a.m.Status(); return s.Connected && !s.LastSync.IsZero() })
+	fi, err := os.Stat(filepath.Join(dir, "agent_svid.json"))
+	if err != nil {
+		t.Fatalf("persisted agent SVID: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("agent_svid.json mode %v, want 0600", fi.Mode().Perm())
+	}
+	a.stop()
+
+	// Restart with the same data dir and the (now consumed) token: the
+	// persisted SVID is reused, so no attestation happens.
+	b := startAgent(t, srv, dir, agentOpts{token: token})
+	if got := b.m.AgentSVID(); got == nil || got.Certificates[0].SerialNumber.Cmp(agentSVID.Certificates[0].SerialNumber) != 0 {
+		t.Fatalf("restarted agent did not restore its SVID: %v", got)
+	}
+	// The cache serves the persisted workload SVID before any sync.
+	if u := b.cache.FetchWorkloadUpdate(selector.NewSet(selector.Selector{Type: "unix", Value: "uid:1000"})); len(u.Identities) != 1 {
+		t.Fatalf("restarted cache serves %d identities, want 1", len(u.Identities))
+	}
+	wl2 := spiffeid.RequireFromPath(td, "/workload/two")
+	srv.createEntry(agentID, wl2.Path(), "1001")
+	verifySVID(t, srv, b.waitIdentity("1001", wl2), wl2)
+	if got := b.m.AgentSVID(); got.Certificates[0].SerialNumber.Cmp(agentSVID.Certificates[0].SerialNumber) != 0 {
+		t.Fatal("restarted agent re-attested instead of reusing its SVID")
+	}
+	eventually(t, "connected status after restart", func() bool {
+		s := b.m.Status()
+		return s.Connected && s.AgentID == agentID && !s.LastSync.IsZero()
+	})
+}
+
+func TestEntryAndBundleChangesArePushed(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, agentID := srv.createToken()
+	a := startAgent(t, srv, t.TempDir(), agentOpts{token: token})
+	eventually(t, "first sync", func() bool { return !a.m.Status().LastSync.IsZero() })
+
+	// Entry created after start reaches the cache (pushed by watch mode;
+	// the safety sync is 30 s, far beyond the wait).
+	wl := spiffeid.RequireFromPath(td, "/workload/late")
+	srv.createEntry(agentID, wl.Path(), "2000")
+	verifySVID(t, srv, a.waitIdentity("2000", wl), wl)
+
+	// Our bundle gains a root: pushed to workloads.
+	root := selfSigned(t, "extra root")
+	srv.appendRoot(root)
+	a.waitUpdate("2000", func(u *cache.WorkloadUpdate) bool {
+		return u.Bundle != nil && u.Bundle.HasX509Authority(root)
+	})
+
+	// A federated trust domain: the entry federating with it brings its
+	// bundle to the workload.
+	fedRoot := selfSigned(t, "federated root")
+	srv.setFederatedBundle("fed.example", fedRoot)
+	wlFed := spiffeid.RequireFromPath(td, "/workload/fed")
+	srv.createEntry(agentID, wlFed.Path(), "2001", "fed.example")
+	u := a.waitUpdate("2001", func(u *cache.WorkloadUpdate) bool {
+		b, ok := u.FederatedBundles[spiffeid.RequireTrustDomainFromString("fed.example")]
+		return ok && b.HasX509Authority(fedRoot) && len(u.Identities) == 1
+	})
+	verifySVID(t, srv, u.Identities[0], wlFed)
+}
+
+func TestOfflineServesCacheAndReconnects(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, agentID := srv.createToken()
+	wl := spiffeid.RequireFromPath(td, "/workload/offline")
+	srv.createEntry(agentID, wl.Path(), "3000")
+	dir := t.TempDir()
+	a := startAgent(t, srv, dir, agentOpts{token: token})
+	a.waitIdentity("3000", wl)
+
+	srv.stop()
+	eventually(t, "degraded status", func() bool { s := a.m.Status(); return !s.Connected && !s.DegradedSince.IsZero() })
+	set := selector.NewSet(selector.Selector{Type: "unix", Value: "uid:3000"})
+	if u := a.cache.FetchWorkloadUpdate(set); len(u.Identities) != 1 || u.Identities[0].Entry.SPIFFEID != wl {
+		t.Fatalf("cache does not serve the SVID while offline: %+v", u)
+	}
+
+	// An agent started while the server is down comes up from disk.
+	a.stop()
+	b := startAgent(t, srv, dir, agentOpts{})
+	if u := b.cache.FetchWorkloadUpdate(set); len(u.Identities) != 1 {
+		t.Fatalf("restarted offline agent serves %d identities, want 1", len(u.Identities))
+	}
+	if b.m.Status().Connected {
+		t.Fatal("offline agent reports connected")
+	}
+
+	// The server comes back on the same port; the agent reconnects and a
+	// new entry reaches it.
+	srv.start()
+	wl2 := spiffeid.RequireFromPath(td, "/workload/back")
+	srv.createEntry(agentID, wl2.Path(), "3001")
+	verifySVID(t, srv, b.waitIdentity("3001", wl2), wl2)
+	eventually(t, "connected status", func() bool { return b.m.Status().Connected })
+}
+
+func TestAgentSVIDRenewal(t *testing.T) {
+	// One fake clock for the server (CA, agent service, client
+	// certificate checks) and the agent.
+	clk := clock.NewFake(time.Now())
+	srv := newTestServer(t, serverOpts{agentTTL: time.Hour, clock: clk})
+	token, agentID := srv.createToken()
+	dir := t.TempDir()
+	a := startAgent(t, srv, dir, agentOpts{token: token, clock: clk})
+	eventually(t, "first sync", func() bool { return !a.m.Status().LastSync.IsZero() })
+	first := a.m.AgentSVID()
+
+	// Past the agent SVID's half-life (plus the maximum jitter).
+	clk.Add(35 * time.Minute)
+	eventually(t, "renewed agent SVID", func() bool {
+		s := a.m.AgentSVID()
+		return s.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0
+	})
+	renewed := a.m.AgentSVID()
+	if renewed.ID != agentID {
+		t.Fatalf("renewed SVID is for %s", renewed.ID)
+	}
+	if _, _, err := x509svid.Verify(renewed.Certificates, x509bundle.FromX509Authorities(td, srv.bundle()), x509svid.WithTime(clk.Now())); err != nil {
+		t.Fatalf("renewed agent SVID does not verify: %v", err)
+	}
+
+	// The renewed SVID authenticates the new session: entries still flow.
+	wl := spiffeid.RequireFromPath(td, "/workload/after-renewal")
+	srv.createEntry(agentID, wl.Path(), "4000")
+	a.waitIdentity("4000", wl)
+
+	// And it is what a restart restores.
+	a.stop()
+	b := startAgent(t, srv, dir, agentOpts{clock: clk})
+	if got := b.m.AgentSVID(); got.Certificates[0].SerialNumber.Cmp(renewed.Certificates[0].SerialNumber) != 0 {
+		t.Fatal("restart did not restore the renewed agent SVID")
+	}
+}
+
+func TestBannedAgentStopsReceivingUpdates(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, agentID := srv.createToken()
+	wl := spiffeid.RequireFromPath(td, "/workload/banned")
+	srv.createEntry(agentID, wl.Path(), "5000")
+	a := startAgent(t, srv, t.TempDir(), agentOpts{token: token, safety: 50 * time.Millisecond})
+	a.waitIdentity("5000", wl)
+
+	srv.ban(agentID)
+	eventually(t, "banned status", func() bool {
+		s := a.m.Status()
+		return !s.Connected && strings.Contains(s.LastError, "banned")
+	})
+	srv.createEntry(agentID, "/workload/not-delivered", "5001")
+	after := time.Now()
+	// Wait for a connection attempt that began after the entry existed.
+	eventually(t, "a later rejected attempt", func() bool {
+		s := a.m.Status()
+		return s.LastErrorAt.After(after) && strings.Contains(s.LastError, "banned")
+	})
+	if got := a.cache.MatchingEntries(selector.NewSet(selector.Selector{Type: "unix", Value: "uid:5001"})); len(got) != 0 {
+		t.Fatalf("banned agent received entry %v", got[0].SPIFFEID)
+	}
+	// What it had is still served until it expires.
+	if u := a.cache.FetchWorkloadUpdate(selector.NewSet(selector.Selector{Type: "unix", Value: "uid:5000"})); len(u.Identities) != 1 {
+		t.Fatal("banned agent stopped serving its cached SVID")
+	}
+}
+
+func TestWatchFallbackAndRevisionRounds(t *testing.T) {
+	// Page size 2: more than two entries are synced by revisions (the
+	// delta path). Stripping the watch metadata makes the server behave
+	// like SPIRE (the stream ends after one round): the manager polls.
+	for _, tc := range []struct {
+		name  string
+		watch bool
+	}{{"watch", true}, {"spire-compatible polling", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newTestServer(t, serverOpts{pageSize: 2})
+			token, agentID := srv.createToken()
+			for i, uid := range []string{"6000", "6001", "6002"} {
+				srv.createEntry(agentID, "/workload/pre"+string(rune('a'+i)), uid)
+			}
+			o := agentOpts{token: token}
+			if !tc.watch {
+				o.poll = 100 * time.Millisecond
+				o.dialOptions = []grpc.DialOption{grpc.WithStreamInterceptor(stripWatch)}
+			}
+			a := startAgent(t, srv, t.TempDir(), o)
+			for i, uid := range []string{"6000", "6001", "6002"} {
+				a.waitIdentity(uid, spiffeid.RequireFromPath(td, "/workload/pre"+string(rune('a'+i))))
+			}
+			wl := spiffeid.RequireFromPath(td, "/workload/post")
+			srv.createEntry(agentID, wl.Path(), "6003")
+			verifySVID(t, srv, a.waitIdentity("6003", wl), wl)
+			if n := len(a.cache.Entries()); n != 4 {
+				t.Fatalf("cache has %d entries, want 4", n)
+			}
+		})
+	}
+}
+
+func TestMintJWTSVID(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, agentID := srv.createToken()
+	wl := spiffeid.RequireFromPath(td, "/workload/jwt")
+	srv.createEntry(agentID, wl.Path(), "7000")
+	a := startAgent(t, srv, t.TempDir(), agentOpts{token: token})
+	ident := a.waitIdentity("7000", wl)
+
+	tok, err := a.m.MintJWTSVID(context.Background(), ident.Entry, []string{"aud1", "aud2"})
+	if err != nil {
+		t.Fatalf("MintJWTSVID: %v", err)
+	}
+	svid, err := jwtsvid.ParseInsecure(tok, []string{"aud1"})
+	if err != nil {
+		t.Fatalf("parse JWT-SVID: %v", err)
+	}
+	if svid.ID != wl {
+		t.Fatalf("JWT-SVID for %s, want %s", svid.ID, wl)
+	}
+	// A second call is served from the cache: the same token, even with
+	// the server gone.
+	srv.stop()
+	again, err := a.m.MintJWTSVID(context.Background(), ident.Entry, []string{"aud2", "aud1"})
+	if err != nil || again != tok {
+		t.Fatalf("cached JWT-SVID not reused (err %v)", err)
+	}
+	eventually(t, "degraded status", func() bool { return !a.m.Status().Connected })
+	if _, err := a.m.MintJWTSVID(context.Background(), ident.Entry, []string{"other"}); err == nil {
+		t.Fatal("minting a new JWT-SVID while offline succeeded")
+	}
+}
+
+func TestNoIdentityNoToken(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	a := startAgent(t, srv, t.TempDir(), agentOpts{})
+	eventually(t, "degraded status", func() bool {
+		return strings.Contains(a.m.Status().LastError, "no join token")
+	})
+	if a.m.AgentSVID() != nil {
+		t.Fatal("agent SVID without attestation")
+	}
+}
+
+// stripWatch removes the watch-mode metadata from outgoing streams.
+func stripWatch(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	ctx = withoutWatch(ctx)
+	return streamer(ctx, desc, cc, method, opts...)
+}
+
+func withoutWatch(ctx context.Context) context.Context {
+	md, ok := metadata.FromOutgoingContext(ctx)
+	if !ok {
+		return ctx
+	}
+	md = md.Copy()
+	md.Delete("sigil-sync")
+	return metadata.NewOutgoingContext(ctx, md)
+}
+
+func selfSigned(t *testing.T, cn string) *x509.Certificate {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

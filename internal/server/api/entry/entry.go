@@ -27,7 +27,9 @@
 //  5. The stream ends when the client closes its send side.
 //
 // Watch mode (Sigil agents) is selected by the incoming gRPC metadata
-// "sigil-sync: watch" on the stream. A "round" is steps 2-4 above, and:
+// "sigil-sync: watch" on the stream. The server confirms it with the
+// response header "sigil-sync: watch" (delivered with the first response;
+// a SPIRE server sends no such header). A "round" is steps 2-4 above, and:
 //
 //   - Step 2 does not end the stream: a round of at most EntryPageSize
 //     entries is one response (entries, more=false) and is complete at once.
@@ -565,6 +567,10 @@ func (s *Service) SyncAuthorizedEntries(stream entryv1.Entry_SyncAuthorizedEntri
 	watch := watchRequested(ctx)
 	var sig <-chan struct{}
 	if watch {
+		// Confirm watch mode to the client (sent with the first response).
+		if err := stream.SetHeader(metadata.Pairs(SyncModeHeader, SyncModeWatch)); err != nil {
+			return err
+		}
 		// Subscribe before the first read of the cache so no change
 		// between the read and the wait is lost.
 		ch, cancel := s.cache.Subscribe(agent)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -62,7 +63,7 @@ type env struct {
 	client entryv1.EntryClient
 }
 
-func newEnv(t *testing.T, pageSize int) *env {
+func newEnv(t testing.TB, pageSize int) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	st, err := sqlstore.Open(ctx, sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(t.TempDir(), "ds.sqlite3")})
@@ -111,7 +112,7 @@ func newEnv(t *testing.T, pageSize int) *env {
 	return &env{st: st, cache: cache, client: entryv1.NewEntryClient(conn)}
 }
 
-func ctxFor(t *testing.T, agent string, kv ...string) context.Context {
+func ctxFor(t testing.TB, agent string, kv ...string) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // hang guard only
 	t.Cleanup(cancel)
 	if agent != "" {
@@ -131,7 +132,7 @@ func base() *types.Entry {
 	return &types.Entry{SpiffeId: pid("/w"), ParentId: pid("/spire/agent/a1"), Selectors: []*types.Selector{sel("unix", "uid:1")}}
 }
 
-func (e *env) mustCreate(t *testing.T, entries ...*types.Entry) []*types.Entry {
+func (e *env) mustCreate(t testing.TB, entries ...*types.Entry) []*types.Entry {
 	t.Helper()
 	resp, err := e.client.BatchCreateEntry(ctxFor(t, ""), &entryv1.BatchCreateEntryRequest{Entries: entries})
 	if err != nil {
@@ -548,7 +549,7 @@ func TestListAndCountEntries(t *testing.T) {
 
 // authWorld creates nodes and entries: see the expectations in
 // TestAuthorizedEntries.
-func authWorld(t *testing.T, e *env) map[string]string {
+func authWorld(t testing.TB, e *env) map[string]string {
 	t.Helper()
 	ctx := context.Background()
 	for id, ss := range map[string][]string{agent1: {"cluster:c1", "node:n1"}, agent2: {"cluster:c1"}} {
@@ -656,6 +657,9 @@ func TestSyncFull(t *testing.T) {
 	if resp.More || len(resp.EntryRevisions) != 0 || len(paths(names, resp.Entries)) != 5 {
 		t.Errorf("full response = more %v, %d revisions, entries %v", resp.More, len(resp.EntryRevisions), paths(names, resp.Entries))
 	}
+	if md, _ := stream.Header(); len(md.Get(entry.SyncModeHeader)) != 0 {
+		t.Errorf("SPIRE mode stream carries the watch header: %v", md)
+	}
 	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
 		t.Errorf("SPIRE mode: stream should end after the full list, got %v", err)
 	}
@@ -754,12 +758,12 @@ func TestSyncRevisions(t *testing.T) {
 	}
 }
 
-func watchCtx(t *testing.T, agent string) context.Context {
+func watchCtx(t testing.TB, agent string) context.Context {
 	return ctxFor(t, agent, entry.SyncModeHeader, entry.SyncModeWatch)
 }
 
 // fullRound reads one full round and returns the entry paths.
-func fullRound(t *testing.T, stream entryv1.Entry_SyncAuthorizedEntriesClient, names map[string]string) []string {
+func fullRound(t testing.TB, stream entryv1.Entry_SyncAuthorizedEntriesClient, names map[string]string) []string {
 	t.Helper()
 	resp, err := stream.Recv()
 	if err != nil {
@@ -783,6 +787,9 @@ func TestSyncWatchFull(t *testing.T) {
 	}
 	if got, want := fullRound(t, stream, names), []string{"/w/agent2", "/w/via-cluster"}; !slices.Equal(got, want) {
 		t.Fatalf("round 1 = %v, want %v", got, want)
+	}
+	if md, err := stream.Header(); err != nil || !slices.Equal(md.Get(entry.SyncModeHeader), []string{entry.SyncModeWatch}) {
+		t.Errorf("watch mode not confirmed in the response header: %v, %v", md, err)
 	}
 
 	// An admin creates an entry for agent2: a new round carries it.
@@ -868,6 +875,31 @@ func TestSyncWatchRevisions(t *testing.T) {
 				t.Errorf("after CloseSend: %v", err)
 			}
 			break
+		}
+	}
+}
+
+// BenchmarkCreateToWatchRound measures the push path: BatchCreateEntry
+// over gRPC until a watch-mode stream delivers a round with the new entry
+// (the server half of "a new entry reaches a workload in <= 100 ms").
+func BenchmarkCreateToWatchRound(b *testing.B) {
+	e := newEnv(b, 0)
+	names := authWorld(b, e)
+	stream, err := e.client.SyncAuthorizedEntries(watchCtx(b, agent2))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{}); err != nil {
+		b.Fatal(err)
+	}
+	fullRound(b, stream, names)
+	i := 0
+	for b.Loop() {
+		i++
+		path := "/w/bench/" + strconv.Itoa(i)
+		created := e.mustCreate(b, mk(path, "/spire/agent/a2", nil, "", false, sel("unix", "uid:"+strconv.Itoa(i))))
+		names[created[0].Id] = path
+		for !slices.Contains(fullRound(b, stream, names), path) {
 		}
 	}
 }

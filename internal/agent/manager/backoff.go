@@ -28,11 +28,3 @@ func (b *backoff) next() time.Duration {
 
 // reset starts again from min.
 func (b *backoff) reset() { b.cur = 0 }
-
-// jitter returns d reduced by up to frac (0..1) at random.
-func jitter(d time.Duration, frac float64) time.Duration {
-	if d <= 0 || frac <= 0 {
-		return d
-	}
-	return d - time.Duration(rand.Float64()*frac*float64(d))
-}

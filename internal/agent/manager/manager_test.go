@@ -33,7 +33,7 @@ import (
 const waitTimeout = 20 * time.Second
 
 type testAgent struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	m      *manager.Manager
 	cache  *cache.Cache
@@ -47,11 +47,13 @@ type agentOpts struct {
 	renewBefore cache.RenewalPolicy
 	safety      time.Duration
 	poll        time.Duration
+	insecure    bool // no trust bundle; insecure bootstrap
+	noBundle    bool // no configured trust bundle
 	dialOptions []grpc.DialOption
 }
 
 // startAgent builds a cache (loaded from dir) and a manager and runs both.
-func startAgent(t *testing.T, srv *testServer, dir string, o agentOpts) *testAgent {
+func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAgent {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	c := cache.New(cache.Config{Dir: dir, TrustDomain: td, Clock: o.clock, Log: log})
@@ -66,10 +68,15 @@ func startAgent(t *testing.T, srv *testServer, dir string, o agentOpts) *testAge
 	if safety == 0 {
 		safety = 30 * time.Second
 	}
+	bundle := srv.bundle()
+	if o.insecure || o.noBundle {
+		bundle = nil
+	}
 	m, err := manager.New(manager.Config{
 		ServerAddr:         srv.addr.String(),
 		TrustDomain:        td,
-		TrustBundle:        srv.bundle(),
+		TrustBundle:        bundle,
+		InsecureBootstrap:  o.insecure,
 		JoinToken:          o.token,
 		DataDir:            dir,
 		Keys:               km,
@@ -144,7 +151,7 @@ func (a *testAgent) waitUpdate(uid string, ok func(*cache.WorkloadUpdate) bool) 
 }
 
 // eventually polls cond (state that has no subscription, e.g. Status).
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for !cond() {
@@ -155,7 +162,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func verifySVID(t *testing.T, srv *testServer, ident cache.Identity, want spiffeid.ID) {
+func verifySVID(t testing.TB, srv *testServer, ident cache.Identity, want spiffeid.ID) {
 	t.Helper()
 	id, _, err := x509svid.Verify(ident.SVID, x509bundle.FromX509Authorities(td, srv.bundle()))
 	if err != nil {
@@ -418,6 +425,24 @@ func TestMintJWTSVID(t *testing.T) {
 	}
 }
 
+func TestInsecureBootstrap(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, agentID := srv.createToken()
+	wl := spiffeid.RequireFromPath(td, "/workload/bootstrap")
+	srv.createEntry(agentID, wl.Path(), "8000")
+	dir := t.TempDir()
+	a := startAgent(t, srv, dir, agentOpts{token: token, insecure: true})
+	verifySVID(t, srv, a.waitIdentity("8000", wl), wl)
+	a.stop()
+
+	// The downloaded bundle was persisted: a restart without bundle or
+	// token authenticates the server and keeps syncing.
+	b := startAgent(t, srv, dir, agentOpts{noBundle: true})
+	wl2 := spiffeid.RequireFromPath(td, "/workload/bootstrap2")
+	srv.createEntry(agentID, wl2.Path(), "8001")
+	verifySVID(t, srv, b.waitIdentity("8001", wl2), wl2)
+}
+
 func TestNoIdentityNoToken(t *testing.T) {
 	srv := newTestServer(t, serverOpts{})
 	a := startAgent(t, srv, t.TempDir(), agentOpts{})
@@ -445,7 +470,7 @@ func withoutWatch(ctx context.Context) context.Context {
 	return metadata.NewOutgoingContext(ctx, md)
 }
 
-func selfSigned(t *testing.T, cn string) *x509.Certificate {
+func selfSigned(t testing.TB, cn string) *x509.Certificate {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

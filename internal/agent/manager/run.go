@@ -23,6 +23,9 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
 )
 
+// failureLogInterval rate-limits repeated connection failure logs.
+const failureLogInterval = 5 * time.Minute
+
 // errRenewed ends a session so the next one dials with the new agent SVID.
 var errRenewed = errors.New("agent SVID renewed")
 
@@ -35,6 +38,11 @@ var errNoIdentity = errors.New("no usable agent SVID and no join token to attest
 func (m *Manager) Run(ctx context.Context) error {
 	bo := newBackoff(m.cfg.MinBackoff, m.cfg.MaxBackoff)
 	loggedNoIdentity := false
+	// Failures are logged at Warn when they change or every
+	// failureLogInterval, else at Debug: a device offline for days must
+	// not fill its log.
+	var lastLogged string
+	var lastLoggedAt time.Time
 	for {
 		before := m.Status().LastSync
 		err := m.session(ctx)
@@ -61,7 +69,11 @@ func (m *Manager) Run(ctx context.Context) error {
 			delay = m.cfg.MaxBackoff
 		} else {
 			delay = bo.next()
-			m.log.Warn("Server session ended; retrying", "addr", m.cfg.ServerAddr, "retry_in", delay, "error", err)
+			lvl := m.log.Debug
+			if now := m.clk.Now(); err.Error() != lastLogged || now.Sub(lastLoggedAt) >= failureLogInterval {
+				lvl, lastLogged, lastLoggedAt = m.log.Warn, err.Error(), now
+			}
+			lvl("Server session ended; serving from cache and retrying", "addr", m.cfg.ServerAddr, "retry_in", delay, "error", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -41,7 +41,7 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 // entry cache and the agent/svid/entry/bundle API services behind the real
 // endpoints (TCP+mTLS on loopback, admin unix socket).
 type testServer struct {
-	t     *testing.T
+	t     testing.TB
 	clk   clock.Clock
 	ds    *sqlstore.Store
 	ca    *ca.Manager
@@ -62,7 +62,7 @@ type serverOpts struct {
 	clock clock.Clock
 }
 
-func newTestServer(t *testing.T, opts serverOpts) *testServer {
+func newTestServer(t testing.TB, opts serverOpts) *testServer {
 	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)

@@ -163,6 +163,9 @@ type envOpts struct {
 	clk      *clock.Fake
 	existing *cache.Cache
 	ca       *testCA
+	// attestors replace the unix attestor; log replaces the test logger.
+	attestors []workloadapi.Attestor
+	log       *slog.Logger
 }
 
 func uidSelector() selector.Selector {
@@ -201,12 +204,20 @@ func startEnv(t *testing.T, o envOpts) *env {
 	dir := shortTempDir(t)
 	socket := filepath.Join(dir, "sock", "agent.sock")
 	m := &minter{ca: ca}
+	attestors := o.attestors
+	if attestors == nil {
+		attestors = []workloadapi.Attestor{unix.New(unix.Config{})}
+	}
+	log := o.log
+	if log == nil {
+		log = testLog(t)
+	}
 	srv, err := workloadapi.New(workloadapi.Config{
 		SocketPath: socket,
 		Cache:      c,
-		Attestors:  []workloadapi.Attestor{unix.New(unix.Config{})},
+		Attestors:  attestors,
 		JWTMinter:  m,
-		Log:        testLog(t),
+		Log:        log,
 		Clock:      clk,
 	})
 	if err != nil {
@@ -303,3 +314,5 @@ func listenStale(path string) (string, error) {
 }
 
 const identityWait = workloadapi.DefaultIdentityWait
+
+type sigilAttestor = workloadapi.Attestor

@@ -9,8 +9,8 @@ import (
 	"os/user"
 	"path/filepath"
 	"slices"
-	"strings"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 

@@ -23,7 +23,9 @@
 // write happened on this server) and every PollInterval (writes made by
 // other servers sharing the database). Event IDs that are skipped (a
 // transaction that committed later than a newer one, possible on
-// PostgreSQL) are re-checked on every poll for GapTimeout.
+// PostgreSQL) are re-checked on every poll for GapTimeout. When the Store
+// also implements BundleJournal, a bundle write seen there (including one
+// made by another server) wakes every subscriber, like BundleChanged.
 //
 // # Subscriptions
 //
@@ -83,6 +85,13 @@ type Store interface {
 	LastNodeEventID(ctx context.Context) (int64, error)
 }
 
+// BundleJournal is optionally implemented by the Store (sqlstore does):
+// when the highest bundle event ID grows, a bundle changed, possibly on
+// another server sharing the database, and every subscriber is woken.
+type BundleJournal interface {
+	LastBundleEventID(ctx context.Context) (int64, error)
+}
+
 // Config configures a Cache.
 type Config struct {
 	Store Store
@@ -108,15 +117,16 @@ type Cache struct {
 	// applyMu serializes Load and journal application.
 	applyMu sync.Mutex
 
-	mu          sync.RWMutex
-	st          *state
-	lastEntryEv int64
-	lastNodeEv  int64
-	entryGaps   map[int64]time.Time
-	nodeGaps    map[int64]time.Time
-	subMu       sync.Mutex
-	subs        map[string]map[*subscriber]struct{}
-	reach       map[string]map[string]struct{}
+	mu           sync.RWMutex
+	st           *state
+	lastEntryEv  int64
+	lastNodeEv   int64
+	lastBundleEv int64
+	entryGaps    map[int64]time.Time
+	nodeGaps     map[int64]time.Time
+	subMu        sync.Mutex
+	subs         map[string]map[*subscriber]struct{}
+	reach        map[string]map[string]struct{}
 }
 
 type subscriber struct{ ch chan struct{} }
@@ -180,6 +190,12 @@ func (c *Cache) loadLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("entry cache: reading node journal position: %w", err)
 	}
+	var lastB int64
+	if bj, ok := c.store.(BundleJournal); ok {
+		if lastB, err = bj.LastBundleEventID(ctx); err != nil {
+			return fmt.Errorf("entry cache: reading bundle journal position: %w", err)
+		}
+	}
 	st := newState()
 	token := ""
 	for {
@@ -211,7 +227,7 @@ func (c *Cache) loadLocked(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	c.st = st
-	c.lastEntryEv, c.lastNodeEv = lastE, lastN
+	c.lastEntryEv, c.lastNodeEv, c.lastBundleEv = lastE, lastN, lastB
 	clear(c.entryGaps)
 	clear(c.nodeGaps)
 	c.mu.Unlock()
@@ -281,6 +297,27 @@ func (c *Cache) Sync(ctx context.Context) error {
 			return c.loadLocked(ctx)
 		}
 		return err
+	}
+	return c.syncBundles(ctx)
+}
+
+// syncBundles wakes everyone when the bundle journal moved (a bundle was
+// written here or by another server). Called with applyMu held.
+func (c *Cache) syncBundles(ctx context.Context) error {
+	bj, ok := c.store.(BundleJournal)
+	if !ok {
+		return nil
+	}
+	last, err := bj.LastBundleEventID(ctx)
+	if err != nil {
+		return fmt.Errorf("entry cache: reading bundle journal position: %w", err)
+	}
+	c.mu.Lock()
+	moved := last != c.lastBundleEv
+	c.lastBundleEv = last
+	c.mu.Unlock()
+	if moved {
+		c.wakeAll()
 	}
 	return nil
 }

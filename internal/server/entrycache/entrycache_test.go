@@ -346,6 +346,23 @@ func TestTargetedWakes(t *testing.T) {
 	if !pending(s1) || !pending(s2) {
 		t.Error("BundleChanged did not wake every subscriber")
 	}
+	// A bundle written to the store (e.g. by another server) is seen
+	// through the bundle journal.
+	if _, err := f.st.SetBundle(ctx, &datastore.Bundle{TrustDomain: "fed.org"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.cache.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !pending(s1) || !pending(s2) {
+		t.Error("a bundle journal event did not wake every subscriber")
+	}
+	if err := f.cache.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pending(s1) || pending(s2) {
+		t.Error("a Sync without changes woke subscribers")
+	}
 	u2()
 	f.cache.BundleChanged()
 	if pending(s2) {

@@ -145,6 +145,8 @@ type Cache struct {
 	svids   map[string]*svidRecord
 	bundles map[spiffeid.TrustDomain]*bundleRecord
 	subs    map[*Subscription]struct{}
+	// watchers are the channels handed out by Watch.
+	watchers map[chan struct{}]struct{}
 
 	jwtMu sync.Mutex
 	jwts  map[jwtKey]JWTSVID

@@ -73,6 +73,7 @@ func (s *Subscription) refresh(force bool) {
 }
 
 func (c *Cache) notifyAll() {
+	c.signalWatchers()
 	c.mu.RLock()
 	subs := make([]*Subscription, 0, len(c.subs))
 	for s := range c.subs {

@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 )
 
 // DefaultRPCTimeout bounds unary calls and single sync rounds when the
@@ -112,6 +113,10 @@ func Dial(cfg Config) (*Client, error) {
 			},
 			MinConnectTimeout: 10 * time.Second,
 		}),
+		// A partition that silently drops packets leaves a watch stream
+		// hanging: keepalive pings detect it within Time+Timeout so the
+		// manager reconnects instead of waiting on a dead stream.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	}
 	opts = append(opts, cfg.DialOptions...)
 	conn, err := grpc.NewClient(cfg.Addr, opts...)

@@ -297,15 +297,29 @@ func TestAgentSVIDRenewal(t *testing.T) {
 	// One fake clock for the server (CA, agent service, client
 	// certificate checks) and the agent.
 	clk := clock.NewFake(time.Now())
-	srv := newTestServer(t, serverOpts{agentTTL: time.Hour, clock: clk})
+	srv := newTestServer(t, serverOpts{agentTTL: 4 * time.Hour, clock: clk})
 	token, agentID := srv.createToken()
 	dir := t.TempDir()
+	wl0 := spiffeid.RequireFromPath(td, "/workload/rotating")
+	srv.createEntry(agentID, wl0.Path(), "3999")
 	a := startAgent(t, srv, dir, agentOpts{token: token, clock: clk})
-	eventually(t, "first sync", func() bool { return !a.m.Status().LastSync.IsZero() })
+	before := a.waitIdentity("3999", wl0).SVID[0]
 	first := a.m.AgentSVID()
 
-	// Past the agent SVID's half-life (plus the maximum jitter).
+	// Past the workload SVID's half-life (1h TTL, jitter up to 6 min) but
+	// not the agent SVID's (4h): the rotation timer re-signs it within the
+	// running session.
 	clk.Add(35 * time.Minute)
+	a.waitUpdate("3999", func(u *cache.WorkloadUpdate) bool {
+		return len(u.Identities) == 1 && u.Identities[0].SVID[0].SerialNumber.Cmp(before.SerialNumber) != 0 &&
+			u.Identities[0].SVID[0].NotAfter.After(before.NotAfter)
+	})
+	if s := a.m.AgentSVID(); s.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0 {
+		t.Fatal("agent SVID renewed before its half-life")
+	}
+
+	// Past the agent SVID's half-life (2h, jitter up to 24 min).
+	clk.Add(90 * time.Minute)
 	eventually(t, "renewed agent SVID", func() bool {
 		s := a.m.AgentSVID()
 		return s.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0

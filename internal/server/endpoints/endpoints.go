@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
@@ -164,6 +165,11 @@ func (e *Endpoints) Run(ctx context.Context) error {
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.ConnectionTimeout(handshakeTimeout),
+		// Agents keep watch streams open for hours: ping idle connections so
+		// dead peers (a device that vanished behind a NAT) are reaped, and
+		// allow agents' own keepalive pings (see internal/agent/client).
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
 	udsSrv := grpc.NewServer(
 		grpc.ChainUnaryInterceptor(e.unaryInterceptor(localTransport)),

@@ -196,7 +196,13 @@ func (m *Manager) init(ctx context.Context) (bool, error) {
 	}
 	changed, err := m.rotate(ctx)
 	if err != nil {
-		return changed, fmt.Errorf("ca: init: %w", err)
+		if !m.usable(m.clk.Now()) {
+			return changed, fmt.Errorf("ca: init: %w", err)
+		}
+		// A rotation step failed (typically an unreachable upstream while
+		// preparing the next CA) but the active authorities still sign:
+		// start, and let Run retry.
+		m.log.Warn("CA rotation pass failed at startup; signing with the current authorities and retrying", "error", err)
 	}
 	m.initialized = true
 	return changed, nil
@@ -210,6 +216,17 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.rotateMu.Unlock()
 	if !ok {
 		return errors.New("ca: Run called before a successful Init")
+	}
+	if w, ok := m.cfg.Upstream.(UpstreamBundleWatcher); ok {
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := w.WatchUpstreamBundle(ctx, m.ApplyUpstreamBundle); err != nil && ctx.Err() == nil {
+				m.log.Error("upstream bundle watcher stopped", "error", err)
+			}
+		}()
+		defer func() { cancel(); <-done }()
 	}
 	failed := false
 	for {

@@ -223,9 +223,13 @@ func (m *Manager) createJWTKey(ctx context.Context, keyID string, now time.Time)
 	if err != nil {
 		return nil, err
 	}
+	pub := datastore.JWTKey{KeyID: k.kid, PublicKey: k.pubDER, ExpiresAt: k.notAfter.Unix()}
+	if err := m.publishJWTUpstream(ctx, pub); err != nil {
+		return nil, err
+	}
 	if _, err := m.cfg.Bundles.AppendBundle(ctx, &datastore.Bundle{
 		TrustDomain: m.cfg.TrustDomain.Name(),
-		JWTKeys:     []datastore.JWTKey{{KeyID: k.kid, PublicKey: k.pubDER, ExpiresAt: k.notAfter.Unix()}},
+		JWTKeys:     []datastore.JWTKey{pub},
 	}); err != nil {
 		return nil, fmt.Errorf("publish JWT key: %w", err)
 	}

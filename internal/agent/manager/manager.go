@@ -106,6 +106,9 @@ type Status struct {
 	// DegradedSince is when the manager last lost (or failed to establish)
 	// the connection; zero while connected.
 	DegradedSince time.Time
+	// WatchMode is true while the server pushes changes to the agent
+	// (watch-mode sync); false while polling (SPIRE server) or offline.
+	WatchMode bool
 	// LastSync is when the last sync round completed; zero if never.
 	LastSync time.Time
 	// LastError describes why the manager is degraded.
@@ -263,8 +266,15 @@ func (m *Manager) setDegraded(err error) {
 		m.status.DegradedSince = m.clk.Now()
 	}
 	m.status.Connected = false
+	m.status.WatchMode = false
 	m.status.LastError = err.Error()
 	m.status.LastErrorAt = m.clk.Now()
+}
+
+func (m *Manager) setWatchMode(on bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.status.WatchMode = on
 }
 
 func (m *Manager) setSynced() {

@@ -403,6 +403,9 @@ func TestWatchFallbackAndRevisionRounds(t *testing.T) {
 			if n := len(a.cache.Entries()); n != 4 {
 				t.Fatalf("cache has %d entries, want 4", n)
 			}
+			if s := a.m.Status(); s.WatchMode != tc.watch {
+				t.Fatalf("WatchMode = %v, want %v", s.WatchMode, tc.watch)
+			}
 		})
 	}
 }

@@ -119,10 +119,14 @@ func (m *Manager) session(ctx context.Context) (err error) {
 	watchErr := make(chan error, 1)
 	go func() {
 		watchErr <- cl.WatchEntries(ctx, m.knownEntries(), func(r *client.Round) error {
+			if err := m.applyRound(ctx, cl, r); err != nil {
+				return err
+			}
 			if r.Pushed && !pushed.Swap(true) {
+				m.setWatchMode(true)
 				m.log.Debug("Server pushes entry changes (watch mode)")
 			}
-			return m.applyRound(ctx, cl, r)
+			return nil
 		})
 	}()
 

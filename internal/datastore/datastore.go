@@ -21,6 +21,9 @@ var (
 	// ErrConflict is returned when an optimistic update lost a race
 	// (e.g. a bundle's sequence number changed underneath).
 	ErrConflict = errors.New("conflict")
+	// ErrInvalidPage is returned by List methods for a page token they did
+	// not issue or a negative page size.
+	ErrInvalidPage = errors.New("invalid page")
 )
 
 // Entry is a registration entry: SPIFFE ID <- parent + selectors.

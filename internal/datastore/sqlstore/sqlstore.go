@@ -46,10 +46,9 @@ type Config struct {
 	Clock clock.Clock
 }
 
-// ErrInvalidPage is returned by the List methods for a page token they did
-// not issue or a negative page size. The API layer maps it to
-// InvalidArgument.
-var ErrInvalidPage = errors.New("invalid page")
+// ErrInvalidPage is datastore.ErrInvalidPage, kept here for callers that
+// name the implementation.
+var ErrInvalidPage = datastore.ErrInvalidPage
 
 // busyTimeoutMS bounds how long a connection waits for a lock held by
 // another process sharing the database file.

@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
-	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 )
 
@@ -192,7 +191,7 @@ func (s *Service) ListFederatedBundles(ctx context.Context, req *bundlev1.ListFe
 	}
 	bundles, next, err := s.store.ListBundles(ctx, page)
 	if err != nil {
-		if errors.Is(err, sqlstore.ErrInvalidPage) {
+		if errors.Is(err, datastore.ErrInvalidPage) {
 			return nil, s.makeErr(codes.InvalidArgument, "could not parse page token", err)
 		}
 		return nil, s.makeErr(codes.Internal, "failed to list bundles", err)

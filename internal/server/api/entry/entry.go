@@ -73,7 +73,6 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
-	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
 )
@@ -293,7 +292,7 @@ func (s *Service) ListEntries(ctx context.Context, req *entryv1.ListEntriesReque
 	}
 	entries, next, err := s.store.ListEntries(ctx, filter, page)
 	if err != nil {
-		if errors.Is(err, sqlstore.ErrInvalidPage) {
+		if errors.Is(err, datastore.ErrInvalidPage) {
 			return nil, s.makeErr(codes.InvalidArgument, "could not parse page token", err)
 		}
 		return nil, s.makeErr(codes.Internal, "failed to list entries", err)

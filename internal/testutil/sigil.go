@@ -1,0 +1,241 @@
+package testutil
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// ReadyTimeout bounds the readiness waits of StartServer and StartAgent.
+const ReadyTimeout = 30 * time.Second
+
+// Server is a sigil-server process run from a configuration file.
+type Server struct {
+	Config     ServerConfig
+	ConfigPath string
+	// Wrap prefixes the command line (e.g. to run in a network namespace).
+	Wrap []string
+	Proc *Process
+
+	bin   string
+	admin *Admin
+}
+
+// NewServer writes the server's configuration (filling cfg's defaults)
+// without starting it. cfg.DataDir "" is a fresh ShortTempDir.
+func NewServer(t testing.TB, cfg ServerConfig, wrap ...string) *Server {
+	t.Helper()
+	bin, _ := Binaries(t)
+	if cfg.DataDir == "" {
+		cfg.DataDir = ShortTempDir(t)
+	}
+	if err := cfg.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Config: cfg, ConfigPath: filepath.Join(cfg.DataDir, "server.conf"), Wrap: wrap, bin: bin}
+	writeFile(t, s.ConfigPath, cfg.HCL())
+	return s
+}
+
+// StartServer writes the configuration, starts the server and waits until
+// its admin API reports SERVING.
+func StartServer(t testing.TB, cfg ServerConfig, wrap ...string) *Server {
+	t.Helper()
+	s := NewServer(t, cfg, wrap...)
+	s.Start(t)
+	return s
+}
+
+// Start (re)starts the server process from ConfigPath and waits for it.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	if s.Proc != nil && !s.Proc.Exited() {
+		t.Fatal("testutil: server already running")
+	}
+	s.Proc = Start(t, Command{
+		Name: "sigil-server", Path: s.bin, Wrap: s.Wrap,
+		Args:    []string{"run", "-config", s.ConfigPath},
+		LogPath: filepath.Join(s.Config.DataDir, "server.log"),
+	})
+	s.WaitReady(t)
+}
+
+// Stop stops the server (SIGTERM, then SIGKILL) and fails the test if it
+// did not exit cleanly.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if err := s.Proc.Stop(); err != nil {
+		t.Fatalf("stop sigil-server: %v", err)
+	}
+}
+
+// Addr is host:port agents dial.
+func (s *Server) Addr() string {
+	return net.JoinHostPort(s.Config.BindAddress, itoa(s.Config.BindPort))
+}
+
+// TrustDomain is the server's trust domain.
+func (s *Server) TrustDomain() spiffeid.TrustDomain {
+	return spiffeid.RequireTrustDomainFromString(s.Config.TrustDomain)
+}
+
+// ID builds a SPIFFE ID in the server's trust domain.
+func (s *Server) ID(path string) spiffeid.ID {
+	return spiffeid.RequireFromPath(s.TrustDomain(), path)
+}
+
+// WaitReady waits until the admin socket answers the gRPC health check
+// with SERVING, failing if the process exits first.
+func (s *Server) WaitReady(t testing.TB) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+s.Config.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	err = Poll(ReadyTimeout, 25*time.Millisecond, func() (bool, error) {
+		if s.Proc.Exited() {
+			return false, fmt.Errorf("sigil-server exited: %v", s.Proc.err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, nil
+	})
+	if err != nil {
+		t.Fatalf("sigil-server not ready: %v", err)
+	}
+}
+
+// Admin is a client of the server's admin API, dialled once and closed on
+// cleanup. It survives server restarts (gRPC reconnects).
+func (s *Server) Admin(t testing.TB) *Admin {
+	t.Helper()
+	if s.admin == nil {
+		s.admin = DialAdmin(t, s.Config.SocketPath, s.TrustDomain())
+	}
+	return s.admin
+}
+
+// Agent is a sigil-agent process run from a configuration file.
+type Agent struct {
+	// Config is rendered to ConfigPath on every Start, so a test can
+	// change it (e.g. clear JoinToken) between runs.
+	Config     AgentConfig
+	ConfigPath string
+	Wrap       []string
+	Proc       *Process
+
+	bin string
+}
+
+// NewAgent prepares an agent (filling cfg's defaults) without starting it.
+// cfg.DataDir "" is a fresh ShortTempDir.
+func NewAgent(t testing.TB, cfg AgentConfig, wrap ...string) *Agent {
+	t.Helper()
+	_, bin := Binaries(t)
+	if cfg.DataDir == "" {
+		cfg.DataDir = ShortTempDir(t)
+	}
+	if err := cfg.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return &Agent{Config: cfg, ConfigPath: filepath.Join(cfg.DataDir, "agent.conf"), Wrap: wrap, bin: bin}
+}
+
+// StartAgent prepares and starts an agent and waits for its Workload API.
+func StartAgent(t testing.TB, cfg AgentConfig, wrap ...string) *Agent {
+	t.Helper()
+	a := NewAgent(t, cfg, wrap...)
+	a.Start(t)
+	return a
+}
+
+// AgentFor returns an AgentConfig pointing at s with a fresh join token
+// for spiffe://<td>/<agentPath> and s's bundle as bootstrap trust, written
+// to dataDir ("" is a fresh ShortTempDir).
+func AgentFor(t testing.TB, s *Server, agentPath, dataDir string) AgentConfig {
+	t.Helper()
+	if dataDir == "" {
+		dataDir = ShortTempDir(t)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	adm := s.Admin(t)
+	bundle := filepath.Join(dataDir, "bootstrap.pem")
+	writeFile(t, bundle, string(adm.BundlePEM(t)))
+	return AgentConfig{
+		TrustDomain:     s.Config.TrustDomain,
+		ServerAddress:   s.Config.BindAddress,
+		ServerPort:      s.Config.BindPort,
+		DataDir:         dataDir,
+		TrustBundlePath: bundle,
+		JoinToken:       adm.CreateJoinToken(t, s.ID(agentPath)),
+	}
+}
+
+// Start writes Config to ConfigPath, starts the agent and waits until its
+// Workload API socket accepts connections.
+func (a *Agent) Start(t testing.TB) {
+	t.Helper()
+	if a.Proc != nil && !a.Proc.Exited() {
+		t.Fatal("testutil: agent already running")
+	}
+	writeFile(t, a.ConfigPath, a.Config.HCL())
+	// A socket file left by a killed agent must not count as ready.
+	_ = os.Remove(a.Config.SocketPath)
+	a.Proc = Start(t, Command{
+		Name: "sigil-agent", Path: a.bin, Wrap: a.Wrap,
+		Args:    []string{"run", "-config", a.ConfigPath},
+		LogPath: filepath.Join(a.Config.DataDir, "agent.log"),
+	})
+	a.WaitReady(t)
+}
+
+// Stop stops the agent (SIGTERM, then SIGKILL), failing the test if it
+// did not exit cleanly.
+func (a *Agent) Stop(t testing.TB) {
+	t.Helper()
+	if err := a.Proc.Stop(); err != nil {
+		t.Fatalf("stop sigil-agent: %v", err)
+	}
+}
+
+// WaitReady waits until the Workload API socket accepts connections.
+func (a *Agent) WaitReady(t testing.TB) {
+	t.Helper()
+	err := Poll(ReadyTimeout, 10*time.Millisecond, func() (bool, error) {
+		if a.Proc.Exited() {
+			return false, fmt.Errorf("sigil-agent exited: %v", a.Proc.err)
+		}
+		c, err := net.Dial("unix", a.Config.SocketPath)
+		if err != nil {
+			return false, nil
+		}
+		_ = c.Close()
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("sigil-agent not ready: %v", err)
+	}
+}
+
+// SocketAddr is the Workload API address in go-spiffe form (unix://...).
+func (a *Agent) SocketAddr() string { return "unix://" + a.Config.SocketPath }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/ca/upstreamdisk"
+	"github.com/sigil-spiffe/sigil/internal/ca/upstreamspire"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
@@ -44,6 +45,9 @@ type Server struct {
 	cache *entrycache.Cache
 	svid  *serverSVID
 	ep    *endpoints.Endpoints
+	// nested is UpstreamAuthority "spire" (nil otherwise); the CA's Run
+	// drives it, Run and Close release it.
+	nested *upstreamspire.Authority
 }
 
 // Options are test and embedding hooks; the zero value is production.
@@ -92,8 +96,26 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		}
 		upstream = up
 	}
-	if cfg.UpstreamSPIRE != nil {
-		return nil, errors.New(`UpstreamAuthority "spire" (nested servers) is not implemented yet`)
+	var nested *upstreamspire.Authority
+	if u := cfg.UpstreamSPIRE; u != nil {
+		// Lazy: no I/O until the CA needs the upstream, so a nested server
+		// whose CA is still valid starts while cut off from it.
+		nested, err = upstreamspire.New(upstreamspire.Config{
+			TrustDomain:       cfg.TrustDomain,
+			ServerAddress:     u.ServerAddress,
+			ServerPort:        u.ServerPort,
+			WorkloadAPISocket: u.WorkloadAPISocket,
+			Log:               log.With("subsystem", "upstream_authority"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("UpstreamAuthority \"spire\": %w", err)
+		}
+		upstream = nested
+		defer func() {
+			if err != nil {
+				_ = nested.Close()
+			}
+		}()
 	}
 
 	cache := entrycache.New(entrycache.Config{Store: ds, Clock: clk, Log: log.With("subsystem", "entrycache")})
@@ -179,7 +201,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		log.Warn("ca_ttl is less than 6 times default_x509_svid_ttl: SVIDs signed near a CA rotation are shortened to the CA's remaining lifetime",
 			"ca_ttl", cfg.CATTL, "default_x509_svid_ttl", cfg.DefaultX509SVIDTTL)
 	}
-	return &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep}, nil
+	return &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, nested: nested}, nil
 }
 
 func keyManager(cfg *config.Server) (keys.Manager, error) {
@@ -210,6 +232,9 @@ func (s *Server) TCPAddr() net.Addr { return s.ep.TCPAddr() }
 // datastore.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.ds.Close()
+	if s.nested != nil {
+		defer s.nested.Close()
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.ca.Run(ctx) })
 	g.Go(func() error { return s.cache.Run(ctx) })
@@ -224,7 +249,12 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // Close releases the datastore of a Server whose Run was never called.
-func (s *Server) Close() error { return s.ds.Close() }
+func (s *Server) Close() error {
+	if s.nested != nil {
+		_ = s.nested.Close()
+	}
+	return s.ds.Close()
+}
 
 // prune removes expired join tokens and registration entries every minute.
 func (s *Server) prune(ctx context.Context) error {

@@ -134,7 +134,7 @@ func (m *Manager) session(ctx context.Context) (err error) {
 		if pushed.Load() {
 			return m.cfg.SafetySyncInterval
 		}
-		return m.cfg.SyncInterval
+		return min(m.cfg.SyncInterval, m.cfg.SafetySyncInterval)
 	}
 	safety := m.clk.After(interval())
 	renew := m.clk.After(id.renewAt.Sub(m.clk.Now()))

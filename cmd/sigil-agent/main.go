@@ -52,21 +52,12 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	var logOut io.Writer = stderr
-	if cfg.LogFile != "" {
-		f, err := config.OpenLogFile(cfg.LogFile)
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
-		}
-		defer f.Close()
-		logOut = f
-	}
-	log, err := config.NewLogger(cfg.LogLevel, cfg.LogFormat, logOut)
+	log, closer, err := config.OpenLogger(cfg.LogLevel, cfg.LogFormat, cfg.LogFile, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	defer closer.Close()
 	a, err := agentapp.New(ctx, cfg, log, agentapp.Options{})
 	if err != nil {
 		log.Error("Agent failed to start", "error", err)

@@ -71,21 +71,12 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	var logOut io.Writer = stderr
-	if cfg.LogFile != "" {
-		f, err := config.OpenLogFile(cfg.LogFile)
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
-		}
-		defer f.Close()
-		logOut = f
-	}
-	log, err := config.NewLogger(cfg.LogLevel, cfg.LogFormat, logOut)
+	log, closer, err := config.OpenLogger(cfg.LogLevel, cfg.LogFormat, cfg.LogFile, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	defer closer.Close()
 	srv, err := serverapp.New(ctx, cfg, log, serverapp.Options{})
 	if err != nil {
 		log.Error("Server failed to start", "error", err)

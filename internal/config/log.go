@@ -67,3 +67,22 @@ func OpenLogFile(path string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// OpenLogger is NewLogger writing to log_file when file is set (the
+// returned closer closes it) and to fallback otherwise.
+func OpenLogger(level, format, file string, fallback io.Writer) (*slog.Logger, io.Closer, error) {
+	if file == "" {
+		log, err := NewLogger(level, format, fallback)
+		return log, io.NopCloser(nil), err
+	}
+	f, err := OpenLogFile(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := NewLogger(level, format, f)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return log, f, nil
+}

@@ -9,7 +9,6 @@ package agent
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,6 +28,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/healthcheck"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 )
 
@@ -183,30 +183,25 @@ func fetchBundle(ctx context.Context, url string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 }
 
+// serveHealth is SPIRE's health_checks listener. The agent is ready while it
+// serves: a disconnected agent still serves its cached identities, so it
+// stays ready and says it is degraded.
 func (a *Agent) serveHealth(ctx context.Context, hc config.HealthChecks) error {
-	mux := http.NewServeMux()
-	mux.HandleFunc(hc.LivePath, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc(hc.ReadyPath, func(w http.ResponseWriter, _ *http.Request) {
-		// Ready while serving: a disconnected agent still serves its
-		// cached identities, so it stays ready and reports degraded.
-		st := a.mgr.Status()
-		if st.Connected {
-			_, _ = w.Write([]byte("ok\n"))
-			return
-		}
-		_, _ = fmt.Fprintf(w, "degraded since %s: %s\n", st.DegradedSince.Format(time.RFC3339), st.LastError)
+	return healthcheck.Serve(ctx, healthcheck.Config{
+		Addr:      net.JoinHostPort(hc.BindAddress, strconv.Itoa(hc.BindPort)),
+		LivePath:  hc.LivePath,
+		ReadyPath: hc.ReadyPath,
+		Ready: func() (bool, string) {
+			select {
+			case <-a.wl.Ready():
+			default:
+				return false, "not ready: Workload API starting"
+			}
+			st := a.mgr.Status()
+			if st.Connected {
+				return true, "ok"
+			}
+			return true, fmt.Sprintf("degraded since %s: %s", st.DegradedSince.Format(time.RFC3339), st.LastError)
+		},
 	})
-	srv := &http.Server{Addr: net.JoinHostPort(hc.BindAddress, strconv.Itoa(hc.BindPort)), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	ln, err := net.Listen("tcp", srv.Addr)
-	if err != nil {
-		return fmt.Errorf("health_checks listener: %w", err)
-	}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("health_checks listener: %w", err)
-	}
-	return nil
 }

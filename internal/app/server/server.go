@@ -5,11 +5,9 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,6 +27,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
+	"github.com/sigil-spiffe/sigil/internal/healthcheck"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
@@ -279,39 +278,20 @@ func (s *Server) prune(ctx context.Context) error {
 	}
 }
 
-// serveHealth is SPIRE's health_checks listener: live and ready paths.
+// serveHealth is SPIRE's health_checks listener: live while running, ready
+// once both API listeners accept connections.
 func (s *Server) serveHealth(ctx context.Context, hc config.HealthChecks) error {
-	mux := http.NewServeMux()
-	ok := func(w http.ResponseWriter, _ *http.Request) {
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write([]byte("ok\n"))
-	}
-	mux.HandleFunc(hc.LivePath, ok)
-	mux.HandleFunc(hc.ReadyPath, func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-s.ep.Ready():
-			ok(w, r)
-		default:
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-		}
+	return healthcheck.Serve(ctx, healthcheck.Config{
+		Addr:      net.JoinHostPort(hc.BindAddress, strconv.Itoa(hc.BindPort)),
+		LivePath:  hc.LivePath,
+		ReadyPath: hc.ReadyPath,
+		Ready: func() (bool, string) {
+			select {
+			case <-s.ep.Ready():
+				return true, "ok"
+			default:
+				return false, "not ready: API listeners starting"
+			}
+		},
 	})
-	return serveHTTP(ctx, net.JoinHostPort(hc.BindAddress, strconv.Itoa(hc.BindPort)), mux)
-}
-
-func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
-	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("health_checks listener: %w", err)
-	}
-	go func() {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdownCtx)
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("health_checks listener: %w", err)
-	}
-	return nil
 }

@@ -460,6 +460,31 @@ func TestInsecureBootstrap(t *testing.T) {
 	verifySVID(t, srv, b.waitIdentity("8001", wl2), wl2)
 }
 
+func TestExpiredAgentSVIDWithoutTokenKeepsServing(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	srv := newTestServer(t, serverOpts{agentTTL: 30 * time.Minute, clock: clk})
+	token, agentID := srv.createToken()
+	wl := spiffeid.RequireFromPath(td, "/workload/outlives-agent")
+	srv.createEntry(agentID, wl.Path(), "9000") // 1h SVID
+	dir := t.TempDir()
+	a := startAgent(t, srv, dir, agentOpts{token: token, clock: clk})
+	a.waitIdentity("9000", wl)
+	a.stop()
+
+	// Down for 45 minutes: the agent SVID (30 min) expired, the workload
+	// SVID (1h) did not. No token: the agent cannot re-attest, says so,
+	// and keeps serving the workload.
+	clk.Add(45 * time.Minute)
+	b := startAgent(t, srv, dir, agentOpts{clock: clk})
+	eventually(t, "no-identity status", func() bool {
+		return strings.Contains(b.m.Status().LastError, "no join token")
+	})
+	u := b.cache.FetchWorkloadUpdate(selector.NewSet(selector.Selector{Type: "unix", Value: "uid:9000"}))
+	if len(u.Identities) != 1 || u.Identities[0].Entry.SPIFFEID != wl {
+		t.Fatalf("still-valid workload SVID not served: %+v", u)
+	}
+}
+
 func TestNoIdentityNoToken(t *testing.T) {
 	srv := newTestServer(t, serverOpts{})
 	a := startAgent(t, srv, t.TempDir(), agentOpts{})

@@ -110,6 +110,10 @@ func (m *Manager) session(ctx context.Context) (err error) {
 		return m.renewAgent(ctx, cl, id)
 	}
 
+	// The watcher writes to the cache: the session (and so Run) returns
+	// only after it has stopped (cancel runs first, then Wait).
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m.cl.Store(cl)
@@ -117,7 +121,7 @@ func (m *Manager) session(ctx context.Context) (err error) {
 	// Until the server proves it pushes changes, poll at SyncInterval.
 	var pushed atomic.Bool
 	watchErr := make(chan error, 1)
-	go func() {
+	wg.Go(func() {
 		watchErr <- cl.WatchEntries(ctx, m.knownEntries(), func(r *client.Round) error {
 			if err := m.applyRound(ctx, cl, r); err != nil {
 				return err
@@ -128,7 +132,7 @@ func (m *Manager) session(ctx context.Context) (err error) {
 			}
 			return nil
 		})
-	}()
+	})
 
 	interval := func() time.Duration {
 		if pushed.Load() {

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -58,6 +60,28 @@ type Agent struct {
 	NodeAttestor      AgentNodeAttestor
 	KeyManager        AgentKeyManager
 	WorkloadAttestors WorkloadAttestors
+
+	// FilesystemDelivery lists the agent.filesystem_delivery blocks, in
+	// file order (a Sigil extension).
+	FilesystemDelivery []FilesystemDelivery
+}
+
+// FilesystemDelivery is one `filesystem_delivery "<name>" { ... }` block of
+// the agent section. It is a Sigil extension (SPIRE has no such option): the
+// agent writes the SVID, key and bundles of one of its identities to a
+// directory and keeps them rotated, for applications that cannot use the
+// Workload API (see internal/agent/fsdelivery for the layout).
+type FilesystemDelivery struct {
+	Name      string      // the block's label
+	SPIFFEID  spiffeid.ID // spiffe_id: in the agent's trust domain
+	Directory string      // directory: absolute
+	// FileMode is file_mode, an octal string such as "0640", for the
+	// certificate and bundle files: 0 when unset (the default, 0600); at
+	// most 0644 and owner-readable. The key file is always 0600.
+	FileMode os.FileMode
+	// UID and GID are uid and gid (numeric): the owner given to everything
+	// written; -1 when unset (left as the agent's).
+	UID, GID int
 }
 
 // SDS is agent.sds: resource names of the Envoy SDS API (SPIRE defaults).
@@ -275,6 +299,109 @@ func (d *decoder) agentSection(b *block, a *Agent) {
 		sds.boolean("disable_spiffe_cert_validation", &a.SDS.DisableSPIFFECertValidation)
 		sds.done()
 	}
+	d.filesystemDelivery(b, a)
+}
+
+// filesystemDelivery reads the repeatable `filesystem_delivery "<name>"`
+// blocks. Errors that have a line (syntax, values, duplicates) are reported
+// here; Validate repeats the checks for configurations built in code and
+// checks the trust domain, which a flag may still override.
+func (d *decoder) filesystemDelivery(b *block, a *Agent) {
+	e := b.take("filesystem_delivery")
+	if e == nil {
+		return
+	}
+	const shape = `filesystem_delivery "<name>" { spiffe_id = "..." directory = "..." }`
+	if !e.obj {
+		d.errorf(e.pos, "invalid filesystem_delivery in %s: expected %s, got %s", b.desc, shape, describe(e))
+		return
+	}
+	names := map[string]int{}
+	dirs := map[string]int{}
+	for _, ne := range e.kids {
+		if !ne.obj {
+			d.errorf(ne.pos, "invalid filesystem_delivery in %s: expected %s, got key %q", b.desc, shape, ne.name)
+			continue
+		}
+		desc := fmt.Sprintf("filesystem_delivery %q", ne.name)
+		if line, dup := names[ne.name]; dup {
+			d.errorf(ne.pos, "%s is declared twice (first on line %d)", desc, line)
+			continue
+		}
+		names[ne.name] = ne.pos.Line
+		fb := d.newBlock(desc, ne.kids)
+		fd := FilesystemDelivery{Name: ne.name, UID: -1, GID: -1}
+		var id, mode string
+		var uid, gid int64
+		if fb.str("spiffe_id", &id) {
+			v, err := spiffeid.FromString(id)
+			if err != nil {
+				d.errorf(fb.kids["spiffe_id"].pos, "invalid spiffe_id %q in %s: %v", id, desc, err)
+			}
+			fd.SPIFFEID = v
+		} else if fb.kids["spiffe_id"] == nil {
+			d.errorf(ne.pos, "%s: spiffe_id must be set", desc)
+		}
+		if fb.str("directory", &fd.Directory) {
+			dirPos := fb.kids["directory"].pos
+			if !filepath.IsAbs(fd.Directory) {
+				d.errorf(dirPos, "invalid directory %q in %s: must be an absolute path", fd.Directory, desc)
+			} else {
+				clean := filepath.Clean(fd.Directory)
+				if line, dup := dirs[clean]; dup {
+					d.errorf(dirPos, "%s: directory %q is already used by the filesystem_delivery on line %d", desc, clean, line)
+				}
+				dirs[clean] = ne.pos.Line
+			}
+		} else if fb.kids["directory"] == nil {
+			d.errorf(ne.pos, "%s: directory must be set", desc)
+		}
+		if fb.str("file_mode", &mode) {
+			m, err := parseFileMode(mode)
+			if err != nil {
+				d.errorf(fb.kids["file_mode"].pos, "invalid file_mode in %s: %v", desc, err)
+			}
+			fd.FileMode = m
+		}
+		for _, k := range []struct {
+			key string
+			v   *int64
+			dst *int
+		}{{"uid", &uid, &fd.UID}, {"gid", &gid, &fd.GID}} {
+			if !fb.integer(k.key, k.v) {
+				continue
+			}
+			if *k.v < 0 || *k.v > 1<<31-1 {
+				d.errorf(fb.kids[k.key].pos, "invalid %s %d in %s: must be a numeric id of 0 or more", k.key, *k.v, desc)
+				continue
+			}
+			*k.dst = int(*k.v)
+		}
+		fb.done()
+		a.FilesystemDelivery = append(a.FilesystemDelivery, fd)
+	}
+}
+
+// parseFileMode reads an octal permission ("0640", "640") allowed for the
+// delivered certificate and bundle files.
+func parseFileMode(s string) (os.FileMode, error) {
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not an octal mode such as \"0640\"", s)
+	}
+	m := os.FileMode(v)
+	return m, checkFileMode(m)
+}
+
+// checkFileMode allows owner read(-write) and group/other read only.
+func checkFileMode(m os.FileMode) error {
+	if m&^0o644 != 0 {
+		return fmt.Errorf("%04o is not allowed: at most 0644 (the files must not be writable or executable by others)", uint32(m))
+	}
+	if m&0o400 == 0 {
+		return fmt.Errorf("%04o must let the owner read", uint32(m))
+	}
+	return nil
 }
 
 func (d *decoder) agentPlugins(decls []pluginDecl, a *Agent) {
@@ -398,6 +525,47 @@ func (a *Agent) Validate() error {
 	}
 	if a.WorkloadAttestors == (WorkloadAttestors{}) {
 		add(errors.New(`at least one WorkloadAttestor plugin must be configured: WorkloadAttestor "unix"`))
+	}
+	add(a.validateFilesystemDelivery())
+	return errors.Join(errs...)
+}
+
+func (a *Agent) validateFilesystemDelivery() error {
+	var errs []error
+	names := map[string]bool{}
+	dirs := map[string]string{}
+	for _, fd := range a.FilesystemDelivery {
+		desc := fmt.Sprintf("filesystem_delivery %q", fd.Name)
+		if names[fd.Name] {
+			errs = append(errs, fmt.Errorf("%s is declared twice", desc))
+		}
+		names[fd.Name] = true
+		switch {
+		case fd.SPIFFEID.IsZero():
+			errs = append(errs, fmt.Errorf("%s: spiffe_id must be set", desc))
+		case !a.TrustDomain.IsZero() && !fd.SPIFFEID.MemberOf(a.TrustDomain):
+			errs = append(errs, fmt.Errorf("%s: spiffe_id %q is not in the agent's trust domain %q", desc, fd.SPIFFEID, a.TrustDomain.Name()))
+		}
+		switch {
+		case fd.Directory == "":
+			errs = append(errs, fmt.Errorf("%s: directory must be set", desc))
+		case !filepath.IsAbs(fd.Directory):
+			errs = append(errs, fmt.Errorf("%s: directory %q must be an absolute path", desc, fd.Directory))
+		default:
+			clean := filepath.Clean(fd.Directory)
+			if prev, dup := dirs[clean]; dup {
+				errs = append(errs, fmt.Errorf("%s: directory %q is already used by filesystem_delivery %q", desc, clean, prev))
+			}
+			dirs[clean] = fd.Name
+		}
+		if fd.FileMode != 0 {
+			if err := checkFileMode(fd.FileMode); err != nil {
+				errs = append(errs, fmt.Errorf("%s: file_mode %w", desc, err))
+			}
+		}
+		if fd.UID < -1 || fd.GID < -1 {
+			errs = append(errs, fmt.Errorf("%s: uid and gid must be -1 (unset) or more", desc))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/fsdelivery"
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
@@ -44,6 +45,7 @@ type Agent struct {
 	cache *cache.Cache
 	mgr   *manager.Manager
 	wl    *workloadapi.Server
+	fsd   *fsdelivery.Delivery
 }
 
 // New loads the persisted state and builds every component. It does not
@@ -108,7 +110,15 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, cache: c, mgr: mgr, wl: wl}, nil
+	var targets []fsdelivery.Target
+	for _, f := range cfg.FilesystemDelivery {
+		targets = append(targets, fsdelivery.Target{Name: f.Name, SPIFFEID: f.SPIFFEID, Directory: f.Directory, FileMode: f.FileMode, UID: f.UID, GID: f.GID})
+	}
+	fsd, err := fsdelivery.New(fsdelivery.Config{Targets: targets, Cache: c, Log: log.With("subsystem", "filesystem_delivery"), Clock: clk})
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, log: log, cache: c, mgr: mgr, wl: wl, fsd: fsd}, nil
 }
 
 // Ready is closed once the Workload API socket accepts connections.
@@ -124,6 +134,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.cache.Run(ctx) })
 	g.Go(func() error { return a.wl.Run(ctx) })
 	g.Go(func() error { return a.mgr.Run(ctx) })
+	g.Go(func() error { return a.fsd.Run(ctx) })
 	if hc := a.cfg.HealthChecks; hc.ListenerEnabled {
 		g.Go(func() error { return a.serveHealth(ctx, hc) })
 	}

@@ -1,0 +1,118 @@
+package cache
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"math/big"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+func watchSignalled(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// watchTestSVID is a self-signed leaf for id: enough for the cache, which
+// checks the SPIFFE ID and the key, not the issuer.
+func watchTestSVID(t *testing.T, id spiffeid.ID, notAfter time.Time) *X509SVID {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), URIs: []*url.URL{id.URL()}, NotBefore: notAfter.Add(-time.Hour), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &X509SVID{Chain: []*x509.Certificate{cert}, PrivateKey: key}
+}
+
+func TestWatch(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	clk := clock.NewFake(time.Now())
+	c := New(Config{TrustDomain: td, Clock: clk})
+	ch, stop := c.Watch()
+	if watchSignalled(ch) {
+		t.Fatal("signal before any change")
+	}
+
+	// Every kind of change signals, synchronously; changes coalesce.
+	id := spiffeid.RequireFromPath(td, "/w")
+	if err := c.SetEntries([]*Entry{{ID: "e1", SPIFFEID: id, Selectors: []selector.Selector{{Type: "unix", Value: "uid:1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetBundle(spiffebundle.New(td)); err != nil {
+		t.Fatal(err)
+	}
+	if !watchSignalled(ch) || watchSignalled(ch) {
+		t.Fatal("two changes did not leave exactly one pending signal")
+	}
+	if err := c.SetX509SVIDs(map[string]*X509SVID{"e1": watchTestSVID(t, id, clk.Now().Add(time.Minute))}); err != nil {
+		t.Fatal(err)
+	}
+	if !watchSignalled(ch) {
+		t.Fatal("SetX509SVIDs did not signal")
+	}
+	if err := c.SetBundle(spiffebundle.New(td)); err != nil {
+		t.Fatal(err)
+	}
+	if watchSignalled(ch) {
+		t.Fatal("setting an equal bundle signalled")
+	}
+
+	// Expiry of a served SVID signals while Run runs. The pending kick is
+	// drained first so Run arms its timer once, before the clock moves.
+	select {
+	case <-c.kick:
+	default:
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for clk.Waiters() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Run never armed its expiry timer")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	clk.Add(2 * time.Minute)
+	select {
+	case <-ch:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no signal when the SVID expired")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// After stop, nothing is delivered.
+	stop()
+	if err := c.SetEntries(nil); err != nil {
+		t.Fatal(err)
+	}
+	if watchSignalled(ch) {
+		t.Fatal("signal after stop")
+	}
+}

@@ -1,0 +1,403 @@
+// Package nested brings up real Sigil servers and agents in one process to
+// exercise nested (hierarchical) deployments: a root server, agents
+// attested to it, downstream ("site") servers whose UpstreamAuthority
+// "spire" uses a co-located root-side agent's Workload API, and device
+// agents attested to the sites. It is shared by the tests here and by
+// bench/nested.
+package nested
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
+	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
+	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
+	"github.com/sigil-spiffe/sigil/internal/config"
+)
+
+// TrustDomain is the trust domain of every tier (nested servers share it).
+var TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
+
+// Server is one running sigil-server.
+type Server struct {
+	Name string
+	Cfg  *config.Server
+	Log  *LogWatch
+
+	tb     testing.TB
+	srv    *serverapp.Server
+	cancel context.CancelFunc
+	done   chan error
+	admin  *grpc.ClientConn
+}
+
+// ServerOption edits a server configuration before start.
+type ServerOption func(*config.Server)
+
+// NewServerConfig returns a SQLite/disk-keys server configuration in dir
+// listening on 127.0.0.1:port, with join-token attestation.
+func NewServerConfig(dir string, port int, opts ...ServerOption) *config.Server {
+	c := config.DefaultServer()
+	c.TrustDomain = TrustDomain
+	c.DataDir = dir
+	c.BindAddress = "127.0.0.1"
+	c.BindPort = port
+	c.SocketPath = filepath.Join(dir, "api.sock")
+	c.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(dir, "datastore.sqlite3")}
+	c.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(dir, "keys")}
+	c.NodeAttestors.JoinToken = true
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// StartServer starts a server and waits until it serves. Stop (or test
+// cleanup) ends it.
+func StartServer(tb testing.TB, name string, cfg *config.Server) *Server {
+	tb.Helper()
+	if err := cfg.Validate(); err != nil {
+		tb.Fatalf("%s: configuration: %v", name, err)
+	}
+	lw := NewLogWatch(os.Getenv("SIGIL_TEST_LOG") != "", name)
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := serverapp.New(ctx, cfg, slog.New(lw), serverapp.Options{})
+	if err != nil {
+		cancel()
+		tb.Fatalf("%s: start: %v", name, err)
+	}
+	s := &Server{Name: name, Cfg: cfg, Log: lw, tb: tb, srv: srv, cancel: cancel, done: make(chan error, 1)}
+	go func() { s.done <- srv.Run(ctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-s.done:
+		cancel()
+		tb.Fatalf("%s: stopped before it was ready: %v", name, err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		tb.Fatalf("%s: not ready after 30s", name)
+	}
+	conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		cancel()
+		tb.Fatalf("%s: admin client: %v", name, err)
+	}
+	s.admin = conn
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// Stop stops the server and waits for it to exit (idempotent).
+func (s *Server) Stop() {
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	s.cancel = nil
+	_ = s.admin.Close()
+	select {
+	case err := <-s.done:
+		if err != nil {
+			s.tb.Errorf("%s: Run: %v", s.Name, err)
+		}
+	case <-time.After(30 * time.Second):
+		s.tb.Errorf("%s: did not stop within 30s", s.Name)
+	}
+}
+
+// Admin is a client connection to the server's admin socket.
+func (s *Server) Admin() *grpc.ClientConn { return s.admin }
+
+// JoinToken creates a join token whose agent gets SPIFFE ID
+// spiffe://<td>/<agentPath>.
+func (s *Server) JoinToken(ctx context.Context, agentPath string) (string, error) {
+	resp, err := agentv1.NewAgentClient(s.admin).CreateJoinToken(ctx, &agentv1.CreateJoinTokenRequest{
+		Ttl:     600,
+		AgentId: &types.SPIFFEID{TrustDomain: TrustDomain.Name(), Path: agentPath},
+	})
+	if err != nil {
+		return "", fmt.Errorf("%s: create join token: %w", s.Name, err)
+	}
+	return resp.Value, nil
+}
+
+// CreateEntry registers spiffeIDPath under parentPath with one unix:uid
+// selector for this process's uid.
+func (s *Server) CreateEntry(ctx context.Context, spiffeIDPath, parentPath string, downstream bool) error {
+	resp, err := entryv1.NewEntryClient(s.admin).BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{{
+		SpiffeId:   &types.SPIFFEID{TrustDomain: TrustDomain.Name(), Path: spiffeIDPath},
+		ParentId:   &types.SPIFFEID{TrustDomain: TrustDomain.Name(), Path: parentPath},
+		Selectors:  []*types.Selector{{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())}},
+		Downstream: downstream,
+	}}})
+	if err != nil {
+		return fmt.Errorf("%s: create entry: %w", s.Name, err)
+	}
+	if st := resp.Results[0].Status; st.Code != int32(codes.OK) {
+		return fmt.Errorf("%s: create entry %s: %s", s.Name, spiffeIDPath, st.Message)
+	}
+	return nil
+}
+
+// Bundle returns the server's own trust bundle (X.509 and JWT).
+func (s *Server) Bundle(ctx context.Context) (*x509bundle.Bundle, *jwtbundle.Bundle, error) {
+	b, err := bundlev1.NewBundleClient(s.admin).GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: get bundle: %w", s.Name, err)
+	}
+	var certs []*x509.Certificate
+	for _, a := range b.X509Authorities {
+		c, err := x509.ParseCertificate(a.Asn1)
+		if err != nil {
+			return nil, nil, err
+		}
+		certs = append(certs, c)
+	}
+	keys := map[string]crypto.PublicKey{}
+	for _, k := range b.JwtAuthorities {
+		pub, err := x509.ParsePKIXPublicKey(k.PublicKey)
+		if err != nil {
+			return nil, nil, err
+		}
+		keys[k.KeyId] = pub
+	}
+	return x509bundle.FromX509Authorities(TrustDomain, certs), jwtbundle.FromJWTAuthorities(TrustDomain, keys), nil
+}
+
+// Agent is one running sigil-agent.
+type Agent struct {
+	Name   string
+	Socket string
+	ID     spiffeid.ID
+
+	tb     testing.TB
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// StartAgent attests a new agent (spiffe://<td>/<agentPath>) to srv with a
+// join token, bootstrapped with srv's current bundle, and waits until its
+// Workload API socket serves.
+func StartAgent(tb testing.TB, ctx context.Context, name, dir string, srv *Server, agentPath string) *Agent {
+	tb.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	token, err := srv.JoinToken(ctx, agentPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	xb, _, err := srv.Bundle(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var pemData []byte
+	for _, c := range xb.X509Authorities() {
+		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	bundlePath := filepath.Join(dir, "bootstrap.pem")
+	if err := os.WriteFile(bundlePath, pemData, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	c := config.DefaultAgent()
+	c.ServerAddress = "127.0.0.1"
+	c.ServerPort = srv.Cfg.BindPort
+	c.SocketPath = filepath.Join(dir, "wl.sock")
+	c.TrustDomain = TrustDomain
+	c.DataDir = dir
+	c.TrustBundlePath = bundlePath
+	c.JoinToken = token
+	c.NodeAttestor.JoinToken = true
+	c.KeyManager = config.AgentKeyManager{Kind: config.KeyManagerDisk, Directory: filepath.Join(dir, "keys")}
+	c.WorkloadAttestors.Unix = &config.UnixWorkloadAttestor{}
+	if err := c.Validate(); err != nil {
+		tb.Fatalf("%s: configuration: %v", name, err)
+	}
+	lw := NewLogWatch(os.Getenv("SIGIL_TEST_LOG") != "", name)
+	actx, cancel := context.WithCancel(context.Background())
+	a, err := agentapp.New(actx, c, slog.New(lw), agentapp.Options{})
+	if err != nil {
+		cancel()
+		tb.Fatalf("%s: start: %v", name, err)
+	}
+	ag := &Agent{Name: name, Socket: c.SocketPath, ID: spiffeid.RequireFromPath(TrustDomain, agentPath), tb: tb, cancel: cancel, done: make(chan error, 1)}
+	go func() { ag.done <- a.Run(actx) }()
+	select {
+	case <-a.Ready():
+	case err := <-ag.done:
+		cancel()
+		tb.Fatalf("%s: stopped before it was ready: %v", name, err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		tb.Fatalf("%s: Workload API not ready after 30s", name)
+	}
+	tb.Cleanup(ag.Stop)
+	return ag
+}
+
+// Stop stops the agent (idempotent).
+func (a *Agent) Stop() {
+	if a.cancel == nil {
+		return
+	}
+	a.cancel()
+	a.cancel = nil
+	select {
+	case err := <-a.done:
+		if err != nil {
+			a.tb.Errorf("%s: Run: %v", a.Name, err)
+		}
+	case <-time.After(30 * time.Second):
+		a.tb.Errorf("%s: did not stop within 30s", a.Name)
+	}
+}
+
+// Addr is the agent's Workload API address for go-spiffe.
+func (a *Agent) Addr() string { return "unix://" + a.Socket }
+
+// FetchX509SVID fetches this process's X509-SVID from the agent, retrying
+// until it is served (the entry may still be on its way) and accept
+// returns true for it, or until ctx ends.
+func (a *Agent) FetchX509SVID(ctx context.Context, accept func(*x509svid.SVID) bool) (*x509svid.SVID, error) {
+	var last error
+	for {
+		svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(a.Addr()))
+		if err == nil && (accept == nil || accept(svid)) {
+			return svid, nil
+		}
+		if err != nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%s: fetch X509-SVID: %w (last error: %v)", a.Name, ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// ShortTempDir returns a short temporary directory (unix socket paths are
+// limited to about 100 bytes), removed at cleanup.
+func ShortTempDir(tb testing.TB) string {
+	tb.Helper()
+	dir, err := os.MkdirTemp("", "sgn")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+// LogWatch is a slog.Handler that can print records and lets a test wait
+// for a message.
+type LogWatch struct {
+	name  string
+	print bool
+	attrs []slog.Attr
+	st    *logState
+}
+
+type logState struct {
+	mu      sync.Mutex
+	waiters []logWaiter
+	out     io.Writer
+}
+
+type logWaiter struct {
+	substr string
+	ch     chan struct{}
+}
+
+// NewLogWatch returns a handler; with print, records go to stderr.
+func NewLogWatch(print bool, name string) *LogWatch {
+	return &LogWatch{name: name, print: print, st: &logState{out: os.Stderr}}
+}
+
+// Enabled implements slog.Handler.
+func (l *LogWatch) Enabled(context.Context, slog.Level) bool { return true }
+
+// Handle implements slog.Handler.
+func (l *LogWatch) Handle(_ context.Context, r slog.Record) error {
+	st := l.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	kept := st.waiters[:0]
+	for _, w := range st.waiters {
+		if strings.Contains(r.Message, w.substr) {
+			close(w.ch)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	st.waiters = kept
+	if l.print && r.Level >= slog.LevelInfo {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s %-5s [%s] %s", r.Time.Format("15:04:05.000"), r.Level, l.name, r.Message)
+		for _, a := range l.attrs {
+			fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		}
+		r.Attrs(func(a slog.Attr) bool {
+			fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+			return true
+		})
+		fmt.Fprintln(st.out, b.String())
+	}
+	return nil
+}
+
+// WithAttrs implements slog.Handler.
+func (l *LogWatch) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *l
+	c.attrs = append(append([]slog.Attr(nil), l.attrs...), as...)
+	return &c
+}
+
+// WithGroup implements slog.Handler (groups are flattened).
+func (l *LogWatch) WithGroup(string) slog.Handler { return l }
+
+// Wait returns a channel closed when a record whose message contains
+// substr is logged after this call.
+func (l *LogWatch) Wait(substr string) <-chan struct{} {
+	l.st.mu.Lock()
+	defer l.st.mu.Unlock()
+	ch := make(chan struct{})
+	l.st.waiters = append(l.st.waiters, logWaiter{substr: substr, ch: ch})
+	return ch
+}

@@ -9,6 +9,7 @@
 // For a target with directory D:
 //
 //	D/                                    0700 (+ group/other r-x, see below), created if missing
+//	                                      (missing parents are created 0755 before umask)
 //	D/current -> .generations/<n>         symlink, replaced atomically on every rotation
 //	D/.generations/<n>/                   one complete generation; the last two are kept
 //	    svid.pem                          the X509-SVID: leaf first, then intermediates (PEM CERTIFICATE blocks)
@@ -37,7 +38,10 @@
 // fsynced, the directory is fsynced, and only then the current symlink is
 // swapped with a single rename(2). Files are never modified in place, so a
 // reader that opened a file keeps reading a consistent file, and every
-// generation holds a certificate and a key that match.
+// generation holds a certificate and a key that match. The stable symlinks
+// are updated right after the swap: a file name that is new in this
+// generation (a federation that just appeared) becomes reachable as D/name
+// a moment after it is reachable as D/current/name.
 //
 // A reader that must never pair a key with the wrong certificate resolves
 // the generation once (readlink D/current, or open D/current as a directory

@@ -134,7 +134,7 @@ func TestRunWritesRotatesAndFederates(t *testing.T) {
 		}
 	}()
 
-	waitFor(t, "the first generation", func() bool { return generation(dir) != "" })
+	gen1 := waitGeneration(t, dir, "")
 	checkFiles(t, dir, first)
 	for path, want := range map[string]os.FileMode{
 		dir:                                       0o750, // group may read the 0640 files
@@ -157,16 +157,14 @@ func TestRunWritesRotatesAndFederates(t *testing.T) {
 
 	// Rotation: a new SVID in the cache makes a new generation; the
 	// previous one stays readable.
-	gen1 := generation(dir)
 	second := e.issue("e1", sensorID)
-	waitFor(t, "the rotated generation", func() bool { return generation(dir) != gen1 })
+	gen2 := waitGeneration(t, dir, gen1)
 	checkFiles(t, dir, second)
 	checkFiles(t, filepath.Join(dir, GenerationsDir, gen1), first)
 
 	// A federated bundle arriving makes another generation with its file.
-	gen2 := generation(dir)
 	mustNoErr(t, e.cache.SetBundle(e.partner.bundle(t)))
-	waitFor(t, "the federated bundle", func() bool { return generation(dir) != gen2 })
+	gen3 := waitGeneration(t, dir, gen2)
 	fb, err := x509bundle.Load(partnerTD, filepath.Join(dir, FederatedBundleFile(partnerTD.Name())))
 	if err != nil {
 		t.Fatal(err)
@@ -181,14 +179,13 @@ func TestRunWritesRotatesAndFederates(t *testing.T) {
 	// Only the current and the previous generation are kept.
 	gens, err := os.ReadDir(filepath.Join(dir, GenerationsDir))
 	mustNoErr(t, err)
-	if len(gens) != 2 || !hasName(gens, gen2) || !hasName(gens, generation(dir)) {
+	if len(gens) != 2 || !hasName(gens, gen2) || !hasName(gens, gen3) {
 		t.Errorf("generations %v, want the current and %s", names(gens), gen2)
 	}
 
 	// The entry stops federating: the federated files and links go.
-	gen3 := generation(dir)
 	mustNoErr(t, e.cache.SetEntries([]*cache.Entry{entry("e1", sensorID)}))
-	waitFor(t, "the generation without federation", func() bool { return generation(dir) != gen3 })
+	waitGeneration(t, dir, gen3)
 	if _, err := os.Lstat(filepath.Join(dir, FederatedBundleFile(partnerTD.Name()))); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stale federated bundle link left: %v", err)
 	}
@@ -408,4 +405,24 @@ func TestNewRejectsBadTargets(t *testing.T) {
 	if _, err := New(Config{Targets: []Target{ok}, Cache: c}); err != nil {
 		t.Fatalf("valid target rejected: %v", err)
 	}
+}
+
+// A target that cannot be written does not stop the others.
+func TestFailingTargetDoesNotBlockOthers(t *testing.T) {
+	e := newEnv(t)
+	base := t.TempDir()
+	blocker := filepath.Join(base, "not-a-dir")
+	mustNoErr(t, os.WriteFile(blocker, []byte("x"), 0o600))
+	good := filepath.Join(base, "good")
+	mustNoErr(t, e.cache.SetBundle(e.ca.bundle(t)))
+	mustNoErr(t, e.cache.SetEntries([]*cache.Entry{entry("e1", sensorID)}))
+	s := e.issue("e1", sensorID)
+	bad := sensorTarget(blocker)
+	bad.Name = "bad"
+	d := e.delivery(bad, sensorTarget(good))
+	err := d.syncAll()
+	if err == nil || !strings.Contains(err.Error(), "is not a directory") {
+		t.Fatalf("syncAll error = %v, want the bad target's", err)
+	}
+	checkFiles(t, good, s)
 }

@@ -141,3 +141,39 @@ func readGenFile(t *testing.T, dir, name string) []byte {
 	}
 	return b
 }
+
+// waitGeneration waits until current points at a generation other than
+// prev and the stable links match it exactly (they are updated just after
+// the swap), and returns the new generation.
+func waitGeneration(t *testing.T, dir, prev string) string {
+	t.Helper()
+	var gen string
+	waitFor(t, "a new generation with its links", func() bool {
+		gen = generation(dir)
+		if gen == "" || gen == prev {
+			return false
+		}
+		files, err := os.ReadDir(filepath.Join(dir, GenerationsDir, gen))
+		if err != nil {
+			return false
+		}
+		want := map[string]bool{}
+		for _, f := range files {
+			want[f.Name()] = true
+			if l, err := os.Readlink(filepath.Join(dir, f.Name())); err != nil || l != filepath.Join(CurrentLink, f.Name()) {
+				return false
+			}
+		}
+		des, err := os.ReadDir(dir)
+		if err != nil {
+			return false
+		}
+		for _, de := range des {
+			if de.Type()&os.ModeSymlink != 0 && de.Name() != CurrentLink && !want[de.Name()] {
+				return false
+			}
+		}
+		return true
+	})
+	return gen
+}

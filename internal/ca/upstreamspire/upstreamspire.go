@@ -32,6 +32,7 @@ import (
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
@@ -146,6 +147,12 @@ func (a *Authority) client(ctx context.Context) (*grpc.ClientConn, error) {
 		return nil, errors.New("upstream spire: closed")
 	}
 	if a.conn != nil {
+		// Calls are rare (a poll every few seconds, rotation retries): do
+		// not let a long reconnect back-off delay recovery once the
+		// upstream is back.
+		if a.conn.GetState() == connectivity.TransientFailure {
+			a.conn.ResetConnectBackoff()
+		}
 		return a.conn, nil
 	}
 	if a.source == nil {

@@ -1,0 +1,196 @@
+package upstreamspire_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/ca"
+	"github.com/sigil-spiffe/sigil/internal/ca/upstreamspire"
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/test/nested"
+)
+
+func TestNewValidates(t *testing.T) {
+	good := upstreamspire.Config{TrustDomain: nested.TrustDomain, ServerAddress: "127.0.0.1", ServerPort: 8081, WorkloadAPISocket: "/x/agent.sock"}
+	if _, err := upstreamspire.New(good); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	for name, edit := range map[string]func(*upstreamspire.Config){
+		"no trust domain": func(c *upstreamspire.Config) { c.TrustDomain = spiffeid.TrustDomain{} },
+		"no address":      func(c *upstreamspire.Config) { c.ServerAddress = "" },
+		"port 0":          func(c *upstreamspire.Config) { c.ServerPort = 0 },
+		"port too big":    func(c *upstreamspire.Config) { c.ServerPort = 70000 },
+		"no socket":       func(c *upstreamspire.Config) { c.WorkloadAPISocket = "" },
+		"negative poll":   func(c *upstreamspire.Config) { c.PollInterval = -time.Second },
+	} {
+		c := good
+		edit(&c)
+		if _, err := upstreamspire.New(c); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// Construction needs nothing reachable; calls fail (not hang) while the
+// agent's Workload API is missing.
+func TestLazyAndBounded(t *testing.T) {
+	a, err := upstreamspire.New(upstreamspire.Config{
+		TrustDomain: nested.TrustDomain, ServerAddress: "127.0.0.1", ServerPort: nested.FreePort(t),
+		WorkloadAPISocket: filepath.Join(t.TempDir(), "missing.sock"), CallTimeout: 300 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	_, _, err = a.MintX509CA(context.Background(), csr(t), time.Hour)
+	if err == nil || !strings.Contains(err.Error(), "Workload API") {
+		t.Fatalf("MintX509CA without an agent: %v, want a Workload API error", err)
+	}
+	if _, err := a.PublishJWTAuthority(context.Background(), datastore.JWTKey{KeyID: "k"}); err == nil {
+		t.Fatal("PublishJWTAuthority without an agent succeeded")
+	}
+}
+
+func csr(t *testing.T) []byte {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{nested.TrustDomain.ID().URL()}}, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// TestAgainstRealUpstream runs the authority against a real root server
+// and a real agent serving the downstream entry's SVID: minting, JWT
+// publication, bundle watching, failure while the root is down and
+// recovery once it is back.
+func TestAgainstRealUpstream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := nested.ShortTempDir(t)
+	rootCfg := nested.NewServerConfig(filepath.Join(dir, "root"), nested.FreePort(t))
+	root := nested.StartServer(t, "root", rootCfg)
+	gw := nested.StartAgent(t, ctx, "agent", filepath.Join(dir, "a"), root, "/gw")
+	if err := root.CreateEntry(ctx, "/down", "/gw", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gw.FetchX509SVID(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	a, err := upstreamspire.New(upstreamspire.Config{
+		TrustDomain: nested.TrustDomain, ServerAddress: "127.0.0.1", ServerPort: rootCfg.BindPort,
+		WorkloadAPISocket: gw.Socket, PollInterval: 100 * time.Millisecond, CallTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+
+	// Mint: the chain verifies against the returned roots, which are the
+	// root server's bundle; the TTL follows the preferred TTL.
+	chain, roots, err := a.MintX509CA(ctx, csr(t), 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootX, _, err := root.Bundle(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(roots) != len(rootX.X509Authorities()) || !rootX.HasX509Authority(roots[0]) {
+		t.Fatal("returned roots are not the root server's X.509 authorities")
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("minted CA does not verify against the roots: %v", err)
+	}
+	if life := chain[0].NotAfter.Sub(time.Now()); life > 10*time.Minute || life < 9*time.Minute {
+		t.Fatalf("minted CA lives %s, want about the preferred 10m", life)
+	}
+
+	// Publish a JWT key: it is in the answer and in the root's bundle.
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := a.PublishJWTAuthority(ctx, datastore.JWTKey{KeyID: "site-key", PublicKey: pub, ExpiresAt: time.Now().Add(time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, k := range keys {
+		found = found || k.KeyID == "site-key"
+	}
+	_, rootJ, err := root.Bundle(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !found || !rootJ.HasJWTAuthority("site-key") || len(keys) != len(rootJ.JWTAuthorities()) {
+		t.Fatalf("published key: in answer %v, in root bundle %v; answer has %d keys, root %d", found, rootJ.HasJWTAuthority("site-key"), len(keys), len(rootJ.JWTAuthorities()))
+	}
+
+	// Watch: the full upstream bundle is delivered.
+	got := make(chan ca.UpstreamBundle, 16)
+	wctx, wcancel := context.WithCancel(ctx)
+	wdone := make(chan error, 1)
+	go func() {
+		wdone <- a.WatchUpstreamBundle(wctx, func(_ context.Context, b ca.UpstreamBundle) error {
+			got <- b
+			return nil
+		})
+	}()
+	select {
+	case b := <-got:
+		if len(b.X509Authorities) != len(roots) || len(b.JWTKeys) != len(keys) {
+			t.Fatalf("watched bundle: %d roots, %d JWT keys; want %d, %d", len(b.X509Authorities), len(b.JWTKeys), len(roots), len(keys))
+		}
+	case <-ctx.Done():
+		t.Fatal("no bundle from the watcher")
+	}
+	wcancel()
+	if err := <-wdone; err != nil {
+		t.Fatalf("WatchUpstreamBundle: %v", err)
+	}
+
+	// Root down: calls fail within the call timeout. Root back (same data
+	// and port): calls succeed again on the same Authority.
+	root.Stop()
+	if _, _, err := a.MintX509CA(ctx, csr(t), time.Hour); err == nil {
+		t.Fatal("MintX509CA succeeded with the root stopped")
+	}
+	nested.StartServer(t, "root-restarted", rootCfg)
+	for {
+		chain, _, err = a.MintX509CA(ctx, csr(t), time.Hour)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("MintX509CA after the root came back: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !chain[0].IsCA {
+		t.Fatal("minted certificate after recovery is not a CA")
+	}
+}

@@ -349,10 +349,7 @@ func DefaultRenewal(now, notBefore, notAfter time.Time) bool {
 	if life <= 0 {
 		return true
 	}
-	h := uint64(notBefore.UnixNano())*0x9E3779B97F4A7C15 ^ uint64(notAfter.UnixNano())
-	h ^= h >> 29
-	frac := float64(h%1000) / 1000 * 0.10
-	renewAt := notBefore.Add(life/2 - time.Duration(float64(life)*frac))
+	renewAt := notBefore.Add(life/2 - time.Duration(float64(life)*jitterFrac(notBefore, notAfter)))
 	return !now.Before(renewAt)
 }
 

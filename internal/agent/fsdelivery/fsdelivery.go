@@ -293,6 +293,15 @@ func (d *Delivery) sync(t *target) error {
 	if t.hasWrite && fp == t.written {
 		return nil
 	}
+	if !t.hasWrite && adoptCurrent(t, files) {
+		// A restarted agent finds exactly these files already in place:
+		// no new generation, so applications see no spurious rotation.
+		t.written, t.hasWrite, t.expired = fp, true, false
+		t.notAfter = st.svid.Chain[0].NotAfter
+		d.log.Info("SVID files on disk are up to date", "target", t.Name, "spiffe_id", t.SPIFFEID.String(), "directory", t.Directory,
+			"generation", currentGeneration(t.Directory), "serial", st.svid.Chain[0].SerialNumber.String(), "not_after", st.svid.Chain[0].NotAfter)
+		return nil
+	}
 	gen, err := writeGeneration(t, files)
 	if err != nil {
 		return err

@@ -1,3 +1,5 @@
+//go:build unix
+
 package fsdelivery
 
 import (
@@ -176,11 +178,15 @@ func TestRunWritesRotatesAndFederates(t *testing.T) {
 		t.Errorf("federated bundle JSON: %v", err)
 	}
 	checkFiles(t, dir, second)
-	// Only the current and the previous generation are kept.
-	gens, err := os.ReadDir(filepath.Join(dir, GenerationsDir))
-	mustNoErr(t, err)
+	// Only the current and the previous generation are kept (pruning
+	// follows the swap).
+	var gens []os.DirEntry
+	waitFor(t, "old generations pruned", func() bool {
+		gens, err = os.ReadDir(filepath.Join(dir, GenerationsDir))
+		return err == nil && len(gens) <= 2
+	})
 	if len(gens) != 2 || !hasName(gens, gen2) || !hasName(gens, gen3) {
-		t.Errorf("generations %v, want the current and %s", names(gens), gen2)
+		t.Errorf("generations %v, want %s and %s", names(gens), gen2, gen3)
 	}
 
 	// The entry stops federating: the federated files and links go.
@@ -425,4 +431,38 @@ func TestFailingTargetDoesNotBlockOthers(t *testing.T) {
 		t.Fatalf("syncAll error = %v, want the bad target's", err)
 	}
 	checkFiles(t, good, s)
+}
+
+// A restarted agent whose files are already up to date writes no new
+// generation; a file that differs in content or mode makes one.
+func TestRestartAdoptsUpToDateFiles(t *testing.T) {
+	e := newEnv(t)
+	dir := filepath.Join(t.TempDir(), "sensor")
+	mustNoErr(t, e.cache.SetBundle(e.ca.bundle(t)))
+	mustNoErr(t, e.cache.SetEntries([]*cache.Entry{entry("e1", sensorID)}))
+	s := e.issue("e1", sensorID)
+	mustNoErr(t, e.delivery(sensorTarget(dir)).syncAll())
+	restart := func() string {
+		t.Helper()
+		mustNoErr(t, e.delivery(sensorTarget(dir)).syncAll())
+		return generation(dir)
+	}
+	// A lost stable link is repaired without a new generation.
+	mustNoErr(t, os.Remove(filepath.Join(dir, BundleFile)))
+	if g := restart(); g != "1" {
+		t.Fatalf("restart with unchanged files wrote generation %s", g)
+	}
+	checkFiles(t, dir, s)
+
+	mustNoErr(t, os.Chmod(filepath.Join(dir, GenerationsDir, "1", BundleFile), 0o600))
+	if g := restart(); g != "2" {
+		t.Fatalf("restart after a mode change: generation %s, want 2", g)
+	}
+	mustNoErr(t, os.Chmod(filepath.Join(dir, GenerationsDir, "2", SVIDFile), 0o600)) // keep the mode, change content
+	mustNoErr(t, os.WriteFile(filepath.Join(dir, GenerationsDir, "2", SVIDFile), []byte("tampered"), 0o640))
+	mustNoErr(t, os.Chmod(filepath.Join(dir, GenerationsDir, "2", SVIDFile), 0o640))
+	if g := restart(); g != "3" {
+		t.Fatalf("restart after tampering: generation %s, want 3", g)
+	}
+	checkFiles(t, dir, s)
 }

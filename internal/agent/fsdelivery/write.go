@@ -1,6 +1,7 @@
 package fsdelivery
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -84,6 +85,47 @@ func writeGeneration(t *target, files []file) (uint64, error) {
 	}
 	errs = append(errs, removeStaleLinks(dir, want), prune(gens, name, prev), syncDir(dir))
 	return n, errors.Join(errs...)
+}
+
+// adoptCurrent reports whether the current generation on disk holds
+// exactly files, with the modes (and owner) t asks for, and its stable
+// links are in place (they are repaired if not).
+func adoptCurrent(t *target, files []file) bool {
+	gen := currentGeneration(t.Directory)
+	if gen == "" {
+		return false
+	}
+	gdir := filepath.Join(t.Directory, GenerationsDir, gen)
+	des, err := os.ReadDir(gdir)
+	if err != nil || len(des) != len(files) {
+		return false
+	}
+	want := make(map[string]bool, len(files))
+	for _, f := range files {
+		want[f.name] = true
+		p := filepath.Join(gdir, f.name)
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.Mode().IsRegular() {
+			return false
+		}
+		perm := t.mode
+		if f.secret {
+			perm = 0o600
+		}
+		if fi.Mode().Perm() != perm || !ownedAsWanted(t, fi) {
+			return false
+		}
+		data, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(data, f.data) {
+			return false
+		}
+	}
+	var errs []error
+	for _, f := range files {
+		errs = append(errs, replaceSymlink(t, t.Directory, f.name, filepath.Join(CurrentLink, f.name)))
+	}
+	errs = append(errs, removeStaleLinks(t.Directory, want))
+	return errors.Join(errs...) == nil
 }
 
 // ensureTargetDir creates the target directory (mode dmode, chowned) and

@@ -53,6 +53,9 @@ const (
 	DefaultSafetySyncInterval = 30 * time.Second
 	DefaultMinBackoff         = 200 * time.Millisecond
 	DefaultMaxBackoff         = 30 * time.Second
+	// DefaultStateLogInterval is how often a degraded or expired agent
+	// repeats its state in the log.
+	DefaultStateLogInterval = 10 * time.Minute
 )
 
 // Config configures a Manager.
@@ -81,9 +84,19 @@ type Config struct {
 	// Log; nil discards.
 	Log *slog.Logger
 	// RenewBefore decides when an SVID (the agent's and workloads') is
-	// due for renewal; nil is cache.DefaultRenewal (half-life with
-	// jitter). It must be monotonic in now.
+	// due for renewal; nil is cache.AvailabilityTargetRenewal of
+	// AvailabilityTarget (cache.DefaultRenewal, half-life with jitter,
+	// when that is 0). It must be monotonic in now.
 	RenewBefore cache.RenewalPolicy
+	// AvailabilityTarget is SPIRE's availability_target: how long the
+	// agent should be able to serve through an outage. SVIDs are renewed
+	// once less than max(half their lifetime, AvailabilityTarget) is left;
+	// SVIDs whose whole lifetime is shorter are renewed at half-life and
+	// logged once (per entry, and for the agent SVID). 0 disables it.
+	AvailabilityTarget time.Duration
+	// StateLogInterval is how often a degraded or expired agent repeats
+	// its state in the log; 0 is DefaultStateLogInterval.
+	StateLogInterval time.Duration
 	// SyncInterval is the periodic sync when the server has no watch
 	// mode; 0 is DefaultSyncInterval.
 	SyncInterval time.Duration
@@ -97,9 +110,33 @@ type Config struct {
 	DialOptions []grpc.DialOption
 }
 
+// State summarizes what the agent can do for its workloads.
+type State string
+
+// States.
+const (
+	// StateConnected: a session with the server is established.
+	StateConnected State = "connected"
+	// StateDegraded: the server is unreachable (or refuses the agent);
+	// workloads are served the cached SVIDs that are still valid.
+	StateDegraded State = "degraded"
+	// StateExpired: the server is unreachable and no valid workload SVID
+	// is left to serve.
+	StateExpired State = "expired"
+)
+
 // Status describes the manager's connection to the server, for health
 // checks.
 type Status struct {
+	// State is connected, degraded or expired.
+	State State
+	// SVIDs is the number of unexpired workload X509-SVIDs the agent can
+	// serve.
+	SVIDs int
+	// EarliestSVIDExpiry is the earliest NotAfter among those SVIDs; zero
+	// when there are none. While degraded it is when the first workload
+	// loses its identity unless the server comes back.
+	EarliestSVIDExpiry time.Time
 	// Connected is true while a session with the server is established
 	// and its last exchange succeeded.
 	Connected bool
@@ -139,6 +176,16 @@ type Manager struct {
 	// kick wakes the session loop to re-arm its rotation timer.
 	kick chan struct{}
 	jwt  singleflight.Group
+
+	// statusChanged wakes the state reporter; attempted is set once the
+	// first connection attempt has finished (before that, not being
+	// connected is not worth a warning).
+	statusChanged chan struct{}
+	attempted     bool
+	// shortWarned holds the entry IDs ("" for the agent SVID) already
+	// reported as living no longer than the availability target.
+	shortMu     sync.Mutex
+	shortWarned map[string]struct{}
 }
 
 // New validates cfg and restores the persisted agent SVID. It does not
@@ -158,8 +205,14 @@ func New(cfg Config) (*Manager, error) {
 	case cfg.Cache.TrustDomain() != cfg.TrustDomain:
 		return nil, fmt.Errorf("manager: cache is for trust domain %q, not %q", cfg.Cache.TrustDomain(), cfg.TrustDomain)
 	}
+	if cfg.AvailabilityTarget < 0 {
+		return nil, fmt.Errorf("manager: negative availability target %s", cfg.AvailabilityTarget)
+	}
 	if cfg.RenewBefore == nil {
-		cfg.RenewBefore = cache.DefaultRenewal
+		cfg.RenewBefore = cache.AvailabilityTargetRenewal(cfg.AvailabilityTarget)
+	}
+	if cfg.StateLogInterval <= 0 {
+		cfg.StateLogInterval = DefaultStateLogInterval
 	}
 	if cfg.SyncInterval <= 0 {
 		cfg.SyncInterval = DefaultSyncInterval
@@ -183,6 +236,9 @@ func New(cfg Config) (*Manager, error) {
 		clk:   clock.OrReal(cfg.Clock),
 		cache: cfg.Cache,
 		kick:  make(chan struct{}, 1),
+
+		statusChanged: make(chan struct{}, 1),
+		shortWarned:   make(map[string]struct{}),
 	}
 	id, err := m.loadIdentity(context.Background())
 	switch {
@@ -197,17 +253,29 @@ func New(cfg Config) (*Manager, error) {
 	now := m.clk.Now()
 	m.status = Status{DegradedSince: now, LastError: "not connected yet"}
 	if m.id != nil {
+		leaf := m.id.svid.Certificates[0]
 		m.status.AgentID = m.id.svid.ID
-		m.status.AgentSVIDExpiresAt = m.id.svid.Certificates[0].NotAfter
+		m.status.AgentSVIDExpiresAt = leaf.NotAfter
+		m.warnShortLived("", m.id.svid.ID, leaf.NotBefore, leaf.NotAfter)
 	}
 	return m, nil
 }
 
-// Status returns the current connection status.
+// Status returns the current connection status and state.
 func (m *Manager) Status() Status {
 	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return m.status
+	st := m.status
+	m.mu.RUnlock()
+	st.SVIDs, st.EarliestSVIDExpiry = m.cache.SVIDStats(m.clk.Now())
+	switch {
+	case st.Connected:
+		st.State = StateConnected
+	case st.SVIDs > 0:
+		st.State = StateDegraded
+	default:
+		st.State = StateExpired
+	}
+	return st
 }
 
 // AgentSVID returns the current agent SVID (nil before attestation). It
@@ -233,6 +301,8 @@ func (m *Manager) setIdentity(id *identity) {
 	m.id = id
 	m.status.AgentID = id.svid.ID
 	m.status.AgentSVIDExpiresAt = id.svid.Certificates[0].NotAfter
+	leaf := id.svid.Certificates[0]
+	m.warnShortLived("", id.svid.ID, leaf.NotBefore, leaf.NotAfter)
 }
 
 // serverBundle is the bundle used to authenticate the server.
@@ -257,6 +327,8 @@ func (m *Manager) setConnected() {
 	m.status.Connected = true
 	m.status.DegradedSince = time.Time{}
 	m.status.LastError = ""
+	m.attempted = true
+	m.notifyStatus()
 }
 
 func (m *Manager) setDegraded(err error) {
@@ -269,6 +341,16 @@ func (m *Manager) setDegraded(err error) {
 	m.status.WatchMode = false
 	m.status.LastError = err.Error()
 	m.status.LastErrorAt = m.clk.Now()
+	m.attempted = true
+	m.notifyStatus()
+}
+
+// notifyStatus wakes the state reporter without blocking.
+func (m *Manager) notifyStatus() {
+	select {
+	case m.statusChanged <- struct{}{}:
+	default:
+	}
 }
 
 func (m *Manager) setWatchMode(on bool) {

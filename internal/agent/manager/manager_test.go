@@ -50,12 +50,19 @@ type agentOpts struct {
 	insecure    bool // no trust bundle; insecure bootstrap
 	noBundle    bool // no configured trust bundle
 	dialOptions []grpc.DialOption
+	// log receives the manager's and cache's logs (default: WARN and up
+	// to stderr).
+	log                *slog.Logger
+	availabilityTarget time.Duration
 }
 
 // startAgent builds a cache (loaded from dir) and a manager and runs both.
 func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAgent {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := o.log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	c := cache.New(cache.Config{Dir: dir, TrustDomain: td, Clock: o.clock, Log: log})
 	if err := c.Load(); err != nil {
 		t.Fatalf("cache load: %v", err)
@@ -84,6 +91,7 @@ func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAge
 		Clock:              o.clock,
 		Log:                log,
 		RenewBefore:        o.renewBefore,
+		AvailabilityTarget: o.availabilityTarget,
 		SafetySyncInterval: safety,
 		SyncInterval:       o.poll,
 		MinBackoff:         20 * time.Millisecond,

@@ -36,6 +36,13 @@ var errNoIdentity = errors.New("no usable agent SVID and no join token to attest
 // done. It returns nil on cancellation; it does not return on server
 // errors (it reconnects).
 func (m *Manager) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	reportCtx, stopReport := context.WithCancel(ctx)
+	wg.Go(func() { m.reportState(reportCtx) })
+	defer func() {
+		stopReport()
+		wg.Wait()
+	}()
 	bo := newBackoff(m.cfg.MinBackoff, m.cfg.MaxBackoff)
 	loggedNoIdentity := false
 	// Failures are logged at Warn when they change or every
@@ -374,6 +381,18 @@ func (m *Manager) signDue(ctx context.Context, cl *client.Client) error {
 			m.log.Warn("Some SVIDs were rejected by the cache", "error", serr)
 		}
 		m.log.Debug("Stored workload SVIDs", "count", len(svids))
+		if m.cfg.AvailabilityTarget > 0 {
+			current := make(map[string]struct{})
+			for _, e := range m.cache.Entries() {
+				current[e.ID] = struct{}{}
+			}
+			m.forgetShortLived(current)
+			for _, d := range due {
+				if s, ok := svids[d.ID]; ok {
+					m.warnShortLived(d.ID, d.SPIFFEID, s.Chain[0].NotBefore, s.Chain[0].NotAfter)
+				}
+			}
+		}
 	}
 	return err
 }

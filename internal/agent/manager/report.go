@@ -1,0 +1,144 @@
+package manager
+
+import (
+	"context"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+)
+
+// reportState logs the agent's state: a warning when it becomes degraded
+// (with since when and the earliest workload SVID expiry), an error when
+// nothing valid is left to serve, a reminder every StateLogInterval while
+// either lasts, and a line when the server is back. It returns when ctx is
+// done.
+func (m *Manager) reportState(ctx context.Context) {
+	changes, stop := m.cache.Watch()
+	defer stop()
+	var (
+		last       State // last state logged; "" before the first
+		lastSince  time.Time
+		lastLogged time.Time
+		timer      <-chan time.Time
+		timerAt    time.Time
+	)
+	for {
+		now := m.clk.Now()
+		st := m.Status()
+		m.mu.RLock()
+		attempted := m.attempted
+		m.mu.RUnlock()
+		if attempted {
+			if st.State != last {
+				m.logTransition(last, lastSince, st, now)
+				last, lastLogged = st.State, now
+			} else if st.State != StateConnected && now.Sub(lastLogged) >= m.cfg.StateLogInterval {
+				m.logReminder(st, now)
+				lastLogged = now
+			}
+			lastSince = st.DegradedSince
+		}
+
+		// Wake at the earliest SVID expiry (degraded -> expired) and at
+		// the next reminder; re-arm only when that instant changes.
+		var next time.Time
+		if st.State == StateDegraded {
+			next = st.EarliestSVIDExpiry
+		}
+		if attempted && st.State != StateConnected {
+			if r := lastLogged.Add(m.cfg.StateLogInterval); next.IsZero() || r.Before(next) {
+				next = r
+			}
+		}
+		if !next.Equal(timerAt) {
+			timer, timerAt = nil, next
+			if !next.IsZero() {
+				timer = m.clk.After(next.Sub(now))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+		case <-m.statusChanged:
+		case <-timer:
+			timer, timerAt = nil, time.Time{}
+		}
+	}
+}
+
+func (m *Manager) logTransition(from State, fromSince time.Time, st Status, now time.Time) {
+	switch st.State {
+	case StateConnected:
+		if from == "" {
+			return // "Connected to the server" is logged on connection
+		}
+		m.log.Info("Agent state: connected; the server is reachable again, no longer serving from cache only",
+			"state", st.State, "previous_state", from, "degraded_for", now.Sub(fromSince).Round(time.Second))
+	case StateDegraded:
+		m.log.Warn("Agent state: degraded; the server is unreachable, serving cached SVIDs until they expire",
+			"state", st.State, "degraded_since", st.DegradedSince, "earliest_svid_expiry", st.EarliestSVIDExpiry,
+			"expires_in", st.EarliestSVIDExpiry.Sub(now).Round(time.Second), "svids", st.SVIDs,
+			"agent_svid_expires_at", st.AgentSVIDExpiresAt, "error", st.LastError)
+	case StateExpired:
+		m.log.Error("Agent state: expired; no valid SVID is left to serve and the server is unreachable: workloads get no identity until it is back",
+			"state", st.State, "degraded_since", st.DegradedSince, "agent_svid_expires_at", st.AgentSVIDExpiresAt, "error", st.LastError)
+	}
+}
+
+func (m *Manager) logReminder(st Status, now time.Time) {
+	switch st.State {
+	case StateDegraded:
+		m.log.Warn("Agent state: still degraded, serving cached SVIDs",
+			"state", st.State, "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
+			"earliest_svid_expiry", st.EarliestSVIDExpiry, "expires_in", st.EarliestSVIDExpiry.Sub(now).Round(time.Second),
+			"svids", st.SVIDs, "error", st.LastError)
+	case StateExpired:
+		m.log.Error("Agent state: still expired, no valid SVID to serve",
+			"state", st.State, "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
+			"error", st.LastError)
+	}
+}
+
+// warnShortLived logs, once per entry (entryID "" is the agent SVID),
+// that an SVID lives no longer than the availability target and is
+// therefore renewed at half-life: the agent cannot ride out an outage that
+// long with it.
+func (m *Manager) warnShortLived(entryID string, id spiffeid.ID, notBefore, notAfter time.Time) {
+	target := m.cfg.AvailabilityTarget
+	if target <= 0 {
+		return
+	}
+	short := cache.ShorterThanTarget(target, notBefore, notAfter)
+	m.shortMu.Lock()
+	_, warned := m.shortWarned[entryID]
+	switch {
+	case short && !warned:
+		m.shortWarned[entryID] = struct{}{}
+	case !short && warned:
+		delete(m.shortWarned, entryID) // warn again if it becomes short again
+	}
+	m.shortMu.Unlock()
+	if !short || warned {
+		return
+	}
+	what, attrs := "An agent SVID", []any{}
+	if entryID != "" {
+		what, attrs = "A workload SVID", []any{"entry_id", entryID}
+	}
+	attrs = append(attrs, "spiffe_id", id.String(), "ttl", notAfter.Sub(notBefore).Round(time.Second), "availability_target", target)
+	m.log.Warn(what+" lives no longer than availability_target: it is renewed at half-life and cannot cover an outage that long; raise its X509-SVID TTL", attrs...)
+}
+
+// forgetShortLived drops the warning state of entries not in keep.
+func (m *Manager) forgetShortLived(keep map[string]struct{}) {
+	m.shortMu.Lock()
+	defer m.shortMu.Unlock()
+	for k := range m.shortWarned {
+		if _, ok := keep[k]; k != "" && !ok {
+			delete(m.shortWarned, k)
+		}
+	}
+}

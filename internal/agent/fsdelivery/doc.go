@@ -53,6 +53,10 @@
 // watch files should watch D for the current entry being replaced
 // (IN_MOVED_TO "current" with inotify).
 //
+// A restarted agent that finds the current generation identical to what it
+// would write (contents, modes and owner) keeps it and only repairs the
+// stable symlinks, so a restart is not a rotation for the application.
+//
 // Nothing is written until the identity has an unexpired SVID and the
 // agent has our trust bundle; an SVID that has expired is never written
 // (its files stay as they were: nothing is deleted because the server is

@@ -42,6 +42,7 @@ type Options struct {
 type Agent struct {
 	cfg   *config.Agent
 	log   *slog.Logger
+	clk   clock.Clock
 	cache *cache.Cache
 	mgr   *manager.Manager
 	wl    *workloadapi.Server
@@ -91,6 +92,9 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 		Cache:             c,
 		Clock:             clk,
 		Log:               log.With("subsystem", "manager"),
+		// availability_target: renew SVIDs (workloads' and the agent's)
+		// once less than max(half-life, target) is left.
+		AvailabilityTarget: cfg.AvailabilityTarget,
 	})
 	if err != nil {
 		return nil, err
@@ -118,7 +122,7 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, cache: c, mgr: mgr, wl: wl, fsd: fsd}, nil
+	return &Agent{cfg: cfg, log: log, clk: clk, cache: c, mgr: mgr, wl: wl, fsd: fsd}, nil
 }
 
 // Ready is closed once the Workload API socket accepts connections.
@@ -194,10 +198,18 @@ func fetchBundle(ctx context.Context, url string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 }
 
-// serveHealth is SPIRE's health_checks listener. The agent is ready while it
-// serves: a disconnected agent still serves its cached identities, so it
-// stays ready and says it is degraded.
+// serveHealth is SPIRE's health_checks listener, plus MetricsPath. The
+// agent is ready while it can serve: a disconnected agent still serves its
+// cached identities, so it stays ready and says it is degraded (since
+// when, earliest SVID expiry); once nothing valid is left it is expired and
+// not ready.
 func (a *Agent) serveHealth(ctx context.Context, hc config.HealthChecks) error {
+	handlers := map[string]http.Handler{}
+	if MetricsPath != hc.LivePath && MetricsPath != hc.ReadyPath {
+		handlers[MetricsPath] = metricsHandler(a.mgr.Status)
+	} else {
+		a.log.Warn("health_checks: a probe path is "+MetricsPath+"; metrics are not served", "live_path", hc.LivePath, "ready_path", hc.ReadyPath)
+	}
 	return healthcheck.Serve(ctx, healthcheck.Config{
 		Addr:      net.JoinHostPort(hc.BindAddress, strconv.Itoa(hc.BindPort)),
 		LivePath:  hc.LivePath,
@@ -208,11 +220,8 @@ func (a *Agent) serveHealth(ctx context.Context, hc config.HealthChecks) error {
 			default:
 				return false, "not ready: Workload API starting"
 			}
-			st := a.mgr.Status()
-			if st.Connected {
-				return true, "ok"
-			}
-			return true, fmt.Sprintf("degraded since %s: %s", st.DegradedSince.Format(time.RFC3339), st.LastError)
+			return readiness(a.mgr.Status(), a.clk.Now())
 		},
+		Handlers: handlers,
 	})
 }

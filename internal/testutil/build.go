@@ -74,18 +74,16 @@ func BuildPackages(pkgs ...string) ([]string, error) {
 			missing = append(missing, p)
 		}
 	}
-	if len(missing) > 0 {
-		// One directory per package keeps binaries with the same base
-		// name apart; one go command per package keeps it simple.
-		for _, p := range missing {
-			out := filepath.Join(build.dir, strings.NewReplacer("/", "_", ".", "_").Replace(strings.Trim(p, "./")), filepath.Base(p))
-			cmd := exec.Command("go", "build", "-o", out, p)
-			cmd.Dir = root
-			if b, err := cmd.CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("testutil: go build %s: %w\n%s", p, err, b)
-			}
-			build.bins[p] = out
+	// One directory per package keeps binaries with the same base name
+	// apart.
+	for _, p := range missing {
+		out := filepath.Join(build.dir, strings.NewReplacer("/", "_", ".", "_").Replace(strings.Trim(p, "./")), filepath.Base(p))
+		cmd := exec.Command("go", "build", "-o", out, p)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("testutil: go build %s: %w\n%s", p, err, b)
 		}
+		build.bins[p] = out
 	}
 	bins := make([]string, len(pkgs))
 	for i, p := range pkgs {

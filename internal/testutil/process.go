@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,7 +38,6 @@ type Process struct {
 	logStart int64
 	done     chan struct{}
 	err      error // valid after done
-	once     sync.Once
 }
 
 // StopTimeout bounds how long Stop waits after SIGTERM before SIGKILL.

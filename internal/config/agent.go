@@ -54,7 +54,6 @@ type Agent struct {
 	// AvailabilityTarget is 0 (unset) or at least MinAvailabilityTarget.
 	AvailabilityTarget time.Duration
 
-	SDS          SDS
 	HealthChecks HealthChecks
 
 	NodeAttestor      AgentNodeAttestor
@@ -82,14 +81,6 @@ type FilesystemDelivery struct {
 	// UID and GID are uid and gid (numeric): the owner given to everything
 	// written; -1 when unset (left as the agent's).
 	UID, GID int
-}
-
-// SDS is agent.sds: resource names of the Envoy SDS API (SPIRE defaults).
-type SDS struct {
-	DefaultSVIDName             string // "default"
-	DefaultBundleName           string // "ROOTCA"
-	DefaultAllBundlesName       string // "ALL"
-	DisableSPIFFECertValidation bool
 }
 
 // AgentNodeAttestor names the agent's (single) node attestor.
@@ -125,12 +116,7 @@ func DefaultAgent() *Agent {
 		TrustBundleFormat: TrustBundleFormatPEM,
 		LogLevel:          DefaultLogLevel,
 		LogFormat:         DefaultLogFormat,
-		SDS: SDS{
-			DefaultSVIDName:       "default",
-			DefaultBundleName:     "ROOTCA",
-			DefaultAllBundlesName: "ALL",
-		},
-		HealthChecks: defaultHealthChecks(),
+		HealthChecks:      defaultHealthChecks(),
 	}
 }
 
@@ -142,6 +128,7 @@ var (
 		"jwt_svid_cache_max_size": true, "experimental": true, "trust_bundle_unix_socket": true,
 		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
 		"profiling_freq": true, "profiling_names": true,
+		"sds": true, // Envoy SDS is not implemented yet
 	}
 	unsupportedAgentPluginTypes = map[string]bool{"SVIDStore": true}
 )
@@ -292,13 +279,6 @@ func (d *decoder) agentSection(b *block, a *Agent) {
 	b.str("log_format", &a.LogFormat)
 	b.str("log_file", &a.LogFile)
 	b.duration("availability_target", &a.AvailabilityTarget)
-	if sds := b.sub("sds", "sds block"); sds != nil {
-		sds.str("default_svid_name", &a.SDS.DefaultSVIDName)
-		sds.str("default_bundle_name", &a.SDS.DefaultBundleName)
-		sds.str("default_all_bundles_name", &a.SDS.DefaultAllBundlesName)
-		sds.boolean("disable_spiffe_cert_validation", &a.SDS.DisableSPIFFECertValidation)
-		sds.done()
-	}
 	d.filesystemDelivery(b, a)
 }
 
@@ -503,9 +483,6 @@ func (a *Agent) Validate() error {
 	}
 	if a.AvailabilityTarget != 0 && a.AvailabilityTarget < MinAvailabilityTarget {
 		add(fmt.Errorf("availability_target must be at least %s, got %s", MinAvailabilityTarget, a.AvailabilityTarget))
-	}
-	if a.SDS.DefaultSVIDName == "" || a.SDS.DefaultBundleName == "" || a.SDS.DefaultAllBundlesName == "" {
-		add(errors.New("sds: default_svid_name, default_bundle_name and default_all_bundles_name must not be empty"))
 	}
 	add(a.HealthChecks.validate())
 

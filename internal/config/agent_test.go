@@ -22,12 +22,6 @@ const fullAgentConf = `agent {
     log_format = "json"
     log_file = "/var/log/sigil-agent.log"
     availability_target = "48h"
-    sds {
-        default_svid_name = "svid"
-        default_bundle_name = "bundle"
-        default_all_bundles_name = "all"
-        disable_spiffe_cert_validation = true
-    }
 }
 
 plugins {
@@ -91,7 +85,6 @@ func TestParseAgentFull(t *testing.T) {
 		LogFormat:          "json",
 		LogFile:            "/var/log/sigil-agent.log",
 		AvailabilityTarget: 48 * time.Hour,
-		SDS:                SDS{DefaultSVIDName: "svid", DefaultBundleName: "bundle", DefaultAllBundlesName: "all", DisableSPIFFECertValidation: true},
 		HealthChecks:       HealthChecks{ListenerEnabled: true, BindAddress: "localhost", BindPort: 8082, LivePath: "/live", ReadyPath: "/ready"},
 		NodeAttestor:       AgentNodeAttestor{JoinToken: true},
 		KeyManager:         AgentKeyManager{Kind: "disk", Directory: "/var/lib/sigil/agent/keys"},
@@ -121,7 +114,6 @@ func TestParseAgentDefaults(t *testing.T) {
 		{"log_level", a.LogLevel, "INFO"},
 		{"log_format", a.LogFormat, "text"},
 		{"availability_target", a.AvailabilityTarget, time.Duration(0)},
-		{"sds", a.SDS, SDS{DefaultSVIDName: "default", DefaultBundleName: "ROOTCA", DefaultAllBundlesName: "ALL"}},
 		{"health_checks", a.HealthChecks, HealthChecks{BindAddress: "localhost", BindPort: 80, LivePath: "/live", ReadyPath: "/ready"}},
 		{"unix", *a.WorkloadAttestors.Unix, UnixWorkloadAttestor{}},
 		{"join_token", a.JoinToken, ""},
@@ -146,9 +138,9 @@ func TestAgentUnknownConfiguration(t *testing.T) {
 		{"unsupported SPIRE agent key",
 			agentConfWith("    retry_bootstrap = true\n", ""),
 			[]string{`agent.conf:6: unsupported key "retry_bootstrap" in agent block`}},
-		{"unknown key in sds",
-			agentConfWith("    sds {\n      default_svid_name = \"x\"\n      color = 1\n    }\n", ""),
-			[]string{`agent.conf:8: unknown key "color" in sds block`}},
+		{"sds is not implemented",
+			agentConfWith("    sds {\n      default_svid_name = \"x\"\n    }\n", ""),
+			[]string{`agent.conf:6: unsupported block "sds" in agent block`}},
 		{"server block in an agent file",
 			agentConfWith("", "server {\n  trust_domain = \"example.org\"\n}\n"),
 			[]string{`agent.conf:15: unknown block "server" in top level`}},
@@ -212,7 +204,6 @@ func TestAgentValidation(t *testing.T) {
 		{"no KeyManager", strings.Replace(base, `KeyManager "memory" {}`, "", 1), "exactly one KeyManager plugin must be configured"},
 		{"disk without directory", strings.Replace(base, `KeyManager "memory" {}`, `KeyManager "disk" {}`, 1), `KeyManager "disk": directory must be configured`},
 		{"no WorkloadAttestor", strings.Replace(base, "WorkloadAttestor \"unix\" {\n        plugin_data {\n        }\n    }", "", 1), "at least one WorkloadAttestor plugin must be configured"},
-		{"empty sds name", agentConfWith("    sds {\n      default_bundle_name = \"\"\n    }\n", ""), "sds: default_svid_name, default_bundle_name and default_all_bundles_name must not be empty"},
 		{"bad log level", agentConfWith("    log_level = \"chatty\"\n", ""), `log_level: invalid log level "chatty"`},
 	}
 	for _, c := range cases {

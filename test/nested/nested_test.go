@@ -109,6 +109,7 @@ func TestThreeTiers(t *testing.T) {
 		c.UpstreamSPIRE = &config.UpstreamSPIRE{ServerAddress: "127.0.0.1", ServerPort: rootCfg.BindPort, WorkloadAPISocket: gw.Socket}
 	})
 	site := StartServer(t, "site", siteCfg)
+	siteStarted := time.Now()
 
 	// Tier 3: a device agent attested to the site, and its workload.
 	dev1 := StartAgent(t, ctx, "device-1", filepath.Join(dir, "d1"), site, "/device-1")
@@ -141,6 +142,11 @@ func TestThreeTiers(t *testing.T) {
 
 	// Cut the site off: stop the root. Wait until the site's CA has tried,
 	// and failed, to get its next intermediate.
+	if time.Since(siteStarted) > siteCATTL/3 {
+		// The next intermediate (due at half-life) may already have been
+		// obtained: the offline rotation below would not be exercised.
+		t.Fatalf("setup took %s: too slow for a %s site ca_ttl", time.Since(siteStarted), siteCATTL)
+	}
 	failed := site.Log.Wait("CA rotation pass failed")
 	root.Stop()
 	select {

@@ -2,7 +2,6 @@ package endpoints
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -11,16 +10,13 @@ import (
 	"slices"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
 )
@@ -58,7 +54,11 @@ func (e *Endpoints) unaryInterceptor(t transport) grpc.UnaryServerInterceptor {
 	}
 }
 
-func (e *Endpoints) streamInterceptor(t transport) grpc.StreamServerInterceptor {
+// streamInterceptor authorizes, rate limits and logs stream calls. The
+// handler's context is also cancelled, with shutdown's cause, when shutdown
+// is done (the endpoints are stopping); a handler then ending with
+// codes.Canceled is reported to the client as that cause (Unavailable).
+func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
 		ctx := ss.Context()
@@ -67,12 +67,19 @@ func (e *Endpoints) streamInterceptor(t transport) grpc.StreamServerInterceptor 
 				e.log.Error("Panic in RPC handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 				err = status.Error(codes.Internal, "internal error")
 			}
+			if status.Code(err) == codes.Canceled && shutdown.Err() != nil && ss.Context().Err() == nil {
+				err = context.Cause(shutdown)
+			}
 			e.logCall(ctx, info.FullMethod, start, err)
 		}()
 		ctx, r, err := e.authorize(ctx, t, info.FullMethod)
 		if err != nil {
 			return err
 		}
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		stopFollowing := context.AfterFunc(shutdown, func() { cancel(context.Cause(shutdown)) })
+		defer stopFollowing()
 		ws := &wrappedStream{ServerStream: ss, ctx: ctx}
 		if t == tcpTransport && r.limit != noLimit {
 			ws.acquire = e.limiter.AcquireSign
@@ -253,59 +260,13 @@ func (e *Endpoints) evaluate(ctx context.Context, r rule, c *rpccontext.Caller) 
 		}
 	}
 	if r.agent {
-		if err := e.authorizeAgent(ctx, c.ID, c.X509SVID); err != nil {
+		if err := e.agents.authorize(ctx, c.ID, c.X509SVID); err != nil {
 			return false, err
 		}
 		c.Agent = true
 		return true, nil
 	}
 	return false, nil
-}
-
-// authorizeAgent checks that id is an attested, non-banned agent using its
-// current SVID; the first use of a renewed SVID makes it current.
-func (e *Endpoints) authorizeAgent(ctx context.Context, id spiffeid.ID, svid *x509.Certificate) error {
-	sid := id.String()
-	if e.clk.Now().After(svid.NotAfter) {
-		return agentDenied(types.PermissionDeniedDetails_AGENT_EXPIRED, "agent %q SVID is expired", sid)
-	}
-	node, err := e.cfg.Nodes.GetNode(ctx, sid)
-	switch {
-	case errors.Is(err, datastore.ErrNotFound):
-		return agentDenied(types.PermissionDeniedDetails_AGENT_NOT_ATTESTED, "agent %q is not attested", sid)
-	case err != nil:
-		e.log.Error("Unable to look up agent information", "agent_id", sid, "error", err)
-		return status.Error(codes.Internal, "unable to look up agent information")
-	}
-	serial := svid.SerialNumber.String()
-	switch {
-	case node.CertSerial == "":
-		return agentDenied(types.PermissionDeniedDetails_AGENT_BANNED, "agent %q is banned", sid)
-	case node.CertSerial == serial:
-		return nil
-	case node.NewCertSerial != "" && node.NewCertSerial == serial:
-		_, err := e.cfg.Nodes.UpdateNode(ctx, &datastore.AttestedNode{
-			SPIFFEID:     sid,
-			CertSerial:   node.NewCertSerial,
-			CertNotAfter: node.NewCertNotAfter,
-		}, &datastore.NodeMask{CertSerial: true, CertNotAfter: true, NewCertSerial: true, NewCertNotAfter: true})
-		if err != nil {
-			e.log.Warn("Unable to activate the new agent SVID", "agent_id", sid, "error", err)
-			return status.Error(codes.Internal, "unable to activate the new agent SVID")
-		}
-		e.log.Debug("Activated renewed agent SVID", "agent_id", sid, "serial", serial)
-		return nil
-	default:
-		return agentDenied(types.PermissionDeniedDetails_AGENT_NOT_ACTIVE, "agent %q expected to have serial number %q; has %q", sid, node.CertSerial, serial)
-	}
-}
-
-func agentDenied(reason types.PermissionDeniedDetails_Reason, format string, args ...any) error {
-	st := status.Newf(codes.PermissionDenied, format, args...)
-	if d, err := st.WithDetails(&types.PermissionDeniedDetails{Reason: reason}); err == nil {
-		st = d
-	}
-	return st.Err()
 }
 
 func (e *Endpoints) logCall(ctx context.Context, method string, start time.Time, err error) {

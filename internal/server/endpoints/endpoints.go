@@ -25,10 +25,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
@@ -40,7 +42,22 @@ const (
 	MaxRecvMsgSize       = 4 << 20 // gRPC's default, made explicit
 	MaxConcurrentStreams = 1000
 	handshakeTimeout     = 10 * time.Second
-	gracefulStopTimeout  = 5 * time.Second
+	// DefaultGracefulStopTimeout is how long Run waits for calls to finish
+	// after ctx is done before cutting them.
+	DefaultGracefulStopTimeout = 5 * time.Second
+)
+
+// Keepalive defaults of the TCP server. Agents keep watch streams open for
+// hours: the server pings a connection idle for DefaultKeepaliveTime and
+// drops it when no answer comes within DefaultKeepaliveTimeout, so dead
+// peers (a device that vanished behind a NAT) are reaped. Clients may ping
+// every DefaultKeepaliveMinTime, with or without streams: the agent client
+// (internal/agent/client) pings every 15s, PermitWithoutStream, which this
+// allows without a "too_many_pings" GOAWAY.
+const (
+	DefaultKeepaliveTime    = time.Minute
+	DefaultKeepaliveTimeout = 20 * time.Second
+	DefaultKeepaliveMinTime = 5 * time.Second
 )
 
 // NodeStore is the subset of the datastore the authorization middleware
@@ -76,6 +93,17 @@ type Config struct {
 	Clock     clock.Clock
 	// Register registers the API services on each server (TCP and socket).
 	Register func(*grpc.Server)
+
+	// KeepaliveTime, KeepaliveTimeout and KeepaliveMinTime tune the TCP
+	// server's keepalive (0 means DefaultKeepaliveTime, DefaultKeepaliveTimeout
+	// and DefaultKeepaliveMinTime). KeepaliveMinTime is the shortest client
+	// ping interval tolerated; clients pinging more often get a GOAWAY.
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
+	KeepaliveMinTime time.Duration
+	// GracefulStopTimeout bounds the wait for running calls when stopping
+	// (0 means DefaultGracefulStopTimeout); what still runs is then cut.
+	GracefulStopTimeout time.Duration
 }
 
 // Endpoints runs the TCP and unix socket gRPC servers.
@@ -84,6 +112,7 @@ type Endpoints struct {
 	log     *slog.Logger
 	clk     clock.Clock
 	limiter *ratelimit.Limiter
+	agents  *AgentValidator
 
 	ready   chan struct{}
 	mu      sync.Mutex
@@ -120,11 +149,28 @@ func New(cfg Config) (*Endpoints, error) {
 	if rl.Clock == nil {
 		rl.Clock = clk
 	}
+	if cfg.KeepaliveTime <= 0 {
+		cfg.KeepaliveTime = DefaultKeepaliveTime
+	}
+	if cfg.KeepaliveTimeout <= 0 {
+		cfg.KeepaliveTimeout = DefaultKeepaliveTimeout
+	}
+	if cfg.GracefulStopTimeout <= 0 {
+		cfg.GracefulStopTimeout = DefaultGracefulStopTimeout
+	}
+	if cfg.KeepaliveMinTime <= 0 {
+		cfg.KeepaliveMinTime = DefaultKeepaliveMinTime
+	}
+	agents, err := NewAgentValidator(AgentValidatorConfig{Nodes: cfg.Nodes, Log: log, Clock: clk})
+	if err != nil {
+		return nil, fmt.Errorf("endpoints: %w", err)
+	}
 	return &Endpoints{
 		cfg:     cfg,
 		log:     log,
 		clk:     clk,
 		limiter: ratelimit.New(rl),
+		agents:  agents,
 		ready:   make(chan struct{}),
 	}, nil
 }
@@ -141,6 +187,13 @@ func (e *Endpoints) TCPAddr() net.Addr {
 
 // Run serves until ctx is done, then stops both servers and removes the
 // socket. It returns nil on a clean stop.
+//
+// On stop, the context of every stream handler is cancelled with
+// ErrShuttingDown as its cause (context.Cause), so long-lived streams (watch
+// mode sync) end at once and GracefulStop only waits for them to unwind;
+// handlers should end such streams with that cause (codes.Unavailable, so
+// clients reconnect to another server). Unary calls are left to finish.
+// Whatever is still running after a short grace is cut by Stop.
 func (e *Endpoints) Run(ctx context.Context) error {
 	tcpL, err := net.ListenTCP("tcp", e.cfg.TCPAddr)
 	if err != nil {
@@ -158,22 +211,25 @@ func (e *Endpoints) Run(ctx context.Context) error {
 		}
 	}()
 
+	// Cancelled (with ErrShuttingDown) when Run starts stopping; every
+	// stream handler's context follows it.
+	shutdownCtx, shutdown := context.WithCancelCause(context.Background())
+	defer shutdown(ErrShuttingDown)
+
 	tcpSrv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(e.tlsConfig())),
 		grpc.ChainUnaryInterceptor(e.unaryInterceptor(tcpTransport)),
-		grpc.ChainStreamInterceptor(e.streamInterceptor(tcpTransport)),
+		grpc.ChainStreamInterceptor(e.streamInterceptor(tcpTransport, shutdownCtx)),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.ConnectionTimeout(handshakeTimeout),
-		// Agents keep watch streams open for hours: ping idle connections so
-		// dead peers (a device that vanished behind a NAT) are reaped, and
-		// allow agents' own keepalive pings (see internal/agent/client).
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// See DefaultKeepaliveTime.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: e.cfg.KeepaliveTime, Timeout: e.cfg.KeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: e.cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 	)
 	udsSrv := grpc.NewServer(
 		grpc.ChainUnaryInterceptor(e.unaryInterceptor(localTransport)),
-		grpc.ChainStreamInterceptor(e.streamInterceptor(localTransport)),
+		grpc.ChainStreamInterceptor(e.streamInterceptor(localTransport, shutdownCtx)),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 	)
 	e.cfg.Register(tcpSrv)
@@ -204,8 +260,11 @@ func (e *Endpoints) Run(ctx context.Context) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		hs.Shutdown()
-		stop(tcpSrv)
-		stop(udsSrv)
+		shutdown(ErrShuttingDown)
+		var wg sync.WaitGroup
+		wg.Go(func() { e.stop(tcpSrv, "tcp", e.cfg.GracefulStopTimeout) })
+		wg.Go(func() { e.stop(udsSrv, "socket", e.cfg.GracefulStopTimeout) })
+		wg.Wait()
 		return nil
 	})
 	err = g.Wait()
@@ -216,15 +275,23 @@ func (e *Endpoints) Run(ctx context.Context) error {
 	return err
 }
 
-// stop stops gracefully, cutting long-lived streams after a short grace.
-func stop(s *grpc.Server) {
+// ErrShuttingDown is the cause (context.Cause) of the cancellation of
+// stream handlers' contexts when the endpoints stop: a codes.Unavailable
+// status, which handlers can return as is.
+var ErrShuttingDown = status.Error(codes.Unavailable, "server is shutting down")
+
+// stop stops gracefully and, when calls are still running after grace,
+// cuts them with Stop. Stop closes every connection but does not wait for
+// handlers that ignore their context; stop does not wait for them either
+// (GracefulStop's goroutine returns once they do).
+func (e *Endpoints) stop(s *grpc.Server, name string, grace time.Duration) {
 	done := make(chan struct{})
 	go func() { s.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(gracefulStopTimeout):
+	case <-time.After(grace):
+		e.log.Warn("Calls still running after the graceful stop timeout; closing connections", "server", name, "timeout", grace)
 		s.Stop()
-		<-done
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,12 +60,16 @@ type harness struct {
 	apiClk   *clock.Fake // clock of the agent service (join-token expiry)
 	rlClk    *clock.Fake // clock of the rate limiter
 	stop     func()
-	done     chan error
+	cancel   context.CancelFunc // cancels Run's context
+	stopped  chan struct{}      // closed when Run returned; then runErr is set
+	runErr   error
 }
 
 type harnessOpts struct {
 	rateLimit ratelimit.Config
 	attestors map[string]agentapi.NodeAttestor
+	// endpoints carries the keepalive and graceful stop settings.
+	endpoints endpoints.Config
 }
 
 func newHarness(t *testing.T, opts harnessOpts) *harness {
@@ -91,6 +96,12 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 	if err := cache.Load(ctx); err != nil {
 		t.Fatalf("cache load: %v", err)
 	}
+	// As in the server: apply journal events on Poke (agent bans and
+	// deletions wake watch streams through it).
+	cacheCtx, stopCache := context.WithCancel(ctx)
+	cacheDone := make(chan struct{})
+	go func() { defer close(cacheDone); _ = cache.Run(cacheCtx) }()
+	t.Cleanup(func() { stopCache(); <-cacheDone })
 
 	h := &harness{t: t, ds: ds, ca: m, cache: cache, apiClk: clock.NewFake(time.Now()), rlClk: clock.NewFake(time.Now())}
 
@@ -102,7 +113,11 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 	if err != nil {
 		t.Fatalf("svid service: %v", err)
 	}
-	entrySvc := entryapi.New(entryapi.Config{Store: ds, Cache: cache, TrustDomain: td, Log: log})
+	validator, err := endpoints.NewAgentValidator(endpoints.AgentValidatorConfig{Nodes: ds, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entrySvc := entryapi.New(entryapi.Config{Store: ds, Cache: cache, AgentValidator: validator, TrustDomain: td, Log: log})
 	bundleSvc := bundleapi.New(bundleapi.Config{Store: ds, Cache: cache, TrustDomain: td, Log: log})
 
 	serverKey := newKey(t)
@@ -133,6 +148,11 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 		Entries:     cache,
 		RateLimit:   rl,
 		Log:         log,
+
+		KeepaliveTime:       opts.endpoints.KeepaliveTime,
+		KeepaliveTimeout:    opts.endpoints.KeepaliveTimeout,
+		KeepaliveMinTime:    opts.endpoints.KeepaliveMinTime,
+		GracefulStopTimeout: opts.endpoints.GracefulStopTimeout,
 		Register: func(s *grpc.Server) {
 			agentSvc.Register(s)
 			svidSvc.Register(s)
@@ -145,25 +165,25 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 	}
 	h.ep = ep
 	runCtx, cancel := context.WithCancel(ctx)
-	h.done = make(chan error, 1)
-	go func() { h.done <- ep.Run(runCtx) }()
+	h.stopped = make(chan struct{})
+	go func() { h.runErr = ep.Run(runCtx); close(h.stopped) }()
 	select {
 	case <-ep.Ready():
-	case err := <-h.done:
+	case <-h.stopped:
 		cancel()
-		t.Fatalf("endpoints stopped early: %v", err)
+		t.Fatalf("endpoints stopped early: %v", h.runErr)
 	}
 	h.tcpAddr = ep.TCPAddr().String()
-	var stopped bool
+	h.cancel = cancel
+	var once sync.Once
 	h.stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-h.done; err != nil {
-			t.Errorf("endpoints Run: %v", err)
-		}
+		once.Do(func() {
+			cancel()
+			<-h.stopped
+			if h.runErr != nil {
+				t.Errorf("endpoints Run: %v", h.runErr)
+			}
+		})
 	}
 	t.Cleanup(h.stop)
 	return h

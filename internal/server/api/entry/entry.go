@@ -47,6 +47,15 @@
 //   - Requests with ids received between rounds are answered from the last
 //     round's entries. The stream ends when the client closes its send side
 //     (the server returns OK) or cancels.
+//   - Before every round, and when the agent's X509-SVID expires, the caller
+//     is checked again as an agent (Config.AgentValidator: node attested,
+//     not banned, certificate serial current): a watch stream outlives
+//     the middleware's check at its start, and banning or deleting the agent
+//     wakes it. A failed check ends the stream with the validator's error
+//     (PermissionDenied with SPIRE's PermissionDeniedDetails reason).
+//   - When the stream's context is cancelled with a gRPC status as its
+//     cause (the endpoints stopping: codes.Unavailable), the stream ends
+//     with that status, so the client reconnects.
 //
 // A watch client therefore reads: one message with entries and more=false
 // (full round), or revisions pages until more=false, then sends its id
@@ -56,12 +65,14 @@ package entry
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
@@ -103,13 +114,24 @@ type Cache interface {
 	Poke()
 }
 
+// AgentValidator re-checks that an agent may still act as one with the
+// X509-SVID its connection presented (endpoints.AgentValidator, the rule of
+// the authorization middleware). It returns nil or a gRPC status error.
+type AgentValidator interface {
+	ValidateAgent(ctx context.Context, id spiffeid.ID, svid *x509.Certificate) error
+}
+
 // Config configures the service.
 type Config struct {
-	Store       Store
-	Cache       Cache
-	TrustDomain spiffeid.TrustDomain
-	Log         *slog.Logger
-	Clock       clock.Clock
+	Store Store
+	Cache Cache
+	// AgentValidator re-checks watch-mode sync callers before every round.
+	// Nil disables the re-check: a banned or deleted agent then keeps its
+	// open watch stream; production servers must set it.
+	AgentValidator AgentValidator
+	TrustDomain    spiffeid.TrustDomain
+	Log            *slog.Logger
+	Clock          clock.Clock
 	// EntryPageSize is the sync page size (default DefaultEntryPageSize).
 	EntryPageSize int
 }
@@ -120,6 +142,7 @@ type Service struct {
 
 	store    Store
 	cache    Cache
+	agents   AgentValidator
 	td       spiffeid.TrustDomain
 	log      *slog.Logger
 	clk      clock.Clock
@@ -139,6 +162,7 @@ func New(cfg Config) *Service {
 	return &Service{
 		store:    cfg.Store,
 		cache:    cfg.Cache,
+		agents:   cfg.AgentValidator,
 		td:       cfg.TrustDomain,
 		log:      log.With("service", "entry"),
 		clk:      clock.OrReal(cfg.Clock),
@@ -501,12 +525,25 @@ func (s *Service) BatchDeleteEntry(ctx context.Context, req *entryv1.BatchDelete
 	return &entryv1.BatchDeleteEntryResponse{Results: results}, nil
 }
 
-func (s *Service) callerAgent(ctx context.Context) (spiffeid.ID, error) {
+func (s *Service) callerAgent(ctx context.Context) (rpccontext.Caller, error) {
 	c, ok := rpccontext.CallerFrom(ctx)
 	if !ok || !c.Agent || c.ID.IsZero() {
-		return spiffeid.ID{}, s.makeErr(codes.PermissionDenied, "caller is not an attested agent", nil)
+		return rpccontext.Caller{}, s.makeErr(codes.PermissionDenied, "caller is not an attested agent", nil)
 	}
-	return c.ID, nil
+	return c, nil
+}
+
+// revalidate checks again that the caller of a long-lived stream is an
+// agent in good standing.
+func (s *Service) revalidate(ctx context.Context, c rpccontext.Caller) error {
+	if s.agents == nil {
+		return nil
+	}
+	if err := s.agents.ValidateAgent(ctx, c.ID, c.X509SVID); err != nil {
+		s.log.Info("Ending entry watch: agent no longer authorized", "agent_id", c.ID.String(), "code", status.Code(err).String(), "error", status.Convert(err).Message())
+		return err
+	}
+	return nil
 }
 
 // authorized returns the caller's authorized entries, masked, sorted by ID.
@@ -531,11 +568,11 @@ func (s *Service) authorized(ctx context.Context, agent spiffeid.ID, mask *types
 // GetAuthorizedEntries returns the entries the calling agent is authorized
 // for.
 func (s *Service) GetAuthorizedEntries(ctx context.Context, req *entryv1.GetAuthorizedEntriesRequest) (*entryv1.GetAuthorizedEntriesResponse, error) {
-	agent, err := s.callerAgent(ctx)
+	caller, err := s.callerAgent(ctx)
 	if err != nil {
 		return nil, err
 	}
-	entries, err := s.authorized(ctx, agent, req.OutputMask)
+	entries, err := s.authorized(ctx, caller.ID, req.OutputMask)
 	if err != nil {
 		return nil, err
 	}
@@ -559,10 +596,11 @@ func watchRequested(ctx context.Context) bool {
 // the package documentation for the protocol and the watch mode.
 func (s *Service) SyncAuthorizedEntries(stream entryv1.Entry_SyncAuthorizedEntriesServer) error {
 	ctx := stream.Context()
-	agent, err := s.callerAgent(ctx)
+	caller, err := s.callerAgent(ctx)
 	if err != nil {
 		return err
 	}
+	agent := caller.ID
 	watch := watchRequested(ctx)
 	var sig <-chan struct{}
 	if watch {
@@ -610,10 +648,26 @@ func (s *Service) SyncAuthorizedEntries(stream entryv1.Entry_SyncAuthorizedEntri
 			}
 		}
 	}
-	return s.watch(ctx, stream, agent, mask, sig)
+	return s.watch(ctx, stream, caller, mask, sig)
 }
 
-func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorizedEntriesServer, agent spiffeid.ID, mask *types.EntryMask, sig <-chan struct{}) error {
+// ctxEnd is the stream's result once ctx is done: the cancellation cause
+// when it is a gRPC status (the endpoints stopping), nil when the client
+// cancelled, else the context error as a status.
+func ctxEnd(ctx context.Context) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, ctx.Err()) {
+		if st, ok := status.FromError(cause); ok {
+			return st.Err()
+		}
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return nil
+	}
+	return status.FromContextError(ctx.Err()).Err()
+}
+
+func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorizedEntriesServer, caller rpccontext.Caller, mask *types.EntryMask, sig <-chan struct{}) error {
+	agent := caller.ID
 	reqs := make(chan *entryv1.SyncAuthorizedEntriesRequest)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -637,7 +691,21 @@ func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorized
 		return err
 	}
 
-	entries, awaitingEnd, err := s.syncRound(ctx, stream, agent, mask, sig)
+	// The SVID's expiry is a change no one signals.
+	var expired <-chan time.Time
+	if caller.X509SVID != nil {
+		expired = s.clk.After(max(caller.X509SVID.NotAfter.Sub(s.clk.Now()), 0) + time.Second)
+	}
+	// Re-checking before the first round too closes the gap between the
+	// middleware's check and Subscribe.
+	round := func() ([]*types.Entry, bool, error) {
+		if err := s.revalidate(ctx, caller); err != nil {
+			return nil, false, err
+		}
+		return s.syncRound(ctx, stream, agent, mask, sig)
+	}
+
+	entries, awaitingEnd, err := round()
 	if err != nil {
 		return err
 	}
@@ -653,17 +721,27 @@ func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorized
 				if len(req.Ids) == 0 {
 					awaitingEnd = false
 				}
+			case <-expired:
+				expired = nil
+				if err := s.revalidate(ctx, caller); err != nil {
+					return err
+				}
 			case err := <-recvErr:
 				return endErr(err)
 			case <-ctx.Done():
-				return endErr(status.FromContextError(ctx.Err()).Err())
+				return ctxEnd(ctx)
 			}
 			continue
 		}
 		select {
 		case <-sig:
-			entries, awaitingEnd, err = s.syncRound(ctx, stream, agent, mask, sig)
+			entries, awaitingEnd, err = round()
 			if err != nil {
+				return err
+			}
+		case <-expired:
+			expired = nil
+			if err := s.revalidate(ctx, caller); err != nil {
 				return err
 			}
 		case req := <-reqs:
@@ -673,7 +751,7 @@ func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorized
 		case err := <-recvErr:
 			return endErr(err)
 		case <-ctx.Done():
-			return endErr(status.FromContextError(ctx.Err()).Err())
+			return ctxEnd(ctx)
 		}
 	}
 }

@@ -168,7 +168,13 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	entries := entryapi.New(entryapi.Config{Store: ds, Cache: cache, TrustDomain: cfg.TrustDomain, Log: log, Clock: clk})
+	// Watch-mode sync streams re-check their agent (ban, deletion) with the
+	// middleware's rule.
+	agentCheck, err := endpoints.NewAgentValidator(endpoints.AgentValidatorConfig{Nodes: ds, Log: log.With("subsystem", "endpoints"), Clock: clk})
+	if err != nil {
+		return nil, err
+	}
+	entries := entryapi.New(entryapi.Config{Store: ds, Cache: cache, AgentValidator: agentCheck, TrustDomain: cfg.TrustDomain, Log: log, Clock: clk})
 	bundles := bundleapi.New(bundleapi.Config{Store: ds, Cache: cache, TrustDomain: cfg.TrustDomain, Log: log})
 
 	tcpAddr, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.BindPort)))

@@ -1,0 +1,536 @@
+// Package offline tests a long outage end to end, in process: a real
+// server and agent share one fake clock, the server goes away for more
+// than a week of fake time, the agent is restarted in the middle, and a
+// go-spiffe workload keeps fetching its SVID until the SVID's NotAfter,
+// after which it gets none. Real run time is a few seconds.
+package offline_test
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
+	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/manager"
+	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
+	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
+	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/config"
+)
+
+const (
+	day = 24 * time.Hour
+	// svidTTL is the entries' X509-SVID TTL; target the availability
+	// target: SVIDs are renewed once less than 7 of their 8 days are left.
+	svidTTL = 8 * day
+	target  = 7 * day
+	// wait bounds every real-time wait; nothing asserts on timing.
+	wait = 30 * time.Second
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+func TestWeekLongOutage(t *testing.T) {
+	// The fake clock starts two days in the past: the agent's TLS client
+	// checks the server certificate against the real clock, so everything
+	// signed while the server is up (at most a day later in fake time)
+	// must be valid now in real time too.
+	clk := clock.NewFake(time.Now().Add(-2 * day).Truncate(time.Second))
+	dir, err := os.MkdirTemp("", "off") // short: unix socket paths
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	uid := os.Getuid()
+
+	// Server: SVIDs (server, agent, workloads) live 8 days, the CA 90.
+	srv := startServer(t, dir, clk)
+	agentID := spiffeid.RequireFromPath(td, "/agent/edge")
+	workloadID := spiffeid.RequireFromPath(td, "/workload/edge")
+	token := srv.joinToken(t, agentID)
+	srv.createEntry(t, agentID, workloadID, fmt.Sprintf("uid:%d", uid))
+
+	acfg := agentConfig(t, dir, srv.addr, srv.bundlePath, token)
+	logs := &logRecorder{}
+	a := startAgent(t, acfg, clk, logs)
+	socket := "unix://" + acfg.SocketPath
+
+	// Connected: the workload gets an 8-day SVID.
+	first := fetchEventually(t, socket, func(s *x509svid.SVID) bool { return s.ID == workloadID })
+	if life := first.Certificates[0].NotAfter.Sub(first.Certificates[0].NotBefore); life < svidTTL-time.Minute {
+		t.Fatalf("workload SVID lives %s, want %s", life, svidTTL)
+	}
+	waitFor(t, "connected state", func() bool { return a.Status().State == manager.StateConnected })
+	expectReady(t, acfg, http.StatusOK, "connected")
+
+	// availability_target: a day in, 7 days are left and both SVIDs are
+	// renewed (half-life renewal would wait until about day 4).
+	firstAgentSVID := a.Status().AgentSVIDExpiresAt
+	clk.Add(day + time.Hour)
+	renewed := fetchEventually(t, socket, func(s *x509svid.SVID) bool {
+		return s.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0
+	})
+	leaf := renewed.Certificates[0]
+	if left := leaf.NotAfter.Sub(clk.Now()); left < target {
+		t.Fatalf("renewed SVID has %s left, want at least %s", left, target)
+	}
+	waitFor(t, "renewed agent SVID", func() bool { return a.Status().AgentSVIDExpiresAt.After(firstAgentSVID) })
+	waitFor(t, "connected after renewals", func() bool { return a.Status().State == manager.StateConnected })
+
+	// The server goes away.
+	srv.stop(t)
+	outage := clk.Now()
+	waitFor(t, "degraded state", func() bool { return a.Status().State == manager.StateDegraded })
+	expectReady(t, acfg, http.StatusOK, "degraded: server unreachable since")
+	m := scrapeMetrics(t, acfg)
+	wantMetric(t, m, `sigil_agent_state{state="degraded"}`, "1")
+	wantMetric(t, m, "sigil_agent_connected", "0")
+	// Two SVIDs: the workload's, and that of /agent/edge, which join
+	// token attestation made a node alias entry (as in SPIRE).
+	wantMetric(t, m, "sigil_agent_svids", "2")
+	st := a.Status()
+	if e := st.EarliestSVIDExpiry; e.After(leaf.NotAfter) || leaf.NotAfter.Sub(e) > time.Minute {
+		t.Fatalf("earliest SVID expiry %s, want (about) the workload SVID's %s", e, leaf.NotAfter)
+	}
+	wantMetric(t, m, "sigil_agent_earliest_svid_expiry_seconds", fmt.Sprintf("%.3f", float64(st.EarliestSVIDExpiry.UnixMilli())/1000))
+	wantMetric(t, m, "sigil_agent_degraded_since_seconds", fmt.Sprintf("%.3f", float64(st.DegradedSince.UnixMilli())/1000))
+	waitFor(t, "degraded warning", func() bool { return logs.count(slog.LevelWarn, "Agent state: degraded") == 1 })
+
+	// Half a day at a time, the workload keeps getting its SVID...
+	step := 12 * time.Hour
+	for clk.Now().Sub(outage) < 3*day {
+		clk.Add(step)
+		expectSVID(t, socket, leaf)
+	}
+
+	// ...across an agent restart with the server still down...
+	a.stop(t)
+	a = startAgent(t, acfg, clk, logs)
+	expectSVID(t, socket, leaf)
+	waitFor(t, "degraded after restart", func() bool {
+		st := a.Status()
+		return st.State == manager.StateDegraded && !st.LastErrorAt.IsZero()
+	})
+	for clk.Now().Add(step).Before(leaf.NotAfter) {
+		clk.Add(step)
+		expectSVID(t, socket, leaf)
+	}
+	if d := clk.Now().Sub(outage); d < 7*day {
+		t.Fatalf("outage covered %s of fake time, want at least 7 days", d)
+	}
+	clk.Set(leaf.NotAfter.Add(-time.Second))
+	expectSVID(t, socket, leaf)
+	expectReady(t, acfg, http.StatusOK, "degraded")
+	if n := logs.count(slog.LevelWarn, "still degraded"); n == 0 {
+		t.Error("no degraded reminder over a week of outage")
+	}
+
+	// ...until the SVID's NotAfter: an open stream learns it has nothing
+	// left, and new calls get no SVID (never an expired certificate).
+	stream := openStream(t, acfg.SocketPath)
+	if resp, err := stream.Recv(); err != nil || len(resp.Svids) != 1 {
+		t.Fatalf("stream before expiry: %v (%d SVIDs)", err, len(resp.GetSvids()))
+	}
+	clk.Set(leaf.NotAfter)
+	resp, err := stream.Recv()
+	if code := status.Code(err); code != codes.Unavailable && code != codes.PermissionDenied {
+		t.Fatalf("open stream at NotAfter: %d SVIDs, error %v; want Unavailable or PermissionDenied", len(resp.GetSvids()), err)
+	}
+	expectNoSVID(t, socket, clk)
+	waitFor(t, "expired state", func() bool { return a.Status().State == manager.StateExpired })
+	expectReady(t, acfg, http.StatusServiceUnavailable, "expired")
+	m = scrapeMetrics(t, acfg)
+	wantMetric(t, m, `sigil_agent_state{state="expired"}`, "1")
+	wantMetric(t, m, `sigil_agent_state{state="degraded"}`, "0")
+	wantMetric(t, m, "sigil_agent_svids", "0")
+	wantMetric(t, m, "sigil_agent_earliest_svid_expiry_seconds", "0")
+	waitFor(t, "expired error", func() bool { return logs.count(slog.LevelError, "Agent state: expired") == 1 })
+}
+
+// server is an in-process sigil-server.
+type server struct {
+	addr       string
+	bundlePath string
+	conn       *grpc.ClientConn
+	cancel     context.CancelFunc
+	done       chan error
+}
+
+func startServer(t *testing.T, dir string, clk clock.Clock) *server {
+	t.Helper()
+	cfg := config.DefaultServer()
+	cfg.TrustDomain = td
+	cfg.DataDir = filepath.Join(dir, "server")
+	cfg.BindAddress = "127.0.0.1"
+	cfg.BindPort = 0
+	cfg.SocketPath = filepath.Join(dir, "admin.sock")
+	cfg.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(cfg.DataDir, "datastore.sqlite3")}
+	cfg.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(cfg.DataDir, "keys")}
+	cfg.NodeAttestors.JoinToken = true
+	cfg.CATTL = 90 * day
+	cfg.DefaultX509SVIDTTL = svidTTL
+	cfg.AgentTTL = svidTTL
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("server configuration: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := serverapp.New(ctx, cfg, slog.New(slog.DiscardHandler), serverapp.Options{Clock: clk})
+	if err != nil {
+		cancel()
+		t.Fatalf("server: %v", err)
+	}
+	srv := &server{cancel: cancel, done: make(chan error, 1)}
+	go func() { srv.done <- s.Run(ctx) }()
+	t.Cleanup(func() { srv.stop(t) })
+	select {
+	case <-s.Ready():
+	case err := <-srv.done:
+		srv.done <- err
+		t.Fatalf("server stopped before it was ready: %v", err)
+	case <-time.After(wait):
+		t.Fatal("server not ready")
+	}
+	srv.addr = s.TCPAddr().String()
+	conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.conn = conn
+	t.Cleanup(func() { conn.Close() })
+
+	// The agent's bootstrap bundle, PEM.
+	b, err := bundlev1.NewBundleClient(conn).GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	if err != nil {
+		t.Fatalf("bundle: %v", err)
+	}
+	var pemData []byte
+	for _, a := range b.X509Authorities {
+		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.Asn1})...)
+	}
+	srv.bundlePath = filepath.Join(dir, "bundle.pem")
+	if err := os.WriteFile(srv.bundlePath, pemData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+func (s *server) stop(t *testing.T) {
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	s.cancel = nil
+	if err := <-s.done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Errorf("server Run: %v", err)
+	}
+}
+
+func (s *server) joinToken(t *testing.T, agentID spiffeid.ID) string {
+	t.Helper()
+	resp, err := agentv1.NewAgentClient(s.conn).CreateJoinToken(context.Background(), &agentv1.CreateJoinTokenRequest{
+		Ttl: 600, AgentId: &types.SPIFFEID{TrustDomain: td.Name(), Path: agentID.Path()},
+	})
+	if err != nil {
+		t.Fatalf("create join token: %v", err)
+	}
+	return resp.Value
+}
+
+func (s *server) createEntry(t *testing.T, parent, id spiffeid.ID, unixSelector string) {
+	t.Helper()
+	resp, err := entryv1.NewEntryClient(s.conn).BatchCreateEntry(context.Background(), &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{{
+		SpiffeId:    &types.SPIFFEID{TrustDomain: td.Name(), Path: id.Path()},
+		ParentId:    &types.SPIFFEID{TrustDomain: td.Name(), Path: parent.Path()},
+		Selectors:   []*types.Selector{{Type: "unix", Value: unixSelector}},
+		X509SvidTtl: int32(svidTTL / time.Second),
+	}}})
+	if err != nil {
+		t.Fatalf("create entry: %v", err)
+	}
+	if c := resp.Results[0].GetStatus().GetCode(); c != int32(codes.OK) {
+		t.Fatalf("create entry: %s", resp.Results[0].GetStatus().GetMessage())
+	}
+}
+
+func agentConfig(t *testing.T, dir, serverAddr, bundlePath, token string) *config.Agent {
+	t.Helper()
+	host, port, err := net.SplitHostPort(serverAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.DefaultAgent()
+	cfg.TrustDomain = td
+	cfg.ServerAddress = host
+	cfg.ServerPort, _ = strconv.Atoi(port)
+	cfg.DataDir = filepath.Join(dir, "agent")
+	cfg.SocketPath = filepath.Join(dir, "api.sock")
+	cfg.TrustBundlePath = bundlePath
+	cfg.JoinToken = token
+	cfg.AvailabilityTarget = target
+	cfg.NodeAttestor.JoinToken = true
+	cfg.KeyManager = config.AgentKeyManager{Kind: config.KeyManagerDisk, Directory: filepath.Join(cfg.DataDir, "keys")}
+	cfg.WorkloadAttestors.Unix = &config.UnixWorkloadAttestor{}
+	cfg.HealthChecks = config.HealthChecks{ListenerEnabled: true, BindAddress: "127.0.0.1", BindPort: freePort(t), LivePath: "/live", ReadyPath: "/ready"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("agent configuration: %v", err)
+	}
+	return cfg
+}
+
+// agent is an in-process sigil-agent.
+type agent struct {
+	*agentapp.Agent
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startAgent(t *testing.T, cfg *config.Agent, clk clock.Clock, logs *logRecorder) *agent {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := agentapp.New(ctx, cfg, slog.New(logs), agentapp.Options{Clock: clk})
+	if err != nil {
+		cancel()
+		t.Fatalf("agent: %v", err)
+	}
+	ag := &agent{Agent: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { ag.done <- a.Run(ctx) }()
+	t.Cleanup(func() { ag.stop(t) })
+	select {
+	case <-a.Ready():
+	case err := <-ag.done:
+		ag.done <- err
+		t.Fatalf("agent stopped before it was ready: %v", err)
+	case <-time.After(wait):
+		t.Fatal("agent not ready")
+	}
+	// The health listener starts alongside the Workload API.
+	waitFor(t, "health listener", func() bool {
+		resp, err := http.Get(healthURL(cfg, "/live"))
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	return ag
+}
+
+func (a *agent) stop(t *testing.T) {
+	if a.cancel == nil {
+		return
+	}
+	a.cancel()
+	a.cancel = nil
+	if err := <-a.done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Errorf("agent Run: %v", err)
+	}
+}
+
+func fetch(socket string) (*x509svid.SVID, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	return workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(socket))
+}
+
+func fetchEventually(t *testing.T, socket string, ok func(*x509svid.SVID) bool) *x509svid.SVID {
+	t.Helper()
+	var got *x509svid.SVID
+	waitFor(t, "workload SVID", func() bool {
+		s, err := fetch(socket)
+		if err == nil && ok(s) {
+			got = s
+			return true
+		}
+		return false
+	})
+	return got
+}
+
+// expectSVID fetches once: it must succeed with exactly this certificate.
+func expectSVID(t *testing.T, socket string, want *x509.Certificate) {
+	t.Helper()
+	s, err := fetch(socket)
+	if err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	if !s.Certificates[0].Equal(want) {
+		t.Fatalf("fetched serial %v, want %v", s.Certificates[0].SerialNumber, want.SerialNumber)
+	}
+}
+
+// expectNoSVID fetches once with nothing valid to serve: the Workload API
+// waits (on the fake clock) for an SVID to be issued, so the clock is
+// moved on until the call gives up. It must fail without a certificate.
+func expectNoSVID(t *testing.T, socket string, clk *clock.Fake) {
+	t.Helper()
+	type result struct {
+		s   *x509svid.SVID
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := fetch(socket)
+		ch <- result{s, err}
+	}()
+	deadline := time.After(wait)
+	for {
+		select {
+		case r := <-ch:
+			if r.err == nil {
+				t.Fatalf("workload got an SVID (serial %v, NotAfter %s) at %s", r.s.Certificates[0].SerialNumber, r.s.Certificates[0].NotAfter, clk.Now())
+			}
+			if code := status.Code(r.err); code != codes.Unavailable && code != codes.PermissionDenied {
+				t.Fatalf("fetch after expiry: %v; want Unavailable or PermissionDenied", r.err)
+			}
+			return
+		case <-time.After(20 * time.Millisecond):
+			clk.Add(5 * time.Second)
+		case <-deadline:
+			t.Fatal("fetch after expiry did not return")
+		}
+	}
+}
+
+// openStream opens a raw FetchX509SVID stream (go-spiffe's client would
+// retry on errors; this shows exactly what the agent sends).
+func openStream(t *testing.T, socketPath string) workload.SpiffeWorkloadAPI_FetchX509SVIDClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	t.Cleanup(cancel)
+	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
+	stream, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err != nil {
+		t.Fatalf("open stream: %v", err)
+	}
+	return stream
+}
+
+func healthURL(cfg *config.Agent, path string) string {
+	return "http://" + net.JoinHostPort(cfg.HealthChecks.BindAddress, strconv.Itoa(cfg.HealthChecks.BindPort)) + path
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+func expectReady(t *testing.T, cfg *config.Agent, code int, prefix string) {
+	t.Helper()
+	got, body := get(t, healthURL(cfg, cfg.HealthChecks.ReadyPath))
+	if got != code || !strings.HasPrefix(body, prefix) {
+		t.Fatalf("ready probe: %d %q; want %d %q...", got, body, code, prefix)
+	}
+}
+
+// scrapeMetrics returns the samples of /metrics by name{labels}.
+func scrapeMetrics(t *testing.T, cfg *config.Agent) map[string]string {
+	t.Helper()
+	code, body := get(t, healthURL(cfg, agentapp.MetricsPath))
+	if code != http.StatusOK {
+		t.Fatalf("metrics: %d %s", code, body)
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		out[line[:i]] = line[i+1:]
+	}
+	return out
+}
+
+func wantMetric(t *testing.T, m map[string]string, name, value string) {
+	t.Helper()
+	if got, ok := m[name]; !ok || got != value {
+		t.Errorf("metric %s = %q (present %v), want %q", name, got, ok, value)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// logRecorder is a slog.Handler keeping level and message of every record.
+type logRecorder struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recs = append(r.recs, rec.Clone())
+	return nil
+}
+func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *logRecorder) WithGroup(string) slog.Handler      { return r }
+
+func (r *logRecorder) count(level slog.Level, msg string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, rec := range r.recs {
+		if rec.Level == level && strings.Contains(rec.Message, msg) {
+			n++
+		}
+	}
+	return n
+}

@@ -49,16 +49,23 @@ const csrPool = 64
 //   - mint: MintX509SVID over the admin unix socket, one CSR per call.
 //   - batch=N: BatchNewX509SVID over mTLS as an attested agent through
 //     internal/agent/client, N CSRs per call, for N entries of that agent.
+//   - mint-proc, batch=50-proc: the same against a sigil-server process.
 //
-// Client and server share the process (and the 2 CPUs), so the API figures
-// also pay the client side: proto encoding, TLS, parsing the returned
-// chain.
+// In-process, client and server share the process (and the CPUs), so the
+// API figures also pay the client side: proto encoding, TLS, parsing the
+// returned chain. The -proc variants also report server-cpu-us/svid, the
+// server process's own CPU time per SVID (10 ms resolution).
 func BenchmarkSigning(b *testing.B) {
 	b.Run("raw", func(b *testing.B) { benchRaw(b, false) })
 	b.Run("raw+csr", func(b *testing.B) { benchRaw(b, true) })
-	b.Run("mint", benchMint)
-	b.Run("batch=1", func(b *testing.B) { benchBatchNew(b, 1) })
-	b.Run("batch=50", func(b *testing.B) { benchBatchNew(b, 50) })
+	b.Run("mint", func(b *testing.B) { benchMint(b, stack.StartServer(b)) })
+	b.Run("batch=1", func(b *testing.B) { benchBatchNew(b, stack.StartServer(b), 1) })
+	b.Run("batch=50", func(b *testing.B) { benchBatchNew(b, stack.StartServer(b), 50) })
+	// The same against a real sigil-server process, to measure the
+	// server's own CPU time per SVID (server-cpu-us/svid) apart from the
+	// client's: the figure to compare with raw's cpu-us/svid.
+	b.Run("mint-proc", func(b *testing.B) { benchMint(b, stack.StartServerProcess(b)) })
+	b.Run("batch=50-proc", func(b *testing.B) { benchBatchNew(b, stack.StartServerProcess(b), 50) })
 }
 
 // testCSRs returns csrPool DER CSRs; with id set, each carries its URI SAN.
@@ -88,6 +95,25 @@ func reportRate(b *testing.B, svids int64, cpu0 time.Duration) {
 	cpu := stack.CPUTime() - cpu0
 	b.ReportMetric(float64(svids)/b.Elapsed().Seconds(), "svid/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(svids), "cpu-us/svid")
+}
+
+// serverCPU returns a function reporting server-cpu-us/svid for a server
+// process (nothing for an in-process server).
+func serverCPU(b *testing.B, srv *stack.Server) func(svids int64) {
+	if srv.Pid == 0 {
+		return func(int64) {}
+	}
+	start, err := stack.ProcessCPUTime(srv.Pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func(svids int64) {
+		end, err := stack.ProcessCPUTime(srv.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64((end-start).Microseconds())/float64(svids), "server-cpu-us/svid")
+	}
 }
 
 func benchRaw(b *testing.B, checkCSR bool) {
@@ -168,8 +194,7 @@ func benchRaw(b *testing.B, checkCSR bool) {
 	reportRate(b, int64(b.N), cpu0)
 }
 
-func benchMint(b *testing.B) {
-	srv := stack.StartServer(b)
+func benchMint(b *testing.B, srv *stack.Server) {
 	csrs := testCSRs(b, func(i int) spiffeid.ID {
 		return spiffeid.RequireFromSegments(stack.TrustDomain, "mint", fmt.Sprint(i))
 	})
@@ -181,6 +206,7 @@ func benchMint(b *testing.B) {
 	b.SetParallelism(callers)
 	b.ResetTimer()
 	cpu0 := stack.CPUTime()
+	reportServer := serverCPU(b, srv)
 	b.RunParallel(func(pb *testing.PB) {
 		ctx := context.Background()
 		for pb.Next() {
@@ -197,12 +223,12 @@ func benchMint(b *testing.B) {
 		}
 	})
 	reportRate(b, int64(b.N), cpu0)
+	reportServer(int64(b.N))
 }
 
 // benchBatchNew signs batch CSRs per call, as an attested agent, for
 // entries parented to it. One op is one call (batch SVIDs).
-func benchBatchNew(b *testing.B, batch int) {
-	srv := stack.StartServer(b)
+func benchBatchNew(b *testing.B, srv *stack.Server, batch int) {
 	c, agentID := srv.AttestedClient(b)
 	const entries = 100
 	var ids []string
@@ -253,6 +279,7 @@ func benchBatchNew(b *testing.B, batch int) {
 	b.SetParallelism(callers)
 	b.ResetTimer()
 	cpu0 := stack.CPUTime()
+	reportServer := serverCPU(b, srv)
 	b.RunParallel(func(pb *testing.PB) {
 		ctx := context.Background()
 		for pb.Next() {
@@ -270,4 +297,5 @@ func benchBatchNew(b *testing.B, batch int) {
 		}
 	})
 	reportRate(b, int64(b.N)*int64(batch), cpu0)
+	reportServer(int64(b.N) * int64(batch))
 }

@@ -92,6 +92,7 @@ func BenchmarkWorkloadAPI(b *testing.B) {
 		if err := check(); err != nil { // warm
 			b.Fatal(err)
 		}
+		cpu0, wait0 := stack.CPUTime(), stack.RunqueueWait()
 		for b.Loop() {
 			t0 := time.Now()
 			err := check()
@@ -101,6 +102,7 @@ func BenchmarkWorkloadAPI(b *testing.B) {
 			}
 		}
 		lat.Report(b)
+		reportCPU(b, cpu0, wait0)
 	})
 	b.Run("FetchJWTSVID", func(b *testing.B) {
 		var lat stack.Latencies
@@ -115,6 +117,7 @@ func BenchmarkWorkloadAPI(b *testing.B) {
 		if err := check(); err != nil { // warm: the first call mints via the server
 			b.Fatal(err)
 		}
+		cpu0, wait0 := stack.CPUTime(), stack.RunqueueWait()
 		for b.Loop() {
 			t0 := time.Now()
 			err := check()
@@ -124,6 +127,7 @@ func BenchmarkWorkloadAPI(b *testing.B) {
 			}
 		}
 		lat.Report(b)
+		reportCPU(b, cpu0, wait0)
 	})
 }
 
@@ -202,6 +206,14 @@ func BenchmarkEntryToWorkload(b *testing.B) {
 		b.StartTimer()
 	}
 	lat.Report(b)
+}
+
+// reportCPU reports cpu-us/op, the process's CPU time (workload client and
+// agent together) per op since cpu0, and runq-us/op, the time its threads
+// waited for a CPU per op since wait0 (how busy the machine was).
+func reportCPU(b *testing.B, cpu0, wait0 time.Duration) {
+	b.ReportMetric(float64((stack.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+	b.ReportMetric(float64((stack.RunqueueWait()-wait0).Microseconds())/float64(b.N), "runq-us/op")
 }
 
 type watcher struct {

@@ -40,6 +40,7 @@ import (
 	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 // TrustDomain is the benchmarks' trust domain.
@@ -63,6 +64,9 @@ type Server struct {
 	Entries entryv1.EntryClient
 	Bundles bundlev1.BundleClient
 	SVIDs   svidv1.SVIDClient
+	// Pid is the server's process ID when it runs as a separate process
+	// (StartServerProcess), 0 when in-process.
+	Pid int
 
 	agentSeq atomic.Int64
 }
@@ -119,16 +123,34 @@ func StartServer(tb testing.TB) *Server {
 	case <-time.After(30 * time.Second):
 		tb.Fatal("server not ready after 30s")
 	}
-	conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	s := dialAdmin(tb, cfg.SocketPath, srv.TCPAddr().String())
+	s.Dir, s.Srv = dir, srv
+	return s
+}
+
+// StartServerProcess runs a real sigil-server binary (built once per test
+// binary by internal/testutil; SQLite, disk keys, join_token, log level
+// INFO to a file) so its CPU time can be measured apart from the client's
+// (ProcessCPUTime). The caller's TestMain must call testutil.Main.
+func StartServerProcess(tb testing.TB) *Server {
+	tb.Helper()
+	p := testutil.StartServer(tb, testutil.ServerConfig{TrustDomain: TrustDomain.Name(), LogLevel: "INFO"})
+	tb.Cleanup(func() { _ = p.Proc.Stop() }) // graceful first; testutil kills as a fallback
+	s := dialAdmin(tb, p.Config.SocketPath, p.Addr())
+	s.Dir, s.Pid = p.Config.DataDir, p.Proc.Pid()
+	return s
+}
+
+func dialAdmin(tb testing.TB, socket, addr string) *Server {
+	tb.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { conn.Close() })
 	return &Server{
-		Dir:     dir,
-		Srv:     srv,
-		Socket:  cfg.SocketPath,
-		Addr:    srv.TCPAddr().String(),
+		Socket:  socket,
+		Addr:    addr,
 		Conn:    conn,
 		Agents:  agentv1.NewAgentClient(conn),
 		Entries: entryv1.NewEntryClient(conn),

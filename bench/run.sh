@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Runs every Sigil benchmark with fixed flags and prints one markdown block:
+# machine info, medians of every metric (benchstat too, when it installs),
+# the goals table with ratios against the raw-crypto baseline of the same
+# run, and bench/rss.sh (memory, idle CPU, binary sizes).
+#
+#   bench/run.sh > results.md            # everything, -count 5 (~10-15 min on 2 idle cores)
+#   COUNT=3 QUICK=1 bench/run.sh         # shorter benchtimes, for a smoke run
+#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition rss)
+#   SKIP=partition bench/run.sh          # all but these
+#
+# Raw `go test` output is kept in $OUT (printed at the end). Progress goes to
+# stderr; stdout is the markdown.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+COUNT=${COUNT:-5}
+QUICK=${QUICK:-0}
+ONLY=${ONLY:-}
+SKIP=${SKIP:-}
+OUT=${OUT:-$(mktemp -d /tmp/sigil-bench.XXXXXX)}
+mkdir -p "$OUT"
+
+log() { echo "run.sh: $*" >&2; }
+# want NAME: NAME is in ONLY (space or comma separated; empty = all) and not in SKIP.
+want() {
+	[[ " ${SKIP//,/ } " != *" $1 "* ]] || return 1
+	[ -z "$ONLY" ] || [[ " ${ONLY//,/ } " == *" $1 "* ]]
+}
+
+# bt NORMAL QUICK: the benchtime for this mode.
+bt() { if [ "$QUICK" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+
+# run NAME PKG BENCH BENCHTIME [COUNT]: one `go test -bench` invocation,
+# output appended to $OUT/NAME.txt (and to the combined file).
+FAILED=()
+CMDS=()
+run() {
+	local name=$1 pkg=$2 bench=$3 benchtime=$4 count=${5:-$COUNT}
+	if [ ! -d "$pkg" ]; then
+		log "skip $pkg (not present)"
+		return
+	fi
+	local cmd=(go test "./$pkg" -run '^$' -bench "$bench" -benchtime "$benchtime" -count "$count" -timeout 20m)
+	CMDS+=("${cmd[*]}")
+	log "${cmd[*]}"
+	if ! "${cmd[@]}" >>"$OUT/$name.txt" 2>&1; then
+		FAILED+=("$name")
+		log "FAILED: $name (see $OUT/$name.txt)"
+	fi
+	cat "$OUT/$name.txt" >>"$OUT/all.txt"
+}
+
+# Machine info first: the figures mean little without it.
+{
+	echo "## Sigil benchmarks — $(date -u +%Y-%m-%dT%H:%MZ)"
+	echo
+	echo "| | |"
+	echo "|---|---|"
+	echo "| commit | $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty tree)') |"
+	echo "| nproc | $(nproc) |"
+	echo "| CPU | $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo) |"
+	echo "| memory | $(awk '/^MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo) |"
+	echo "| go | $(go version | sed 's/^go version //') |"
+	echo "| load average at start | $(cut -d' ' -f1-3 /proc/loadavg) |"
+	echo "| flags | COUNT=$COUNT QUICK=$QUICK ${ONLY:+ONLY=$ONLY} ${SKIP:+SKIP=$SKIP} |"
+	echo
+} >"$OUT/header.md"
+cat "$OUT/header.md"
+
+if want e2e; then
+	run e2e-signing bench/e2e '^BenchmarkSigning$' "$(bt 2s 300ms)"
+	run e2e-entries bench/e2e '^BenchmarkBatchCreateEntry$' 1x
+	run e2e-workload bench/e2e '^BenchmarkWorkloadAPI$' "$(bt 2s 300ms)"
+	run e2e-propagation bench/e2e '^BenchmarkEntryToWorkload$' "$(bt 300x 50x)"
+	run e2e-start bench/e2e '^BenchmarkAgentStart$' "$(bt 200x 30x)"
+fi
+# The other engineers' packages, with the flags their headers document.
+want datastore && run datastore bench/datastore . "$(bt 10000x 1000x)"
+want ca && run ca bench/ca . "$(bt 1s 200ms)"
+want nested && run nested bench/nested . "$(bt 1s 200ms)"
+want partition && run partition bench/partition . 3x "$(bt "$COUNT" 1)"
+
+echo "load average after the Go benchmarks: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "### Commands"
+echo
+echo '```'
+for c in "${CMDS[@]}"; do echo "$c"; done
+want rss && echo "bench/rss.sh; GOFLAGS=-tags=grpcnotrace SKIP_SIZES=1 bench/rss.sh"
+echo '```'
+echo
+if [ -s "$OUT/all.txt" ]; then
+	echo "### Medians (-count $COUNT)"
+	echo
+	awk -f bench/summarize.awk "$OUT/all.txt"
+	echo
+	log "benchstat (go run golang.org/x/perf/cmd/benchstat@latest)..."
+	if timeout 300 go run golang.org/x/perf/cmd/benchstat@latest "$OUT/all.txt" >"$OUT/benchstat.txt" 2>"$OUT/benchstat.err"; then
+		echo "<details><summary>benchstat</summary>"
+		echo
+		echo '```'
+		cat "$OUT/benchstat.txt"
+		echo '```'
+		echo "</details>"
+	else
+		echo "(benchstat unavailable: $(head -n1 "$OUT/benchstat.err"); medians above computed by bench/summarize.awk)"
+	fi
+	echo
+fi
+
+if want rss; then
+	log "bench/rss.sh"
+	if ! bench/rss.sh >"$OUT/rss.md" 2>"$OUT/rss.err"; then
+		FAILED+=(rss)
+		log "FAILED: rss (see $OUT/rss.err)"
+	fi
+	cat "$OUT/rss.md"
+	log "bench/rss.sh with GOFLAGS=-tags=grpcnotrace"
+	if GOFLAGS=-tags=grpcnotrace SKIP_SIZES=1 bench/rss.sh >"$OUT/rss-notrace.md" 2>"$OUT/rss-notrace.err"; then
+		echo "With \`GOFLAGS=-tags=grpcnotrace\` (gRPC without golang.org/x/net/trace and html/template):"
+		echo
+		tail -n +2 "$OUT/rss-notrace.md"
+	else
+		FAILED+=(rss-notrace)
+	fi
+fi
+
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ ${#FAILED[@]} -gt 0 ]; then
+	echo
+	echo "**Failed:** ${FAILED[*]} (raw output in $OUT)"
+fi
+log "raw output in $OUT"
+[ ${#FAILED[@]} -eq 0 ]

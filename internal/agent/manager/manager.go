@@ -18,6 +18,13 @@
 // the renewal policy), batching the CSRs. A timer fires at the earliest
 // renewal point of any cached SVID.
 //
+// Status reports a State: connected; degraded (server unreachable, cached
+// SVIDs still served, with the earliest expiry); expired (nothing valid
+// left to serve). Run logs the transitions (WARN degraded, ERROR expired,
+// INFO back to connected) and repeats a degraded or expired state every
+// StateLogInterval. With AvailabilityTarget (SPIRE's availability_target)
+// SVIDs are renewed once less than max(half-life, target) is left.
+//
 // Join tokens are single use: the manager attests only when there is no
 // persisted agent SVID still usable. The agent SVID is persisted in
 // DataDir (agent_svid.json, 0600, atomic writes) together with the trust

@@ -65,3 +65,26 @@ func (c *Cache) SVIDStats(now time.Time) (count int, earliestExpiry time.Time) {
 	}
 	return count, earliestExpiry
 }
+
+// MinRotationAge is the youngest an SVID may be (counted from its
+// NotBefore, which servers backdate by a few seconds) before a renewal
+// policy may call it due. Near the end of a CA's life the server shortens
+// SVIDs to the CA's remaining lifetime; without a floor such an SVID would
+// be due the moment it is issued and the agent would renew in a tight loop
+// until the CA rotates (or, at a site cut off from its upstream, until its
+// intermediate expires).
+const MinRotationAge = 30 * time.Second
+
+// WithMinAge wraps p so that no SVID younger than minAge is due. The result
+// stays monotonic in now.
+func WithMinAge(p RenewalPolicy, minAge time.Duration) RenewalPolicy {
+	if p == nil {
+		p = DefaultRenewal
+	}
+	return func(now, notBefore, notAfter time.Time) bool {
+		if now.Before(notBefore.Add(minAge)) {
+			return false
+		}
+		return p(now, notBefore, notAfter)
+	}
+}

@@ -162,3 +162,28 @@ func TestSVIDStats(t *testing.T) {
 	}
 	check(start, 1, start.Add(time.Hour))
 }
+
+func TestWithMinAge(t *testing.T) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	// An SVID shortened to 15 s (CA about to expire): cache.DefaultRenewal calls it
+	// due at once, the floor holds it back until cache.MinRotationAge.
+	na := nb.Add(15 * time.Second)
+	p := cache.WithMinAge(cache.DefaultRenewal, cache.MinRotationAge)
+	if !cache.DefaultRenewal(nb.Add(10*time.Second), nb, na) {
+		t.Fatal("precondition: the default policy calls the short SVID due")
+	}
+	if p(nb.Add(10*time.Second), nb, na) || p(nb.Add(cache.MinRotationAge-time.Millisecond), nb, na) {
+		t.Error("a young SVID was due")
+	}
+	if !p(nb.Add(cache.MinRotationAge), nb, na) {
+		t.Error("not due at cache.MinRotationAge")
+	}
+	// A normal 1 h SVID keeps its half-life schedule.
+	na = nb.Add(time.Hour)
+	for _, off := range []time.Duration{0, time.Minute, 20 * time.Minute, 29 * time.Minute, 31 * time.Minute, 59 * time.Minute} {
+		now := nb.Add(off)
+		if got, want := p(now, nb, na), cache.DefaultRenewal(now, nb, na); got != want {
+			t.Errorf("at +%v: got %v, want %v", off, got, want)
+		}
+	}
+}

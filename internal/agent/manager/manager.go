@@ -218,6 +218,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.RenewBefore == nil {
 		cfg.RenewBefore = cache.AvailabilityTargetRenewal(cfg.AvailabilityTarget)
 	}
+	// Never rotate a freshly issued SVID, however short the server made it
+	// (see cache.MinRotationAge): that would renew in a tight loop.
+	cfg.RenewBefore = cache.WithMinAge(cfg.RenewBefore, cache.MinRotationAge)
 	if cfg.StateLogInterval <= 0 {
 		cfg.StateLogInterval = DefaultStateLogInterval
 	}

@@ -540,17 +540,29 @@ func (c *Cache) changed() {
 // returns when ctx is done. Reads filter expired SVIDs whether or not Run
 // is running; Run only makes open streams learn about it.
 func (c *Cache) Run(ctx context.Context) error {
+	// notified is the instant up to which expiries have been announced: an
+	// SVID that expired after it (even while a kick, not the timer, woke
+	// the loop) is announced on the next pass.
+	notified := c.clk.Now()
 	for {
 		now := c.clk.Now()
 		var next time.Time
+		expired := false
 		c.mu.RLock()
 		for _, s := range c.svids {
 			na := s.notAfter()
+			if na.After(notified) && !na.After(now) {
+				expired = true
+			}
 			if na.After(now) && (next.IsZero() || na.Before(next)) {
 				next = na
 			}
 		}
 		c.mu.RUnlock()
+		if expired {
+			c.notifyAll()
+		}
+		notified = now
 		var timer <-chan time.Time
 		if !next.IsZero() {
 			timer = c.clk.After(next.Sub(now))
@@ -560,7 +572,6 @@ func (c *Cache) Run(ctx context.Context) error {
 			return nil
 		case <-c.kick:
 		case <-timer:
-			c.notifyAll()
 		}
 	}
 }

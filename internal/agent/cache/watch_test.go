@@ -116,3 +116,48 @@ func TestWatch(t *testing.T) {
 		t.Fatal("signal after stop")
 	}
 }
+
+// TestExpiryAnnouncedAfterKick: a change (kick) that wakes Run after an SVID
+// expired but before Run consumed the expiry timer must not swallow the
+// expiry announcement. The interleaving is not forced, so the scenario is
+// repeated; with the bug a good share of rounds miss the signal.
+func TestExpiryAnnouncedAfterKick(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	clk := clock.NewFake(time.Now())
+	c := New(Config{TrustDomain: td, Clock: clk})
+	id := spiffeid.RequireFromPath(td, "/w")
+	if err := c.SetEntries([]*Entry{{ID: "e1", SPIFFEID: id, Selectors: []selector.Selector{{Type: "unix", Value: "uid:1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	ch, stop := c.Watch()
+	defer stop()
+	for round := 0; round < 20; round++ {
+		if err := c.SetX509SVIDs(map[string]*X509SVID{"e1": watchTestSVID(t, id, clk.Now().Add(time.Minute))}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for clk.Waiters() == 0 || len(c.kick) > 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("Run never armed its expiry timer")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		for watchSignalled(ch) {
+		}
+		c.kick <- struct{}{}     // a change wakes Run ...
+		clk.Add(2 * time.Minute) // ... while the SVID expires
+		select {
+		case <-ch:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("round %d: expiry not announced", round)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

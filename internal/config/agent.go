@@ -136,14 +136,7 @@ var (
 // ParseAgent parses an agent configuration file's content (name is used in
 // messages), applies defaults and validates it.
 func ParseAgent(name string, src []byte) (*Agent, error) {
-	a, err := parseAgent(name, src)
-	if err != nil {
-		return nil, err
-	}
-	if err := a.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return a, nil
+	return parseValidated(name, src, parseAgent)
 }
 
 type agentFlags struct {
@@ -179,78 +172,30 @@ func newAgentFlagSet(f *agentFlags) *flag.FlagSet {
 // -h yields an error wrapping flag.ErrHelp carrying the usage.
 func LoadAgent(args []string) (*Agent, error) {
 	var f agentFlags
-	set, err := parseFlags(newAgentFlagSet(&f), args)
-	if err != nil {
-		return nil, err
-	}
-	src, err := readConfigFile(f.config, f.expandEnv)
-	if err != nil {
-		return nil, err
-	}
-	a, err := parseAgent(f.config, src)
-	if err != nil {
-		return nil, err
-	}
-	strFlags := []struct {
-		name string
-		val  string
-		dst  *string
-	}{
-		{"dataDir", f.dataDir, &a.DataDir},
-		{"joinToken", f.joinToken, &a.JoinToken},
-		{"logFile", f.logFile, &a.LogFile},
-		{"logFormat", f.logFormat, &a.LogFormat},
-		{"logLevel", f.logLevel, &a.LogLevel},
-		{"serverAddress", f.serverAddress, &a.ServerAddress},
-		{"socketPath", f.socketPath, &a.SocketPath},
-		{"trustBundle", f.trustBundle, &a.TrustBundlePath},
-		{"trustBundleUrl", f.trustBundleURL, &a.TrustBundleURL},
-		{"trustBundleFormat", f.trustBundleFormat, &a.TrustBundleFormat},
-	}
-	for _, sf := range strFlags {
-		if set[sf.name] {
-			*sf.dst = sf.val
-		}
-	}
-	if set["serverPort"] {
-		a.ServerPort = f.serverPort
-	}
-	if set["insecureBootstrap"] {
-		a.InsecureBootstrap = f.insecureBootstrap
-	}
-	if set["trustDomain"] {
-		td, err := spiffeid.TrustDomainFromString(f.trustDomain)
-		if err != nil {
-			return nil, fmt.Errorf("-trustDomain: invalid trust domain %q: %w", f.trustDomain, err)
-		}
-		a.TrustDomain = td
-	}
-	if err := a.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", f.config, err)
-	}
-	return a, nil
+	return load(newAgentFlagSet(&f), args, &f.config, &f.expandEnv, parseAgent, func(set map[string]bool, a *Agent) error {
+		overrideFlag(set, "dataDir", f.dataDir, &a.DataDir)
+		overrideFlag(set, "joinToken", f.joinToken, &a.JoinToken)
+		overrideFlag(set, "logFile", f.logFile, &a.LogFile)
+		overrideFlag(set, "logFormat", f.logFormat, &a.LogFormat)
+		overrideFlag(set, "logLevel", f.logLevel, &a.LogLevel)
+		overrideFlag(set, "serverAddress", f.serverAddress, &a.ServerAddress)
+		overrideFlag(set, "socketPath", f.socketPath, &a.SocketPath)
+		overrideFlag(set, "trustBundle", f.trustBundle, &a.TrustBundlePath)
+		overrideFlag(set, "trustBundleUrl", f.trustBundleURL, &a.TrustBundleURL)
+		overrideFlag(set, "trustBundleFormat", f.trustBundleFormat, &a.TrustBundleFormat)
+		overrideFlag(set, "serverPort", f.serverPort, &a.ServerPort)
+		overrideFlag(set, "insecureBootstrap", f.insecureBootstrap, &a.InsecureBootstrap)
+		return overrideTrustDomain(set, f.trustDomain, &a.TrustDomain)
+	})
 }
 
 func parseAgent(name string, src []byte) (*Agent, error) {
-	es, err := parseFile(name, src)
-	if err != nil {
-		return nil, err
-	}
-	d := &decoder{file: name}
 	a := DefaultAgent()
 	a.Path = name
-	root := d.newBlock("top level", es)
-	root.unsupported = unsupportedTopLevel
-
-	if b := root.sub("agent", "agent block"); b != nil {
-		b.unsupported = unsupportedAgent
-		d.agentSection(b, a)
-		b.done()
-	}
-	d.healthChecks(root, &a.HealthChecks)
-	d.agentPlugins(d.plugins(root), a)
-	root.done()
-	if err := d.err(); err != nil {
+	err := decodeFile(name, src, "agent", unsupportedAgent, &a.HealthChecks,
+		func(d *decoder, b *block) { d.agentSection(b, a) },
+		func(d *decoder, decls []pluginDecl) { d.agentPlugins(decls, a) })
+	if err != nil {
 		return nil, err
 	}
 	return a, nil
@@ -264,15 +209,7 @@ func (d *decoder) agentSection(b *block, a *Agent) {
 	b.str("trust_bundle_url", &a.TrustBundleURL)
 	b.str("trust_bundle_format", &a.TrustBundleFormat)
 	b.boolean("insecure_bootstrap", &a.InsecureBootstrap)
-	var td string
-	if b.str("trust_domain", &td) {
-		v, err := spiffeid.TrustDomainFromString(td)
-		if err != nil {
-			d.errorf(b.kids["trust_domain"].pos, "invalid trust_domain %q: %v", td, err)
-		} else {
-			a.TrustDomain = v
-		}
-	}
+	d.trustDomain(b, &a.TrustDomain)
 	b.str("data_dir", &a.DataDir)
 	b.str("join_token", &a.JoinToken)
 	b.str("log_level", &a.LogLevel)
@@ -385,15 +322,7 @@ func checkFileMode(m os.FileMode) error {
 }
 
 func (d *decoder) agentPlugins(decls []pluginDecl, a *Agent) {
-	first := map[string]pluginDecl{}
-	once := func(p pluginDecl) bool {
-		if prev, dup := first[p.typ]; dup {
-			d.errorf(p.pos, "plugin %s %q: only one %s plugin may be configured (%q is on line %d)", p.typ, p.name, p.typ, prev.name, prev.pos.Line)
-			return false
-		}
-		first[p.typ] = p
-		return true
-	}
+	once := d.onePerType()
 	for _, p := range decls {
 		switch p.typ {
 		case "NodeAttestor":
@@ -406,21 +335,7 @@ func (d *decoder) agentPlugins(decls []pluginDecl, a *Agent) {
 				p.data.done()
 			}
 		case "KeyManager":
-			switch p.name {
-			case KeyManagerDisk:
-				if once(p) {
-					a.KeyManager.Kind = KeyManagerDisk
-					p.data.str("directory", &a.KeyManager.Directory)
-					p.data.done()
-				}
-			case KeyManagerMemory:
-				if once(p) {
-					a.KeyManager.Kind = KeyManagerMemory
-					p.data.done()
-				}
-			default:
-				d.unknownPlugin(p, "disk, memory")
-			}
+			d.keyManager(p, once, &a.KeyManager.Kind, "directory", &a.KeyManager.Directory)
 		case "WorkloadAttestor":
 			switch p.name {
 			case "unix":
@@ -489,17 +404,7 @@ func (a *Agent) Validate() error {
 	if !a.NodeAttestor.JoinToken {
 		add(errors.New(`exactly one NodeAttestor plugin must be configured: NodeAttestor "join_token"`))
 	}
-	switch a.KeyManager.Kind {
-	case KeyManagerDisk:
-		if a.KeyManager.Directory == "" {
-			add(errors.New(`plugin KeyManager "disk": directory must be configured`))
-		}
-	case KeyManagerMemory:
-	case "":
-		add(errors.New(`exactly one KeyManager plugin must be configured: KeyManager "disk" or "memory"`))
-	default:
-		add(fmt.Errorf("unknown KeyManager %q", a.KeyManager.Kind))
-	}
+	add(validateKeyManager(a.KeyManager.Kind, "directory", a.KeyManager.Directory))
 	if a.WorkloadAttestors == (WorkloadAttestors{}) {
 		add(errors.New(`at least one WorkloadAttestor plugin must be configured: WorkloadAttestor "unix"`))
 	}

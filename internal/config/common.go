@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // HealthChecks is the top-level health_checks section, shared by server and
@@ -94,4 +96,156 @@ func parseFlags(fs *flag.FlagSet, args []string) (set map[string]bool, err error
 	set = map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	return set, nil
+}
+
+// decodeFile decodes a SPIRE-style configuration file over the defaults the
+// callbacks write into: its main block key (server or agent, whose SPIRE
+// options Sigil lacks are in unsupported) through section, the
+// health_checks block into hc and the plugins through plugins. Nothing is
+// validated beyond what decoding checks.
+func decodeFile(name string, src []byte, key string, unsupported map[string]bool, hc *HealthChecks,
+	section func(*decoder, *block), plugins func(*decoder, []pluginDecl)) error {
+	es, err := parseFile(name, src)
+	if err != nil {
+		return err
+	}
+	d := &decoder{file: name}
+	root := d.newBlock("top level", es)
+	root.unsupported = unsupportedTopLevel
+	if b := root.sub(key, key+" block"); b != nil {
+		b.unsupported = unsupported
+		section(d, b)
+		b.done()
+	}
+	d.healthChecks(root, hc)
+	plugins(d, d.plugins(root))
+	root.done()
+	return d.err()
+}
+
+// trustDomain decodes the trust_domain setting of b into dst.
+func (d *decoder) trustDomain(b *block, dst *spiffeid.TrustDomain) {
+	var td string
+	if !b.str("trust_domain", &td) {
+		return
+	}
+	v, err := spiffeid.TrustDomainFromString(td)
+	if err != nil {
+		d.errorf(b.kids["trust_domain"].pos, "invalid trust_domain %q: %v", td, err)
+		return
+	}
+	*dst = v
+}
+
+// onePerType returns a check that accepts the first plugin of each type and
+// reports every later one as a duplicate.
+func (d *decoder) onePerType() func(pluginDecl) bool {
+	first := map[string]pluginDecl{}
+	return func(p pluginDecl) bool {
+		if prev, dup := first[p.typ]; dup {
+			d.errorf(p.pos, "plugin %s %q: only one %s plugin may be configured (%q is on line %d)", p.typ, p.name, p.typ, prev.name, prev.pos.Line)
+			return false
+		}
+		first[p.typ] = p
+		return true
+	}
+}
+
+// keyManager decodes KeyManager "disk" (its path setting named pathKey) or
+// "memory" into kind and path.
+func (d *decoder) keyManager(p pluginDecl, once func(pluginDecl) bool, kind *string, pathKey string, path *string) {
+	switch p.name {
+	case KeyManagerDisk, KeyManagerMemory:
+		if !once(p) {
+			return
+		}
+		*kind = p.name
+		if p.name == KeyManagerDisk {
+			p.data.str(pathKey, path)
+		}
+		p.data.done()
+	default:
+		d.unknownPlugin(p, "disk, memory")
+	}
+}
+
+// validateKeyManager checks that one KeyManager is configured and that the
+// disk one has its path setting pathKey.
+func validateKeyManager(kind, pathKey, path string) error {
+	switch kind {
+	case KeyManagerDisk:
+		if path == "" {
+			return fmt.Errorf("plugin KeyManager %q: %s must be configured", KeyManagerDisk, pathKey)
+		}
+	case KeyManagerMemory:
+	case "":
+		return errors.New(`exactly one KeyManager plugin must be configured: KeyManager "disk" or "memory"`)
+	default:
+		return fmt.Errorf("unknown KeyManager %q", kind)
+	}
+	return nil
+}
+
+type validator interface{ Validate() error }
+
+// parseValidated decodes a configuration file's content with parse, then
+// validates it, naming the file in validation errors.
+func parseValidated[C validator](name string, src []byte, parse func(string, []byte) (C, error)) (C, error) {
+	var zero C
+	c, err := parse(name, src)
+	if err != nil {
+		return zero, err
+	}
+	if err := c.Validate(); err != nil {
+		return zero, fmt.Errorf("%s: %w", name, err)
+	}
+	return c, nil
+}
+
+// load handles `run` arguments: it parses them with fs (whose -config and
+// -expandEnv flags write to config and expandEnv), reads and decodes the
+// file with parse, lets override apply the flags given (set holds their
+// names) and validates the result, naming the file in validation errors.
+func load[C validator](fs *flag.FlagSet, args []string, config *string, expandEnv *bool,
+	parse func(string, []byte) (C, error), override func(set map[string]bool, c C) error) (C, error) {
+	var zero C
+	set, err := parseFlags(fs, args)
+	if err != nil {
+		return zero, err
+	}
+	src, err := readConfigFile(*config, *expandEnv)
+	if err != nil {
+		return zero, err
+	}
+	c, err := parse(*config, src)
+	if err != nil {
+		return zero, err
+	}
+	if err := override(set, c); err != nil {
+		return zero, err
+	}
+	if err := c.Validate(); err != nil {
+		return zero, fmt.Errorf("%s: %w", *config, err)
+	}
+	return c, nil
+}
+
+// overrideFlag sets *dst to val when the flag name was given.
+func overrideFlag[T any](set map[string]bool, name string, val T, dst *T) {
+	if set[name] {
+		*dst = val
+	}
+}
+
+// overrideTrustDomain sets *dst from -trustDomain when it was given.
+func overrideTrustDomain(set map[string]bool, val string, dst *spiffeid.TrustDomain) error {
+	if !set["trustDomain"] {
+		return nil
+	}
+	td, err := spiffeid.TrustDomainFromString(val)
+	if err != nil {
+		return fmt.Errorf("-trustDomain: invalid trust domain %q: %w", val, err)
+	}
+	*dst = td
+	return nil
 }

@@ -154,14 +154,7 @@ var (
 // ParseServer parses a server configuration file's content (name is used in
 // messages), applies defaults and validates it.
 func ParseServer(name string, src []byte) (*Server, error) {
-	s, err := parseServer(name, src)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return s, nil
+	return parseValidated(name, src, parseServer)
 }
 
 // serverFlags are SPIRE's `spire-server run` flags that Sigil supports.
@@ -192,73 +185,26 @@ func newServerFlagSet(f *serverFlags) *flag.FlagSet {
 // validates. -h yields an error wrapping flag.ErrHelp carrying the usage.
 func LoadServer(args []string) (*Server, error) {
 	var f serverFlags
-	set, err := parseFlags(newServerFlagSet(&f), args)
-	if err != nil {
-		return nil, err
-	}
-	src, err := readConfigFile(f.config, f.expandEnv)
-	if err != nil {
-		return nil, err
-	}
-	s, err := parseServer(f.config, src)
-	if err != nil {
-		return nil, err
-	}
-	if set["bindAddress"] {
-		s.BindAddress = f.bindAddress
-	}
-	if set["serverPort"] {
-		s.BindPort = f.serverPort
-	}
-	if set["socketPath"] {
-		s.SocketPath = f.socketPath
-	}
-	if set["trustDomain"] {
-		td, err := spiffeid.TrustDomainFromString(f.trustDomain)
-		if err != nil {
-			return nil, fmt.Errorf("-trustDomain: invalid trust domain %q: %w", f.trustDomain, err)
-		}
-		s.TrustDomain = td
-	}
-	if set["dataDir"] {
-		s.DataDir = f.dataDir
-	}
-	if set["logLevel"] {
-		s.LogLevel = f.logLevel
-	}
-	if set["logFormat"] {
-		s.LogFormat = f.logFormat
-	}
-	if set["logFile"] {
-		s.LogFile = f.logFile
-	}
-	if err := s.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", f.config, err)
-	}
-	return s, nil
+	return load(newServerFlagSet(&f), args, &f.config, &f.expandEnv, parseServer, func(set map[string]bool, s *Server) error {
+		overrideFlag(set, "bindAddress", f.bindAddress, &s.BindAddress)
+		overrideFlag(set, "serverPort", f.serverPort, &s.BindPort)
+		overrideFlag(set, "socketPath", f.socketPath, &s.SocketPath)
+		overrideFlag(set, "dataDir", f.dataDir, &s.DataDir)
+		overrideFlag(set, "logLevel", f.logLevel, &s.LogLevel)
+		overrideFlag(set, "logFormat", f.logFormat, &s.LogFormat)
+		overrideFlag(set, "logFile", f.logFile, &s.LogFile)
+		return overrideTrustDomain(set, f.trustDomain, &s.TrustDomain)
+	})
 }
 
 // parseServer decodes the file over DefaultServer without validating.
 func parseServer(name string, src []byte) (*Server, error) {
-	es, err := parseFile(name, src)
-	if err != nil {
-		return nil, err
-	}
-	d := &decoder{file: name}
 	s := DefaultServer()
 	s.Path = name
-	root := d.newBlock("top level", es)
-	root.unsupported = unsupportedTopLevel
-
-	if b := root.sub("server", "server block"); b != nil {
-		b.unsupported = unsupportedServer
-		d.serverSection(b, s)
-		b.done()
-	}
-	d.healthChecks(root, &s.HealthChecks)
-	d.serverPlugins(d.plugins(root), s)
-	root.done()
-	if err := d.err(); err != nil {
+	err := decodeFile(name, src, "server", unsupportedServer, &s.HealthChecks,
+		func(d *decoder, b *block) { d.serverSection(b, s) },
+		func(d *decoder, decls []pluginDecl) { d.serverPlugins(decls, s) })
+	if err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -268,15 +214,7 @@ func (d *decoder) serverSection(b *block, s *Server) {
 	b.str("bind_address", &s.BindAddress)
 	b.port("bind_port", &s.BindPort)
 	b.str("socket_path", &s.SocketPath)
-	var td string
-	if b.str("trust_domain", &td) {
-		v, err := spiffeid.TrustDomainFromString(td)
-		if err != nil {
-			d.errorf(b.kids["trust_domain"].pos, "invalid trust_domain %q: %v", td, err)
-		} else {
-			s.TrustDomain = v
-		}
-	}
+	d.trustDomain(b, &s.TrustDomain)
 	b.str("data_dir", &s.DataDir)
 	b.str("log_level", &s.LogLevel)
 	b.str("log_format", &s.LogFormat)
@@ -325,15 +263,7 @@ func (d *decoder) keyType(b *block, key string, def keys.Type) keys.Type {
 }
 
 func (d *decoder) serverPlugins(decls []pluginDecl, s *Server) {
-	first := map[string]pluginDecl{}
-	once := func(p pluginDecl) bool {
-		if prev, dup := first[p.typ]; dup {
-			d.errorf(p.pos, "plugin %s %q: only one %s plugin may be configured (%q is on line %d)", p.typ, p.name, p.typ, prev.name, prev.pos.Line)
-			return false
-		}
-		first[p.typ] = p
-		return true
-	}
+	once := d.onePerType()
 	for _, p := range decls {
 		switch p.typ {
 		case "DataStore":
@@ -358,21 +288,7 @@ func (d *decoder) serverPlugins(decls []pluginDecl, s *Server) {
 				d.errorf(p.data.kids["database_type"].pos, "plugin DataStore \"sql\": database_type %q is not supported (want %q or %q)", s.DataStore.DatabaseType, DatabaseTypeSQLite, DatabaseTypePostgres)
 			}
 		case "KeyManager":
-			switch p.name {
-			case KeyManagerDisk:
-				if once(p) {
-					s.KeyManager.Kind = KeyManagerDisk
-					p.data.str("keys_path", &s.KeyManager.KeysPath)
-					p.data.done()
-				}
-			case KeyManagerMemory:
-				if once(p) {
-					s.KeyManager.Kind = KeyManagerMemory
-					p.data.done()
-				}
-			default:
-				d.unknownPlugin(p, "disk, memory")
-			}
+			d.keyManager(p, once, &s.KeyManager.Kind, "keys_path", &s.KeyManager.KeysPath)
 		case "NodeAttestor":
 			switch p.name {
 			case "join_token":
@@ -476,17 +392,7 @@ func (s *Server) Validate() error {
 	if s.DataStore.DatabaseType != "" && s.DataStore.ConnectionString == "" {
 		add(errors.New(`plugin DataStore "sql": connection_string must be configured`))
 	}
-	switch s.KeyManager.Kind {
-	case KeyManagerDisk:
-		if s.KeyManager.KeysPath == "" {
-			add(errors.New(`plugin KeyManager "disk": keys_path must be configured`))
-		}
-	case KeyManagerMemory:
-	case "":
-		add(errors.New(`exactly one KeyManager plugin must be configured: KeyManager "disk" or "memory"`))
-	default:
-		add(fmt.Errorf("unknown KeyManager %q", s.KeyManager.Kind))
-	}
+	add(validateKeyManager(s.KeyManager.Kind, "keys_path", s.KeyManager.KeysPath))
 	if s.UpstreamDisk != nil && s.UpstreamSPIRE != nil {
 		add(errors.New("at most one UpstreamAuthority plugin may be configured"))
 	}

@@ -324,9 +324,123 @@ func (c *Cache) syncBundles(ctx context.Context) error {
 
 var errReload = errors.New("reload needed")
 
-type entryUpdate struct {
-	id    string
-	entry *datastore.Entry // nil = deleted
+// journalUpdate is the current state of one entry or node a journal event
+// named: the zero T when it no longer exists.
+type journalUpdate[T any] struct {
+	id  string
+	val T
+}
+
+// journalRead is what readJournal found past a journal position.
+type journalRead[T any] struct {
+	updates   []journalUpdate[T] // one per ID named, in event order
+	last      int64              // the new position
+	newGaps   []int64            // event IDs skipped by this read
+	foundGaps []int64            // previously skipped IDs that have appeared
+}
+
+// readJournal follows one event journal (entries or nodes, named by kind in
+// messages): it re-checks the skipped IDs in gaps, then reads the events
+// after last, page by page, and reads the current state of each ID they
+// name, once. list reads events after a position, event gives an event's
+// ID and the entry or node ID it names, get reads that entry or node
+// (datastore.ErrNotFound meaning deleted). It returns errReload when more
+// IDs were skipped than are tracked.
+func readJournal[E, T any](ctx context.Context, kind string, last int64, gaps []int64,
+	list func(ctx context.Context, after int64, limit int) ([]E, error),
+	event func(E) (int64, string),
+	get func(ctx context.Context, id string) (T, error)) (journalRead[T], error) {
+	r := journalRead[T]{last: last}
+	seen := make(map[string]struct{})
+	fetch := func(id string) error {
+		// Re-reading the same ID twice in one batch is pointless: the read
+		// returns the current state.
+		if _, ok := seen[id]; ok {
+			return nil
+		}
+		seen[id] = struct{}{}
+		v, err := get(ctx, id)
+		switch {
+		case errors.Is(err, datastore.ErrNotFound):
+			var zero T
+			v = zero
+		case err != nil:
+			return fmt.Errorf("entry cache: reading %s %q: %w", kind, id, err)
+		}
+		r.updates = append(r.updates, journalUpdate[T]{id: id, val: v})
+		return nil
+	}
+	// Re-check skipped IDs first.
+	for _, g := range gaps {
+		evs, err := list(ctx, g-1, 1)
+		if err != nil {
+			return r, fmt.Errorf("entry cache: re-reading skipped %s event %d: %w", kind, g, err)
+		}
+		if len(evs) != 1 {
+			continue
+		}
+		if evID, id := event(evs[0]); evID == g {
+			if err := fetch(id); err != nil {
+				return r, err
+			}
+			r.foundGaps = append(r.foundGaps, g)
+		}
+	}
+	for {
+		evs, err := list(ctx, r.last, eventPageSize)
+		if err != nil {
+			return r, fmt.Errorf("entry cache: listing %s events after %d: %w", kind, r.last, err)
+		}
+		for _, ev := range evs {
+			evID, id := event(ev)
+			if evID <= r.last {
+				continue
+			}
+			if evID > r.last+1 {
+				if evID-r.last-1 > maxGaps {
+					return r, errReload
+				}
+				for g := r.last + 1; g < evID; g++ {
+					r.newGaps = append(r.newGaps, g)
+				}
+			}
+			if err := fetch(id); err != nil {
+				return r, err
+			}
+			r.last = evID
+		}
+		if len(evs) < eventPageSize {
+			break
+		}
+	}
+	return r, nil
+}
+
+// gapIDs lists the skipped event IDs being re-checked. Called with mu held.
+func gapIDs(gaps map[int64]time.Time) []int64 {
+	out := make([]int64, 0, len(gaps))
+	for id := range gaps {
+		out = append(out, id)
+	}
+	return out
+}
+
+// updateGaps records the read's found and new gaps in gaps, forgets the
+// gaps older than GapTimeout, and reports whether more are tracked than
+// allowed. Called with mu held.
+func (r *journalRead[T]) updateGaps(gaps map[int64]time.Time, now time.Time) (tooMany bool) {
+	for _, g := range r.foundGaps {
+		delete(gaps, g)
+	}
+	for _, g := range r.newGaps {
+		gaps[g] = now
+	}
+	for g, t := range gaps {
+		if now.Sub(t) > GapTimeout {
+			delete(gaps, g)
+		}
+	}
+	return len(gaps) > maxGaps
 }
 
 // syncEntries reads new entry events and the entries they name, then
@@ -334,99 +448,30 @@ type entryUpdate struct {
 func (c *Cache) syncEntries(ctx context.Context) error {
 	c.mu.RLock()
 	last := c.lastEntryEv
-	gaps := make([]int64, 0, len(c.entryGaps))
-	for id := range c.entryGaps {
-		gaps = append(gaps, id)
-	}
+	gaps := gapIDs(c.entryGaps)
 	c.mu.RUnlock()
 
-	var updates []entryUpdate
-	var newGaps []int64
-	var foundGaps []int64
-	seen := make(map[string]struct{})
-	fetch := func(entryID string) error {
-		if _, ok := seen[entryID]; ok {
-			return nil
-		}
-		seen[entryID] = struct{}{}
-		e, err := c.store.GetEntry(ctx, entryID)
-		switch {
-		case errors.Is(err, datastore.ErrNotFound):
-			e = nil
-		case err != nil:
-			return fmt.Errorf("entry cache: reading entry %q: %w", entryID, err)
-		}
-		updates = append(updates, entryUpdate{id: entryID, entry: e})
-		return nil
-	}
-	// Re-check skipped IDs first.
-	for _, g := range gaps {
-		evs, err := c.store.ListEntryEvents(ctx, g-1, 1)
-		if err != nil {
-			return fmt.Errorf("entry cache: re-reading skipped entry event %d: %w", g, err)
-		}
-		if len(evs) == 1 && evs[0].ID == g {
-			if err := fetch(evs[0].EntryID); err != nil {
-				return err
-			}
-			foundGaps = append(foundGaps, g)
-		}
-	}
-	for {
-		evs, err := c.store.ListEntryEvents(ctx, last, eventPageSize)
-		if err != nil {
-			return fmt.Errorf("entry cache: listing entry events after %d: %w", last, err)
-		}
-		for _, ev := range evs {
-			if ev.ID <= last {
-				continue
-			}
-			if ev.ID > last+1 {
-				if ev.ID-last-1 > maxGaps {
-					return errReload
-				}
-				for g := last + 1; g < ev.ID; g++ {
-					newGaps = append(newGaps, g)
-				}
-			}
-			// Re-reading the same entry twice in one batch is pointless:
-			// the read returns the current state.
-			if err := fetch(ev.EntryID); err != nil {
-				return err
-			}
-			last = ev.ID
-		}
-		if len(evs) < eventPageSize {
-			break
-		}
+	r, err := readJournal(ctx, "entry", last, gaps, c.store.ListEntryEvents,
+		func(ev datastore.EntryEvent) (int64, string) { return ev.ID, ev.EntryID }, c.store.GetEntry)
+	if err != nil {
+		return err
 	}
 
 	now := c.clk.Now()
 	c.mu.Lock()
 	wake := make(map[string]struct{})
-	for _, u := range updates {
+	for _, u := range r.updates {
 		old := c.st.entries[u.id]
 		if old != nil {
 			c.st.removeEntry(old)
 		}
-		if u.entry != nil {
-			c.st.putEntry(u.entry)
+		if u.val != nil {
+			c.st.putEntry(u.val)
 		}
-		c.collectEntryWakes(wake, old, u.entry)
+		c.collectEntryWakes(wake, old, u.val)
 	}
-	c.lastEntryEv = last
-	for _, g := range foundGaps {
-		delete(c.entryGaps, g)
-	}
-	for _, g := range newGaps {
-		c.entryGaps[g] = now
-	}
-	for g, t := range c.entryGaps {
-		if now.Sub(t) > GapTimeout {
-			delete(c.entryGaps, g)
-		}
-	}
-	tooMany := len(c.entryGaps) > maxGaps
+	c.lastEntryEv = r.last
+	tooMany := r.updateGaps(c.entryGaps, now)
 	c.mu.Unlock()
 	c.wake(wake)
 	if tooMany {
@@ -435,101 +480,33 @@ func (c *Cache) syncEntries(ctx context.Context) error {
 	return nil
 }
 
-type nodeUpdate struct {
-	id   string
-	node *datastore.AttestedNode
-}
-
+// syncNodes reads new node events and the nodes they name, then applies
+// their selectors under the write lock. Called with applyMu held.
 func (c *Cache) syncNodes(ctx context.Context) error {
 	c.mu.RLock()
 	last := c.lastNodeEv
-	gaps := make([]int64, 0, len(c.nodeGaps))
-	for id := range c.nodeGaps {
-		gaps = append(gaps, id)
-	}
+	gaps := gapIDs(c.nodeGaps)
 	c.mu.RUnlock()
 
-	var updates []nodeUpdate
-	var newGaps, foundGaps []int64
-	seen := make(map[string]struct{})
-	fetch := func(id string) error {
-		if _, ok := seen[id]; ok {
-			return nil
-		}
-		seen[id] = struct{}{}
-		n, err := c.store.GetNode(ctx, id)
-		switch {
-		case errors.Is(err, datastore.ErrNotFound):
-			n = nil
-		case err != nil:
-			return fmt.Errorf("entry cache: reading node %q: %w", id, err)
-		}
-		updates = append(updates, nodeUpdate{id: id, node: n})
-		return nil
-	}
-	for _, g := range gaps {
-		evs, err := c.store.ListNodeEvents(ctx, g-1, 1)
-		if err != nil {
-			return fmt.Errorf("entry cache: re-reading skipped node event %d: %w", g, err)
-		}
-		if len(evs) == 1 && evs[0].ID == g {
-			if err := fetch(evs[0].SPIFFEID); err != nil {
-				return err
-			}
-			foundGaps = append(foundGaps, g)
-		}
-	}
-	for {
-		evs, err := c.store.ListNodeEvents(ctx, last, eventPageSize)
-		if err != nil {
-			return fmt.Errorf("entry cache: listing node events after %d: %w", last, err)
-		}
-		for _, ev := range evs {
-			if ev.ID <= last {
-				continue
-			}
-			if ev.ID > last+1 {
-				if ev.ID-last-1 > maxGaps {
-					return errReload
-				}
-				for g := last + 1; g < ev.ID; g++ {
-					newGaps = append(newGaps, g)
-				}
-			}
-			if err := fetch(ev.SPIFFEID); err != nil {
-				return err
-			}
-			last = ev.ID
-		}
-		if len(evs) < eventPageSize {
-			break
-		}
+	r, err := readJournal(ctx, "node", last, gaps, c.store.ListNodeEvents,
+		func(ev datastore.NodeEvent) (int64, string) { return ev.ID, ev.SPIFFEID }, c.store.GetNode)
+	if err != nil {
+		return err
 	}
 
 	now := c.clk.Now()
 	c.mu.Lock()
 	wake := make(map[string]struct{})
-	for _, u := range updates {
-		if u.node == nil {
+	for _, u := range r.updates {
+		if u.val == nil {
 			delete(c.st.nodeSels, u.id)
 		} else {
-			c.st.nodeSels[u.id] = slices.Clone(u.node.Selectors)
+			c.st.nodeSels[u.id] = slices.Clone(u.val.Selectors)
 		}
 		wake[u.id] = struct{}{}
 	}
-	c.lastNodeEv = last
-	for _, g := range foundGaps {
-		delete(c.nodeGaps, g)
-	}
-	for _, g := range newGaps {
-		c.nodeGaps[g] = now
-	}
-	for g, t := range c.nodeGaps {
-		if now.Sub(t) > GapTimeout {
-			delete(c.nodeGaps, g)
-		}
-	}
-	tooMany := len(c.nodeGaps) > maxGaps
+	c.lastNodeEv = r.last
+	tooMany := r.updateGaps(c.nodeGaps, now)
 	c.mu.Unlock()
 	c.wake(wake)
 	if tooMany {

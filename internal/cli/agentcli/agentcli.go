@@ -20,8 +20,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 )
 
 // DefaultSocketPath is the Workload API socket the commands use unless
@@ -30,22 +31,19 @@ const DefaultSocketPath = "/tmp/spire-agent/public/api.sock"
 
 // Exit codes returned by Run.
 const (
-	ExitOK             = 0
-	ExitError          = 1
-	ExitUnknownCommand = 127
+	ExitOK             = cliutil.ExitOK
+	ExitError          = cliutil.ExitError
+	ExitUnknownCommand = cliutil.ExitUnknownCommand
 )
 
 // CommandInfo names a command and says what it does.
-type CommandInfo struct {
-	Name     string
-	Synopsis string
-}
+type CommandInfo = cliutil.CommandInfo
 
 // LeadCommands are the sigil-agent commands implemented outside this
 // package (in cmd/sigil-agent); they are listed in the usage text.
 var LeadCommands = []CommandInfo{
-	{"run", "Runs the agent"},
-	{"validate", "Validates an agent configuration file"},
+	{Name: "run", Synopsis: "Runs the agent"},
+	{Name: "validate", Synopsis: "Validates an agent configuration file"},
 }
 
 type runner interface {
@@ -92,28 +90,20 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		printUsage(stderr)
 		return ExitError
 	}
-	if isHelp(args[0]) {
+	if cliutil.IsHelp(args[0]) {
 		printUsage(stdout)
 		return ExitOK
 	}
-	for _, sp := range specs() {
-		words := strings.Fields(sp.name)
-		if len(args) < len(words) {
-			continue
-		}
-		match := true
-		for i, w := range words {
-			if args[i] != w {
-				match = false
-				break
-			}
-		}
-		if match {
-			return runSpec(ctx, sp, args[len(words):], stdout, stderr)
-		}
+	all := specs()
+	names := make([]string, len(all))
+	for i, sp := range all {
+		names[i] = sp.name
+	}
+	if i, rest := cliutil.MatchCommand(names, args); i >= 0 {
+		return runSpec(ctx, all[i], rest, stdout, stderr)
 	}
 	if args[0] == "api" {
-		if len(args) == 1 || isHelp(args[1]) {
+		if len(args) == 1 || cliutil.IsHelp(args[1]) {
 			fmt.Fprintln(stderr, "Usage: sigil-agent api <fetch|watch|validate> ...")
 			fmt.Fprintln(stderr)
 			for _, c := range Commands() {
@@ -131,43 +121,24 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUnknownCommand
 	}
 	fmt.Fprintf(stderr, "Error: unknown command %q\n", args[0])
-	names := []string{"api"}
+	top := []string{"api"}
 	for _, c := range LeadCommands {
-		names = append(names, c.Name)
+		top = append(top, c.Name)
 	}
-	names = append(names, "healthcheck")
-	sort.Strings(names)
-	fmt.Fprintf(stderr, "Available commands: %s\n", strings.Join(names, ", "))
+	top = append(top, "healthcheck")
+	sort.Strings(top)
+	fmt.Fprintf(stderr, "Available commands: %s\n", strings.Join(top, ", "))
 	return ExitUnknownCommand
 }
 
-func isHelp(s string) bool {
-	return s == "-h" || s == "-help" || s == "--help" || s == "help"
-}
-
 func printUsage(w io.Writer) {
-	fmt.Fprintln(w, "Usage: sigil-agent <command> [<subcommand>] [flags]")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Available commands are:")
-	rows := append([]CommandInfo{}, LeadCommands...)
-	rows = append(rows, Commands()...)
-	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
-	for _, c := range rows {
-		fmt.Fprintf(w, "    %-18s %s\n", c.Name, c.Synopsis)
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'sigil-agent <command> -h' for the flags of a command.")
+	cliutil.PrintUsage(w, "sigil-agent", 18, LeadCommands, Commands())
 }
 
 func runSpec(ctx context.Context, sp spec, args []string, stdout, stderr io.Writer) int {
 	r := sp.make()
 	s := &session{stdout: stdout, stderr: stderr, output: "pretty"}
-	fs := flag.NewFlagSet(sp.name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage of %s:\n  %s\n\n", sp.name, sp.synopsis)
-		fs.PrintDefaults()
-	}
+	fs := cliutil.NewFlagSet(sp.name, sp.synopsis, stderr)
 	fs.StringVar(&s.socketPath, "socketPath", DefaultSocketPath, "Path to the SPIFFE Workload API socket")
 	if !sp.noOutput {
 		fs.StringVar(&s.output, "output", "pretty", "Desired output format (pretty, json)")
@@ -176,30 +147,16 @@ func runSpec(ctx context.Context, sp spec, args []string, stdout, stderr io.Writ
 		fs.DurationVar(&s.timeout, "timeout", 5*time.Second, "Time to wait for a response")
 	}
 	r.flags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK
+	return cliutil.Execute(fs, args, stderr, func() error {
+		if err := cliutil.CheckOutput(s.output); err != nil {
+			return err
 		}
-		return ExitError
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "Error: unexpected argument %q (flags start with '-'; see '%s -h')\n", fs.Arg(0), sp.name)
-		return ExitError
-	}
-	if s.output != "pretty" && s.output != "json" {
-		fmt.Fprintf(stderr, "Error: unknown -output %q: use pretty or json\n", s.output)
-		return ExitError
-	}
-	if sp.timeout && s.timeout <= 0 {
-		fmt.Fprintln(stderr, "Error: -timeout must be positive")
-		return ExitError
-	}
-	defer s.close()
-	if err := r.run(ctx, s); err != nil {
-		fmt.Fprintf(stderr, "Error: %s\n", s.describe(err))
-		return ExitError
-	}
-	return ExitOK
+		if sp.timeout && s.timeout <= 0 {
+			return errors.New("-timeout must be positive")
+		}
+		defer s.close()
+		return r.run(ctx, s)
+	}, s.describe)
 }
 
 // session holds what every command shares: streams, socket, output format.
@@ -272,50 +229,24 @@ func (s *session) withTimeout(ctx context.Context) (context.Context, context.Can
 	return context.WithCancel(ctx)
 }
 
-func (s *session) printJSON(m proto.Message) error {
-	b, err := marshalProto(m)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(s.stdout, string(b))
-	return err
-}
-
-// marshalProto encodes m as protojson with proto field names, like SPIRE's
-// "-output json".
-func marshalProto(m proto.Message) ([]byte, error) {
-	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("encoding JSON output: %w", err)
-	}
-	return b, nil
-}
+func (s *session) printJSON(m proto.Message) error { return cliutil.PrintJSON(s.stdout, m) }
 
 // describe renders an error with a hint on what to do.
 func (s *session) describe(err error) string {
-	var se interface {
-		error
-		GRPCStatus() *status.Status
+	if _, isStatus := status.FromError(err); !isStatus && errors.Is(err, context.DeadlineExceeded) {
+		return err.Error() + " (no answer within -timeout; is the agent running and attested?)"
 	}
-	if !errors.As(err, &se) {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return err.Error() + " (no answer within -timeout; is the agent running and attested?)"
+	return cliutil.DescribeError(err, func(st *status.Status) string {
+		switch st.Code() {
+		case codes.Unavailable:
+			return fmt.Sprintf("agent unavailable at %q: %s (is the agent running? use -socketPath to point at its socket)", s.socketPath, st.Message())
+		case codes.PermissionDenied:
+			return fmt.Sprintf("%s (code: %s; no registration entry matches this process: check the entry's selectors and parent)", st.Message(), st.Code())
+		case codes.DeadlineExceeded:
+			return fmt.Sprintf("%s (code: %s; no answer within -timeout: is the agent attested and synced?)", st.Message(), st.Code())
 		}
-		return err.Error()
-	}
-	st := se.GRPCStatus()
-	var friendly string
-	switch st.Code() {
-	case codes.Unavailable:
-		friendly = fmt.Sprintf("agent unavailable at %q: %s (is the agent running? use -socketPath to point at its socket)", s.socketPath, st.Message())
-	case codes.PermissionDenied:
-		friendly = fmt.Sprintf("%s (code: %s; no registration entry matches this process: check the entry's selectors and parent)", st.Message(), st.Code())
-	case codes.DeadlineExceeded:
-		friendly = fmt.Sprintf("%s (code: %s; no answer within -timeout: is the agent attested and synced?)", st.Message(), st.Code())
-	default:
-		friendly = fmt.Sprintf("%s (code: %s)", st.Message(), st.Code())
-	}
-	return strings.Replace(err.Error(), se.Error(), friendly, 1)
+		return ""
+	})
 }
 
 // commaFlag accepts comma-separated values and can be repeated.

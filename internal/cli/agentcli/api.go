@@ -24,6 +24,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 )
 
 // ---- api fetch x509 ----
@@ -202,21 +204,21 @@ func writeX509View(w io.Writer, dir string, v x509View) error {
 		bundlePath := filepath.Join(dir, fmt.Sprintf("bundle.%d.pem", i))
 
 		fmt.Fprintf(w, "Writing SVID #%d to file %s.\n", i, svidPath)
-		if err := writeFile(svidPath, certPEM, 0o644); err != nil {
+		if err := cliutil.WriteFile(svidPath, certPEM, 0o644); err != nil {
 			return fmt.Errorf("writing SVID: %w", err)
 		}
 		fmt.Fprintf(w, "Writing key #%d to file %s.\n", i, keyPath)
-		if err := writeFile(keyPath, keyPEM, 0o600); err != nil {
+		if err := cliutil.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 			return fmt.Errorf("writing key: %w", err)
 		}
 		fmt.Fprintf(w, "Writing bundle #%d to file %s.\n", i, bundlePath)
-		if err := writeFile(bundlePath, encodeCerts(sv.bundle), 0o644); err != nil {
+		if err := cliutil.WriteFile(bundlePath, encodeCerts(sv.bundle), 0o644); err != nil {
 			return fmt.Errorf("writing bundle: %w", err)
 		}
 		for j, td := range sortedKeys(sv.federated) {
 			p := filepath.Join(dir, fmt.Sprintf("federated_bundle.%d.%d.pem", i, j))
 			fmt.Fprintf(w, "Writing federated bundle #%d for trust domain %s to file %s.\n", j, td, p)
-			if err := writeFile(p, encodeCerts(sv.federated[td]), 0o644); err != nil {
+			if err := cliutil.WriteFile(p, encodeCerts(sv.federated[td]), 0o644); err != nil {
 				return fmt.Errorf("writing federated bundle: %w", err)
 			}
 		}
@@ -230,23 +232,6 @@ func encodeCerts(certs []*x509.Certificate) []byte {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	return out
-}
-
-// writeFile writes data with mode, tightening the mode of an existing file.
-func writeFile(path string, data []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // ---- api fetch jwt ----
@@ -293,11 +278,11 @@ func (c *fetchJWTCmd) run(ctx context.Context, s *session) error {
 			return err
 		}
 		// Like SPIRE: the two Workload API responses, as a JSON array.
-		a, err := marshalProto(svidResp)
+		a, err := cliutil.MarshalJSON(svidResp)
 		if err != nil {
 			return err
 		}
-		b, err := marshalProto(bundlesResp)
+		b, err := cliutil.MarshalJSON(bundlesResp)
 		if err != nil {
 			return err
 		}

@@ -2,7 +2,6 @@ package agentcli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"time"
@@ -11,9 +10,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 )
 
 // healthcheckTimeout bounds a health check so that a hung agent reports
@@ -21,13 +21,12 @@ import (
 const healthcheckTimeout = 5 * time.Second
 
 type healthcheckCmd struct {
-	shallow bool
-	verbose bool
+	h cliutil.HealthCheck
 }
 
 func (c *healthcheckCmd) flags(fs *flag.FlagSet) {
-	fs.BoolVar(&c.shallow, "shallow", false, "Perform a less stringent health check: only that the agent answers")
-	fs.BoolVar(&c.verbose, "verbose", false, "Print verbose information")
+	c.h.Who = "Agent"
+	c.h.Flags(fs)
 }
 
 // run asks the gRPC health service on the Workload API socket. An agent
@@ -36,17 +35,7 @@ func (c *healthcheckCmd) flags(fs *flag.FlagSet) {
 // Unavailable means the agent is up (PermissionDenied only says that the
 // caller has no identity).
 func (c *healthcheckCmd) run(ctx context.Context, s *session) error {
-	if c.verbose {
-		s.printf("Contacting Workload API...\n")
-	}
-	if err := c.check(ctx, s); err != nil {
-		if c.verbose {
-			s.errorf("Failed to check health: %s\n", s.describe(err))
-		}
-		return errors.New("agent is unhealthy: unable to determine health")
-	}
-	s.printf("Agent is healthy.\n")
-	return nil
+	return c.h.Report(s.stdout, s.stderr, "Contacting Workload API...", func() error { return c.check(ctx, s) }, s.describe)
 }
 
 func (c *healthcheckCmd) check(ctx context.Context, s *session) error {
@@ -61,24 +50,12 @@ func (c *healthcheckCmd) check(ctx context.Context, s *session) error {
 	ctx, cancel := context.WithTimeout(ctx, healthcheckTimeout)
 	defer cancel()
 
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-	switch status.Code(err) {
-	case codes.OK:
-		if c.verbose {
-			s.printf("Agent status: %s\n", resp.GetStatus())
-		}
-		if !c.shallow && resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-			return fmt.Errorf("agent reports %s", resp.GetStatus())
-		}
-		return nil
-	case codes.Unimplemented:
-		if c.verbose {
-			s.printf("Health service not offered; probing the Workload API\n")
-		}
-	default:
-		return fmt.Errorf("health check RPC: %w", err)
+	if err := c.h.Serving(ctx, conn, s.stdout); status.Code(err) != codes.Unimplemented {
+		return err
 	}
-
+	if c.h.Verbose {
+		s.printf("Health service not offered; probing the Workload API\n")
+	}
 	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
 	stream, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchJWTBundles(ctx, &workload.JWTBundlesRequest{})
 	if err == nil {
@@ -86,7 +63,7 @@ func (c *healthcheckCmd) check(ctx context.Context, s *session) error {
 	}
 	switch status.Code(err) {
 	case codes.OK, codes.PermissionDenied:
-		if c.verbose {
+		if c.h.Verbose {
 			s.printf("Workload API answered (%s)\n", status.Code(err))
 		}
 		return nil

@@ -2,12 +2,10 @@ package servercli
 
 import (
 	"context"
-	"errors"
 	"flag"
-	"fmt"
 	"time"
 
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 )
 
 // healthcheckTimeout bounds a health check so that a hung server reports
@@ -15,27 +13,16 @@ import (
 const healthcheckTimeout = 10 * time.Second
 
 type healthcheckCmd struct {
-	shallow bool
-	verbose bool
+	h cliutil.HealthCheck
 }
 
 func (c *healthcheckCmd) flags(fs *flag.FlagSet) {
-	fs.BoolVar(&c.shallow, "shallow", false, "Perform a less stringent health check: only that the server answers")
-	fs.BoolVar(&c.verbose, "verbose", false, "Print verbose information")
+	c.h.Who = "Server"
+	c.h.Flags(fs)
 }
 
 func (c *healthcheckCmd) run(ctx context.Context, s *session) error {
-	if c.verbose {
-		s.printf("Checking server health...\n")
-	}
-	if err := c.check(ctx, s); err != nil {
-		if c.verbose {
-			s.errorf("Failed to check health: %s\n", s.describe(err))
-		}
-		return errors.New("server is unhealthy: unable to determine health")
-	}
-	s.printf("Server is healthy.\n")
-	return nil
+	return c.h.Report(s.stdout, s.stderr, "Checking server health...", func() error { return c.check(ctx, s) }, s.describe)
 }
 
 func (c *healthcheckCmd) check(ctx context.Context, s *session) error {
@@ -45,15 +32,5 @@ func (c *healthcheckCmd) check(ctx context.Context, s *session) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, healthcheckTimeout)
 	defer cancel()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		return fmt.Errorf("health check RPC: %w", err)
-	}
-	if c.verbose {
-		s.printf("Server status: %s\n", resp.GetStatus())
-	}
-	if !c.shallow && resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		return fmt.Errorf("server reports %s", resp.GetStatus())
-	}
-	return nil
+	return c.h.Serving(ctx, conn, s.stdout)
 }

@@ -23,6 +23,8 @@ import (
 	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
 	svidv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/svid/v1"
+
+	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 )
 
 // ttlFlag is a lifetime given either as seconds ("600") or as a Go duration
@@ -62,24 +64,6 @@ func (f *ttlFlag) seconds() int32 {
 		return 1<<31 - 1
 	}
 	return int32(s)
-}
-
-// writeFile writes data to path with the given mode, also tightening the mode
-// of an existing file.
-func writeFile(path string, data []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // ---- token generate ----
@@ -212,13 +196,13 @@ func (c *x509MintCmd) run(ctx context.Context, s *session) error {
 		svidPath := filepath.Join(c.write, "svid.pem")
 		keyPath := filepath.Join(c.write, "key.pem")
 		bundlePath := filepath.Join(c.write, "bundle.pem")
-		if err := writeFile(svidPath, svidPEM, 0o644); err != nil {
+		if err := cliutil.WriteFile(svidPath, svidPEM, 0o644); err != nil {
 			return fmt.Errorf("unable to write SVID: %w", err)
 		}
-		if err := writeFile(keyPath, keyPEM, 0o600); err != nil {
+		if err := cliutil.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 			return fmt.Errorf("unable to write key: %w", err)
 		}
-		if err := writeFile(bundlePath, bundlePEM, 0o644); err != nil {
+		if err := cliutil.WriteFile(bundlePath, bundlePEM, 0o644); err != nil {
 			return fmt.Errorf("unable to write bundle: %w", err)
 		}
 		if s.json() {
@@ -305,7 +289,7 @@ func (c *jwtMintCmd) run(ctx context.Context, s *session) error {
 		}
 	}
 	if c.write != "" {
-		if err := writeFile(c.write, []byte(token), 0o600); err != nil {
+		if err := cliutil.WriteFile(c.write, []byte(token), 0o600); err != nil {
 			return fmt.Errorf("unable to write token: %w", err)
 		}
 		if s.json() {

@@ -23,8 +23,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 )
 
 // DefaultSocketPath is the admin API socket the commands dial unless
@@ -33,18 +34,18 @@ const DefaultSocketPath = "/tmp/spire-server/private/api.sock"
 
 // Exit codes returned by Run.
 const (
-	ExitOK             = 0
-	ExitError          = 1
-	ExitUnknownCommand = 127
+	ExitOK             = cliutil.ExitOK
+	ExitError          = cliutil.ExitError
+	ExitUnknownCommand = cliutil.ExitUnknownCommand
 )
 
 // LeadCommands are the sigil-server commands implemented outside this
 // package (in cmd/sigil-server); they are listed in the usage text so that
 // users see everything the binary offers.
 var LeadCommands = []CommandInfo{
-	{"run", "Runs the server"},
-	{"validate", "Validates a server configuration file"},
-	{"dev", "Runs a server and an agent in one process for local development"},
+	{Name: "run", Synopsis: "Runs the server"},
+	{Name: "validate", Synopsis: "Validates a server configuration file"},
+	{Name: "dev", Synopsis: "Runs a server and an agent in one process for local development"},
 }
 
 // stdin is where "-data -" and "bundle set" without -path read from; tests
@@ -52,10 +53,7 @@ var LeadCommands = []CommandInfo{
 var stdin io.Reader = os.Stdin
 
 // CommandInfo names a command and says what it does.
-type CommandInfo struct {
-	Name     string
-	Synopsis string
-}
+type CommandInfo = cliutil.CommandInfo
 
 // runner is one subcommand: it registers its own flags and runs against a
 // session that holds the connection and the output streams.
@@ -115,27 +113,21 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		printUsage(stderr)
 		return ExitError
 	}
-	switch args[0] {
-	case "-h", "-help", "--help", "help":
+	if cliutil.IsHelp(args[0]) {
 		printUsage(stdout)
 		return ExitOK
 	}
 
 	all := specs()
-	var chosen *spec
-	rest := args
-	for i := range all {
-		words := strings.Fields(all[i].name)
-		if len(args) >= len(words) && equalWords(args[:len(words)], words) {
-			chosen = &all[i]
-			rest = args[len(words):]
-			break
-		}
+	names := make([]string, len(all))
+	for i, sp := range all {
+		names[i] = sp.name
 	}
-	if chosen == nil {
+	i, rest := cliutil.MatchCommand(names, args)
+	if i < 0 {
 		// A known group with a missing or unknown subcommand.
 		if subs := subcommandsOf(all, args[0]); len(subs) > 0 {
-			if len(args) == 1 || isHelp(args[1]) {
+			if len(args) == 1 || cliutil.IsHelp(args[1]) {
 				fmt.Fprintf(stderr, "Usage: sigil-server %s <subcommand> [flags]\n\nSubcommands:\n", args[0])
 				for _, s := range subs {
 					fmt.Fprintf(stderr, "    %-10s %s\n", strings.Fields(s.name)[1], s.synopsis)
@@ -153,18 +145,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "Available commands: %s\n", strings.Join(topLevel(all), ", "))
 		return ExitUnknownCommand
 	}
-	return runSpec(ctx, chosen, rest, stdout, stderr)
+	return runSpec(ctx, &all[i], rest, stdout, stderr)
 }
 
 func runSpec(ctx context.Context, sp *spec, args []string, stdout, stderr io.Writer) int {
 	r := sp.make()
 	s := &session{stdout: stdout, stderr: stderr}
-	fs := flag.NewFlagSet(sp.name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage of %s:\n  %s\n\n", sp.name, sp.synopsis)
-		fs.PrintDefaults()
-	}
+	fs := cliutil.NewFlagSet(sp.name, sp.synopsis, stderr)
 	if !sp.noSocket {
 		fs.StringVar(&s.socketPath, "socketPath", DefaultSocketPath, "Path to the SPIRE/Sigil server API socket")
 	}
@@ -173,57 +160,18 @@ func runSpec(ctx context.Context, sp *spec, args []string, stdout, stderr io.Wri
 		fs.StringVar(&s.output, "output", "pretty", "Desired output format (pretty, json)")
 	}
 	r.flags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK
+	return cliutil.Execute(fs, args, stderr, func() error {
+		s.given = setFlags(fs)
+		if err := cliutil.CheckOutput(s.output); err != nil {
+			return err
 		}
-		// The flag package already printed the problem and the usage.
-		return ExitError
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "Error: unexpected argument %q (flags start with '-'; see '%s -h')\n", fs.Arg(0), sp.name)
-		return ExitError
-	}
-	s.given = setFlags(fs)
-	switch s.output {
-	case "pretty", "json":
-	default:
-		fmt.Fprintf(stderr, "Error: unknown -output %q: use pretty or json\n", s.output)
-		return ExitError
-	}
-	defer s.close()
-	if err := r.run(ctx, s); err != nil {
-		fmt.Fprintf(stderr, "Error: %s\n", s.describe(err))
-		return ExitError
-	}
-	return ExitOK
+		defer s.close()
+		return r.run(ctx, s)
+	}, s.describe)
 }
 
 func printUsage(w io.Writer) {
-	fmt.Fprintln(w, "Usage: sigil-server <command> [<subcommand>] [flags]")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Available commands are:")
-	rows := append([]CommandInfo{}, LeadCommands...)
-	rows = append(rows, Commands()...)
-	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
-	for _, c := range rows {
-		fmt.Fprintf(w, "    %-16s %s\n", c.Name, c.Synopsis)
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'sigil-server <command> -h' for the flags of a command.")
-}
-
-func isHelp(s string) bool {
-	return s == "-h" || s == "-help" || s == "--help" || s == "help"
-}
-
-func equalWords(a, b []string) bool {
-	for i := range b {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
+	cliutil.PrintUsage(w, "sigil-server", 16, LeadCommands, Commands())
 }
 
 func subcommandsOf(all []spec, group string) []spec {
@@ -344,47 +292,23 @@ func (s *session) svidClient() (svidv1.SVIDClient, error) {
 
 // printJSON writes m as protojson (proto field names, unpopulated fields
 // included), like SPIRE's "-output json".
-func (s *session) printJSON(m proto.Message) error {
-	b, err := marshalJSON(m)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(s.stdout, string(b))
-	return err
-}
-
-func marshalJSON(m proto.Message) ([]byte, error) {
-	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("encoding JSON output: %w", err)
-	}
-	return b, nil
-}
+func (s *session) printJSON(m proto.Message) error { return cliutil.PrintJSON(s.stdout, m) }
 
 // describe turns an error into a message that says what happened and, where
 // it can, what to do about it. gRPC status errors, even wrapped ones, are
 // shown as "<message> (code: <Code>)" instead of "rpc error: code = ...".
 func (s *session) describe(err error) string {
-	var se interface {
-		error
-		GRPCStatus() *status.Status
-	}
-	if !errors.As(err, &se) {
-		return err.Error()
-	}
-	st := se.GRPCStatus()
-	var friendly string
-	switch st.Code() {
-	case codes.Unavailable:
-		friendly = fmt.Sprintf("server unavailable at %q: %s (is the server running? use -socketPath to point at its socket)", s.socketPath, st.Message())
-	case codes.PermissionDenied, codes.Unauthenticated:
-		friendly = fmt.Sprintf("%s (code: %s; admin commands must use the server's local admin socket)", st.Message(), st.Code())
-	case codes.Unimplemented:
-		friendly = fmt.Sprintf("%s (code: %s; the server does not offer this API)", st.Message(), st.Code())
-	default:
-		friendly = fmt.Sprintf("%s (code: %s)", st.Message(), st.Code())
-	}
-	return strings.Replace(err.Error(), se.Error(), friendly, 1)
+	return cliutil.DescribeError(err, func(st *status.Status) string {
+		switch st.Code() {
+		case codes.Unavailable:
+			return fmt.Sprintf("server unavailable at %q: %s (is the server running? use -socketPath to point at its socket)", s.socketPath, st.Message())
+		case codes.PermissionDenied, codes.Unauthenticated:
+			return fmt.Sprintf("%s (code: %s; admin commands must use the server's local admin socket)", st.Message(), st.Code())
+		case codes.Unimplemented:
+			return fmt.Sprintf("%s (code: %s; the server does not offer this API)", st.Message(), st.Code())
+		}
+		return ""
+	})
 }
 
 // stringsFlag is a repeatable string flag.

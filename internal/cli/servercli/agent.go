@@ -162,6 +162,28 @@ func (c *agentIDFlag) id() (*types.SPIFFEID, error) {
 	return parseID("-spiffeID", c.spiffeID)
 }
 
+// act runs call, an agent RPC without an answer (ban, evict), on the agent
+// named by -spiffeID, and reports success as "Agent <done> successfully"
+// (or {} with -output json); errors name the action by its gerund.
+func (c *agentIDFlag) act(ctx context.Context, s *session, gerund, done string, call func(context.Context, agentv1.AgentClient, *types.SPIFFEID) error) error {
+	id, err := c.id()
+	if err != nil {
+		return err
+	}
+	client, err := s.agentClient()
+	if err != nil {
+		return err
+	}
+	if err := call(ctx, client, id); err != nil {
+		return fmt.Errorf("%s agent %s: %w", gerund, c.spiffeID, err)
+	}
+	if s.json() {
+		return s.printJSON(&emptypb.Empty{})
+	}
+	s.printf("Agent %s successfully\n", done)
+	return nil
+}
+
 // ---- agent show ----
 
 type agentShowCmd struct{ agentIDFlag }
@@ -195,22 +217,10 @@ type agentBanCmd struct{ agentIDFlag }
 func (c *agentBanCmd) flags(fs *flag.FlagSet) { c.register(fs, "ban") }
 
 func (c *agentBanCmd) run(ctx context.Context, s *session) error {
-	id, err := c.id()
-	if err != nil {
+	return c.act(ctx, s, "banning", "banned", func(ctx context.Context, client agentv1.AgentClient, id *types.SPIFFEID) error {
+		_, err := client.BanAgent(ctx, &agentv1.BanAgentRequest{Id: id})
 		return err
-	}
-	client, err := s.agentClient()
-	if err != nil {
-		return err
-	}
-	if _, err := client.BanAgent(ctx, &agentv1.BanAgentRequest{Id: id}); err != nil {
-		return fmt.Errorf("banning agent %s: %w", c.spiffeID, err)
-	}
-	if s.json() {
-		return s.printJSON(&emptypb.Empty{})
-	}
-	s.printf("Agent banned successfully\n")
-	return nil
+	})
 }
 
 // ---- agent evict ----
@@ -220,20 +230,8 @@ type agentEvictCmd struct{ agentIDFlag }
 func (c *agentEvictCmd) flags(fs *flag.FlagSet) { c.register(fs, "evict") }
 
 func (c *agentEvictCmd) run(ctx context.Context, s *session) error {
-	id, err := c.id()
-	if err != nil {
+	return c.act(ctx, s, "evicting", "evicted", func(ctx context.Context, client agentv1.AgentClient, id *types.SPIFFEID) error {
+		_, err := client.DeleteAgent(ctx, &agentv1.DeleteAgentRequest{Id: id})
 		return err
-	}
-	client, err := s.agentClient()
-	if err != nil {
-		return err
-	}
-	if _, err := client.DeleteAgent(ctx, &agentv1.DeleteAgentRequest{Id: id}); err != nil {
-		return fmt.Errorf("evicting agent %s: %w", c.spiffeID, err)
-	}
-	if s.json() {
-		return s.printJSON(&emptypb.Empty{})
-	}
-	s.printf("Agent evicted successfully\n")
-	return nil
+	})
 }

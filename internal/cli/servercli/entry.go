@@ -12,6 +12,7 @@ import (
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -171,18 +172,8 @@ func (c *entryCreateCmd) run(ctx context.Context, s *session) error {
 	if err != nil {
 		return fmt.Errorf("creating entries: %w", err)
 	}
-	failed := fillFailedCreate(entries, resp.GetResults())
-	if s.json() {
-		if err := s.printJSON(resp); err != nil {
-			return err
-		}
-	} else {
-		printBatchResults(s.stdout, s.stderr, "create", resp.GetResults())
-	}
-	if failed > 0 {
-		return fmt.Errorf("failed to create %d of %d %s", failed, len(entries), plural(len(entries), "entry", "entries"))
-	}
-	return nil
+	return reportEntryBatch(s, "create", entries, resp, resp.GetResults(),
+		func(r *entryv1.BatchCreateEntryResponse_Result, e *types.Entry) { r.Entry = e })
 }
 
 // entryResult is what BatchCreateEntry and BatchUpdateEntry results share.
@@ -191,34 +182,32 @@ type entryResult interface {
 	GetEntry() *types.Entry
 }
 
-// fillFailedCreate copies the requested entry into each failed result (the
-// API leaves it empty) so that the user sees which entry failed. It returns
-// the number of failures.
-func fillFailedCreate(req []*types.Entry, results []*entryv1.BatchCreateEntryResponse_Result) int {
+// reportEntryBatch reports the results of a batch create or update (verb)
+// of entries: it copies the requested entry into each failed result that
+// lacks one (the API leaves it empty, and the user must see which entry
+// failed) with setEntry, prints resp (json) or the results, and fails
+// naming the number of failures.
+func reportEntryBatch[R entryResult](s *session, verb string, entries []*types.Entry, resp proto.Message, results []R, setEntry func(R, *types.Entry)) error {
 	failed := 0
 	for i, r := range results {
 		if codes.Code(r.GetStatus().GetCode()) != codes.OK {
 			failed++
-			if r.Entry == nil && i < len(req) {
-				r.Entry = req[i]
+			if r.GetEntry() == nil && i < len(entries) {
+				setEntry(r, entries[i])
 			}
 		}
 	}
-	return failed
-}
-
-// fillFailedUpdate is fillFailedCreate for update results.
-func fillFailedUpdate(req []*types.Entry, results []*entryv1.BatchUpdateEntryResponse_Result) int {
-	failed := 0
-	for i, r := range results {
-		if codes.Code(r.GetStatus().GetCode()) != codes.OK {
-			failed++
-			if r.Entry == nil && i < len(req) {
-				r.Entry = req[i]
-			}
+	if s.json() {
+		if err := s.printJSON(resp); err != nil {
+			return err
 		}
+	} else {
+		printBatchResults(s.stdout, s.stderr, verb, results)
 	}
-	return failed
+	if failed > 0 {
+		return fmt.Errorf("failed to %s %d of %d %s", verb, failed, len(entries), plural(len(entries), "entry", "entries"))
+	}
+	return nil
 }
 
 // printBatchResults prints the entries that succeeded on stdout, then each
@@ -293,18 +282,8 @@ func (c *entryUpdateCmd) run(ctx context.Context, s *session) error {
 	if err != nil {
 		return fmt.Errorf("updating entries: %w", err)
 	}
-	failed := fillFailedUpdate(entries, resp.GetResults())
-	if s.json() {
-		if err := s.printJSON(resp); err != nil {
-			return err
-		}
-	} else {
-		printBatchResults(s.stdout, s.stderr, "update", resp.GetResults())
-	}
-	if failed > 0 {
-		return fmt.Errorf("failed to update %d of %d %s", failed, len(entries), plural(len(entries), "entry", "entries"))
-	}
-	return nil
+	return reportEntryBatch(s, "update", entries, resp, resp.GetResults(),
+		func(r *entryv1.BatchUpdateEntryResponse_Result, e *types.Entry) { r.Entry = e })
 }
 
 // ---- entry delete ----

@@ -31,6 +31,15 @@ want() {
 # bt NORMAL QUICK: the benchtime for this mode.
 bt() { if [ "$QUICK" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
+# shellquote ARGS...: the command line, single-quoting what needs it.
+shellquote() {
+	local a out=()
+	for a in "$@"; do
+		if [[ $a =~ ^[A-Za-z0-9_./=:,+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
+	done
+	echo "${out[*]}"
+}
+
 # run NAME PKG BENCH BENCHTIME [COUNT]: one `go test -bench` invocation,
 # output appended to $OUT/NAME.txt (and to the combined file).
 FAILED=()
@@ -42,8 +51,10 @@ run() {
 		return
 	fi
 	local cmd=(go test "./$pkg" -run '^$' -bench "$bench" -benchtime "$benchtime" -count "$count" -timeout 20m)
-	CMDS+=("${cmd[*]}")
-	log "${cmd[*]}"
+	local quoted
+	quoted=$(shellquote "${cmd[@]}")
+	CMDS+=("$quoted")
+	log "$quoted"
 	if ! "${cmd[@]}" >>"$OUT/$name.txt" 2>&1; then
 		FAILED+=("$name")
 		log "FAILED: $name (see $OUT/$name.txt)"

@@ -227,30 +227,56 @@ func (s *Service) GetFederatedBundle(ctx context.Context, req *bundlev1.GetFeder
 
 // BatchCreateFederatedBundle creates bundles of other trust domains.
 func (s *Service) BatchCreateFederatedBundle(ctx context.Context, req *bundlev1.BatchCreateFederatedBundleRequest) (*bundlev1.BatchCreateFederatedBundleResponse, error) {
-	resp := &bundlev1.BatchCreateFederatedBundleResponse{}
+	return &bundlev1.BatchCreateFederatedBundleResponse{
+		Results: writeBatch(s, req.Bundle, req.OutputMask,
+			func(pb *types.Bundle) (*types.Status, *datastore.Bundle) { return s.createOne(ctx, pb) },
+			func(st *types.Status, b *types.Bundle) *bundlev1.BatchCreateFederatedBundleResponse_Result {
+				return &bundlev1.BatchCreateFederatedBundleResponse_Result{Status: st, Bundle: b}
+			}),
+	}, nil
+}
+
+// writeBatch writes each of the bundles with one, answering a result for
+// each (made by result from its status and, when written, the bundle masked
+// by mask), and announces a change when any was written.
+func writeBatch[R any](s *Service, bundles []*types.Bundle, mask *types.BundleMask,
+	one func(*types.Bundle) (*types.Status, *datastore.Bundle),
+	result func(*types.Status, *types.Bundle) R) []R {
+	var out []R
 	changed := false
-	for _, pb := range req.Bundle {
-		st, b := s.createOne(ctx, pb)
-		r := &bundlev1.BatchCreateFederatedBundleResponse_Result{Status: st}
+	for _, pb := range bundles {
+		st, b := one(pb)
+		var shown *types.Bundle
 		if b != nil {
-			r.Bundle = masked(b, req.OutputMask)
+			shown = masked(b, mask)
 			changed = true
 		}
-		resp.Results = append(resp.Results, r)
+		out = append(out, result(st, shown))
 	}
 	if changed {
 		s.changed()
 	}
-	return resp, nil
+	return out
+}
+
+// federatedFromProto converts a bundle given to be written (verb: creating,
+// updating, setting) as another trust domain's; a status says why it
+// cannot be.
+func (s *Service) federatedFromProto(pb *types.Bundle, verb string) (*datastore.Bundle, *types.Status) {
+	b, err := convert.BundleFromProto(pb)
+	if err != nil {
+		return nil, makeStatus(codes.InvalidArgument, "failed to convert bundle", err)
+	}
+	if b.TrustDomain == s.td.Name() {
+		return nil, makeStatus(codes.InvalidArgument, verb+" a federated bundle for the server's own trust domain is not allowed", nil)
+	}
+	return b, nil
 }
 
 func (s *Service) createOne(ctx context.Context, pb *types.Bundle) (*types.Status, *datastore.Bundle) {
-	b, err := convert.BundleFromProto(pb)
-	if err != nil {
-		return makeStatus(codes.InvalidArgument, "failed to convert bundle", err), nil
-	}
-	if b.TrustDomain == s.td.Name() {
-		return makeStatus(codes.InvalidArgument, "creating a federated bundle for the server's own trust domain is not allowed", nil), nil
+	b, st := s.federatedFromProto(pb, "creating")
+	if st != nil {
+		return st, nil
 	}
 	got, err := s.store.CreateBundle(ctx, b)
 	switch {
@@ -267,30 +293,19 @@ func (s *Service) createOne(ctx context.Context, pb *types.Bundle) (*types.Statu
 // BatchUpdateFederatedBundle updates the masked fields (nil = all) of
 // existing bundles of other trust domains.
 func (s *Service) BatchUpdateFederatedBundle(ctx context.Context, req *bundlev1.BatchUpdateFederatedBundleRequest) (*bundlev1.BatchUpdateFederatedBundleResponse, error) {
-	resp := &bundlev1.BatchUpdateFederatedBundleResponse{}
-	changed := false
-	for _, pb := range req.Bundle {
-		st, b := s.updateOne(ctx, pb, req.InputMask)
-		r := &bundlev1.BatchUpdateFederatedBundleResponse_Result{Status: st}
-		if b != nil {
-			r.Bundle = masked(b, req.OutputMask)
-			changed = true
-		}
-		resp.Results = append(resp.Results, r)
-	}
-	if changed {
-		s.changed()
-	}
-	return resp, nil
+	return &bundlev1.BatchUpdateFederatedBundleResponse{
+		Results: writeBatch(s, req.Bundle, req.OutputMask,
+			func(pb *types.Bundle) (*types.Status, *datastore.Bundle) { return s.updateOne(ctx, pb, req.InputMask) },
+			func(st *types.Status, b *types.Bundle) *bundlev1.BatchUpdateFederatedBundleResponse_Result {
+				return &bundlev1.BatchUpdateFederatedBundleResponse_Result{Status: st, Bundle: b}
+			}),
+	}, nil
 }
 
 func (s *Service) updateOne(ctx context.Context, pb *types.Bundle, mask *types.BundleMask) (*types.Status, *datastore.Bundle) {
-	b, err := convert.BundleFromProto(pb)
-	if err != nil {
-		return makeStatus(codes.InvalidArgument, "failed to convert bundle", err), nil
-	}
-	if b.TrustDomain == s.td.Name() {
-		return makeStatus(codes.InvalidArgument, "updating a federated bundle for the server's own trust domain is not allowed", nil), nil
+	b, st := s.federatedFromProto(pb, "updating")
+	if st != nil {
+		return st, nil
 	}
 	cur, err := s.store.GetBundle(ctx, b.TrustDomain)
 	switch {
@@ -327,33 +342,27 @@ func (s *Service) updateOne(ctx context.Context, pb *types.Bundle, mask *types.B
 // BatchSetFederatedBundle creates or replaces bundles of other trust
 // domains.
 func (s *Service) BatchSetFederatedBundle(ctx context.Context, req *bundlev1.BatchSetFederatedBundleRequest) (*bundlev1.BatchSetFederatedBundleResponse, error) {
-	resp := &bundlev1.BatchSetFederatedBundleResponse{}
-	changed := false
-	for _, pb := range req.Bundle {
-		r := &bundlev1.BatchSetFederatedBundleResponse_Result{}
-		b, err := convert.BundleFromProto(pb)
-		switch {
-		case err != nil:
-			r.Status = makeStatus(codes.InvalidArgument, "failed to convert bundle", err)
-		case b.TrustDomain == s.td.Name():
-			r.Status = makeStatus(codes.InvalidArgument, "setting a federated bundle for the server's own trust domain is not allowed", nil)
-		default:
-			got, err := s.store.SetBundle(ctx, b)
-			if err != nil {
-				s.log.Error("failed to set federated bundle", "trust_domain", b.TrustDomain, "error", err)
-				r.Status = makeStatus(codes.Internal, "failed to set bundle", err)
-				break
-			}
-			s.log.Info("federated bundle set", "trust_domain", b.TrustDomain)
-			r.Status, r.Bundle = okStatus(), masked(got, req.OutputMask)
-			changed = true
-		}
-		resp.Results = append(resp.Results, r)
+	return &bundlev1.BatchSetFederatedBundleResponse{
+		Results: writeBatch(s, req.Bundle, req.OutputMask,
+			func(pb *types.Bundle) (*types.Status, *datastore.Bundle) { return s.setOne(ctx, pb) },
+			func(st *types.Status, b *types.Bundle) *bundlev1.BatchSetFederatedBundleResponse_Result {
+				return &bundlev1.BatchSetFederatedBundleResponse_Result{Status: st, Bundle: b}
+			}),
+	}, nil
+}
+
+func (s *Service) setOne(ctx context.Context, pb *types.Bundle) (*types.Status, *datastore.Bundle) {
+	b, st := s.federatedFromProto(pb, "setting")
+	if st != nil {
+		return st, nil
 	}
-	if changed {
-		s.changed()
+	got, err := s.store.SetBundle(ctx, b)
+	if err != nil {
+		s.log.Error("failed to set federated bundle", "trust_domain", b.TrustDomain, "error", err)
+		return makeStatus(codes.Internal, "failed to set bundle", err), nil
 	}
-	return resp, nil
+	s.log.Info("federated bundle set", "trust_domain", b.TrustDomain)
+	return okStatus(), got
 }
 
 // BatchDeleteFederatedBundle deletes bundles of other trust domains.

@@ -81,6 +81,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
@@ -271,17 +272,33 @@ func matchFromProto(m int32) (datastore.SelectorMatch, error) {
 	return 0, fmt.Errorf("unknown match behavior %d", m)
 }
 
+// filterProto is what the filters of CountEntries and ListEntries share.
+type filterProto interface {
+	GetBySpiffeId() *types.SPIFFEID
+	GetByParentId() *types.SPIFFEID
+	GetBySelectors() *types.SelectorMatch
+	GetByFederatesWith() *types.FederatesWithMatch
+	GetByHint() *wrapperspb.StringValue
+	GetByDownstream() *wrapperspb.BoolValue
+}
+
+// filterFieldsOf reads a non-nil Count or List filter.
+func filterFieldsOf(f filterProto) filterFields {
+	ff := filterFields{bySPIFFEID: f.GetBySpiffeId(), byParentID: f.GetByParentId(), bySelectors: f.GetBySelectors(), byFederatesWith: f.GetByFederatesWith()}
+	if h := f.GetByHint(); h != nil {
+		ff.byHint = &h.Value
+	}
+	if d := f.GetByDownstream(); d != nil {
+		ff.byDownstream = &d.Value
+	}
+	return ff
+}
+
 // CountEntries counts the entries matching the filter.
 func (s *Service) CountEntries(ctx context.Context, req *entryv1.CountEntriesRequest) (*entryv1.CountEntriesResponse, error) {
 	var ff filterFields
 	if f := req.GetFilter(); f != nil {
-		ff = filterFields{bySPIFFEID: f.BySpiffeId, byParentID: f.ByParentId, bySelectors: f.BySelectors, byFederatesWith: f.ByFederatesWith}
-		if f.ByHint != nil {
-			ff.byHint = &f.ByHint.Value
-		}
-		if f.ByDownstream != nil {
-			ff.byDownstream = &f.ByDownstream.Value
-		}
+		ff = filterFieldsOf(f)
 	}
 	filter, err := s.buildFilter(ff)
 	if err != nil {
@@ -298,13 +315,7 @@ func (s *Service) CountEntries(ctx context.Context, req *entryv1.CountEntriesReq
 func (s *Service) ListEntries(ctx context.Context, req *entryv1.ListEntriesRequest) (*entryv1.ListEntriesResponse, error) {
 	var ff filterFields
 	if f := req.GetFilter(); f != nil {
-		ff = filterFields{bySPIFFEID: f.BySpiffeId, byParentID: f.ByParentId, bySelectors: f.BySelectors, byFederatesWith: f.ByFederatesWith}
-		if f.ByHint != nil {
-			ff.byHint = &f.ByHint.Value
-		}
-		if f.ByDownstream != nil {
-			ff.byDownstream = &f.ByDownstream.Value
-		}
+		ff = filterFieldsOf(f)
 	}
 	filter, err := s.buildFilter(ff)
 	if err != nil {

@@ -21,6 +21,27 @@ function median(key,    n, i, j, t, a) {
 	return (a[n / 2] + a[n / 2 + 1]) / 2
 }
 
+# pairedratio(num, den, invert): median over runs k of num[k]/den[k] (or
+# den[k]/num[k] when invert). With -count, `go test` runs every sub-benchmark
+# once per round, so the k-th samples were taken close together in time:
+# pairing them cancels much of a shared machine's changing load.
+function pairedratio(num, den, invert,    n, k, a, i, j, t) {
+	n = cnt[num]
+	if (cnt[den] < n) n = cnt[den]
+	if (n == 0) return ""
+	for (k = 1; k <= n; k++) {
+		if (val[num, k] == 0 || val[den, k] == 0) return ""
+		a[k] = invert ? val[den, k] / val[num, k] : val[num, k] / val[den, k]
+	}
+	for (i = 2; i <= n; i++) {
+		t = a[i]
+		for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]
+		a[j + 1] = t
+	}
+	if (n % 2) return a[(n + 1) / 2]
+	return (a[n / 2] + a[n / 2 + 1]) / 2
+}
+
 function fmtnum(v) {
 	if (v == "") return "–"
 	if (v >= 1000) return sprintf("%.0f", v)
@@ -45,15 +66,17 @@ function goal(label, name, unit, op, target, note,    v, ok) {
 
 # ratio: wall-clock svid/s against raw's, plus the CPU-time ratio (raw's
 # cpu-us/svid over the API's: the server process's own for -proc
-# benchmarks, client+server for in-process ones).
-function ratio(label, name, target, note,    r, c, base, basec, v, vc, ok, cpulabel) {
+# benchmarks, client+server for in-process ones). Both are medians of the
+# per-round ratios (pairedratio).
+function ratio(label, name, target, note,    r, c, base, basec, v, vc, ok, cpulabel, cunit) {
 	base = get("e2e/Signing/raw", "svid/s"); v = get(name, "svid/s")
-	basec = get("e2e/Signing/raw", "cpu-us/svid"); vc = get(name, "server-cpu-us/svid")
+	basec = get("e2e/Signing/raw", "cpu-us/svid")
+	cunit = "server-cpu-us/svid"; vc = get(name, cunit)
 	cpulabel = "server-process CPU"
-	if (vc == "") { vc = get(name, "cpu-us/svid"); cpulabel = (name ~ /raw/) ? "CPU" : "client+server CPU" }
+	if (vc == "") { cunit = "cpu-us/svid"; vc = get(name, cunit); cpulabel = (name ~ /raw/) ? "CPU" : "client+server CPU" }
 	if (base == "" || v == "") { printf "| %s | not run | ≥ %.0f %% of raw | | %s |\n", label, target * 100, note; return }
-	r = v / base
-	c = (vc > 0) ? basec / vc : 0
+	r = pairedratio(name SUBSEP "svid/s", "e2e/Signing/raw" SUBSEP "svid/s", 0)
+	c = pairedratio(name SUBSEP cunit, "e2e/Signing/raw" SUBSEP "cpu-us/svid", 1)
 	ok = r >= target
 	printf "| %s | %.0f %% of raw (%s vs %s svid/s); %s ratio %.0f %% (%s vs %s µs/svid) | ≥ %.0f %% of raw | %s | %s |\n", label, r * 100, fmtnum(v), fmtnum(base), cpulabel, c * 100, fmtnum(vc), fmtnum(basec), target * 100, ok ? "met" : "**missed**", note
 }
@@ -87,7 +110,7 @@ END {
 		}
 	}
 	print ""
-	print "| goal | measured (median) | target | | note |"
+	print "| goal | measured (medians; ratios are medians of per-round paired ratios) | target | | note |"
 	print "|---|---|---|---|---|"
 	ratio("MintX509SVID throughput (admin socket, 16 callers)", "e2e/Signing/mint", 0.60, "SPIRE ~25 %")
 	ratio("BatchNewX509SVID throughput (mTLS agent, 50 CSRs/call)", "e2e/Signing/batch=50", 0.60, "SPIRE ~25 %")

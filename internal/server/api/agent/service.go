@@ -225,39 +225,39 @@ func (s *Service) GetAgent(ctx context.Context, req *agentv1.GetAgentRequest) (*
 
 // DeleteAgent deletes an agent; it must attest again to get an SVID.
 func (s *Service) DeleteAgent(ctx context.Context, req *agentv1.DeleteAgentRequest) (*emptyResp, error) {
-	id, err := s.agentIDFromProto(req.GetId())
-	if err != nil {
-		return nil, s.err(ctx, codes.InvalidArgument, "invalid agent ID", err)
-	}
-	_, err = s.ds.DeleteNode(ctx, id.String())
-	switch {
-	case errors.Is(err, datastore.ErrNotFound):
-		return nil, s.err(ctx, codes.NotFound, "agent not found", nil)
-	case err != nil:
-		return nil, s.err(ctx, codes.Internal, "failed to remove agent", err)
-	}
-	s.poke()
-	s.log.InfoContext(ctx, "Agent deleted", "spiffe_id", id.String())
-	return &emptyResp{}, nil
+	return s.changeAgent(ctx, req.GetId(), "failed to remove agent", "Agent deleted", func(id string) error {
+		_, err := s.ds.DeleteNode(ctx, id)
+		return err
+	})
 }
 
 // BanAgent bans an agent: its serial numbers are cleared so it can neither
 // use its SVID nor renew; it must be deleted before it may attest again.
 func (s *Service) BanAgent(ctx context.Context, req *agentv1.BanAgentRequest) (*emptyResp, error) {
-	id, err := s.agentIDFromProto(req.GetId())
+	return s.changeAgent(ctx, req.GetId(), "failed to ban agent", "Agent banned", func(id string) error {
+		_, err := s.ds.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: id},
+			&datastore.NodeMask{CertSerial: true, NewCertSerial: true})
+		return err
+	})
+}
+
+// changeAgent applies change to the stored node of the agent pb names,
+// then pokes the entry cache and logs done. A missing node is NotFound;
+// another failure is Internal, described by failed.
+func (s *Service) changeAgent(ctx context.Context, pb *types.SPIFFEID, failed, done string, change func(id string) error) (*emptyResp, error) {
+	id, err := s.agentIDFromProto(pb)
 	if err != nil {
 		return nil, s.err(ctx, codes.InvalidArgument, "invalid agent ID", err)
 	}
-	_, err = s.ds.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: id.String()},
-		&datastore.NodeMask{CertSerial: true, NewCertSerial: true})
+	err = change(id.String())
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
 		return nil, s.err(ctx, codes.NotFound, "agent not found", nil)
 	case err != nil:
-		return nil, s.err(ctx, codes.Internal, "failed to ban agent", err)
+		return nil, s.err(ctx, codes.Internal, failed, err)
 	}
 	s.poke()
-	s.log.InfoContext(ctx, "Agent banned", "spiffe_id", id.String())
+	s.log.InfoContext(ctx, done, "spiffe_id", id.String())
 	return &emptyResp{}, nil
 }
 

@@ -443,16 +443,22 @@ func (r *journalRead[T]) updateGaps(gaps map[int64]time.Time, now time.Time) (to
 	return len(gaps) > maxGaps
 }
 
-// syncEntries reads new entry events and the entries they name, then
-// applies them under the write lock. Called with applyMu held.
-func (c *Cache) syncEntries(ctx context.Context) error {
+// followJournal brings the cache up to date with one journal: it reads
+// past *last (re-checking the skipped IDs in gaps) with readJournal, then,
+// under the write lock, applies each update with apply (which adds the
+// agents to wake), moves *last and updates gaps, and wakes the agents.
+// Called with applyMu held; *last and gaps are guarded by mu.
+func followJournal[E, T any](ctx context.Context, c *Cache, kind string, last *int64, gaps map[int64]time.Time,
+	list func(ctx context.Context, after int64, limit int) ([]E, error),
+	event func(E) (int64, string),
+	get func(ctx context.Context, id string) (T, error),
+	apply func(u journalUpdate[T], wake map[string]struct{})) error {
 	c.mu.RLock()
-	last := c.lastEntryEv
-	gaps := gapIDs(c.entryGaps)
+	from := *last
+	skipped := gapIDs(gaps)
 	c.mu.RUnlock()
 
-	r, err := readJournal(ctx, "entry", last, gaps, c.store.ListEntryEvents,
-		func(ev datastore.EntryEvent) (int64, string) { return ev.ID, ev.EntryID }, c.store.GetEntry)
+	r, err := readJournal(ctx, kind, from, skipped, list, event, get)
 	if err != nil {
 		return err
 	}
@@ -461,17 +467,10 @@ func (c *Cache) syncEntries(ctx context.Context) error {
 	c.mu.Lock()
 	wake := make(map[string]struct{})
 	for _, u := range r.updates {
-		old := c.st.entries[u.id]
-		if old != nil {
-			c.st.removeEntry(old)
-		}
-		if u.val != nil {
-			c.st.putEntry(u.val)
-		}
-		c.collectEntryWakes(wake, old, u.val)
+		apply(u, wake)
 	}
-	c.lastEntryEv = r.last
-	tooMany := r.updateGaps(c.entryGaps, now)
+	*last = r.last
+	tooMany := r.updateGaps(gaps, now)
 	c.mu.Unlock()
 	c.wake(wake)
 	if tooMany {
@@ -480,39 +479,36 @@ func (c *Cache) syncEntries(ctx context.Context) error {
 	return nil
 }
 
+// syncEntries reads new entry events and the entries they name, then
+// applies them under the write lock. Called with applyMu held.
+func (c *Cache) syncEntries(ctx context.Context) error {
+	return followJournal(ctx, c, "entry", &c.lastEntryEv, c.entryGaps, c.store.ListEntryEvents,
+		func(ev datastore.EntryEvent) (int64, string) { return ev.ID, ev.EntryID }, c.store.GetEntry,
+		func(u journalUpdate[*datastore.Entry], wake map[string]struct{}) {
+			old := c.st.entries[u.id]
+			if old != nil {
+				c.st.removeEntry(old)
+			}
+			if u.val != nil {
+				c.st.putEntry(u.val)
+			}
+			c.collectEntryWakes(wake, old, u.val)
+		})
+}
+
 // syncNodes reads new node events and the nodes they name, then applies
 // their selectors under the write lock. Called with applyMu held.
 func (c *Cache) syncNodes(ctx context.Context) error {
-	c.mu.RLock()
-	last := c.lastNodeEv
-	gaps := gapIDs(c.nodeGaps)
-	c.mu.RUnlock()
-
-	r, err := readJournal(ctx, "node", last, gaps, c.store.ListNodeEvents,
-		func(ev datastore.NodeEvent) (int64, string) { return ev.ID, ev.SPIFFEID }, c.store.GetNode)
-	if err != nil {
-		return err
-	}
-
-	now := c.clk.Now()
-	c.mu.Lock()
-	wake := make(map[string]struct{})
-	for _, u := range r.updates {
-		if u.val == nil {
-			delete(c.st.nodeSels, u.id)
-		} else {
-			c.st.nodeSels[u.id] = slices.Clone(u.val.Selectors)
-		}
-		wake[u.id] = struct{}{}
-	}
-	c.lastNodeEv = r.last
-	tooMany := r.updateGaps(c.nodeGaps, now)
-	c.mu.Unlock()
-	c.wake(wake)
-	if tooMany {
-		return errReload
-	}
-	return nil
+	return followJournal(ctx, c, "node", &c.lastNodeEv, c.nodeGaps, c.store.ListNodeEvents,
+		func(ev datastore.NodeEvent) (int64, string) { return ev.ID, ev.SPIFFEID }, c.store.GetNode,
+		func(u journalUpdate[*datastore.AttestedNode], wake map[string]struct{}) {
+			if u.val == nil {
+				delete(c.st.nodeSels, u.id)
+			} else {
+				c.st.nodeSels[u.id] = slices.Clone(u.val.Selectors)
+			}
+			wake[u.id] = struct{}{}
+		})
 }
 
 // collectEntryWakes adds to wake the subscribed agents whose authorized set

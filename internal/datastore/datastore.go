@@ -110,6 +110,9 @@ type EntryStore interface {
 	// whole call.
 	CreateEntries(ctx context.Context, entries []*Entry) (results []EntryResult, err error)
 	GetEntry(ctx context.Context, id string) (*Entry, error) // ErrNotFound
+	// GetEntries reads the entries with these IDs in one transaction; IDs
+	// that do not exist are absent from the result.
+	GetEntries(ctx context.Context, ids []string) (map[string]*Entry, error)
 	ListEntries(ctx context.Context, f EntryFilter, p Page) (entries []*Entry, nextToken string, err error)
 	CountEntries(ctx context.Context, f EntryFilter) (int, error)
 	// UpdateEntry changes the masked fields of the entry with e.ID and bumps

@@ -112,4 +112,3 @@ func TestPrintUsageSortsAllLists(t *testing.T) {
 		t.Errorf("usage:\n%s", out)
 	}
 }
-

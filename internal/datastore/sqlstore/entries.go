@@ -297,6 +297,34 @@ func (s *Store) GetEntry(ctx context.Context, id string) (*datastore.Entry, erro
 	return out[0], nil
 }
 
+// GetEntries reads the entries with these IDs in one read transaction, in
+// chunks that keep the statement's parameter count bounded. Missing IDs are
+// absent from the result.
+func (s *Store) GetEntries(ctx context.Context, ids []string) (map[string]*datastore.Entry, error) {
+	out := make(map[string]*datastore.Entry, len(ids))
+	err := s.readTx(ctx, func(tx *sql.Tx) error {
+		for start := 0; start < len(ids); start += maxInArgs {
+			chunk := ids[start:min(start+maxInArgs, len(ids))]
+			args := make([]any, len(chunk))
+			for i, id := range chunk {
+				args[i] = id
+			}
+			es, err := s.loadEntries(ctx, tx, " WHERE e.id IN ("+placeholders(len(chunk))+")", args, "")
+			if err != nil {
+				return err
+			}
+			for _, e := range es {
+				out[e.ID] = e
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("get %d entries: %w", len(ids), err)
+	}
+	return out, nil
+}
+
 // loadEntries runs SELECT entryColumns FROM entries e <where> ORDER BY e.id
 // <limit> and loads the child rows of the result.
 func (s *Store) loadEntries(ctx context.Context, q queryer, where string, args []any, limit string) ([]*datastore.Entry, error) {

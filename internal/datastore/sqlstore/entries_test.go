@@ -584,3 +584,41 @@ func TestLargeBatch(t *testing.T) {
 		}
 	}
 }
+
+func TestGetEntries(t *testing.T) {
+	f := newFixture(t)
+	s, ctx := f.store, context.Background()
+	// More than one IN-list chunk.
+	in := make([]*datastore.Entry, maxInArgs+20)
+	for i := range in {
+		in[i] = &datastore.Entry{SPIFFEID: fmt.Sprintf("spiffe://td/w/%d", i), ParentID: "spiffe://td/p",
+			Selectors: sels(fmt.Sprintf("unix:uid:%d", i), "unix:gid:0"), DNSNames: []string{fmt.Sprintf("w%d.example", i)}}
+	}
+	created := mustCreate(t, s, in...)
+	ids := []string{"missing"}
+	for _, e := range created {
+		ids = append(ids, e.ID)
+	}
+	got, err := s.GetEntries(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(created) {
+		t.Fatalf("got %d entries, want %d", len(got), len(created))
+	}
+	if _, ok := got["missing"]; ok {
+		t.Error("a missing ID is in the result")
+	}
+	for _, e := range created {
+		one, err := s.GetEntry(ctx, e.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got[e.ID], one) {
+			t.Fatalf("GetEntries and GetEntry disagree on %s:\n%+v\n%+v", e.ID, got[e.ID], one)
+		}
+	}
+	if got, err := s.GetEntries(ctx, nil); err != nil || len(got) != 0 {
+		t.Errorf("GetEntries(nil) = %v, %v", got, err)
+	}
+}

@@ -77,6 +77,7 @@ var ErrNotLoaded = errors.New("entry cache not loaded")
 type Store interface {
 	ListEntries(ctx context.Context, f datastore.EntryFilter, p datastore.Page) ([]*datastore.Entry, string, error)
 	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
+	GetEntries(ctx context.Context, ids []string) (map[string]*datastore.Entry, error)
 	ListEntryEvents(ctx context.Context, after int64, limit int) ([]datastore.EntryEvent, error)
 	LastEntryEventID(ctx context.Context) (int64, error)
 	GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
@@ -342,32 +343,37 @@ type journalRead[T any] struct {
 // readJournal follows one event journal (entries or nodes, named by kind in
 // messages): it re-checks the skipped IDs in gaps, then reads the events
 // after last, page by page, and reads the current state of each ID they
-// name, once. list reads events after a position, event gives an event's
-// ID and the entry or node ID it names, get reads that entry or node
-// (datastore.ErrNotFound meaning deleted). It returns errReload when more
-// IDs were skipped than are tracked.
+// name, once, in one batch per page. list reads events after a position,
+// event gives an event's ID and the entry or node ID it names, getMany
+// reads those entries or nodes (an ID absent from the result was deleted).
+// It returns errReload when more IDs were skipped than are tracked.
 func readJournal[E, T any](ctx context.Context, kind string, last int64, gaps []int64,
 	list func(ctx context.Context, after int64, limit int) ([]E, error),
 	event func(E) (int64, string),
-	get func(ctx context.Context, id string) (T, error)) (journalRead[T], error) {
+	getMany func(ctx context.Context, ids []string) (map[string]T, error)) (journalRead[T], error) {
 	r := journalRead[T]{last: last}
 	seen := make(map[string]struct{})
-	fetch := func(id string) error {
-		// Re-reading the same ID twice in one batch is pointless: the read
-		// returns the current state.
-		if _, ok := seen[id]; ok {
+	var pending []string
+	// want queues an ID; re-reading the same ID twice in one read is
+	// pointless: the read returns the current state.
+	want := func(id string) {
+		if _, ok := seen[id]; !ok {
+			seen[id] = struct{}{}
+			pending = append(pending, id)
+		}
+	}
+	flush := func() error {
+		if len(pending) == 0 {
 			return nil
 		}
-		seen[id] = struct{}{}
-		v, err := get(ctx, id)
-		switch {
-		case errors.Is(err, datastore.ErrNotFound):
-			var zero T
-			v = zero
-		case err != nil:
-			return fmt.Errorf("entry cache: reading %s %q: %w", kind, id, err)
+		vals, err := getMany(ctx, pending)
+		if err != nil {
+			return fmt.Errorf("entry cache: reading %d %ss: %w", len(pending), kind, err)
 		}
-		r.updates = append(r.updates, journalUpdate[T]{id: id, val: v})
+		for _, id := range pending {
+			r.updates = append(r.updates, journalUpdate[T]{id: id, val: vals[id]})
+		}
+		pending = pending[:0]
 		return nil
 	}
 	// Re-check skipped IDs first.
@@ -380,9 +386,7 @@ func readJournal[E, T any](ctx context.Context, kind string, last int64, gaps []
 			continue
 		}
 		if evID, id := event(evs[0]); evID == g {
-			if err := fetch(id); err != nil {
-				return r, err
-			}
+			want(id)
 			r.foundGaps = append(r.foundGaps, g)
 		}
 	}
@@ -404,16 +408,36 @@ func readJournal[E, T any](ctx context.Context, kind string, last int64, gaps []
 					r.newGaps = append(r.newGaps, g)
 				}
 			}
-			if err := fetch(id); err != nil {
-				return r, err
-			}
+			want(id)
 			r.last = evID
+		}
+		if err := flush(); err != nil {
+			return r, err
 		}
 		if len(evs) < eventPageSize {
 			break
 		}
 	}
 	return r, nil
+}
+
+// oneByOne adapts a single-item getter (datastore.ErrNotFound meaning
+// deleted) to readJournal's batch getter.
+func oneByOne[T any](get func(ctx context.Context, id string) (T, error)) func(context.Context, []string) (map[string]T, error) {
+	return func(ctx context.Context, ids []string) (map[string]T, error) {
+		out := make(map[string]T, len(ids))
+		for _, id := range ids {
+			v, err := get(ctx, id)
+			switch {
+			case errors.Is(err, datastore.ErrNotFound):
+			case err != nil:
+				return nil, fmt.Errorf("%q: %w", id, err)
+			default:
+				out[id] = v
+			}
+		}
+		return out, nil
+	}
 }
 
 // gapIDs lists the skipped event IDs being re-checked. Called with mu held.
@@ -451,14 +475,14 @@ func (r *journalRead[T]) updateGaps(gaps map[int64]time.Time, now time.Time) (to
 func followJournal[E, T any](ctx context.Context, c *Cache, kind string, last *int64, gaps map[int64]time.Time,
 	list func(ctx context.Context, after int64, limit int) ([]E, error),
 	event func(E) (int64, string),
-	get func(ctx context.Context, id string) (T, error),
+	getMany func(ctx context.Context, ids []string) (map[string]T, error),
 	apply func(u journalUpdate[T], wake map[string]struct{})) error {
 	c.mu.RLock()
 	from := *last
 	skipped := gapIDs(gaps)
 	c.mu.RUnlock()
 
-	r, err := readJournal(ctx, kind, from, skipped, list, event, get)
+	r, err := readJournal(ctx, kind, from, skipped, list, event, getMany)
 	if err != nil {
 		return err
 	}
@@ -483,7 +507,7 @@ func followJournal[E, T any](ctx context.Context, c *Cache, kind string, last *i
 // applies them under the write lock. Called with applyMu held.
 func (c *Cache) syncEntries(ctx context.Context) error {
 	return followJournal(ctx, c, "entry", &c.lastEntryEv, c.entryGaps, c.store.ListEntryEvents,
-		func(ev datastore.EntryEvent) (int64, string) { return ev.ID, ev.EntryID }, c.store.GetEntry,
+		func(ev datastore.EntryEvent) (int64, string) { return ev.ID, ev.EntryID }, c.store.GetEntries,
 		func(u journalUpdate[*datastore.Entry], wake map[string]struct{}) {
 			old := c.st.entries[u.id]
 			if old != nil {
@@ -500,7 +524,7 @@ func (c *Cache) syncEntries(ctx context.Context) error {
 // their selectors under the write lock. Called with applyMu held.
 func (c *Cache) syncNodes(ctx context.Context) error {
 	return followJournal(ctx, c, "node", &c.lastNodeEv, c.nodeGaps, c.store.ListNodeEvents,
-		func(ev datastore.NodeEvent) (int64, string) { return ev.ID, ev.SPIFFEID }, c.store.GetNode,
+		func(ev datastore.NodeEvent) (int64, string) { return ev.ID, ev.SPIFFEID }, oneByOne(c.store.GetNode),
 		func(u journalUpdate[*datastore.AttestedNode], wake map[string]struct{}) {
 			if u.val == nil {
 				delete(c.st.nodeSels, u.id)

@@ -75,14 +75,18 @@ func (c *Cache) SVIDStats(now time.Time) (count int, earliestExpiry time.Time) {
 // intermediate expires).
 const MinRotationAge = 30 * time.Second
 
-// WithMinAge wraps p so that no SVID younger than minAge is due. The result
-// stays monotonic in now.
+// WithMinAge wraps p so that no SVID is due before min(minAge, 90% of its
+// lifetime) has passed since its NotBefore. The 90% cap keeps a very short
+// SVID (an agent SVID shortened to a CA's last seconds, say) renewable
+// before it expires: an agent whose own SVID expires cannot renew it at all.
+// The result stays monotonic in now.
 func WithMinAge(p RenewalPolicy, minAge time.Duration) RenewalPolicy {
 	if p == nil {
 		p = DefaultRenewal
 	}
 	return func(now, notBefore, notAfter time.Time) bool {
-		if now.Before(notBefore.Add(minAge)) {
+		floor := min(minAge, notAfter.Sub(notBefore)*9/10)
+		if now.Before(notBefore.Add(floor)) {
 			return false
 		}
 		return p(now, notBefore, notAfter)

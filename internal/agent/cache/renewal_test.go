@@ -165,21 +165,31 @@ func TestSVIDStats(t *testing.T) {
 
 func TestWithMinAge(t *testing.T) {
 	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	// An SVID shortened to 15 s (CA about to expire): cache.DefaultRenewal calls it
-	// due at once, the floor holds it back until cache.MinRotationAge.
-	na := nb.Add(15 * time.Second)
 	p := cache.WithMinAge(cache.DefaultRenewal, cache.MinRotationAge)
-	if !cache.DefaultRenewal(nb.Add(10*time.Second), nb, na) {
-		t.Fatal("precondition: the default policy calls the short SVID due")
-	}
-	if p(nb.Add(10*time.Second), nb, na) || p(nb.Add(cache.MinRotationAge-time.Millisecond), nb, na) {
-		t.Error("a young SVID was due")
-	}
-	if !p(nb.Add(cache.MinRotationAge), nb, na) {
-		t.Error("not due at cache.MinRotationAge")
+	// An SVID shortened to 60 s (10 s backdated, CA about to rotate): the
+	// default policy calls it due 30 s after NotBefore, i.e. 20 s after it
+	// was issued; an SVID shortened to 15 s would be due at once. The floor
+	// holds both back until min(MinRotationAge, 90% of the lifetime).
+	for _, tc := range []struct {
+		life, due time.Duration
+	}{
+		{60 * time.Second, cache.MinRotationAge},
+		{15 * time.Second, 13500 * time.Millisecond},
+		{2 * time.Second, 1800 * time.Millisecond},
+	} {
+		na := nb.Add(tc.life)
+		if p(nb.Add(tc.due-time.Millisecond), nb, na) {
+			t.Errorf("life %v: due before %v", tc.life, tc.due)
+		}
+		if !p(nb.Add(tc.due), nb, na) {
+			t.Errorf("life %v: not due at %v", tc.life, tc.due)
+		}
+		if tc.due >= tc.life {
+			t.Errorf("life %v: due only at expiry", tc.life)
+		}
 	}
 	// A normal 1 h SVID keeps its half-life schedule.
-	na = nb.Add(time.Hour)
+	na := nb.Add(time.Hour)
 	for _, off := range []time.Duration{0, time.Minute, 20 * time.Minute, 29 * time.Minute, 31 * time.Minute, 59 * time.Minute} {
 		now := nb.Add(off)
 		if got, want := p(now, nb, na), cache.DefaultRenewal(now, nb, na); got != want {

@@ -68,67 +68,109 @@ func fetchUntil(addr string, id spiffeid.ID, timeout time.Duration) (int, error)
 }
 
 // BenchmarkWorkloadAPI measures warm Workload API calls through the real
-// go-spiffe client (created once) against an in-process agent: the
-// workload is attested (SO_PEERCRED, /proc) on every call and served from
-// the agent's cache. Reports p50-ms and p99-ms of the recorded calls.
+// go-spiffe client (created once); the workload is attested (SO_PEERCRED,
+// /proc) on every call and served from the agent's cache. Reports p50-ms
+// and p99-ms of the recorded calls.
+//
+// The -proc variants are what a user sees: a release-built sigil-agent
+// (CGO_ENABLED=0, grpcnotrace) and a sigil-server run as separate
+// processes, only the client in the benchmark process; they also report
+// agent-cpu-us/op, the agent process's own CPU time per call (10 ms
+// resolution). They run first and their processes are stopped before the
+// in-process variants, in which client, agent and server share one process
+// (and its GC and scheduler).
 func BenchmarkWorkloadAPI(b *testing.B) {
-	e := newEnv(b)
 	ctx := context.Background()
+
+	procSrv := stack.StartServerProcess(b)
+	token, agentID := procSrv.JoinToken(b)
+	procID := spiffeid.RequireFromSegments(stack.TrustDomain, "workload", "bench")
+	procSrv.CreateEntries(b, stack.Entry(agentID, procID, fmt.Sprintf("uid:%d", os.Getuid())))
+	agentProc := procSrv.StartAgentProcess(b, token)
+	if _, err := fetchUntil(agentProc.Socket, procID, 30*time.Second); err != nil {
+		b.Fatal(err)
+	}
+	pc, err := workloadapi.New(ctx, workloadapi.WithAddr(agentProc.Socket))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("FetchX509SVID-proc", func(b *testing.B) { benchFetchX509SVID(b, pc, procID, agentProc.Pid) })
+	b.Run("FetchJWTSVID-proc", func(b *testing.B) { benchFetchJWTSVID(b, pc, procID, agentProc.Pid) })
+	pc.Close()
+	if err := agentProc.Proc.Stop(); err != nil {
+		b.Logf("stop sigil-agent: %v", err)
+	}
+	if err := procSrv.StopProcess(); err != nil {
+		b.Logf("stop sigil-server: %v", err)
+	}
+
+	e := newEnv(b)
 	c, err := workloadapi.New(ctx, workloadapi.WithAddr(e.agent.Socket))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer c.Close()
+	b.Run("FetchX509SVID", func(b *testing.B) { benchFetchX509SVID(b, c, e.id, 0) })
+	b.Run("FetchJWTSVID", func(b *testing.B) { benchFetchJWTSVID(b, c, e.id, 0) })
+}
 
-	b.Run("FetchX509SVID", func(b *testing.B) {
-		var lat stack.Latencies
-		check := func() error {
-			s, err := c.FetchX509SVID(ctx)
-			if err == nil && s.ID != e.id {
-				err = fmt.Errorf("got %s, want %s", s.ID, e.id)
-			}
-			return err
+func benchFetchX509SVID(b *testing.B, c *workloadapi.Client, id spiffeid.ID, agentPid int) {
+	ctx := context.Background()
+	benchCalls(b, agentPid, func() error {
+		s, err := c.FetchX509SVID(ctx)
+		if err == nil && s.ID != id {
+			err = fmt.Errorf("got %s, want %s", s.ID, id)
 		}
-		if err := check(); err != nil { // warm
+		return err
+	})
+}
+
+func benchFetchJWTSVID(b *testing.B, c *workloadapi.Client, id spiffeid.ID, agentPid int) {
+	ctx := context.Background()
+	params := jwtsvid.Params{Audience: "bench-audience"}
+	// The first call (the warm-up in benchCalls) mints via the server.
+	benchCalls(b, agentPid, func() error {
+		s, err := c.FetchJWTSVID(ctx, params)
+		if err == nil && s.ID != id {
+			err = fmt.Errorf("got %s, want %s", s.ID, id)
+		}
+		return err
+	})
+}
+
+// benchCalls times call in a b.Loop after one untimed warm-up call and
+// reports latency percentiles, this process's CPU per op and, for an agent
+// process (agentPid > 0), agent-cpu-us/op.
+func benchCalls(b *testing.B, agentPid int, call func() error) {
+	if err := call(); err != nil {
+		b.Fatal(err)
+	}
+	var agent0 time.Duration
+	if agentPid > 0 {
+		var err error
+		if agent0, err = stack.ProcessCPUTime(agentPid); err != nil {
 			b.Fatal(err)
 		}
-		cpu0, wait0 := stack.CPUTime(), stack.RunqueueWait()
-		for b.Loop() {
-			t0 := time.Now()
-			err := check()
-			lat.Add(time.Since(t0))
-			if err != nil {
-				b.Fatal(err)
-			}
-		}
-		lat.Report(b)
-		reportCPU(b, cpu0, wait0)
-	})
-	b.Run("FetchJWTSVID", func(b *testing.B) {
-		var lat stack.Latencies
-		params := jwtsvid.Params{Audience: "bench-audience"}
-		check := func() error {
-			s, err := c.FetchJWTSVID(ctx, params)
-			if err == nil && s.ID != e.id {
-				err = fmt.Errorf("got %s, want %s", s.ID, e.id)
-			}
-			return err
-		}
-		if err := check(); err != nil { // warm: the first call mints via the server
+	}
+	lat := stack.Latencies{}
+	cpu0, wait0 := stack.CPUTime(), stack.RunqueueWait()
+	for b.Loop() {
+		t0 := time.Now()
+		err := call()
+		lat.Add(time.Since(t0))
+		if err != nil {
 			b.Fatal(err)
 		}
-		cpu0, wait0 := stack.CPUTime(), stack.RunqueueWait()
-		for b.Loop() {
-			t0 := time.Now()
-			err := check()
-			lat.Add(time.Since(t0))
-			if err != nil {
-				b.Fatal(err)
-			}
+	}
+	lat.Report(b)
+	reportCPU(b, cpu0, wait0)
+	if agentPid > 0 {
+		agent1, err := stack.ProcessCPUTime(agentPid)
+		if err != nil {
+			b.Fatal(err)
 		}
-		lat.Report(b)
-		reportCPU(b, cpu0, wait0)
-	})
+		b.ReportMetric(float64((agent1-agent0).Microseconds())/float64(b.N), "agent-cpu-us/op")
+	}
 }
 
 // BenchmarkEntryToWorkload measures a new registration entry, created
@@ -208,8 +250,8 @@ func BenchmarkEntryToWorkload(b *testing.B) {
 	lat.Report(b)
 }
 
-// reportCPU reports cpu-us/op, the process's CPU time (workload client and
-// agent together) per op since cpu0, and runq-us/op, the time its threads
+// reportCPU reports cpu-us/op, the benchmark process's CPU time (workload
+// client, plus agent and server when they run in-process) per op since cpu0, and runq-us/op, the time its threads
 // waited for a CPU per op since wait0 (how busy the machine was).
 func reportCPU(b *testing.B, cpu0, wait0 time.Duration) {
 	b.ReportMetric(float64((stack.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")

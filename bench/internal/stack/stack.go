@@ -68,6 +68,7 @@ type Server struct {
 	// (StartServerProcess), 0 when in-process.
 	Pid int
 
+	proc     *testutil.Process // set by StartServerProcess
 	agentSeq atomic.Int64
 }
 
@@ -137,7 +138,7 @@ func StartServerProcess(tb testing.TB) *Server {
 	p := testutil.StartServer(tb, testutil.ServerConfig{TrustDomain: TrustDomain.Name(), LogLevel: "INFO"})
 	tb.Cleanup(func() { _ = p.Proc.Stop() }) // graceful first; testutil kills as a fallback
 	s := dialAdmin(tb, p.Config.SocketPath, p.Addr())
-	s.Dir, s.Pid = p.Config.DataDir, p.Proc.Pid()
+	s.Dir, s.Pid, s.proc = p.Config.DataDir, p.Proc.Pid(), p.Proc
 	return s
 }
 

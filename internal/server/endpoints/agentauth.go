@@ -15,9 +15,27 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
 
+// NodeCache answers node lookups from memory (internal/server/entrycache's
+// Cache). GetNode must see this server's node writes once Poke has been
+// called after them (read-your-writes), and returns datastore.ErrNotFound
+// for a node that does not exist; any other error makes the validator read
+// the store instead.
+type NodeCache interface {
+	GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
+	Poke()
+}
+
 // AgentValidatorConfig configures an AgentValidator.
 type AgentValidatorConfig struct {
+	// Nodes is the datastore: the authority, read when Cache is nil or
+	// fails, and written when a renewed SVID is first used.
 	Nodes NodeStore
+	// Cache is optional: when set, the agent check reads nodes from it
+	// instead of the datastore (no SQLite read per RPC). Its consistency
+	// is the validator's: a ban or deletion made on this server is
+	// effective for the next RPC, one made by another server sharing the
+	// database within the cache's poll interval.
+	Cache NodeCache
 	Log   *slog.Logger
 	Clock clock.Clock
 }
@@ -30,8 +48,14 @@ type AgentValidatorConfig struct {
 // Internal. The middleware uses it for every agent call; long-lived stream
 // handlers (the entry service's watch mode) use ValidateAgent to re-check
 // an agent whose stream outlives a ban or deletion.
+//
+// With a Cache, the check reads the node from memory; only the first use of
+// a renewed SVID (the NewCertSerial to CertSerial promotion) reads and
+// writes the datastore, then pokes the cache so the next call sees the
+// promoted record.
 type AgentValidator struct {
 	nodes NodeStore
+	cache NodeCache
 	log   *slog.Logger
 	clk   clock.Clock
 }
@@ -45,23 +69,36 @@ func NewAgentValidator(cfg AgentValidatorConfig) (*AgentValidator, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &AgentValidator{nodes: cfg.Nodes, log: log, clk: clock.OrReal(cfg.Clock)}, nil
+	return &AgentValidator{nodes: cfg.Nodes, cache: cfg.Cache, log: log, clk: clock.OrReal(cfg.Clock)}, nil
 }
 
 // ValidateAgent checks, without changing the node, that the agent id
 // presenting svid may still act as an agent. It returns nil or a gRPC
 // status error.
 func (v *AgentValidator) ValidateAgent(ctx context.Context, id spiffeid.ID, svid *x509.Certificate) error {
-	_, err := v.check(ctx, id, svid)
+	_, err := v.check(ctx, id, svid, v.getNode)
 	return err
 }
 
 // authorize is ValidateAgent, and the first use of a renewed SVID makes it
 // the node's current one (as SPIRE).
 func (v *AgentValidator) authorize(ctx context.Context, id spiffeid.ID, svid *x509.Certificate) error {
-	node, err := v.check(ctx, id, svid)
+	node, err := v.check(ctx, id, svid, v.getNode)
 	if err != nil || node.CertSerial == svid.SerialNumber.String() {
 		return err
+	}
+	if v.cache != nil {
+		// A write follows: decide it on the datastore's record, not on
+		// the cache's (which may miss a ban made an instant ago on
+		// another server).
+		node, err = v.check(ctx, id, svid, v.nodes.GetNode)
+		if err != nil {
+			return err
+		}
+		if node.CertSerial == svid.SerialNumber.String() {
+			v.cache.Poke() // promoted meanwhile (another call or server)
+			return nil
+		}
 	}
 	sid := id.String()
 	_, err = v.nodes.UpdateNode(ctx, &datastore.AttestedNode{
@@ -73,13 +110,30 @@ func (v *AgentValidator) authorize(ctx context.Context, id spiffeid.ID, svid *x5
 		v.log.Warn("Unable to activate the new agent SVID", "agent_id", sid, "error", err)
 		return status.Error(codes.Internal, "unable to activate the new agent SVID")
 	}
+	if v.cache != nil {
+		v.cache.Poke()
+	}
 	v.log.Debug("Activated renewed agent SVID", "agent_id", sid, "serial", node.NewCertSerial)
 	return nil
 }
 
-// check returns the node when svid is acceptable for it: its serial is
-// then the node's CertSerial or NewCertSerial.
-func (v *AgentValidator) check(ctx context.Context, id spiffeid.ID, svid *x509.Certificate) (*datastore.AttestedNode, error) {
+// getNode reads the node from the cache when there is one, from the store
+// otherwise or when the cache fails.
+func (v *AgentValidator) getNode(ctx context.Context, sid string) (*datastore.AttestedNode, error) {
+	if v.cache != nil {
+		n, err := v.cache.GetNode(ctx, sid)
+		if err == nil || errors.Is(err, datastore.ErrNotFound) {
+			return n, err
+		}
+		v.log.Warn("Agent cache lookup failed; reading the datastore", "agent_id", sid, "error", err)
+	}
+	return v.nodes.GetNode(ctx, sid)
+}
+
+// check returns the node, read with get, when svid is acceptable for it:
+// its serial is then the node's CertSerial or NewCertSerial.
+func (v *AgentValidator) check(ctx context.Context, id spiffeid.ID, svid *x509.Certificate,
+	get func(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)) (*datastore.AttestedNode, error) {
 	sid := id.String()
 	if svid == nil {
 		return nil, agentDenied(types.PermissionDeniedDetails_AGENT_NOT_ATTESTED, "agent %q presented no X509-SVID", sid)
@@ -87,7 +141,7 @@ func (v *AgentValidator) check(ctx context.Context, id spiffeid.ID, svid *x509.C
 	if v.clk.Now().After(svid.NotAfter) {
 		return nil, agentDenied(types.PermissionDeniedDetails_AGENT_EXPIRED, "agent %q SVID is expired", sid)
 	}
-	node, err := v.nodes.GetNode(ctx, sid)
+	node, err := get(ctx, sid)
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
 		return nil, agentDenied(types.PermissionDeniedDetails_AGENT_NOT_ATTESTED, "agent %q is not attested", sid)

@@ -84,8 +84,13 @@ type Config struct {
 	// ServerSVID returns the current server X509-SVID (rotated by the caller).
 	ServerSVID func() (*tls.Certificate, error)
 	// Bundle returns the trust anchors client X509-SVIDs are verified against.
-	Bundle    func() []*x509.Certificate
-	Nodes     NodeStore
+	Bundle func() []*x509.Certificate
+	Nodes  NodeStore
+	// NodeCache is optional (see AgentValidatorConfig.Cache): the agent
+	// check then reads nodes from memory. When nil and Entries also
+	// implements NodeCache (internal/server/entrycache's Cache does),
+	// Entries is used.
+	NodeCache NodeCache
 	Entries   AdminChecker
 	AdminIDs  []spiffeid.ID // extra admin IDs (SPIRE's admin_ids)
 	RateLimit ratelimit.Config
@@ -161,7 +166,12 @@ func New(cfg Config) (*Endpoints, error) {
 	if cfg.KeepaliveMinTime <= 0 {
 		cfg.KeepaliveMinTime = DefaultKeepaliveMinTime
 	}
-	agents, err := NewAgentValidator(AgentValidatorConfig{Nodes: cfg.Nodes, Log: log, Clock: clk})
+	if cfg.NodeCache == nil {
+		if nc, ok := cfg.Entries.(NodeCache); ok {
+			cfg.NodeCache = nc
+		}
+	}
+	agents, err := NewAgentValidator(AgentValidatorConfig{Nodes: cfg.Nodes, Cache: cfg.NodeCache, Log: log, Clock: clk})
 	if err != nil {
 		return nil, fmt.Errorf("endpoints: %w", err)
 	}

@@ -70,6 +70,9 @@ type harnessOpts struct {
 	attestors map[string]agentapi.NodeAttestor
 	// endpoints carries the keepalive and graceful stop settings.
 	endpoints endpoints.Config
+	// noCacheRun leaves the entry cache's Run loop off: journal events are
+	// then applied only by Sync or by the cache's read-your-writes path.
+	noCacheRun bool
 }
 
 func newHarness(t *testing.T, opts harnessOpts) *harness {
@@ -98,10 +101,12 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 	}
 	// As in the server: apply journal events on Poke (agent bans and
 	// deletions wake watch streams through it).
-	cacheCtx, stopCache := context.WithCancel(ctx)
-	cacheDone := make(chan struct{})
-	go func() { defer close(cacheDone); _ = cache.Run(cacheCtx) }()
-	t.Cleanup(func() { stopCache(); <-cacheDone })
+	if !opts.noCacheRun {
+		cacheCtx, stopCache := context.WithCancel(ctx)
+		cacheDone := make(chan struct{})
+		go func() { defer close(cacheDone); _ = cache.Run(cacheCtx) }()
+		t.Cleanup(func() { stopCache(); <-cacheDone })
+	}
 
 	h := &harness{t: t, ds: ds, ca: m, cache: cache, apiClk: clock.NewFake(time.Now()), rlClk: clock.NewFake(time.Now())}
 
@@ -113,7 +118,7 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 	if err != nil {
 		t.Fatalf("svid service: %v", err)
 	}
-	validator, err := endpoints.NewAgentValidator(endpoints.AgentValidatorConfig{Nodes: ds, Log: log})
+	validator, err := endpoints.NewAgentValidator(endpoints.AgentValidatorConfig{Nodes: ds, Cache: cache, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

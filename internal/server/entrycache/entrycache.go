@@ -1,6 +1,7 @@
-// Package entrycache keeps every registration entry and every agent's node
-// selectors in memory, indexed for the question asked on every agent sync
-// and SVID request: which entries is this agent authorized for?
+// Package entrycache keeps every registration entry and every attested node
+// in memory, indexed for the questions asked on every agent RPC: may this
+// agent still act as one (GetNode: its serials, banned state), and which
+// entries is it authorized for (AuthorizedEntries, AuthorizedEntry)?
 //
 // # Authorization rule (SPIRE's)
 //
@@ -27,6 +28,23 @@
 // also implements BundleJournal, a bundle write seen there (including one
 // made by another server) wakes every subscriber, like BundleChanged.
 //
+// # Node consistency (the agent check)
+//
+// GetNode is read-your-writes for this server's node writes: every node
+// create, update, delete or ban writes a node journal event in the same
+// transaction, and the writer calls Poke after committing. Poke counts; a
+// GetNode that finds pokes not yet covered by a node-journal application
+// applies the journal itself (under the same lock as Run, so at most one
+// store read for a burst of callers) before answering. So a ban or delete
+// made through this server's API is effective for the very next RPC, with
+// or without Run. Node writes made by other servers sharing the database
+// are seen within PollInterval (plus one poll's duration), as SPIRE's agent
+// authorization cache; until then an agent banned or deleted elsewhere may
+// still be accepted here. A node missing from memory (attested an instant
+// ago, possibly elsewhere) is read from the store, not cached. If a journal
+// application fails, GetNode returns the error (callers fall back to the
+// store) and retries on the next call.
+//
 // # Subscriptions
 //
 // Subscribe(agentID) returns a channel signalled (coalesced, buffer 1) when
@@ -49,6 +67,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -114,6 +133,12 @@ type Cache struct {
 	poll  time.Duration
 
 	pokeCh chan struct{}
+	// pokes counts Poke calls; nodePokes is the value of pokes read before
+	// the last node-journal application that succeeded (monotonic, written
+	// under applyMu). pokes > nodePokes means a local write may not be
+	// applied yet: GetNode applies the node journal before answering.
+	pokes     atomic.Uint64
+	nodePokes atomic.Uint64
 
 	// applyMu serializes Load and journal application.
 	applyMu sync.Mutex
@@ -137,7 +162,8 @@ type state struct {
 	byParent   map[string]map[string]*datastore.Entry
 	bySPIFFEID map[string]map[string]*datastore.Entry
 	aliasBySel map[selector.Selector]map[string]*datastore.Entry
-	nodeSels   map[string][]selector.Selector
+	// nodes holds every attested node (private copies: selectors cloned).
+	nodes map[string]*datastore.AttestedNode
 }
 
 func newState() *state {
@@ -146,7 +172,7 @@ func newState() *state {
 		byParent:   make(map[string]map[string]*datastore.Entry),
 		bySPIFFEID: make(map[string]map[string]*datastore.Entry),
 		aliasBySel: make(map[selector.Selector]map[string]*datastore.Entry),
-		nodeSels:   make(map[string][]selector.Selector),
+		nodes:      make(map[string]*datastore.AttestedNode),
 	}
 }
 
@@ -183,6 +209,7 @@ func (c *Cache) Load(ctx context.Context) error {
 }
 
 func (c *Cache) loadLocked(ctx context.Context) error {
+	pokes := c.pokes.Load()
 	lastE, err := c.store.LastEntryEventID(ctx)
 	if err != nil {
 		return fmt.Errorf("entry cache: reading entry journal position: %w", err)
@@ -219,7 +246,7 @@ func (c *Cache) loadLocked(ctx context.Context) error {
 			return fmt.Errorf("entry cache: listing nodes: %w", err)
 		}
 		for _, n := range nodes {
-			st.nodeSels[n.SPIFFEID] = slices.Clone(n.Selectors)
+			st.nodes[n.SPIFFEID] = cloneNode(n)
 		}
 		if next == "" || len(nodes) == 0 {
 			break
@@ -232,7 +259,8 @@ func (c *Cache) loadLocked(ctx context.Context) error {
 	clear(c.entryGaps)
 	clear(c.nodeGaps)
 	c.mu.Unlock()
-	c.log.Debug("entry cache loaded", "entries", len(st.entries), "nodes", len(st.nodeSels))
+	c.nodePokes.Store(pokes)
+	c.log.Debug("entry cache loaded", "entries", len(st.entries), "nodes", len(st.nodes))
 	c.wakeAll()
 	return nil
 }
@@ -262,9 +290,12 @@ func (c *Cache) Run(ctx context.Context) error {
 	}
 }
 
-// Poke tells Run that a local write happened: apply new journal events now.
-// It never blocks.
+// Poke tells the cache that a local write happened (call it after the
+// write committed): Run applies new journal events now, and the next
+// GetNode applies the node journal itself first if Run has not yet. It
+// never blocks.
 func (c *Cache) Poke() {
+	c.pokes.Add(1)
 	select {
 	case c.pokeCh <- struct{}{}:
 	default:
@@ -279,6 +310,7 @@ func (c *Cache) BundleChanged() { c.wakeAll() }
 func (c *Cache) Sync(ctx context.Context) error {
 	c.applyMu.Lock()
 	defer c.applyMu.Unlock()
+	pokes := c.pokes.Load()
 	c.mu.RLock()
 	loaded := c.st != nil
 	c.mu.RUnlock()
@@ -299,7 +331,35 @@ func (c *Cache) Sync(ctx context.Context) error {
 		}
 		return err
 	}
+	c.nodePokes.Store(pokes)
 	return c.syncBundles(ctx)
+}
+
+// syncNodesAfterPoke applies the node journal unless an application that
+// started after the Poke numbered want has already succeeded: the
+// read-your-writes path of GetNode.
+func (c *Cache) syncNodesAfterPoke(ctx context.Context, want uint64) error {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	if c.nodePokes.Load() >= want {
+		return nil // Run (or another caller) got there while we waited
+	}
+	pokes := c.pokes.Load()
+	c.mu.RLock()
+	loaded := c.st != nil
+	c.mu.RUnlock()
+	if !loaded {
+		return ErrNotLoaded
+	}
+	if err := c.syncNodes(ctx); err != nil {
+		if errors.Is(err, errReload) {
+			c.log.Warn("entry cache: too many skipped node events, reloading")
+			return c.loadLocked(ctx)
+		}
+		return err
+	}
+	c.nodePokes.Store(pokes)
+	return nil
 }
 
 // syncBundles wakes everyone when the bundle journal moved (a bundle was
@@ -521,15 +581,15 @@ func (c *Cache) syncEntries(ctx context.Context) error {
 }
 
 // syncNodes reads new node events and the nodes they name, then applies
-// their selectors under the write lock. Called with applyMu held.
+// them under the write lock. Called with applyMu held.
 func (c *Cache) syncNodes(ctx context.Context) error {
 	return followJournal(ctx, c, "node", &c.lastNodeEv, c.nodeGaps, c.store.ListNodeEvents,
 		func(ev datastore.NodeEvent) (int64, string) { return ev.ID, ev.SPIFFEID }, oneByOne(c.store.GetNode),
 		func(u journalUpdate[*datastore.AttestedNode], wake map[string]struct{}) {
 			if u.val == nil {
-				delete(c.st.nodeSels, u.id)
+				delete(c.st.nodes, u.id)
 			} else {
-				c.st.nodeSels[u.id] = slices.Clone(u.val.Selectors)
+				c.st.nodes[u.id] = cloneNode(u.val)
 			}
 			wake[u.id] = struct{}{}
 		})
@@ -558,7 +618,7 @@ func (c *Cache) collectEntryWakes(wake map[string]struct{}, old, new *datastore.
 				wake[agent] = struct{}{}
 				continue
 			}
-			if alias && selector.NewSet(c.st.nodeSels[agent]...).ContainsAll(e.Selectors) {
+			if alias && selector.NewSet(c.st.nodeSelectors(agent)...).ContainsAll(e.Selectors) {
 				wake[agent] = struct{}{}
 			}
 		}
@@ -617,35 +677,18 @@ func delIdx[K comparable](m map[K]map[string]*datastore.Entry, k K, id string) {
 // by entry ID. The returned entries are shared and must not be modified.
 func (c *Cache) AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*datastore.Entry, error) {
 	agent := agentID.String()
-	c.mu.RLock()
-	if c.st == nil {
-		c.mu.RUnlock()
-		return nil, ErrNotLoaded
-	}
-	sels, known := c.st.nodeSels[agent]
-	c.mu.RUnlock()
-	if !known {
-		// The node may have attested an instant ago and its journal event
-		// not been applied yet: read its selectors directly (not cached, so
-		// a racing delete can't be undone).
-		n, err := c.store.GetNode(ctx, agent)
-		switch {
-		case errors.Is(err, datastore.ErrNotFound):
-		case err != nil:
-			return nil, fmt.Errorf("entry cache: reading node %q: %w", agent, err)
-		default:
-			sels = n.Selectors
-		}
+	sels, known, err := c.uncachedSelectors(ctx, agent)
+	if err != nil {
+		return nil, err
 	}
 
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	st := c.st
 	if known {
-		sels = st.nodeSels[agent]
+		sels = st.nodeSelectors(agent)
 	}
 	now := c.clk.Now().Unix()
-	live := func(e *datastore.Entry) bool { return e.ExpiresAt == 0 || e.ExpiresAt > now }
 
 	visited := map[string]struct{}{agent: {}}
 	queue := []string{agent}
@@ -658,7 +701,7 @@ func (c *Cache) AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*
 					continue
 				}
 				checked[id] = struct{}{}
-				if !live(e) || !nodeSet.ContainsAll(e.Selectors) {
+				if !live(e, now) || !nodeSet.ContainsAll(e.Selectors) {
 					continue
 				}
 				if _, ok := visited[e.SPIFFEID]; !ok {
@@ -671,7 +714,7 @@ func (c *Cache) AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*
 	var out []*datastore.Entry
 	for i := 0; i < len(queue); i++ {
 		for _, e := range st.byParent[queue[i]] {
-			if !live(e) {
+			if !live(e, now) {
 				continue
 			}
 			out = append(out, e)
@@ -689,6 +732,151 @@ func (c *Cache) AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*
 	}
 	c.subMu.Unlock()
 	return out, nil
+}
+
+// uncachedSelectors reports whether agent's node is cached (then the caller
+// reads its selectors under mu) and, when it is not, reads its selectors
+// from the store: the node may have attested an instant ago and its journal
+// event not been applied yet. The store's answer is not cached, so a racing
+// delete can't be undone. A node that does not exist has no selectors.
+func (c *Cache) uncachedSelectors(ctx context.Context, agent string) (sels []selector.Selector, known bool, err error) {
+	c.mu.RLock()
+	if c.st == nil {
+		c.mu.RUnlock()
+		return nil, false, ErrNotLoaded
+	}
+	_, known = c.st.nodes[agent]
+	c.mu.RUnlock()
+	if known {
+		return nil, true, nil
+	}
+	n, err := c.store.GetNode(ctx, agent)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, false, nil
+	case err != nil:
+		return nil, false, fmt.Errorf("entry cache: reading node %q: %w", agent, err)
+	}
+	return n.Selectors, false, nil
+}
+
+// nodeSelectors returns the cached selectors of a node (nil when unknown).
+// Called with mu held.
+func (st *state) nodeSelectors(id string) []selector.Selector {
+	if n := st.nodes[id]; n != nil {
+		return n.Selectors
+	}
+	return nil
+}
+
+// AuthorizedEntry returns the entry with ID entryID when agentID is
+// authorized for it (the rule of AuthorizedEntries, exactly), and nil, nil
+// when the entry does not exist, has expired or is not authorized. It
+// answers one question without computing the whole authorized set: it walks
+// from the entry's parent towards the agent (or a node alias matching it),
+// usually one step. The entry is shared and must not be modified. Unlike
+// AuthorizedEntries it does not record the agent's reach for targeted wakes.
+func (c *Cache) AuthorizedEntry(ctx context.Context, agentID spiffeid.ID, entryID string) (*datastore.Entry, error) {
+	agent := agentID.String()
+	sels, known, err := c.uncachedSelectors(ctx, agent)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	st := c.st
+	if known {
+		sels = st.nodeSelectors(agent)
+	}
+	now := c.clk.Now().Unix()
+	e := st.entries[entryID]
+	if e == nil || !live(e, now) || !st.reaches(agent, sels, e.ParentID, now) {
+		return nil, nil
+	}
+	return e, nil
+}
+
+func live(e *datastore.Entry, now int64) bool { return e.ExpiresAt == 0 || e.ExpiresAt > now }
+
+// reaches reports whether AuthorizedEntries(agent) would visit target, i.e.
+// return the entries parented to it. The forward walk starts from the agent
+// and the SPIFFE IDs of the live alias entries whose selectors (at least
+// one) are all among sels, and goes from a visited ID P to the SPIFFE ID
+// of every live entry parented to P. This walks the same edges backwards:
+// from target to the parents of the live entries whose SPIFFE ID it is,
+// until it meets a starting point. Called with mu held.
+func (st *state) reaches(agent string, sels []selector.Selector, target string, now int64) bool {
+	var nodeSet selector.Set
+	haveSet := false
+	visited := map[string]struct{}{target: {}}
+	stack := []string{target}
+	for len(stack) > 0 {
+		id := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if id == agent {
+			return true
+		}
+		for _, e := range st.bySPIFFEID[id] {
+			if !live(e, now) {
+				continue
+			}
+			if len(sels) > 0 && len(e.Selectors) > 0 && isAlias(e) {
+				if !haveSet {
+					nodeSet, haveSet = selector.NewSet(sels...), true
+				}
+				if nodeSet.ContainsAll(e.Selectors) {
+					return true
+				}
+			}
+			if _, ok := visited[e.ParentID]; !ok {
+				visited[e.ParentID] = struct{}{}
+				stack = append(stack, e.ParentID)
+			}
+		}
+	}
+	return false
+}
+
+// GetNode returns the attested node spiffeID from memory: a copy the caller
+// may keep (its Selectors are shared and must not be modified). A node not
+// in memory is read from the store (and not cached); datastore.ErrNotFound
+// when it does not exist there either. ErrNotLoaded before the first Load.
+//
+// Consistency: a write made on this server and followed by Poke (the agent
+// API's attestation, renewal, ban and delete do) is seen by every GetNode
+// that starts after Poke returned: when Run has not applied it yet, GetNode
+// applies the node journal itself before answering. Writes made by other
+// servers sharing the database are seen within PollInterval (plus the time
+// of one poll), as SPIRE's agent authorization cache; a node attested on
+// another server is found at once through the store read on a miss.
+func (c *Cache) GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error) {
+	if want := c.pokes.Load(); want > c.nodePokes.Load() {
+		if err := c.syncNodesAfterPoke(ctx, want); err != nil {
+			return nil, fmt.Errorf("entry cache: applying node journal: %w", err)
+		}
+	}
+	c.mu.RLock()
+	if c.st == nil {
+		c.mu.RUnlock()
+		return nil, ErrNotLoaded
+	}
+	n := c.st.nodes[spiffeID]
+	c.mu.RUnlock()
+	if n != nil {
+		cp := *n
+		return &cp, nil
+	}
+	n, err := c.store.GetNode(ctx, spiffeID)
+	if err != nil {
+		return nil, fmt.Errorf("entry cache: reading node %q: %w", spiffeID, err)
+	}
+	return n, nil
+}
+
+func cloneNode(n *datastore.AttestedNode) *datastore.AttestedNode {
+	cp := *n
+	cp.Selectors = slices.Clip(slices.Clone(n.Selectors))
+	return &cp
 }
 
 // AdminAndDownstream reports whether any unexpired entry with SPIFFE ID id

@@ -43,6 +43,16 @@ type EntryAuthorizer interface {
 	AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*datastore.Entry, error)
 }
 
+// EntryLookup is optionally implemented by Config.Entries
+// (internal/server/entrycache's Cache does): the entry entryID when agentID
+// is authorized for it, nil (and no error) when it does not exist or is
+// not authorized. It must apply the same rule as AuthorizedEntries. When
+// available, BatchNewX509SVID and NewJWTSVID look up the entries they are
+// asked for instead of computing the agent's whole authorized set.
+type EntryLookup interface {
+	AuthorizedEntry(ctx context.Context, agentID spiffeid.ID, entryID string) (*datastore.Entry, error)
+}
+
 // EntryLister finds the caller's downstream entries (for their TTL).
 type EntryLister interface {
 	ListEntries(ctx context.Context, f datastore.EntryFilter, p datastore.Page) ([]*datastore.Entry, string, error)
@@ -66,6 +76,7 @@ type Service struct {
 	td      spiffeid.TrustDomain
 	ca      Signer
 	entries EntryAuthorizer
+	lookup  EntryLookup // nil when Entries does not implement it
 	store   EntryLister
 	log     *slog.Logger
 }
@@ -84,7 +95,8 @@ func New(cfg Config) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{td: cfg.TrustDomain, ca: cfg.CA, entries: cfg.Entries, store: cfg.Store, log: log.With("service", "svid.v1")}, nil
+	lookup, _ := cfg.Entries.(EntryLookup)
+	return &Service{td: cfg.TrustDomain, ca: cfg.CA, entries: cfg.Entries, lookup: lookup, store: cfg.Store, log: log.With("service", "svid.v1")}, nil
 }
 
 // Register registers the service on r.
@@ -168,18 +180,18 @@ func (s *Service) BatchNewX509SVID(ctx context.Context, req *svidv1.BatchNewX509
 	if len(req.GetParams()) > MaxBatchSize {
 		return nil, s.err(ctx, codes.InvalidArgument, fmt.Sprintf("too many parameters (max %d)", MaxBatchSize), nil)
 	}
-	entries, err := s.authorizedEntries(ctx)
+	find, err := s.entryFinder(ctx, len(req.GetParams()))
 	if err != nil {
 		return nil, err
 	}
 	resp := &svidv1.BatchNewX509SVIDResponse{Results: make([]*svidv1.BatchNewX509SVIDResponse_Result, 0, len(req.GetParams()))}
 	for _, p := range req.GetParams() {
-		resp.Results = append(resp.Results, s.newX509SVID(ctx, p, entries))
+		resp.Results = append(resp.Results, s.newX509SVID(ctx, p, find))
 	}
 	return resp, nil
 }
 
-func (s *Service) newX509SVID(ctx context.Context, p *svidv1.NewX509SVIDParams, entries map[string]*datastore.Entry) *svidv1.BatchNewX509SVIDResponse_Result {
+func (s *Service) newX509SVID(ctx context.Context, p *svidv1.NewX509SVIDParams, find entryFinder) *svidv1.BatchNewX509SVIDResponse_Result {
 	fail := func(code codes.Code, msg string, cause error) *svidv1.BatchNewX509SVIDResponse_Result {
 		return &svidv1.BatchNewX509SVIDResponse_Result{Status: s.status(ctx, code, msg, cause)}
 	}
@@ -189,8 +201,11 @@ func (s *Service) newX509SVID(ctx context.Context, p *svidv1.NewX509SVIDParams, 
 	case len(p.GetCsr()) == 0:
 		return fail(codes.InvalidArgument, "missing CSR", nil)
 	}
-	entry, ok := entries[p.GetEntryId()]
-	if !ok {
+	entry, err := find(ctx, p.GetEntryId())
+	switch {
+	case err != nil:
+		return fail(codes.Internal, "failed to fetch registration entries", err)
+	case entry == nil:
 		return fail(codes.NotFound, "entry not found or not authorized", nil)
 	}
 	csr, err := x509.ParseCertificateRequest(p.GetCsr())
@@ -221,12 +236,15 @@ func (s *Service) newX509SVID(ctx context.Context, p *svidv1.NewX509SVIDParams, 
 
 // NewJWTSVID signs a JWT-SVID for an entry the calling agent is authorized for.
 func (s *Service) NewJWTSVID(ctx context.Context, req *svidv1.NewJWTSVIDRequest) (*svidv1.NewJWTSVIDResponse, error) {
-	entries, err := s.authorizedEntries(ctx)
+	find, err := s.entryFinder(ctx, 1)
 	if err != nil {
 		return nil, err
 	}
-	entry, ok := entries[req.GetEntryId()]
-	if !ok {
+	entry, err := find(ctx, req.GetEntryId())
+	switch {
+	case err != nil:
+		return nil, s.err(ctx, codes.Internal, "failed to fetch registration entries", err)
+	case entry == nil:
 		return nil, s.err(ctx, codes.NotFound, "entry not found or not authorized", nil)
 	}
 	id, err := s.memberID(entry.SPIFFEID)
@@ -306,10 +324,29 @@ func (s *Service) mintJWT(ctx context.Context, id spiffeid.ID, audience []string
 	return &types.JWTSVID{Token: token, Id: convert.IDToProto(id), ExpiresAt: exp.Unix(), IssuedAt: iat.Unix()}, nil
 }
 
-func (s *Service) authorizedEntries(ctx context.Context) (map[string]*datastore.Entry, error) {
+// entryFinder returns an entry of the calling agent's authorized set by ID
+// (nil when absent or not authorized).
+type entryFinder func(ctx context.Context, entryID string) (*datastore.Entry, error)
+
+// maxLookups is the largest number of entries a call looks up one by one;
+// a larger batch computes the authorized set once. (A lookup for an agent
+// not yet in the cache reads its node from the store, so per-entry lookups
+// are bounded.)
+const maxLookups = 64
+
+// entryFinder returns the finder for the calling agent, which will look up
+// n entries: per-entry lookups when the authorizer supports them and n is
+// at most maxLookups (no computation of the whole set per call), else the
+// authorized set, computed once for the call.
+func (s *Service) entryFinder(ctx context.Context, n int) (entryFinder, error) {
 	caller, ok := rpccontext.CallerFrom(ctx)
 	if !ok || caller.ID.IsZero() {
 		return nil, s.err(ctx, codes.Internal, "caller ID missing from request context", nil)
+	}
+	if s.lookup != nil && n <= maxLookups {
+		return func(ctx context.Context, entryID string) (*datastore.Entry, error) {
+			return s.lookup.AuthorizedEntry(ctx, caller.ID, entryID)
+		}, nil
 	}
 	es, err := s.entries.AuthorizedEntries(ctx, caller.ID)
 	if err != nil {
@@ -319,7 +356,7 @@ func (s *Service) authorizedEntries(ctx context.Context) (map[string]*datastore.
 	for _, e := range es {
 		m[e.ID] = e
 	}
-	return m, nil
+	return func(_ context.Context, entryID string) (*datastore.Entry, error) { return m[entryID], nil }, nil
 }
 
 // memberID parses a stored SPIFFE ID and checks it belongs to our trust domain.

@@ -1,0 +1,211 @@
+package entrycache_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
+)
+
+// countingStore counts GetNode calls, to tell memory answers from store reads.
+type countingStore struct {
+	entrycache.Store
+	getNode int
+}
+
+func (s *countingStore) GetNode(ctx context.Context, id string) (*datastore.AttestedNode, error) {
+	s.getNode++
+	return s.Store.GetNode(ctx, id)
+}
+
+func getNode(t *testing.T, c *entrycache.Cache, id string) *datastore.AttestedNode {
+	t.Helper()
+	n, err := c.GetNode(context.Background(), id)
+	if err != nil {
+		t.Fatalf("GetNode(%s): %v", id, err)
+	}
+	return n
+}
+
+// TestGetNodeReadYourWrites checks the consistency documented on GetNode,
+// with no Run: a write followed by Poke is seen by the next GetNode; a
+// write without Poke (another server's) only after the journal is applied.
+func TestGetNodeReadYourWrites(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	cs := &countingStore{Store: f.st}
+	c := entrycache.New(entrycache.Config{Store: cs, Clock: f.clk, PollInterval: time.Hour})
+	a1, a2 := td+"/spire/agent/a1", td+"/spire/agent/a2"
+	f.node(t, a1, "a:1")
+	if _, err := c.GetNode(ctx, a1); !errors.Is(err, entrycache.ErrNotLoaded) {
+		t.Fatalf("GetNode before Load: %v, want ErrNotLoaded", err)
+	}
+	if err := c.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Served from memory: no store read.
+	cs.getNode = 0
+	n := getNode(t, c, a1)
+	if n.CertSerial != "1" || n.AttestationType != "join_token" || len(n.Selectors) != 1 || cs.getNode != 0 {
+		t.Fatalf("cached node = %+v (store reads %d)", n, cs.getNode)
+	}
+	n.CertSerial = "mutated" // a private copy
+	if getNode(t, c, a1).CertSerial != "1" {
+		t.Fatal("GetNode returned the cached record itself")
+	}
+
+	// A node not applied yet (attested an instant ago) is read from the store.
+	f.node(t, a2)
+	if n := getNode(t, c, a2); n.SPIFFEID != a2 || cs.getNode != 1 {
+		t.Fatalf("uncached node = %+v (store reads %d)", n, cs.getNode)
+	}
+	if _, err := c.GetNode(ctx, td+"/spire/agent/none"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Fatalf("missing node: %v, want ErrNotFound", err)
+	}
+
+	// Another server bans a1 (no Poke here): not seen until the journal is
+	// applied (the poll).
+	ban := func() {
+		t.Helper()
+		if _, err := f.st.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: a1}, &datastore.NodeMask{CertSerial: true, NewCertSerial: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ban()
+	if getNode(t, c, a1).CertSerial != "1" {
+		t.Fatal("a write without Poke was seen without a journal application: the cache is not being used")
+	}
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := getNode(t, c, a1); n.CertSerial != "" {
+		t.Fatalf("after Sync: %+v, want banned", n)
+	}
+
+	// This server renews a2 and pokes: the very next GetNode sees it.
+	if _, err := f.st.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: a2, NewCertSerial: "2", NewCertNotAfter: 42},
+		&datastore.NodeMask{NewCertSerial: true, NewCertNotAfter: true}); err != nil {
+		t.Fatal(err)
+	}
+	c.Poke()
+	if n := getNode(t, c, a2); n.NewCertSerial != "2" || n.NewCertNotAfter != 42 {
+		t.Fatalf("after local renew: %+v, want new serial 2", n)
+	}
+	// ... and a delete.
+	if _, err := f.st.DeleteNode(ctx, a2); err != nil {
+		t.Fatal(err)
+	}
+	c.Poke()
+	if _, err := c.GetNode(ctx, a2); !errors.Is(err, datastore.ErrNotFound) {
+		t.Fatalf("after local delete: %v, want ErrNotFound", err)
+	}
+	// The poke was applied once: later lookups are memory reads again.
+	cs.getNode = 0
+	getNode(t, c, a1)
+	getNode(t, c, a1)
+	if cs.getNode != 0 {
+		t.Fatalf("%d store reads after the poke was applied", cs.getNode)
+	}
+}
+
+// TestAuthorizedEntryMatchesAuthorizedEntries checks AuthorizedEntry
+// against AuthorizedEntries on the fixture world and on random graphs
+// (cycles, shared SPIFFE IDs, aliases, expired links).
+func TestAuthorizedEntryMatchesAuthorizedEntries(t *testing.T) {
+	ctx := context.Background()
+	check := func(t *testing.T, f *fixture, agents, entryIDs []string) {
+		t.Helper()
+		for _, a := range agents {
+			want := make(map[string]bool)
+			for _, id := range authorized(t, f.cache, a) {
+				want[id] = true
+			}
+			for _, id := range entryIDs {
+				e, err := f.cache.AuthorizedEntry(ctx, mustID(a), id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := e != nil; got != want[id] {
+					t.Errorf("agent %s, entry %s: AuthorizedEntry says %v, AuthorizedEntries %v", a, id, got, want[id])
+				}
+				if e != nil && e.ID != id {
+					t.Errorf("AuthorizedEntry(%s) returned %s", id, e.ID)
+				}
+			}
+		}
+	}
+
+	t.Run("world", func(t *testing.T) {
+		f := newFixture(t)
+		world(t, f)
+		if err := f.cache.Load(ctx); err != nil {
+			t.Fatal(err)
+		}
+		all := []string{"direct", "alias", "viaAlias", "alias2", "viaAlias2", "grand", "great", "other",
+			"expired", "expParent", "expChild", "aliasNoMatch", "viaNoMatch", "missing"}
+		check(t, f, []string{td + "/spire/agent/a1", td + "/spire/agent/a2", td + "/spire/agent/unknown"}, all)
+		if e, _ := f.cache.AuthorizedEntry(ctx, mustID(td+"/spire/agent/a1"), "great"); e == nil {
+			t.Error("great (two levels below a1's entry) not authorized")
+		}
+		if e, _ := f.cache.AuthorizedEntry(ctx, mustID(td+"/spire/agent/a2"), "direct"); e != nil {
+			t.Error("a1's entry authorized for a2")
+		}
+	})
+
+	for seed := range uint64(8) {
+		t.Run(fmt.Sprint("random", seed), func(t *testing.T) {
+			f := newFixture(t)
+			r := rand.New(rand.NewPCG(seed, 7))
+			agents := []string{td + "/spire/agent/a0", td + "/spire/agent/a1", td + "/spire/agent/a2"}
+			selPool := []string{"s:1", "s:2", "s:3"}
+			pick := func() []string {
+				var out []string
+				for _, s := range selPool {
+					if r.IntN(2) == 0 {
+						out = append(out, s)
+					}
+				}
+				return out
+			}
+			for _, a := range agents[:2] { // a2 has no node
+				f.node(t, a, pick()...)
+			}
+			ids := []string{td + "/spire/server"}
+			ids = append(ids, agents...)
+			for i := range 6 {
+				ids = append(ids, fmt.Sprintf("%s/w/%d", td, i))
+			}
+			var es []*datastore.Entry
+			var entryIDs []string
+			for i := range 40 {
+				e := &datastore.Entry{
+					ID:        fmt.Sprintf("e%02d", i),
+					SPIFFEID:  ids[4+r.IntN(len(ids)-4)],
+					ParentID:  ids[r.IntN(len(ids))],
+					Selectors: sels(fmt.Sprintf("unix:uid:%d", i)),
+				}
+				if e.ParentID == td+"/spire/server" {
+					if ss := pick(); len(ss) > 0 {
+						e.Selectors = sels(ss...)
+					}
+				}
+				if r.IntN(6) == 0 {
+					e.ExpiresAt = t0.Add(-time.Second).Unix()
+				}
+				es = append(es, e)
+				entryIDs = append(entryIDs, e.ID)
+			}
+			f.create(t, es...)
+			if err := f.cache.Load(ctx); err != nil {
+				t.Fatal(err)
+			}
+			check(t, f, agents, entryIDs)
+		})
+	}
+}

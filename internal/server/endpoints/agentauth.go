@@ -49,10 +49,10 @@ type AgentValidatorConfig struct {
 // handlers (the entry service's watch mode) use ValidateAgent to re-check
 // an agent whose stream outlives a ban or deletion.
 //
-// With a Cache, the check reads the node from memory; only the first use of
-// a renewed SVID (the NewCertSerial to CertSerial promotion) reads and
-// writes the datastore, then pokes the cache so the next call sees the
-// promoted record.
+// With a Cache, the check reads the node from memory. The datastore is read
+// only to confirm a denial (see current) and on the first use of a renewed
+// SVID (the NewCertSerial to CertSerial promotion), which reads and writes
+// it, then pokes the cache so the next call sees the promoted record.
 type AgentValidator struct {
 	nodes NodeStore
 	cache NodeCache
@@ -76,14 +76,52 @@ func NewAgentValidator(cfg AgentValidatorConfig) (*AgentValidator, error) {
 // presenting svid may still act as an agent. It returns nil or a gRPC
 // status error.
 func (v *AgentValidator) ValidateAgent(ctx context.Context, id spiffeid.ID, svid *x509.Certificate) error {
-	_, err := v.check(ctx, id, svid, v.getNode)
+	_, err := v.current(ctx, id, svid)
 	return err
+}
+
+// current returns the node when svid is acceptable for it. With a cache,
+// the cached record can only accept: a denial that depends on the record
+// (banned, other serial) is confirmed on the datastore, since the cache may
+// be behind another server's write (a re-attestation or renewal made there
+// an instant ago), and the cache is then poked to catch up. Denials are
+// rare, so the datastore is still read about never on the hot path.
+func (v *AgentValidator) current(ctx context.Context, id spiffeid.ID, svid *x509.Certificate) (*datastore.AttestedNode, error) {
+	if v.cache == nil {
+		return v.check(ctx, id, svid, v.nodes.GetNode)
+	}
+	node, err := v.check(ctx, id, svid, v.getNode)
+	if !recordDenial(err) {
+		return node, err
+	}
+	node, err = v.check(ctx, id, svid, v.nodes.GetNode)
+	if err == nil {
+		v.cache.Poke()
+	}
+	return node, err
+}
+
+// recordDenial reports whether err is a denial decided by the node record
+// (banned, or the SVID's serial is not the node's).
+func recordDenial(err error) bool {
+	if status.Code(err) != codes.PermissionDenied {
+		return false
+	}
+	for _, d := range status.Convert(err).Details() {
+		if pd, ok := d.(*types.PermissionDeniedDetails); ok {
+			switch pd.GetReason() {
+			case types.PermissionDeniedDetails_AGENT_BANNED, types.PermissionDeniedDetails_AGENT_NOT_ACTIVE:
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // authorize is ValidateAgent, and the first use of a renewed SVID makes it
 // the node's current one (as SPIRE).
 func (v *AgentValidator) authorize(ctx context.Context, id spiffeid.ID, svid *x509.Certificate) error {
-	node, err := v.check(ctx, id, svid, v.getNode)
+	node, err := v.current(ctx, id, svid)
 	if err != nil || node.CertSerial == svid.SerialNumber.String() {
 		return err
 	}

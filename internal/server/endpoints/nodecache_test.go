@@ -153,3 +153,36 @@ func TestRenewedSVIDAcceptedAfterPromotion(t *testing.T) {
 	}
 	requireDenied(t, newX509(t, svidv1.NewSVIDClient(oldConn), wl.ID), types.PermissionDeniedDetails_AGENT_NOT_ACTIVE)
 }
+
+// TestRenewalByAnotherServer: an agent renewed on another server (its new
+// serial written to the shared database, no Poke here) presents the new
+// SVID at once: the cache's record would refuse it, so the denial is
+// confirmed on the datastore, which accepts (and the SVID is promoted).
+func TestRenewalByAnotherServer(t *testing.T) {
+	h := newHarness(t, harnessOpts{noCacheRun: true})
+	ctx := context.Background()
+	svid, wl := agentWithEntry(t, h)
+	if err := newX509(t, svidv1.NewSVIDClient(h.svidConn(svid)), wl.ID); err != nil {
+		t.Fatal(err)
+	}
+	renewed := h.mintSVID(svid.ID) // as the other server's RenewAgent would sign
+	leaf := renewed.Certificates[0]
+	if _, err := h.ds.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: svid.ID.String(), NewCertSerial: leaf.SerialNumber.String(), NewCertNotAfter: leaf.NotAfter.Unix()},
+		&datastore.NodeMask{NewCertSerial: true, NewCertNotAfter: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := newX509(t, svidv1.NewSVIDClient(h.svidConn(renewed)), wl.ID); err != nil {
+		t.Fatalf("SVID renewed on another server: %v", err)
+	}
+	node, err := h.ds.GetNode(ctx, svid.ID.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if node.CertSerial != leaf.SerialNumber.String() {
+		t.Fatalf("stored serial %q, want the renewed %q", node.CertSerial, leaf.SerialNumber)
+	}
+
+	// An SVID the node never had is still refused.
+	stranger := h.mintSVID(svid.ID)
+	requireDenied(t, newX509(t, svidv1.NewSVIDClient(h.svidConn(stranger)), wl.ID), types.PermissionDeniedDetails_AGENT_NOT_ACTIVE)
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -29,7 +30,8 @@ const securityHeader = "workload.spiffe.io"
 
 type handler struct {
 	workloadpb.UnimplementedSpiffeWorkloadAPIServer
-	s *Server
+	s   *Server
+	der *derCache
 }
 
 var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
@@ -65,7 +67,9 @@ func (h *handler) caller(ctx context.Context) (selector.Set, peercred.Cred, erro
 		h.s.log.Warn("Workload API caller changed during attestation", "pid", cred.PID, "error", err)
 		return nil, peercred.Cred{}, status.Error(codes.PermissionDenied, "caller process exited or was replaced during attestation")
 	}
-	h.s.log.Debug("Attested Workload API caller", "pid", cred.PID, "uid", cred.UID, "selectors", len(set))
+	if h.s.log.Enabled(ctx, slog.LevelDebug) {
+		h.s.log.Debug("Attested Workload API caller", "pid", cred.PID, "uid", cred.UID, "selectors", len(set))
+	}
 	return set, cred, nil
 }
 
@@ -103,7 +107,7 @@ func (h *handler) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.Serve
 				continue
 			}
 			wait = nil
-			resp, err := composeX509SVIDResponse(u)
+			resp, err := h.composeX509SVIDResponse(u)
 			if err != nil {
 				h.s.log.Error("Cannot build X509-SVID response", "pid", cred.PID, "error", err)
 				return status.Errorf(codes.Unavailable, "could not serialize response: %v", err)
@@ -119,27 +123,30 @@ func (h *handler) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.Serve
 	}
 }
 
-func composeX509SVIDResponse(u *cache.WorkloadUpdate) (*workloadpb.X509SVIDResponse, error) {
-	resp := &workloadpb.X509SVIDResponse{FederatedBundles: make(map[string][]byte)}
+func (h *handler) composeX509SVIDResponse(u *cache.WorkloadUpdate) (*workloadpb.X509SVIDResponse, error) {
+	resp := &workloadpb.X509SVIDResponse{
+		Svids:            make([]*workloadpb.X509SVID, 0, len(u.Identities)),
+		FederatedBundles: make(map[string][]byte, len(u.FederatedBundles)),
+	}
 	var own []byte
 	if u.Bundle != nil {
-		own = concatDER(u.Bundle.X509Authorities())
+		own = h.der.bundle(u.Bundle.TrustDomain(), u.Bundle.X509Authorities())
 	}
 	for _, id := range u.Identities {
-		key, err := x509.MarshalPKCS8PrivateKey(id.PrivateKey)
+		chain, key, err := h.der.svid(id)
 		if err != nil {
-			return nil, fmt.Errorf("marshal key of entry %q: %w", id.Entry.ID, err)
+			return nil, err
 		}
 		resp.Svids = append(resp.Svids, &workloadpb.X509SVID{
 			SpiffeId:    id.Entry.SPIFFEID.String(),
-			X509Svid:    concatDER(id.SVID),
+			X509Svid:    chain,
 			X509SvidKey: key,
 			Bundle:      own,
 			Hint:        id.Entry.Hint,
 		})
 	}
 	for td, b := range u.FederatedBundles {
-		resp.FederatedBundles[td.IDString()] = concatDER(b.X509Authorities())
+		resp.FederatedBundles[td.IDString()] = h.der.bundle(td, b.X509Authorities())
 	}
 	return resp, nil
 }
@@ -177,7 +184,7 @@ func (h *handler) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc
 	return streamBundles(h, stream, func(bundles map[spiffeid.TrustDomain]*spiffebundle.Bundle) (*workloadpb.X509BundlesResponse, error) {
 		resp := &workloadpb.X509BundlesResponse{Bundles: make(map[string][]byte, len(bundles))}
 		for td, b := range bundles {
-			resp.Bundles[td.IDString()] = concatDER(b.X509Authorities())
+			resp.Bundles[td.IDString()] = h.der.bundle(td, b.X509Authorities())
 		}
 		return resp, nil
 	})

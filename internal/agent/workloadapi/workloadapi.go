@@ -121,7 +121,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer os.Remove(s.cfg.SocketPath)
 
 	srv := grpc.NewServer(grpc.Creds(peercred.NewCredentials()))
-	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, &handler{s: s})
+	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, &handler{s: s, der: newDERCache()})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(workloadpb.SpiffeWorkloadAPI_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

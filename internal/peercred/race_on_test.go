@@ -1,0 +1,5 @@
+//go:build race
+
+package peercred
+
+const raceEnabled = true

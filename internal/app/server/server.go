@@ -170,7 +170,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	}
 	// Watch-mode sync streams re-check their agent (ban, deletion) with the
 	// middleware's rule.
-	agentCheck, err := endpoints.NewAgentValidator(endpoints.AgentValidatorConfig{Nodes: ds, Log: log.With("subsystem", "endpoints"), Clock: clk})
+	agentCheck, err := endpoints.NewAgentValidator(endpoints.AgentValidatorConfig{Nodes: ds, Cache: cache, Log: log.With("subsystem", "endpoints"), Clock: clk})
 	if err != nil {
 		return nil, err
 	}

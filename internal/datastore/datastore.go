@@ -174,6 +174,11 @@ type NodeStore interface {
 	CountNodes(ctx context.Context, f NodeFilter) (int, error)
 	UpdateNode(ctx context.Context, n *AttestedNode, mask *NodeMask) (*AttestedNode, error)
 	DeleteNode(ctx context.Context, spiffeID string) (*AttestedNode, error) // also deletes its selectors
+	// PromoteNodeSerial makes the node's NewCertSerial (which must equal
+	// serial) its CertSerial, atomically: when the node was banned,
+	// re-attested or promoted meanwhile it changes nothing and returns
+	// ErrConflict, so a concurrent ban is never undone.
+	PromoteNodeSerial(ctx context.Context, spiffeID, serial string) (*AttestedNode, error)
 	SetNodeSelectors(ctx context.Context, spiffeID string, sels []selector.Selector) error
 	// ListNodeEvents / LastNodeEventID: like the entry journal, so every
 	// server learns of bans, deletes and selector changes.

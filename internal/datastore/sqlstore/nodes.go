@@ -270,6 +270,40 @@ new_cert_not_after = ?, can_reattest = ? WHERE spiffe_id = ?`),
 	return out, nil
 }
 
+// PromoteNodeSerial swaps NewCertSerial into CertSerial in one conditional
+// UPDATE (see datastore.NodeStore).
+func (s *Store) PromoteNodeSerial(ctx context.Context, spiffeID, serial string) (*datastore.AttestedNode, error) {
+	if serial == "" {
+		return nil, errors.New("promote node serial: serial is empty")
+	}
+	var out *datastore.AttestedNode
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE attested_nodes SET cert_serial = new_cert_serial, cert_not_after = new_cert_not_after,
+new_cert_serial = '', new_cert_not_after = 0 WHERE spiffe_id = ? AND new_cert_serial = ? AND cert_serial <> ''`), spiffeID, serial)
+		if err != nil {
+			return fmt.Errorf("update node: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return fmt.Errorf("update node: %w", err)
+		} else if n == 0 {
+			return fmt.Errorf("node %q has no pending serial %s (banned, deleted or already promoted): %w", spiffeID, serial, datastore.ErrConflict)
+		}
+		if err := s.nodeEvent(ctx, tx, spiffeID); err != nil {
+			return err
+		}
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, "")
+		if err != nil {
+			return err
+		}
+		out = cur[0]
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("promote node serial: %w", err)
+	}
+	return out, nil
+}
+
 // DeleteNode deletes the node and its selectors and returns what was
 // deleted.
 func (s *Store) DeleteNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error) {

@@ -309,3 +309,49 @@ func TestCAJournal(t *testing.T) {
 		t.Fatalf("GetCAJournal(jwt) = %q, %v", got, err)
 	}
 }
+
+func TestPromoteNodeSerial(t *testing.T) {
+	f := newFixture(t)
+	s, ctx := f.store, context.Background()
+	const id = "spiffe://td/agent/p"
+	if _, err := s.CreateNode(ctx, &datastore.AttestedNode{SPIFFEID: id, AttestationType: "join_token",
+		CertSerial: "1", CertNotAfter: 100, NewCertSerial: "2", NewCertNotAfter: 200}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.LastNodeEventID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.PromoteNodeSerial(ctx, id, "3")
+	wantErr(t, err, datastore.ErrConflict)
+	n, err := s.PromoteNodeSerial(ctx, id, "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.CertSerial != "2" || n.CertNotAfter != 200 || n.NewCertSerial != "" || n.NewCertNotAfter != 0 {
+		t.Fatalf("after promotion: %+v", n)
+	}
+	if after, _ := s.LastNodeEventID(ctx); after <= before {
+		t.Error("promotion wrote no node event")
+	}
+	_, err = s.PromoteNodeSerial(ctx, id, "2")
+	wantErr(t, err, datastore.ErrConflict)
+
+	// A ban between an agent's renewal and its first use of the new SVID
+	// is never undone by the promotion.
+	if _, err := s.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: id, NewCertSerial: "4", NewCertNotAfter: 300},
+		&datastore.NodeMask{NewCertSerial: true, NewCertNotAfter: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: id, NewCertSerial: "4"},
+		&datastore.NodeMask{CertSerial: true, CertNotAfter: true}); err != nil { // ban-like: current serial cleared
+		t.Fatal(err)
+	}
+	_, err = s.PromoteNodeSerial(ctx, id, "4")
+	wantErr(t, err, datastore.ErrConflict)
+	if n, _ := s.GetNode(ctx, id); n.CertSerial != "" {
+		t.Fatalf("promotion undid a ban: %+v", n)
+	}
+	_, err = s.PromoteNodeSerial(ctx, "spiffe://td/agent/missing", "1")
+	wantErr(t, err, datastore.ErrConflict)
+}

@@ -139,12 +139,20 @@ func (v *AgentValidator) authorize(ctx context.Context, id spiffeid.ID, svid *x5
 		}
 	}
 	sid := id.String()
-	_, err = v.nodes.UpdateNode(ctx, &datastore.AttestedNode{
-		SPIFFEID:     sid,
-		CertSerial:   node.NewCertSerial,
-		CertNotAfter: node.NewCertNotAfter,
-	}, &datastore.NodeMask{CertSerial: true, CertNotAfter: true, NewCertSerial: true, NewCertNotAfter: true})
-	if err != nil {
+	// The swap is conditional in the store: a ban or re-attestation that
+	// landed since the read above (here or on another server) wins.
+	_, err = v.nodes.PromoteNodeSerial(ctx, sid, node.NewCertSerial)
+	switch {
+	case errors.Is(err, datastore.ErrConflict):
+		if v.cache != nil {
+			v.cache.Poke()
+		}
+		_, err := v.check(ctx, id, svid, v.nodes.GetNode)
+		if err == nil {
+			return nil // another call promoted it meanwhile
+		}
+		return err
+	case err != nil:
 		v.log.Warn("Unable to activate the new agent SVID", "agent_id", sid, "error", err)
 		return status.Error(codes.Internal, "unable to activate the new agent SVID")
 	}

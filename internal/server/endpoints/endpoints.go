@@ -64,7 +64,7 @@ const (
 // needs to recognise agents.
 type NodeStore interface {
 	GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
-	UpdateNode(ctx context.Context, n *datastore.AttestedNode, mask *datastore.NodeMask) (*datastore.AttestedNode, error)
+	PromoteNodeSerial(ctx context.Context, spiffeID, serial string) (*datastore.AttestedNode, error)
 }
 
 // AdminChecker reports whether entries for id grant admin or downstream

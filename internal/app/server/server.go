@@ -202,10 +202,6 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	if cfg.CATTL < 6*cfg.DefaultX509SVIDTTL {
-		log.Warn("ca_ttl is less than 6 times default_x509_svid_ttl: SVIDs signed near a CA rotation are shortened to the CA's remaining lifetime",
-			"ca_ttl", cfg.CATTL, "default_x509_svid_ttl", cfg.DefaultX509SVIDTTL)
-	}
 	return &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, nested: nested}, nil
 }
 

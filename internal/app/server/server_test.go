@@ -1,0 +1,108 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sigil-spiffe/sigil/internal/config"
+)
+
+// TestRestartKeepsCAAndEntries runs the assembled server twice on one data
+// dir: the second run has the same trust bundle (same CA, same JWT key) and
+// the entries created in the first.
+func TestRestartKeepsCAAndEntries(t *testing.T) {
+	dir := t.TempDir()
+	cfg := config.DefaultServer()
+	cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.BindAddress = "127.0.0.1"
+	cfg.BindPort = 0
+	cfg.SocketPath = filepath.Join(dir, "api.sock")
+	cfg.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(dir, "data", "ds.sqlite3")}
+	cfg.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(dir, "data", "keys")}
+	cfg.NodeAttestors.JoinToken = true
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	type state struct {
+		bundle  *types.Bundle
+		entries []*types.Entry
+	}
+	run := func(create bool) state {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		srv, err := New(ctx, cfg, slog.New(slog.DiscardHandler), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(runCtx) }()
+		defer func() {
+			stop()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}()
+		select {
+		case <-srv.Ready():
+		case err := <-done:
+			t.Fatalf("server stopped: %v", err)
+		}
+		conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if create {
+			resp, err := entryv1.NewEntryClient(conn).BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{{
+				SpiffeId:  &types.SPIFFEID{TrustDomain: "example.org", Path: "/web"},
+				ParentId:  &types.SPIFFEID{TrustDomain: "example.org", Path: "/node"},
+				Selectors: []*types.Selector{{Type: "unix", Value: "uid:1000"}},
+			}}})
+			if err != nil || resp.Results[0].Status.Code != 0 {
+				t.Fatalf("create entry: %v %v", err, resp)
+			}
+		}
+		b, err := bundlev1.NewBundleClient(conn).GetBundle(ctx, &bundlev1.GetBundleRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := entryv1.NewEntryClient(conn).ListEntries(ctx, &entryv1.ListEntriesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return state{bundle: b, entries: l.Entries}
+	}
+	first := run(true)
+	second := run(false)
+
+	if len(first.bundle.X509Authorities) == 0 || len(first.bundle.JwtAuthorities) == 0 {
+		t.Fatalf("first run published no authorities: %v", first.bundle)
+	}
+	if len(second.bundle.X509Authorities) != len(first.bundle.X509Authorities) {
+		t.Fatalf("X.509 authorities changed across restart: %d -> %d", len(first.bundle.X509Authorities), len(second.bundle.X509Authorities))
+	}
+	for i := range first.bundle.X509Authorities {
+		if string(first.bundle.X509Authorities[i].Asn1) != string(second.bundle.X509Authorities[i].Asn1) {
+			t.Fatal("the CA changed across a restart")
+		}
+	}
+	if first.bundle.JwtAuthorities[0].KeyId != second.bundle.JwtAuthorities[0].KeyId {
+		t.Fatal("the JWT signing key changed across a restart")
+	}
+	if len(second.entries) != 1 || second.entries[0].Id != first.entries[0].Id {
+		t.Fatalf("entries after restart: %v, want %v", second.entries, first.entries)
+	}
+}

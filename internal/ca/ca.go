@@ -141,7 +141,7 @@ func New(cfg Config) (*Manager, error) {
 	return &Manager{
 		cfg:    cfg,
 		clk:    clock.OrReal(cfg.Clock),
-		log:    log.With("component", "ca", "trust_domain", cfg.TrustDomain.Name()),
+		log:    log.With("trust_domain", cfg.TrustDomain.Name()),
 		tdID:   cfg.TrustDomain.ID(),
 		jwtAlg: alg,
 	}, nil

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -61,16 +60,10 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}
-	dsCfg := cfg.DataStore
-	if dsCfg.DatabaseType == "" {
-		dsCfg.DatabaseType = config.DatabaseTypeSQLite
-	}
-	if dsCfg.ConnectionString == "" {
-		dsCfg.ConnectionString = filepath.Join(cfg.DataDir, "datastore.sqlite3")
-	}
+	// cfg is validated: the datastore and key manager settings are present.
 	ds, err := sqlstore.Open(ctx, sqlstore.Config{
-		DatabaseType:     dsCfg.DatabaseType,
-		ConnectionString: dsCfg.ConnectionString,
+		DatabaseType:     cfg.DataStore.DatabaseType,
+		ConnectionString: cfg.DataStore.ConnectionString,
 		Log:              log.With("subsystem", "datastore"),
 		Clock:            clk,
 	})
@@ -209,12 +202,8 @@ func keyManager(cfg *config.Server) (keys.Manager, error) {
 	switch cfg.KeyManager.Kind {
 	case config.KeyManagerMemory:
 		return keys.NewMemory(), nil
-	case config.KeyManagerDisk, "":
-		dir := cfg.KeyManager.KeysPath
-		if dir == "" {
-			dir = filepath.Join(cfg.DataDir, "keys")
-		}
-		km, err := keys.NewDisk(dir)
+	case config.KeyManagerDisk:
+		km, err := keys.NewDisk(cfg.KeyManager.KeysPath)
 		if err != nil {
 			return nil, fmt.Errorf("KeyManager \"disk\": %w", err)
 		}

@@ -87,7 +87,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{
 		dialect: sqliteDialect,
-		log:     log.With("component", "datastore"),
+		log:     log,
 		clock:   clock.OrReal(cfg.Clock),
 	}
 	if err := s.openSQLite(ctx, cfg.ConnectionString); err != nil {

@@ -43,6 +43,8 @@ func BuildReleaseAgent(tb testing.TB) string {
 // StartAgentProcess runs a release-built sigil-agent (BuildReleaseAgent)
 // against s with join token token, the unix workload attestor and log level
 // INFO (to a file), until cleanup, and waits for its Workload API socket.
+// When BENCH_AGENT_GOMAXPROCS is set, the agent alone runs with that
+// GOMAXPROCS (the benchmark process keeps its own).
 func (s *Server) StartAgentProcess(tb testing.TB, token string) *AgentProcess {
 	tb.Helper()
 	bin := BuildReleaseAgent(tb)
@@ -69,8 +71,12 @@ func (s *Server) StartAgentProcess(tb testing.TB, token string) *AgentProcess {
 	if err := os.WriteFile(confPath, []byte(cfg.HCL()), 0o600); err != nil {
 		tb.Fatal(err)
 	}
+	var env []string
+	if v := os.Getenv("BENCH_AGENT_GOMAXPROCS"); v != "" {
+		env = append(env, "GOMAXPROCS="+v)
+	}
 	p := testutil.Start(tb, testutil.Command{
-		Name: "sigil-agent", Path: bin,
+		Name: "sigil-agent", Path: bin, Env: env,
 		Args:    []string{"run", "-config", confPath},
 		LogPath: filepath.Join(dir, "agent.log"),
 	})

@@ -21,9 +21,9 @@ import (
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/server/api/apistatus"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 )
 
@@ -81,25 +81,9 @@ func New(cfg Config) *Service {
 // Register registers the service on g.
 func (s *Service) Register(g *grpc.Server) { bundlev1.RegisterBundleServer(g, s) }
 
-func okStatus() *types.Status { return &types.Status{Code: int32(codes.OK), Message: "OK"} }
-
-func makeStatus(code codes.Code, msg string, err error) *types.Status {
-	if err != nil {
-		msg = msg + ": " + err.Error()
-	}
-	return &types.Status{Code: int32(code), Message: msg}
-}
-
+// makeErr is the call's error, logged (see apistatus.Error).
 func (s *Service) makeErr(code codes.Code, msg string, err error) error {
-	if err != nil {
-		msg = msg + ": " + err.Error()
-	}
-	if code == codes.Internal {
-		s.log.Error("bundle API error", "error", msg)
-	} else {
-		s.log.Debug("bundle API request rejected", "code", code.String(), "error", msg)
-	}
-	return status.Error(code, msg)
+	return apistatus.Error(s.log, "bundle", code, msg, err)
 }
 
 func masked(b *datastore.Bundle, mask *types.BundleMask) *types.Bundle {
@@ -265,10 +249,10 @@ func writeBatch[R any](s *Service, bundles []*types.Bundle, mask *types.BundleMa
 func (s *Service) federatedFromProto(pb *types.Bundle, verb string) (*datastore.Bundle, *types.Status) {
 	b, err := convert.BundleFromProto(pb)
 	if err != nil {
-		return nil, makeStatus(codes.InvalidArgument, "failed to convert bundle", err)
+		return nil, apistatus.New(codes.InvalidArgument, "failed to convert bundle", err)
 	}
 	if b.TrustDomain == s.td.Name() {
-		return nil, makeStatus(codes.InvalidArgument, verb+" a federated bundle for the server's own trust domain is not allowed", nil)
+		return nil, apistatus.New(codes.InvalidArgument, verb+" a federated bundle for the server's own trust domain is not allowed", nil)
 	}
 	return b, nil
 }
@@ -281,13 +265,13 @@ func (s *Service) createOne(ctx context.Context, pb *types.Bundle) (*types.Statu
 	got, err := s.store.CreateBundle(ctx, b)
 	switch {
 	case errors.Is(err, datastore.ErrAlreadyExists):
-		return makeStatus(codes.AlreadyExists, "bundle already exists", nil), nil
+		return apistatus.New(codes.AlreadyExists, "bundle already exists", nil), nil
 	case err != nil:
 		s.log.Error("failed to create federated bundle", "trust_domain", b.TrustDomain, "error", err)
-		return makeStatus(codes.Internal, "unable to create bundle", err), nil
+		return apistatus.New(codes.Internal, "unable to create bundle", err), nil
 	}
 	s.log.Info("federated bundle created", "trust_domain", b.TrustDomain)
-	return okStatus(), got
+	return apistatus.OK(), got
 }
 
 // BatchUpdateFederatedBundle updates the masked fields (nil = all) of
@@ -310,9 +294,9 @@ func (s *Service) updateOne(ctx context.Context, pb *types.Bundle, mask *types.B
 	cur, err := s.store.GetBundle(ctx, b.TrustDomain)
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
-		return makeStatus(codes.NotFound, "bundle not found", nil), nil
+		return apistatus.New(codes.NotFound, "bundle not found", nil), nil
 	case err != nil:
-		return makeStatus(codes.Internal, "failed to fetch bundle", err), nil
+		return apistatus.New(codes.Internal, "failed to fetch bundle", err), nil
 	}
 	next := *cur
 	if mask == nil || mask.X509Authorities {
@@ -330,13 +314,13 @@ func (s *Service) updateOne(ctx context.Context, pb *types.Bundle, mask *types.B
 	got, err := s.store.UpdateBundle(ctx, &next)
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
-		return makeStatus(codes.NotFound, "bundle not found", nil), nil
+		return apistatus.New(codes.NotFound, "bundle not found", nil), nil
 	case err != nil:
 		s.log.Error("failed to update federated bundle", "trust_domain", b.TrustDomain, "error", err)
-		return makeStatus(codes.Internal, "failed to update bundle", err), nil
+		return apistatus.New(codes.Internal, "failed to update bundle", err), nil
 	}
 	s.log.Info("federated bundle updated", "trust_domain", b.TrustDomain)
-	return okStatus(), got
+	return apistatus.OK(), got
 }
 
 // BatchSetFederatedBundle creates or replaces bundles of other trust
@@ -359,10 +343,10 @@ func (s *Service) setOne(ctx context.Context, pb *types.Bundle) (*types.Status, 
 	got, err := s.store.SetBundle(ctx, b)
 	if err != nil {
 		s.log.Error("failed to set federated bundle", "trust_domain", b.TrustDomain, "error", err)
-		return makeStatus(codes.Internal, "failed to set bundle", err), nil
+		return apistatus.New(codes.Internal, "failed to set bundle", err), nil
 	}
 	s.log.Info("federated bundle set", "trust_domain", b.TrustDomain)
-	return okStatus(), got
+	return apistatus.OK(), got
 }
 
 // BatchDeleteFederatedBundle deletes bundles of other trust domains.
@@ -399,48 +383,48 @@ func (s *Service) BatchDeleteFederatedBundle(ctx context.Context, req *bundlev1.
 func (s *Service) deleteOne(ctx context.Context, name string, mode bundlev1.BatchDeleteFederatedBundleRequest_Mode) (_ *types.Status, entryWrites bool) {
 	td, err := convert.TrustDomainFromNameOrID(name)
 	if err != nil {
-		return makeStatus(codes.InvalidArgument, "malformed trust domain", err), false
+		return apistatus.New(codes.InvalidArgument, "malformed trust domain", err), false
 	}
 	if td == s.td {
-		return makeStatus(codes.InvalidArgument, "removing the bundle for the server trust domain is not allowed", nil), false
+		return apistatus.New(codes.InvalidArgument, "removing the bundle for the server trust domain is not allowed", nil), false
 	}
 	if _, err := s.store.GetBundle(ctx, td.Name()); err != nil {
 		if errors.Is(err, datastore.ErrNotFound) {
-			return makeStatus(codes.NotFound, "bundle not found", nil), false
+			return apistatus.New(codes.NotFound, "bundle not found", nil), false
 		}
-		return makeStatus(codes.Internal, "failed to fetch bundle", err), false
+		return apistatus.New(codes.Internal, "failed to fetch bundle", err), false
 	}
 	filter := datastore.EntryFilter{ByFederatesWith: []string{td.Name()}, FederatesMatch: datastore.MatchAny}
 	switch mode {
 	case bundlev1.BatchDeleteFederatedBundleRequest_RESTRICT:
 		n, err := s.store.CountEntries(ctx, filter)
 		if err != nil {
-			return makeStatus(codes.Internal, "failed to delete federated bundle", err), false
+			return apistatus.New(codes.Internal, "failed to delete federated bundle", err), false
 		}
 		if n > 0 {
-			return makeStatus(codes.FailedPrecondition, "failed to delete federated bundle",
+			return apistatus.New(codes.FailedPrecondition, "failed to delete federated bundle",
 				fmt.Errorf("cannot delete bundle; federated with %d registration entries", n)), false
 		}
 	case bundlev1.BatchDeleteFederatedBundleRequest_DELETE, bundlev1.BatchDeleteFederatedBundleRequest_DISSOCIATE:
 		entries, _, err := s.store.ListEntries(ctx, filter, datastore.Page{})
 		if err != nil {
-			return makeStatus(codes.Internal, "failed to delete federated bundle", err), false
+			return apistatus.New(codes.Internal, "failed to delete federated bundle", err), false
 		}
 		if len(entries) > 0 {
 			entryWrites = true
 			if err := s.detachEntries(ctx, td.Name(), entries, mode); err != nil {
-				return makeStatus(codes.Internal, "failed to delete federated bundle", err), true
+				return apistatus.New(codes.Internal, "failed to delete federated bundle", err), true
 			}
 		}
 	}
 	if err := s.store.DeleteBundle(ctx, td.Name()); err != nil {
 		if errors.Is(err, datastore.ErrNotFound) {
-			return makeStatus(codes.NotFound, "bundle not found", nil), entryWrites
+			return apistatus.New(codes.NotFound, "bundle not found", nil), entryWrites
 		}
-		return makeStatus(codes.Internal, "failed to delete federated bundle", err), entryWrites
+		return apistatus.New(codes.Internal, "failed to delete federated bundle", err), entryWrites
 	}
 	s.log.Info("federated bundle deleted", "trust_domain", td.Name(), "mode", mode.String())
-	return okStatus(), entryWrites
+	return apistatus.OK(), entryWrites
 }
 
 func (s *Service) detachEntries(ctx context.Context, td string, entries []*datastore.Entry, mode bundlev1.BatchDeleteFederatedBundleRequest_Mode) error {

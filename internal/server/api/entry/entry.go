@@ -85,6 +85,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/server/api/apistatus"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
 )
@@ -174,26 +175,9 @@ func New(cfg Config) *Service {
 // Register registers the service on g.
 func (s *Service) Register(g *grpc.Server) { entryv1.RegisterEntryServer(g, s) }
 
-// okStatus is SPIRE's success status.
-func okStatus() *types.Status { return &types.Status{Code: int32(codes.OK), Message: "OK"} }
-
-func makeStatus(code codes.Code, msg string, err error) *types.Status {
-	if err != nil {
-		msg = msg + ": " + err.Error()
-	}
-	return &types.Status{Code: int32(code), Message: msg}
-}
-
+// makeErr is the call's error, logged (see apistatus.Error).
 func (s *Service) makeErr(code codes.Code, msg string, err error) error {
-	if err != nil {
-		msg = msg + ": " + err.Error()
-	}
-	if code == codes.Internal {
-		s.log.Error("entry API error", "error", msg)
-	} else {
-		s.log.Debug("entry API request rejected", "code", code.String(), "error", msg)
-	}
-	return status.Error(code, msg)
+	return apistatus.Error(s.log, "entry", code, msg, err)
 }
 
 // filterFields is the filter shape shared by List and Count.
@@ -372,7 +356,7 @@ func (s *Service) BatchCreateEntry(ctx context.Context, req *entryv1.BatchCreate
 		e, err := convert.EntryFromProto(s.td, pe, nil)
 		if err != nil {
 			results[i] = &entryv1.BatchCreateEntryResponse_Result{
-				Status: makeStatus(codes.InvalidArgument, "failed to convert entry", err),
+				Status: apistatus.New(codes.InvalidArgument, "failed to convert entry", err),
 			}
 			continue
 		}
@@ -388,7 +372,7 @@ func (s *Service) BatchCreateEntry(ctx context.Context, req *entryv1.BatchCreate
 		if err != nil {
 			s.log.Error("failed to create entries", "error", err)
 			for _, i := range batchIdx {
-				results[i] = &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to create entry", err)}
+				results[i] = &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to create entry", err)}
 			}
 		} else {
 			for j, r := range res {
@@ -408,24 +392,24 @@ func (s *Service) BatchCreateEntry(ctx context.Context, req *entryv1.BatchCreate
 }
 
 func (s *Service) createResult(ctx context.Context, in *datastore.Entry, r datastore.EntryResult, mask *types.EntryMask) *entryv1.BatchCreateEntryResponse_Result {
-	entry, st := r.Entry, okStatus()
+	entry, st := r.Entry, apistatus.OK()
 	if r.Err != nil {
 		if !errors.Is(r.Err, datastore.ErrAlreadyExists) {
-			return &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to create entry", r.Err)}
+			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to create entry", r.Err)}
 		}
 		similar, err := s.findSimilar(ctx, in)
 		if err != nil {
-			return &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to list entries", err)}
+			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to list entries", err)}
 		}
 		if similar == nil {
 			// The ID is taken by a different entry.
-			return &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.AlreadyExists, "failed to create entry", r.Err)}
+			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.AlreadyExists, "failed to create entry", r.Err)}
 		}
 		entry, st = similar, &types.Status{Code: int32(codes.AlreadyExists), Message: "similar entry already exists"}
 	}
 	pe, err := convert.EntryToProtoMasked(entry, mask)
 	if err != nil {
-		return &entryv1.BatchCreateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to convert entry", err)}
+		return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to convert entry", err)}
 	}
 	return &entryv1.BatchCreateEntryResponse_Result{Status: st, Entry: pe}
 }
@@ -470,26 +454,26 @@ func (s *Service) BatchUpdateEntry(ctx context.Context, req *entryv1.BatchUpdate
 func (s *Service) updateOne(ctx context.Context, pe *types.Entry, inMask *types.EntryMask, mask *datastore.EntryMask, outMask *types.EntryMask) *entryv1.BatchUpdateEntryResponse_Result {
 	e, err := convert.EntryFromProto(s.td, pe, inMask)
 	if err != nil {
-		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.InvalidArgument, "failed to convert entry", err)}
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.InvalidArgument, "failed to convert entry", err)}
 	}
 	if e.ID == "" {
-		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.InvalidArgument, "failed to update entry", errors.New("missing entry ID"))}
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.InvalidArgument, "failed to update entry", errors.New("missing entry ID"))}
 	}
 	got, err := s.store.UpdateEntry(ctx, e, mask)
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
-		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.NotFound, "failed to update entry", err)}
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.NotFound, "failed to update entry", err)}
 	case errors.Is(err, datastore.ErrAlreadyExists):
-		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.AlreadyExists, "failed to update entry", err)}
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.AlreadyExists, "failed to update entry", err)}
 	case err != nil:
 		s.log.Error("failed to update entry", "entry_id", e.ID, "error", err)
-		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to update entry", err)}
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to update entry", err)}
 	}
 	out, err := convert.EntryToProtoMasked(got, outMask)
 	if err != nil {
-		return &entryv1.BatchUpdateEntryResponse_Result{Status: makeStatus(codes.Internal, "failed to convert entry in updateEntry", err)}
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to convert entry in updateEntry", err)}
 	}
-	return &entryv1.BatchUpdateEntryResponse_Result{Status: okStatus(), Entry: out}
+	return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.OK(), Entry: out}
 }
 
 // BatchDeleteEntry deletes entries by ID.
@@ -499,7 +483,7 @@ func (s *Service) BatchDeleteEntry(ctx context.Context, req *entryv1.BatchDelete
 	var idx []int
 	for i, id := range req.Ids {
 		if id == "" {
-			results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: makeStatus(codes.InvalidArgument, "missing entry ID", nil)}
+			results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: apistatus.New(codes.InvalidArgument, "missing entry ID", nil)}
 			continue
 		}
 		ids = append(ids, id)
@@ -515,14 +499,14 @@ func (s *Service) BatchDeleteEntry(ctx context.Context, req *entryv1.BatchDelete
 			i := idx[j]
 			switch {
 			case err != nil:
-				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: makeStatus(codes.Internal, "failed to delete entry", err)}
+				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: apistatus.New(codes.Internal, "failed to delete entry", err)}
 			case errs[j] == nil:
-				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: okStatus()}
+				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: apistatus.OK()}
 				deleted++
 			case errors.Is(errs[j], datastore.ErrNotFound):
-				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: makeStatus(codes.NotFound, "entry not found", nil)}
+				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: apistatus.New(codes.NotFound, "entry not found", nil)}
 			default:
-				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: makeStatus(codes.Internal, "failed to delete entry", errs[j])}
+				results[i] = &entryv1.BatchDeleteEntryResponse_Result{Id: id, Status: apistatus.New(codes.Internal, "failed to delete entry", errs[j])}
 			}
 		}
 		if err != nil {

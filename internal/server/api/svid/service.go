@@ -22,6 +22,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/server/api/apistatus"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
 )
@@ -229,7 +230,7 @@ func (s *Service) newX509SVID(ctx context.Context, p *svidv1.NewX509SVIDParams, 
 		return fail(codes.Internal, "failed to sign X509-SVID", errOrEmpty(err))
 	}
 	return &svidv1.BatchNewX509SVIDResponse_Result{
-		Status: &types.Status{Code: int32(codes.OK), Message: "OK"},
+		Status: apistatus.OK(),
 		Svid:   x509SVIDToProto(id, chain),
 	}
 }

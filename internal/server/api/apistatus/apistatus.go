@@ -1,0 +1,39 @@
+// Package apistatus builds the per-item results and errors of the server
+// APIs the way SPIRE does: "OK" statuses, "<message>: <cause>" texts, and a
+// log line for every refused or failed call (error level for Internal).
+package apistatus
+
+import (
+	"log/slog"
+
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// OK is SPIRE's success status of a batch item.
+func OK() *types.Status { return &types.Status{Code: int32(codes.OK), Message: "OK"} }
+
+// New is a batch item's status: msg, followed by err's text when err is set.
+func New(code codes.Code, msg string, err error) *types.Status {
+	return &types.Status{Code: int32(code), Message: text(msg, err)}
+}
+
+// Error is a call's gRPC error with New's text, logged on log (as an error
+// for Internal, at debug level for a rejected request).
+func Error(log *slog.Logger, api string, code codes.Code, msg string, err error) error {
+	msg = text(msg, err)
+	if code == codes.Internal {
+		log.Error(api+" API error", "error", msg)
+	} else {
+		log.Debug(api+" API request rejected", "code", code.String(), "error", msg)
+	}
+	return status.Error(code, msg)
+}
+
+func text(msg string, err error) string {
+	if err != nil {
+		return msg + ": " + err.Error()
+	}
+	return msg
+}

@@ -8,6 +8,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"crypto/x509"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
@@ -173,11 +175,14 @@ func trustBundle(ctx context.Context, cfg *config.Agent) ([]*x509.Certificate, e
 		}
 		return b.X509Authorities(), nil
 	}
-	certs, err := parsePEMCerts(data)
+	b, err := x509bundle.Parse(cfg.TrustDomain, data)
 	if err != nil {
 		return nil, fmt.Errorf("parse PEM trust bundle: %w", err)
 	}
-	return certs, nil
+	if b.Empty() {
+		return nil, errors.New("parse PEM trust bundle: no certificates")
+	}
+	return b.X509Authorities(), nil
 }
 
 func fetchBundle(ctx context.Context, url string) ([]byte, error) {

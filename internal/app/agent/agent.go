@@ -8,8 +8,8 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"

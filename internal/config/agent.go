@@ -4,8 +4,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -450,19 +448,4 @@ func (a *Agent) validateFilesystemDelivery() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// LogValue summarizes the configuration for a start-up log line. It never
-// includes the join token.
-func (a *Agent) LogValue() slog.Value {
-	return slog.GroupValue(
-		slog.String("path", a.Path),
-		slog.String("trust_domain", a.TrustDomain.Name()),
-		slog.String("server", net.JoinHostPort(a.ServerAddress, strconv.Itoa(a.ServerPort))),
-		slog.String("socket_path", a.SocketPath),
-		slog.String("data_dir", a.DataDir),
-		slog.Bool("insecure_bootstrap", a.InsecureBootstrap),
-		slog.Bool("join_token_set", a.JoinToken != ""),
-		slog.String("key_manager", a.KeyManager.Kind),
-	)
 }

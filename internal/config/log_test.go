@@ -96,31 +96,3 @@ func TestOpenLogFile(t *testing.T) {
 		t.Error("opening a log file in a missing directory succeeded")
 	}
 }
-
-func TestConfigLogValueHidesSecrets(t *testing.T) {
-	a, err := ParseAgent("agent.conf", []byte(fullAgentConf))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ParseServer("server.conf", []byte(strings.Replace(fullServerConf, "sslmode=disable", "password=hunter2 sslmode=disable", 1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	l, err := NewLogger("info", "json", &buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Info("config", "agent", a, "server", s)
-	out := buf.String()
-	for _, secret := range []string{a.JoinToken, "hunter2"} {
-		if strings.Contains(out, secret) {
-			t.Errorf("log line leaks %q: %s", secret, out)
-		}
-	}
-	for _, want := range []string{`"trust_domain":"example.org"`, `"join_token_set":true`, `"bind":"127.0.0.1:9081"`, `"database_type":"postgres"`} {
-		if !strings.Contains(out, want) {
-			t.Errorf("log line lacks %s: %s", want, out)
-		}
-	}
-}

@@ -5,10 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
-	"net"
 	"reflect"
-	"strconv"
 	"strings"
 	"time"
 
@@ -431,26 +428,4 @@ func prefixErr(prefix string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("%s%w", prefix, err)
-}
-
-// LogValue summarizes the configuration for a start-up log line. It leaves
-// out the connection string, which may hold a database password.
-func (s *Server) LogValue() slog.Value {
-	attrs := []slog.Attr{
-		slog.String("path", s.Path),
-		slog.String("trust_domain", s.TrustDomain.Name()),
-		slog.String("bind", net.JoinHostPort(s.BindAddress, strconv.Itoa(s.BindPort))),
-		slog.String("socket_path", s.SocketPath),
-		slog.String("data_dir", s.DataDir),
-		slog.String("database_type", s.DataStore.DatabaseType),
-		slog.String("key_manager", s.KeyManager.Kind),
-		slog.Bool("join_token_attestor", s.NodeAttestors.JoinToken),
-	}
-	switch {
-	case s.UpstreamDisk != nil:
-		attrs = append(attrs, slog.String("upstream_authority", "disk"))
-	case s.UpstreamSPIRE != nil:
-		attrs = append(attrs, slog.String("upstream_authority", "spire"))
-	}
-	return slog.GroupValue(attrs...)
 }

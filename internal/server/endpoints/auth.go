@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"runtime/debug"
-	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -243,16 +242,14 @@ func (e *Endpoints) evaluate(ctx context.Context, r rule, c *rpccontext.Caller) 
 		return false, nil
 	}
 	if r.admin || r.downstream {
-		admin := slices.Contains(e.cfg.AdminIDs, c.ID)
-		var down bool
+		var admin, down bool
 		if e.cfg.Entries != nil {
-			a, d, err := e.cfg.Entries.AdminAndDownstream(ctx, c.ID)
+			var err error
+			admin, down, err = e.cfg.Entries.AdminAndDownstream(ctx, c.ID)
 			if err != nil {
 				e.log.Error("Failed to look up caller entries", "caller_id", c.ID.String(), "error", err)
 				return false, status.Error(codes.Internal, "failed to fetch caller entries")
 			}
-			admin = admin || a
-			down = d
 		}
 		c.Admin, c.Downstream = admin, down
 		if (r.admin && admin) || (r.downstream && down) {

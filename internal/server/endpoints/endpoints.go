@@ -86,13 +86,10 @@ type Config struct {
 	// Bundle returns the trust anchors client X509-SVIDs are verified against.
 	Bundle func() []*x509.Certificate
 	Nodes  NodeStore
-	// NodeCache is optional (see AgentValidatorConfig.Cache): the agent
-	// check then reads nodes from memory. When nil and Entries also
-	// implements NodeCache (internal/server/entrycache's Cache does),
-	// Entries is used.
-	NodeCache NodeCache
+	// Entries answers the admin and downstream checks. When it also
+	// implements NodeCache (internal/server/entrycache's Cache does), the
+	// agent check reads nodes from it (see AgentValidatorConfig.Cache).
 	Entries   AdminChecker
-	AdminIDs  []spiffeid.ID // extra admin IDs (SPIRE's admin_ids)
 	RateLimit ratelimit.Config
 	Log       *slog.Logger
 	Clock     clock.Clock
@@ -140,11 +137,6 @@ func New(cfg Config) (*Endpoints, error) {
 	case cfg.Register == nil:
 		return nil, errors.New("endpoints: Register is required")
 	}
-	for _, id := range cfg.AdminIDs {
-		if id.IsZero() {
-			return nil, errors.New("endpoints: admin IDs must not be empty")
-		}
-	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.Default()
@@ -166,12 +158,8 @@ func New(cfg Config) (*Endpoints, error) {
 	if cfg.KeepaliveMinTime <= 0 {
 		cfg.KeepaliveMinTime = DefaultKeepaliveMinTime
 	}
-	if cfg.NodeCache == nil {
-		if nc, ok := cfg.Entries.(NodeCache); ok {
-			cfg.NodeCache = nc
-		}
-	}
-	agents, err := NewAgentValidator(AgentValidatorConfig{Nodes: cfg.Nodes, Cache: cfg.NodeCache, Log: log, Clock: clk})
+	nodeCache, _ := cfg.Entries.(NodeCache)
+	agents, err := NewAgentValidator(AgentValidatorConfig{Nodes: cfg.Nodes, Cache: nodeCache, Log: log, Clock: clk})
 	if err != nil {
 		return nil, fmt.Errorf("endpoints: %w", err)
 	}

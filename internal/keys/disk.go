@@ -74,7 +74,7 @@ func (d *Disk) GenerateKey(_ context.Context, id string, t Type) (crypto.Signer,
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := writeAtomic(d.dir, name, data); err != nil {
+	if err := WriteFileAtomic(d.dir, name, data); err != nil {
 		return nil, fmt.Errorf("store key %q: %w", id, err)
 	}
 	d.cache[id] = k
@@ -147,42 +147,4 @@ func fileName(id string) (string, error) {
 	}
 	b.WriteString(".pem")
 	return b.String(), nil
-}
-
-// writeAtomic writes data to dir/name with mode 0600 through a synced temp
-// file renamed into place, then syncs the directory.
-func writeAtomic(dir, name string, data []byte) (err error) {
-	f, err := os.CreateTemp(dir, ".tmp-key-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(0o600); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if _, err = f.Write(data); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		err = d.Sync()
-		_ = d.Close()
-	}
-	return err
 }

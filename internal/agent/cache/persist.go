@@ -12,6 +12,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/keys"
 )
 
 // FileName is the name of the persisted cache inside Config.Dir.
@@ -93,53 +95,7 @@ func (c *Cache) persist() error {
 	if err != nil {
 		return fmt.Errorf("encode agent cache: %w", err)
 	}
-	return writeFileAtomic(c.cfg.Dir, FileName, data)
-}
-
-// writeFileAtomic replaces dir/name with data: temporary file in dir
-// (0600), fsync, rename, fsync of dir. dir is created 0700 if missing.
-func writeFileAtomic(dir, name string, data []byte) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
-	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create temporary file: %w", err)
-	}
-	tmpName := tmp.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmpName)
-		}
-	}()
-	// CreateTemp uses 0600 already; be explicit against a future change.
-	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("chmod temporary file: %w", err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("write temporary file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("sync temporary file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close temporary file: %w", err)
-	}
-	if err := os.Rename(tmpName, filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("rename into place: %w", err)
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open data dir for sync: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync data dir: %w", err)
-	}
-	return nil
+	return keys.WriteFileAtomic(c.cfg.Dir, FileName, data)
 }
 
 // Load restores the persisted state, replacing what the cache holds, and

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/sigil-spiffe/sigil/internal/keys"
 )
 
 // stateFile is the name, inside DataDir, of the agent's own persisted state:
@@ -81,48 +83,7 @@ func saveState(dir, td string, st *agentState) error {
 	if err != nil {
 		return fmt.Errorf("encode agent state: %w", err)
 	}
-	return writeAtomic(dir, stateFile, data)
-}
-
-// writeAtomic writes dir/name (0600) through a synced temp file renamed
-// into place, then syncs the directory, creating dir (0700) if needed.
-func writeAtomic(dir, name string, data []byte) (err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
-	f, err := os.CreateTemp(dir, "."+name+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
-	}
-	return nil
+	return keys.WriteFileAtomic(dir, stateFile, data)
 }
 
 var errNoState = errors.New("no persisted agent SVID")

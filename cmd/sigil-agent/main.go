@@ -6,16 +6,16 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
 	"github.com/sigil-spiffe/sigil/internal/cli/agentcli"
+	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 	"github.com/sigil-spiffe/sigil/internal/config"
 )
 
@@ -43,30 +43,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
-	cfg, err := config.LoadAgent(args)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(stderr, err)
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	log, closer, err := config.OpenLogger(cfg.LogLevel, cfg.LogFormat, cfg.LogFile, stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	defer closer.Close()
-	a, err := agentapp.New(ctx, cfg, log, agentapp.Options{})
-	if err != nil {
-		log.Error("Agent failed to start", "error", err)
-		return 1
-	}
-	if err := a.Run(ctx); err != nil {
-		log.Error("Agent stopped with an error", "error", err)
-		return 1
-	}
-	log.Info("Agent stopped")
-	return 0
+	return cliutil.RunDaemon(ctx, "Agent", args, stderr, config.LoadAgent,
+		func(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*agentapp.Agent, error) {
+			return agentapp.New(ctx, cfg, log, agentapp.Options{})
+		})
 }

@@ -12,12 +12,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/sigil-spiffe/sigil/internal/app/dev"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
+	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 	"github.com/sigil-spiffe/sigil/internal/cli/servercli"
 	"github.com/sigil-spiffe/sigil/internal/config"
 )
@@ -62,30 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func runServer(ctx context.Context, args []string, stderr io.Writer) int {
-	cfg, err := config.LoadServer(args)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(stderr, err)
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	log, closer, err := config.OpenLogger(cfg.LogLevel, cfg.LogFormat, cfg.LogFile, stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	defer closer.Close()
-	srv, err := serverapp.New(ctx, cfg, log, serverapp.Options{})
-	if err != nil {
-		log.Error("Server failed to start", "error", err)
-		return 1
-	}
-	if err := srv.Run(ctx); err != nil {
-		log.Error("Server stopped with an error", "error", err)
-		return 1
-	}
-	log.Info("Server stopped")
-	return 0
+	return cliutil.RunDaemon(ctx, "Server", args, stderr, config.LoadServer,
+		func(ctx context.Context, cfg *config.Server, log *slog.Logger) (*serverapp.Server, error) {
+			return serverapp.New(ctx, cfg, log, serverapp.Options{})
+		})
 }

@@ -86,3 +86,15 @@ func OpenLogger(level, format, file string, fallback io.Writer) (*slog.Logger, i
 	}
 	return log, f, nil
 }
+
+// OpenLogger is OpenLogger with the server's log_level, log_format and
+// log_file.
+func (s *Server) OpenLogger(fallback io.Writer) (*slog.Logger, io.Closer, error) {
+	return OpenLogger(s.LogLevel, s.LogFormat, s.LogFile, fallback)
+}
+
+// OpenLogger is OpenLogger with the agent's log_level, log_format and
+// log_file.
+func (a *Agent) OpenLogger(fallback io.Writer) (*slog.Logger, io.Closer, error) {
+	return OpenLogger(a.LogLevel, a.LogFormat, a.LogFile, fallback)
+}

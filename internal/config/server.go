@@ -223,8 +223,7 @@ func (d *decoder) serverSection(b *block, s *Server) {
 		s.AgentTTL = s.DefaultX509SVIDTTL
 	}
 	s.CAKeyType = d.keyType(b, "ca_key_type", s.CAKeyType)
-	s.JWTKeyType = s.CAKeyType
-	s.JWTKeyType = d.keyType(b, "jwt_key_type", s.JWTKeyType)
+	s.JWTKeyType = d.keyType(b, "jwt_key_type", s.CAKeyType)
 	b.str("jwt_issuer", &s.JWTIssuer)
 
 	if cs := b.sub("ca_subject", "ca_subject block"); cs != nil {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/test/nested"
 )
 
@@ -33,7 +34,7 @@ const batch = 10
 func BenchmarkSiteBatchNewX509SVID(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	dir := nested.ShortTempDir(b)
+	dir := testutil.ShortTempDir(b)
 	rootCfg := nested.NewServerConfig(filepath.Join(dir, "root"), nested.FreePort(b))
 	root := nested.StartServer(b, "root", rootCfg)
 	gw := nested.StartAgent(b, ctx, "root-agent", filepath.Join(dir, "ra"), root, "/site-gw")

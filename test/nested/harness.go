@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -36,9 +35,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
-	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
-	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
 )
 
 // TrustDomain is the trust domain of every tier (nested servers share it).
@@ -50,11 +49,9 @@ type Server struct {
 	Cfg  *config.Server
 	Log  *LogWatch
 
-	tb     testing.TB
-	srv    *serverapp.Server
-	cancel context.CancelFunc
-	done   chan error
-	admin  *grpc.ClientConn
+	tb    testing.TB
+	srv   *inproc.Server
+	admin *grpc.ClientConn
 }
 
 // ServerOption edits a server configuration before start.
@@ -63,15 +60,7 @@ type ServerOption func(*config.Server)
 // NewServerConfig returns a SQLite/disk-keys server configuration in dir
 // listening on 127.0.0.1:port, with join-token attestation.
 func NewServerConfig(dir string, port int, opts ...ServerOption) *config.Server {
-	c := config.DefaultServer()
-	c.TrustDomain = TrustDomain
-	c.DataDir = dir
-	c.BindAddress = "127.0.0.1"
-	c.BindPort = port
-	c.SocketPath = filepath.Join(dir, "api.sock")
-	c.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(dir, "datastore.sqlite3")}
-	c.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(dir, "keys")}
-	c.NodeAttestors.JoinToken = true
+	c := inproc.ServerConfig(TrustDomain, dir, filepath.Join(dir, "api.sock"), port)
 	for _, o := range opts {
 		o(c)
 	}
@@ -82,30 +71,15 @@ func NewServerConfig(dir string, port int, opts ...ServerOption) *config.Server 
 // cleanup) ends it.
 func StartServer(tb testing.TB, name string, cfg *config.Server) *Server {
 	tb.Helper()
-	if err := cfg.Validate(); err != nil {
-		tb.Fatalf("%s: configuration: %v", name, err)
-	}
 	lw := NewLogWatch(os.Getenv("SIGIL_TEST_LOG") != "", name)
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := serverapp.New(ctx, cfg, slog.New(lw), serverapp.Options{})
+	srv, err := inproc.StartServer(cfg, slog.New(lw))
 	if err != nil {
-		cancel()
-		tb.Fatalf("%s: start: %v", name, err)
+		tb.Fatalf("%s: %v", name, err)
 	}
-	s := &Server{Name: name, Cfg: cfg, Log: lw, tb: tb, srv: srv, cancel: cancel, done: make(chan error, 1)}
-	go func() { s.done <- srv.Run(ctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-s.done:
-		cancel()
-		tb.Fatalf("%s: stopped before it was ready: %v", name, err)
-	case <-time.After(30 * time.Second):
-		cancel()
-		tb.Fatalf("%s: not ready after 30s", name)
-	}
+	s := &Server{Name: name, Cfg: cfg, Log: lw, tb: tb, srv: srv}
 	conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		cancel()
+		_ = srv.Stop()
 		tb.Fatalf("%s: admin client: %v", name, err)
 	}
 	s.admin = conn
@@ -115,19 +89,11 @@ func StartServer(tb testing.TB, name string, cfg *config.Server) *Server {
 
 // Stop stops the server and waits for it to exit (idempotent).
 func (s *Server) Stop() {
-	if s.cancel == nil {
-		return
+	if s.admin != nil {
+		_ = s.admin.Close()
 	}
-	s.cancel()
-	s.cancel = nil
-	_ = s.admin.Close()
-	select {
-	case err := <-s.done:
-		if err != nil {
-			s.tb.Errorf("%s: Run: %v", s.Name, err)
-		}
-	case <-time.After(30 * time.Second):
-		s.tb.Errorf("%s: did not stop within 30s", s.Name)
+	if err := s.srv.Stop(); err != nil {
+		s.tb.Errorf("%s: %v", s.Name, err)
 	}
 }
 
@@ -196,9 +162,8 @@ type Agent struct {
 	Socket string
 	ID     spiffeid.ID
 
-	tb     testing.TB
-	cancel context.CancelFunc
-	done   chan error
+	tb testing.TB
+	a  *inproc.Agent
 }
 
 // StartAgent attests a new agent (spiffe://<td>/<agentPath>) to srv with a
@@ -225,56 +190,21 @@ func StartAgent(tb testing.TB, ctx context.Context, name, dir string, srv *Serve
 	if err := os.WriteFile(bundlePath, pemData, 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	c := config.DefaultAgent()
-	c.ServerAddress = "127.0.0.1"
-	c.ServerPort = srv.Cfg.BindPort
-	c.SocketPath = filepath.Join(dir, "wl.sock")
-	c.TrustDomain = TrustDomain
-	c.DataDir = dir
-	c.TrustBundlePath = bundlePath
-	c.JoinToken = token
-	c.NodeAttestor.JoinToken = true
-	c.KeyManager = config.AgentKeyManager{Kind: config.KeyManagerDisk, Directory: filepath.Join(dir, "keys")}
-	c.WorkloadAttestors.Unix = &config.UnixWorkloadAttestor{}
-	if err := c.Validate(); err != nil {
-		tb.Fatalf("%s: configuration: %v", name, err)
-	}
+	c := inproc.AgentConfig(TrustDomain, dir, filepath.Join(dir, "wl.sock"), "127.0.0.1", srv.Cfg.BindPort, bundlePath, token)
 	lw := NewLogWatch(os.Getenv("SIGIL_TEST_LOG") != "", name)
-	actx, cancel := context.WithCancel(context.Background())
-	a, err := agentapp.New(actx, c, slog.New(lw), agentapp.Options{})
+	a, err := inproc.StartAgent(c, slog.New(lw))
 	if err != nil {
-		cancel()
-		tb.Fatalf("%s: start: %v", name, err)
+		tb.Fatalf("%s: %v", name, err)
 	}
-	ag := &Agent{Name: name, Socket: c.SocketPath, ID: spiffeid.RequireFromPath(TrustDomain, agentPath), tb: tb, cancel: cancel, done: make(chan error, 1)}
-	go func() { ag.done <- a.Run(actx) }()
-	select {
-	case <-a.Ready():
-	case err := <-ag.done:
-		cancel()
-		tb.Fatalf("%s: stopped before it was ready: %v", name, err)
-	case <-time.After(30 * time.Second):
-		cancel()
-		tb.Fatalf("%s: Workload API not ready after 30s", name)
-	}
+	ag := &Agent{Name: name, Socket: c.SocketPath, ID: spiffeid.RequireFromPath(TrustDomain, agentPath), tb: tb, a: a}
 	tb.Cleanup(ag.Stop)
 	return ag
 }
 
 // Stop stops the agent (idempotent).
 func (a *Agent) Stop() {
-	if a.cancel == nil {
-		return
-	}
-	a.cancel()
-	a.cancel = nil
-	select {
-	case err := <-a.done:
-		if err != nil {
-			a.tb.Errorf("%s: Run: %v", a.Name, err)
-		}
-	case <-time.After(30 * time.Second):
-		a.tb.Errorf("%s: did not stop within 30s", a.Name)
+	if err := a.a.Stop(); err != nil {
+		a.tb.Errorf("%s: %v", a.Name, err)
 	}
 }
 
@@ -305,24 +235,11 @@ func (a *Agent) FetchX509SVID(ctx context.Context, accept func(*x509svid.SVID) b
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testutil.FreePort()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// ShortTempDir returns a short temporary directory (unix socket paths are
-// limited to about 100 bytes), removed at cleanup.
-func ShortTempDir(tb testing.TB) string {
-	tb.Helper()
-	dir, err := os.MkdirTemp("", "sgn")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
-	return dir
+	return port
 }
 
 // LogWatch is a slog.Handler that can print records and lets a test wait

@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 // siteCATTL is the site server's ca_ttl: the minimum the CA accepts, so
@@ -81,7 +82,7 @@ func TestThreeTiers(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	dir := ShortTempDir(t)
+	dir := testutil.ShortTempDir(t)
 
 	// Tier 1: the root, self-signed.
 	rootCfg := NewServerConfig(filepath.Join(dir, "root"), FreePort(t))

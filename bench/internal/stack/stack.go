@@ -21,9 +21,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -37,10 +37,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
-	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
-	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
 )
 
 // TrustDomain is the benchmarks' trust domain.
@@ -56,7 +55,6 @@ func Logger() *slog.Logger {
 // Server is a running in-process sigil-server with admin clients.
 type Server struct {
 	Dir     string // short temp dir holding the data dir and sockets
-	Srv     *serverapp.Server
 	Socket  string // admin unix socket
 	Addr    string // agent endpoint host:port
 	Conn    *grpc.ClientConn
@@ -72,60 +70,32 @@ type Server struct {
 	agentSeq atomic.Int64
 }
 
-// ShortTempDir returns a fresh directory under os.TempDir with a short name
-// (unix socket paths are limited to 108 bytes; b.TempDir names are long),
-// removed on cleanup.
-func ShortTempDir(tb testing.TB) string {
-	tb.Helper()
-	dir, err := os.MkdirTemp("", "sb")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+// ShortTempDir returns a fresh directory with a short name (unix socket
+// paths are limited to 108 bytes; b.TempDir names are long), removed on
+// cleanup.
+func ShortTempDir(tb testing.TB) string { return testutil.ShortTempDir(tb) }
 
 // StartServer runs a server on SQLite with a disk key manager and the
 // join_token attestor, rate limits at their defaults, until cleanup.
 func StartServer(tb testing.TB) *Server {
 	tb.Helper()
 	dir := ShortTempDir(tb)
-	cfg := config.DefaultServer()
-	cfg.TrustDomain = TrustDomain
-	cfg.DataDir = filepath.Join(dir, "server")
-	cfg.BindAddress = "127.0.0.1"
-	cfg.BindPort = freePort(tb)
-	cfg.SocketPath = filepath.Join(dir, "server.sock")
-	cfg.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(cfg.DataDir, "datastore.sqlite3")}
-	cfg.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(cfg.DataDir, "keys")}
-	cfg.NodeAttestors.JoinToken = true
-	if err := cfg.Validate(); err != nil {
-		tb.Fatalf("server configuration: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := serverapp.New(ctx, cfg, Logger(), serverapp.Options{})
+	port, err := testutil.FreePort()
 	if err != nil {
-		cancel()
-		tb.Fatalf("server: %v", err)
+		tb.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
+	cfg := inproc.ServerConfig(TrustDomain, filepath.Join(dir, "server"), filepath.Join(dir, "server.sock"), port)
+	srv, err := inproc.StartServer(cfg, Logger())
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		if err := srv.Stop(); err != nil && !errors.Is(err, context.Canceled) {
 			tb.Logf("server stopped: %v", err)
 		}
 	})
-	select {
-	case <-srv.Ready():
-	case err := <-done:
-		done <- err
-		tb.Fatalf("server stopped before it was ready: %v", err)
-	case <-time.After(30 * time.Second):
-		tb.Fatal("server not ready after 30s")
-	}
-	s := dialAdmin(tb, cfg.SocketPath, srv.TCPAddr().String())
-	s.Dir, s.Srv = dir, srv
+	s := dialAdmin(tb, cfg.SocketPath, srv.Srv.TCPAddr().String())
+	s.Dir = dir
 	return s
 }
 
@@ -307,17 +277,11 @@ func (s *Server) AgentConfig(tb testing.TB, dir, token string) *config.Agent {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cfg := config.DefaultAgent()
-	cfg.ServerAddress = host
-	fmt.Sscan(port, &cfg.ServerPort)
-	cfg.SocketPath = filepath.Join(dir, "api.sock")
-	cfg.TrustDomain = TrustDomain
-	cfg.DataDir = dir
-	cfg.TrustBundlePath = s.WriteBundlePEM(tb, dir)
-	cfg.JoinToken = token
-	cfg.NodeAttestor.JoinToken = true
-	cfg.KeyManager = config.AgentKeyManager{Kind: config.KeyManagerDisk, Directory: filepath.Join(dir, "keys")}
-	cfg.WorkloadAttestors.Unix = &config.UnixWorkloadAttestor{}
+	portNum, err := strconv.Atoi(port)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg := inproc.AgentConfig(TrustDomain, dir, filepath.Join(dir, "api.sock"), host, portNum, s.WriteBundlePEM(tb, dir), token)
 	if err := cfg.Validate(); err != nil {
 		tb.Fatalf("agent configuration: %v", err)
 	}
@@ -326,10 +290,8 @@ func (s *Server) AgentConfig(tb testing.TB, dir, token string) *config.Agent {
 
 // Agent is a running in-process agent.
 type Agent struct {
-	A      *agentapp.Agent
 	Socket string // Workload API address, "unix://..."
-	cancel context.CancelFunc
-	done   chan error
+	a      *inproc.Agent
 }
 
 // StartAgent builds and runs an agent until Stop or cleanup, and waits for
@@ -347,46 +309,12 @@ func StartAgent(tb testing.TB, cfg *config.Agent) *Agent {
 // RunAgent is StartAgent without a TB: agent.New, Run in a goroutine, wait
 // for Ready. The caller must Stop it.
 func RunAgent(cfg *config.Agent) (*Agent, error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := agentapp.New(ctx, cfg, Logger(), agentapp.Options{})
+	a, err := inproc.StartAgent(cfg, Logger())
 	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("agent: %w", err)
+		return nil, err
 	}
-	ag := &Agent{A: a, Socket: "unix://" + cfg.SocketPath, cancel: cancel, done: make(chan error, 1)}
-	go func() { ag.done <- a.Run(ctx) }()
-	select {
-	case <-a.Ready():
-		return ag, nil
-	case err := <-ag.done:
-		ag.done <- err
-		cancel()
-		return nil, fmt.Errorf("agent stopped before it was ready: %w", err)
-	case <-time.After(30 * time.Second):
-		ag.Stop()
-		return nil, errors.New("agent not ready after 30s")
-	}
+	return &Agent{Socket: a.SocketAddr(), a: a}, nil
 }
 
 // Stop stops the agent and waits for Run to return. It is idempotent.
-func (a *Agent) Stop() {
-	if a.cancel == nil {
-		return
-	}
-	a.cancel()
-	a.cancel = nil
-	select {
-	case <-a.done:
-	case <-time.After(30 * time.Second):
-	}
-}
-
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func (a *Agent) Stop() { _ = a.a.Stop() }

@@ -23,6 +23,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/server/api/apistatus"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
 )
@@ -540,22 +541,9 @@ func (s *Service) sign(ctx context.Context, id spiffeid.ID, csr *x509.Certificat
 	return chain, nil
 }
 
-// err logs and returns a status error. The cause is logged, never sent
-// verbatim for Internal errors.
+// err logs and returns a status error (apistatus.Fail).
 func (s *Service) err(ctx context.Context, code codes.Code, msg string, cause error) error {
-	attrs := []any{"code", code.String()}
-	if cause != nil {
-		attrs = append(attrs, "error", cause)
-	}
-	if code == codes.Internal {
-		s.log.ErrorContext(ctx, msg, attrs...)
-	} else {
-		s.log.DebugContext(ctx, msg, attrs...)
-	}
-	if cause != nil && code != codes.Internal {
-		return status.Errorf(code, "%s: %v", msg, cause)
-	}
-	return status.Error(code, msg)
+	return apistatus.Fail(ctx, s.log, code, msg, cause)
 }
 
 // permissionDenied builds a PermissionDenied status carrying SPIRE's reason

@@ -4,6 +4,7 @@
 package apistatus
 
 import (
+	"context"
 	"log/slog"
 
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
@@ -36,4 +37,31 @@ func text(msg string, err error) string {
 		return msg + ": " + err.Error()
 	}
 	return msg
+}
+
+// Fail is a call's gRPC error for the agent-facing services: msg (and
+// cause, except for Internal errors, whose cause is logged but never sent
+// to the client), logged on log with the code and cause (as an error for
+// Internal, at debug level for a rejected request).
+func Fail(ctx context.Context, log *slog.Logger, code codes.Code, msg string, cause error) error {
+	return status.Error(code, failed(ctx, log, code, msg, cause))
+}
+
+// FailItem is Fail for a batch item: the same log line and text, as the
+// item's status.
+func FailItem(ctx context.Context, log *slog.Logger, code codes.Code, msg string, cause error) *types.Status {
+	return &types.Status{Code: int32(code), Message: failed(ctx, log, code, msg, cause)}
+}
+
+func failed(ctx context.Context, log *slog.Logger, code codes.Code, msg string, cause error) string {
+	attrs := []any{"code", code.String()}
+	if cause != nil {
+		attrs = append(attrs, "error", cause)
+	}
+	if code == codes.Internal {
+		log.ErrorContext(ctx, msg, attrs...)
+		return msg
+	}
+	log.DebugContext(ctx, msg, attrs...)
+	return text(msg, cause)
 }

@@ -374,33 +374,12 @@ func (s *Service) memberID(raw string) (spiffeid.ID, error) {
 
 func (s *Service) checkWorkloadID(id spiffeid.ID) error { return convert.VerifyWorkloadID(s.td, id) }
 
-func (s *Service) logFailure(ctx context.Context, code codes.Code, msg string, cause error) {
-	attrs := []any{"code", code.String()}
-	if cause != nil {
-		attrs = append(attrs, "error", cause)
-	}
-	if code == codes.Internal {
-		s.log.ErrorContext(ctx, msg, attrs...)
-	} else {
-		s.log.DebugContext(ctx, msg, attrs...)
-	}
-}
-
-func message(code codes.Code, msg string, cause error) string {
-	if cause != nil && code != codes.Internal {
-		return msg + ": " + cause.Error()
-	}
-	return msg
-}
-
 func (s *Service) err(ctx context.Context, code codes.Code, msg string, cause error) error {
-	s.logFailure(ctx, code, msg, cause)
-	return status.Error(code, message(code, msg, cause))
+	return apistatus.Fail(ctx, s.log, code, msg, cause)
 }
 
 func (s *Service) status(ctx context.Context, code codes.Code, msg string, cause error) *types.Status {
-	s.logFailure(ctx, code, msg, cause)
-	return &types.Status{Code: int32(code), Message: message(code, msg, cause)}
+	return apistatus.FailItem(ctx, s.log, code, msg, cause)
 }
 
 func errOrEmpty(err error) error {

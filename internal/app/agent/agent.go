@@ -103,7 +103,12 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	}
 	var attestors []workloadapi.Attestor
 	if u := cfg.WorkloadAttestors.Unix; u != nil {
-		attestors = append(attestors, unix.New(unix.Config{DiscoverWorkloadPath: u.DiscoverWorkloadPath, WorkloadSizeLimit: u.WorkloadSizeLimit}))
+		attestors = append(attestors, unix.New(unix.Config{
+			DiscoverWorkloadPath: u.DiscoverWorkloadPath,
+			WorkloadSizeLimit:    u.WorkloadSizeLimit,
+			Clock:                clk,
+			Log:                  log.With("subsystem", "workload_attestor", "attestor", unix.Type),
+		}))
 	}
 	wl, err := workloadapi.New(workloadapi.Config{
 		SocketPath: cfg.SocketPath,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/server/api/apistatus"
 )
 
 // NodeCache answers node lookups from memory (internal/server/entrycache's
@@ -207,9 +209,5 @@ func (v *AgentValidator) check(ctx context.Context, id spiffeid.ID, svid *x509.C
 }
 
 func agentDenied(reason types.PermissionDeniedDetails_Reason, format string, args ...any) error {
-	st := status.Newf(codes.PermissionDenied, format, args...)
-	if d, err := st.WithDetails(&types.PermissionDeniedDetails{Reason: reason}); err == nil {
-		st = d
-	}
-	return st.Err()
+	return apistatus.PermissionDenied(reason, fmt.Sprintf(format, args...))
 }

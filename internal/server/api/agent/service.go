@@ -408,7 +408,7 @@ func (s *Service) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequest
 		return nil, s.err(ctx, codes.Internal, "failed to fetch agent", err)
 	}
 	if node.CanReattest {
-		return nil, permissionDenied(types.PermissionDeniedDetails_AGENT_MUST_REATTEST, "agent must reattest instead of renew")
+		return nil, apistatus.PermissionDenied(types.PermissionDeniedDetails_AGENT_MUST_REATTEST, "agent must reattest instead of renew")
 	}
 	if req.GetParams() == nil {
 		return nil, s.err(ctx, codes.InvalidArgument, "params cannot be nil", nil)
@@ -544,14 +544,4 @@ func (s *Service) sign(ctx context.Context, id spiffeid.ID, csr *x509.Certificat
 // err logs and returns a status error (apistatus.Fail).
 func (s *Service) err(ctx context.Context, code codes.Code, msg string, cause error) error {
 	return apistatus.Fail(ctx, s.log, code, msg, cause)
-}
-
-// permissionDenied builds a PermissionDenied status carrying SPIRE's reason
-// details, which agents act upon.
-func permissionDenied(reason types.PermissionDeniedDetails_Reason, msg string) error {
-	st := status.New(codes.PermissionDenied, msg)
-	if d, err := st.WithDetails(&types.PermissionDeniedDetails{Reason: reason}); err == nil {
-		st = d
-	}
-	return st.Err()
 }

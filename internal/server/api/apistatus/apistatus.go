@@ -65,3 +65,14 @@ func failed(ctx context.Context, log *slog.Logger, code codes.Code, msg string, 
 	log.DebugContext(ctx, msg, attrs...)
 	return text(msg, cause)
 }
+
+// PermissionDenied is a PermissionDenied error carrying SPIRE's
+// PermissionDeniedDetails reason, which agents act upon (a banned agent
+// stops, an agent whose SVID is not active re-attests).
+func PermissionDenied(reason types.PermissionDeniedDetails_Reason, msg string) error {
+	st := status.New(codes.PermissionDenied, msg)
+	if d, err := st.WithDetails(&types.PermissionDeniedDetails{Reason: reason}); err == nil {
+		st = d
+	}
+	return st.Err()
+}

@@ -241,18 +241,9 @@ func (m *Manager) createJWTKey(ctx context.Context, keyID string, now time.Time)
 // reports whether the stored bundle changed.
 func (m *Manager) publishAll(ctx context.Context, now time.Time) (bool, error) {
 	td := m.cfg.TrustDomain.Name()
-	stored, err := m.cfg.Bundles.GetBundle(ctx, td)
-	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
-		return false, fmt.Errorf("read bundle: %w", err)
-	}
-	have := map[string]bool{}
-	if stored != nil {
-		for _, a := range stored.X509Authorities {
-			have["x:"+string(a.ASN1)] = true
-		}
-		for _, k := range stored.JWTKeys {
-			have["j:"+k.KeyID] = true
-		}
+	have, err := m.storedAuthorities(ctx)
+	if err != nil {
+		return false, err
 	}
 	missing := &datastore.Bundle{TrustDomain: td}
 	m.mu.RLock()
@@ -289,4 +280,24 @@ func (m *Manager) publishAll(ctx context.Context, now time.Time) (bool, error) {
 		m.log.Info("pruned expired authorities from the bundle")
 	}
 	return changed || pruned, nil
+}
+
+// storedAuthorities returns the set of authorities in the stored bundle of
+// the trust domain (empty when there is none), keyed "x:"+DER for X.509
+// authorities and "j:"+key ID for JWT keys.
+func (m *Manager) storedAuthorities(ctx context.Context) (map[string]bool, error) {
+	stored, err := m.cfg.Bundles.GetBundle(ctx, m.cfg.TrustDomain.Name())
+	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+		return nil, fmt.Errorf("read bundle: %w", err)
+	}
+	have := map[string]bool{}
+	if stored != nil {
+		for _, a := range stored.X509Authorities {
+			have["x:"+string(a.ASN1)] = true
+		}
+		for _, k := range stored.JWTKeys {
+			have["j:"+k.KeyID] = true
+		}
+	}
+	return have, nil
 }

@@ -3,7 +3,6 @@ package ca
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"time"
 
@@ -50,18 +49,9 @@ func (m *Manager) ApplyUpstreamBundle(ctx context.Context, b UpstreamBundle) err
 func (m *Manager) appendUpstream(ctx context.Context, roots []*x509.Certificate, jwtKeys []datastore.JWTKey) (bool, error) {
 	now := m.clk.Now()
 	td := m.cfg.TrustDomain.Name()
-	stored, err := m.cfg.Bundles.GetBundle(ctx, td)
-	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
-		return false, fmt.Errorf("ca: read bundle: %w", err)
-	}
-	have := map[string]bool{}
-	if stored != nil {
-		for _, a := range stored.X509Authorities {
-			have["x:"+string(a.ASN1)] = true
-		}
-		for _, k := range stored.JWTKeys {
-			have["j:"+k.KeyID] = true
-		}
+	have, err := m.storedAuthorities(ctx)
+	if err != nil {
+		return false, fmt.Errorf("ca: %w", err)
 	}
 	missing := &datastore.Bundle{TrustDomain: td}
 	for _, r := range roots {

@@ -38,8 +38,19 @@ func (s *Service) agentIDFromProto(p *types.SPIFFEID) (spiffeid.ID, error) {
 	return id, nil
 }
 
-func nodeFilter(attType string, sm *types.SelectorMatch, banned, canReattest *wrapperspb.BoolValue, expiresBefore string) (datastore.NodeFilter, error) {
-	f := datastore.NodeFilter{ByAttestationType: attType}
+// agentFilter is the filter of CountAgents and ListAgents (two generated
+// types with the same getters; a nil filter reads as empty).
+type agentFilter interface {
+	GetByAttestationType() string
+	GetBySelectorMatch() *types.SelectorMatch
+	GetByBanned() *wrapperspb.BoolValue
+	GetByCanReattest() *wrapperspb.BoolValue
+	GetByExpiresBefore() string
+}
+
+func nodeFilter(rf agentFilter) (datastore.NodeFilter, error) {
+	sm, banned, canReattest, expiresBefore := rf.GetBySelectorMatch(), rf.GetByBanned(), rf.GetByCanReattest(), rf.GetByExpiresBefore()
+	f := datastore.NodeFilter{ByAttestationType: rf.GetByAttestationType()}
 	if banned != nil {
 		v := banned.GetValue()
 		f.ByBanned = &v

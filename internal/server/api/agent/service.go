@@ -154,13 +154,9 @@ func (s *Service) poke() {
 
 // CountAgents counts agents matching the filter.
 func (s *Service) CountAgents(ctx context.Context, req *agentv1.CountAgentsRequest) (*agentv1.CountAgentsResponse, error) {
-	var f datastore.NodeFilter
-	if rf := req.GetFilter(); rf != nil {
-		var err error
-		f, err = nodeFilter(rf.GetByAttestationType(), rf.GetBySelectorMatch(), rf.GetByBanned(), rf.GetByCanReattest(), rf.GetByExpiresBefore())
-		if err != nil {
-			return nil, s.err(ctx, codes.InvalidArgument, "failed to parse filter", err)
-		}
+	f, err := nodeFilter(req.GetFilter())
+	if err != nil {
+		return nil, s.err(ctx, codes.InvalidArgument, "failed to parse filter", err)
 	}
 	n, err := s.ds.CountNodes(ctx, f)
 	if err != nil {
@@ -171,13 +167,9 @@ func (s *Service) CountAgents(ctx context.Context, req *agentv1.CountAgentsReque
 
 // ListAgents lists agents, optionally filtered and paginated.
 func (s *Service) ListAgents(ctx context.Context, req *agentv1.ListAgentsRequest) (*agentv1.ListAgentsResponse, error) {
-	var f datastore.NodeFilter
-	if rf := req.GetFilter(); rf != nil {
-		var err error
-		f, err = nodeFilter(rf.GetByAttestationType(), rf.GetBySelectorMatch(), rf.GetByBanned(), rf.GetByCanReattest(), rf.GetByExpiresBefore())
-		if err != nil {
-			return nil, s.err(ctx, codes.InvalidArgument, "failed to parse filter", err)
-		}
+	f, err := nodeFilter(req.GetFilter())
+	if err != nil {
+		return nil, s.err(ctx, codes.InvalidArgument, "failed to parse filter", err)
 	}
 	if req.GetPageSize() < 0 {
 		return nil, s.err(ctx, codes.InvalidArgument, "page size cannot be negative", nil)

@@ -35,6 +35,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
+	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
@@ -72,7 +74,7 @@ func NewServerConfig(dir string, port int, opts ...ServerOption) *config.Server 
 func StartServer(tb testing.TB, name string, cfg *config.Server) *Server {
 	tb.Helper()
 	lw := NewLogWatch(os.Getenv("SIGIL_TEST_LOG") != "", name)
-	srv, err := inproc.StartServer(cfg, slog.New(lw))
+	srv, err := inproc.StartServer(cfg, slog.New(lw), serverapp.Options{})
 	if err != nil {
 		tb.Fatalf("%s: %v", name, err)
 	}
@@ -192,7 +194,7 @@ func StartAgent(tb testing.TB, ctx context.Context, name, dir string, srv *Serve
 	}
 	c := inproc.AgentConfig(TrustDomain, dir, filepath.Join(dir, "wl.sock"), "127.0.0.1", srv.Cfg.BindPort, bundlePath, token)
 	lw := NewLogWatch(os.Getenv("SIGIL_TEST_LOG") != "", name)
-	a, err := inproc.StartAgent(c, slog.New(lw))
+	a, err := inproc.StartAgent(c, slog.New(lw), agentapp.Options{})
 	if err != nil {
 		tb.Fatalf("%s: %v", name, err)
 	}

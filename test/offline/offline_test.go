@@ -42,6 +42,8 @@ import (
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
 )
 
 const (
@@ -175,48 +177,25 @@ func TestWeekLongOutage(t *testing.T) {
 
 // server is an in-process sigil-server.
 type server struct {
+	*inproc.Server
 	addr       string
 	bundlePath string
 	conn       *grpc.ClientConn
-	cancel     context.CancelFunc
-	done       chan error
 }
 
 func startServer(t *testing.T, dir string, clk clock.Clock) *server {
 	t.Helper()
-	cfg := config.DefaultServer()
-	cfg.TrustDomain = td
-	cfg.DataDir = filepath.Join(dir, "server")
-	cfg.BindAddress = "127.0.0.1"
-	cfg.BindPort = 0
-	cfg.SocketPath = filepath.Join(dir, "admin.sock")
-	cfg.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(cfg.DataDir, "datastore.sqlite3")}
-	cfg.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(cfg.DataDir, "keys")}
-	cfg.NodeAttestors.JoinToken = true
+	cfg := inproc.ServerConfig(td, filepath.Join(dir, "server"), filepath.Join(dir, "admin.sock"), 0)
 	cfg.CATTL = 90 * day
 	cfg.DefaultX509SVIDTTL = svidTTL
 	cfg.AgentTTL = svidTTL
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("server configuration: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := serverapp.New(ctx, cfg, slog.New(slog.DiscardHandler), serverapp.Options{Clock: clk})
+	s, err := inproc.StartServer(cfg, slog.New(slog.DiscardHandler), serverapp.Options{Clock: clk})
 	if err != nil {
-		cancel()
-		t.Fatalf("server: %v", err)
+		t.Fatal(err)
 	}
-	srv := &server{cancel: cancel, done: make(chan error, 1)}
-	go func() { srv.done <- s.Run(ctx) }()
+	srv := &server{Server: s}
 	t.Cleanup(func() { srv.stop(t) })
-	select {
-	case <-s.Ready():
-	case err := <-srv.done:
-		srv.done <- err
-		t.Fatalf("server stopped before it was ready: %v", err)
-	case <-time.After(wait):
-		t.Fatal("server not ready")
-	}
-	srv.addr = s.TCPAddr().String()
+	srv.addr = s.Srv.TCPAddr().String()
 	conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +204,7 @@ func startServer(t *testing.T, dir string, clk clock.Clock) *server {
 	t.Cleanup(func() { conn.Close() })
 
 	// The agent's bootstrap bundle, PEM.
-	b, err := bundlev1.NewBundleClient(conn).GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	b, err := bundlev1.NewBundleClient(conn).GetBundle(context.Background(), &bundlev1.GetBundleRequest{})
 	if err != nil {
 		t.Fatalf("bundle: %v", err)
 	}
@@ -241,12 +220,7 @@ func startServer(t *testing.T, dir string, clk clock.Clock) *server {
 }
 
 func (s *server) stop(t *testing.T) {
-	if s.cancel == nil {
-		return
-	}
-	s.cancel()
-	s.cancel = nil
-	if err := <-s.done; err != nil && !errors.Is(err, context.Canceled) {
+	if err := s.Stop(); err != nil && !errors.Is(err, context.Canceled) {
 		t.Errorf("server Run: %v", err)
 	}
 }
@@ -284,18 +258,9 @@ func agentConfig(t *testing.T, dir, serverAddr, bundlePath, token string) *confi
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := config.DefaultAgent()
-	cfg.TrustDomain = td
-	cfg.ServerAddress = host
-	cfg.ServerPort, _ = strconv.Atoi(port)
-	cfg.DataDir = filepath.Join(dir, "agent")
-	cfg.SocketPath = filepath.Join(dir, "api.sock")
-	cfg.TrustBundlePath = bundlePath
-	cfg.JoinToken = token
+	portNum, _ := strconv.Atoi(port)
+	cfg := inproc.AgentConfig(td, filepath.Join(dir, "agent"), filepath.Join(dir, "api.sock"), host, portNum, bundlePath, token)
 	cfg.AvailabilityTarget = target
-	cfg.NodeAttestor.JoinToken = true
-	cfg.KeyManager = config.AgentKeyManager{Kind: config.KeyManagerDisk, Directory: filepath.Join(cfg.DataDir, "keys")}
-	cfg.WorkloadAttestors.Unix = &config.UnixWorkloadAttestor{}
 	cfg.HealthChecks = config.HealthChecks{ListenerEnabled: true, BindAddress: "127.0.0.1", BindPort: freePort(t), LivePath: "/live", ReadyPath: "/ready"}
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("agent configuration: %v", err)
@@ -306,29 +271,17 @@ func agentConfig(t *testing.T, dir, serverAddr, bundlePath, token string) *confi
 // agent is an in-process sigil-agent.
 type agent struct {
 	*agentapp.Agent
-	cancel context.CancelFunc
-	done   chan error
+	ia *inproc.Agent
 }
 
 func startAgent(t *testing.T, cfg *config.Agent, clk clock.Clock, logs *logRecorder) *agent {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := agentapp.New(ctx, cfg, slog.New(logs), agentapp.Options{Clock: clk})
+	a, err := inproc.StartAgent(cfg, slog.New(logs), agentapp.Options{Clock: clk})
 	if err != nil {
-		cancel()
-		t.Fatalf("agent: %v", err)
+		t.Fatal(err)
 	}
-	ag := &agent{Agent: a, cancel: cancel, done: make(chan error, 1)}
-	go func() { ag.done <- a.Run(ctx) }()
+	ag := &agent{Agent: a.A, ia: a}
 	t.Cleanup(func() { ag.stop(t) })
-	select {
-	case <-a.Ready():
-	case err := <-ag.done:
-		ag.done <- err
-		t.Fatalf("agent stopped before it was ready: %v", err)
-	case <-time.After(wait):
-		t.Fatal("agent not ready")
-	}
 	// The health listener starts alongside the Workload API.
 	waitFor(t, "health listener", func() bool {
 		resp, err := http.Get(healthURL(cfg, "/live"))
@@ -341,12 +294,7 @@ func startAgent(t *testing.T, cfg *config.Agent, clk clock.Clock, logs *logRecor
 }
 
 func (a *agent) stop(t *testing.T) {
-	if a.cancel == nil {
-		return
-	}
-	a.cancel()
-	a.cancel = nil
-	if err := <-a.done; err != nil && !errors.Is(err, context.Canceled) {
+	if err := a.ia.Stop(); err != nil && !errors.Is(err, context.Canceled) {
 		t.Errorf("agent Run: %v", err)
 	}
 }
@@ -499,12 +447,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testutil.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // logRecorder is a slog.Handler keeping level and message of every record.

@@ -37,6 +37,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
+	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
+	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
@@ -85,7 +87,7 @@ func StartServer(tb testing.TB) *Server {
 		tb.Fatal(err)
 	}
 	cfg := inproc.ServerConfig(TrustDomain, filepath.Join(dir, "server"), filepath.Join(dir, "server.sock"), port)
-	srv, err := inproc.StartServer(cfg, Logger())
+	srv, err := inproc.StartServer(cfg, Logger(), serverapp.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -309,7 +311,7 @@ func StartAgent(tb testing.TB, cfg *config.Agent) *Agent {
 // RunAgent is StartAgent without a TB: agent.New, Run in a goroutine, wait
 // for Ready. The caller must Stop it.
 func RunAgent(cfg *config.Agent) (*Agent, error) {
-	a, err := inproc.StartAgent(cfg, Logger())
+	a, err := inproc.StartAgent(cfg, Logger(), agentapp.Options{})
 	if err != nil {
 		return nil, err
 	}

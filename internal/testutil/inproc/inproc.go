@@ -2,7 +2,8 @@
 // process (internal/app/server and internal/app/agent, not the binaries):
 // the configuration every in-process harness uses (SQLite, disk keys,
 // join-token attestation, unix workload attestor), and start/ready/stop
-// of each component. test/nested and bench/internal/stack build on it;
+// of each component. test/nested, test/offline and bench/internal/stack build on
+// it;
 // internal/testutil runs the same components as separate processes.
 //
 // It is a separate package from internal/testutil so that importing the
@@ -113,14 +114,14 @@ type Server struct {
 	r   *runner
 }
 
-// StartServer validates cfg, builds the server, runs it until Stop and
-// waits until it serves.
-func StartServer(cfg *config.Server, log *slog.Logger) (*Server, error) {
+// StartServer validates cfg, builds the server with opts, runs it until
+// Stop and waits until it serves.
+func StartServer(cfg *config.Server, log *slog.Logger, opts serverapp.Options) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("server configuration: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := serverapp.New(ctx, cfg, log, serverapp.Options{})
+	srv, err := serverapp.New(ctx, cfg, log, opts)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("server: %w", err)
@@ -142,14 +143,14 @@ type Agent struct {
 	r   *runner
 }
 
-// StartAgent validates cfg, builds the agent, runs it until Stop and waits
-// until its Workload API serves.
-func StartAgent(cfg *config.Agent, log *slog.Logger) (*Agent, error) {
+// StartAgent validates cfg, builds the agent with opts, runs it until Stop
+// and waits until its Workload API serves.
+func StartAgent(cfg *config.Agent, log *slog.Logger, opts agentapp.Options) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("agent configuration: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := agentapp.New(ctx, cfg, log, agentapp.Options{})
+	a, err := agentapp.New(ctx, cfg, log, opts)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("agent: %w", err)

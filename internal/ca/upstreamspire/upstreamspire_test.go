@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/ca/upstreamspire"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/test/nested"
 )
 
@@ -81,7 +82,7 @@ func csr(t *testing.T) []byte {
 func TestAgainstRealUpstream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir := nested.ShortTempDir(t)
+	dir := testutil.ShortTempDir(t)
 	rootCfg := nested.NewServerConfig(filepath.Join(dir, "root"), nested.FreePort(t))
 	root := nested.StartServer(t, "root", rootCfg)
 	gw := nested.StartAgent(t, ctx, "agent", filepath.Join(dir, "a"), root, "/gw")

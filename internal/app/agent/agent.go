@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -64,11 +63,7 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	case config.KeyManagerMemory:
 		km = keys.NewMemory()
 	default:
-		dir := cfg.KeyManager.Directory
-		if dir == "" {
-			dir = filepath.Join(cfg.DataDir, "keys")
-		}
-		d, err := keys.NewDisk(dir)
+		d, err := keys.NewDisk(cfg.KeyManager.Directory) // required by config validation
 		if err != nil {
 			return nil, fmt.Errorf("KeyManager \"disk\": %w", err)
 		}

@@ -174,8 +174,11 @@ func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group) error {
 	if err != nil {
 		return fmt.Errorf("create workload entry: %w", err)
 	}
-	if st := cr.Results[0].Status; st.Code != int32(codes.OK) && st.Code != int32(codes.AlreadyExists) {
-		return fmt.Errorf("create workload entry: %s", st.Message)
+	if len(cr.GetResults()) != 1 {
+		return fmt.Errorf("create workload entry: %d results for 1 entry", len(cr.GetResults()))
+	}
+	if st := cr.GetResults()[0].GetStatus(); st.GetCode() != int32(codes.OK) && st.GetCode() != int32(codes.AlreadyExists) {
+		return fmt.Errorf("create workload entry: %s", st.GetMessage())
 	}
 
 	bundle, err := bundlev1.NewBundleClient(conn).GetBundle(ctx, &bundlev1.GetBundleRequest{})

@@ -146,13 +146,14 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	}
 
 	agents, err := agentapi.New(agentapi.Config{
-		TrustDomain: cfg.TrustDomain,
-		Store:       ds,
-		CA:          m,
-		AgentTTL:    cfg.AgentTTL,
-		Cache:       cache,
-		Clock:       clk,
-		Log:         log,
+		TrustDomain:      cfg.TrustDomain,
+		Store:            ds,
+		CA:               m,
+		AgentTTL:         cfg.AgentTTL,
+		DisableJoinToken: !cfg.NodeAttestors.JoinToken,
+		Cache:            cache,
+		Clock:            clk,
+		Log:              log,
 	})
 	if err != nil {
 		return nil, err

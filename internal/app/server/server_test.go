@@ -2,17 +2,26 @@ package server
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"log/slog"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-spiffe/sigil/internal/agent/client"
 
 	"github.com/sigil-spiffe/sigil/internal/config"
 )
@@ -22,18 +31,7 @@ import (
 // the entries created in the first.
 func TestRestartKeepsCAAndEntries(t *testing.T) {
 	dir := t.TempDir()
-	cfg := config.DefaultServer()
-	cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.BindAddress = "127.0.0.1"
-	cfg.BindPort = 0
-	cfg.SocketPath = filepath.Join(dir, "api.sock")
-	cfg.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(dir, "data", "ds.sqlite3")}
-	cfg.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(dir, "data", "keys")}
-	cfg.NodeAttestors.JoinToken = true
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(t, dir)
 
 	type state struct {
 		bundle  *types.Bundle
@@ -104,5 +102,68 @@ func TestRestartKeepsCAAndEntries(t *testing.T) {
 	}
 	if len(second.entries) != 1 || second.entries[0].Id != first.entries[0].Id {
 		t.Fatalf("entries after restart: %v, want %v", second.entries, first.entries)
+	}
+}
+
+func testConfig(t *testing.T, dir string) *config.Server {
+	t.Helper()
+	cfg := config.DefaultServer()
+	cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.BindAddress = "127.0.0.1"
+	cfg.BindPort = 0
+	cfg.SocketPath = filepath.Join(dir, "api.sock")
+	cfg.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(dir, "data", "ds.sqlite3")}
+	cfg.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(dir, "data", "keys")}
+	cfg.NodeAttestors.JoinToken = true
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// TestJoinTokenNeedsItsNodeAttestor: without NodeAttestor "join_token" in
+// the config, a valid join token does not attest an agent.
+func TestJoinTokenNeedsItsNodeAttestor(t *testing.T) {
+	for _, enabled := range []bool{true, false} {
+		dir := t.TempDir()
+		cfg := testConfig(t, dir)
+		cfg.NodeAttestors.JoinToken = enabled
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		srv, err := New(ctx, cfg, slog.New(slog.DiscardHandler), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(ctx) }()
+		<-srv.Ready()
+
+		conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := agentv1.NewAgentClient(conn).CreateJoinToken(ctx, &agentv1.CreateJoinTokenRequest{Ttl: 600})
+		conn.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := client.Dial(client.Config{Addr: srv.TCPAddr().String(), TrustDomain: cfg.TrustDomain, InsecureBootstrap: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+		_, err = cl.AttestJoinToken(ctx, tok.Value, csr)
+		cl.Close()
+		switch {
+		case enabled && err != nil:
+			t.Errorf("join_token enabled: attestation failed: %v", err)
+		case !enabled && status.Code(err) != codes.FailedPrecondition:
+			t.Errorf("join_token not configured: attestation got %v, want FailedPrecondition", err)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
 	}
 }

@@ -86,6 +86,9 @@ type Config struct {
 	// Attestors are extra node attestors by attestation type. join_token is
 	// built in and cannot be overridden.
 	Attestors map[string]NodeAttestor
+	// DisableJoinToken refuses join_token attestation (the server config
+	// has no NodeAttestor "join_token"). Tokens can still be created.
+	DisableJoinToken bool
 	// AgentIDAsSelector adds the selector spiffe_id:<agent ID> to every
 	// attested node (SPIRE's experimental agent_spiffe_id_as_selector).
 	AgentIDAsSelector bool
@@ -104,10 +107,12 @@ type Service struct {
 	agentTTL  time.Duration
 	joinToken *jointoken.Attestor
 	attestors map[string]NodeAttestor
-	idAsSel   bool
-	cache     EntryCache
-	clk       clock.Clock
-	log       *slog.Logger
+	// noJoinToken refuses join_token attestation (Config.DisableJoinToken).
+	noJoinToken bool
+	idAsSel     bool
+	cache       EntryCache
+	clk         clock.Clock
+	log         *slog.Logger
 }
 
 var _ agentv1.AgentServer = (*Service)(nil)
@@ -130,16 +135,17 @@ func New(cfg Config) (*Service, error) {
 		log = slog.Default()
 	}
 	return &Service{
-		td:        cfg.TrustDomain,
-		ds:        cfg.Store,
-		ca:        cfg.CA,
-		agentTTL:  cfg.AgentTTL,
-		joinToken: jt,
-		attestors: cfg.Attestors,
-		idAsSel:   cfg.AgentIDAsSelector,
-		cache:     cfg.Cache,
-		clk:       clk,
-		log:       log.With("service", "agent.v1"),
+		td:          cfg.TrustDomain,
+		ds:          cfg.Store,
+		ca:          cfg.CA,
+		agentTTL:    cfg.AgentTTL,
+		joinToken:   jt,
+		attestors:   cfg.Attestors,
+		noJoinToken: cfg.DisableJoinToken,
+		idAsSel:     cfg.AgentIDAsSelector,
+		cache:       cfg.Cache,
+		clk:         clk,
+		log:         log.With("service", "agent.v1"),
 	}, nil
 }
 
@@ -274,7 +280,7 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 	}
 
 	var res *AttestResult
-	if attType == jointoken.Type {
+	if attType == jointoken.Type && !s.noJoinToken {
 		id, sels, err := s.joinToken.Attest(ctx, params.GetData().GetPayload())
 		switch {
 		case errors.Is(err, jointoken.ErrUnknownToken):

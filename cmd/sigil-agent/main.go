@@ -1,7 +1,7 @@
 // Command sigil-agent runs on every node or device: it attests to the
 // server, keeps its workloads' identities and serves the SPIFFE Workload
 // API. It also holds the workload-side CLI (api fetch|watch|validate,
-// healthcheck).
+// healthcheck) and validate and version.
 package main
 
 import (
@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/cli/agentcli"
 	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/version"
 )
 
 func main() {
@@ -27,24 +28,38 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "run" {
-		return runAgent(ctx, args[1:], stderr)
+	if len(args) == 0 {
+		return agentcli.Run(ctx, args, stdout, stderr)
 	}
-	if len(args) > 0 && args[0] == "validate" {
-		cfg, err := config.LoadAgent(args[1:])
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
+	switch {
+	case cliutil.IsVersion(args[0]):
+		return cliutil.Version("sigil-agent", version.String(), args[1:], stdout, stderr)
+	case args[0] == "run":
+		cfg, code, ok := cliutil.LoadConfig("sigil-agent run", synopsis("run"), args[1:], stdout, stderr, config.LoadAgent)
+		if !ok {
+			return code
+		}
+		return cliutil.RunDaemon(ctx, "Agent", cfg, stderr,
+			func(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*agentapp.Agent, error) {
+				return agentapp.New(ctx, cfg, log, agentapp.Options{})
+			})
+	case args[0] == "validate":
+		cfg, code, ok := cliutil.LoadConfig("sigil-agent validate", synopsis("validate"), args[1:], stdout, stderr, config.LoadAgent)
+		if !ok {
+			return code
 		}
 		fmt.Fprintf(stdout, "Sigil agent configuration file %s is valid.\n", cfg.Path)
-		return 0
+		return cliutil.ExitOK
 	}
 	return agentcli.Run(ctx, args, stdout, stderr)
 }
 
-func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
-	return cliutil.RunDaemon(ctx, "Agent", args, stderr, config.LoadAgent,
-		func(ctx context.Context, cfg *config.Agent, log *slog.Logger) (*agentapp.Agent, error) {
-			return agentapp.New(ctx, cfg, log, agentapp.Options{})
-		})
+// synopsis is the usage line of one of agentcli.LeadCommands.
+func synopsis(name string) string {
+	for _, c := range agentcli.LeadCommands {
+		if c.Name == name {
+			return c.Synopsis
+		}
+	}
+	return ""
 }

@@ -1,8 +1,9 @@
 // Command sigil-server is the trust-domain authority and its admin CLI.
 //
-//	sigil-server run -config server.conf
-//	sigil-server validate -config server.conf
+//	sigil-server run -config conf/server/server.conf
+//	sigil-server validate -config conf/server/server.conf
 //	sigil-server dev
+//	sigil-server version
 //	sigil-server entry create -spiffeID ... (and the other SPIRE-style commands)
 package main
 
@@ -22,6 +23,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 	"github.com/sigil-spiffe/sigil/internal/cli/servercli"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/version"
 )
 
 func main() {
@@ -35,37 +37,44 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		return servercli.Run(ctx, args, stdout, stderr)
 	}
-	switch args[0] {
-	case "run":
-		return runServer(ctx, args[1:], stderr)
-	case "validate":
-		cfg, err := config.LoadServer(args[1:])
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stdout, err)
-			return 0
+	switch {
+	case cliutil.IsVersion(args[0]):
+		return cliutil.Version("sigil-server", version.String(), args[1:], stdout, stderr)
+	case args[0] == "run":
+		cfg, code, ok := cliutil.LoadConfig("sigil-server run", synopsis("run"), args[1:], stdout, stderr, config.LoadServer)
+		if !ok {
+			return code
 		}
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
+		return cliutil.RunDaemon(ctx, "Server", cfg, stderr,
+			func(ctx context.Context, cfg *config.Server, log *slog.Logger) (*serverapp.Server, error) {
+				return serverapp.New(ctx, cfg, log, serverapp.Options{})
+			})
+	case args[0] == "validate":
+		cfg, code, ok := cliutil.LoadConfig("sigil-server validate", synopsis("validate"), args[1:], stdout, stderr, config.LoadServer)
+		if !ok {
+			return code
 		}
 		fmt.Fprintf(stdout, "Sigil server configuration file %s is valid.\n", cfg.Path)
-		return 0
-	case "dev":
+		return cliutil.ExitOK
+	case args[0] == "dev":
 		if err := dev.Run(ctx, args[1:], stdout, stderr); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				return 0
+				return cliutil.ExitOK
 			}
 			fmt.Fprintln(stderr, "sigil-server dev:", err)
-			return 1
+			return cliutil.ExitError
 		}
-		return 0
+		return cliutil.ExitOK
 	}
 	return servercli.Run(ctx, args, stdout, stderr)
 }
 
-func runServer(ctx context.Context, args []string, stderr io.Writer) int {
-	return cliutil.RunDaemon(ctx, "Server", args, stderr, config.LoadServer,
-		func(ctx context.Context, cfg *config.Server, log *slog.Logger) (*serverapp.Server, error) {
-			return serverapp.New(ctx, cfg, log, serverapp.Options{})
-		})
+// synopsis is the usage line of one of servercli.LeadCommands.
+func synopsis(name string) string {
+	for _, c := range servercli.LeadCommands {
+		if c.Name == name {
+			return c.Synopsis
+		}
+	}
+	return ""
 }

@@ -281,7 +281,7 @@ func TestLoadAgentErrors(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("-help: got %v, want flag.ErrHelp", err)
 	}
-	wantErr(t, err, "-joinToken", "-serverAddress", "-serverPort", "-socketPath", "-trustBundle", "-trustBundleUrl", "-dataDir", "-logLevel", "-logFormat")
+	wantErr(t, errors.New(err.(*HelpError).FlagUsage()), "-joinToken", "-serverAddress", "-serverPort", "-socketPath", "-trustBundle", "-trustBundleUrl", "-dataDir", "-logLevel", "-logFormat")
 
 	bad := writeFile(t, "agent.conf", agentConfWith("    cache_enabled = true\n", ""))
 	_, err = LoadAgent([]string{"-config", bad})

@@ -78,15 +78,31 @@ func validateLogging(level, format string) error {
 	return errors.Join(errs...)
 }
 
+// HelpError is what LoadServer and LoadAgent return for -h, -help or
+// --help: it wraps flag.ErrHelp and carries the flags' usage.
+type HelpError struct{ Usage string }
+
+func (e *HelpError) Error() string { return "flag: help requested" }
+
+// Unwrap makes errors.Is(err, flag.ErrHelp) hold.
+func (e *HelpError) Unwrap() error { return flag.ErrHelp }
+
+// FlagUsage returns the flags' usage (one entry per flag, as
+// flag.PrintDefaults).
+func (e *HelpError) FlagUsage() string { return e.Usage }
+
 // parseFlags parses args with fs, whose output is captured: -h/-help yields
-// an error wrapping flag.ErrHelp that carries the usage text; an unknown flag
-// yields the flag package's "flag provided but not defined: -x".
+// a *HelpError carrying the flags' usage; an unknown flag yields the flag
+// package's "flag provided but not defined: -x".
 func parseFlags(fs *flag.FlagSet, args []string) (set map[string]bool, err error) {
 	var out bytes.Buffer
 	fs.SetOutput(&out)
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, fmt.Errorf("%w\n%s", flag.ErrHelp, out.String())
+			out.Reset()
+			fs.PrintDefaults()
+			return nil, &HelpError{Usage: out.String()}
 		}
 		return nil, fmt.Errorf("%s: %w", fs.Name(), err)
 	}

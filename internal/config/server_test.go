@@ -610,7 +610,7 @@ func TestLoadServerErrors(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("-h: got %v, want flag.ErrHelp", err)
 	}
-	wantErr(t, err, "-bindAddress", "-serverPort", "-socketPath", "-trustDomain", "-dataDir", "-logLevel", "-logFormat", "-config")
+	wantErr(t, errors.New(err.(*HelpError).FlagUsage()), "-bindAddress", "-serverPort", "-socketPath", "-trustDomain", "-dataDir", "-logLevel", "-logFormat", "-config")
 
 	bad := writeFile(t, "bad.conf", serverConfWith("    cache_enabled = true\n", ""))
 	_, err = LoadServer([]string{"-config", bad})

@@ -6,6 +6,7 @@
 package dev
 
 import (
+	"bytes"
 	"context"
 	"encoding/pem"
 	"errors"
@@ -44,13 +45,25 @@ const attestedMarker = "dev-attested"
 // with -exit, until the workload got its SVID).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sigil-server dev", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage of sigil-server dev:\n  Runs a server and an agent in one process for local development\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	dataDir := fs.String("dataDir", ".sigil-dev", "directory for the server's and agent's state (kept between runs)")
 	tdName := fs.String("trustDomain", "example.org", "trust domain")
 	port := fs.Int("serverPort", 0, "server TCP port on 127.0.0.1 (0 picks a free one)")
 	logLevel := fs.String("logLevel", "WARN", "log level: DEBUG, INFO, WARN, ERROR")
 	exit := fs.Bool("exit", false, "exit once the workload has its SVID instead of serving until interrupted")
-	if err := fs.Parse(args); err != nil {
+	// -h prints the usage on stdout; a flag error prints it on stderr.
+	var usage bytes.Buffer
+	fs.SetOutput(&usage)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		_, _ = usage.WriteTo(stdout)
+		return err
+	}
+	_, _ = usage.WriteTo(stderr)
+	if err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -44,6 +44,7 @@ type CommandInfo = cliutil.CommandInfo
 var LeadCommands = []CommandInfo{
 	{Name: "run", Synopsis: "Runs the agent"},
 	{Name: "validate", Synopsis: "Validates an agent configuration file"},
+	{Name: "version", Synopsis: "Prints the version"},
 }
 
 type runner interface {
@@ -104,17 +105,19 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if args[0] == "api" {
 		if len(args) == 1 || cliutil.IsHelp(args[1]) {
-			fmt.Fprintln(stderr, "Usage: sigil-agent api <fetch|watch|validate> ...")
-			fmt.Fprintln(stderr)
+			// "api -h" asked for this: stdout and success.
+			w, code := stderr, ExitError
+			if len(args) > 1 {
+				w, code = stdout, ExitOK
+			}
+			fmt.Fprintln(w, "Usage: sigil-agent api <fetch|watch|validate> ...")
+			fmt.Fprintln(w)
 			for _, c := range Commands() {
 				if strings.HasPrefix(c.Name, "api ") {
-					fmt.Fprintf(stderr, "    %-18s %s\n", c.Name, c.Synopsis)
+					fmt.Fprintf(w, "    %-18s %s\n", c.Name, c.Synopsis)
 				}
 			}
-			if len(args) > 1 {
-				return ExitOK
-			}
-			return ExitError
+			return code
 		}
 		fmt.Fprintf(stderr, "Error: unknown command %q\n", strings.Join(args[:min(len(args), 3)], " "))
 		fmt.Fprintln(stderr, "Available api commands: api fetch x509, api fetch jwt, api validate jwt, api watch")
@@ -138,7 +141,7 @@ func printUsage(w io.Writer) {
 func runSpec(ctx context.Context, sp spec, args []string, stdout, stderr io.Writer) int {
 	r := sp.make()
 	s := &session{stdout: stdout, stderr: stderr, output: "pretty"}
-	fs := cliutil.NewFlagSet(sp.name, sp.synopsis, stderr)
+	fs := cliutil.NewFlagSet(sp.name, sp.synopsis)
 	fs.StringVar(&s.socketPath, "socketPath", DefaultSocketPath, "Path to the SPIFFE Workload API socket")
 	if !sp.noOutput {
 		fs.StringVar(&s.output, "output", "pretty", "Desired output format (pretty, json)")
@@ -147,7 +150,7 @@ func runSpec(ctx context.Context, sp spec, args []string, stdout, stderr io.Writ
 		fs.DurationVar(&s.timeout, "timeout", 5*time.Second, "Time to wait for a response")
 	}
 	r.flags(fs)
-	return cliutil.Execute(fs, args, stderr, func() error {
+	return cliutil.Execute(fs, args, stdout, stderr, func() error {
 		if err := cliutil.CheckOutput(s.output); err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@
 package cliutil
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -76,39 +77,88 @@ func slicesEqual(a, b []string) bool {
 	return true
 }
 
-// NewFlagSet returns the flag set of the command name: the flag package's
-// messages and the usage (synopsis, then the flags) go to stderr.
-func NewFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+// NewFlagSet returns the flag set of the command name. Its usage is the
+// synopsis, then the flags, written to the flag set's output; ParseFlags
+// sends it to stdout for -h and to stderr after a flag error.
+func NewFlagSet(name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage of %s:\n  %s\n\n", name, synopsis)
-		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "Usage of %s:\n  %s\n\n", name, synopsis)
+		if hasFlags(fs) {
+			fmt.Fprintln(fs.Output(), "Flags:")
+			fs.PrintDefaults()
+		}
 	}
 	return fs
 }
 
-// Execute parses args with fs (made by NewFlagSet; no positional arguments
-// are accepted), then calls run and returns the exit code: ExitOK after -h
-// or when run succeeds; ExitError on a flag error (the flag package already
-// printed it) or when run fails, whose error is printed on stderr as
-// "Error: " and describe(err).
-func Execute(fs *flag.FlagSet, args []string, stderr io.Writer, run func() error, describe func(error) string) int {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK
-		}
-		return ExitError
+func hasFlags(fs *flag.FlagSet) bool {
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	return n > 0
+}
+
+// ParseFlags parses args with fs (no positional arguments are accepted).
+// -h, -help and --help print the usage on stdout and return flag.ErrHelp;
+// a flag error prints the flag package's message and the usage on stderr,
+// and a positional argument a message naming it, and return the error.
+func ParseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	err := fs.Parse(args)
+	fs.SetOutput(stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		_, _ = out.WriteTo(stdout)
+		return err
+	}
+	_, _ = out.WriteTo(stderr)
+	if err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "Error: unexpected argument %q (flags start with '-'; see '%s -h')\n", fs.Arg(0), fs.Name())
-		return ExitError
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// ExitCode is the exit code for an error of ParseFlags: ExitOK after -h,
+// ExitError otherwise.
+func ExitCode(parseErr error) int {
+	if errors.Is(parseErr, flag.ErrHelp) {
+		return ExitOK
+	}
+	return ExitError
+}
+
+// Execute parses args with fs (made by NewFlagSet) through ParseFlags, then
+// calls run and returns the exit code: ExitOK after -h or when run
+// succeeds; ExitError on a flag error (already printed) or when run fails,
+// whose error is printed on stderr as "Error: " and describe(err).
+func Execute(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, run func() error, describe func(error) string) int {
+	if err := ParseFlags(fs, args, stdout, stderr); err != nil {
+		return ExitCode(err)
 	}
 	if err := run(); err != nil {
 		fmt.Fprintf(stderr, "Error: %s\n", describe(err))
 		return ExitError
 	}
 	return ExitOK
+}
+
+// Version is the version command of both binaries: it prints v on stdout.
+func Version(binary, v string, args []string, stdout, stderr io.Writer) int {
+	fs := NewFlagSet(binary+" version", "Prints the version of "+binary)
+	if err := ParseFlags(fs, args, stdout, stderr); err != nil {
+		return ExitCode(err)
+	}
+	fmt.Fprintln(stdout, v)
+	return ExitOK
+}
+
+// IsVersion reports whether s asks for the version.
+func IsVersion(s string) bool {
+	return s == "version" || s == "-version" || s == "--version"
 }
 
 // CheckOutput validates an -output value.

@@ -53,34 +53,52 @@ func TestDescribeErrorRewritesWrappedStatus(t *testing.T) {
 }
 
 func TestExecuteExitCodes(t *testing.T) {
-	run := func(args []string, runErr error) (int, string, bool) {
-		var stderr bytes.Buffer
-		fs := NewFlagSet("thing do", "Does the thing", &stderr)
+	run := func(args []string, runErr error) (int, string, string, bool) {
+		var stdout, stderr bytes.Buffer
+		fs := NewFlagSet("thing do", "Does the thing")
 		fs.Bool("x", false, "an x")
 		ran := false
-		code := Execute(fs, args, &stderr, func() error { ran = true; return runErr }, func(err error) string { return "described " + err.Error() })
-		return code, stderr.String(), ran
+		code := Execute(fs, args, &stdout, &stderr, func() error { ran = true; return runErr }, func(err error) string { return "described " + err.Error() })
+		return code, stdout.String(), stderr.String(), ran
 	}
-	if code, _, ran := run([]string{"-x"}, nil); code != ExitOK || !ran {
+	if code, _, _, ran := run([]string{"-x"}, nil); code != ExitOK || !ran {
 		t.Errorf("success: code %d ran %v, want %d true", code, ran, ExitOK)
 	}
-	if code, out, ran := run([]string{"-h"}, nil); code != ExitOK || ran || !strings.Contains(out, "Usage of thing do:\n  Does the thing") {
-		t.Errorf("-h: code %d ran %v stderr %q", code, ran, out)
+	for _, h := range []string{"-h", "-help", "--help"} {
+		if code, out, errOut, ran := run([]string{h}, nil); code != ExitOK || ran || !strings.Contains(out, "Usage of thing do:\n  Does the thing") || !strings.Contains(out, "-x") || errOut != "" {
+			t.Errorf("%s: code %d ran %v stdout %q stderr %q; want the usage on stdout only", h, code, ran, out, errOut)
+		}
 	}
-	if code, _, ran := run([]string{"-nope"}, nil); code != ExitError || ran {
-		t.Errorf("unknown flag: code %d ran %v, want %d false", code, ran, ExitError)
+	if code, out, errOut, ran := run([]string{"-nope"}, nil); code != ExitError || ran || out != "" || !strings.Contains(errOut, "flag provided but not defined: -nope") || !strings.Contains(errOut, "Usage of thing do") {
+		t.Errorf("unknown flag: code %d ran %v stdout %q stderr %q", code, ran, out, errOut)
 	}
-	if code, out, ran := run([]string{"extra"}, nil); code != ExitError || ran || !strings.Contains(out, `unexpected argument "extra"`) {
-		t.Errorf("positional: code %d ran %v stderr %q", code, ran, out)
+	if code, _, errOut, ran := run([]string{"extra"}, nil); code != ExitError || ran || !strings.Contains(errOut, `unexpected argument "extra"`) {
+		t.Errorf("positional: code %d ran %v stderr %q", code, ran, errOut)
 	}
-	if code, out, _ := run(nil, errors.New("boom")); code != ExitError || out != "Error: described boom\n" {
-		t.Errorf("failure: code %d stderr %q", code, out)
+	if code, _, errOut, _ := run(nil, errors.New("boom")); code != ExitError || errOut != "Error: described boom\n" {
+		t.Errorf("failure: code %d stderr %q", code, errOut)
 	}
 	if err := CheckOutput("yaml"); err == nil {
 		t.Error("CheckOutput accepted yaml")
 	}
 	if err := CheckOutput("json"); err != nil {
 		t.Errorf("CheckOutput(json): %v", err)
+	}
+}
+
+func TestVersionCommand(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := Version("sigil-x", "v1.2.3", nil, &stdout, &stderr); code != ExitOK || stdout.String() != "v1.2.3\n" || stderr.Len() != 0 {
+		t.Errorf("version: code %d stdout %q stderr %q", code, stdout.String(), stderr.String())
+	}
+	stdout.Reset()
+	if code := Version("sigil-x", "v1.2.3", []string{"-h"}, &stdout, &stderr); code != ExitOK || !strings.Contains(stdout.String(), "Usage of sigil-x version") {
+		t.Errorf("version -h: code %d stdout %q", code, stdout.String())
+	}
+	for _, s := range []string{"version", "-version", "--version"} {
+		if !IsVersion(s) {
+			t.Errorf("IsVersion(%q) = false", s)
+		}
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -25,18 +24,51 @@ type testDaemon struct{ err error }
 
 func (d testDaemon) Run(context.Context) error { return d.err }
 
+type helpErr struct{ usage string }
+
+func (e helpErr) Error() string     { return "flag: help requested" }
+func (e helpErr) Unwrap() error     { return flag.ErrHelp }
+func (e helpErr) FlagUsage() string { return e.usage }
+
+func TestLoadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		loadErr            error
+		wantCode           int
+		wantOK             bool
+		wantStdout, wantSE string
+	}{
+		{name: "help", loadErr: helpErr{"  -config string\n"}, wantCode: ExitOK, wantStdout: "Usage of thing run:\n  Runs the thing\n\nFlags:\n  -config string\n"},
+		{name: "bad config", loadErr: errors.New("trust_domain must be configured"), wantCode: ExitError, wantSE: "trust_domain must be configured\n"},
+		{name: "ok", wantCode: ExitOK, wantOK: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			var gotArgs []string
+			_, code, ok := LoadConfig("thing run", "Runs the thing", []string{"-config", "x"}, &stdout, &stderr,
+				func(args []string) (testDaemonConfig, error) {
+					gotArgs = args
+					return testDaemonConfig{}, tc.loadErr
+				})
+			if code != tc.wantCode || ok != tc.wantOK || stdout.String() != tc.wantStdout || stderr.String() != tc.wantSE {
+				t.Errorf("code %d ok %v stdout %q stderr %q; want %d %v %q %q", code, ok, stdout.String(), stderr.String(), tc.wantCode, tc.wantOK, tc.wantStdout, tc.wantSE)
+			}
+			if strings.Join(gotArgs, " ") != "-config x" {
+				t.Errorf("load got args %q", gotArgs)
+			}
+		})
+	}
+}
+
 func TestRunDaemon(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		loadErr  error
 		openErr  error
 		startErr error
 		runErr   error
 		want     int
 		wantOut  string
 	}{
-		{name: "help", loadErr: fmt.Errorf("%w\nUsage of run", flag.ErrHelp), want: ExitOK, wantOut: "Usage of run"},
-		{name: "bad config", loadErr: errors.New("trust_domain must be configured"), want: ExitError, wantOut: "trust_domain must be configured"},
 		{name: "bad logger", openErr: errors.New("open log_file: denied"), want: ExitError, wantOut: "open log_file: denied"},
 		{name: "start fails", startErr: errors.New("no socket"), want: ExitError, wantOut: "Thing failed to start"},
 		{name: "run fails", runErr: errors.New("lost"), want: ExitError, wantOut: "Thing stopped with an error"},
@@ -44,12 +76,7 @@ func TestRunDaemon(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			var gotArgs []string
-			code := RunDaemon(context.Background(), "Thing", []string{"-config", "x"}, &stderr,
-				func(args []string) (testDaemonConfig, error) {
-					gotArgs = args
-					return testDaemonConfig{openErr: tc.openErr}, tc.loadErr
-				},
+			code := RunDaemon(context.Background(), "Thing", testDaemonConfig{openErr: tc.openErr}, &stderr,
 				func(context.Context, testDaemonConfig, *slog.Logger) (testDaemon, error) {
 					return testDaemon{err: tc.runErr}, tc.startErr
 				})
@@ -58,9 +85,6 @@ func TestRunDaemon(t *testing.T) {
 			}
 			if !strings.Contains(stderr.String(), tc.wantOut) {
 				t.Errorf("stderr lacks %q: %s", tc.wantOut, stderr.String())
-			}
-			if strings.Join(gotArgs, " ") != "-config x" {
-				t.Errorf("load got args %q", gotArgs)
 			}
 		})
 	}

@@ -46,6 +46,7 @@ var LeadCommands = []CommandInfo{
 	{Name: "run", Synopsis: "Runs the server"},
 	{Name: "validate", Synopsis: "Validates a server configuration file"},
 	{Name: "dev", Synopsis: "Runs a server and an agent in one process for local development"},
+	{Name: "version", Synopsis: "Prints the version"},
 }
 
 // stdin is where "-data -" and "bundle set" without -path read from; tests
@@ -128,14 +129,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		// A known group with a missing or unknown subcommand.
 		if subs := subcommandsOf(all, args[0]); len(subs) > 0 {
 			if len(args) == 1 || cliutil.IsHelp(args[1]) {
-				fmt.Fprintf(stderr, "Usage: sigil-server %s <subcommand> [flags]\n\nSubcommands:\n", args[0])
-				for _, s := range subs {
-					fmt.Fprintf(stderr, "    %-10s %s\n", strings.Fields(s.name)[1], s.synopsis)
-				}
+				// "entry -h" asked for this: stdout and success.
+				w, code := stderr, ExitError
 				if len(args) > 1 {
-					return ExitOK
+					w, code = stdout, ExitOK
 				}
-				return ExitError
+				fmt.Fprintf(w, "Usage: sigil-server %s <subcommand> [flags]\n\nSubcommands:\n", args[0])
+				for _, s := range subs {
+					fmt.Fprintf(w, "    %-10s %s\n", strings.Fields(s.name)[1], s.synopsis)
+				}
+				return code
 			}
 			fmt.Fprintf(stderr, "Error: unknown command %q\n", args[0]+" "+args[1])
 			fmt.Fprintf(stderr, "Available %q subcommands: %s\n", args[0], joinSub(subs))
@@ -151,7 +154,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func runSpec(ctx context.Context, sp *spec, args []string, stdout, stderr io.Writer) int {
 	r := sp.make()
 	s := &session{stdout: stdout, stderr: stderr}
-	fs := cliutil.NewFlagSet(sp.name, sp.synopsis, stderr)
+	fs := cliutil.NewFlagSet(sp.name, sp.synopsis)
 	if !sp.noSocket {
 		fs.StringVar(&s.socketPath, "socketPath", DefaultSocketPath, "Path to the SPIRE/Sigil server API socket")
 	}
@@ -160,7 +163,7 @@ func runSpec(ctx context.Context, sp *spec, args []string, stdout, stderr io.Wri
 		fs.StringVar(&s.output, "output", "pretty", "Desired output format (pretty, json)")
 	}
 	r.flags(fs)
-	return cliutil.Execute(fs, args, stderr, func() error {
+	return cliutil.Execute(fs, args, stdout, stderr, func() error {
 		s.given = setFlags(fs)
 		if err := cliutil.CheckOutput(s.output); err != nil {
 			return err

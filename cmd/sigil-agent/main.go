@@ -48,6 +48,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if !ok {
 			return code
 		}
+		// The checks run makes before it creates or binds anything, with
+		// the same errors.
+		if err := agentapp.Preflight(ctx, cfg); err != nil {
+			fmt.Fprintln(stderr, err)
+			return cliutil.ExitError
+		}
 		fmt.Fprintf(stdout, "Sigil agent configuration file %s is valid.\n", cfg.Path)
 		return cliutil.ExitOK
 	}

@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sigil-spiffe/sigil/internal/cli/agentcli"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/version"
 )
 
@@ -55,5 +59,67 @@ func TestVersion(t *testing.T) {
 		if code != 0 || stdout != version.String()+"\n" || stderr != "" {
 			t.Errorf("sigil-agent %s: exit %d, stdout %q, stderr %q; want %q", arg, code, stdout, stderr, version.String())
 		}
+	}
+}
+
+// TestValidateMakesRunsChecks: validate fails, with run's error, on every
+// bootstrap trust bundle run refuses before it creates or binds anything.
+func TestValidateMakesRunsChecks(t *testing.T) {
+	const spiffeJSON = `{"keys": [], "spiffe_sequence": 1}`
+	for _, tc := range []struct {
+		name, content string // content "" = no file
+		format        string
+		wantErr       []string
+	}{
+		{"missing", "", "pem", []string{"trust_bundle_path", "bootstrap.crt", "no such file"}},
+		{"empty", "\n", "pem", []string{"trust_bundle_path", "bootstrap.crt", "is empty"}},
+		{"SPIFFE read as PEM", spiffeJSON, "pem", []string{"bootstrap.crt", `trust_bundle_format = "spiffe"`}},
+		{"PEM read as SPIFFE", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "spiffe", []string{"bootstrap.crt", `trust_bundle_format = "pem"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			dataDir := filepath.Join(dir, "data")
+			bundle := filepath.Join(dir, "bootstrap.crt")
+			if tc.content != "" {
+				if err := os.WriteFile(bundle, []byte(tc.content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			conf := filepath.Join(dir, "agent.conf")
+			src := testutil.AgentConfig{
+				TrustDomain: "example.org", ServerAddress: "127.0.0.1", ServerPort: 1, DataDir: dataDir,
+				SocketPath: filepath.Join(dataDir, "api.sock"), TrustBundlePath: bundle, LogLevel: "INFO",
+			}.HCL()
+			src = strings.Replace(src, `trust_bundle_format = "pem"`, `trust_bundle_format = "`+tc.format+`"`, 1)
+			if err := os.WriteFile(conf, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			vcode, vout, verr := runCmd(t, "validate", "-config", conf)
+			if vcode != 1 || vout != "" {
+				t.Fatalf("validate: exit %d, stdout %q, stderr %q; want exit 1", vcode, vout, verr)
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(verr, w) {
+					t.Errorf("validate error %q lacks %q", verr, w)
+				}
+			}
+			rcode, _, rerr := runCmd(t, "run", "-config", conf, "-logFormat", "json")
+			if rcode != 1 {
+				t.Fatalf("run: exit %d, want 1; stderr %s", rcode, rerr)
+			}
+			var got string
+			for _, line := range strings.Split(rerr, "\n") {
+				var rec struct{ Msg, Error string }
+				if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "Agent failed to start" {
+					got = rec.Error
+				}
+			}
+			if want := strings.TrimSpace(verr); got != want {
+				t.Errorf("run and validate disagree:\nrun:      %s\nvalidate: %s", got, want)
+			}
+			if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+				t.Errorf("run created data_dir before failing its checks (stat: %v)", err)
+			}
+		})
 	}
 }

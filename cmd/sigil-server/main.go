@@ -54,6 +54,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if !ok {
 			return code
 		}
+		// The checks run makes before it creates or binds anything, with
+		// the same errors; warnings go to stderr.
+		log, err := config.NewLogger(cfg.LogLevel, cfg.LogFormat, stderr)
+		if err == nil {
+			err = serverapp.Preflight(cfg, log)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return cliutil.ExitError
+		}
 		fmt.Fprintf(stdout, "Sigil server configuration file %s is valid.\n", cfg.Path)
 		return cliutil.ExitOK
 	case args[0] == "dev":

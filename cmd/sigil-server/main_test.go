@@ -3,10 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sigil-spiffe/sigil/internal/cli/servercli"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/version"
 )
 
@@ -55,5 +60,87 @@ func TestVersion(t *testing.T) {
 		if code != 0 || stdout != version.String()+"\n" || stderr != "" {
 			t.Errorf("sigil-server %s: exit %d, stdout %q, stderr %q; want %q", arg, code, stdout, stderr, version.String())
 		}
+	}
+}
+
+// serverConf is a valid configuration keeping its state in dataDir.
+func serverConf(dataDir string, caTTL time.Duration) string {
+	return testutil.ServerConfig{
+		TrustDomain: "example.org", DataDir: dataDir, BindAddress: "127.0.0.1", BindPort: 1,
+		SocketPath: filepath.Join(dataDir, "api.sock"), CATTL: caTTL, LogLevel: "INFO",
+	}.HCL()
+}
+
+// failedStart returns the error of the "Server failed to start" line of a
+// JSON log.
+func failedStart(t *testing.T, log string) string {
+	t.Helper()
+	for _, line := range strings.Split(log, "\n") {
+		var rec struct{ Msg, Error string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "Server failed to start" {
+			return rec.Error
+		}
+	}
+	t.Fatalf("no \"Server failed to start\" line in:\n%s", log)
+	return ""
+}
+
+// TestValidateMakesRunsChecks: validate fails, with run's error, on every
+// configuration run refuses before it creates or binds anything.
+func TestValidateMakesRunsChecks(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		edit    func(string) string
+		wantErr string
+	}{
+		{"missing upstream file", func(s string) string {
+			return strings.Replace(s, "plugins {\n", "plugins {\n    UpstreamAuthority \"disk\" {\n        plugin_data {\n            cert_file_path = \"/nonexistent/up.crt\"\n            key_file_path = \"/nonexistent/up.key\"\n        }\n    }\n", 1)
+		}, "/nonexistent/up.crt"},
+		{"unsupported database_type", func(s string) string {
+			return strings.Replace(s, `database_type = "sqlite3"`, `database_type = "postgres"`, 1)
+		}, `database_type "postgres" is not supported`},
+		{"ca_ttl under a minute", func(s string) string {
+			return strings.Replace(s, "server {\n", "server {\n    ca_ttl = \"30s\"\n", 1)
+		}, "ca_ttl 30s is too short"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			dataDir := filepath.Join(dir, "data")
+			conf := filepath.Join(dir, "server.conf")
+			src := tc.edit(serverConf(dataDir, 0))
+			if err := os.WriteFile(conf, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			vcode, vout, verr := runCmd(t, "validate", "-config", conf, "-logFormat", "json")
+			if vcode != 1 || vout != "" || !strings.Contains(verr, tc.wantErr) {
+				t.Fatalf("validate: exit %d, stdout %q, stderr %q; want exit 1 and an error containing %q", vcode, vout, verr, tc.wantErr)
+			}
+			rcode, _, rerr := runCmd(t, "run", "-config", conf, "-logFormat", "json")
+			if rcode != 1 {
+				t.Fatalf("run: exit %d, want 1; stderr %s", rcode, rerr)
+			}
+			if got, want := failedStart(t, rerr), strings.TrimSpace(verr); got != want {
+				t.Errorf("run and validate disagree:\nrun:      %s\nvalidate: %s", got, want)
+			}
+			if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+				t.Errorf("run created data_dir before failing its checks (stat: %v)", err)
+			}
+		})
+	}
+}
+
+func TestValidateWarnsAndAccepts(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "server.conf")
+	src := serverConf(filepath.Join(dir, "data"), time.Hour)
+	if err := os.WriteFile(conf, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCmd(t, "validate", "-config", conf)
+	if code != 0 || !strings.Contains(stdout, "is valid") || !strings.Contains(stderr, "level=WARN") || !strings.Contains(stderr, "ca_ttl is less than 6 times the X509-SVID TTL") {
+		t.Errorf("validate: exit %d, stdout %q, stderr %q; want valid with the ca_ttl warning", code, stdout, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); !os.IsNotExist(err) {
+		t.Errorf("validate created data_dir (stat: %v)", err)
 	}
 }

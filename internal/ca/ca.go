@@ -96,43 +96,15 @@ type Manager struct {
 
 // New validates cfg and applies defaults. It does no I/O.
 func New(cfg Config) (*Manager, error) {
-	if cfg.TrustDomain.IsZero() {
-		return nil, errors.New("ca: trust domain is required")
-	}
 	if cfg.Keys == nil || cfg.Journal == nil || cfg.Bundles == nil {
+		if cfg.TrustDomain.IsZero() {
+			return nil, errors.New("ca: trust domain is required")
+		}
 		return nil, errors.New("ca: Keys, Journal and Bundles are required")
 	}
-	var err error
-	if cfg.KeyType, err = keys.ParseType(string(cfg.KeyType)); err != nil {
-		return nil, fmt.Errorf("ca: key type: %w", err)
-	}
-	if cfg.JWTKeyType, err = keys.ParseType(string(cfg.JWTKeyType)); err != nil {
-		return nil, fmt.Errorf("ca: JWT key type: %w", err)
-	}
-	alg, err := jwtAlgorithm(cfg.JWTKeyType)
+	cfg, alg, err := cfg.settled()
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
-	}
-	for _, d := range []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}{{"ca_ttl", &cfg.CATTL, DefaultCATTL}, {"x509_svid_ttl", &cfg.X509SVIDTTL, DefaultX509SVIDTTL}, {"jwt_svid_ttl", &cfg.JWTSVIDTTL, DefaultJWTSVIDTTL}} {
-		if *d.v < 0 {
-			return nil, fmt.Errorf("ca: negative %s %s", d.name, *d.v)
-		}
-		if *d.v == 0 {
-			*d.v = d.def
-		}
-	}
-	if cfg.CATTL < time.Minute {
-		return nil, fmt.Errorf("ca: ca_ttl %s is too short (minimum 1m)", cfg.CATTL)
-	}
-	if isZeroName(cfg.Subject) {
-		cfg.Subject = pkix.Name{Country: []string{"US"}, Organization: []string{"SPIFFE"}}
-	}
-	if cfg.JournalName == "" {
-		cfg.JournalName = DefaultJournalName
+		return nil, err
 	}
 	log := cfg.Log
 	if log == nil {
@@ -145,6 +117,78 @@ func New(cfg Config) (*Manager, error) {
 		tdID:   cfg.TrustDomain.ID(),
 		jwtAlg: alg,
 	}, nil
+}
+
+// Warning is something about a configuration that works but is probably
+// not what was meant: Msg and slog attributes.
+type Warning struct {
+	Msg   string
+	Attrs []any
+}
+
+// Check validates cfg's settings as New does, without needing its
+// dependencies (Keys, Journal, Bundles), and returns the warnings Init
+// logs about them. A server's pre-start checks (run and validate) use it.
+func (cfg Config) Check() ([]Warning, error) {
+	c, _, err := cfg.settled()
+	if err != nil {
+		return nil, err
+	}
+	return c.warnings(), nil
+}
+
+// settled validates the settings and applies the defaults.
+func (cfg Config) settled() (Config, jose.SignatureAlgorithm, error) {
+	if cfg.TrustDomain.IsZero() {
+		return cfg, "", errors.New("ca: trust domain is required")
+	}
+	var err error
+	if cfg.KeyType, err = keys.ParseType(string(cfg.KeyType)); err != nil {
+		return cfg, "", fmt.Errorf("ca: key type: %w", err)
+	}
+	if cfg.JWTKeyType, err = keys.ParseType(string(cfg.JWTKeyType)); err != nil {
+		return cfg, "", fmt.Errorf("ca: JWT key type: %w", err)
+	}
+	alg, err := jwtAlgorithm(cfg.JWTKeyType)
+	if err != nil {
+		return cfg, "", fmt.Errorf("ca: %w", err)
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{{"ca_ttl", &cfg.CATTL, DefaultCATTL}, {"x509_svid_ttl", &cfg.X509SVIDTTL, DefaultX509SVIDTTL}, {"jwt_svid_ttl", &cfg.JWTSVIDTTL, DefaultJWTSVIDTTL}} {
+		if *d.v < 0 {
+			return cfg, "", fmt.Errorf("ca: negative %s %s", d.name, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if cfg.CATTL < time.Minute {
+		return cfg, "", fmt.Errorf("ca: ca_ttl %s is too short (minimum 1m)", cfg.CATTL)
+	}
+	if isZeroName(cfg.Subject) {
+		cfg.Subject = pkix.Name{Country: []string{"US"}, Organization: []string{"SPIFFE"}}
+	}
+	if cfg.JournalName == "" {
+		cfg.JournalName = DefaultJournalName
+	}
+	return cfg, alg, nil
+}
+
+// warnings are the lifetime combinations that work badly; cfg is settled.
+func (cfg Config) warnings() []Warning {
+	var ws []Warning
+	if cfg.CATTL < 6*cfg.X509SVIDTTL {
+		ws = append(ws, Warning{"ca_ttl is less than 6 times the X509-SVID TTL: a CA is activated with about 1/6 of its lifetime left, so X509-SVIDs signed near the end of each CA's life are cut short to the CA's expiry and renewed more often",
+			[]any{"ca_ttl", cfg.CATTL, "x509_svid_ttl", cfg.X509SVIDTTL}})
+	}
+	if cfg.CATTL < 6*cfg.JWTSVIDTTL {
+		ws = append(ws, Warning{"ca_ttl is less than 6 times the JWT-SVID TTL: JWT-SVIDs signed near the end of a JWT key's life are cut short to the key's expiry",
+			[]any{"ca_ttl", cfg.CATTL, "jwt_svid_ttl", cfg.JWTSVIDTTL}})
+	}
+	return ws
 }
 
 func isZeroName(n pkix.Name) bool {
@@ -183,13 +227,8 @@ func (m *Manager) bundleChanged() {
 func (m *Manager) init(ctx context.Context) (bool, error) {
 	m.rotateMu.Lock()
 	defer m.rotateMu.Unlock()
-	if m.cfg.CATTL < 6*m.cfg.X509SVIDTTL {
-		m.log.Warn("ca_ttl is less than 6 times the X509-SVID TTL: a CA is activated with about 1/6 of its lifetime left, so X509-SVIDs signed near the end of each CA's life are cut short to the CA's expiry and renewed more often",
-			"ca_ttl", m.cfg.CATTL, "x509_svid_ttl", m.cfg.X509SVIDTTL)
-	}
-	if m.cfg.CATTL < 6*m.cfg.JWTSVIDTTL {
-		m.log.Warn("ca_ttl is less than 6 times the JWT-SVID TTL: JWT-SVIDs signed near the end of a JWT key's life are cut short to the key's expiry",
-			"ca_ttl", m.cfg.CATTL, "jwt_svid_ttl", m.cfg.JWTSVIDTTL)
+	for _, w := range m.cfg.warnings() {
+		m.log.Warn(w.Msg, w.Attrs...)
 	}
 	if err := m.load(ctx); err != nil {
 		return false, err

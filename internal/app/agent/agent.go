@@ -8,19 +8,13 @@ package agent
 
 import (
 	"context"
-	"crypto/x509"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
-	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
@@ -55,6 +49,10 @@ type Agent struct {
 // serves what it has.
 func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options) (*Agent, error) {
 	clk := clock.OrReal(opts.Clock)
+	bootstrap, err := preflight(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}
@@ -68,10 +66,6 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 			return nil, fmt.Errorf("KeyManager \"disk\": %w", err)
 		}
 		km = d
-	}
-	bootstrap, err := trustBundle(ctx, cfg)
-	if err != nil {
-		return nil, err
 	}
 
 	c := cache.New(cache.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Clock: clk, Log: log.With("subsystem", "cache")})
@@ -146,61 +140,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("Starting sigil-agent", "trust_domain", a.cfg.TrustDomain.Name(), "server", net.JoinHostPort(a.cfg.ServerAddress, strconv.Itoa(a.cfg.ServerPort)), "socket_path", a.cfg.SocketPath)
 	return g.Wait()
-}
-
-// trustBundle reads the bootstrap bundle: trust_bundle_path (PEM or SPIFFE
-// JSON), trust_bundle_url (https), or none with insecure_bootstrap.
-func trustBundle(ctx context.Context, cfg *config.Agent) ([]*x509.Certificate, error) {
-	var data []byte
-	switch {
-	case cfg.TrustBundlePath != "":
-		b, err := os.ReadFile(cfg.TrustBundlePath)
-		if err != nil {
-			return nil, fmt.Errorf("read trust_bundle_path: %w", err)
-		}
-		data = b
-	case cfg.TrustBundleURL != "":
-		b, err := fetchBundle(ctx, cfg.TrustBundleURL)
-		if err != nil {
-			return nil, fmt.Errorf("trust_bundle_url: %w", err)
-		}
-		data = b
-	default:
-		return nil, nil
-	}
-	if cfg.TrustBundleFormat == "spiffe" {
-		b, err := spiffebundle.Parse(cfg.TrustDomain, data)
-		if err != nil {
-			return nil, fmt.Errorf("parse SPIFFE trust bundle: %w", err)
-		}
-		return b.X509Authorities(), nil
-	}
-	b, err := x509bundle.Parse(cfg.TrustDomain, data)
-	if err != nil {
-		return nil, fmt.Errorf("parse PEM trust bundle: %w", err)
-	}
-	if b.Empty() {
-		return nil, errors.New("parse PEM trust bundle: no certificates")
-	}
-	return b.X509Authorities(), nil
-}
-
-func fetchBundle(ctx context.Context, url string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 }
 
 // serveHealth is SPIRE's health_checks listener, plus MetricsPath. The

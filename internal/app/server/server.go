@@ -21,7 +21,6 @@ import (
 	svidapi "github.com/sigil-spiffe/sigil/internal/server/api/svid"
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
-	"github.com/sigil-spiffe/sigil/internal/ca/upstreamdisk"
 	"github.com/sigil-spiffe/sigil/internal/ca/upstreamspire"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
@@ -57,6 +56,15 @@ type Options struct {
 // component. Close releases what New opened if Run is never called.
 func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options) (s *Server, err error) {
 	clk := clock.OrReal(opts.Clock)
+	pre, err := preflight(cfg, log, false)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			pre.close()
+		}
+	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}
@@ -80,54 +88,13 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	var upstream ca.UpstreamAuthority
-	if u := cfg.UpstreamDisk; u != nil {
-		up, err := upstreamdisk.New(u.CertFilePath, u.KeyFilePath, u.BundleFilePath)
-		if err != nil {
-			return nil, fmt.Errorf("UpstreamAuthority \"disk\": %w", err)
-		}
-		upstream = up
-	}
-	var nested *upstreamspire.Authority
-	if u := cfg.UpstreamSPIRE; u != nil {
-		// Lazy: no I/O until the CA needs the upstream, so a nested server
-		// whose CA is still valid starts while cut off from it.
-		nested, err = upstreamspire.New(upstreamspire.Config{
-			TrustDomain:       cfg.TrustDomain,
-			ServerAddress:     u.ServerAddress,
-			ServerPort:        u.ServerPort,
-			WorkloadAPISocket: u.WorkloadAPISocket,
-			Log:               log.With("subsystem", "upstream_authority"),
-		})
-		if err != nil {
-			return nil, fmt.Errorf("UpstreamAuthority \"spire\": %w", err)
-		}
-		upstream = nested
-		defer func() {
-			if err != nil {
-				_ = nested.Close()
-			}
-		}()
-	}
 
 	cache := entrycache.New(entrycache.Config{Store: ds, Clock: clk, Log: log.With("subsystem", "entrycache")})
-	m, err := ca.New(ca.Config{
-		TrustDomain:    cfg.TrustDomain,
-		KeyType:        cfg.CAKeyType,
-		JWTKeyType:     cfg.JWTKeyType,
-		CATTL:          cfg.CATTL,
-		X509SVIDTTL:    cfg.DefaultX509SVIDTTL,
-		JWTSVIDTTL:     cfg.DefaultJWTSVIDTTL,
-		Subject:        cfg.CASubject,
-		JWTIssuer:      cfg.JWTIssuer,
-		Keys:           km,
-		Journal:        ds,
-		Bundles:        ds,
-		Upstream:       upstream,
-		Clock:          clk,
-		Log:            log.With("subsystem", "ca"),
-		OnBundleChange: cache.BundleChanged,
-	})
+	caCfg := caConfig(cfg)
+	caCfg.Keys, caCfg.Journal, caCfg.Bundles = km, ds, ds
+	caCfg.Upstream = pre.upstream
+	caCfg.Clock, caCfg.Log, caCfg.OnBundleChange = clk, log.With("subsystem", "ca"), cache.BundleChanged
+	m, err := ca.New(caCfg)
 	if err != nil {
 		return nil, fmt.Errorf("CA: %w", err)
 	}
@@ -171,12 +138,8 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	entries := entryapi.New(entryapi.Config{Store: ds, Cache: cache, AgentValidator: agentCheck, TrustDomain: cfg.TrustDomain, Log: log, Clock: clk})
 	bundles := bundleapi.New(bundleapi.Config{Store: ds, Cache: cache, TrustDomain: cfg.TrustDomain, Log: log})
 
-	tcpAddr, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.BindPort)))
-	if err != nil {
-		return nil, fmt.Errorf("bind address: %w", err)
-	}
 	ep, err := endpoints.New(endpoints.Config{
-		TCPAddr:     tcpAddr,
+		TCPAddr:     pre.tcpAddr,
 		SocketPath:  cfg.SocketPath,
 		TrustDomain: cfg.TrustDomain,
 		ServerSVID:  svid.Get,
@@ -196,7 +159,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, nested: nested}, nil
+	return &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, nested: pre.nested}, nil
 }
 
 func keyManager(cfg *config.Server) (keys.Manager, error) {

@@ -68,6 +68,25 @@ type Store struct {
 
 var _ datastore.DataStore = (*Store)(nil)
 
+// Check validates the settings as Open does, without touching the database:
+// the type is supported and the connection string parses. A server's
+// pre-start checks (run and validate) use it.
+func (cfg Config) Check() error {
+	switch strings.ToLower(strings.TrimSpace(cfg.DatabaseType)) {
+	case "sqlite3", "sqlite":
+	case "postgres", "postgresql":
+		return fmt.Errorf("datastore: database_type %q is not supported yet (use sqlite3)", cfg.DatabaseType)
+	case "":
+		return errors.New("datastore: database_type is required (sqlite3)")
+	default:
+		return fmt.Errorf("datastore: unknown database_type %q (supported: sqlite3)", cfg.DatabaseType)
+	}
+	if _, _, err := parseSQLiteConn(cfg.ConnectionString); err != nil {
+		return err
+	}
+	return nil
+}
+
 // Open opens (creating if absent) the database and applies pending
 // migrations. For SQLite the file is created 0600 and its parent directory
 // 0700 when absent.
@@ -76,14 +95,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	switch strings.ToLower(strings.TrimSpace(cfg.DatabaseType)) {
-	case "sqlite3", "sqlite":
-	case "postgres", "postgresql":
-		return nil, fmt.Errorf("datastore: database_type %q is not supported yet (use sqlite3)", cfg.DatabaseType)
-	case "":
-		return nil, errors.New("datastore: database_type is required (sqlite3)")
-	default:
-		return nil, fmt.Errorf("datastore: unknown database_type %q (supported: sqlite3)", cfg.DatabaseType)
+	if err := cfg.Check(); err != nil {
+		return nil, err
 	}
 	s := &Store{
 		dialect: sqliteDialect,

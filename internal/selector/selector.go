@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/sigil-spiffe/sigil/internal/clip"
 )
 
 // MaxLen bounds the textual length of one selector (type:value).
@@ -24,23 +26,24 @@ type Selector struct {
 func (s Selector) String() string { return s.Type + ":" + s.Value }
 
 // Validate checks that type and value are non-empty, type has no colon and
-// neither contains control characters.
+// neither contains control characters. Errors quote at most a short prefix
+// of the type (see clip).
 func (s Selector) Validate() error {
 	if s.Type == "" {
 		return errors.New("selector type is empty")
 	}
 	if strings.Contains(s.Type, ":") {
-		return fmt.Errorf("selector type %q must not contain ':'", s.Type)
+		return fmt.Errorf("selector type %s must not contain ':'", clip.Quote(s.Type))
 	}
 	if s.Value == "" {
-		return fmt.Errorf("selector %q has an empty value", s.Type)
+		return fmt.Errorf("selector %s has an empty value", clip.Quote(s.Type))
 	}
 	if len(s.Type)+1+len(s.Value) > MaxLen {
-		return fmt.Errorf("selector %q is longer than %d bytes", s.Type, MaxLen)
+		return fmt.Errorf("selector %s is longer than %d bytes", clip.Quote(s.Type), MaxLen)
 	}
 	for _, r := range s.Type + s.Value {
 		if r < 0x20 || r == 0x7f {
-			return fmt.Errorf("selector %q contains a control character", s.Type)
+			return fmt.Errorf("selector %s contains a control character", clip.Quote(s.Type))
 		}
 	}
 	return nil
@@ -51,11 +54,11 @@ func (s Selector) Validate() error {
 func Parse(s string) (Selector, error) {
 	t, v, ok := strings.Cut(s, ":")
 	if !ok {
-		return Selector{}, fmt.Errorf("selector %q must be of the form type:value", s)
+		return Selector{}, fmt.Errorf("selector %s must be of the form type:value", clip.Quote(s))
 	}
 	sel := Selector{Type: t, Value: v}
 	if err := sel.Validate(); err != nil {
-		return Selector{}, fmt.Errorf("invalid selector %q: %w", s, err)
+		return Selector{}, fmt.Errorf("invalid selector %s: %w", clip.Quote(s), err)
 	}
 	return sel, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
 
@@ -135,10 +136,10 @@ func JWTKeyFromProto(k *types.JWTKey) (datastore.JWTKey, error) {
 		return datastore.JWTKey{}, errors.New("missing key ID")
 	}
 	if len(k.PublicKey) == 0 {
-		return datastore.JWTKey{}, fmt.Errorf("key %q: missing public key", k.KeyId)
+		return datastore.JWTKey{}, fmt.Errorf("key %s: missing public key", clip.Quote(k.KeyId))
 	}
 	if _, err := x509.ParsePKIXPublicKey(k.PublicKey); err != nil {
-		return datastore.JWTKey{}, fmt.Errorf("key %q: unable to parse public key: %w", k.KeyId, err)
+		return datastore.JWTKey{}, fmt.Errorf("key %s: unable to parse public key: %w", clip.Quote(k.KeyId), err)
 	}
 	return datastore.JWTKey{
 		KeyID:     k.KeyId,

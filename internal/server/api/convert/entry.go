@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
@@ -269,7 +270,7 @@ func ValidateEntry(td spiffeid.TrustDomain, e *datastore.Entry, mask *datastore.
 		}
 		for _, s := range e.Selectors {
 			if err := s.Validate(); err != nil {
-				return fmt.Errorf("invalid selector %q: %w", s.String(), err)
+				return fmt.Errorf("invalid selector %s: %w", clip.Quote(s.String()), err)
 			}
 		}
 	}
@@ -293,7 +294,7 @@ func ValidateEntry(td spiffeid.TrustDomain, e *datastore.Entry, mask *datastore.
 				return fmt.Errorf("invalid federated trust domain: %w", err)
 			}
 			if ftd == td {
-				return fmt.Errorf("invalid federated trust domain: %q is the server's own trust domain", name)
+				return fmt.Errorf("invalid federated trust domain: %s is the server's own trust domain", clip.Quote(name))
 			}
 		}
 	}
@@ -312,7 +313,7 @@ func parseStoredID(s string) (spiffeid.ID, error) {
 	}
 	id, err := spiffeid.FromString(s)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%q: %w", s, err)
+		return spiffeid.ID{}, fmt.Errorf("%s: %w", clip.Quote(s), err)
 	}
 	return id, nil
 }
@@ -330,7 +331,7 @@ func ValidateEntryID(id string) error {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
 		default:
-			return fmt.Errorf("invalid entry ID %q: only letters, digits, '-', '_' and '.' are allowed", id)
+			return fmt.Errorf("invalid entry ID %s: only letters, digits, '-', '_' and '.' are allowed", clip.Quote(id))
 		}
 	}
 	return nil
@@ -344,7 +345,7 @@ func ValidateDNSName(name string) error {
 		return errors.New("empty DNS name")
 	}
 	if len(name) > maxDNSNameLength {
-		return fmt.Errorf("%q is longer than %d bytes", name, maxDNSNameLength)
+		return fmt.Errorf("%s is longer than %d bytes", clip.Quote(name), maxDNSNameLength)
 	}
 	labels := strings.Split(name, ".")
 	for i, l := range labels {
@@ -352,18 +353,18 @@ func ValidateDNSName(name string) error {
 			continue
 		}
 		if l == "" {
-			return fmt.Errorf("%q has an empty label", name)
+			return fmt.Errorf("%s has an empty label", clip.Quote(name))
 		}
 		if len(l) > maxDNSLabel {
-			return fmt.Errorf("%q has a label longer than %d bytes", name, maxDNSLabel)
+			return fmt.Errorf("%s has a label longer than %d bytes", clip.Quote(name), maxDNSLabel)
 		}
 		if l[0] == '-' || l[len(l)-1] == '-' {
-			return fmt.Errorf("%q has a label starting or ending with '-'", name)
+			return fmt.Errorf("%s has a label starting or ending with '-'", clip.Quote(name))
 		}
 		for j := 0; j < len(l); j++ {
 			c := l[j]
 			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return fmt.Errorf("%q contains %q; labels are limited to letters, digits and '-'", name, string(rune(c)))
+				return fmt.Errorf("%s contains %q; labels are limited to letters, digits and '-'", clip.Quote(name), string(rune(c)))
 			}
 		}
 	}
@@ -388,7 +389,7 @@ func SelectorsFromProtoValidated(in []*types.Selector) ([]selector.Selector, err
 	out := SelectorsFromProto(in)
 	for _, s := range out {
 		if err := s.Validate(); err != nil {
-			return nil, fmt.Errorf("invalid selector %q: %w", s.String(), err)
+			return nil, fmt.Errorf("invalid selector %s: %w", clip.Quote(s.String()), err)
 		}
 	}
 	return out, nil

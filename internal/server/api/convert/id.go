@@ -1,7 +1,8 @@
 // Package convert translates between the spire-api-sdk wire types and the
 // datastore model, and validates what clients send. Every error names the
 // offending field so an API can return it verbatim in a types.Status or a
-// gRPC InvalidArgument.
+// gRPC InvalidArgument; it quotes at most a short prefix of what the client
+// sent (see clip).
 package convert
 
 import (
@@ -11,6 +12,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+
+	"github.com/sigil-spiffe/sigil/internal/clip"
 )
 
 // MaxIDLength bounds a SPIFFE ID's URI form (the SPIFFE spec's 2048 bytes).
@@ -50,7 +53,7 @@ func IDFromProto(p *types.SPIFFEID) (spiffeid.ID, error) {
 	}
 	id, err := spiffeid.FromPath(td, path)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("invalid path %q: %w", path, err)
+		return spiffeid.ID{}, fmt.Errorf("invalid path %s: %w", clip.Quote(path), err)
 	}
 	return id, nil
 }
@@ -61,11 +64,11 @@ func TrustDomainFromName(name string) (spiffeid.TrustDomain, error) {
 		return spiffeid.TrustDomain{}, errors.New("trust domain is missing")
 	}
 	if strings.Contains(name, ":") || strings.Contains(name, "/") {
-		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q must be a name such as example.org, not a URI", name)
+		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %s must be a name such as example.org, not a URI", clip.Quote(name))
 	}
 	td, err := spiffeid.TrustDomainFromString(name)
 	if err != nil {
-		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: %w", name, err)
+		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %s: %w", clip.Quote(name), err)
 	}
 	return td, nil
 }
@@ -77,10 +80,10 @@ func TrustDomainFromNameOrID(s string) (spiffeid.TrustDomain, error) {
 	if strings.Contains(s, ":/") {
 		id, err := spiffeid.FromString(s)
 		if err != nil {
-			return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: %w", s, err)
+			return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %s: %w", clip.Quote(s), err)
 		}
 		if id.Path() != "" {
-			return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q must not have a path", s)
+			return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %s must not have a path", clip.Quote(s))
 		}
 		return id.TrustDomain(), nil
 	}
@@ -96,7 +99,7 @@ func IDToProto(id spiffeid.ID) *types.SPIFFEID {
 func IDStringToProto(s string) (*types.SPIFFEID, error) {
 	id, err := spiffeid.FromString(s)
 	if err != nil {
-		return nil, fmt.Errorf("stored SPIFFE ID %q: %w", s, err)
+		return nil, fmt.Errorf("stored SPIFFE ID %s: %w", clip.Quote(s), err)
 	}
 	return IDToProto(id), nil
 }
@@ -117,10 +120,10 @@ func MemberIDFromProto(td spiffeid.TrustDomain, p *types.SPIFFEID) (spiffeid.ID,
 // VerifyMemberID checks that id belongs to td and has a path.
 func VerifyMemberID(td spiffeid.TrustDomain, id spiffeid.ID) error {
 	if !id.MemberOf(td) {
-		return fmt.Errorf("%q is not a member of trust domain %q", id, td)
+		return fmt.Errorf("%s is not a member of trust domain %q", clip.Quote(id.String()), td)
 	}
 	if id.Path() == "" {
-		return fmt.Errorf("%q is not a member of trust domain %q; path is empty", id, td)
+		return fmt.Errorf("%s is not a member of trust domain %q; path is empty", clip.Quote(id.String()), td)
 	}
 	return nil
 }
@@ -142,13 +145,13 @@ func WorkloadIDFromProto(td spiffeid.TrustDomain, p *types.SPIFFEID) (spiffeid.I
 // VerifyWorkloadID checks that id is a member of td outside /spire.
 func VerifyWorkloadID(td spiffeid.TrustDomain, id spiffeid.ID) error {
 	if !id.MemberOf(td) {
-		return fmt.Errorf("%q is not a member of trust domain %q", id, td)
+		return fmt.Errorf("%s is not a member of trust domain %q", clip.Quote(id.String()), td)
 	}
 	if id.Path() == "" {
-		return fmt.Errorf("%q is not a workload in trust domain %q; path is empty", id, td)
+		return fmt.Errorf("%s is not a workload in trust domain %q; path is empty", clip.Quote(id.String()), td)
 	}
 	if IsReservedPath(id.Path()) {
-		return fmt.Errorf("%q is not a workload in trust domain %q; path is in the reserved namespace", id, td)
+		return fmt.Errorf("%s is not a workload in trust domain %q; path is in the reserved namespace", clip.Quote(id.String()), td)
 	}
 	return nil
 }

@@ -8,12 +8,16 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/sigil-spiffe/sigil/internal/catalog"
+	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
 // listPageSize is the page size used when listing entries and agents.
@@ -26,8 +30,8 @@ type entryFlags struct {
 	spiffeID      string
 	parentID      string
 	selectors     stringsFlag
-	x509SVIDTTL   int
-	jwtSVIDTTL    int
+	x509SVIDTTL   ttlFlag
+	jwtSVIDTTL    ttlFlag
 	dnsNames      stringsFlag
 	federatesWith stringsFlag
 	admin         bool
@@ -47,8 +51,8 @@ func (c *entryFlags) register(fs *flag.FlagSet, verb string) {
 	fs.StringVar(&c.spiffeID, "spiffeID", "", "The SPIFFE ID that this record represents")
 	fs.StringVar(&c.parentID, "parentID", "", "The SPIFFE ID of this record's parent")
 	fs.Var(&c.selectors, "selector", "A colon-delimited type:value selector. Can be used more than once")
-	fs.IntVar(&c.x509SVIDTTL, "x509SVIDTTL", 0, "The lifetime, in seconds, for x509-SVIDs issued based on this registration entry")
-	fs.IntVar(&c.jwtSVIDTTL, "jwtSVIDTTL", 0, "The lifetime, in seconds, for JWT-SVIDs issued based on this registration entry")
+	fs.Var(&c.x509SVIDTTL, "x509SVIDTTL", "The lifetime, in seconds (or a duration such as 1h), for x509-SVIDs issued based on this registration entry; 0 is the server's default")
+	fs.Var(&c.jwtSVIDTTL, "jwtSVIDTTL", "The lifetime, in seconds (or a duration such as 5m), for JWT-SVIDs issued based on this registration entry; 0 is the server's default")
 	fs.Var(&c.dnsNames, "dns", "A DNS name that will be included in SVIDs issued based on this entry, where appropriate. Can be used more than once")
 	fs.Var(&c.federatesWith, "federatesWith", "SPIFFE ID of a trust domain to federate with. Can be used more than once")
 	fs.BoolVar(&c.admin, "admin", false, "If set, the SPIFFE ID in this entry will be granted access to the server's admin APIs")
@@ -65,15 +69,6 @@ func (c *entryFlags) validateCommon() error {
 	}
 	if len(c.selectors) == 0 {
 		return errors.New("at least one selector is required: use -selector type:value (e.g. unix:uid:1000)")
-	}
-	if c.x509SVIDTTL < 0 {
-		return errors.New("-x509SVIDTTL must not be negative")
-	}
-	if c.jwtSVIDTTL < 0 {
-		return errors.New("-jwtSVIDTTL must not be negative")
-	}
-	if c.entryExpiry < 0 {
-		return errors.New("-entryExpiry must not be negative")
 	}
 	return nil
 }
@@ -101,8 +96,8 @@ func (c *entryFlags) build(parent *types.SPIFFEID) (*types.Entry, error) {
 		SpiffeId:      spiffeID,
 		ParentId:      parent,
 		Selectors:     selectors,
-		X509SvidTtl:   int32(c.x509SVIDTTL),
-		JwtSvidTtl:    int32(c.jwtSVIDTTL),
+		X509SvidTtl:   c.x509SVIDTTL.seconds(),
+		JwtSvidTtl:    c.jwtSVIDTTL.seconds(),
 		FederatesWith: federatesWith,
 		Admin:         c.admin,
 		Downstream:    c.downstream,
@@ -111,6 +106,52 @@ func (c *entryFlags) build(parent *types.SPIFFEID) (*types.Entry, error) {
 		StoreSvid:     c.storeSVID,
 		Hint:          c.hint,
 	}, nil
+}
+
+// selectorKinds knows the selector types Sigil's attestors produce (and
+// SPIRE's others), to refuse selectors that can never match.
+var selectorKinds = catalog.Selectors()
+
+// maxExpiry is the first second of the year 10000.
+const maxExpiry = 253402300800
+
+// checkEntries refuses, before anything is sent, entries that could never
+// be used: an expiry in the past (or beyond the year 9999, likely
+// milliseconds), or a selector of a known type that its attestor never
+// produces. A selector of a type Sigil does not know is kept, with a
+// warning on stderr listing the known types: the server accepts any type.
+// dataPath names the -data file the entries came from ("" for flags).
+func checkEntries(entries []*types.Entry, dataPath string, s *session) error {
+	t := time.Now()
+	for i, e := range entries {
+		expiryName, selName, ttlNames := "-entryExpiry", "-selector", "-x509SVIDTTL and -jwtSVIDTTL"
+		if dataPath != "" {
+			where := fmt.Sprintf("entry #%d in %s: ", i+1, dataPath)
+			expiryName, selName, ttlNames = where+"expires_at", where+"selector", where+"x509_svid_ttl and jwt_svid_ttl"
+		}
+		if e.GetX509SvidTtl() < 0 || e.GetJwtSvidTtl() < 0 {
+			return fmt.Errorf("%s must not be negative (got %d and %d)", ttlNames, e.GetX509SvidTtl(), e.GetJwtSvidTtl())
+		}
+		switch exp := e.GetExpiresAt(); {
+		case exp < 0:
+			return fmt.Errorf("%s %d must not be negative (seconds since the Unix epoch)", expiryName, exp)
+		case exp >= maxExpiry:
+			return fmt.Errorf("%s %d is after the year 9999: give seconds since the Unix epoch, not milliseconds", expiryName, exp)
+		case exp != 0 && exp <= t.Unix():
+			return fmt.Errorf("%s %d (%s) is in the past: the entry would be pruned at once", expiryName, exp, time.Unix(exp, 0).UTC().Format(time.RFC3339))
+		}
+		for _, ps := range e.GetSelectors() {
+			sel := selector.Selector{Type: ps.GetType(), Value: ps.GetValue()}
+			err := selectorKinds.Check(sel)
+			switch {
+			case errors.Is(err, selector.ErrUnknownType):
+				s.errorf("Warning: %s %q: %v; the entry is stored, but matches only if an attestor outside Sigil produces this type\n", selName, sel.String(), err)
+			case err != nil:
+				return fmt.Errorf("%s can never match: %w", selName, err)
+			}
+		}
+	}
+	return nil
 }
 
 // ---- entry create ----
@@ -162,6 +203,9 @@ func (c *entryCreateCmd) entries() ([]*types.Entry, error) {
 func (c *entryCreateCmd) run(ctx context.Context, s *session) error {
 	entries, err := c.entries()
 	if err != nil {
+		return err
+	}
+	if err := checkEntries(entries, c.dataPath, s); err != nil {
 		return err
 	}
 	client, err := s.entryClient()
@@ -272,6 +316,9 @@ func (c *entryUpdateCmd) entries() ([]*types.Entry, error) {
 func (c *entryUpdateCmd) run(ctx context.Context, s *session) error {
 	entries, err := c.entries()
 	if err != nil {
+		return err
+	}
+	if err := checkEntries(entries, c.dataPath, s); err != nil {
 		return err
 	}
 	client, err := s.entryClient()

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -27,9 +28,13 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/cli/cliutil"
 )
 
-// ttlFlag is a lifetime given either as seconds ("600") or as a Go duration
-// ("10m", "1h30m").
+// ttlFlag is a lifetime given either as seconds ("600", as SPIRE) or as a
+// Go duration ("10m", "1h30m"). It must fit the API's int32 seconds: a
+// value that does not is refused rather than wrapped.
 type ttlFlag struct{ d time.Duration }
+
+// maxTTLSeconds is the largest lifetime the API's int32 fields carry.
+const maxTTLSeconds = 1<<31 - 1
 
 func (f *ttlFlag) String() string {
 	if f == nil || f.d == 0 {
@@ -39,31 +44,32 @@ func (f *ttlFlag) String() string {
 }
 
 func (f *ttlFlag) Set(v string) error {
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n < 0 {
-			return errors.New("must not be negative")
+	tooLong := fmt.Errorf("%q is too long: at most %d seconds (about 68 years)", v, maxTTLSeconds)
+	if strings.Trim(v, "0123456789") == "" && v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n > maxTTLSeconds {
+			return tooLong
 		}
 		f.d = time.Duration(n) * time.Second
 		return nil
 	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		return fmt.Errorf("%q is neither seconds nor a duration like 10m or 1h", v)
+	if strings.HasPrefix(v, "-") {
+		return fmt.Errorf("%q: must not be negative", v)
 	}
-	if d < 0 {
-		return errors.New("must not be negative")
+	d, err := time.ParseDuration(v)
+	if err != nil { // also a duration beyond int64 nanoseconds
+		return fmt.Errorf("%q is neither seconds nor a duration like 10m or 1h (of at most %d seconds)", v, maxTTLSeconds)
+	}
+	if (d+time.Second-1)/time.Second > maxTTLSeconds {
+		return tooLong
 	}
 	f.d = d
 	return nil
 }
 
-// seconds rounds up to whole seconds, capped to int32.
+// seconds rounds up to whole seconds (Set keeps it within int32).
 func (f *ttlFlag) seconds() int32 {
-	s := (f.d + time.Second - 1) / time.Second
-	if s > 1<<31-1 {
-		return 1<<31 - 1
-	}
-	return int32(s)
+	return int32((f.d + time.Second - 1) / time.Second)
 }
 
 // ---- token generate ----

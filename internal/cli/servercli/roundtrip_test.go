@@ -158,7 +158,7 @@ func TestRoundTripEntries(t *testing.T) {
 
 	out = srv.cli(t, "entry", "create", "-node",
 		"-spiffeID", "spiffe://example.org/cluster/demo",
-		"-selector", "join_token:abc")
+		"-selector", "k8s_psat:cluster:demo")
 	if !strings.Contains(out, "Parent ID        : spiffe://example.org/spire/server\n") {
 		t.Errorf("node entry parent:\n%s", out)
 	}
@@ -392,5 +392,40 @@ func TestRoundTripHealthcheckNotServing(t *testing.T) {
 	// -shallow only asks that the server answers.
 	if out := srv.cli(t, "healthcheck", "-shallow"); out != "Server is healthy.\n" {
 		t.Errorf("shallow: %q", out)
+	}
+}
+
+// TestRoundTripSelectorChecks: a selector of a type Sigil does not know is
+// stored with a warning naming the known types; SPIRE's types Sigil will
+// implement are stored silently; an impossible one is refused before the
+// server is asked, also from a -data file.
+func TestRoundTripSelectorChecks(t *testing.T) {
+	srv := startServer(t)
+	code, out, errOut := srv.try(t, "entry", "create", "-spiffeID", "spiffe://example.org/a",
+		"-parentID", "spiffe://example.org/node", "-selector", "unixx:uid:1")
+	if code != 0 || !strings.Contains(out, "Selector         : unixx:uid:1") ||
+		!strings.Contains(errOut, `Warning: -selector "unixx:uid:1": unknown selector type "unixx" (known types: aws_iid,`) ||
+		!strings.Contains(errOut, "unix, windows, x509pop)") {
+		t.Errorf("unknown type: exit %d\nstdout %s\nstderr %s", code, out, errOut)
+	}
+	code, out, errOut = srv.try(t, "entry", "create", "-spiffeID", "spiffe://example.org/b",
+		"-parentID", "spiffe://example.org/node", "-selector", "k8s:ns:default", "-selector", "docker:label:app:web",
+		"-x509SVIDTTL", "2h", "-jwtSVIDTTL", "300")
+	if code != 0 || errOut != "" || !strings.Contains(out, "X509-SVID TTL    : 7200") || !strings.Contains(out, "JWT-SVID TTL     : 300") {
+		t.Errorf("SPIRE types and duration TTL: exit %d\nstdout %s\nstderr %s", code, out, errOut)
+	}
+
+	data := filepath.Join(t.TempDir(), "entries.json")
+	if err := os.WriteFile(data, []byte(`{"entries": [
+		{"spiffe_id": "spiffe://example.org/c", "parent_id": "spiffe://example.org/node", "selectors": [{"type": "unix", "value": "uid:1"}]},
+		{"spiffe_id": "spiffe://example.org/d", "parent_id": "spiffe://example.org/node", "selectors": [{"type": "unix", "value": "uid:abc"}]}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut = srv.try(t, "entry", "create", "-data", data)
+	if code != 1 || !strings.Contains(errOut, "entry #2 in "+data+`: selector can never match: WorkloadAttestor "unix" never produces "unix:uid:abc"`) {
+		t.Errorf("-data with an impossible selector: exit %d, stderr %s", code, errOut)
+	}
+	if out := srv.cli(t, "entry", "count"); out != "2 registration entries\n" {
+		t.Errorf("after the refused -data file: %q, want the 2 entries from before (nothing of the file created)", out)
 	}
 }

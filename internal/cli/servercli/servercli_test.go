@@ -228,7 +228,17 @@ func TestValidationErrors(t *testing.T) {
 		{[]string{"entry", "create", "-node", "-spiffeID", "spiffe://example.org/w", "-selector", "x:y", "-federatesWith", "spiffe://o.org"}, "node entries can not federate"},
 		{[]string{"entry", "create", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "nocolon"}, `selector "nocolon" must be formatted as type:value`},
 		{[]string{"entry", "create", "-spiffeID", "http://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "a:b"}, "invalid -spiffeID"},
-		{[]string{"entry", "create", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "a:b", "-x509SVIDTTL", "-5"}, "-x509SVIDTTL must not be negative"},
+		{[]string{"entry", "create", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "a:b", "-x509SVIDTTL", "-5"}, `invalid value "-5" for flag -x509SVIDTTL: "-5": must not be negative`},
+		// Integers beyond the API's int32 seconds were wrapped (99999999999 was stored as 1215752191, 4294967296 as 0).
+		{[]string{"entry", "create", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "unix:uid:1", "-x509SVIDTTL", "99999999999"}, `invalid value "99999999999" for flag -x509SVIDTTL: "99999999999" is too long: at most 2147483647 seconds`},
+		{[]string{"entry", "create", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "unix:uid:1", "-jwtSVIDTTL", "4294967296"}, `invalid value "4294967296" for flag -jwtSVIDTTL: "4294967296" is too long`},
+		{[]string{"entry", "update", "-entryID", "x", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "unix:uid:1", "-x509SVIDTTL", "100000000h"}, `invalid value "100000000h" for flag -x509SVIDTTL`},
+		{[]string{"entry", "create", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "unix:uid:1", "-entryExpiry", "1600000000"}, "-entryExpiry 1600000000 (2020-09-13T12:26:40Z) is in the past"},
+		{[]string{"entry", "update", "-entryID", "x", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "unix:uid:1", "-entryExpiry", "1700000000000"}, "is after the year 9999: give seconds since the Unix epoch, not milliseconds"},
+		{[]string{"entry", "create", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "unix:uidd:5"}, `-selector can never match: WorkloadAttestor "unix" never produces "unix:uidd:5": the value must start with one of gid:, group:, path:, sha256:, supplementary_gid:, supplementary_group:, uid:, user:`},
+		{[]string{"entry", "create", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "unix:uid:abc"}, `uid: "abc" is not a numeric id`},
+		{[]string{"entry", "update", "-entryID", "x", "-spiffeID", "spiffe://example.org/w", "-parentID", "spiffe://example.org/n", "-selector", "unix:gid:-1"}, `gid: "-1" is not a numeric id`},
+		{[]string{"entry", "create", "-node", "-spiffeID", "spiffe://example.org/w", "-selector", "join_token:abc"}, "join-token attestation gives an agent no selectors"},
 		{[]string{"entry", "update", "-spiffeID", "spiffe://example.org/w"}, "an entry ID is required"},
 		{[]string{"entry", "update", "-entryID", "x", "-spiffeID", "spiffe://example.org/w", "-selector", "a:b"}, "a parent ID is required"},
 		{[]string{"entry", "delete"}, "an entry ID is required"},
@@ -345,7 +355,7 @@ func TestParseEntryData(t *testing.T) {
 }
 
 func TestTTLFlag(t *testing.T) {
-	for in, want := range map[string]int32{"600": 600, "10m": 600, "1h30m": 5400, "1500ms": 2, "0": 0} {
+	for in, want := range map[string]int32{"600": 600, "10m": 600, "1h30m": 5400, "1500ms": 2, "0": 0, "2147483647": 2147483647, "1h": 3600} {
 		var f ttlFlag
 		if err := f.Set(in); err != nil {
 			t.Errorf("%q: %v", in, err)
@@ -355,7 +365,7 @@ func TestTTLFlag(t *testing.T) {
 			t.Errorf("%q: %d seconds, want %d", in, got, want)
 		}
 	}
-	for _, bad := range []string{"-1", "-5m", "soon", ""} {
+	for _, bad := range []string{"-1", "-5m", "soon", "", "2147483648", "4294967296", "99999999999", "99999999999999999999999", "596524h", "3000000000h", "+5"} {
 		var f ttlFlag
 		if err := f.Set(bad); err == nil {
 			t.Errorf("%q accepted", bad)

@@ -1,0 +1,44 @@
+package catalog
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/sigil-spiffe/sigil/internal/selector"
+)
+
+func TestSelectors(t *testing.T) {
+	r := Selectors()
+	check := func(s string) error {
+		sel, err := selector.Parse(s)
+		if err != nil {
+			t.Fatalf("parse %q: %v", s, err)
+		}
+		return r.Check(sel)
+	}
+	// Sigil's own types, checked; SPIRE's others, accepted as they are.
+	for _, s := range []string{"unix:uid:1000", "spiffe_id:spiffe://example.org/spire/agent/join_token/abc",
+		"k8s:ns:default", "k8s_psat:cluster:c1", "docker:label:app:web", "systemd:id:web.service",
+		"x509pop:subject:cn:node1", "tpm:pub_hash:ab", "aws_iid:tag:role:web", "gcp_iit:project-id:p",
+		"azure_msi:tenant:t"} {
+		if err := check(s); err != nil {
+			t.Errorf("%s refused: %v", s, err)
+		}
+	}
+	for s, want := range map[string]string{
+		"unix:uidd:5":         "must start with one of",
+		"unix:uid:abc":        "is not a numeric id",
+		"unix:gid:-1":         "is not a numeric id",
+		"join_token:abc":      "gives an agent no selectors",
+		"spiffe_id:not-an-id": "is not a SPIFFE ID",
+	} {
+		if err := check(s); err == nil || !strings.Contains(err.Error(), want) || errors.Is(err, selector.ErrUnknownType) {
+			t.Errorf("%s: error %v, want a refusal containing %q", s, err, want)
+		}
+	}
+	err := check("unixx:uid:1")
+	if !errors.Is(err, selector.ErrUnknownType) || !strings.Contains(err.Error(), "known types: aws_iid,") || !strings.Contains(err.Error(), "unix") {
+		t.Errorf("unknown type: error %v, want ErrUnknownType listing the known types", err)
+	}
+}

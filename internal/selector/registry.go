@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/sigil-spiffe/sigil/internal/clip"
 )
 
 // Kind is what Sigil knows about one selector type: which attestor
@@ -70,13 +72,13 @@ func (r *Registry) Check(sel Selector) error {
 	}
 	k, ok := r.kinds[sel.Type]
 	if !ok {
-		return fmt.Errorf("%w %q (known types: %s)", ErrUnknownType, sel.Type, strings.Join(r.Types(), ", "))
+		return fmt.Errorf("%w %s (known types: %s)", ErrUnknownType, clip.Quote(sel.Type), strings.Join(r.Types(), ", "))
 	}
 	if k.Check == nil {
 		return nil
 	}
 	if err := k.Check(sel.Value); err != nil {
-		return fmt.Errorf("%s never produces %q: %w", k.Producer, sel.String(), err)
+		return fmt.Errorf("%s never produces %s: %w", k.Producer, clip.Quote(sel.String()), err)
 	}
 	return nil
 }
@@ -96,7 +98,7 @@ func CheckKeyed(value string, keys map[string]func(string) error) error {
 		return fmt.Errorf("the value must start with one of %s", strings.Join(names, ", "))
 	}
 	if rest == "" {
-		return fmt.Errorf("%s: needs a value after %q", key, key+":")
+		return fmt.Errorf("%s: needs a value after \"%s:\"", key, key)
 	}
 	if check == nil {
 		return nil

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -32,7 +33,7 @@ func SelectorKinds() []selector.Kind {
 			Producer: "the server (agent ID as a node selector)",
 			Check: func(v string) error {
 				if _, err := spiffeid.FromString(v); err != nil {
-					return fmt.Errorf("%q is not a SPIFFE ID: %w", v, err)
+					return fmt.Errorf("%s is not a SPIFFE ID: %w", clip.Quote(v), err)
 				}
 				return nil
 			},

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -35,7 +36,7 @@ func SelectorKind() selector.Kind {
 func checkID(s string) error {
 	n, err := strconv.ParseUint(s, 10, 32)
 	if err != nil || formatID(uint32(n)) != s {
-		return fmt.Errorf("%q is not a numeric id (0 to 4294967295, decimal)", s)
+		return fmt.Errorf("%s is not a numeric id (0 to 4294967295, decimal)", clip.Quote(s))
 	}
 	return nil
 }
@@ -44,7 +45,7 @@ func checkID(s string) error {
 // hold one: no colon, no newline, no surrounding space.
 func checkName(s string) error {
 	if strings.ContainsAny(s, ":\n") || strings.TrimSpace(s) != s {
-		return fmt.Errorf("%q is not a user or group name", s)
+		return fmt.Errorf("%s is not a user or group name", clip.Quote(s))
 	}
 	return nil
 }
@@ -53,7 +54,7 @@ func checkName(s string) error {
 // gives.
 func checkPath(s string) error {
 	if !filepath.IsAbs(s) || filepath.Clean(s) != s {
-		return fmt.Errorf("%q is not an absolute, clean path (e.g. /usr/bin/app)", s)
+		return fmt.Errorf("%s is not an absolute, clean path (e.g. /usr/bin/app)", clip.Quote(s))
 	}
 	return nil
 }
@@ -62,7 +63,7 @@ func checkPath(s string) error {
 // writes them.
 func checkSHA256(s string) error {
 	if len(s) != 64 || strings.Trim(s, "0123456789abcdef") != "" {
-		return fmt.Errorf("%q is not a SHA-256 in 64 lowercase hex digits", s)
+		return fmt.Errorf("%s is not a SHA-256 in 64 lowercase hex digits", clip.Quote(s))
 	}
 	return nil
 }

@@ -131,6 +131,21 @@ func (p *Process) Kill() {
 	<-p.done
 }
 
+// WaitExit waits until the process exits by itself and returns its log;
+// it fails the test (killing the process) if it is still running after
+// timeout.
+func (p *Process) WaitExit(t testing.TB, timeout time.Duration) string {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.Logs()
+	case <-time.After(timeout):
+		p.Kill()
+		t.Fatalf("%s still running after %v; expected it to exit. Log:\n%s", p.Name, timeout, tail(p.Logs(), 50))
+		return ""
+	}
+}
+
 // Logs returns what this process has written so far (not earlier runs
 // that share the log file).
 func (p *Process) Logs() string {

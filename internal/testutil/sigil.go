@@ -61,6 +61,14 @@ func StartServer(t testing.TB, cfg ServerConfig, wrap ...string) *Server {
 // Start (re)starts the server process from ConfigPath and waits for it.
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
+	s.StartProcess(t)
+	s.WaitReady(t)
+}
+
+// StartProcess (re)starts the server process from ConfigPath without
+// waiting for it to be ready, e.g. to see it refuse to start.
+func (s *Server) StartProcess(t testing.TB) *Process {
+	t.Helper()
 	if s.Proc != nil && !s.Proc.Exited() {
 		t.Fatal("testutil: server already running")
 	}
@@ -69,7 +77,7 @@ func (s *Server) Start(t testing.TB) {
 		Args:    []string{"run", "-config", s.ConfigPath},
 		LogPath: filepath.Join(s.Config.DataDir, "server.log"),
 	})
-	s.WaitReady(t)
+	return s.Proc
 }
 
 // Stop stops the server (SIGTERM, then SIGKILL) and fails the test if it
@@ -198,15 +206,27 @@ func (a *Agent) Start(t testing.TB) {
 	if a.Proc != nil && !a.Proc.Exited() {
 		t.Fatal("testutil: agent already running")
 	}
-	writeFile(t, a.ConfigPath, a.Config.HCL())
 	// A socket file left by a killed agent must not count as ready.
 	_ = os.Remove(a.Config.SocketPath)
+	a.StartProcess(t)
+	a.WaitReady(t)
+}
+
+// StartProcess writes Config to ConfigPath and starts the agent without
+// waiting for its Workload API (and without touching its socket path),
+// e.g. to see it refuse to start.
+func (a *Agent) StartProcess(t testing.TB) *Process {
+	t.Helper()
+	if a.Proc != nil && !a.Proc.Exited() {
+		t.Fatal("testutil: agent already running")
+	}
+	writeFile(t, a.ConfigPath, a.Config.HCL())
 	a.Proc = Start(t, Command{
 		Name: "sigil-agent", Path: a.bin, Wrap: a.Wrap,
 		Args:    []string{"run", "-config", a.ConfigPath},
 		LogPath: filepath.Join(a.Config.DataDir, "agent.log"),
 	})
-	a.WaitReady(t)
+	return a.Proc
 }
 
 // Stop stops the agent (SIGTERM, then SIGKILL), failing the test if it

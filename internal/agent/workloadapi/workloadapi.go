@@ -22,8 +22,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"time"
 
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -36,6 +34,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/peercred"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/unixsock"
 )
 
 // Attestor produces selectors for a process (e.g. internal/attest/workload/unix).
@@ -111,14 +110,19 @@ func New(cfg Config) (*Server, error) {
 // Ready is closed once the socket accepts connections.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-// Run listens on the socket and serves until ctx is done; the socket file
-// is removed on return.
+// Run listens on the socket and serves until ctx is done; on return the
+// socket file is removed if it is still the one Run bound. A socket
+// another process serves on is refused, never taken over.
 func (s *Server) Run(ctx context.Context) error {
 	lis, err := listen(s.cfg.SocketPath)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(s.cfg.SocketPath)
+	defer func() {
+		if err := lis.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			s.log.Warn("Failed to remove socket", "socket", s.cfg.SocketPath, "error", err)
+		}
+	}()
 
 	srv := grpc.NewServer(grpc.Creds(peercred.NewCredentials()))
 	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, &handler{s: s, der: newDERCache()})
@@ -146,26 +150,12 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // listen prepares the socket the way SPIRE does: parent directory 0755,
-// stale socket removed, socket 0777.
-func listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("workload API: create socket directory: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("workload API: %s exists and is not a socket", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("workload API: remove stale socket: %w", err)
-		}
-	}
-	lis, err := net.ListenUnix("unix", &net.UnixAddr{Net: "unix", Name: path})
+// socket 0777 (identity comes from attestation, not file permissions); a
+// stale socket is replaced, a live one (another agent) refused.
+func listen(path string) (*unixsock.Listener, error) {
+	lis, err := unixsock.Listen(path, 0o777, 0o755)
 	if err != nil {
-		return nil, fmt.Errorf("workload API: listen: %w", err)
-	}
-	if err := os.Chmod(path, 0o777); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("workload API: chmod socket: %w", err)
+		return nil, fmt.Errorf("workload API: %w", err)
 	}
 	return lis, nil
 }

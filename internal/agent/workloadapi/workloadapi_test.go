@@ -741,3 +741,69 @@ func TestSocketLifecycle(t *testing.T) {
 		t.Fatal("regular file was modified")
 	}
 }
+
+// A second server on a socket another one serves is refused; the first
+// keeps its socket (same file) and keeps serving, also after the second
+// has returned, and removes it on its own stop.
+func TestSocketNotTakenOver(t *testing.T) {
+	socket := filepath.Join(shortTempDir(t), "api.sock")
+	c := cache.New(cache.Config{TrustDomain: td})
+	first, err := newServer(socket, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- first.Run(ctx) }()
+	select {
+	case <-first.Ready():
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	}
+	before, err := os.Lstat(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	second, err := newServer(socket, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := make(chan error, 1)
+	go func() { done2 <- second.Run(ctx2) }()
+	select {
+	case err := <-done2:
+		if err == nil || !strings.Contains(err.Error(), "in use by another process") {
+			t.Fatalf("second server on a live socket: %v", err)
+		}
+	case <-second.Ready():
+		cancel2()
+		<-done2
+		t.Fatal("second server took over the first one's socket")
+	}
+	after, err := os.Lstat(socket)
+	if err != nil {
+		t.Fatalf("first server's socket gone after the second returned: %v", err)
+	}
+	if !os.SameFile(before, after) {
+		t.Fatal("first server's socket was replaced")
+	}
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := healthpb.NewHealthClient(conn).Check(ctxT(t), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("first server no longer serves: %v", err)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(socket); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket not removed on the first server's stop: %v", err)
+	}
+}

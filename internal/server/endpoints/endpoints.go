@@ -7,16 +7,12 @@ package endpoints
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -35,6 +31,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
+	"github.com/sigil-spiffe/sigil/internal/unixsock"
 )
 
 // Message and connection limits.
@@ -198,13 +195,14 @@ func (e *Endpoints) Run(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", e.cfg.TCPAddr, err)
 	}
 	defer tcpL.Close()
-	udsL, err := listenUnix(e.cfg.SocketPath)
+	// Owner-only; a socket another server still answers on is refused,
+	// and on return the socket is removed only if it is still ours.
+	udsL, err := unixsock.Listen(e.cfg.SocketPath, 0o600, 0o700)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		udsL.Close()
-		if err := os.Remove(e.cfg.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := udsL.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			e.log.Warn("Failed to remove socket", "path", e.cfg.SocketPath, "error", err)
 		}
 	}()
@@ -332,53 +330,4 @@ func (e *Endpoints) verifyClientCert(raw [][]byte, _ [][]*x509.Certificate) erro
 		return fmt.Errorf("client SPIFFE ID %q is not in trust domain %q", id, e.cfg.TrustDomain)
 	}
 	return nil
-}
-
-// listenUnix creates the admin socket owner-only: it binds a temporary name
-// in the same directory, restricts it to 0600 and renames it into place, so
-// the socket is never reachable with looser permissions. A stale socket is
-// removed; a live one (another server) is an error.
-func listenUnix(path string) (*net.UnixListener, error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("socket path %s exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("socket %s is in use by another process", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket: %w", err)
-		}
-	}
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return nil, fmt.Errorf("socket temp name: %w", err)
-	}
-	tmp := filepath.Join(dir, ".s"+hex.EncodeToString(rnd[:]))
-	if len(tmp) >= 108 { // sun_path limit; bind directly
-		tmp = path
-	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Net: "unix", Name: tmp})
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	l.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		l.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("restrict socket permissions: %w", err)
-	}
-	if tmp != path {
-		if err := os.Rename(tmp, path); err != nil {
-			l.Close()
-			os.Remove(tmp)
-			return nil, fmt.Errorf("move socket into place: %w", err)
-		}
-	}
-	return l, nil
 }

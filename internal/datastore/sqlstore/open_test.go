@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -96,7 +97,7 @@ func TestPragmas(t *testing.T) {
 	}{
 		{"journal_mode", "wal"},
 		{"foreign_keys", "1"},
-		{"synchronous", "1"}, // NORMAL
+		{"synchronous", "2"}, // FULL: acknowledged writes survive power loss
 		{"busy_timeout", "10000"},
 	} {
 		var got string
@@ -113,6 +114,56 @@ func TestPragmas(t *testing.T) {
 	}
 	if qo != "1" {
 		t.Errorf("read pool: query_only = %s, want 1", qo)
+	}
+}
+
+// poolSynchronous returns PRAGMA synchronous of n connections of db held
+// at the same time (so they are n distinct pooled connections).
+func poolSynchronous(t *testing.T, db *sql.DB, n int) []int {
+	t.Helper()
+	ctx := context.Background()
+	var out []int
+	for range n {
+		c, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var v int
+		if err := c.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// TestSynchronousOnEveryConnection: every connection of both pools runs
+// synchronous=FULL (2) by default, and NORMAL (1) only when asked for.
+func TestSynchronousOnEveryConnection(t *testing.T) {
+	for _, c := range []struct {
+		mode string
+		want int
+	}{{"", 2}, {"full", 2}, {"FULL", 2}, {"normal", 1}} {
+		s, err := Open(context.Background(), Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(t.TempDir(), "ds.sqlite3"), Synchronous: c.mode})
+		if err != nil {
+			t.Fatalf("mode %q: %v", c.mode, err)
+		}
+		w := poolSynchronous(t, s.w, 1)
+		r := poolSynchronous(t, s.r, readPoolSize)
+		s.Close()
+		if len(r) != readPoolSize {
+			t.Fatalf("mode %q: read %d connections, want %d", c.mode, len(r), readPoolSize)
+		}
+		for i, v := range append(w, r...) {
+			if v != c.want {
+				t.Errorf("mode %q: connection %d: PRAGMA synchronous = %d, want %d", c.mode, i, v, c.want)
+			}
+		}
+	}
+	_, err := Open(context.Background(), Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(t.TempDir(), "ds.sqlite3"), Synchronous: "off"})
+	if err == nil || !strings.Contains(err.Error(), "unknown synchronous mode") {
+		t.Fatalf("synchronous=off: %v, want an error", err)
 	}
 }
 

@@ -5,6 +5,7 @@ package clip
 
 import (
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -24,4 +25,23 @@ func Quote(s string) string {
 		n--
 	}
 	return strconv.Quote(s[:n]) + "..."
+}
+
+// Cut returns s cut to its first n bytes (on a rune boundary, invalid
+// UTF-8 replaced) followed by "..." when it was longer. It bounds a whole
+// message that may embed client input deep inside (a wrapped error's
+// text), where Quote could not be applied to the input itself.
+func Cut(s string, n int) string {
+	n = max(n, 0)
+	if len(s) <= n {
+		return strings.ToValidUTF8(s, "\uFFFD")
+	}
+	m := n
+	for m > n-utf8.UTFMax && m > 0 && !utf8.RuneStart(s[m]) {
+		m--
+	}
+	if !utf8.RuneStart(s[m]) {
+		m = n
+	}
+	return strings.ToValidUTF8(s[:m], "\uFFFD") + "..."
 }

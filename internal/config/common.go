@@ -145,12 +145,29 @@ func (d *decoder) trustDomain(b *block, dst *spiffeid.TrustDomain) {
 	if !b.str("trust_domain", &td) {
 		return
 	}
-	v, err := spiffeid.TrustDomainFromString(td)
+	v, err := parseTrustDomain(td)
 	if err != nil {
 		d.errorf(b.kids["trust_domain"].pos, "invalid trust_domain %q: %v", td, err)
 		return
 	}
 	*dst = v
+}
+
+// maxTrustDomainLength bounds a trust domain name (SPIFFE ID spec: at most
+// 255 bytes; go-spiffe does not check it).
+const maxTrustDomainLength = 255
+
+// parseTrustDomain is spiffeid.TrustDomainFromString with the SPIFFE
+// spec's length limit.
+func parseTrustDomain(s string) (spiffeid.TrustDomain, error) {
+	td, err := spiffeid.TrustDomainFromString(s)
+	if err != nil {
+		return spiffeid.TrustDomain{}, err
+	}
+	if n := len(td.Name()); n > maxTrustDomainLength {
+		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain name is %d bytes long; the maximum is %d", n, maxTrustDomainLength)
+	}
+	return td, nil
 }
 
 // onePerType returns a check that accepts the first plugin of each type and
@@ -258,7 +275,7 @@ func overrideTrustDomain(set map[string]bool, val string, dst *spiffeid.TrustDom
 	if !set["trustDomain"] {
 		return nil
 	}
-	td, err := spiffeid.TrustDomainFromString(val)
+	td, err := parseTrustDomain(val)
 	if err != nil {
 		return fmt.Errorf("-trustDomain: invalid trust domain %q: %w", val, err)
 	}

@@ -650,3 +650,27 @@ func TestServerValidateProgrammatic(t *testing.T) {
 	s.UpstreamSPIRE = &UpstreamSPIRE{ServerAddress: "a", ServerPort: 1, WorkloadAPISocket: "s"}
 	wantErr(t, s.Validate(), "jwt_key_type must be set", "bind_port -1 out of range", "at most one UpstreamAuthority")
 }
+
+// TestTrustDomainLength: a trust domain name is at most 255 bytes (SPIFFE
+// ID spec), in the file and in -trustDomain.
+func TestTrustDomainLength(t *testing.T) {
+	ok := strings.Repeat("a", 251) + ".org"
+	long := strings.Repeat("a", 252) + ".org"
+	for _, c := range []struct {
+		td   string
+		want string // "" = accepted
+	}{{ok, ""}, {"spiffe://" + ok, ""}, {long, "the maximum is 255"}, {"spiffe://" + long, "the maximum is 255"}} {
+		src := strings.Replace(serverConfWith("", ""), `"example.org"`, `"`+c.td+`"`, 1)
+		s, err := ParseServer("server.conf", []byte(src))
+		if c.want == "" {
+			if err != nil || s.TrustDomain.Name() != ok {
+				t.Errorf("%d-byte trust_domain: %v", len(c.td), err)
+			}
+			continue
+		}
+		wantErr(t, err, "server.conf:2: invalid trust_domain", c.want)
+	}
+	path := writeFile(t, "server.conf", minimalServerConf)
+	_, err := LoadServer([]string{"-config", path, "-trustDomain", long})
+	wantErr(t, err, "-trustDomain: invalid trust domain", "the maximum is 255")
+}

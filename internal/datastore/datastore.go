@@ -10,6 +10,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -24,7 +25,27 @@ var (
 	// ErrInvalidPage is returned by List methods for a page token they did
 	// not issue or a negative page size.
 	ErrInvalidPage = errors.New("invalid page")
+	// ErrNoFederatedBundle is matched by the *NoFederatedBundleError of an
+	// entry write naming in FederatesWith a trust domain with no bundle.
+	ErrNoFederatedBundle = errors.New("unable to find federated bundle")
+	// ErrOutOfRange is returned by a bundle write whose sequence number
+	// would not fit the store (above 2^63-1).
+	ErrOutOfRange = errors.New("out of range")
 )
+
+// NoFederatedBundleError is the error of an entry write (per entry for
+// CreateEntries) whose FederatesWith names a trust domain with no stored
+// bundle. It matches ErrNoFederatedBundle.
+type NoFederatedBundleError struct {
+	TrustDomain string
+}
+
+func (e *NoFederatedBundleError) Error() string {
+	return ErrNoFederatedBundle.Error() + " " + clip.Quote(e.TrustDomain)
+}
+
+// Is reports whether target is ErrNoFederatedBundle.
+func (e *NoFederatedBundleError) Is(target error) bool { return target == ErrNoFederatedBundle }
 
 // Entry is a registration entry: SPIFFE ID <- parent + selectors.
 type Entry struct {
@@ -35,7 +56,7 @@ type Entry struct {
 	X509SVIDTTL   int32               // seconds; 0 = server default
 	JWTSVIDTTL    int32               // seconds; 0 = server default
 	DNSNames      []string
-	FederatesWith []string // trust domain names, e.g. "example.org"
+	FederatesWith []string // trust domain names, e.g. "example.org"; each must have a stored bundle
 	Admin         bool
 	Downstream    bool
 	Hint          string

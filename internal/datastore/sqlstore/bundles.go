@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
 
@@ -76,7 +77,7 @@ func validateBundle(b *datastore.Bundle) error {
 			return fmt.Errorf("bundle %q: JWT key %d has no key ID", b.TrustDomain, i)
 		}
 		if len(k.PublicKey) == 0 {
-			return fmt.Errorf("bundle %q: JWT key %q has no public key", b.TrustDomain, k.KeyID)
+			return fmt.Errorf("bundle %q: JWT key %s has no public key", b.TrustDomain, clip.Quote(k.KeyID))
 		}
 	}
 	return nil
@@ -113,7 +114,7 @@ func (s *Store) putBundle(ctx context.Context, tx *sql.Tx, old, b *datastore.Bun
 	}
 	out.SequenceNumber = nextSequence(stored, b.SequenceNumber)
 	if out.SequenceNumber > 1<<63-1 {
-		return nil, fmt.Errorf("bundle %q: sequence number %d out of range", b.TrustDomain, out.SequenceNumber)
+		return nil, fmt.Errorf("bundle %q: sequence number %d: %w (max %d)", b.TrustDomain, out.SequenceNumber, datastore.ErrOutOfRange, int64(1<<63-1))
 	}
 	data, err := encodeBundle(out)
 	if err != nil {
@@ -188,7 +189,7 @@ func (s *Store) GetBundle(ctx context.Context, trustDomain string) (*datastore.B
 		return nil, fmt.Errorf("get bundle: %w", err)
 	}
 	if b == nil {
-		return nil, fmt.Errorf("bundle %q: %w", trustDomain, datastore.ErrNotFound)
+		return nil, fmt.Errorf("bundle %s: %w", clip.Quote(trustDomain), datastore.ErrNotFound)
 	}
 	return b, nil
 }
@@ -363,7 +364,7 @@ func (s *Store) DeleteBundle(ctx context.Context, trustDomain string) error {
 			return err
 		}
 		if n == 0 {
-			return fmt.Errorf("bundle %q: %w", trustDomain, datastore.ErrNotFound)
+			return fmt.Errorf("bundle %s: %w", clip.Quote(trustDomain), datastore.ErrNotFound)
 		}
 		return s.bundleEvent(ctx, tx, trustDomain)
 	})
@@ -389,7 +390,7 @@ func (s *Store) PruneBundle(ctx context.Context, trustDomain string, before time
 			return err
 		}
 		if old == nil {
-			return fmt.Errorf("bundle %q: %w", trustDomain, datastore.ErrNotFound)
+			return fmt.Errorf("bundle %s: %w", clip.Quote(trustDomain), datastore.ErrNotFound)
 		}
 		pruned := cloneBundle(old)
 		pruned.X509Authorities = nil

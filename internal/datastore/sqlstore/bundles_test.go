@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"math/big"
 	"reflect"
 	"testing"
@@ -238,5 +239,30 @@ func TestPruneBundle(t *testing.T) {
 	after, _ := s.GetBundle(ctx, "td")
 	if !reflect.DeepEqual(after, b) {
 		t.Fatal("refused prune changed the bundle")
+	}
+}
+
+// TestBundleSequenceNumberOutOfRange: a sequence number the INTEGER column
+// cannot hold is ErrOutOfRange and changes nothing.
+func TestBundleSequenceNumberOutOfRange(t *testing.T) {
+	f := newFixture(t)
+	s, ctx := f.store, context.Background()
+	if _, err := s.SetBundle(ctx, &datastore.Bundle{TrustDomain: "fed.org", SequenceNumber: 1 << 63}); !errors.Is(err, datastore.ErrOutOfRange) {
+		t.Fatalf("set with 2^63: %v, want ErrOutOfRange", err)
+	}
+	if _, err := s.GetBundle(ctx, "fed.org"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Fatalf("refused set stored the bundle: %v", err)
+	}
+	b, err := s.SetBundle(ctx, &datastore.Bundle{TrustDomain: "fed.org", SequenceNumber: 1<<63 - 1})
+	if err != nil || b.SequenceNumber != 1<<63-1 {
+		t.Fatalf("set with 2^63-1: %+v, %v", b, err)
+	}
+	// The next write would need 2^63.
+	if _, err := s.UpdateBundle(ctx, &datastore.Bundle{TrustDomain: "fed.org", RefreshHint: 5}); !errors.Is(err, datastore.ErrOutOfRange) {
+		t.Fatalf("update past 2^63-1: %v, want ErrOutOfRange", err)
+	}
+	got, err := s.GetBundle(ctx, "fed.org")
+	if err != nil || got.SequenceNumber != 1<<63-1 || got.RefreshHint != 0 {
+		t.Fatalf("refused update changed the bundle: %+v, %v", got, err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
@@ -146,6 +147,16 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 		if err != nil {
 			return err
 		}
+		var feds []string
+		for _, p := range prepared {
+			if p != nil {
+				feds = append(feds, p.e.FederatesWith...)
+			}
+		}
+		bundles, err := s.existing(ctx, tx, "SELECT trust_domain FROM bundles WHERE trust_domain IN (%s)", dedupeStrings(feds))
+		if err != nil {
+			return err
+		}
 		ins, err := newEntryInserter(ctx, s, tx)
 		if err != nil {
 			return err
@@ -156,15 +167,19 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 				continue
 			}
 			if takenIDs[p.e.ID] {
-				results[i].Err = fmt.Errorf("entry %q: ID in use: %w", p.e.ID, datastore.ErrAlreadyExists)
+				results[i].Err = fmt.Errorf("entry %s: ID in use: %w", clip.Quote(p.e.ID), datastore.ErrAlreadyExists)
 				continue
 			}
 			if takenKeys[p.key] {
-				results[i].Err = fmt.Errorf("entry with SPIFFE ID %q, parent %q and these selectors: %w", p.e.SPIFFEID, p.e.ParentID, datastore.ErrAlreadyExists)
+				results[i].Err = fmt.Errorf("entry with SPIFFE ID %s, parent %s and these selectors: %w", clip.Quote(p.e.SPIFFEID), clip.Quote(p.e.ParentID), datastore.ErrAlreadyExists)
+				continue
+			}
+			if err := missingBundle(p.e.FederatesWith, bundles); err != nil {
+				results[i].Err = err
 				continue
 			}
 			if err := ins.insert(ctx, p.e, p.key); err != nil {
-				return fmt.Errorf("create entry %q: %w", p.e.ID, err)
+				return fmt.Errorf("create entry %s: %w", clip.Quote(p.e.ID), err)
 			}
 			takenIDs[p.e.ID] = true
 			takenKeys[p.key] = true
@@ -176,6 +191,17 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 		return nil, fmt.Errorf("create entries: %w", err)
 	}
 	return results, nil
+}
+
+// missingBundle is the error for the first of tds (trust domains an entry
+// federates with) that has no bundle in bundles, or nil.
+func missingBundle(tds []string, bundles map[string]bool) error {
+	for _, td := range tds {
+		if !bundles[td] {
+			return &datastore.NoFederatedBundleError{TrustDomain: td}
+		}
+	}
+	return nil
 }
 
 // existing returns which of vals the query (with one %s for the IN list)
@@ -289,10 +315,10 @@ func (s *Store) GetEntry(ctx context.Context, id string) (*datastore.Entry, erro
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("get entry %q: %w", id, err)
+		return nil, fmt.Errorf("get entry %s: %w", clip.Quote(id), err)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("entry %q: %w", id, datastore.ErrNotFound)
+		return nil, fmt.Errorf("entry %s: %w", clip.Quote(id), datastore.ErrNotFound)
 	}
 	return out[0], nil
 }
@@ -524,7 +550,7 @@ func (s *Store) UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datas
 			return err
 		}
 		if len(cur) == 0 {
-			return fmt.Errorf("entry %q: %w", e.ID, datastore.ErrNotFound)
+			return fmt.Errorf("entry %s: %w", clip.Quote(e.ID), datastore.ErrNotFound)
 		}
 		n := cur[0]
 		if mask.SPIFFEID {
@@ -565,7 +591,16 @@ func (s *Store) UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datas
 		}
 		n, err = normalizeEntry(n)
 		if err != nil {
-			return fmt.Errorf("entry %q: %w", e.ID, err)
+			return fmt.Errorf("entry %s: %w", clip.Quote(e.ID), err)
+		}
+		if mask.FederatesWith && len(n.FederatesWith) > 0 {
+			bundles, err := s.existing(ctx, tx, "SELECT trust_domain FROM bundles WHERE trust_domain IN (%s)", n.FederatesWith)
+			if err != nil {
+				return err
+			}
+			if err := missingBundle(n.FederatesWith, bundles); err != nil {
+				return err
+			}
 		}
 		n.RevisionNumber++
 		key := dupKey(n.SPIFFEID, n.ParentID, n.Selectors)
@@ -573,7 +608,7 @@ func (s *Store) UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datas
 		err = tx.QueryRowContext(ctx, s.q("SELECT id FROM entries WHERE spiffe_id = ? AND dup_key = ? AND id <> ?"), n.SPIFFEID, key, n.ID).Scan(&other)
 		switch {
 		case err == nil:
-			return fmt.Errorf("entry %q would duplicate entry %q: %w", n.ID, other, datastore.ErrAlreadyExists)
+			return fmt.Errorf("entry %s would duplicate entry %s: %w", clip.Quote(n.ID), clip.Quote(other), datastore.ErrAlreadyExists)
 		case !errors.Is(err, sql.ErrNoRows):
 			return fmt.Errorf("check duplicates: %w", err)
 		}
@@ -667,14 +702,14 @@ func (s *Store) DeleteEntries(ctx context.Context, ids []string) ([]error, error
 		for i, id := range ids {
 			res, err := st.ExecContext(ctx, id)
 			if err != nil {
-				return fmt.Errorf("delete entry %q: %w", id, err)
+				return fmt.Errorf("delete entry %s: %w", clip.Quote(id), err)
 			}
 			n, err := res.RowsAffected()
 			if err != nil {
 				return err
 			}
 			if n == 0 {
-				errs[i] = fmt.Errorf("entry %q: %w", id, datastore.ErrNotFound)
+				errs[i] = fmt.Errorf("entry %s: %w", clip.Quote(id), datastore.ErrNotFound)
 				continue
 			}
 			if err := s.entryEvent(ctx, tx, id, datastore.EntryDeleted); err != nil {
@@ -707,7 +742,7 @@ func (s *Store) PruneEntries(ctx context.Context, before time.Time) (int, error)
 		}
 		for _, id := range ids {
 			if _, err := tx.ExecContext(ctx, s.q("DELETE FROM entries WHERE id = ?"), id); err != nil {
-				return fmt.Errorf("delete entry %q: %w", id, err)
+				return fmt.Errorf("delete entry %s: %w", clip.Quote(id), err)
 			}
 			if err := s.entryEvent(ctx, tx, id, datastore.EntryDeleted); err != nil {
 				return err

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
@@ -39,6 +40,7 @@ func TestEntryCRUD(t *testing.T) {
 		ExpiresAt:     t0.Add(time.Hour).Unix(),
 	}
 	orig := *in
+	addBundles(t, s, "a.org", "b.org", "c.org")
 	created := mustCreate(t, s, in)[0]
 	if !reflect.DeepEqual(*in, orig) {
 		t.Fatal("CreateEntries modified its input")
@@ -273,6 +275,7 @@ func filterFixture(t *testing.T, s *Store) {
 	e4 := mk("e4", []string{"b:2"}, []string{"td2"})
 	e5 := mk("e5", []string{"d:4"}, []string{"td3"})
 	e5.ParentID = "spiffe://td/other"
+	addBundles(t, s, "td1", "td2", "td3")
 	mustCreate(t, s, e1, e2, e3, e4, e5)
 }
 
@@ -411,6 +414,7 @@ func TestEntryFiltersAgainstReference(t *testing.T) {
 		}
 		return out
 	}
+	addBundles(t, s, tdUniverse...)
 	var in []*datastore.Entry
 	for i := range 150 {
 		in = append(in, &datastore.Entry{SPIFFEID: fmt.Sprintf("spiffe://td/%d", i), ParentID: "spiffe://td/p",
@@ -620,5 +624,47 @@ func TestGetEntries(t *testing.T) {
 	}
 	if got, err := s.GetEntries(ctx, nil); err != nil || len(got) != 0 {
 		t.Errorf("GetEntries(nil) = %v, %v", got, err)
+	}
+}
+
+// TestEntriesNeedFederatedBundles: an entry may federate only with trust
+// domains that have a bundle; the check is part of the write transaction.
+func TestEntriesNeedFederatedBundles(t *testing.T) {
+	f := newFixture(t)
+	s, ctx := f.store, context.Background()
+	addBundles(t, s, "a.org")
+	mk := func(id string, fed ...string) *datastore.Entry {
+		return &datastore.Entry{ID: id, SPIFFEID: "spiffe://td/" + id, ParentID: "spiffe://td/p", Selectors: sels("u:1"), FederatesWith: fed}
+	}
+	res, err := s.CreateEntries(ctx, []*datastore.Entry{mk("ok", "a.org"), mk("bad", "a.org", "b.org"), mk("plain")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err != nil || res[2].Err != nil {
+		t.Fatalf("entries with bundles / without federation: %v, %v", res[0].Err, res[2].Err)
+	}
+	var nb *datastore.NoFederatedBundleError
+	if !errors.Is(res[1].Err, datastore.ErrNoFederatedBundle) || !errors.As(res[1].Err, &nb) || nb.TrustDomain != "b.org" {
+		t.Fatalf("entry federating with b.org (no bundle): %v", res[1].Err)
+	}
+	if _, err := s.GetEntry(ctx, "bad"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Fatalf("refused entry was stored: %v", err)
+	}
+
+	before, err := s.GetEntry(ctx, "plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.UpdateEntry(ctx, &datastore.Entry{ID: "plain", FederatesWith: []string{"c.org"}}, &datastore.EntryMask{FederatesWith: true})
+	if !errors.Is(err, datastore.ErrNoFederatedBundle) || !errors.As(err, &nb) || nb.TrustDomain != "c.org" {
+		t.Fatalf("update to federate with c.org (no bundle): %v", err)
+	}
+	after, err := s.GetEntry(ctx, "plain")
+	if err != nil || !reflect.DeepEqual(before, after) {
+		t.Fatalf("refused update changed the entry: %+v -> %+v (%v)", before, after, err)
+	}
+	addBundles(t, s, "c.org")
+	if _, err := s.UpdateEntry(ctx, &datastore.Entry{ID: "plain", FederatesWith: []string{"c.org"}}, &datastore.EntryMask{FederatesWith: true}); err != nil {
+		t.Fatalf("update once the bundle exists: %v", err)
 	}
 }

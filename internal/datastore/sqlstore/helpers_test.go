@@ -93,3 +93,14 @@ func entryIDs(es []*datastore.Entry) []string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// addBundles stores an (empty) bundle for each trust domain, so entries may
+// federate with them.
+func addBundles(t *testing.T, s *Store, tds ...string) {
+	t.Helper()
+	for _, td := range tds {
+		if _, err := s.SetBundle(context.Background(), &datastore.Bundle{TrustDomain: td}); err != nil {
+			t.Fatalf("SetBundle %s: %v", td, err)
+		}
+	}
+}

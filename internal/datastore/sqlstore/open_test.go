@@ -249,6 +249,7 @@ func TestRebind(t *testing.T) {
 func TestRestartPersistence(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
+	addBundles(t, f.store, "other.org")
 	e := mustCreate(t, f.store, &datastore.Entry{SPIFFEID: "spiffe://td/w", ParentID: "spiffe://td/n", Selectors: sels("unix:uid:1"),
 		DNSNames: []string{"a.example", "b.example"}, FederatesWith: []string{"other.org"}, Hint: "h", Admin: true, ExpiresAt: 99})[0]
 	if _, err := f.store.CreateNode(ctx, &datastore.AttestedNode{SPIFFEID: "spiffe://td/n", AttestationType: "join_token",

@@ -417,18 +417,30 @@ func placeholders(n int) string {
 	return strings.Repeat("?, ", n-1) + "?"
 }
 
-// Page tokens are the base64url of the last key returned.
+// Page tokens are the base64url (unpadded, canonical) of the last key
+// returned. Keys are SPIFFE IDs, entry IDs or trust domain names, all far
+// shorter than maxPageKeyLen.
+const maxPageKeyLen = 4096
+
 func encodePageToken(key string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(key))
 }
 
+// decodePageToken returns the key of a page token ("" for none). A token
+// this store cannot have issued is ErrInvalidPage; the error never repeats
+// the token (a client's text, of any size).
 func decodePageToken(tok string) (string, error) {
 	if tok == "" {
 		return "", nil
 	}
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || len(b) == 0 {
-		return "", fmt.Errorf("page token %q: %w", tok, ErrInvalidPage)
+	if len(tok) > base64.RawURLEncoding.EncodedLen(maxPageKeyLen) {
+		return "", fmt.Errorf("page token of %d bytes is too long: %w", len(tok), ErrInvalidPage)
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(tok)
+	// The decoder skips '\r' and '\n': only the canonical encoding of a key
+	// is a token.
+	if err != nil || len(b) == 0 || encodePageToken(string(b)) != tok {
+		return "", fmt.Errorf("malformed page token: %w", ErrInvalidPage)
 	}
 	return string(b), nil
 }

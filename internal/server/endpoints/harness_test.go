@@ -73,6 +73,8 @@ type harnessOpts struct {
 	// noCacheRun leaves the entry cache's Run loop off: journal events are
 	// then applied only by Sync or by the cache's read-your-writes path.
 	noCacheRun bool
+	// log is what every component logs to (default: discarded).
+	log *slog.Logger
 }
 
 func newHarness(t *testing.T, opts harnessOpts) *harness {
@@ -80,6 +82,9 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 	ctx := context.Background()
 	dir := t.TempDir()
 	log := slog.New(slog.DiscardHandler)
+	if opts.log != nil {
+		log = opts.log
+	}
 
 	ds, err := sqlstore.Open(ctx, sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(dir, "datastore.sqlite3")})
 	if err != nil {

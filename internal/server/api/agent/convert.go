@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 )
@@ -30,10 +31,10 @@ func (s *Service) agentIDFromProto(p *types.SPIFFEID) (spiffeid.ID, error) {
 		return spiffeid.ID{}, err
 	}
 	if !id.MemberOf(s.td) {
-		return spiffeid.ID{}, fmt.Errorf("%q is not a member of trust domain %q", id, s.td)
+		return spiffeid.ID{}, fmt.Errorf("%s is not a member of trust domain %q", clip.Quote(id.String()), s.td)
 	}
 	if !strings.HasPrefix(id.Path(), "/spire/agent/") {
-		return spiffeid.ID{}, fmt.Errorf("%q is not an agent in trust domain %q; path is not in the agent namespace", id, s.td)
+		return spiffeid.ID{}, fmt.Errorf("%s is not an agent in trust domain %q; path is not in the agent namespace", clip.Quote(id.String()), s.td)
 	}
 	return id, nil
 }
@@ -103,7 +104,7 @@ func parseTime(s string) (time.Time, error) {
 	if _, err := fmt.Sscanf(s, "%d", &secs); err == nil && fmt.Sprint(secs) == s {
 		return time.Unix(secs, 0), nil
 	}
-	return time.Time{}, fmt.Errorf("by_expires_before %q is not a time in the form %q or RFC 3339", s, expiresBeforeLayout)
+	return time.Time{}, fmt.Errorf("by_expires_before %s is not a time in the form %q or RFC 3339", clip.Quote(s), expiresBeforeLayout)
 }
 
 func validateAttestParams(p *agentv1.AttestAgentRequest_Params) error {

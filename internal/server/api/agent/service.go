@@ -20,6 +20,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
 	"github.com/sigil-spiffe/sigil/internal/ca"
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/selector"
@@ -186,6 +187,11 @@ func (s *Service) ListAgents(ctx context.Context, req *agentv1.ListAgentsRequest
 	}
 	nodes, next, err := s.ds.ListNodes(ctx, f, p)
 	if err != nil {
+		if errors.Is(err, datastore.ErrInvalidPage) {
+			// The token is the client's text, of any size: neither sent
+			// back nor logged.
+			return nil, s.err(ctx, codes.InvalidArgument, "could not parse page token", nil)
+		}
 		return nil, s.err(ctx, codes.Internal, "failed to list agents", err)
 	}
 	resp := &agentv1.ListAgentsResponse{NextPageToken: next}
@@ -294,7 +300,7 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 	} else {
 		at, ok := s.attestors[attType]
 		if !ok {
-			return s.err(ctx, codes.FailedPrecondition, "error getting node attestor", fmt.Errorf("could not find node attestor type %q", attType))
+			return s.err(ctx, codes.FailedPrecondition, "error getting node attestor", fmt.Errorf("could not find node attestor type %s", clip.Quote(attType)))
 		}
 		res, err = at.Attest(ctx, params.GetData().GetPayload(), func(ctx context.Context, challenge []byte) ([]byte, error) {
 			if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Challenge{Challenge: challenge}}); err != nil {

@@ -1,6 +1,10 @@
 // Package apistatus builds the per-item results and errors of the server
 // APIs the way SPIRE does: "OK" statuses, "<message>: <cause>" texts, and a
 // log line for every refused or failed call (error level for Internal).
+//
+// Client input in these texts must be quoted with clip.Quote where it
+// is formatted (at most clip.Max bytes of it). As a backstop,
+// every text this package sends or logs is cut at MaxText bytes.
 package apistatus
 
 import (
@@ -10,7 +14,13 @@ import (
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/sigil-spiffe/sigil/internal/clip"
 )
+
+// MaxText bounds a status message or logged error text (a backstop for
+// client input wrapped deep inside an error).
+const MaxText = 512
 
 // OK is SPIRE's success status of a batch item.
 func OK() *types.Status { return &types.Status{Code: int32(codes.OK), Message: "OK"} }
@@ -34,9 +44,9 @@ func Error(log *slog.Logger, api string, code codes.Code, msg string, err error)
 
 func text(msg string, err error) string {
 	if err != nil {
-		return msg + ": " + err.Error()
+		msg += ": " + err.Error()
 	}
-	return msg
+	return clip.Cut(msg, MaxText)
 }
 
 // Fail is a call's gRPC error for the agent-facing services: msg (and
@@ -56,11 +66,11 @@ func FailItem(ctx context.Context, log *slog.Logger, code codes.Code, msg string
 func failed(ctx context.Context, log *slog.Logger, code codes.Code, msg string, cause error) string {
 	attrs := []any{"code", code.String()}
 	if cause != nil {
-		attrs = append(attrs, "error", cause)
+		attrs = append(attrs, "error", clip.Cut(cause.Error(), MaxText))
 	}
 	if code == codes.Internal {
 		log.ErrorContext(ctx, msg, attrs...)
-		return msg
+		return clip.Cut(msg, MaxText)
 	}
 	log.DebugContext(ctx, msg, attrs...)
 	return text(msg, cause)

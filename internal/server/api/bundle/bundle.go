@@ -176,7 +176,8 @@ func (s *Service) ListFederatedBundles(ctx context.Context, req *bundlev1.ListFe
 	bundles, next, err := s.store.ListBundles(ctx, page)
 	if err != nil {
 		if errors.Is(err, datastore.ErrInvalidPage) {
-			return nil, s.makeErr(codes.InvalidArgument, "could not parse page token", err)
+			// The token is the client's text, of any size: not repeated.
+			return nil, s.makeErr(codes.InvalidArgument, "could not parse page token", nil)
 		}
 		return nil, s.makeErr(codes.Internal, "failed to list bundles", err)
 	}
@@ -257,18 +258,35 @@ func (s *Service) federatedFromProto(pb *types.Bundle, verb string) (*datastore.
 	return b, nil
 }
 
+// errNoX509Authorities refuses a federated bundle that could authenticate
+// no X509-SVID of its trust domain.
+var errNoX509Authorities = errors.New("a federated bundle must have at least one X.509 authority")
+
+// writeFailed is the status of a store error writing a federated bundle:
+// a sequence number the store cannot hold is the client's (InvalidArgument),
+// anything else Internal.
+func (s *Service) writeFailed(b *datastore.Bundle, msg string, err error) *types.Status {
+	if errors.Is(err, datastore.ErrOutOfRange) {
+		return apistatus.New(codes.InvalidArgument, msg, fmt.Errorf("sequence number %d is out of range", b.SequenceNumber))
+	}
+	s.log.Error(msg, "trust_domain", b.TrustDomain, "error", err)
+	return apistatus.New(codes.Internal, msg, err)
+}
+
 func (s *Service) createOne(ctx context.Context, pb *types.Bundle) (*types.Status, *datastore.Bundle) {
 	b, st := s.federatedFromProto(pb, "creating")
 	if st != nil {
 		return st, nil
+	}
+	if len(b.X509Authorities) == 0 {
+		return apistatus.New(codes.InvalidArgument, "failed to convert bundle", errNoX509Authorities), nil
 	}
 	got, err := s.store.CreateBundle(ctx, b)
 	switch {
 	case errors.Is(err, datastore.ErrAlreadyExists):
 		return apistatus.New(codes.AlreadyExists, "bundle already exists", nil), nil
 	case err != nil:
-		s.log.Error("failed to create federated bundle", "trust_domain", b.TrustDomain, "error", err)
-		return apistatus.New(codes.Internal, "unable to create bundle", err), nil
+		return s.writeFailed(b, "unable to create bundle", err), nil
 	}
 	s.log.Info("federated bundle created", "trust_domain", b.TrustDomain)
 	return apistatus.OK(), got
@@ -311,13 +329,15 @@ func (s *Service) updateOne(ctx context.Context, pb *types.Bundle, mask *types.B
 	if mask == nil || mask.SequenceNumber {
 		next.SequenceNumber = b.SequenceNumber
 	}
+	if len(next.X509Authorities) == 0 {
+		return apistatus.New(codes.InvalidArgument, "failed to convert bundle", errNoX509Authorities), nil
+	}
 	got, err := s.store.UpdateBundle(ctx, &next)
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
 		return apistatus.New(codes.NotFound, "bundle not found", nil), nil
 	case err != nil:
-		s.log.Error("failed to update federated bundle", "trust_domain", b.TrustDomain, "error", err)
-		return apistatus.New(codes.Internal, "failed to update bundle", err), nil
+		return s.writeFailed(&next, "failed to update bundle", err), nil
 	}
 	s.log.Info("federated bundle updated", "trust_domain", b.TrustDomain)
 	return apistatus.OK(), got
@@ -340,10 +360,12 @@ func (s *Service) setOne(ctx context.Context, pb *types.Bundle) (*types.Status, 
 	if st != nil {
 		return st, nil
 	}
+	if len(b.X509Authorities) == 0 {
+		return apistatus.New(codes.InvalidArgument, "failed to convert bundle", errNoX509Authorities), nil
+	}
 	got, err := s.store.SetBundle(ctx, b)
 	if err != nil {
-		s.log.Error("failed to set federated bundle", "trust_domain", b.TrustDomain, "error", err)
-		return apistatus.New(codes.Internal, "failed to set bundle", err), nil
+		return s.writeFailed(b, "failed to set bundle", err), nil
 	}
 	s.log.Info("federated bundle set", "trust_domain", b.TrustDomain)
 	return apistatus.OK(), got

@@ -12,6 +12,10 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
 
+// MaxSequenceNumber is the largest bundle sequence number stored (2^63-1,
+// SQL's signed 64-bit integers).
+const MaxSequenceNumber = 1<<63 - 1
+
 // BundleToProto converts a stored bundle to its wire form (all fields).
 func BundleToProto(b *datastore.Bundle) *types.Bundle {
 	if b == nil {
@@ -69,8 +73,9 @@ func ApplyBundleMask(b *types.Bundle, mask *types.BundleMask) {
 }
 
 // BundleFromProto converts and validates a wire bundle: the trust domain
-// name, every X.509 authority (a parsable DER certificate) and every JWT
-// authority (key ID set, PKIX public key parsable).
+// name (at most MaxTrustDomainLength bytes), the sequence number (at most
+// MaxSequenceNumber), every X.509 authority (a parsable DER certificate)
+// and every JWT authority (key ID set, PKIX public key parsable).
 func BundleFromProto(b *types.Bundle) (*datastore.Bundle, error) {
 	if b == nil {
 		return nil, errors.New("missing bundle")
@@ -81,6 +86,9 @@ func BundleFromProto(b *types.Bundle) (*datastore.Bundle, error) {
 	}
 	if b.RefreshHint < 0 {
 		return nil, fmt.Errorf("invalid refresh hint %d: must not be negative", b.RefreshHint)
+	}
+	if b.SequenceNumber > MaxSequenceNumber {
+		return nil, fmt.Errorf("invalid sequence number %d: the maximum is %d", b.SequenceNumber, MaxSequenceNumber)
 	}
 	x509s, err := X509AuthoritiesFromProto(b.X509Authorities)
 	if err != nil {

@@ -247,7 +247,7 @@ func ValidateEntry(td spiffeid.TrustDomain, e *datastore.Entry, mask *datastore.
 		}
 	}
 	if all || mask.ParentID {
-		id, err := parseStoredID(e.ParentID)
+		id, err := ParseID(e.ParentID)
 		if err != nil {
 			return fmt.Errorf("invalid parent ID: %w", err)
 		}
@@ -256,7 +256,7 @@ func ValidateEntry(td spiffeid.TrustDomain, e *datastore.Entry, mask *datastore.
 		}
 	}
 	if all || mask.SPIFFEID {
-		id, err := parseStoredID(e.SPIFFEID)
+		id, err := ParseID(e.SPIFFEID)
 		if err != nil {
 			return fmt.Errorf("invalid spiffe ID: %w", err)
 		}
@@ -302,20 +302,6 @@ func ValidateEntry(td spiffeid.TrustDomain, e *datastore.Entry, mask *datastore.
 		return fmt.Errorf("hint is too long, max length is %d characters", MaxHintLength)
 	}
 	return nil
-}
-
-func parseStoredID(s string) (spiffeid.ID, error) {
-	if s == "" {
-		return spiffeid.ID{}, errors.New("request must specify SPIFFE ID")
-	}
-	if len(s) > MaxIDLength {
-		return spiffeid.ID{}, fmt.Errorf("SPIFFE ID is longer than %d bytes", MaxIDLength)
-	}
-	id, err := spiffeid.FromString(s)
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%s: %w", clip.Quote(s), err)
-	}
-	return id, nil
 }
 
 // ValidateEntryID checks a caller-chosen entry ID: 1-255 characters from

@@ -19,6 +19,10 @@ import (
 // MaxIDLength bounds a SPIFFE ID's URI form (the SPIFFE spec's 2048 bytes).
 const MaxIDLength = 2048
 
+// MaxTrustDomainLength bounds a trust domain name (the SPIFFE ID spec:
+// at most 255 bytes).
+const MaxTrustDomainLength = 255
+
 // ServerPath is the path of a trust domain's server ID; entries whose parent
 // is the server ID are node alias entries.
 const ServerPath = "/spire/server"
@@ -58,7 +62,8 @@ func IDFromProto(p *types.SPIFFEID) (spiffeid.ID, error) {
 	return id, nil
 }
 
-// TrustDomainFromName parses a bare trust domain name.
+// TrustDomainFromName parses a bare trust domain name (at most
+// MaxTrustDomainLength bytes).
 func TrustDomainFromName(name string) (spiffeid.TrustDomain, error) {
 	if name == "" {
 		return spiffeid.TrustDomain{}, errors.New("trust domain is missing")
@@ -70,7 +75,48 @@ func TrustDomainFromName(name string) (spiffeid.TrustDomain, error) {
 	if err != nil {
 		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %s: %w", clip.Quote(name), err)
 	}
+	if err := CheckTrustDomain(td); err != nil {
+		return spiffeid.TrustDomain{}, err
+	}
 	return td, nil
+}
+
+// CheckTrustDomain refuses a trust domain name longer than
+// MaxTrustDomainLength bytes (go-spiffe does not bound it).
+func CheckTrustDomain(td spiffeid.TrustDomain) error {
+	if n := len(td.Name()); n > MaxTrustDomainLength {
+		return fmt.Errorf("trust domain %s is %d bytes long; the maximum is %d", clip.Quote(td.Name()), n, MaxTrustDomainLength)
+	}
+	return nil
+}
+
+// ParseID parses a SPIFFE ID string from a client: at most MaxIDLength
+// bytes, its trust domain at most MaxTrustDomainLength.
+func ParseID(s string) (spiffeid.ID, error) {
+	if s == "" {
+		return spiffeid.ID{}, errors.New("request must specify SPIFFE ID")
+	}
+	if len(s) > MaxIDLength {
+		return spiffeid.ID{}, fmt.Errorf("SPIFFE ID is longer than %d bytes", MaxIDLength)
+	}
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%s: %w", clip.Quote(s), err)
+	}
+	if err := CheckID(id); err != nil {
+		return spiffeid.ID{}, err
+	}
+	return id, nil
+}
+
+// CheckID refuses a parsed SPIFFE ID (from a CSR, say) longer than
+// MaxIDLength bytes or whose trust domain is longer than
+// MaxTrustDomainLength: go-spiffe bounds neither.
+func CheckID(id spiffeid.ID) error {
+	if len(id.String()) > MaxIDLength {
+		return fmt.Errorf("SPIFFE ID is longer than %d bytes", MaxIDLength)
+	}
+	return CheckTrustDomain(id.TrustDomain())
 }
 
 // TrustDomainFromNameOrID parses "example.org" or "spiffe://example.org"
@@ -84,6 +130,9 @@ func TrustDomainFromNameOrID(s string) (spiffeid.TrustDomain, error) {
 		}
 		if id.Path() != "" {
 			return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %s must not have a path", clip.Quote(s))
+		}
+		if err := CheckTrustDomain(id.TrustDomain()); err != nil {
+			return spiffeid.TrustDomain{}, err
 		}
 		return id.TrustDomain(), nil
 	}

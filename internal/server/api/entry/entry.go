@@ -312,7 +312,8 @@ func (s *Service) ListEntries(ctx context.Context, req *entryv1.ListEntriesReque
 	entries, next, err := s.store.ListEntries(ctx, filter, page)
 	if err != nil {
 		if errors.Is(err, datastore.ErrInvalidPage) {
-			return nil, s.makeErr(codes.InvalidArgument, "could not parse page token", err)
+			// The token is the client's text, of any size: not repeated.
+			return nil, s.makeErr(codes.InvalidArgument, "could not parse page token", nil)
 		}
 		return nil, s.makeErr(codes.Internal, "failed to list entries", err)
 	}
@@ -394,6 +395,9 @@ func (s *Service) BatchCreateEntry(ctx context.Context, req *entryv1.BatchCreate
 func (s *Service) createResult(ctx context.Context, in *datastore.Entry, r datastore.EntryResult, mask *types.EntryMask) *entryv1.BatchCreateEntryResponse_Result {
 	entry, st := r.Entry, apistatus.OK()
 	if r.Err != nil {
+		if errors.Is(r.Err, datastore.ErrNoFederatedBundle) {
+			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.InvalidArgument, "failed to create entry", noBundleCause(r.Err))}
+		}
 		if !errors.Is(r.Err, datastore.ErrAlreadyExists) {
 			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to create entry", r.Err)}
 		}
@@ -403,7 +407,7 @@ func (s *Service) createResult(ctx context.Context, in *datastore.Entry, r datas
 		}
 		if similar == nil {
 			// The ID is taken by a different entry.
-			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.AlreadyExists, "failed to create entry", r.Err)}
+			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.AlreadyExists, "failed to create entry", errors.New("entry ID is already in use"))}
 		}
 		entry, st = similar, &types.Status{Code: int32(codes.AlreadyExists), Message: "similar entry already exists"}
 	}
@@ -462,9 +466,11 @@ func (s *Service) updateOne(ctx context.Context, pe *types.Entry, inMask *types.
 	got, err := s.store.UpdateEntry(ctx, e, mask)
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
-		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.NotFound, "failed to update entry", err)}
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.NotFound, "failed to update entry", errors.New("entry not found"))}
 	case errors.Is(err, datastore.ErrAlreadyExists):
-		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.AlreadyExists, "failed to update entry", err)}
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.AlreadyExists, "failed to update entry", errors.New("similar entry already exists"))}
+	case errors.Is(err, datastore.ErrNoFederatedBundle):
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.InvalidArgument, "failed to update entry", noBundleCause(err))}
 	case err != nil:
 		s.log.Error("failed to update entry", "entry_id", e.ID, "error", err)
 		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to update entry", err)}
@@ -474,6 +480,17 @@ func (s *Service) updateOne(ctx context.Context, pe *types.Entry, inMask *types.
 		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to convert entry in updateEntry", err)}
 	}
 	return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.OK(), Entry: out}
+}
+
+// noBundleCause is the cause shown for a store error matching
+// datastore.ErrNoFederatedBundle: SPIRE's "unable to find federated bundle
+// <trust domain>", without the store's wrapping.
+func noBundleCause(err error) error {
+	var nb *datastore.NoFederatedBundleError
+	if errors.As(err, &nb) {
+		return nb
+	}
+	return datastore.ErrNoFederatedBundle
 }
 
 // BatchDeleteEntry deletes entries by ID.

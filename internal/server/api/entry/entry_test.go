@@ -148,6 +148,17 @@ func (e *env) mustCreate(t testing.TB, entries ...*types.Entry) []*types.Entry {
 	return out
 }
 
+// addBundles stores a bundle for each trust domain, so entries may
+// federate with them.
+func (e *env) addBundles(t testing.TB, tds ...string) {
+	t.Helper()
+	for _, td := range tds {
+		if _, err := e.st.SetBundle(context.Background(), &datastore.Bundle{TrustDomain: td}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func (e *env) count(t *testing.T) int32 {
 	t.Helper()
 	resp, err := e.client.CountEntries(ctxFor(t, ""), &entryv1.CountEntriesRequest{})
@@ -159,6 +170,7 @@ func (e *env) count(t *testing.T) int32 {
 
 func TestBatchCreateEntry(t *testing.T) {
 	e := newEnv(t, 0)
+	e.addBundles(t, "fed.org", "other.org")
 	ctx := ctxFor(t, "")
 	e1 := base()
 	e1.DnsNames = []string{"web.example.org", "*.web.example.org"}
@@ -435,6 +447,7 @@ func mk(path, parent string, fed []string, hint string, down bool, sels ...*type
 
 func TestListAndCountEntries(t *testing.T) {
 	e := newEnv(t, 0)
+	e.addBundles(t, "a.org", "b.org")
 	ctx := ctxFor(t, "")
 	uid1, gid1 := sel("unix", "uid:1"), sel("unix", "gid:1")
 	byPath := map[string]string{}

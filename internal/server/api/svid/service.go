@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/server/api/apistatus"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
@@ -125,6 +126,9 @@ func (s *Service) MintX509SVID(ctx context.Context, req *svidv1.MintX509SVIDRequ
 		return nil, s.err(ctx, codes.InvalidArgument, "only one URI SAN is expected", nil)
 	}
 	id, err := spiffeid.FromURI(csr.URIs[0])
+	if err == nil {
+		err = convert.CheckID(id)
+	}
 	if err != nil {
 		return nil, s.err(ctx, codes.InvalidArgument, "CSR URI SAN is not a valid SPIFFE ID", err)
 	}
@@ -132,7 +136,7 @@ func (s *Service) MintX509SVID(ctx context.Context, req *svidv1.MintX509SVIDRequ
 		return nil, s.err(ctx, codes.InvalidArgument, "CSR URI SAN is invalid", err)
 	}
 	if id.String() != csr.URIs[0].String() {
-		return nil, s.err(ctx, codes.InvalidArgument, "CSR URI SAN is malformed", fmt.Errorf("%q is not normalized", csr.URIs[0].String()))
+		return nil, s.err(ctx, codes.InvalidArgument, "CSR URI SAN is malformed", fmt.Errorf("%s is not normalized", clip.Quote(csr.URIs[0].String())))
 	}
 	for _, dns := range csr.DNSNames {
 		if err := convert.ValidateDNSName(dns); err != nil {

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -38,4 +40,44 @@ func TestSecondAgentOnSameSocket(t *testing.T) {
 		t.Fatal("first agent's socket was replaced")
 	}
 	testutil.RequireSVID(t, s.agent.SocketAddr(), id, deadline)
+}
+
+// TestSecondServerOnSameDataDir: a second sigil-server on the data_dir of
+// a running one (its own socket and port) refuses to start, naming the
+// first one's pid; the first keeps serving.
+func TestSecondServerOnSameDataDir(t *testing.T) {
+	first := testutil.StartServer(t, testutil.ServerConfig{})
+	second := testutil.NewServer(t, testutil.ServerConfig{
+		DataDir:    first.Config.DataDir,
+		SocketPath: filepath.Join(testutil.ShortTempDir(t), "api.sock"),
+	})
+	logs := second.StartProcess(t).WaitExit(t, deadline)
+	if want := fmt.Sprintf("data_dir %s is in use by pid %d", first.Config.DataDir, first.Proc.Pid()); !strings.Contains(logs, want) {
+		t.Fatalf("second server's log lacks %q:\n%s", want, logs)
+	}
+	first.Admin(t).ListEntries(t)
+}
+
+// TestSecondAgentOnSameDataDir: a second sigil-agent on the data_dir of a
+// running one (its own socket) refuses to start, naming the first one's
+// pid; the first keeps serving. After the first is killed (SIGKILL), the
+// data_dir is free again: no stale lock.
+func TestSecondAgentOnSameDataDir(t *testing.T) {
+	s := newStack(t)
+	id := s.register(t, "/first", uidSelector)
+	testutil.RequireSVID(t, s.agent.SocketAddr(), id, deadline)
+
+	cfg := s.agent.Config
+	cfg.SocketPath = filepath.Join(testutil.ShortTempDir(t), "api.sock")
+	cfg.JoinToken = ""
+	second := testutil.NewAgent(t, cfg)
+	logs := second.StartProcess(t).WaitExit(t, deadline)
+	if want := fmt.Sprintf("data_dir %s is in use by pid %d", cfg.DataDir, s.agent.Proc.Pid()); !strings.Contains(logs, want) {
+		t.Fatalf("second agent's log lacks %q:\n%s", want, logs)
+	}
+	testutil.RequireSVID(t, s.agent.SocketAddr(), id, deadline)
+
+	s.agent.Proc.Kill()
+	second.Start(t)
+	testutil.RequireSVID(t, second.SocketAddr(), id, deadline)
 }

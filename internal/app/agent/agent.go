@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 
 	"golang.org/x/sync/errgroup"
@@ -24,6 +23,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/datadir"
 	"github.com/sigil-spiffe/sigil/internal/healthcheck"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 )
@@ -42,20 +42,30 @@ type Agent struct {
 	mgr   *manager.Manager
 	wl    *workloadapi.Server
 	fsd   *fsdelivery.Delivery
+	// lock is data_dir's, held from New until Run returns (or Close).
+	lock *datadir.Lock
 }
 
 // New loads the persisted state and builds every component. It does not
 // contact the server: an agent whose server is unreachable still starts and
 // serves what it has.
-func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options) (*Agent, error) {
+func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options) (_ *Agent, err error) {
 	clk := clock.OrReal(opts.Clock)
 	bootstrap, err := preflight(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data_dir: %w", err)
+	// One process per data_dir: taken before anything in it is read or
+	// written.
+	lock, err := datadir.Acquire(cfg.DataDir)
+	if err != nil {
+		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			lock.Release()
+		}
+	}()
 	var km keys.Manager
 	switch cfg.KeyManager.Kind {
 	case config.KeyManagerMemory:
@@ -118,8 +128,11 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, clk: clk, cache: c, mgr: mgr, wl: wl, fsd: fsd}, nil
+	return &Agent{cfg: cfg, log: log, clk: clk, cache: c, mgr: mgr, wl: wl, fsd: fsd, lock: lock}, nil
 }
+
+// Close releases what New took (the data_dir lock) if Run is never called.
+func (a *Agent) Close() error { return a.lock.Release() }
 
 // Ready is closed once the Workload API socket accepts connections.
 func (a *Agent) Ready() <-chan struct{} { return a.wl.Ready() }
@@ -130,6 +143,7 @@ func (a *Agent) Status() manager.Status { return a.mgr.Status() }
 // Run serves until ctx ends. The Workload API starts at once from the
 // persisted cache; the manager connects to the server in the background.
 func (a *Agent) Run(ctx context.Context) error {
+	defer a.lock.Release()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.cache.Run(ctx) })
 	g.Go(func() error { return a.wl.Run(ctx) })

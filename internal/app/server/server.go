@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/ca/upstreamspire"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/datadir"
 	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
 	"github.com/sigil-spiffe/sigil/internal/healthcheck"
 	"github.com/sigil-spiffe/sigil/internal/keys"
@@ -45,6 +45,8 @@ type Server struct {
 	// nested is UpstreamAuthority "spire" (nil otherwise); the CA's Run
 	// drives it, Run and Close release it.
 	nested *upstreamspire.Authority
+	// lock is data_dir's, held from New until Run returns (or Close).
+	lock *datadir.Lock
 }
 
 // Options are test and embedding hooks; the zero value is production.
@@ -65,9 +67,17 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 			pre.close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data_dir: %w", err)
+	// One process per data_dir: taken before anything in it is read or
+	// written.
+	lock, err := datadir.Acquire(cfg.DataDir)
+	if err != nil {
+		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			lock.Release()
+		}
+	}()
 	// cfg is validated: the datastore and key manager settings are present.
 	ds, err := sqlstore.Open(ctx, sqlstore.Config{
 		DatabaseType:     cfg.DataStore.DatabaseType,
@@ -159,7 +169,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, nested: pre.nested}, nil
+	return &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, nested: pre.nested, lock: lock}, nil
 }
 
 func keyManager(cfg *config.Server) (keys.Manager, error) {
@@ -185,6 +195,7 @@ func (s *Server) TCPAddr() net.Addr { return s.ep.TCPAddr() }
 // Run serves until ctx ends, then shuts everything down and closes the
 // datastore.
 func (s *Server) Run(ctx context.Context) error {
+	defer s.lock.Release()
 	defer s.ds.Close()
 	if s.nested != nil {
 		defer s.nested.Close()
@@ -204,6 +215,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Close releases the datastore of a Server whose Run was never called.
 func (s *Server) Close() error {
+	defer s.lock.Release()
 	if s.nested != nil {
 		_ = s.nested.Close()
 	}

@@ -27,6 +27,11 @@ import (
 )
 
 func main() {
+	// Stray log lines (gRPC's own errors) look like the daemon's; run
+	// replaces this with the configured logger.
+	if log, err := config.NewLogger("WARN", "text", os.Stderr); err == nil {
+		config.SetDefault(log)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -47,6 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return cliutil.RunDaemon(ctx, "Server", cfg, stderr,
 			func(ctx context.Context, cfg *config.Server, log *slog.Logger) (*serverapp.Server, error) {
+				config.SetDefault(log) // what logs without a logger of its own, too
 				return serverapp.New(ctx, cfg, log, serverapp.Options{})
 			})
 	case args[0] == "validate":

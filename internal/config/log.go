@@ -1,11 +1,14 @@
 package config
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
+
+	"google.golang.org/grpc/grpclog"
 )
 
 // LevelTrace is below slog.LevelDebug; SPIRE (logrus) accepts "trace".
@@ -52,11 +55,66 @@ func NewLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: stampTime}
 	if f == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// TimeFormat is how every log line of both binaries stamps its time, in
+// text and JSON alike: RFC 3339 with milliseconds, in the local time zone.
+const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// stampTime formats the record's time with TimeFormat (slog's JSON handler
+// would otherwise write nanoseconds, its text handler milliseconds).
+func stampTime(groups []string, a slog.Attr) slog.Attr {
+	if len(groups) == 0 && a.Key == slog.TimeKey && a.Value.Kind() == slog.KindTime {
+		a.Value = slog.StringValue(a.Value.Time().Format(TimeFormat))
+	}
+	return a
+}
+
+// SetDefault makes log the process's logger for whatever does not get one
+// passed: slog.Default, the standard log package (which slog.SetDefault
+// routes through log) and gRPC's internal logger, whose errors would
+// otherwise go to stderr with a time in another format. Call it once, at
+// start-up, before any gRPC use.
+func SetDefault(log *slog.Logger) {
+	slog.SetDefault(log)
+	grpclog.SetLoggerV2(grpcLogger{log})
+}
+
+// grpcLogger is gRPC's LoggerV2 on slog. gRPC's default logger drops info
+// and warning messages; here they are debug messages.
+type grpcLogger struct{ l *slog.Logger }
+
+func (g grpcLogger) Info(args ...any)   { g.l.Debug(fmt.Sprint(args...), "source", "grpc") }
+func (g grpcLogger) Infoln(args ...any) { g.l.Debug(fmt.Sprintln(args...), "source", "grpc") }
+func (g grpcLogger) Infof(format string, args ...any) {
+	g.l.Debug(fmt.Sprintf(format, args...), "source", "grpc")
+}
+func (g grpcLogger) Warning(args ...any)   { g.l.Debug(fmt.Sprint(args...), "source", "grpc") }
+func (g grpcLogger) Warningln(args ...any) { g.l.Debug(fmt.Sprintln(args...), "source", "grpc") }
+func (g grpcLogger) Warningf(format string, args ...any) {
+	g.l.Debug(fmt.Sprintf(format, args...), "source", "grpc")
+}
+func (g grpcLogger) Error(args ...any)   { g.l.Error(fmt.Sprint(args...), "source", "grpc") }
+func (g grpcLogger) Errorln(args ...any) { g.l.Error(fmt.Sprintln(args...), "source", "grpc") }
+func (g grpcLogger) Errorf(format string, args ...any) {
+	g.l.Error(fmt.Sprintf(format, args...), "source", "grpc")
+}
+func (g grpcLogger) Fatal(args ...any) { g.l.Error(fmt.Sprint(args...), "source", "grpc"); os.Exit(1) }
+func (g grpcLogger) Fatalln(args ...any) {
+	g.l.Error(fmt.Sprintln(args...), "source", "grpc")
+	os.Exit(1)
+}
+func (g grpcLogger) Fatalf(format string, args ...any) {
+	g.l.Error(fmt.Sprintf(format, args...), "source", "grpc")
+	os.Exit(1)
+}
+func (g grpcLogger) V(l int) bool {
+	return l <= 0 && g.l.Enabled(context.Background(), slog.LevelDebug)
 }
 
 // OpenLogFile opens log_file for appending, creating it 0640 if needed.

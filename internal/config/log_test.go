@@ -4,11 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"log"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc/grpclog"
 )
 
 func TestNewLoggerLevels(t *testing.T) {
@@ -94,5 +100,72 @@ func TestOpenLogFile(t *testing.T) {
 	}
 	if _, err := OpenLogFile(filepath.Join(t.TempDir(), "missing", "x.log")); err == nil {
 		t.Error("opening a log file in a missing directory succeeded")
+	}
+}
+
+// rfc3339Millis matches TimeFormat: RFC 3339 with exactly milliseconds.
+var rfc3339Millis = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$`)
+
+// TestLogTimesAreRFC3339 checks that text and JSON logs stamp times the
+// same way (slog's JSON handler alone writes nanoseconds).
+func TestLogTimesAreRFC3339(t *testing.T) {
+	for _, format := range []string{"text", "json"} {
+		var buf bytes.Buffer
+		l, err := NewLogger("info", format, &buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Info("hello")
+		var stamp string
+		if format == "json" {
+			var rec struct{ Time string }
+			if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+				t.Fatal(err)
+			}
+			stamp = rec.Time
+		} else {
+			m := regexp.MustCompile(`^time=(\S+) `).FindStringSubmatch(buf.String())
+			if m == nil {
+				t.Fatalf("text: no time in %q", buf.String())
+			}
+			stamp = m[1]
+		}
+		if !rfc3339Millis.MatchString(stamp) {
+			t.Errorf("%s: time %q is not RFC 3339 with milliseconds", format, stamp)
+		}
+		if _, err := time.Parse(time.RFC3339, stamp); err != nil {
+			t.Errorf("%s: time %q: %v", format, stamp, err)
+		}
+	}
+}
+
+// TestSetDefault: what logs without a logger of its own (the standard log
+// package, gRPC's internal logger) goes through the configured one.
+func TestSetDefault(t *testing.T) {
+	prev := slog.Default()
+	defer slog.SetDefault(prev)
+	defer grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
+	var buf bytes.Buffer
+	l, err := NewLogger("info", "json", &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	SetDefault(l)
+	log.Printf("from the log package")
+	grpclog.Errorf("from grpc %d", 1)
+	grpclog.Info("grpc info is debug")
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var rec struct{ Time, Level, Msg string }
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		if !rfc3339Millis.MatchString(rec.Time) {
+			t.Errorf("line %q: time not RFC 3339 with milliseconds", line)
+		}
+		got = append(got, rec.Level+" "+rec.Msg)
+	}
+	if want := "INFO from the log package|ERROR from grpc 1"; strings.Join(got, "|") != want {
+		t.Errorf("records %q, want %q", got, want)
 	}
 }

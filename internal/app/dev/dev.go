@@ -129,7 +129,7 @@ func (e *env) run(ctx context.Context, exitWhenDone bool) error {
 		return errors.Join(g.Wait(), errors.New("server stopped before it was ready"))
 	}
 
-	err = e.startAgentAndFetch(gctx, g)
+	err = e.startAgentAndFetch(gctx, g, exitWhenDone)
 	if err != nil || exitWhenDone {
 		cancel()
 		return errors.Join(err, g.Wait())
@@ -138,7 +138,7 @@ func (e *env) run(ctx context.Context, exitWhenDone bool) error {
 	return g.Wait()
 }
 
-func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group) error {
+func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group, exitWhenDone bool) error {
 	conn, err := grpc.NewClient("unix://"+e.serverSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("connect to admin socket: %w", err)
@@ -262,6 +262,12 @@ func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group) error {
 	fmt.Fprintf(w, "  Workload API socket:  %s\n", e.agentSocket())
 	fmt.Fprintf(w, "  Your SPIFFE ID:       %s (selector unix:%s)\n", svid.ID, sel)
 	fmt.Fprintf(w, "  Your X509-SVID:       serial %s, valid until %s\n\n", svid.Certificates[0].SerialNumber, svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+	if exitWhenDone {
+		// Nothing serves once this returns: no "while this runs" commands.
+		fmt.Fprintf(w, "Stopped (-exit): the server and agent are no longer running. Their state stays in %s;\n", e.dir)
+		fmt.Fprintf(w, "run again without -exit to keep them serving and try the commands it prints.\n")
+		return nil
+	}
 	fmt.Fprintf(w, "Fetch it yourself (while this runs):\n  go run ./cmd/sigil-agent api fetch x509 -socketPath %s\n", e.agentSocket())
 	fmt.Fprintf(w, "List registration entries:\n  go run ./cmd/sigil-server entry show -socketPath %s\n", e.serverSocket())
 	return nil

@@ -378,6 +378,7 @@ type watchCmd struct{}
 func (c *watchCmd) flags(*flag.FlagSet) {}
 
 type watcher struct {
+	ctx  context.Context // the watch's: once it ends, errors are the stop itself
 	s    *session
 	last time.Time
 }
@@ -393,7 +394,9 @@ func (w *watcher) OnX509ContextUpdate(c *workloadapi.X509Context) {
 }
 
 func (w *watcher) OnX509ContextWatchError(err error) {
-	if errors.Is(err, context.Canceled) {
+	// Ctrl-C (or SIGTERM) cancels the stream: a normal stop, said nothing
+	// about (the error is then a gRPC Canceled status, not context.Canceled).
+	if w.ctx.Err() != nil || errors.Is(err, context.Canceled) {
 		return
 	}
 	w.s.errorf("Workload API error: %s\n", w.s.describe(err))
@@ -408,7 +411,7 @@ func (c *watchCmd) run(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	err = client.WatchX509Context(ctx, &watcher{s: s, last: time.Now()})
+	err = client.WatchX509Context(ctx, &watcher{ctx: ctx, s: s, last: time.Now()})
 	if ctx.Err() == nil {
 		return fmt.Errorf("watching the Workload API: %w", err)
 	}

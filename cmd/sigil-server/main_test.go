@@ -144,3 +144,30 @@ func TestValidateWarnsAndAccepts(t *testing.T) {
 		t.Errorf("validate created data_dir (stat: %v)", err)
 	}
 }
+
+// TestREADMERunBlock keeps the README block that .ci/readme-run executes
+// findable: its markers, one sh block between them, and the commands the
+// CI check relies on.
+func TestREADMERunBlock(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	_, rest, ok := strings.Cut(readme, "<!-- readme-run: begin")
+	if !ok {
+		t.Fatal("README.md lost its <!-- readme-run: begin --> marker (.ci/readme-run runs the block after it)")
+	}
+	block, _, ok := strings.Cut(rest, "<!-- readme-run: end")
+	if !ok {
+		t.Fatal("README.md lost its <!-- readme-run: end --> marker")
+	}
+	if strings.Count(block, "```sh\n") != 1 || strings.Count(block, "```") != 2 {
+		t.Fatalf("the readme-run markers must enclose exactly one ```sh block:\n%s", block)
+	}
+	for _, want := range []string{"bin/sigil-server run", "healthcheck", "token generate", "bin/sigil-agent run", "api fetch x509", "spiffe://example.org/myservice"} {
+		if !strings.Contains(block, want) {
+			t.Errorf("the readme-run block lacks %q", want)
+		}
+	}
+}

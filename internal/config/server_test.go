@@ -191,29 +191,25 @@ func TestServerDerivedDefaults(t *testing.T) {
 	}
 }
 
+// TestExampleConfFiles loads the example configurations the way `run`
+// without -config does, from the repository root: the default -config
+// paths (SPIRE's conf/server/server.conf and conf/agent/agent.conf) are
+// the files in conf/.
 func TestExampleConfFiles(t *testing.T) {
-	src, err := os.ReadFile("../../conf/server.conf")
+	t.Chdir("../..")
+	s, err := LoadServer(nil)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("default -config %s: %v", DefaultServerConfigPath, err)
 	}
-	s, err := ParseServer("conf/server.conf", src)
+	if s.Path != DefaultServerConfigPath || s.DataStore.DatabaseType != "sqlite3" || s.KeyManager.Kind != "disk" || !s.NodeAttestors.JoinToken {
+		t.Errorf("%s: unexpected plugins %+v %+v %+v", s.Path, s.DataStore, s.KeyManager, s.NodeAttestors)
+	}
+	a, err := LoadAgent(nil)
 	if err != nil {
-		t.Fatalf("conf/server.conf: %v", err)
+		t.Fatalf("default -config %s: %v", DefaultAgentConfigPath, err)
 	}
-	if s.DataStore.DatabaseType != "sqlite3" || s.KeyManager.Kind != "disk" || !s.NodeAttestors.JoinToken {
-		t.Errorf("conf/server.conf: unexpected plugins %+v %+v %+v", s.DataStore, s.KeyManager, s.NodeAttestors)
-	}
-
-	src, err = os.ReadFile("../../conf/agent.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := ParseAgent("conf/agent.conf", src)
-	if err != nil {
-		t.Fatalf("conf/agent.conf: %v", err)
-	}
-	if a.KeyManager.Kind != "disk" || !a.NodeAttestor.JoinToken || a.WorkloadAttestors.Unix == nil {
-		t.Errorf("conf/agent.conf: unexpected plugins %+v %+v %+v", a.KeyManager, a.NodeAttestor, a.WorkloadAttestors)
+	if a.Path != DefaultAgentConfigPath || a.KeyManager.Kind != "disk" || !a.NodeAttestor.JoinToken || a.WorkloadAttestors.Unix == nil {
+		t.Errorf("%s: unexpected plugins %+v %+v %+v", a.Path, a.KeyManager, a.NodeAttestor, a.WorkloadAttestors)
 	}
 	if a.TrustDomain != s.TrustDomain || a.ServerPort != s.BindPort {
 		t.Errorf("example agent (%s, port %d) does not match example server (%s, port %d)", a.TrustDomain, a.ServerPort, s.TrustDomain, s.BindPort)

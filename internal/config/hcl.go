@@ -10,6 +10,8 @@
 package config
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -17,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/hashicorp/hcl"
 	"github.com/hashicorp/hcl/hcl/ast"
@@ -126,7 +129,7 @@ func (d *decoder) err() error {
 
 // parseFile parses HCL or JSON source into root entries.
 func parseFile(name string, src []byte) ([]*entry, error) {
-	f, err := hcl.ParseBytes(src)
+	f, err := parseHCL(src)
 	if err != nil {
 		var pe *hclparser.PosError
 		if errors.As(err, &pe) {
@@ -139,6 +142,27 @@ func parseFile(name string, src []byte) ([]*entry, error) {
 		return nil, fmt.Errorf("%s: syntax error: expected a list of keys and blocks at top level", name)
 	}
 	return toEntries(list), nil
+}
+
+// parseHCL runs HCL's parser, turning its panics into errors: HCL v1's JSON
+// scanner panics on some malformed input (`{"\0`, hashicorp/hcl#194), which
+// must stop start-up with a syntax error, not crash it. For JSON input the
+// error names the line encoding/json finds the first error on.
+func parseHCL(src []byte) (f *ast.File, err error) {
+	defer func() {
+		r := recover()
+		if r == nil {
+			return
+		}
+		f, err = nil, fmt.Errorf("the file is neither valid HCL nor valid JSON (the parser failed: %v)", r)
+		var se *json.SyntaxError
+		if bytes.HasPrefix(bytes.TrimLeftFunc(src, unicode.IsSpace), []byte("{")) && // HCL's test for JSON
+			errors.As(json.Unmarshal(src, new(any)), &se) {
+			line := 1 + bytes.Count(src[:min(int(se.Offset), len(src))], []byte("\n"))
+			err = &hclparser.PosError{Pos: token.Pos{Line: line}, Err: se}
+		}
+	}()
+	return hcl.ParseBytes(src)
 }
 
 // block is a section of the file whose keys are checked against a known set:

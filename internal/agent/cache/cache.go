@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
@@ -53,14 +54,14 @@ func (e *Entry) validate() error {
 		return errors.New("entry has no ID")
 	}
 	if e.SPIFFEID.IsZero() {
-		return fmt.Errorf("entry %q has no SPIFFE ID", e.ID)
+		return fmt.Errorf("entry %s has no SPIFFE ID", clip.Quote(e.ID))
 	}
 	if len(e.Selectors) == 0 {
-		return fmt.Errorf("entry %q has no selectors", e.ID)
+		return fmt.Errorf("entry %s has no selectors", clip.Quote(e.ID))
 	}
 	for _, s := range e.Selectors {
 		if err := s.Validate(); err != nil {
-			return fmt.Errorf("entry %q: %w", e.ID, err)
+			return fmt.Errorf("entry %s: %w", clip.Quote(e.ID), err)
 		}
 	}
 	return nil

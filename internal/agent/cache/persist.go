@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 )
 
@@ -124,7 +125,7 @@ func (c *Cache) Load() error {
 		return fmt.Errorf("agent cache %s has version %d, want %d", path, st.Version, diskVersion)
 	}
 	if st.TrustDomain != c.cfg.TrustDomain {
-		return fmt.Errorf("agent cache %s is for trust domain %q, not %q", path, st.TrustDomain, c.cfg.TrustDomain)
+		return fmt.Errorf("agent cache %s is for trust domain %s, not %q", path, clip.Quote(st.TrustDomain.Name()), c.cfg.TrustDomain)
 	}
 
 	entries := make(map[string]*entryRecord, len(st.Entries))
@@ -142,7 +143,7 @@ func (c *Cache) Load() error {
 		}
 		b, err := spiffebundle.Parse(td, raw)
 		if err != nil {
-			return fmt.Errorf("agent cache %s: bundle of %q: %w", path, td, err)
+			return fmt.Errorf("agent cache %s: bundle of %s: %w", path, clip.Quote(td.Name()), err)
 		}
 		bundles[td] = &bundleRecord{bundle: b}
 	}

@@ -214,9 +214,13 @@ func sameState(t *testing.T, a, b *Cache) {
 			len(b.entries), len(b.svids), len(b.bundles), len(a.entries), len(a.svids), len(a.bundles))
 	}
 	for id, r := range a.entries {
-		if rb, ok := b.entries[id]; !ok || !entriesEqual(r.entry, rb.entry) {
+		rb, ok := b.entries[id]
+		if !ok {
+			t.Fatalf("entry %q lost on reload", id)
+		}
+		if !entriesEqual(r.entry, rb.entry) {
 			ja, _ := json.Marshal(r.entry)
-			jb, _ := json.Marshal(b.entries[id])
+			jb, _ := json.Marshal(rb.entry)
 			t.Fatalf("entry %q changed on reload:\n%s\n%s", id, ja, jb)
 		}
 	}

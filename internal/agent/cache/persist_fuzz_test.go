@@ -81,10 +81,10 @@ func (ca *fuzzCA) svid(tb testing.TB, id spiffeid.ID, key crypto.Signer, notAfte
 // fuzzCacheFile returns a file written by the cache itself: two bundles,
 // three entries, an SVID with an EC key, one with an Ed25519 key and an
 // expired one.
-func fuzzCacheFile(f *testing.F) []byte {
-	dir := f.TempDir()
+func fuzzCacheFile(tb testing.TB) []byte {
+	dir := tb.TempDir()
 	c := New(Config{Dir: dir, TrustDomain: fuzzTD, Clock: clock.NewFake(fuzzNow)})
-	ca := newFuzzCA(f, fuzzTD)
+	ca := newFuzzCA(tb, fuzzTD)
 	uid := selector.Selector{Type: "unix", Value: "uid:1000"}
 	gid := selector.Selector{Type: "unix", Value: "gid:1000"}
 	e1 := &Entry{ID: "e1", SPIFFEID: spiffeid.RequireFromPath(fuzzTD, "/web"), ParentID: spiffeid.RequireFromPath(fuzzTD, "/agent"),
@@ -94,34 +94,34 @@ func fuzzCacheFile(f *testing.F) []byte {
 	e3 := &Entry{ID: "e3", SPIFFEID: spiffeid.RequireFromPath(fuzzTD, "/old"), Selectors: []selector.Selector{gid}}
 	for _, b := range []*spiffebundle.Bundle{
 		spiffebundle.FromX509Authorities(fuzzTD, []*x509.Certificate{ca.cert}),
-		spiffebundle.FromX509Authorities(fuzzFed, []*x509.Certificate{newFuzzCA(f, fuzzFed).cert}),
+		spiffebundle.FromX509Authorities(fuzzFed, []*x509.Certificate{newFuzzCA(tb, fuzzFed).cert}),
 	} {
 		if err := c.SetBundle(b); err != nil {
-			f.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 	if err := c.SetEntries([]*Entry{e1, e2, e3}); err != nil {
-		f.Fatal(err)
+		tb.Fatal(err)
 	}
 	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		f.Fatal(err)
+		tb.Fatal(err)
 	}
 	_, edKey, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		f.Fatal(err)
+		tb.Fatal(err)
 	}
 	longAgo, far := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
 	if err := c.SetX509SVIDs(map[string]*X509SVID{
-		"e1": ca.svid(f, e1.SPIFFEID, ecKey, far),
-		"e2": ca.svid(f, e2.SPIFFEID, edKey, far),
-		"e3": ca.svid(f, e3.SPIFFEID, ecKey, longAgo),
+		"e1": ca.svid(tb, e1.SPIFFEID, ecKey, far),
+		"e2": ca.svid(tb, e2.SPIFFEID, edKey, far),
+		"e3": ca.svid(tb, e3.SPIFFEID, ecKey, longAgo),
 	}); err != nil {
-		f.Fatal(err)
+		tb.Fatal(err)
 	}
 	data, err := os.ReadFile(c.Path())
 	if err != nil {
-		f.Fatal(err)
+		tb.Fatal(err)
 	}
 	return data
 }

@@ -40,11 +40,13 @@ const (
 }`
 )
 
-// fuzzSeeds adds the example files of conf/ (when found) and srcs.
+// fuzzSeeds adds the example file conf/<example> and srcs.
 func fuzzSeeds(f *testing.F, example string, srcs ...string) {
-	if data, err := os.ReadFile("../../conf/" + example); err == nil {
-		f.Add(data)
+	data, err := os.ReadFile("../../conf/" + example)
+	if err != nil {
+		f.Fatalf("example configuration: %v", err)
 	}
+	f.Add(data)
 	for _, s := range srcs {
 		f.Add([]byte(s))
 	}
@@ -98,7 +100,7 @@ func checkConfig[C interface{ Validate() error }](t *testing.T, src []byte, deco
 // FuzzParseServer runs arbitrary server configuration files, HCL and its
 // JSON form, through the decoder and validation (see checkConfig).
 func FuzzParseServer(f *testing.F) {
-	fuzzSeeds(f, "server.conf", fullServerConf, minimalServerConf, fuzzServerJSON,
+	fuzzSeeds(f, "server/server.conf", fullServerConf, minimalServerConf, fuzzServerJSON,
 		"server {\n  trust_domain = \"a.org\"\n  bind_port = \n}\n",
 		`{"server": {"trust_domain": "a.org",, }}`,
 		"server { bind_port = \"99999\" }",
@@ -118,7 +120,7 @@ func FuzzParseServer(f *testing.F) {
 // FuzzParseAgent runs arbitrary agent configuration files, HCL and its JSON
 // form, through the decoder and validation (see checkConfig).
 func FuzzParseAgent(f *testing.F) {
-	fuzzSeeds(f, "agent.conf", fullAgentConf, agentConfWith("", ""), fuzzAgentJSON,
+	fuzzSeeds(f, "agent/agent.conf", fullAgentConf, agentConfWith("", ""), fuzzAgentJSON,
 		agentConfWith("    cache_enabled = true\n", ""),
 		agentConfWith("    availability_target = \"1h\"\n", ""),
 		`{"agent": {"trust_domain": "example.org"}, "plugins": {"WorkloadAttestor": [{"unix": {}}]}}`,

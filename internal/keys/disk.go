@@ -148,3 +148,19 @@ func fileName(id string) (string, error) {
 	b.WriteString(".pem")
 	return b.String(), nil
 }
+
+// DeleteKey removes the key stored under id (its file, durably); an
+// unknown ID is not an error.
+func (d *Disk) DeleteKey(_ context.Context, id string) error {
+	name, err := fileName(id)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.cache, id)
+	if err := RemoveFile(d.dir, name); err != nil {
+		return fmt.Errorf("delete key %q: %w", id, err)
+	}
+	return nil
+}

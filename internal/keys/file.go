@@ -1,7 +1,9 @@
 package keys
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -54,6 +56,27 @@ func replaceWith(f *os.File, path string, data []byte) error {
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
 		return fmt.Errorf("rename into place: %w", err)
+	}
+	return nil
+}
+
+// RemoveFile deletes dir/name, if present, and fsyncs dir, so the removal
+// survives a crash. It is how the files WriteFileAtomic wrote are deleted
+// (an agent whose identity the server revoked forgets its SVIDs and keys).
+func RemoveFile(dir, name string) error {
+	if err := os.Remove(filepath.Join(dir, name)); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open directory for sync: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory: %w", err)
 	}
 	return nil
 }

@@ -43,3 +43,11 @@ func (m *Memory) GetKey(_ context.Context, id string) (crypto.Signer, error) {
 	}
 	return k, nil
 }
+
+// DeleteKey forgets the key stored under id; an unknown ID is not an error.
+func (m *Memory) DeleteKey(_ context.Context, id string) error {
+	m.mu.Lock()
+	delete(m.keys, id)
+	m.mu.Unlock()
+	return nil
+}

@@ -155,6 +155,9 @@ type Cache struct {
 	// kick wakes Run when SVIDs changed (its expiry timer may be stale).
 	kick chan struct{}
 
+	// revoked is set by Revoke and cleared by SetEntries (under mu).
+	revoked bool
+
 	persistMu sync.Mutex
 }
 
@@ -189,7 +192,8 @@ func (c *Cache) nextGen() uint64 {
 // ID, no SPIFFE ID, no or invalid selectors, duplicate ID) are skipped and
 // reported in the returned error; the valid ones are applied regardless.
 // SVIDs of removed entries, and of entries whose SPIFFE ID changed, are
-// dropped.
+// dropped. It ends a revocation (see Revoke): the server authorized this
+// set.
 func (c *Cache) SetEntries(entries []*Entry) error {
 	var errs []error
 	next := make(map[string]*Entry, len(entries))
@@ -208,7 +212,8 @@ func (c *Cache) SetEntries(entries []*Entry) error {
 	}
 
 	c.mu.Lock()
-	changed := false
+	changed := c.revoked
+	c.revoked = false
 	for id := range c.entries {
 		if _, ok := next[id]; !ok {
 			delete(c.entries, id)

@@ -58,4 +58,13 @@
 // PKCS#8 keys. JWT-SVIDs are not persisted. Load restores it; SVIDs that
 // have expired by then are dropped. The agent's own SVID and key are not
 // part of this cache.
+//
+// # Revocation
+//
+// When the server refuses the agent (banned or evicted), the writer calls
+// Revoke: everything is dropped at once, subscribers receive a state with
+// no entry (the Workload API ends their streams), watchers are signalled
+// (filesystem delivery removes its files, see Revoked), the persisted
+// file is deleted and nothing is written again until SetEntries, which
+// ends the revocation once the agent has attested again.
 package cache

@@ -50,10 +50,12 @@ func (c *Cache) GetJWTSVID(id spiffeid.ID, audience []string) (JWTSVID, bool) {
 	return j, true
 }
 
-// SetJWTSVID caches a JWT-SVID. Tokens already past half-life are ignored.
+// SetJWTSVID caches a JWT-SVID. Tokens already past half-life, and tokens
+// set while the cache is revoked (a mint that raced the revocation), are
+// ignored.
 func (c *Cache) SetJWTSVID(id spiffeid.ID, audience []string, svid JWTSVID) {
 	now := c.clk.Now()
-	if !svid.fresh(now) {
+	if !svid.fresh(now) || c.Revoked() {
 		return
 	}
 	k := makeJWTKey(id, audience)

@@ -44,9 +44,14 @@ func (c *Cache) Path() string {
 	return filepath.Join(c.cfg.Dir, FileName)
 }
 
+// snapshot returns the state to persist; nil while revoked (nothing is
+// written then: Revoke deleted the file).
 func (c *Cache) snapshot() (*diskState, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if c.revoked {
+		return nil, nil
+	}
 	st := &diskState{
 		Version:     diskVersion,
 		TrustDomain: c.cfg.TrustDomain,
@@ -89,7 +94,7 @@ func (c *Cache) persist() error {
 	c.persistMu.Lock()
 	defer c.persistMu.Unlock()
 	st, err := c.snapshot()
-	if err != nil {
+	if err != nil || st == nil {
 		return err
 	}
 	data, err := json.Marshal(st)

@@ -28,20 +28,21 @@ func (c *Cache) Revoke() error {
 	c.jwts = make(map[jwtKey]JWTSVID)
 	c.jwtMu.Unlock()
 
+	// The file goes first: whoever sees the empty state finds it gone.
+	var err error
+	if c.cfg.Dir != "" {
+		c.persistMu.Lock()
+		if rerr := keys.RemoveFile(c.cfg.Dir, FileName); rerr != nil {
+			err = fmt.Errorf("delete the persisted agent cache: %w", rerr)
+		}
+		c.persistMu.Unlock()
+	}
 	c.notifyAll()
 	select {
 	case c.kick <- struct{}{}:
 	default:
 	}
-	if c.cfg.Dir == "" {
-		return nil
-	}
-	c.persistMu.Lock()
-	defer c.persistMu.Unlock()
-	if err := keys.RemoveFile(c.cfg.Dir, FileName); err != nil {
-		return fmt.Errorf("delete the persisted agent cache: %w", err)
-	}
-	return nil
+	return err
 }
 
 // Revoked reports whether Revoke was called and no SetEntries since.

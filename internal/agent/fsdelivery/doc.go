@@ -23,7 +23,8 @@
 //	D/svid.key -> current/svid.key        so applications can be pointed at D/svid.pem etc.
 //	...
 //
-// <n> is a decimal generation number that only grows (across restarts too);
+// <n> is a decimal generation number that only grows (across restarts
+// too; after a revocation removed everything it starts again at 1);
 // <td> is the trust domain name, e.g. federated_bundle.partner.example.pem.
 // The names follow spiffe-helper's defaults (svid.pem, bundle.pem) and the
 // federated_bundle prefix of `spire-agent api fetch x509 -write`, but use a
@@ -60,9 +61,12 @@
 // Nothing is written until the identity has an unexpired SVID and the
 // agent has our trust bundle; an SVID that has expired is never written
 // (its files stay as they were: nothing is deleted because the server is
-// unreachable). Generations other than the current and the previous one,
-// and stable symlinks of files the current generation no longer has (a
-// federation that went away), are removed after each swap.
+// unreachable). When the server revokes the agent (banned or evicted: the
+// cache reports Revoked), everything fsdelivery wrote is removed at once:
+// the stable links, current and every generation (D itself and files
+// fsdelivery did not write stay). Generations other than the current and
+// the previous one, and stable symlinks of files the current generation no
+// longer has (a federation that went away), are removed after each swap.
 //
 // # Permissions
 //

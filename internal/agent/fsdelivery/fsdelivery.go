@@ -53,6 +53,9 @@ type Cache interface {
 	Entries() []*cache.Entry
 	X509SVID(entryID string) (*cache.X509SVID, bool)
 	Bundle(td spiffeid.TrustDomain) (*spiffebundle.Bundle, bool)
+	// Revoked reports that the server revoked the agent: every delivered
+	// file must go (see cache.Cache.Revoke).
+	Revoked() bool
 }
 
 // Config configures a Delivery.
@@ -83,6 +86,7 @@ type target struct {
 	notAfter time.Time // leaf NotAfter of the last generation written
 	waiting  string    // last reason for not writing, logged on change
 	expired  bool      // the expiry of the written SVID was logged
+	removed  bool      // the files were removed for a revocation
 }
 
 // New validates the targets and returns a Delivery; nothing is written
@@ -269,8 +273,13 @@ func (d *Delivery) current(t *target, now time.Time) (*state, string) {
 	return &st, ""
 }
 
-// sync writes a new generation for t when its state changed.
+// sync writes a new generation for t when its state changed, or removes
+// t's files while the agent is revoked.
 func (d *Delivery) sync(t *target) error {
+	if d.cache.Revoked() {
+		return d.revoke(t)
+	}
+	t.removed = false
 	now := d.clk.Now()
 	st, why := d.current(t, now)
 	if st == nil {
@@ -316,6 +325,21 @@ func (d *Delivery) sync(t *target) error {
 	d.log.Info("Wrote SVID files", "target", t.Name, "spiffe_id", t.SPIFFEID.String(), "directory", t.Directory,
 		"generation", gen, "entry_id", st.entryID, "serial", leaf.SerialNumber.String(), "not_after", leaf.NotAfter,
 		"federated_bundles", fed)
+	return nil
+}
+
+// revoke removes everything delivered to t (once per revocation): the
+// server revoked the agent, so no identity of it may stay on disk.
+func (d *Delivery) revoke(t *target) error {
+	if t.removed {
+		return nil
+	}
+	if err := removeDelivered(t.Directory); err != nil {
+		return fmt.Errorf("remove SVID files of the revoked agent: %w", err)
+	}
+	t.removed = true
+	t.written, t.hasWrite, t.notAfter, t.waiting, t.expired = [sha256.Size]byte{}, false, time.Time{}, "", false
+	d.log.Error("Removed the SVID files: the server revoked the agent", "target", t.Name, "spiffe_id", t.SPIFFEID.String(), "directory", t.Directory)
 	return nil
 }
 

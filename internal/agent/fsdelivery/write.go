@@ -304,6 +304,28 @@ func removeStaleLinks(dir string, want map[string]bool) error {
 	return errors.Join(errs...)
 }
 
+// removeDelivered removes what fsdelivery wrote to dir: the stable
+// links, the current link and every generation, durably. The directory
+// itself, and files fsdelivery did not write, stay. A missing dir is not
+// an error.
+func removeDelivered(dir string) error {
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	// Links first: no name keeps pointing into a generation being removed.
+	errs := []error{removeStaleLinks(dir, nil)}
+	if err := os.Remove(filepath.Join(dir, CurrentLink)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove %s: %w", CurrentLink, err))
+	}
+	if err := os.RemoveAll(filepath.Join(dir, GenerationsDir)); err != nil {
+		errs = append(errs, fmt.Errorf("remove generations: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
 // prune removes every generation but cur and prev.
 func prune(gens, cur, prev string) error {
 	des, err := os.ReadDir(gens)

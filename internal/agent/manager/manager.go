@@ -20,17 +20,41 @@
 //
 // Status reports a State: connected; degraded (server unreachable, cached
 // SVIDs still served, with the earliest expiry); expired (nothing valid
-// left to serve). Run logs the transitions (WARN degraded, ERROR expired,
-// INFO back to connected) and repeats a degraded or expired state every
+// left to serve); revoked (the server refused the agent). Run logs the
+// transitions (WARN degraded, ERROR expired, ERROR revoked, INFO back to
+// connected) and repeats a degraded, expired or revoked state every
 // StateLogInterval. With AvailabilityTarget (SPIRE's availability_target)
 // SVIDs are renewed once less than max(half-life, target) is left.
 //
-// Join tokens are single use: the manager attests only when there is no
-// persisted agent SVID still usable. The agent SVID is persisted in
-// DataDir (agent_svid.json, 0600, atomic writes) together with the trust
-// bundle used to authenticate the server; its key is kept by Config.Keys
-// under two alternating IDs so the persisted SVID's key is never replaced
-// before the new SVID is persisted.
+// # Unreachable versus refused
+//
+// Only a refusal revokes: a PermissionDenied carrying SPIRE's
+// PermissionDeniedDetails reason AGENT_BANNED (banned), AGENT_NOT_ATTESTED
+// or AGENT_NOT_ACTIVE (evicted: the agent record was deleted or another
+// SVID is current), as sigil-server and spire-server send on any agent
+// call (client.RefusalOf). Everything else (unreachable, TLS failures,
+// timeouts, Unavailable from a stopping server, Internal errors,
+// AGENT_EXPIRED, the agent's own SVID expiring offline) only degrades:
+// cached SVIDs are served until they expire. On a refusal the manager, at
+// once: reports StateRevoked; revokes the cache (every workload stream
+// ends, filesystem delivery removes its files, the persisted cache is
+// deleted); deletes the persisted agent SVID and its keys; logs ERROR with
+// the reason. Then it attests again when it can: an evicted agent with an
+// unused join token; a banned agent only when the ban predates this
+// process (the refusal came before any successful sync) and it was started
+// with an unused join token. Otherwise Run waits, revoked, for a restart.
+//
+// Join tokens are single use: the manager attests when there is no
+// persisted agent SVID still usable, or after a revocation as above; a
+// token whose agent ID is the persisted SVID's is known to be used and is
+// not sent. An agent that had no persisted identity and whose join token
+// the server refuses (unknown, used, expired, attestation type not
+// accepted) makes Run return that error, so the process exits, as SPIRE's
+// agent does; unreachable servers are retried. The agent SVID is
+// persisted in DataDir (agent_svid.json, 0600, atomic writes) together
+// with the trust bundle used to authenticate the server; its key is kept
+// by Config.Keys under two alternating IDs so the persisted SVID's key is
+// never replaced before the new SVID is persisted.
 package manager
 
 import (
@@ -77,7 +101,11 @@ type Config struct {
 	// InsecureBootstrap attests without authenticating the server when
 	// there is neither a persisted nor a configured bundle.
 	InsecureBootstrap bool
-	// JoinToken attests the node when there is no usable persisted SVID.
+	// JoinToken attests the node when there is no usable persisted SVID,
+	// and again when the server revokes the agent's SVID (evicted; banned
+	// only when the ban predates this start, see the package doc). A
+	// token whose agent ID is the persisted SVID's has been used and is
+	// never sent.
 	JoinToken string
 	// DataDir holds the persisted agent SVID and bundle.
 	DataDir string
@@ -124,18 +152,22 @@ type State string
 const (
 	// StateConnected: a session with the server is established.
 	StateConnected State = "connected"
-	// StateDegraded: the server is unreachable (or refuses the agent);
-	// workloads are served the cached SVIDs that are still valid.
+	// StateDegraded: the server cannot be reached (or fails); workloads
+	// are served the cached SVIDs that are still valid.
 	StateDegraded State = "degraded"
 	// StateExpired: the server is unreachable and no valid workload SVID
 	// is left to serve.
 	StateExpired State = "expired"
+	// StateRevoked: the server refused the agent's SVID (banned or
+	// evicted): the agent serves no identity, and has deleted its
+	// persisted SVID and workload cache.
+	StateRevoked State = "revoked"
 )
 
 // Status describes the manager's connection to the server, for health
 // checks.
 type Status struct {
-	// State is connected, degraded or expired.
+	// State is connected, degraded, expired or revoked.
 	State State
 	// SVIDs is the number of unexpired workload X509-SVIDs the agent can
 	// serve.
@@ -161,8 +193,16 @@ type Status struct {
 	LastErrorAt time.Time
 	// AgentID is the agent's SPIFFE ID; zero before attestation.
 	AgentID spiffeid.ID
-	// AgentSVIDExpiresAt is the NotAfter of the agent SVID.
+	// AgentSVIDExpiresAt is the NotAfter of the agent SVID; zero when
+	// there is none (before attestation, after a revocation).
 	AgentSVIDExpiresAt time.Time
+	// RevokedAt is when the server refused the agent's SVID; zero unless
+	// revoked. RevokedReason is the server's reason (SPIRE's
+	// PermissionDeniedDetails name, e.g. AGENT_BANNED) and Banned tells a
+	// ban from an eviction.
+	RevokedAt     time.Time
+	RevokedReason string
+	Banned        bool
 }
 
 // Manager is the agent's server-facing half.
@@ -175,6 +215,19 @@ type Manager struct {
 	mu     sync.RWMutex
 	id     *identity
 	status Status
+	// lastBundle authenticates the server after a revocation dropped the
+	// identity and the cache that held the current bundle.
+	lastBundle []*x509.Certificate
+	// firstStart: no persisted identity was found and none has been
+	// obtained since, so a refused join token ends Run. tokenUsed: the
+	// configured join token is known to be spent (it attested the
+	// current identity, or the server refused it). sessionOK: a sync
+	// round succeeded in this process. bannedWhileRunning: the agent was
+	// banned after sessionOK (it then never attests again by itself).
+	firstStart         bool
+	tokenUsed          bool
+	sessionOK          bool
+	bannedWhileRunning bool
 
 	// cl is the client of the current session (nil while disconnected).
 	cl atomic.Pointer[client.Client]
@@ -260,6 +313,15 @@ func New(cfg Config) (*Manager, error) {
 		log.Info("Restored the persisted agent SVID", "spiffe_id", id.svid.ID.String(),
 			"expires_at", id.svid.Certificates[0].NotAfter)
 	}
+	m.firstStart = m.id == nil
+	if m.id != nil && cfg.JoinToken != "" {
+		if tid, ok := joinTokenAgentID(cfg.TrustDomain, cfg.JoinToken); ok && tid == m.id.svid.ID {
+			m.tokenUsed = true // the persisted SVID came from it
+		} else {
+			log.Info("A join token is configured but the agent has a persisted SVID: using the SVID, keeping the token to attest with if the server refuses the SVID",
+				"spiffe_id", m.id.svid.ID.String())
+		}
+	}
 	now := m.clk.Now()
 	m.status = Status{DegradedSince: now, LastError: "not connected yet"}
 	if m.id != nil {
@@ -278,6 +340,8 @@ func (m *Manager) Status() Status {
 	m.mu.RUnlock()
 	st.SVIDs, st.EarliestSVIDExpiry = m.cache.SVIDStats(m.clk.Now())
 	switch {
+	case !st.RevokedAt.IsZero():
+		st.State = StateRevoked
 	case st.Connected:
 		st.State = StateConnected
 	case st.SVIDs > 0:
@@ -309,6 +373,7 @@ func (m *Manager) setIdentity(id *identity) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.id = id
+	m.bannedWhileRunning = false
 	m.status.AgentID = id.svid.ID
 	m.status.AgentSVIDExpiresAt = id.svid.Certificates[0].NotAfter
 	leaf := id.svid.Certificates[0]
@@ -325,6 +390,9 @@ func (m *Manager) serverBundle() []*x509.Certificate {
 	if b, ok := m.cache.Bundle(m.cfg.TrustDomain); ok && len(b.X509Authorities()) > 0 {
 		return b.X509Authorities()
 	}
+	if len(m.lastBundle) > 0 {
+		return m.lastBundle
+	}
 	return m.cfg.TrustBundle
 }
 
@@ -337,7 +405,11 @@ func (m *Manager) setConnected() {
 	m.status.Connected = true
 	m.status.DegradedSince = time.Time{}
 	m.status.LastError = ""
+	// A revocation ends once the server has authorized a new set for the
+	// re-attested agent (the cache's ends with it, in SetEntries).
+	m.status.RevokedAt, m.status.RevokedReason, m.status.Banned = time.Time{}, "", false
 	m.attempted = true
+	m.sessionOK = true
 	m.notifyStatus()
 }
 

@@ -38,7 +38,10 @@ type testAgent struct {
 	m      *manager.Manager
 	cache  *cache.Cache
 	cancel context.CancelFunc
-	done   chan error
+	// cacheDone and runDone receive the cache's and the manager's Run
+	// results; returned is set once runResult consumed the latter.
+	cacheDone, runDone chan error
+	returned           bool
 }
 
 type agentOpts struct {
@@ -102,9 +105,9 @@ func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAge
 		t.Fatalf("manager.New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &testAgent{t: t, dir: dir, m: m, cache: c, cancel: cancel, done: make(chan error, 2)}
-	go func() { a.done <- c.Run(ctx) }()
-	go func() { a.done <- m.Run(ctx) }()
+	a := &testAgent{t: t, dir: dir, m: m, cache: c, cancel: cancel, cacheDone: make(chan error, 1), runDone: make(chan error, 1)}
+	go func() { a.cacheDone <- c.Run(ctx) }()
+	go func() { a.runDone <- m.Run(ctx) }()
 	t.Cleanup(a.stop)
 	return a
 }
@@ -115,10 +118,26 @@ func (a *testAgent) stop() {
 	}
 	a.cancel()
 	a.cancel = nil
-	for range 2 {
-		if err := <-a.done; err != nil {
-			a.t.Errorf("agent Run: %v", err)
+	if err := <-a.cacheDone; err != nil {
+		a.t.Errorf("cache Run: %v", err)
+	}
+	if !a.returned {
+		if err := <-a.runDone; err != nil {
+			a.t.Errorf("manager Run: %v", err)
 		}
+	}
+}
+
+// runResult waits for the manager's Run to return by itself.
+func (a *testAgent) runResult() error {
+	a.t.Helper()
+	select {
+	case err := <-a.runDone:
+		a.returned = true
+		return err
+	case <-time.After(waitTimeout):
+		a.t.Fatalf("manager Run did not return; status %+v", a.m.Status())
+		return nil
 	}
 }
 
@@ -350,35 +369,6 @@ func TestAgentSVIDRenewal(t *testing.T) {
 	b := startAgent(t, srv, dir, agentOpts{clock: clk})
 	if got := b.m.AgentSVID(); got.Certificates[0].SerialNumber.Cmp(renewed.Certificates[0].SerialNumber) != 0 {
 		t.Fatal("restart did not restore the renewed agent SVID")
-	}
-}
-
-func TestBannedAgentStopsReceivingUpdates(t *testing.T) {
-	srv := newTestServer(t, serverOpts{})
-	token, agentID := srv.createToken()
-	wl := spiffeid.RequireFromPath(td, "/workload/banned")
-	srv.createEntry(agentID, wl.Path(), "5000")
-	a := startAgent(t, srv, t.TempDir(), agentOpts{token: token, safety: 50 * time.Millisecond})
-	a.waitIdentity("5000", wl)
-
-	srv.ban(agentID)
-	eventually(t, "banned status", func() bool {
-		s := a.m.Status()
-		return !s.Connected && strings.Contains(s.LastError, "banned")
-	})
-	srv.createEntry(agentID, "/workload/not-delivered", "5001")
-	after := time.Now()
-	// Wait for a connection attempt that began after the entry existed.
-	eventually(t, "a later rejected attempt", func() bool {
-		s := a.m.Status()
-		return s.LastErrorAt.After(after) && strings.Contains(s.LastError, "banned")
-	})
-	if got := a.cache.MatchingEntries(selector.NewSet(selector.Selector{Type: "unix", Value: "uid:5001"})); len(got) != 0 {
-		t.Fatalf("banned agent received entry %v", got[0].SPIFFEID)
-	}
-	// What it had is still served until it expires.
-	if u := a.cache.FetchWorkloadUpdate(selector.NewSet(selector.Selector{Type: "unix", Value: "uid:5000"})); len(u.Identities) != 1 {
-		t.Fatal("banned agent stopped serving its cached SVID")
 	}
 }
 

@@ -12,7 +12,8 @@ import (
 // reportState logs the agent's state: a warning when it becomes degraded
 // (with since when and the earliest workload SVID expiry), an error when
 // nothing valid is left to serve, a reminder every StateLogInterval while
-// either lasts, and a line when the server is back. It returns when ctx is
+// either lasts or the agent is revoked (revoke logs the revocation itself),
+// and a line when the server is back. It returns when ctx is
 // done.
 func (m *Manager) reportState(ctx context.Context) {
 	changes, stop := m.cache.Watch()
@@ -75,6 +76,10 @@ func (m *Manager) logTransition(from State, fromSince time.Time, st Status, now 
 		if from == "" {
 			return // "Connected to the server" is logged on connection
 		}
+		if from == StateRevoked {
+			m.log.Info("Agent state: connected; attested again after the revocation", "state", st.State, "previous_state", from, "agent_id", st.AgentID.String())
+			return
+		}
 		m.log.Info("Agent state: connected; the server is reachable again, no longer serving from cache only",
 			"state", st.State, "previous_state", from, "degraded_for", now.Sub(fromSince).Round(time.Second))
 	case StateDegraded:
@@ -85,6 +90,8 @@ func (m *Manager) logTransition(from State, fromSince time.Time, st Status, now 
 	case StateExpired:
 		m.log.Error("Agent state: expired; no valid SVID is left to serve and the server is unreachable: workloads get no identity until it is back",
 			"state", st.State, "degraded_since", st.DegradedSince, "agent_svid_expires_at", st.AgentSVIDExpiresAt, "error", st.LastError)
+	case StateRevoked:
+		// revoke logged the refusal, with its reason and what comes next.
 	}
 }
 
@@ -99,6 +106,9 @@ func (m *Manager) logReminder(st Status, now time.Time) {
 		m.log.Error("Agent state: still expired, no valid SVID to serve",
 			"state", st.State, "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
 			"error", st.LastError)
+	case StateRevoked:
+		m.log.Error("Agent state: still revoked by the server, serving no identity",
+			"state", st.State, "revoked_at", st.RevokedAt, "reason", st.RevokedReason, "error", st.LastError, "next", m.recoveryHint())
 	}
 }
 

@@ -34,7 +34,10 @@ var errNoIdentity = errors.New("no usable agent SVID and no join token to attest
 
 // Run connects to the server and keeps the cache in sync until ctx is
 // done. It returns nil on cancellation; it does not return on server
-// errors (it reconnects).
+// errors (it reconnects), except one: an agent that never had an identity
+// and whose join token the server refuses returns that error (as SPIRE's
+// agent exits). When the server revokes the agent and it cannot attest
+// again, Run waits for ctx, serving nothing.
 func (m *Manager) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	reportCtx, stopReport := context.WithCancel(ctx)
@@ -60,17 +63,32 @@ func (m *Manager) Run(ctx context.Context) error {
 			bo.reset()
 			continue
 		}
+		if fe := (*fatalError)(nil); errors.As(err, &fe) {
+			return fe.err
+		}
+		if errors.Is(err, errRevoked) {
+			// Nothing left to try: the state stays revoked (the reporter
+			// keeps reminding) until the process is restarted.
+			m.log.Info("Not attesting again: the agent stays revoked until it is restarted", "next", m.recoveryHint())
+			<-ctx.Done()
+			return nil
+		}
+		if r, ok := client.RefusalOf(err); ok && r.Revokes() {
+			m.revoke(ctx, r)
+			bo.reset()
+			continue
+		}
 		if m.Status().LastSync.After(before) {
 			// The session worked for a while: reconnect quickly.
 			bo.reset()
 		}
 		m.setDegraded(err)
 		var delay time.Duration
-		if errors.Is(err, errNoIdentity) {
+		if errors.Is(err, errNoIdentity) || errors.Is(err, errTokenUsed) {
 			if !loggedNoIdentity {
-				m.log.Error("The agent cannot authenticate to the server: its SVID is missing or expired and no join token is configured; "+
+				m.log.Error("The agent cannot authenticate to the server: its SVID is missing or expired and it has no unused join token; "+
 					"serving cached identities until they expire. Restart the agent with a new join token to re-attest.",
-					"agent_id", m.identity().agentID().String())
+					"agent_id", m.identity().agentID().String(), "error", err)
 				loggedNoIdentity = true
 			}
 			delay = m.cfg.MaxBackoff
@@ -186,29 +204,65 @@ func (m *Manager) session(ctx context.Context) (err error) {
 	}
 }
 
-// ensureIdentity returns a usable agent SVID, attesting if needed.
+// ensureIdentity returns a usable agent SVID, attesting if needed: with
+// no identity, an expired one, or after a revocation, when the join token
+// is not known to be spent (and, after a ban, only when the ban predates
+// this process's first successful session).
 func (m *Manager) ensureIdentity(ctx context.Context) (*identity, error) {
 	id := m.identity()
 	if id.usable(m.clk.Now()) {
 		return id, nil
 	}
-	if m.cfg.JoinToken == "" {
+	revoked := id == nil && !m.Status().RevokedAt.IsZero()
+	switch {
+	case revoked && !m.canReattest():
+		return nil, errRevoked
+	case m.cfg.JoinToken == "":
 		return nil, errNoIdentity
+	case m.spentToken():
+		return nil, errTokenUsed
 	}
 	bundle := m.serverBundle()
 	if len(bundle) == 0 && !m.cfg.InsecureBootstrap {
 		return nil, errors.New("no trust bundle to authenticate the server (set trust_bundle_path or insecure_bootstrap)")
 	}
-	if id != nil {
+	switch {
+	case revoked:
+		m.log.Info("Attesting again with the join token after the server refused the agent SVID")
+	case id != nil:
 		m.log.Warn("The persisted agent SVID is expired; attesting again with the join token", "agent_id", id.svid.ID.String())
 	}
 	id, err := m.attest(ctx, bundle)
 	if err != nil {
-		return nil, fmt.Errorf("node attestation: %w", err)
+		msg, refused := client.AttestationRefused(err)
+		if !refused {
+			return nil, fmt.Errorf("node attestation: %w", err)
+		}
+		m.mu.Lock()
+		m.tokenUsed = true
+		first := m.firstStart
+		m.mu.Unlock()
+		err = fmt.Errorf("node attestation with the join token refused by the server: %s", msg)
+		if first {
+			return nil, &fatalError{err: err}
+		}
+		m.log.Error("The server refused the join token; the agent cannot attest with it. Restart the agent with a new join token.", "error", msg)
+		return nil, err
 	}
+	m.mu.Lock()
+	m.tokenUsed, m.firstStart = true, false
+	m.mu.Unlock()
 	m.setIdentity(id)
 	m.log.Info("Node attestation succeeded", "spiffe_id", id.svid.ID.String(), "expires_at", id.svid.Certificates[0].NotAfter)
 	return id, nil
+}
+
+// spentToken reports whether the configured join token is known to be
+// used or refused.
+func (m *Manager) spentToken() bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.tokenUsed
 }
 
 func (m *Manager) renewAgent(ctx context.Context, cl *client.Client, id *identity) error {

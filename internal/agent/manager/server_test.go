@@ -99,7 +99,13 @@ func newTestServer(t testing.TB, opts serverOpts) *testServer {
 	if err != nil {
 		t.Fatalf("svid service: %v", err)
 	}
-	entrySvc := entryapi.New(entryapi.Config{Store: ds, Cache: ec, TrustDomain: td, Log: log, EntryPageSize: opts.pageSize})
+	// As in production: watch streams re-check the agent (a ban or an
+	// eviction ends them at once).
+	agentCheck, err := endpoints.NewAgentValidator(endpoints.AgentValidatorConfig{Nodes: ds, Cache: ec, Log: log, Clock: opts.clock})
+	if err != nil {
+		t.Fatalf("agent validator: %v", err)
+	}
+	entrySvc := entryapi.New(entryapi.Config{Store: ds, Cache: ec, AgentValidator: agentCheck, TrustDomain: td, Log: log, EntryPageSize: opts.pageSize, Clock: opts.clock})
 	bundleSvc := bundleapi.New(bundleapi.Config{Store: ds, Cache: ec, TrustDomain: td, Log: log})
 
 	serverKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -232,6 +238,31 @@ func (s *testServer) ban(id spiffeid.ID) {
 	if err != nil {
 		s.t.Fatalf("BanAgent: %v", err)
 	}
+}
+
+// evict deletes an agent through the agent API service (agent evict).
+func (s *testServer) evict(id spiffeid.ID) {
+	s.t.Helper()
+	_, err := agentv1.NewAgentClient(s.admin()).DeleteAgent(context.Background(), &agentv1.DeleteAgentRequest{
+		Id: &types.SPIFFEID{TrustDomain: id.TrustDomain().Name(), Path: id.Path()},
+	})
+	if err != nil {
+		s.t.Fatalf("DeleteAgent: %v", err)
+	}
+}
+
+// agents lists the attested agents' IDs.
+func (s *testServer) agents() map[spiffeid.ID]bool {
+	s.t.Helper()
+	resp, err := agentv1.NewAgentClient(s.admin()).ListAgents(context.Background(), &agentv1.ListAgentsRequest{})
+	if err != nil {
+		s.t.Fatalf("ListAgents: %v", err)
+	}
+	out := make(map[spiffeid.ID]bool)
+	for _, a := range resp.Agents {
+		out[spiffeid.RequireFromPath(td, a.Id.Path)] = true
+	}
+	return out
 }
 
 // appendRoot adds an X.509 authority to our bundle through the bundle API.

@@ -86,4 +86,10 @@ func saveState(dir, td string, st *agentState) error {
 	return keys.WriteFileAtomic(dir, stateFile, data)
 }
 
+// deleteState removes the persisted agent state: a revoked agent forgets
+// its SVID (and the bundle kept with it).
+func deleteState(dir string) error {
+	return keys.RemoveFile(dir, stateFile)
+}
+
 var errNoState = errors.New("no persisted agent SVID")

@@ -45,8 +45,8 @@ func writeMetrics(w io.Writer, st manager.Status) error {
 	}
 	gauge("sigil_agent_connected", "1 while a session with the server is established, else 0.")
 	fmt.Fprintf(bw, "sigil_agent_connected %d\n", b(st.Connected))
-	gauge("sigil_agent_state", "1 for the agent's current state: connected, degraded (serving cached SVIDs, server unreachable) or expired (nothing valid left to serve).")
-	for _, s := range []manager.State{manager.StateConnected, manager.StateDegraded, manager.StateExpired} {
+	gauge("sigil_agent_state", "1 for the agent's current state: connected, degraded (serving cached SVIDs, server unreachable), expired (nothing valid left to serve) or revoked (the server refused the agent: banned or evicted; serving nothing).")
+	for _, s := range []manager.State{manager.StateConnected, manager.StateDegraded, manager.StateExpired, manager.StateRevoked} {
 		fmt.Fprintf(bw, "sigil_agent_state{state=%q} %d\n", string(s), b(st.State == s))
 	}
 	gauge("sigil_agent_degraded_since_seconds", "Unix time since when the server has been unreachable; 0 while connected.")
@@ -72,9 +72,17 @@ func unixSeconds(t time.Time) string {
 }
 
 // readiness is the ready probe: ready while the agent can serve (connected,
-// or degraded with valid cached SVIDs), 503 once nothing valid is left.
+// or degraded with valid cached SVIDs), 503 once nothing valid is left or
+// the server revoked the agent.
 func readiness(st manager.Status, now time.Time) (bool, string) {
 	switch st.State {
+	case manager.StateRevoked:
+		what := "evicted"
+		if st.Banned {
+			what = "banned"
+		}
+		return false, fmt.Sprintf("revoked: the server refused the agent (%s, %s) at %s; serving no identity; last error: %s",
+			what, st.RevokedReason, st.RevokedAt.UTC().Format(time.RFC3339), st.LastError)
 	case manager.StateConnected:
 		return true, "connected"
 	case manager.StateDegraded:

@@ -83,19 +83,24 @@ func TestMetricsByState(t *testing.T) {
 		want map[string]float64
 	}{
 		{manager.Status{State: manager.StateConnected, Connected: true, SVIDs: 3, EarliestSVIDExpiry: expiry, LastSync: sync}, map[string]float64{
-			"sigil_agent_connected": 1, `sigil_agent_state{state="connected"}`: 1, `sigil_agent_state{state="degraded"}`: 0, `sigil_agent_state{state="expired"}`: 0,
+			"sigil_agent_connected": 1, `sigil_agent_state{state="connected"}`: 1, `sigil_agent_state{state="degraded"}`: 0, `sigil_agent_state{state="expired"}`: 0, `sigil_agent_state{state="revoked"}`: 0,
 			"sigil_agent_degraded_since_seconds": 0, "sigil_agent_earliest_svid_expiry_seconds": float64(expiry.UnixMilli()) / 1000,
 			"sigil_agent_svids": 3, "sigil_agent_last_sync_timestamp_seconds": float64(sync.Unix()), "sigil_agent_agent_svid_expiry_seconds": 0,
 		}},
 		{manager.Status{State: manager.StateDegraded, DegradedSince: since, SVIDs: 1, EarliestSVIDExpiry: expiry, LastSync: sync, AgentSVIDExpiresAt: expiry}, map[string]float64{
-			"sigil_agent_connected": 0, `sigil_agent_state{state="connected"}`: 0, `sigil_agent_state{state="degraded"}`: 1, `sigil_agent_state{state="expired"}`: 0,
+			"sigil_agent_connected": 0, `sigil_agent_state{state="connected"}`: 0, `sigil_agent_state{state="degraded"}`: 1, `sigil_agent_state{state="expired"}`: 0, `sigil_agent_state{state="revoked"}`: 0,
 			"sigil_agent_degraded_since_seconds": float64(since.Unix()), "sigil_agent_earliest_svid_expiry_seconds": float64(expiry.UnixMilli()) / 1000,
 			"sigil_agent_svids": 1, "sigil_agent_last_sync_timestamp_seconds": float64(sync.Unix()), "sigil_agent_agent_svid_expiry_seconds": float64(expiry.UnixMilli()) / 1000,
 		}},
 		{manager.Status{State: manager.StateExpired, DegradedSince: since}, map[string]float64{
-			"sigil_agent_connected": 0, `sigil_agent_state{state="connected"}`: 0, `sigil_agent_state{state="degraded"}`: 0, `sigil_agent_state{state="expired"}`: 1,
+			"sigil_agent_connected": 0, `sigil_agent_state{state="connected"}`: 0, `sigil_agent_state{state="degraded"}`: 0, `sigil_agent_state{state="expired"}`: 1, `sigil_agent_state{state="revoked"}`: 0,
 			"sigil_agent_degraded_since_seconds": float64(since.Unix()), "sigil_agent_earliest_svid_expiry_seconds": 0,
 			"sigil_agent_svids": 0, "sigil_agent_last_sync_timestamp_seconds": 0, "sigil_agent_agent_svid_expiry_seconds": 0,
+		}},
+		{manager.Status{State: manager.StateRevoked, DegradedSince: since, RevokedAt: since, RevokedReason: "AGENT_BANNED", Banned: true, LastSync: sync}, map[string]float64{
+			"sigil_agent_connected": 0, `sigil_agent_state{state="connected"}`: 0, `sigil_agent_state{state="degraded"}`: 0, `sigil_agent_state{state="expired"}`: 0, `sigil_agent_state{state="revoked"}`: 1,
+			"sigil_agent_degraded_since_seconds": float64(since.Unix()), "sigil_agent_earliest_svid_expiry_seconds": 0,
+			"sigil_agent_svids": 0, "sigil_agent_last_sync_timestamp_seconds": float64(sync.Unix()), "sigil_agent_agent_svid_expiry_seconds": 0,
 		}},
 	}
 	for _, tc := range cases {
@@ -137,5 +142,11 @@ func TestReadiness(t *testing.T) {
 	ok, detail = readiness(manager.Status{State: manager.StateExpired, DegradedSince: since}, now)
 	if ok || !strings.HasPrefix(detail, "expired:") {
 		t.Fatalf("expired: %v %q", ok, detail)
+	}
+	ok, detail = readiness(manager.Status{State: manager.StateRevoked, RevokedAt: since, RevokedReason: "AGENT_NOT_ATTESTED",
+		LastError: `the server refused the agent (AGENT_NOT_ATTESTED): agent "x" is not attested`}, now)
+	if ok || !strings.HasPrefix(detail, "revoked:") || !strings.Contains(detail, "evicted, AGENT_NOT_ATTESTED") ||
+		!strings.Contains(detail, since.UTC().Format(time.RFC3339)) || !strings.Contains(detail, "is not attested") {
+		t.Fatalf("revoked: %v %q", ok, detail)
 	}
 }

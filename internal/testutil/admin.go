@@ -130,6 +130,32 @@ func (a *Admin) ListAgents(t testing.TB) []*types.Agent {
 	}
 }
 
+// BanAgent bans an agent (agent ban).
+func (a *Admin) BanAgent(t testing.TB, id spiffeid.ID) {
+	t.Helper()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	if _, err := a.Agent.BanAgent(ctx, &agentv1.BanAgentRequest{Id: protoID(id)}); err != nil {
+		t.Fatalf("ban agent %s: %v", id, err)
+	}
+}
+
+// DeleteAgent deletes an agent's record (agent evict).
+func (a *Admin) DeleteAgent(t testing.TB, id spiffeid.ID) {
+	t.Helper()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	if _, err := a.Agent.DeleteAgent(ctx, &agentv1.DeleteAgentRequest{Id: protoID(id)}); err != nil {
+		t.Fatalf("delete agent %s: %v", id, err)
+	}
+}
+
+// JoinTokenAgentID is the agent ID a join token attests as
+// (spiffe://<td>/spire/agent/join_token/<token>).
+func (a *Admin) JoinTokenAgentID(token string) spiffeid.ID {
+	return spiffeid.RequireFromSegments(a.TD, "spire", "agent", "join_token", token)
+}
+
 // BundlePEM returns the server's X.509 authorities as PEM, usable as an
 // agent's trust_bundle_path.
 func (a *Admin) BundlePEM(t testing.TB) []byte {

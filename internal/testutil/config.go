@@ -86,6 +86,18 @@ type AgentConfig struct {
 	// DiscoverWorkloadPath adds unix:path selectors (and unix:sha256).
 	DiscoverWorkloadPath bool
 	LogLevel             string // "DEBUG"
+	// HealthPort, when set, enables the health_checks listener on
+	// 127.0.0.1:HealthPort (/live, /ready, /metrics).
+	HealthPort int
+	// FilesystemDelivery adds filesystem_delivery blocks.
+	FilesystemDelivery []FilesystemDelivery
+}
+
+// FilesystemDelivery is one filesystem_delivery block of an AgentConfig.
+type FilesystemDelivery struct {
+	Name      string
+	SPIFFEID  string
+	Directory string
 }
 
 func (c *AgentConfig) defaults() error {
@@ -117,12 +129,19 @@ func (c AgentConfig) HCL() string {
 	if c.JoinToken != "" {
 		fmt.Fprintf(&b, "    join_token = %q\n", c.JoinToken)
 	}
+	for _, fd := range c.FilesystemDelivery {
+		fmt.Fprintf(&b, "    filesystem_delivery %q {\n        spiffe_id = %q\n        directory = %q\n    }\n", fd.Name, fd.SPIFFEID, fd.Directory)
+	}
 	fmt.Fprintf(&b, "    log_level = %q\n    log_format = \"text\"\n}\n\n", c.LogLevel)
 	fmt.Fprintf(&b, "plugins {\n")
 	fmt.Fprintf(&b, "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n")
 	fmt.Fprintf(&b, "    KeyManager \"disk\" {\n        plugin_data {\n            directory = %q\n        }\n    }\n", filepath.Join(c.DataDir, "keys"))
 	fmt.Fprintf(&b, "    WorkloadAttestor \"unix\" {\n        plugin_data {\n            discover_workload_path = %t\n        }\n    }\n}\n", c.DiscoverWorkloadPath)
-	fmt.Fprintf(&b, "\nhealth_checks {\n    listener_enabled = false\n}\n")
+	if c.HealthPort != 0 {
+		fmt.Fprintf(&b, "\nhealth_checks {\n    listener_enabled = true\n    bind_address = \"127.0.0.1\"\n    bind_port = \"%d\"\n}\n", c.HealthPort)
+	} else {
+		fmt.Fprintf(&b, "\nhealth_checks {\n    listener_enabled = false\n}\n")
+	}
 	return b.String()
 }
 

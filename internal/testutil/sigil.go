@@ -145,7 +145,10 @@ type Agent struct {
 	Config     AgentConfig
 	ConfigPath string
 	Wrap       []string
-	Proc       *Process
+	// Args are extra command-line flags after "run -config F" (e.g.
+	// -joinToken), used by every start.
+	Args []string
+	Proc *Process
 
 	bin string
 }
@@ -223,7 +226,7 @@ func (a *Agent) StartProcess(t testing.TB) *Process {
 	writeFile(t, a.ConfigPath, a.Config.HCL())
 	a.Proc = Start(t, Command{
 		Name: "sigil-agent", Path: a.bin, Wrap: a.Wrap,
-		Args:    []string{"run", "-config", a.ConfigPath},
+		Args:    append([]string{"run", "-config", a.ConfigPath}, a.Args...),
 		LogPath: filepath.Join(a.Config.DataDir, "agent.log"),
 	})
 	return a.Proc

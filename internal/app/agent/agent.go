@@ -80,7 +80,9 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 
 	c := cache.New(cache.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Clock: clk, Log: log.With("subsystem", "cache")})
 	if err := c.Load(); err != nil {
-		return nil, fmt.Errorf("load persisted cache: %w", err)
+		// Nothing of a file Load refuses is applied: start empty, as on a
+		// first start; the server resends the entries and SVIDs.
+		log.Warn("Ignoring the persisted workload cache; starting with an empty one", "error", err)
 	}
 	mgr, err := manager.New(manager.Config{
 		ServerAddr:        net.JoinHostPort(cfg.ServerAddress, strconv.Itoa(cfg.ServerPort)),

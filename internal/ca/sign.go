@@ -3,10 +3,7 @@ package ca
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -79,31 +76,6 @@ func (m *Manager) activeX509() (*x509CA, time.Time, error) {
 	return c, now, nil
 }
 
-func checkPublicKey(pub crypto.PublicKey) error {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		if k == nil {
-			return errors.New("nil public key")
-		}
-	case *rsa.PublicKey:
-		if k == nil {
-			return errors.New("nil public key")
-		}
-		if k.N.BitLen() < 2048 {
-			return fmt.Errorf("RSA public key of %d bits is too small (minimum 2048)", k.N.BitLen())
-		}
-	case ed25519.PublicKey:
-		if len(k) != ed25519.PublicKeySize {
-			return errors.New("malformed Ed25519 public key")
-		}
-	case nil:
-		return errors.New("missing public key")
-	default:
-		return fmt.Errorf("unsupported public key type %T", pub)
-	}
-	return nil
-}
-
 // checkWorkloadID enforces that id is a leaf SPIFFE ID of our trust domain.
 func (m *Manager) checkWorkloadID(id spiffeid.ID) error {
 	if id.IsZero() {
@@ -160,7 +132,7 @@ func (m *Manager) SignX509SVID(ctx context.Context, p X509SVIDParams) ([]*x509.C
 	if err := m.checkWorkloadID(p.SPIFFEID); err != nil {
 		return nil, fmt.Errorf("ca: sign X509-SVID: %w", err)
 	}
-	if err := checkPublicKey(p.PublicKey); err != nil {
+	if err := CheckPublicKey(p.PublicKey); err != nil {
 		return nil, fmt.Errorf("ca: sign X509-SVID: %w", err)
 	}
 	for _, n := range p.DNSNames {
@@ -232,7 +204,7 @@ func (m *Manager) SignDownstreamX509CA(ctx context.Context, p DownstreamX509CAPa
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPublicKey(p.PublicKey); err != nil {
+	if err := CheckPublicKey(p.PublicKey); err != nil {
 		return nil, fmt.Errorf("ca: sign downstream CA: %w", err)
 	}
 	ttl := p.TTL

@@ -112,9 +112,9 @@ func (s *Service) MintX509SVID(ctx context.Context, req *svidv1.MintX509SVIDRequ
 	if req.GetTtl() < 0 {
 		return nil, s.err(ctx, codes.InvalidArgument, "ttl cannot be negative", nil)
 	}
-	csr, err := x509.ParseCertificateRequest(req.GetCsr())
+	csr, err := ca.ParseCSR(req.GetCsr())
 	if err != nil {
-		return nil, s.err(ctx, codes.InvalidArgument, "malformed CSR", err)
+		return nil, s.err(ctx, codes.InvalidArgument, csrFailure(err), err)
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, s.err(ctx, codes.InvalidArgument, "failed to verify CSR signature", err)
@@ -213,9 +213,9 @@ func (s *Service) newX509SVID(ctx context.Context, p *svidv1.NewX509SVIDParams, 
 	case entry == nil:
 		return fail(codes.NotFound, "entry not found or not authorized", nil)
 	}
-	csr, err := x509.ParseCertificateRequest(p.GetCsr())
+	csr, err := ca.ParseCSR(p.GetCsr())
 	if err != nil {
-		return fail(codes.InvalidArgument, "malformed CSR", err)
+		return fail(codes.InvalidArgument, csrFailure(err), err)
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return fail(codes.InvalidArgument, "invalid CSR signature", err)
@@ -273,9 +273,9 @@ func (s *Service) NewDownstreamX509CA(ctx context.Context, req *svidv1.NewDownst
 	if len(req.GetCsr()) == 0 {
 		return nil, s.err(ctx, codes.InvalidArgument, "missing CSR", nil)
 	}
-	csr, err := x509.ParseCertificateRequest(req.GetCsr())
+	csr, err := ca.ParseCSR(req.GetCsr())
 	if err != nil {
-		return nil, s.err(ctx, codes.InvalidArgument, "malformed CSR", err)
+		return nil, s.err(ctx, codes.InvalidArgument, csrFailure(err), err)
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, s.err(ctx, codes.InvalidArgument, "invalid CSR signature", err)
@@ -384,6 +384,15 @@ func (s *Service) err(ctx context.Context, code codes.Code, msg string, cause er
 
 func (s *Service) status(ctx context.Context, code codes.Code, msg string, cause error) *types.Status {
 	return apistatus.FailItem(ctx, s.log, code, msg, cause)
+}
+
+// csrFailure is the message of a CSR that ca.ParseCSR refused: its key is
+// outside the CA's key policy, or it is malformed.
+func csrFailure(err error) string {
+	if errors.Is(err, ca.ErrKeyNotAllowed) {
+		return "CSR key refused"
+	}
+	return "malformed CSR"
 }
 
 func errOrEmpty(err error) error {

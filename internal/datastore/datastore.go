@@ -31,6 +31,8 @@ var (
 	// ErrOutOfRange is returned by a bundle write whose sequence number
 	// would not fit the store (above 2^63-1).
 	ErrOutOfRange = errors.New("out of range")
+	// ErrBanned is returned by AttestNode for a node that was banned.
+	ErrBanned = errors.New("banned")
 )
 
 // NoFederatedBundleError is the error of an entry write (per entry for
@@ -201,10 +203,31 @@ type NodeStore interface {
 	// ErrConflict, so a concurrent ban is never undone.
 	PromoteNodeSerial(ctx context.Context, spiffeID, serial string) (*AttestedNode, error)
 	SetNodeSelectors(ctx context.Context, spiffeID string, sels []selector.Selector) error
+	// AttestNode records a successful node attestation in one transaction
+	// (see NodeAttestation): nothing is consumed or changed unless all of
+	// it is.
+	AttestNode(ctx context.Context, a *NodeAttestation) (*AttestedNode, error)
 	// ListNodeEvents / LastNodeEventID: like the entry journal, so every
 	// server learns of bans, deletes and selector changes.
 	ListNodeEvents(ctx context.Context, after int64, limit int) ([]NodeEvent, error)
 	LastNodeEventID(ctx context.Context) (int64, error)
+}
+
+// NodeAttestation is what AttestNode records, all or nothing:
+//
+//  1. When JoinToken is set, the join token with that hash is consumed; it
+//     must exist and expire after ValidAt (else ErrNotFound: unknown,
+//     already used, or expired meanwhile).
+//  2. A banned node is left as it is (ErrBanned).
+//  3. A new node is created from Node (its selectors, when any, replace
+//     those set earlier with SetNodeSelectors). An existing node gets
+//     Node's CertSerial, CertNotAfter and CanReattest, loses any pending
+//     NewCertSerial, and its selectors are replaced by Node's (even when
+//     empty); its AttestationType and CreatedAt are kept.
+type NodeAttestation struct {
+	Node      *AttestedNode
+	JoinToken *[32]byte // SHA-256 of the join token used, if any
+	ValidAt   int64     // unix seconds: the join token must expire after it
 }
 
 // NodeEvent is one row of the node change journal.
@@ -224,6 +247,10 @@ type JoinToken struct {
 // TokenStore stores join tokens.
 type TokenStore interface {
 	CreateJoinToken(ctx context.Context, t *JoinToken) error // ErrAlreadyExists
+	// GetJoinToken returns the token with this hash without consuming it
+	// (ErrNotFound if absent): a read, for checking a token before the
+	// expensive part of an attestation; NodeStore.AttestNode consumes it.
+	GetJoinToken(ctx context.Context, hash [32]byte) (*JoinToken, error)
 	// ConsumeJoinToken atomically deletes and returns the token with this
 	// hash (ErrNotFound if absent). The caller checks expiry.
 	ConsumeJoinToken(ctx context.Context, hash [32]byte) (*JoinToken, error)

@@ -46,6 +46,21 @@ func (s *Store) CreateJoinToken(ctx context.Context, t *datastore.JoinToken) err
 	return nil
 }
 
+// GetJoinToken reads the token with this hash (one indexed read on the
+// read pool; nothing is written).
+func (s *Store) GetJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error) {
+	t := &datastore.JoinToken{Hash: hash}
+	err := s.r.QueryRowContext(ctx, s.q("SELECT expires_at, created_at FROM join_tokens WHERE token_hash = ?"), hash[:]).
+		Scan(&t.ExpiresAt, &t.CreatedAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("join token: %w", datastore.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get join token: %w", err)
+	}
+	return t, nil
+}
+
 // ConsumeJoinToken deletes and returns the token in one statement, so
 // concurrent consumers cannot both succeed.
 func (s *Store) ConsumeJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error) {

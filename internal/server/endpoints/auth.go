@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -80,33 +81,58 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 		stopFollowing := context.AfterFunc(shutdown, func() { cancel(context.Cause(shutdown)) })
 		defer stopFollowing()
 		ws := &wrappedStream{ServerStream: ss, ctx: ctx}
-		if t == tcpTransport && r.limit != noLimit {
-			ws.acquire = e.limiter.AcquireSign
-			if r.limit == attestLimit {
-				ws.acquire = e.limiter.AcquireAttest
+		if r.limit != attestLimit {
+			if t == tcpTransport && r.limit == signLimit {
+				ws.acquire = e.limiter.AcquireSign
 			}
-		}
-		if t != tcpTransport || r.limit != attestLimit {
 			err = handler(srv, ws)
 			ws.releaseSlot()
 			return err
 		}
 
-		// Attestation over TCP: refuse addresses with too many recent
-		// failures; charge failures (not successes) to the address.
+		// Attestation. Over TCP, the handler checks the credential in one
+		// of the source's check slots and does the expensive work in a
+		// server-wide work slot (rpccontext.Stages); nothing refuses it for
+		// its source. Failures are charged to the source, and once its
+		// budget is spent their answers are held back.
 		addr, hasAddr := peerIP(ctx)
-		if hasAddr {
-			if lerr := e.limiter.CheckAttest(addr); lerr != nil {
-				return limitErr("rejecting request due to attest agent rate limiting", lerr)
-			}
+		if t == tcpTransport && hasAddr {
+			ws.ctx = rpccontext.WithStages(ctx, stages{l: e.limiter, addr: addr})
 		}
 		err = handler(srv, ws)
-		ws.releaseSlot()
-		if hasAddr && isClientFailure(err) {
-			e.limiter.AttestFailed(addr)
+		if !isClientFailure(err) {
+			return err
 		}
+		var penalty time.Duration
+		if t == tcpTransport && hasAddr {
+			penalty = e.limiter.AttestFailed(addr)
+		}
+		e.failures.failed(ctx, t, addr, ws.attType, status.Convert(err).Message(), penalty)
+		e.limiter.Hold(ctx, penalty)
 		return err
 	}
+}
+
+// stages implements rpccontext.Stages with the limiter, for one source.
+type stages struct {
+	l    *ratelimit.Limiter
+	addr netip.Addr
+}
+
+func (s stages) Check(ctx context.Context) (func(), error) {
+	release, err := s.l.AcquireCheck(ctx, s.addr)
+	if err != nil {
+		return nil, limitErr("rejecting request due to attestation rate limiting", err)
+	}
+	return release, nil
+}
+
+func (s stages) Work(ctx context.Context) (func(), error) {
+	release, err := s.l.AcquireAttest(ctx)
+	if err != nil {
+		return nil, limitErr("rejecting request due to attestation rate limiting", err)
+	}
+	return release, nil
 }
 
 // isClientFailure reports whether err means the client presented bad
@@ -136,12 +162,14 @@ func limitErr(msg string, err error) error {
 // wrappedStream carries the authorized context and, when acquire is set,
 // holds a work slot only while the handler works: from a received message
 // until the next send or receive, so a client that stalls mid-stream holds
-// no slot.
+// no slot. It notes the attestation type of an AttestAgent call (for the
+// failure log).
 type wrappedStream struct {
 	grpc.ServerStream
 	ctx     context.Context
 	acquire func(context.Context) (func(), error)
 	release func()
+	attType string
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
@@ -162,6 +190,9 @@ func (w *wrappedStream) RecvMsg(m any) error {
 	w.releaseSlot()
 	if err := w.ServerStream.RecvMsg(m); err != nil {
 		return err
+	}
+	if r, ok := m.(*agentv1.AttestAgentRequest); ok && w.attType == "" {
+		w.attType = r.GetParams().GetData().GetType()
 	}
 	if w.acquire != nil {
 		release, err := w.acquire(w.ctx)

@@ -107,11 +107,12 @@ type Config struct {
 
 // Endpoints runs the TCP and unix socket gRPC servers.
 type Endpoints struct {
-	cfg     Config
-	log     *slog.Logger
-	clk     clock.Clock
-	limiter *ratelimit.Limiter
-	agents  *AgentValidator
+	cfg      Config
+	log      *slog.Logger
+	clk      clock.Clock
+	limiter  *ratelimit.Limiter
+	failures *failureLog
+	agents   *AgentValidator
 
 	ready   chan struct{}
 	mu      sync.Mutex
@@ -161,12 +162,13 @@ func New(cfg Config) (*Endpoints, error) {
 		return nil, fmt.Errorf("endpoints: %w", err)
 	}
 	return &Endpoints{
-		cfg:     cfg,
-		log:     log,
-		clk:     clk,
-		limiter: ratelimit.New(rl),
-		agents:  agents,
-		ready:   make(chan struct{}),
+		cfg:      cfg,
+		log:      log,
+		clk:      clk,
+		limiter:  ratelimit.New(rl),
+		failures: newFailureLog(log, rl.Clock),
+		agents:   agents,
+		ready:    make(chan struct{}),
 	}, nil
 }
 
@@ -241,6 +243,10 @@ func (e *Endpoints) Run(ctx context.Context) error {
 	e.log.Info("Starting server APIs", "tcp", tcpL.Addr().String(), "socket", e.cfg.SocketPath)
 
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		e.failures.run(gctx)
+		return nil
+	})
 	g.Go(func() error {
 		if err := tcpSrv.Serve(tcpL); err != nil {
 			return fmt.Errorf("serve TCP: %w", err)

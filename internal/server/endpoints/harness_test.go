@@ -52,6 +52,7 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 type harness struct {
 	t        *testing.T
 	ds       *sqlstore.Store
+	dsPath   string // the SQLite file of ds
 	ca       *ca.Manager
 	cache    *entrycache.Cache
 	ep       *endpoints.Endpoints
@@ -75,6 +76,9 @@ type harnessOpts struct {
 	noCacheRun bool
 	// log is what every component logs to (default: discarded).
 	log *slog.Logger
+	// realRateLimitClock gives the rate limiter the real clock instead of
+	// the fake h.rlClk (its delays then pass on their own).
+	realRateLimitClock bool
 }
 
 func newHarness(t *testing.T, opts harnessOpts) *harness {
@@ -86,7 +90,8 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 		log = opts.log
 	}
 
-	ds, err := sqlstore.Open(ctx, sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(dir, "datastore.sqlite3")})
+	dsPath := filepath.Join(dir, "datastore.sqlite3")
+	ds, err := sqlstore.Open(ctx, sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: dsPath})
 	if err != nil {
 		t.Fatalf("open datastore: %v", err)
 	}
@@ -113,7 +118,7 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 		t.Cleanup(func() { stopCache(); <-cacheDone })
 	}
 
-	h := &harness{t: t, ds: ds, ca: m, cache: cache, apiClk: clock.NewFake(time.Now()), rlClk: clock.NewFake(time.Now())}
+	h := &harness{t: t, ds: ds, dsPath: dsPath, ca: m, cache: cache, apiClk: clock.NewFake(time.Now()), rlClk: clock.NewFake(time.Now())}
 
 	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: m, AgentTTL: time.Hour, Cache: cache, Clock: h.apiClk, Log: log, Attestors: opts.attestors})
 	if err != nil {
@@ -142,6 +147,9 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 
 	rl := opts.rateLimit
 	rl.Clock = h.rlClk
+	if opts.realRateLimitClock {
+		rl.Clock = nil
+	}
 	// Short socket path: sun_path is limited to 108 bytes.
 	sockDir, err := mkShortTempDir(t)
 	if err != nil {
@@ -294,7 +302,11 @@ func (h *harness) attest(conn *grpc.ClientConn, token string, key crypto.Signer)
 }
 
 func attestWith(conn *grpc.ClientConn, typ string, payload, csr []byte, key crypto.Signer) (*x509svid.SVID, error) {
-	stream, err := agentv1.NewAgentClient(conn).AttestAgent(context.Background())
+	return attestCtx(context.Background(), conn, typ, payload, csr, key)
+}
+
+func attestCtx(ctx context.Context, conn *grpc.ClientConn, typ string, payload, csr []byte, key crypto.Signer) (*x509svid.SVID, error) {
+	stream, err := agentv1.NewAgentClient(conn).AttestAgent(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -357,6 +369,19 @@ func (h *harness) createEntry(e *datastore.Entry) *datastore.Entry {
 		h.t.Fatal(err)
 	}
 	return res[0].Entry
+}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// minute.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func requireCode(t *testing.T, err error, want codes.Code) {

@@ -1,20 +1,31 @@
 // Package ratelimit protects the server from abuse without punishing large
-// fleets.
+// fleets, and never refuses a request because of its source when its
+// credential is valid.
 //
 // Two mechanisms, each toggled by SPIRE's `ratelimit { attestation, signing }`:
 //
-//   - Failed node attestations are limited per source address with a token
-//     bucket (default: a burst of 20, refilled at 2 per second). Successful
-//     attestations cost nothing, so a thousand devices behind one NAT can all
-//     attest at once; a client guessing join tokens is slowed to the refill
-//     rate. IPv6 addresses are grouped by /64.
-//   - The amount of concurrent attestation and signing work is capped
-//     server-wide (default 4 x CPUs slots each). Callers wait for a slot (at
-//     most MaxWait, and only while fewer than MaxWaiting are queued) instead
-//     of failing at once.
+//   - Attestation (per source address; IPv6 grouped by /64). Every
+//     attestation's credential is checked, in arrival order, through a few
+//     per-source check slots (AcquireCheck): the check is cheap (a hash and
+//     one indexed read), and only a request whose credential checks out goes
+//     on to the expensive work. Successful attestations cost nothing, so a
+//     thousand devices behind one NAT can all attest at once. Failed ones
+//     are charged to a per-source token bucket (default: a burst of 20,
+//     refilled at 2 per second); once it is empty, the answers to further
+//     failures are held back (AttestFailed, Hold) so they leave at the
+//     refill rate, each at most MaxPenalty late. A client guessing join
+//     tokens, or flooding the server with bad ones, is slowed to a trickle
+//     and costs little CPU per attempt, while a valid credential from the
+//     same address is checked as soon as the few attempts ahead of it are.
+//   - Work. The amount of concurrent expensive attestation work and of
+//     signing work is capped server-wide (default 4 x CPUs slots each).
+//     Callers wait for a slot (at most MaxWait, and only while fewer than
+//     MaxWaiting are queued) instead of failing at once.
 //
-// Memory is bounded: buckets that have refilled completely carry no
-// information and are dropped, and at most MaxTrackedAddrs are kept.
+// Memory is bounded: a source is tracked only while it has calls in
+// progress or failures not yet forgiven, at most MaxTrackedAddrs idle ones
+// are kept, and at most MaxHeld failed answers are held back at once
+// (beyond that they are answered at once: a failure is a failure).
 package ratelimit
 
 import (
@@ -33,35 +44,50 @@ import (
 )
 
 // ErrLimited is wrapped by every error returned because of a limit. The API
-// layer maps it to codes.ResourceExhausted.
+// layer maps it to codes.ResourceExhausted. Only the server-wide work gates
+// return it; the per-source attestation limits never refuse.
 var ErrLimited = errors.New("rate limited")
 
 // Defaults for zero Config fields.
 const (
-	DefaultFailureBurst    = 20
-	DefaultFailureRate     = 2.0 // failures forgiven per second
-	DefaultMaxTrackedAddrs = 100_000
-	DefaultMaxWait         = 30 * time.Second
-	DefaultMaxWaiting      = 4096
+	DefaultFailureBurst     = 20
+	DefaultFailureRate      = 2.0 // failures forgiven per second
+	DefaultMaxPenalty       = 30 * time.Second
+	DefaultMaxHeld          = 4096
+	DefaultCheckConcurrency = 2
+	DefaultMaxTrackedAddrs  = 100_000
+	DefaultMaxWait          = 30 * time.Second
+	DefaultMaxWaiting       = 4096
 )
 
 // Config configures a Limiter. Zero numeric fields take the defaults above;
 // MaxConcurrent defaults to 4 x runtime.NumCPU().
 type Config struct {
-	// Attestation enables the per-address failed-attestation limit and the
-	// cap on concurrent attestation work.
+	// Attestation enables the per-source attestation limits and the cap on
+	// concurrent expensive attestation work.
 	Attestation bool
 	// Signing enables the cap on concurrent signing work (agent renewal,
 	// X509/JWT-SVID and downstream CA signing).
 	Signing bool
 
-	FailureBurst    int
-	FailureRate     float64
-	MaxTrackedAddrs int
-	MaxConcurrent   int
-	MaxWaiting      int
-	MaxWait         time.Duration
-	Clock           clock.Clock
+	// FailureBurst failed attestations per source are answered at once;
+	// after that, answers to failures leave at FailureRate per second.
+	FailureBurst int
+	FailureRate  float64
+	// MaxPenalty bounds how long the answer to one failure is held back.
+	MaxPenalty time.Duration
+	// MaxHeld bounds the failed answers held back at once, all sources
+	// together.
+	MaxHeld int
+	// CheckConcurrency is the number of credential checks one source may
+	// run at once; its further requests queue, first come first served.
+	CheckConcurrency int
+	MaxTrackedAddrs  int
+
+	MaxConcurrent int
+	MaxWaiting    int
+	MaxWait       time.Duration
+	Clock         clock.Clock
 }
 
 // Limiter applies the limits. It is safe for concurrent use.
@@ -70,16 +96,25 @@ type Limiter struct {
 	clk clock.Clock
 
 	mu        sync.Mutex
-	buckets   map[netip.Prefix]*bucket
+	sources   map[netip.Prefix]*source
 	lastSweep time.Time
+
+	held atomic.Int64
 
 	attestSem *gate
 	signSem   *gate
 }
 
-type bucket struct {
+// source is the state of one source address (or IPv6 /64).
+type source struct {
+	// tokens is the failure budget: up to FailureBurst; below zero, the
+	// number of failures whose answers are queued behind the refill.
 	tokens float64
 	last   time.Time
+	checks *semaphore.Weighted // FIFO credential-check slots
+	// busy counts calls waiting for or holding a check slot; a busy
+	// source is never dropped.
+	busy int
 }
 
 // New returns a Limiter.
@@ -89,6 +124,15 @@ func New(cfg Config) *Limiter {
 	}
 	if cfg.FailureRate <= 0 {
 		cfg.FailureRate = DefaultFailureRate
+	}
+	if cfg.MaxPenalty <= 0 {
+		cfg.MaxPenalty = DefaultMaxPenalty
+	}
+	if cfg.MaxHeld <= 0 {
+		cfg.MaxHeld = DefaultMaxHeld
+	}
+	if cfg.CheckConcurrency <= 0 {
+		cfg.CheckConcurrency = DefaultCheckConcurrency
 	}
 	if cfg.MaxTrackedAddrs <= 0 {
 		cfg.MaxTrackedAddrs = DefaultMaxTrackedAddrs
@@ -106,15 +150,16 @@ func New(cfg Config) *Limiter {
 	return &Limiter{
 		cfg:       cfg,
 		clk:       clk,
-		buckets:   make(map[netip.Prefix]*bucket),
+		sources:   make(map[netip.Prefix]*source),
 		lastSweep: clk.Now(),
 		attestSem: newGate("attestation", cfg),
 		signSem:   newGate("signing", cfg),
 	}
 }
 
-// key groups IPv6 clients by /64 (one customer network) and IPv4 by address.
-func key(addr netip.Addr) netip.Prefix {
+// Source is the key a source address is tracked under: the address for
+// IPv4, its /64 for IPv6 (one customer network).
+func Source(addr netip.Addr) netip.Prefix {
 	addr = addr.Unmap()
 	bits := 32
 	if addr.Is6() {
@@ -127,98 +172,159 @@ func key(addr netip.Addr) netip.Prefix {
 	return p
 }
 
-// refill brings b up to date at now and reports whether it is full.
-func (l *Limiter) refill(b *bucket, now time.Time) bool {
-	if el := now.Sub(b.last).Seconds(); el > 0 {
-		b.tokens += el * l.cfg.FailureRate
-		b.last = now
+// refill brings the budget up to date at now and reports whether it is
+// full (the source then carries no failure history).
+func (l *Limiter) refill(s *source, now time.Time) bool {
+	if el := now.Sub(s.last).Seconds(); el > 0 {
+		s.tokens += el * l.cfg.FailureRate
+		s.last = now
 	}
-	if b.tokens >= float64(l.cfg.FailureBurst) {
-		b.tokens = float64(l.cfg.FailureBurst)
+	if s.tokens >= float64(l.cfg.FailureBurst) {
+		s.tokens = float64(l.cfg.FailureBurst)
 		return true
 	}
 	return false
 }
 
-// CheckAttest returns an error wrapping ErrLimited when addr has used up its
-// budget of failed attestations. It consumes nothing: only AttestFailed does.
-func (l *Limiter) CheckAttest(addr netip.Addr) error {
-	if !l.cfg.Attestation {
-		return nil
-	}
-	k := key(addr)
-	now := l.clk.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.buckets[k]
-	if !ok {
-		return nil
-	}
-	if l.refill(b, now) {
-		delete(l.buckets, k)
-		return nil
-	}
-	if b.tokens < 1 {
-		wait := time.Duration((1 - b.tokens) / l.cfg.FailureRate * float64(time.Second))
-		return fmt.Errorf("%w: too many failed attestations from %s; retry in %s", ErrLimited, addr.Unmap(), wait.Round(time.Millisecond))
-	}
-	return nil
-}
-
-// AttestFailed charges one failed attestation to addr.
-func (l *Limiter) AttestFailed(addr netip.Addr) {
-	if !l.cfg.Attestation {
-		return
-	}
-	k := key(addr)
-	now := l.clk.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.buckets[k]
+// getLocked returns the source of k, creating it with a full budget.
+func (l *Limiter) getLocked(k netip.Prefix, now time.Time) *source {
+	s, ok := l.sources[k]
 	if !ok {
 		l.sweepLocked(now)
-		b = &bucket{tokens: float64(l.cfg.FailureBurst), last: now}
-		l.buckets[k] = b
-	} else {
-		l.refill(b, now)
+		s = &source{tokens: float64(l.cfg.FailureBurst), last: now}
+		l.sources[k] = s
 	}
-	b.tokens--
-	if b.tokens < 0 {
-		b.tokens = 0
+	return s
+}
+
+// dropIfIdleLocked forgets s when nothing is waiting on it and its budget
+// is full.
+func (l *Limiter) dropIfIdleLocked(k netip.Prefix, s *source, now time.Time) {
+	if s.busy == 0 && l.refill(s, now) && l.sources[k] == s {
+		delete(l.sources, k)
 	}
 }
 
-// sweepLocked drops full buckets when the table is at capacity or a minute
-// has passed, then, if still at capacity, arbitrary ones.
+// AcquireCheck waits for one of addr's credential-check slots (at most
+// CheckConcurrency at once per source, granted in arrival order). It fails
+// only with ctx's error: it never refuses. release must be called exactly
+// once. With attestation limits disabled it returns at once.
+func (l *Limiter) AcquireCheck(ctx context.Context, addr netip.Addr) (release func(), err error) {
+	if !l.cfg.Attestation {
+		return func() {}, nil
+	}
+	k := Source(addr)
+	l.mu.Lock()
+	s := l.getLocked(k, l.clk.Now())
+	s.busy++
+	if s.checks == nil {
+		s.checks = semaphore.NewWeighted(int64(l.cfg.CheckConcurrency))
+	}
+	sem := s.checks
+	l.mu.Unlock()
+
+	done := func() {
+		l.mu.Lock()
+		s.busy--
+		l.dropIfIdleLocked(k, s, l.clk.Now())
+		l.mu.Unlock()
+	}
+	if err := sem.Acquire(ctx, 1); err != nil {
+		done()
+		return nil, err
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			sem.Release(1)
+			done()
+		})
+	}, nil
+}
+
+// AttestFailed charges one failed attestation to addr and returns how long
+// its answer should be held back (Hold): 0 while the source is within its
+// burst, then what keeps the answers to its failures at FailureRate per
+// second, at most MaxPenalty.
+func (l *Limiter) AttestFailed(addr netip.Addr) time.Duration {
+	if !l.cfg.Attestation {
+		return 0
+	}
+	k := Source(addr)
+	now := l.clk.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.getLocked(k, now)
+	l.refill(s, now)
+	if s.tokens >= 1 {
+		s.tokens--
+		return 0
+	}
+	// Out of budget: this failure's token is reserved from the refill,
+	// behind those of earlier failures; the queue is at most MaxPenalty
+	// deep (further failures wait MaxPenalty without deepening it).
+	s.tokens = max(s.tokens-1, -l.cfg.FailureRate*l.cfg.MaxPenalty.Seconds())
+	d := time.Duration(-s.tokens / l.cfg.FailureRate * float64(time.Second))
+	return min(d, l.cfg.MaxPenalty)
+}
+
+// Hold waits d (an AttestFailed penalty) or until ctx is done, unless
+// MaxHeld answers are held already; it reports whether it held.
+func (l *Limiter) Hold(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return false
+	}
+	if l.held.Add(1) > int64(l.cfg.MaxHeld) {
+		l.held.Add(-1)
+		return false
+	}
+	defer l.held.Add(-1)
+	select {
+	case <-l.clk.After(d):
+	case <-ctx.Done():
+	}
+	return true
+}
+
+// Held reports how many failed answers are held back now (for tests and
+// metrics).
+func (l *Limiter) Held() int { return int(l.held.Load()) }
+
+// sweepLocked drops idle full-budget sources when the table is at capacity
+// or a minute has passed, then, if still at capacity, idle ones with
+// failure history. Busy sources are kept: their number is bounded by the
+// calls in progress.
 func (l *Limiter) sweepLocked(now time.Time) {
-	if len(l.buckets) < l.cfg.MaxTrackedAddrs && now.Sub(l.lastSweep) < time.Minute {
+	if len(l.sources) < l.cfg.MaxTrackedAddrs && now.Sub(l.lastSweep) < time.Minute {
 		return
 	}
 	l.lastSweep = now
-	for k, b := range l.buckets {
-		if l.refill(b, now) {
-			delete(l.buckets, k)
+	for k, s := range l.sources {
+		if s.busy == 0 && l.refill(s, now) {
+			delete(l.sources, k)
 		}
 	}
-	for k := range l.buckets {
-		if len(l.buckets) < l.cfg.MaxTrackedAddrs {
+	for k, s := range l.sources {
+		if len(l.sources) < l.cfg.MaxTrackedAddrs {
 			break
 		}
-		delete(l.buckets, k)
+		if s.busy == 0 {
+			delete(l.sources, k)
+		}
 	}
 }
 
-// TrackedAddrs reports how many address buckets are held (for tests and
+// TrackedAddrs reports how many sources are tracked (for tests and
 // metrics).
 func (l *Limiter) TrackedAddrs() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.buckets)
+	return len(l.sources)
 }
 
-// AcquireAttest waits for an attestation work slot. release must be called
-// exactly once when the work is done. With attestation limits disabled it
-// returns at once.
+// AcquireAttest waits for a slot of expensive attestation work. release
+// must be called exactly once when the work is done. With attestation
+// limits disabled it returns at once.
 func (l *Limiter) AcquireAttest(ctx context.Context) (release func(), err error) {
 	if !l.cfg.Attestation {
 		return func() {}, nil

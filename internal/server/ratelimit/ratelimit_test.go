@@ -5,52 +5,68 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 )
 
-func TestFailedAttestationBucket(t *testing.T) {
+func TestFailurePenalty(t *testing.T) {
 	clk := clock.NewFake(time.Unix(1000, 0))
 	l := New(Config{Attestation: true, FailureBurst: 3, FailureRate: 1, Clock: clk})
 	a := netip.MustParseAddr("192.0.2.1")
 	b := netip.MustParseAddr("192.0.2.2")
 
-	for i := 0; i < 3; i++ {
-		if err := l.CheckAttest(a); err != nil {
-			t.Fatalf("check %d: %v", i, err)
+	// The burst is answered at once, then answers leave at the refill rate.
+	for i, want := range []time.Duration{0, 0, 0, time.Second, 2 * time.Second} {
+		if got := l.AttestFailed(a); got != want {
+			t.Fatalf("failure %d: penalty %s, want %s", i, got, want)
 		}
-		l.AttestFailed(a)
 	}
-	err := l.CheckAttest(a)
-	if !errors.Is(err, ErrLimited) {
-		t.Fatalf("after burst: %v, want ErrLimited", err)
-	}
-	if err := l.CheckAttest(b); err != nil {
-		t.Fatalf("other address limited: %v", err)
+	if got := l.AttestFailed(b); got != 0 {
+		t.Fatalf("other address penalized: %s", got)
 	}
 	// IPv4-mapped IPv6 is the same client.
-	if err := l.CheckAttest(netip.MustParseAddr("::ffff:192.0.2.1")); !errors.Is(err, ErrLimited) {
-		t.Fatalf("mapped address not limited: %v", err)
+	if got := l.AttestFailed(netip.MustParseAddr("::ffff:192.0.2.1")); got != 3*time.Second {
+		t.Fatalf("mapped address: penalty %s, want 3s", got)
 	}
-
-	clk.Add(time.Second)
-	if err := l.CheckAttest(a); err != nil {
-		t.Fatalf("after refill: %v", err)
+	clk.Add(2 * time.Second)
+	if got := l.AttestFailed(a); got != 2*time.Second {
+		t.Fatalf("after 2s: penalty %s, want 2s", got)
 	}
-	l.AttestFailed(a)
-	if err := l.CheckAttest(a); !errors.Is(err, ErrLimited) {
-		t.Fatalf("after another failure: %v", err)
-	}
-
-	// A fully refilled bucket is forgotten.
+	// A source whose failures are all forgiven is forgotten once idle.
 	clk.Add(time.Hour)
-	if err := l.CheckAttest(a); err != nil {
+	release, err := l.AcquireCheck(context.Background(), a)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if n := l.TrackedAddrs(); n != 0 {
-		t.Fatalf("tracked = %d, want 0", n)
+	release()
+	release() // idempotent
+	if got := l.AttestFailed(a); got != 0 {
+		t.Fatalf("after an hour: penalty %s", got)
+	}
+}
+
+func TestPenaltyIsBounded(t *testing.T) {
+	clk := clock.NewFake(time.Unix(0, 0))
+	l := New(Config{Attestation: true, FailureBurst: 1, FailureRate: 2, MaxPenalty: 5 * time.Second, Clock: clk})
+	a := netip.MustParseAddr("192.0.2.1")
+	var last time.Duration
+	for range 1000 {
+		last = l.AttestFailed(a)
+		if last > 5*time.Second {
+			t.Fatalf("penalty %s exceeds MaxPenalty", last)
+		}
+	}
+	if last != 5*time.Second {
+		t.Fatalf("penalty after 1000 failures: %s, want MaxPenalty", last)
+	}
+	// The queue behind the refill is bounded too: after MaxPenalty the
+	// source is back within its budget.
+	clk.Add(5*time.Second + time.Second)
+	if got := l.AttestFailed(a); got != 0 {
+		t.Fatalf("after MaxPenalty and a refill: penalty %s, want 0", got)
 	}
 }
 
@@ -58,11 +74,11 @@ func TestIPv6GroupedBy64(t *testing.T) {
 	l := New(Config{Attestation: true, FailureBurst: 2, FailureRate: 0.001, Clock: clock.NewFake(time.Unix(0, 0))})
 	l.AttestFailed(netip.MustParseAddr("2001:db8:1:2::1"))
 	l.AttestFailed(netip.MustParseAddr("2001:db8:1:2::ffff"))
-	if err := l.CheckAttest(netip.MustParseAddr("2001:db8:1:2:abcd::9")); !errors.Is(err, ErrLimited) {
-		t.Fatalf("same /64 not limited: %v", err)
+	if d := l.AttestFailed(netip.MustParseAddr("2001:db8:1:2:abcd::9")); d == 0 {
+		t.Fatal("same /64 not penalized")
 	}
-	if err := l.CheckAttest(netip.MustParseAddr("2001:db8:1:3::1")); err != nil {
-		t.Fatalf("other /64 limited: %v", err)
+	if d := l.AttestFailed(netip.MustParseAddr("2001:db8:1:3::1")); d != 0 {
+		t.Fatalf("other /64 penalized: %s", d)
 	}
 }
 
@@ -70,10 +86,14 @@ func TestDisabled(t *testing.T) {
 	l := New(Config{FailureBurst: 1})
 	a := netip.MustParseAddr("192.0.2.1")
 	for i := 0; i < 10; i++ {
-		l.AttestFailed(a)
+		if d := l.AttestFailed(a); d != 0 {
+			t.Fatalf("disabled limiter penalized: %s", d)
+		}
 	}
-	if err := l.CheckAttest(a); err != nil {
-		t.Fatalf("disabled limiter limited: %v", err)
+	for i := 0; i < 10; i++ { // check slots are not limited either
+		if _, err := l.AcquireCheck(context.Background(), a); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if l.TrackedAddrs() != 0 {
 		t.Fatal("disabled limiter tracks addresses")
@@ -88,6 +108,85 @@ func TestBoundedMemory(t *testing.T) {
 		if n := l.TrackedAddrs(); n > 16 {
 			t.Fatalf("tracked %d addresses, max 16", n)
 		}
+	}
+}
+
+// Check slots are per source, granted in arrival order, and never refused:
+// a waiter only gives up with its context.
+func TestCheckSlots(t *testing.T) {
+	l := New(Config{Attestation: true, CheckConcurrency: 1})
+	ctx := context.Background()
+	a := netip.MustParseAddr("192.0.2.1")
+	r1, err := l.AcquireCheck(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another source is not held up by a's.
+	rb, err := l.AcquireCheck(ctx, netip.MustParseAddr("192.0.2.2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb()
+
+	order := make(chan int, 2)
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() {
+			r, err := l.AcquireCheck(ctx, a)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- i
+			r()
+		})
+		// Queue the next one only once this one waits.
+		for l.busy(a) != 2+i {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	go cancel()
+	if _, err := l.AcquireCheck(cctx, a); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled waiter: %v", err)
+	}
+	r1()
+	wg.Wait()
+	if first, second := <-order, <-order; first != 0 || second != 1 {
+		t.Fatalf("slots granted in order %d, %d", first, second)
+	}
+	if n := l.TrackedAddrs(); n != 0 {
+		t.Fatalf("%d sources tracked after all calls ended, want 0", n)
+	}
+}
+
+func TestHold(t *testing.T) {
+	clk := clock.NewFake(time.Unix(0, 0))
+	l := New(Config{Attestation: true, MaxHeld: 1, Clock: clk})
+	if l.Hold(context.Background(), 0) {
+		t.Fatal("held without a penalty")
+	}
+	done := make(chan bool)
+	go func() { done <- l.Hold(context.Background(), time.Second) }()
+	for l.Held() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	// At MaxHeld, further answers are not held.
+	if l.Hold(context.Background(), time.Second) {
+		t.Fatal("held beyond MaxHeld")
+	}
+	clk.Add(time.Second)
+	if !<-done {
+		t.Fatal("first hold not reported")
+	}
+	// A held answer ends with its call.
+	ctx, cancel := context.WithCancel(context.Background())
+	go cancel()
+	if !l.Hold(ctx, time.Hour) {
+		t.Fatal("not held")
+	}
+	if l.Held() != 0 {
+		t.Fatalf("held = %d after all ended", l.Held())
 	}
 }
 
@@ -135,4 +234,14 @@ func TestGateBoundsConcurrencyAndQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// busy reports how many calls wait for or hold a check slot of addr.
+func (l *Limiter) busy(addr netip.Addr) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := l.sources[Source(addr)]; s != nil {
+		return s.busy
+	}
+	return 0
 }

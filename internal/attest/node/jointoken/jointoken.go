@@ -7,6 +7,12 @@
 // the resulting agent ID (and in the parent ID of an alias entry created with
 // the token), exactly as in SPIRE; that is harmless because a token can be
 // used only once.
+//
+// Checking a token (Check) is cheap and changes nothing: a hash and one
+// indexed read. The token is consumed only by the transaction that records
+// the attested node (datastore NodeStore.AttestNode), so a request that
+// fails after the check (a refused CSR, a signing or storage failure)
+// leaves the token usable.
 package jointoken
 
 import (
@@ -22,7 +28,6 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
-	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
 // Type is the attestation data type agents send ("join_token").
@@ -36,12 +41,13 @@ const MaxTokenLen = 256
 var (
 	// ErrUnknownToken: no such token, or it was already consumed.
 	ErrUnknownToken = errors.New("join token does not exist or has already been used")
-	// ErrExpiredToken: the token existed but had expired (it is consumed anyway).
+	// ErrExpiredToken: the token existed but had expired (it is deleted).
 	ErrExpiredToken = errors.New("join token expired")
 )
 
 // TokenStore is the subset of datastore.TokenStore the attestor needs.
 type TokenStore interface {
+	GetJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error)
 	ConsumeJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error)
 }
 
@@ -70,31 +76,48 @@ func New(cfg Config) (*Attestor, error) {
 	return &Attestor{td: cfg.TrustDomain, tokens: cfg.Tokens, clk: clock.OrReal(cfg.Clock)}, nil
 }
 
-// Attest consumes the token in payload (single use, even when expired) and
-// returns the agent ID. Join-token attestation yields no node selectors.
-// Errors: ErrUnknownToken, ErrExpiredToken, or a wrapped store failure.
-func (a *Attestor) Attest(ctx context.Context, payload []byte) (spiffeid.ID, []selector.Selector, error) {
+// Credential is a join token Check found valid.
+type Credential struct {
+	AgentID spiffeid.ID
+	// Hash identifies the token to consume (datastore.NodeAttestation's
+	// JoinToken). Never log it.
+	Hash [32]byte
+	// ValidAt is the time (unix seconds) the token was found unexpired:
+	// the consuming transaction requires it to be still unexpired then.
+	ValidAt int64
+}
+
+// Check verifies the token in payload without consuming it and returns the
+// agent ID it attests (join-token attestation yields no node selectors).
+// An expired token is deleted. Errors: ErrUnknownToken, ErrExpiredToken, or
+// a wrapped store failure.
+func (a *Attestor) Check(ctx context.Context, payload []byte) (*Credential, error) {
 	token := string(payload)
 	// A token that cannot form a valid agent ID can never have been issued
 	// by CreateJoinToken; treat it as unknown without touching the store.
 	agentID, err := AgentID(a.td, token)
 	if err != nil {
-		return spiffeid.ID{}, nil, ErrUnknownToken
+		return nil, ErrUnknownToken
 	}
 	hash := Hash(token)
-	jt, err := a.tokens.ConsumeJoinToken(ctx, hash)
+	jt, err := a.tokens.GetJoinToken(ctx, hash)
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
-		return spiffeid.ID{}, nil, ErrUnknownToken
+		return nil, ErrUnknownToken
 	case err != nil:
-		return spiffeid.ID{}, nil, fmt.Errorf("consume join token: %w", err)
+		return nil, fmt.Errorf("look up join token: %w", err)
 	case jt == nil || subtle.ConstantTimeCompare(jt.Hash[:], hash[:]) != 1:
-		return spiffeid.ID{}, nil, ErrUnknownToken
+		return nil, ErrUnknownToken
 	}
-	if jt.ExpiresAt <= a.clk.Now().Unix() {
-		return spiffeid.ID{}, nil, ErrExpiredToken
+	now := a.clk.Now().Unix()
+	if jt.ExpiresAt <= now {
+		// Single use even when expired: it can never attest anyone.
+		if _, err := a.tokens.ConsumeJoinToken(ctx, hash); err != nil && !errors.Is(err, datastore.ErrNotFound) {
+			return nil, fmt.Errorf("delete expired join token: %w", err)
+		}
+		return nil, ErrExpiredToken
 	}
-	return agentID, nil, nil
+	return &Credential{AgentID: agentID, Hash: hash, ValidAt: now}, nil
 }
 
 // AgentID returns spiffe://<td>/spire/agent/join_token/<token>. It fails for

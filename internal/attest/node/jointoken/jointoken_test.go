@@ -40,7 +40,7 @@ func store(t *testing.T, ds *sqlstore.Store, token string, expires time.Time) {
 	}
 }
 
-func TestAttestSingleUse(t *testing.T) {
+func TestCheckDoesNotConsume(t *testing.T) {
 	ds, clk, a := setup(t)
 	ctx := context.Background()
 	tok, err := jointoken.Generate()
@@ -49,34 +49,42 @@ func TestAttestSingleUse(t *testing.T) {
 	}
 	store(t, ds, tok, clk.Now().Add(time.Minute))
 
-	id, sels, err := a.Attest(ctx, []byte(tok))
-	if err != nil {
+	for range 2 { // checking twice: nothing is consumed
+		cred, err := a.Check(ctx, []byte(tok))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "spiffe://example.org/spire/agent/join_token/" + tok; cred.AgentID.String() != want {
+			t.Fatalf("id = %s, want %s", cred.AgentID, want)
+		}
+		if cred.Hash != jointoken.Hash(tok) || cred.ValidAt != clk.Now().Unix() {
+			t.Fatalf("credential = %+v", cred)
+		}
+	}
+	// Consumed by the transaction that records the node; then unknown.
+	cred, _ := a.Check(ctx, []byte(tok))
+	if _, err := ds.AttestNode(ctx, &datastore.NodeAttestation{JoinToken: &cred.Hash, ValidAt: cred.ValidAt,
+		Node: &datastore.AttestedNode{SPIFFEID: cred.AgentID.String(), AttestationType: jointoken.Type, CertSerial: "1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if want := "spiffe://example.org/spire/agent/join_token/" + tok; id.String() != want {
-		t.Fatalf("id = %s, want %s", id, want)
-	}
-	if len(sels) != 0 {
-		t.Fatalf("selectors = %v, want none", sels)
-	}
-	if _, _, err := a.Attest(ctx, []byte(tok)); !errors.Is(err, jointoken.ErrUnknownToken) {
-		t.Fatalf("reuse: %v, want ErrUnknownToken", err)
+	if _, err := a.Check(ctx, []byte(tok)); !errors.Is(err, jointoken.ErrUnknownToken) {
+		t.Fatalf("after use: %v, want ErrUnknownToken", err)
 	}
 }
 
-func TestAttestExpiredAndUnknown(t *testing.T) {
+func TestCheckExpiredAndUnknown(t *testing.T) {
 	ds, clk, a := setup(t)
 	ctx := context.Background()
 	store(t, ds, "tok-expiring", clk.Now().Add(time.Minute))
 	clk.Add(time.Minute)
-	if _, _, err := a.Attest(ctx, []byte("tok-expiring")); !errors.Is(err, jointoken.ErrExpiredToken) {
+	if _, err := a.Check(ctx, []byte("tok-expiring")); !errors.Is(err, jointoken.ErrExpiredToken) {
 		t.Fatalf("expired: %v", err)
 	}
-	if _, _, err := a.Attest(ctx, []byte("tok-expiring")); !errors.Is(err, jointoken.ErrUnknownToken) {
-		t.Fatalf("expired token not consumed: %v", err)
+	if _, err := a.Check(ctx, []byte("tok-expiring")); !errors.Is(err, jointoken.ErrUnknownToken) {
+		t.Fatalf("expired token not deleted: %v", err)
 	}
 	for _, bad := range []string{"", "nope", "a/b", "..", strings.Repeat("x", jointoken.MaxTokenLen+1), "sp ace"} {
-		if _, _, err := a.Attest(ctx, []byte(bad)); !errors.Is(err, jointoken.ErrUnknownToken) {
+		if _, err := a.Check(ctx, []byte(bad)); !errors.Is(err, jointoken.ErrUnknownToken) {
 			t.Errorf("%q: %v, want ErrUnknownToken", bad, err)
 		}
 	}

@@ -107,6 +107,10 @@ func parseTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("by_expires_before %s is not a time in the form %q or RFC 3339", clip.Quote(s), expiresBeforeLayout)
 }
 
+// maxAttestationTypeLen bounds the attestation data type a client sends
+// (node attestor names are short; errors and logs echo it).
+const maxAttestationTypeLen = 64
+
 func validateAttestParams(p *agentv1.AttestAgentRequest_Params) error {
 	switch {
 	case p == nil:
@@ -119,23 +123,12 @@ func validateAttestParams(p *agentv1.AttestAgentRequest_Params) error {
 		return errors.New("missing CSR")
 	case p.GetData().GetType() == "":
 		return errors.New("missing attestation data type")
+	case len(p.GetData().GetType()) > maxAttestationTypeLen:
+		return fmt.Errorf("attestation data type is longer than %d bytes", maxAttestationTypeLen)
 	case len(p.GetData().GetPayload()) == 0:
 		return errors.New("missing attestation data payload")
 	}
 	return nil
-}
-
-// parseCSR parses a DER CSR and checks its self-signature (proof of
-// possession of the private key).
-func parseCSR(der []byte) (*x509.CertificateRequest, error) {
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		return nil, err
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("invalid CSR signature: %w", err)
-	}
-	return csr, nil
 }
 
 func x509SVIDToProto(id spiffeid.ID, chain []*x509.Certificate) *types.X509SVID {

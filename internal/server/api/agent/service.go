@@ -50,7 +50,9 @@ type Store interface {
 	CountNodes(ctx context.Context, f datastore.NodeFilter) (int, error)
 	SetNodeSelectors(ctx context.Context, spiffeID string, sels []selector.Selector) error
 	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
+	GetJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error)
 	ConsumeJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error)
+	AttestNode(ctx context.Context, a *datastore.NodeAttestation) (*datastore.AttestedNode, error)
 	CreateEntries(ctx context.Context, entries []*datastore.Entry) ([]datastore.EntryResult, error)
 }
 
@@ -267,8 +269,21 @@ func (s *Service) changeAgent(ctx context.Context, pb *types.SPIFFEID, failed, d
 }
 
 // AttestAgent attests a node and issues its agent X509-SVID.
+//
+// The work is staged so that a flood of bad credentials costs little and
+// can never crowd out a valid one (see rpccontext.Stages):
+//
+//  1. the credential is checked, cheaply and without consuming it (for a
+//     join token: its format, its hash, one indexed read), in one of the
+//     source's check slots;
+//  2. only then, in a slot of expensive work: the CSR is parsed and its
+//     key checked against the CA's key policy, its signature verified, the
+//     SVID signed;
+//  3. one transaction consumes the join token and records the node. A
+//     request that fails anywhere before its commit consumes nothing.
 func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 	ctx := stream.Context()
+	stages := rpccontext.StagesFrom(ctx)
 	req, err := stream.Recv()
 	if err != nil {
 		return s.err(ctx, codes.InvalidArgument, "failed to receive request from stream", err)
@@ -279,108 +294,58 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 	}
 	attType := params.GetData().GetType()
 
-	// Check the CSR before attesting so a bad CSR does not burn a join token.
-	csr, err := parseCSR(params.GetParams().GetCsr())
+	release, err := stages.Check(ctx)
+	if err != nil {
+		return err
+	}
+	att, err := s.checkCredential(ctx, stream, stages, attType, params.GetData().GetPayload(), &release)
+	release()
+	if err != nil {
+		return err
+	}
+	agentID := att.res.AgentID
+	log := s.log.With("agent_id", agentID.String(), "node_attestor_type", attType)
+
+	releaseWork, err := stages.Work(ctx)
+	if err != nil {
+		return err
+	}
+	defer releaseWork()
+	csr, err := ca.VerifyCSR(params.GetParams().GetCsr())
 	if err != nil {
 		return s.err(ctx, codes.InvalidArgument, "failed to parse CSR", err)
 	}
-
-	var res *AttestResult
-	if attType == jointoken.Type && !s.noJoinToken {
-		id, sels, err := s.joinToken.Attest(ctx, params.GetData().GetPayload())
-		switch {
-		case errors.Is(err, jointoken.ErrUnknownToken):
-			return s.err(ctx, codes.InvalidArgument, "failed to attest: join token does not exist or has already been used", nil)
-		case errors.Is(err, jointoken.ErrExpiredToken):
-			return s.err(ctx, codes.InvalidArgument, "join token expired", nil)
-		case err != nil:
-			return s.err(ctx, codes.Internal, "failed to attest with join token", err)
-		}
-		res = &AttestResult{AgentID: id, Selectors: sels}
-	} else {
-		at, ok := s.attestors[attType]
-		if !ok {
-			return s.err(ctx, codes.FailedPrecondition, "error getting node attestor", fmt.Errorf("could not find node attestor type %s", clip.Quote(attType)))
-		}
-		res, err = at.Attest(ctx, params.GetData().GetPayload(), func(ctx context.Context, challenge []byte) ([]byte, error) {
-			if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Challenge{Challenge: challenge}}); err != nil {
-				return nil, status.Error(codes.Internal, "failed to send challenge to agent")
-			}
-			r, err := stream.Recv()
-			if err != nil {
-				return nil, status.Error(codes.Internal, "failed to receive challenge response from agent")
-			}
-			return r.GetChallengeResponse(), nil
-		})
-		if err != nil {
-			if st, ok := status.FromError(err); ok {
-				return s.err(ctx, st.Code(), st.Message(), nil)
-			}
-			return s.err(ctx, codes.PermissionDenied, "failed to attest", err)
-		}
-		if res == nil {
-			return s.err(ctx, codes.Internal, "node attestor returned no result", nil)
-		}
-	}
-
-	agentID := res.AgentID
-	switch {
-	case !agentID.MemberOf(s.td):
-		return s.err(ctx, codes.Internal, "node attestor produced an agent ID outside the trust domain", fmt.Errorf("%q", agentID))
-	case agentID.Path() == "/spire/server":
-		return s.err(ctx, codes.Internal, "agent ID cannot collide with the server ID", nil)
-	}
-	sels := res.Selectors
-	if s.idAsSel {
-		sels = append(sels, selector.Selector{Type: "spiffe_id", Value: agentID.String()})
-	}
-	log := s.log.With("agent_id", agentID.String(), "node_attestor_type", attType)
-
-	existing, err := s.ds.GetNode(ctx, agentID.String())
-	switch {
-	case errors.Is(err, datastore.ErrNotFound):
-		existing = nil
-	case err != nil:
-		return s.err(ctx, codes.Internal, "failed to fetch agent", err)
-	}
-	if existing != nil && existing.CertSerial == "" && existing.NewCertSerial == "" {
-		return s.err(ctx, codes.PermissionDenied, "failed to attest: agent is banned", nil)
-	}
-
 	chain, err := s.sign(ctx, agentID, csr)
 	if err != nil {
 		return err
 	}
 	leaf := chain[0]
-
-	sels = selector.Dedupe(sels)
-	if existing == nil {
-		_, err = s.ds.CreateNode(ctx, &datastore.AttestedNode{
-			SPIFFEID:        agentID.String(),
-			AttestationType: attType,
-			CertSerial:      leaf.SerialNumber.String(),
-			CertNotAfter:    leaf.NotAfter.Unix(),
-			CanReattest:     res.CanReattest,
-			Selectors:       sels,
-		})
-		if err != nil {
-			return s.err(ctx, codes.Internal, "failed to create attested agent", err)
-		}
-	} else {
-		_, err = s.ds.UpdateNode(ctx, &datastore.AttestedNode{
-			SPIFFEID:     agentID.String(),
-			CertSerial:   leaf.SerialNumber.String(),
-			CertNotAfter: leaf.NotAfter.Unix(),
-			CanReattest:  res.CanReattest,
-		}, &datastore.NodeMask{CertSerial: true, CertNotAfter: true, NewCertSerial: true, NewCertNotAfter: true, CanReattest: true})
-		if err != nil {
-			return s.err(ctx, codes.Internal, "failed to update attested agent", err)
-		}
-		// Re-attestation replaces the node's selectors.
-		if err := s.ds.SetNodeSelectors(ctx, agentID.String(), sels); err != nil {
-			return s.err(ctx, codes.Internal, "failed to update selectors", err)
-		}
+	sels := att.res.Selectors
+	if s.idAsSel {
+		sels = append(sels, selector.Selector{Type: "spiffe_id", Value: agentID.String()})
 	}
+	rec := &datastore.NodeAttestation{Node: &datastore.AttestedNode{
+		SPIFFEID:        agentID.String(),
+		AttestationType: attType,
+		CertSerial:      leaf.SerialNumber.String(),
+		CertNotAfter:    leaf.NotAfter.Unix(),
+		CanReattest:     att.res.CanReattest,
+		Selectors:       selector.Dedupe(sels),
+	}}
+	if att.token != nil {
+		rec.JoinToken, rec.ValidAt = &att.token.Hash, att.token.ValidAt
+	}
+	_, err = s.ds.AttestNode(ctx, rec)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound) && att.token != nil:
+		// Used by a concurrent attestation (or expired) since the check.
+		return s.err(ctx, codes.InvalidArgument, "failed to attest: join token does not exist or has already been used", nil)
+	case errors.Is(err, datastore.ErrBanned):
+		return s.err(ctx, codes.PermissionDenied, "failed to attest: agent is banned", nil)
+	case err != nil:
+		return s.err(ctx, codes.Internal, "failed to record attested agent", err)
+	}
+	releaseWork()
 	s.poke()
 
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
@@ -389,11 +354,88 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 	log.InfoContext(ctx, "Agent attestation request completed")
 
 	if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Result_{
-		Result: &agentv1.AttestAgentResponse_Result{Svid: x509SVIDToProto(agentID, chain), Reattestable: res.CanReattest},
+		Result: &agentv1.AttestAgentResponse_Result{Svid: x509SVIDToProto(agentID, chain), Reattestable: att.res.CanReattest},
 	}}); err != nil {
 		return s.err(ctx, codes.Internal, "failed to send response over stream", err)
 	}
 	return nil
+}
+
+// attestation is a credential that checked out.
+type attestation struct {
+	res   *AttestResult
+	token *jointoken.Credential // set for join_token: consumed with the node record
+}
+
+// checkCredential runs the node attestor of attType on payload and checks
+// the agent it names may attest (in our trust domain, not banned). It
+// holds *release, a check slot, except while it waits for the client
+// (challenge/response attestors), when it gives the slot back and then
+// waits for a new one.
+func (s *Service) checkCredential(ctx context.Context, stream agentv1.Agent_AttestAgentServer, stages rpccontext.Stages,
+	attType string, payload []byte, release *func()) (*attestation, error) {
+	att := &attestation{}
+	if attType == jointoken.Type && !s.noJoinToken {
+		cred, err := s.joinToken.Check(ctx, payload)
+		switch {
+		case errors.Is(err, jointoken.ErrUnknownToken):
+			return nil, s.err(ctx, codes.InvalidArgument, "failed to attest: join token does not exist or has already been used", nil)
+		case errors.Is(err, jointoken.ErrExpiredToken):
+			return nil, s.err(ctx, codes.InvalidArgument, "join token expired", nil)
+		case err != nil:
+			return nil, s.err(ctx, codes.Internal, "failed to attest with join token", err)
+		}
+		att.res, att.token = &AttestResult{AgentID: cred.AgentID}, cred
+	} else {
+		at, ok := s.attestors[attType]
+		if !ok {
+			return nil, s.err(ctx, codes.FailedPrecondition, "error getting node attestor", fmt.Errorf("could not find node attestor type %s", clip.Quote(attType)))
+		}
+		res, err := at.Attest(ctx, payload, func(ctx context.Context, challenge []byte) ([]byte, error) {
+			(*release)()
+			*release = func() {}
+			if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Challenge{Challenge: challenge}}); err != nil {
+				return nil, status.Error(codes.Internal, "failed to send challenge to agent")
+			}
+			r, err := stream.Recv()
+			if err != nil {
+				return nil, status.Error(codes.Internal, "failed to receive challenge response from agent")
+			}
+			rel, err := stages.Check(ctx)
+			if err != nil {
+				return nil, err
+			}
+			*release = rel
+			return r.GetChallengeResponse(), nil
+		})
+		if err != nil {
+			if st, ok := status.FromError(err); ok {
+				return nil, s.err(ctx, st.Code(), st.Message(), nil)
+			}
+			return nil, s.err(ctx, codes.PermissionDenied, "failed to attest", err)
+		}
+		if res == nil {
+			return nil, s.err(ctx, codes.Internal, "node attestor returned no result", nil)
+		}
+		att.res = res
+	}
+
+	agentID := att.res.AgentID
+	switch {
+	case !agentID.MemberOf(s.td):
+		return nil, s.err(ctx, codes.Internal, "node attestor produced an agent ID outside the trust domain", fmt.Errorf("%q", agentID))
+	case agentID.Path() == "/spire/server":
+		return nil, s.err(ctx, codes.Internal, "agent ID cannot collide with the server ID", nil)
+	}
+	existing, err := s.ds.GetNode(ctx, agentID.String())
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+	case err != nil:
+		return nil, s.err(ctx, codes.Internal, "failed to fetch agent", err)
+	case existing.Banned():
+		return nil, s.err(ctx, codes.PermissionDenied, "failed to attest: agent is banned", nil)
+	}
+	return att, nil
 }
 
 // RenewAgent issues a new agent SVID to the calling agent. The new serial is
@@ -420,7 +462,7 @@ func (s *Service) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequest
 	if len(req.GetParams().GetCsr()) == 0 {
 		return nil, s.err(ctx, codes.InvalidArgument, "missing CSR", nil)
 	}
-	csr, err := parseCSR(req.GetParams().GetCsr())
+	csr, err := ca.VerifyCSR(req.GetParams().GetCsr())
 	if err != nil {
 		return nil, s.err(ctx, codes.InvalidArgument, "failed to parse CSR", err)
 	}

@@ -42,3 +42,39 @@ func CallerFrom(ctx context.Context) (Caller, bool) {
 	c, ok := ctx.Value(callerKey{}).(Caller)
 	return c, ok
 }
+
+// Stages paces the stages of an attestation call. The endpoints set it on
+// calls whose source is subject to the attestation rate limits; handlers
+// take a slot for each stage and release it before waiting on the client.
+// Errors are gRPC status errors (ResourceExhausted, Canceled,
+// DeadlineExceeded) to return as they are.
+type Stages interface {
+	// Check waits for one of the caller's source's slots for checking its
+	// credential: cheap work (a hash, one indexed read), done for every
+	// request in the order they arrive.
+	Check(ctx context.Context) (release func(), err error)
+	// Work waits for a slot of the server-wide expensive work (CSR
+	// signature check, signing, recording the node), taken only by callers
+	// whose credential checked out.
+	Work(ctx context.Context) (release func(), err error)
+}
+
+type stagesKey struct{}
+
+// WithStages returns ctx carrying s.
+func WithStages(ctx context.Context, s Stages) context.Context {
+	return context.WithValue(ctx, stagesKey{}, s)
+}
+
+// StagesFrom returns the Stages stored in ctx, or one that never waits.
+func StagesFrom(ctx context.Context) Stages {
+	if s, ok := ctx.Value(stagesKey{}).(Stages); ok && s != nil {
+		return s
+	}
+	return noStages{}
+}
+
+type noStages struct{}
+
+func (noStages) Check(context.Context) (func(), error) { return func() {}, nil }
+func (noStages) Work(context.Context) (func(), error)  { return func() {}, nil }

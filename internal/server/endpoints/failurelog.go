@@ -7,8 +7,8 @@ import (
 	"sort"
 	"sync"
 	"time"
-	"unicode/utf8"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
 )
@@ -57,7 +57,7 @@ func (f *failureLog) failed(ctx context.Context, t transport, addr netip.Addr, a
 			key = sourceName(ratelimit.Source(addr))
 		}
 	}
-	attType, reason = truncate(attType), truncate(reason)
+	attType, reason = clip.Cut(attType, maxLoggedClientText), clip.Cut(reason, maxLoggedClientText)
 
 	f.mu.Lock()
 	c, ok := f.sources[key]
@@ -130,17 +130,4 @@ func sourceName(p netip.Prefix) string {
 		return p.Addr().String()
 	}
 	return p.String()
-}
-
-// truncate cuts client-supplied text to maxLoggedClientText bytes, on a
-// UTF-8 boundary.
-func truncate(s string) string {
-	if len(s) <= maxLoggedClientText {
-		return s
-	}
-	i := maxLoggedClientText
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i] + "..."
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +17,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sigil-spiffe/sigil/internal/keys"
 )
 
 // LockFile is the name, inside a data_dir, of the file the running process
@@ -93,6 +96,29 @@ func (l *Lock) Release() error {
 		l.err = l.f.Close()
 	})
 	return l.err
+}
+
+// RemoveLeftovers removes from each of dirs (the data_dir and any other
+// directory this process writes with keys.WriteFileAtomic, such as a key
+// directory) the temporary files of writes a killed process left behind;
+// they may hold private keys, also of identities deleted since. Being a
+// method of the held Lock, it never races a live process's write.
+func (l *Lock) RemoveLeftovers(log *slog.Logger, dirs ...string) error {
+	seen := make(map[string]bool, len(dirs))
+	for _, d := range dirs {
+		if d == "" || seen[filepath.Clean(d)] {
+			continue
+		}
+		seen[filepath.Clean(d)] = true
+		n, err := keys.RemoveTempFiles(d)
+		if n > 0 {
+			log.Info("Removed temporary files left by an interrupted write", "dir", d, "count", n)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func flock(f *os.File, how int) error {

@@ -2,11 +2,14 @@ package datadir
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -96,4 +99,40 @@ func TestAcquireOtherProcessKilled(t *testing.T) {
 		t.Fatalf("Acquire after the holder was killed: %v", err)
 	}
 	l.Release()
+}
+
+func TestRemoveLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	keysDir := filepath.Join(dir, "keys")
+	if err := os.Mkdir(keysDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	planted := []string{filepath.Join(dir, ".workload-cache.json.tmp-1"), filepath.Join(keysDir, ".k.pem.tmp-2")}
+	for _, p := range append(planted, filepath.Join(dir, "workload-cache.json")) {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := Acquire(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	// The same directory twice, a missing one and "" (no key directory).
+	if err := l.RemoveLeftovers(log, dir, keysDir, dir+"/", filepath.Join(dir, "missing"), ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range planted {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s not removed: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "workload-cache.json")); err != nil {
+		t.Errorf("the state file itself was removed: %v", err)
+	}
+	if got := strings.Count(logs.String(), "Removed temporary files"); got != 2 {
+		t.Errorf("%d log lines, want one per directory with leftovers:\n%s", got, logs.String())
+	}
 }

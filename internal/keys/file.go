@@ -6,7 +6,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
+
+// tempInfix separates the target's name from CreateTemp's random digits in
+// the temporary files WriteFileAtomic creates: "." + name + tempInfix + digits.
+const tempInfix = ".tmp-"
 
 // WriteFileAtomic replaces dir/name with data, mode 0600, creating dir
 // (0700) if missing: the data goes to a temporary file in dir, which is
@@ -14,11 +19,15 @@ import (
 // old file or the new one, never a torn one. It is how every file holding
 // private key material is written (the disk key manager's keys, the agent's
 // persisted SVIDs).
+//
+// A process killed mid-write leaves the temporary file behind (it may
+// hold a complete copy of the data, keys included); RemoveTempFiles, run
+// at start-up by the only process writing the directory, removes them.
 func WriteFileAtomic(dir, name string, data []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create directory %s: %w", dir, err)
 	}
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	f, err := os.CreateTemp(dir, "."+name+tempInfix+"*")
 	if err != nil {
 		return fmt.Errorf("create temporary file: %w", err)
 	}
@@ -79,4 +88,57 @@ func RemoveFile(dir, name string) error {
 		return fmt.Errorf("sync directory: %w", err)
 	}
 	return nil
+}
+
+// RemoveTempFiles removes from dir the temporary files WriteFileAtomic
+// leaves when its process is killed mid-write, and returns how many it
+// removed. A missing dir is not an error. Call it only while no other
+// process can be writing dir (sigil-server and sigil-agent call it after
+// taking their data_dir lock), or an in-flight write would lose its file.
+func RemoveTempFiles(dir string) (int, error) {
+	des, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list %s: %w", dir, err)
+	}
+	n := 0
+	var errs []error
+	for _, de := range des {
+		if !de.Type().IsRegular() || !isTempName(de.Name()) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, de.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	if len(errs) > 0 {
+		return n, fmt.Errorf("remove temporary files in %s: %w", dir, errors.Join(errs...))
+	}
+	return n, nil
+}
+
+// isTempName reports whether name is one os.CreateTemp made from
+// WriteFileAtomic's pattern: "." + a non-empty name + tempInfix + digits.
+func isTempName(name string) bool {
+	if !strings.HasPrefix(name, ".") {
+		return false
+	}
+	i := strings.LastIndex(name, tempInfix)
+	if i < 2 {
+		return false
+	}
+	digits := name[i+len(tempInfix):]
+	if digits == "" {
+		return false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }

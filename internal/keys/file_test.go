@@ -49,3 +49,48 @@ func TestWriteFileAtomic(t *testing.T) {
 		t.Errorf("failed write left %d entries, want 2 (f.json, sub)", len(names))
 	}
 }
+
+// Temporary files of interrupted writes are removed; nothing else is.
+func TestRemoveTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	// A real leftover: the name WriteFileAtomic's CreateTemp produces.
+	f, err := os.CreateTemp(dir, ".workload-cache.json"+tempInfix+"*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"svids":{"e1":{"key":"secret"}}`)
+	f.Close()
+	leftovers := []string{filepath.Base(f.Name()), ".agent-svid-a.pem.tmp-123"}
+	if err := os.WriteFile(filepath.Join(dir, leftovers[1]), []byte("key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kept := []string{"workload-cache.json", "agent-svid-a.pem", "sigil.lock", ".tmp-1", "..tmp-1", ".x.tmp-", ".x.tmp-12a", "x.tmp-1", ".sdeadbeef", ".x.tmp-1.bak"}
+	for _, n := range kept {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte(n), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A directory with a matching name is not a leftover of ours.
+	if err := os.Mkdir(filepath.Join(dir, ".d.tmp-1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kept = append(kept, ".d.tmp-1")
+
+	n, err := RemoveTempFiles(dir)
+	if err != nil || n != len(leftovers) {
+		t.Fatalf("RemoveTempFiles = %d, %v; want %d", n, err, len(leftovers))
+	}
+	for _, l := range leftovers {
+		if _, err := os.Lstat(filepath.Join(dir, l)); !os.IsNotExist(err) {
+			t.Errorf("%s not removed: %v", l, err)
+		}
+	}
+	for _, k := range kept {
+		if _, err := os.Lstat(filepath.Join(dir, k)); err != nil {
+			t.Errorf("%s removed: %v", k, err)
+		}
+	}
+	if n, err := RemoveTempFiles(filepath.Join(dir, "missing")); n != 0 || err != nil {
+		t.Fatalf("missing dir: %d, %v", n, err)
+	}
+}

@@ -66,6 +66,9 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 			lock.Release()
 		}
 	}()
+	if err := lock.RemoveLeftovers(log, cfg.DataDir, cfg.KeyManager.Directory); err != nil {
+		return nil, err
+	}
 	var km keys.Manager
 	switch cfg.KeyManager.Kind {
 	case config.KeyManagerMemory:

@@ -111,6 +111,12 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err := m.Init(ctx); err != nil {
 		return nil, fmt.Errorf("initialize CA: %w", err)
 	}
+	// Nothing writes data_dir or the key directory concurrently now (the
+	// lock, and Init's writes are done): remove what a killed predecessor
+	// left mid-write.
+	if err := lock.RemoveLeftovers(log, cfg.DataDir, cfg.KeyManager.KeysPath); err != nil {
+		return nil, err
+	}
 	if err := cache.Load(ctx); err != nil {
 		return nil, fmt.Errorf("load entry cache: %w", err)
 	}

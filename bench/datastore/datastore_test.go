@@ -14,11 +14,16 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
-func openStore(b *testing.B) *sqlstore.Store {
+func openStore(b *testing.B) *sqlstore.Store { return openStoreSync(b, "") }
+
+// openStoreSync opens a store with the given synchronous mode ("" = the
+// default, full).
+func openStoreSync(b *testing.B, sync string) *sqlstore.Store {
 	b.Helper()
 	s, err := sqlstore.Open(context.Background(), sqlstore.Config{
 		DatabaseType:     "sqlite3",
 		ConnectionString: filepath.Join(b.TempDir(), "datastore.sqlite3"),
+		Synchronous:      sync,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -43,9 +48,24 @@ func newEntry(i int) *datastore.Entry {
 
 // BenchmarkCreateEntriesBatch50 creates b.N entries in batches of 50 (as
 // BatchCreateEntry does) and reports entries/s. Each iteration is one entry.
-func BenchmarkCreateEntriesBatch50(b *testing.B) {
-	const batch = 50
-	s := openStore(b)
+func BenchmarkCreateEntriesBatch50(b *testing.B) { createEntries(b, openStore(b), 50) }
+
+// BenchmarkCreateEntriesSync is BenchmarkCreateEntriesBatch50 and the same
+// with one entry per transaction (one commit, hence one WAL fsync under
+// synchronous=FULL, per entry), in both synchronous modes:
+//
+//	go test ./bench/datastore -run '^$' -bench 'CreateEntriesSync/batch=1/full' -benchtime 2000x
+func BenchmarkCreateEntriesSync(b *testing.B) {
+	for _, batch := range []int{1, 50} {
+		for _, sync := range []string{sqlstore.SynchronousFull, sqlstore.SynchronousNormal} {
+			b.Run(fmt.Sprintf("batch=%d/%s", batch, sync), func(b *testing.B) {
+				createEntries(b, openStoreSync(b, sync), batch)
+			})
+		}
+	}
+}
+
+func createEntries(b *testing.B, s *sqlstore.Store, batch int) {
 	ctx := context.Background()
 	entries := make([]*datastore.Entry, b.N)
 	for i := range entries {

@@ -78,6 +78,24 @@ type RateLimit struct {
 type DataStore struct {
 	DatabaseType     string // "sqlite3" or "postgres"
 	ConnectionString string // as given: a relative SQLite path is relative to the working directory
+	// SQLiteSynchronous is the Sigil extension sqlite_synchronous: "" or
+	// "full" (the default: a write is on disk when the API answers) or
+	// "normal" (faster; a power failure may lose the last writes).
+	SQLiteSynchronous string
+}
+
+// SQLite synchronous modes of DataStore.SQLiteSynchronous.
+const (
+	SQLiteSynchronousFull   = "full"
+	SQLiteSynchronousNormal = "normal"
+)
+
+func (ds DataStore) checkSynchronous() error {
+	switch ds.SQLiteSynchronous {
+	case "", SQLiteSynchronousFull, SQLiteSynchronousNormal:
+		return nil
+	}
+	return fmt.Errorf(`plugin DataStore "sql": sqlite_synchronous %q is not supported (want %q or %q)`, ds.SQLiteSynchronous, SQLiteSynchronousFull, SQLiteSynchronousNormal)
 }
 
 // ServerKeyManager is KeyManager "disk" or "memory".
@@ -272,6 +290,7 @@ func (d *decoder) serverPlugins(decls []pluginDecl, s *Server) {
 			}
 			p.data.str("database_type", &s.DataStore.DatabaseType)
 			p.data.str("connection_string", &s.DataStore.ConnectionString)
+			p.data.str("sqlite_synchronous", &s.DataStore.SQLiteSynchronous)
 			p.data.unsupported = map[string]bool{
 				"ro_connection_string": true, "root_ca_path": true, "client_cert_path": true,
 				"client_key_path": true, "max_open_conns": true, "max_idle_conns": true,
@@ -282,6 +301,9 @@ func (d *decoder) serverPlugins(decls []pluginDecl, s *Server) {
 			case DatabaseTypeSQLite, DatabaseTypePostgres, "":
 			default:
 				d.errorf(p.data.kids["database_type"].pos, "plugin DataStore \"sql\": database_type %q is not supported (want %q or %q)", s.DataStore.DatabaseType, DatabaseTypeSQLite, DatabaseTypePostgres)
+			}
+			if err := s.DataStore.checkSynchronous(); err != nil {
+				d.errorf(p.data.kids["sqlite_synchronous"].pos, "%v", err)
 			}
 		case "KeyManager":
 			d.keyManager(p, once, &s.KeyManager.Kind, "keys_path", &s.KeyManager.KeysPath)
@@ -388,6 +410,7 @@ func (s *Server) Validate() error {
 	if s.DataStore.DatabaseType != "" && s.DataStore.ConnectionString == "" {
 		add(errors.New(`plugin DataStore "sql": connection_string must be configured`))
 	}
+	add(s.DataStore.checkSynchronous())
 	add(validateKeyManager(s.KeyManager.Kind, "keys_path", s.KeyManager.KeysPath))
 	if s.UpstreamDisk != nil && s.UpstreamSPIRE != nil {
 		add(errors.New("at most one UpstreamAuthority plugin may be configured"))

@@ -670,3 +670,30 @@ func TestTrustDomainLength(t *testing.T) {
 	_, err := LoadServer([]string{"-config", path, "-trustDomain", long})
 	wantErr(t, err, "-trustDomain: invalid trust domain", "the maximum is 255")
 }
+
+// TestServerSQLiteSynchronous: the Sigil extension sqlite_synchronous of
+// DataStore "sql" takes "full" (the default) or "normal"; anything else
+// stops start-up with its line.
+func TestServerSQLiteSynchronous(t *testing.T) {
+	with := func(v string) string {
+		return strings.Replace(serverConfWith("", ""), `connection_string = "ds.sqlite3"`, "connection_string = \"ds.sqlite3\"\n            sqlite_synchronous = \""+v+"\"", 1)
+	}
+	s, err := ParseServer("server.conf", []byte(serverConfWith("", "")))
+	if err != nil || s.DataStore.SQLiteSynchronous != "" {
+		t.Fatalf("default: %q, %v", s.DataStore.SQLiteSynchronous, err)
+	}
+	for _, v := range []string{"full", "normal"} {
+		s, err := ParseServer("server.conf", []byte(with(v)))
+		if err != nil || s.DataStore.SQLiteSynchronous != v {
+			t.Errorf("sqlite_synchronous = %q: %q, %v", v, s.DataStore.SQLiteSynchronous, err)
+		}
+	}
+	_, err = ParseServer("server.conf", []byte(with("off")))
+	wantErr(t, err, `server.conf:10: plugin DataStore "sql": sqlite_synchronous "off" is not supported (want "full" or "normal")`)
+	s, err = ParseServer("server.conf", []byte(serverConfWith("", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.DataStore.SQLiteSynchronous = "OFF"
+	wantErr(t, s.Validate(), `sqlite_synchronous "OFF" is not supported`)
+}

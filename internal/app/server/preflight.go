@@ -46,7 +46,7 @@ func Preflight(cfg *config.Server, log *slog.Logger) error {
 // preflight is Preflight, keeping what it loaded. warn logs the CA's
 // warnings (run leaves them to the CA's Init, which logs them).
 func preflight(cfg *config.Server, log *slog.Logger, warn bool) (*checked, error) {
-	dsCfg := sqlstore.Config{DatabaseType: cfg.DataStore.DatabaseType, ConnectionString: cfg.DataStore.ConnectionString}
+	dsCfg := sqlstore.Config{DatabaseType: cfg.DataStore.DatabaseType, ConnectionString: cfg.DataStore.ConnectionString, Synchronous: cfg.DataStore.SQLiteSynchronous}
 	if err := dsCfg.Check(); err != nil {
 		return nil, fmt.Errorf("DataStore \"sql\": %w", err)
 	}

@@ -82,6 +82,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	ds, err := sqlstore.Open(ctx, sqlstore.Config{
 		DatabaseType:     cfg.DataStore.DatabaseType,
 		ConnectionString: cfg.DataStore.ConnectionString,
+		Synchronous:      cfg.DataStore.SQLiteSynchronous,
 		Log:              log.With("subsystem", "datastore"),
 		Clock:            clk,
 	})

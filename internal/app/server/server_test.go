@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,6 +165,31 @@ func TestJoinTokenNeedsItsNodeAttestor(t *testing.T) {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+// TestSQLiteSynchronousIsWired: the datastore opens with the configured
+// sqlite_synchronous (its "Datastore opened" line says which), FULL when
+// unset.
+func TestSQLiteSynchronousIsWired(t *testing.T) {
+	for _, c := range []struct{ set, want string }{{"", "synchronous=full"}, {"normal", "synchronous=normal"}, {"full", "synchronous=full"}} {
+		cfg := testConfig(t, t.TempDir())
+		cfg.DataStore.SQLiteSynchronous = c.set
+		var logs strings.Builder
+		srv, err := New(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Close()
+		var opened string
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, `msg="Datastore opened"`) {
+				opened = line
+			}
+		}
+		if !strings.Contains(opened, c.want) {
+			t.Errorf("sqlite_synchronous %q: %q, want %s", c.set, opened, c.want)
 		}
 	}
 }

@@ -113,6 +113,9 @@ func (cfg Config) Check() error {
 	if _, _, err := parseSQLiteConn(cfg.ConnectionString); err != nil {
 		return err
 	}
+	if _, _, err := synchronousPragma(cfg.Synchronous); err != nil {
+		return err
+	}
 	return nil
 }
 

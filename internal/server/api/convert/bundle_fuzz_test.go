@@ -12,8 +12,8 @@ import (
 
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
-	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
 )
 
 // fuzzSeedCert is a small self-signed CA certificate and its PKIX key.

@@ -169,6 +169,9 @@ type AttestedNode struct {
 	CanReattest     bool
 	Selectors       []selector.Selector
 	CreatedAt       int64 // unix seconds, set by the store
+	// AgentVersion is what the agent last reported with PostStatus ("" =
+	// never reported).
+	AgentVersion string
 }
 
 // Banned reports whether the node was banned (SPIRE: empty serials).
@@ -186,7 +189,7 @@ type NodeFilter struct {
 
 // NodeMask selects fields UpdateNode changes (nil = all).
 type NodeMask struct {
-	CertSerial, CertNotAfter, NewCertSerial, NewCertNotAfter, CanReattest bool
+	CertSerial, CertNotAfter, NewCertSerial, NewCertNotAfter, CanReattest, AgentVersion bool
 }
 
 // NodeStore stores attested nodes and their selectors.

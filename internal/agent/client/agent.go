@@ -74,6 +74,18 @@ func (c *Client) RenewAgent(ctx context.Context, csr []byte) ([]*x509.Certificat
 	return chain, nil
 }
 
+// PostStatus reports the agent's version, as SPIRE's agent does (the
+// server shows it as agent_version). The caller must be connected with its
+// current agent SVID.
+func (c *Client) PostStatus(ctx context.Context, agentVersion string) error {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	if _, err := c.agent.PostStatus(ctx, &agentv1.PostStatusRequest{AgentVersion: agentVersion}); err != nil {
+		return fmt.Errorf("post agent status: %w", err)
+	}
+	return nil
+}
+
 // parseSVIDChain parses the DER chain of an X509SVID message.
 func parseSVIDChain(s *types.X509SVID) ([]*x509.Certificate, error) {
 	if s == nil || len(s.CertChain) == 0 {

@@ -143,6 +143,10 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// DialOptions are passed to every client (tests).
 	DialOptions []grpc.DialOption
+	// AgentVersion is reported to the server (PostStatus, as SPIRE's
+	// agent) once per agent identity, when a session starts; "" reports
+	// nothing.
+	AgentVersion string
 }
 
 // State summarizes what the agent can do for its workloads.
@@ -246,6 +250,8 @@ type Manager struct {
 	// reported as living no longer than the availability target.
 	shortMu     sync.Mutex
 	shortWarned map[string]struct{}
+	// statusPostedFor is the agent ID (string) whose version was reported.
+	statusPostedFor atomic.Value
 }
 
 // New validates cfg and restores the persisted agent SVID. It does not

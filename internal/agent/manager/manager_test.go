@@ -57,6 +57,7 @@ type agentOpts struct {
 	// to stderr).
 	log                *slog.Logger
 	availabilityTarget time.Duration
+	agentVersion       string
 }
 
 // startAgent builds a cache (loaded from dir) and a manager and runs both.
@@ -100,6 +101,7 @@ func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAge
 		MinBackoff:         20 * time.Millisecond,
 		MaxBackoff:         200 * time.Millisecond,
 		DialOptions:        o.dialOptions,
+		AgentVersion:       o.agentVersion,
 	})
 	if err != nil {
 		t.Fatalf("manager.New: %v", err)
@@ -534,4 +536,28 @@ func selfSigned(t testing.TB, cn string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestAgentVersionReported: the agent reports its version (PostStatus, as
+// SPIRE's agent) and the server stores it as the node's agent_version; a
+// restarted agent with another version updates it.
+func TestAgentVersionReported(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, _ := srv.createToken()
+	dir := t.TempDir()
+	a := startAgent(t, srv, dir, agentOpts{token: token, agentVersion: "v1.2.3-test"})
+	eventually(t, "attestation", func() bool { return a.m.AgentSVID() != nil })
+	nodeID := a.m.AgentSVID().ID.String()
+	version := func() string {
+		n, err := srv.ds.GetNode(context.Background(), nodeID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.AgentVersion
+	}
+	eventually(t, "agent_version v1.2.3-test", func() bool { return version() == "v1.2.3-test" })
+	a.stop()
+	b := startAgent(t, srv, dir, agentOpts{agentVersion: "v1.2.4-test"})
+	eventually(t, "agent_version v1.2.4-test", func() bool { return version() == "v1.2.4-test" })
+	b.stop()
 }

@@ -142,6 +142,7 @@ func (m *Manager) session(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m.cl.Store(cl)
+	wg.Go(func() { m.postStatus(ctx, cl, id) })
 
 	// Until the server proves it pushes changes, poll at SyncInterval.
 	var pushed atomic.Bool
@@ -202,6 +203,22 @@ func (m *Manager) session(ctx context.Context) (err error) {
 			return m.renewAgent(ctx, cl, id)
 		}
 	}
+}
+
+// postStatus reports the agent's version for identity id unless it was
+// already reported for that agent ID. A failure (a server without
+// PostStatus, or one that is going away) is logged at debug and retried
+// with the next session: it never ends the session.
+func (m *Manager) postStatus(ctx context.Context, cl *client.Client, id *identity) {
+	agentID := id.agentID().String()
+	if m.cfg.AgentVersion == "" || m.statusPostedFor.Load() == agentID {
+		return
+	}
+	if err := cl.PostStatus(ctx, m.cfg.AgentVersion); err != nil {
+		m.log.Debug("Could not report the agent version to the server", "agent_version", m.cfg.AgentVersion, "error", err)
+		return
+	}
+	m.statusPostedFor.Store(agentID)
 }
 
 // ensureIdentity returns a usable agent SVID, attesting if needed: with

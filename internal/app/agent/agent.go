@@ -26,6 +26,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/datadir"
 	"github.com/sigil-spiffe/sigil/internal/healthcheck"
 	"github.com/sigil-spiffe/sigil/internal/keys"
+	"github.com/sigil-spiffe/sigil/internal/version"
 )
 
 // Options are test and embedding hooks; the zero value is production.
@@ -101,6 +102,7 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 		// availability_target: renew SVIDs (workloads' and the agent's)
 		// once less than max(half-life, target) is left.
 		AvailabilityTarget: cfg.AvailabilityTarget,
+		AgentVersion:       version.String(),
 	})
 	if err != nil {
 		return nil, err

@@ -10,7 +10,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
-const nodeColumns = "n.spiffe_id, n.attestation_type, n.cert_serial, n.cert_not_after, n.new_cert_serial, n.new_cert_not_after, n.can_reattest, n.created_at"
+const nodeColumns = "n.spiffe_id, n.attestation_type, n.cert_serial, n.cert_not_after, n.new_cert_serial, n.new_cert_not_after, n.can_reattest, n.created_at, n.agent_version"
 
 func validateSelectors(sels []selector.Selector) error {
 	for _, s := range sels {
@@ -44,8 +44,8 @@ func (s *Store) CreateNode(ctx context.Context, n *datastore.AttestedNode) (*dat
 		c := *n
 		c.CreatedAt = s.now()
 		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO attested_nodes (spiffe_id, attestation_type, cert_serial, cert_not_after,
-new_cert_serial, new_cert_not_after, can_reattest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-			c.SPIFFEID, c.AttestationType, c.CertSerial, c.CertNotAfter, c.NewCertSerial, c.NewCertNotAfter, c.CanReattest, c.CreatedAt); err != nil {
+new_cert_serial, new_cert_not_after, can_reattest, created_at, agent_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			c.SPIFFEID, c.AttestationType, c.CertSerial, c.CertNotAfter, c.NewCertSerial, c.NewCertNotAfter, c.CanReattest, c.CreatedAt, c.AgentVersion); err != nil {
 			return fmt.Errorf("insert node: %w", err)
 		}
 		if len(c.Selectors) > 0 {
@@ -92,7 +92,7 @@ func (s *Store) loadNodes(ctx context.Context, q queryer, where string, args []a
 	err := scanRows(ctx, q, s.q("SELECT "+nodeColumns+" FROM attested_nodes n"+where+" ORDER BY n.spiffe_id"+limit), args, func(r *sql.Rows) error {
 		n := new(datastore.AttestedNode)
 		if err := r.Scan(&n.SPIFFEID, &n.AttestationType, &n.CertSerial, &n.CertNotAfter, &n.NewCertSerial,
-			&n.NewCertNotAfter, &n.CanReattest, &n.CreatedAt); err != nil {
+			&n.NewCertNotAfter, &n.CanReattest, &n.CreatedAt, &n.AgentVersion); err != nil {
 			return err
 		}
 		out = append(out, n)
@@ -226,7 +226,7 @@ func (s *Store) UpdateNode(ctx context.Context, n *datastore.AttestedNode, mask 
 		return nil, errors.New("update node: SPIFFE ID is empty")
 	}
 	if mask == nil {
-		mask = &datastore.NodeMask{CertSerial: true, CertNotAfter: true, NewCertSerial: true, NewCertNotAfter: true, CanReattest: true}
+		mask = &datastore.NodeMask{CertSerial: true, CertNotAfter: true, NewCertSerial: true, NewCertNotAfter: true, CanReattest: true, AgentVersion: true}
 	}
 	var out *datastore.AttestedNode
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
@@ -253,9 +253,12 @@ func (s *Store) UpdateNode(ctx context.Context, n *datastore.AttestedNode, mask 
 		if mask.CanReattest {
 			c.CanReattest = n.CanReattest
 		}
+		if mask.AgentVersion {
+			c.AgentVersion = n.AgentVersion
+		}
 		if _, err := tx.ExecContext(ctx, s.q(`UPDATE attested_nodes SET cert_serial = ?, cert_not_after = ?, new_cert_serial = ?,
-new_cert_not_after = ?, can_reattest = ? WHERE spiffe_id = ?`),
-			c.CertSerial, c.CertNotAfter, c.NewCertSerial, c.NewCertNotAfter, c.CanReattest, c.SPIFFEID); err != nil {
+new_cert_not_after = ?, can_reattest = ?, agent_version = ? WHERE spiffe_id = ?`),
+			c.CertSerial, c.CertNotAfter, c.NewCertSerial, c.NewCertNotAfter, c.CanReattest, c.AgentVersion, c.SPIFFEID); err != nil {
 			return fmt.Errorf("update node: %w", err)
 		}
 		if err := s.nodeEvent(ctx, tx, c.SPIFFEID); err != nil {

@@ -355,3 +355,32 @@ func TestPromoteNodeSerial(t *testing.T) {
 	_, err = s.PromoteNodeSerial(ctx, "spiffe://td/agent/missing", "1")
 	wantErr(t, err, datastore.ErrConflict)
 }
+
+// TestNodeAgentVersion: agent_version (migration 0002) is stored, changed
+// only under its mask, and survives other masked updates and a reopen.
+func TestNodeAgentVersion(t *testing.T) {
+	f := newFixture(t)
+	s, ctx := f.store, context.Background()
+	const id = "spiffe://td/agent/v"
+	if _, err := s.CreateNode(ctx, &datastore.AttestedNode{SPIFFEID: id, AttestationType: "join_token", CertSerial: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: id, AgentVersion: "1.12.0", CertSerial: "ignored"}, &datastore.NodeMask{AgentVersion: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: id, NewCertSerial: "2"}, &datastore.NodeMask{NewCertSerial: true}); err != nil {
+		t.Fatal(err)
+	}
+	f.reopen(t)
+	n, err := f.store.GetNode(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.AgentVersion != "1.12.0" || n.CertSerial != "1" || n.NewCertSerial != "2" {
+		t.Fatalf("node %+v, want agent_version 1.12.0 and serials 1/2", n)
+	}
+	list, _, err := f.store.ListNodes(ctx, datastore.NodeFilter{}, datastore.Page{})
+	if err != nil || len(list) != 1 || list[0].AgentVersion != "1.12.0" {
+		t.Fatalf("ListNodes = %+v, %v", list, err)
+	}
+}

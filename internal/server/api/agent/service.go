@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
@@ -486,16 +488,32 @@ func (s *Service) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequest
 	return &agentv1.RenewAgentResponse{Svid: x509SVIDToProto(caller.ID, chain)}, nil
 }
 
-// PostStatus accepts the agent's status report. Sigil does not store the
-// agent version; the call validates its input and succeeds.
+// PostStatus records the version the agent reports (agent_version in
+// ListAgents and GetAgent), as SPIRE does: an empty version changes
+// nothing; one longer than 255 bytes or not printable UTF-8 is refused.
 func (s *Service) PostStatus(ctx context.Context, req *agentv1.PostStatusRequest) (*agentv1.PostStatusResponse, error) {
 	caller, ok := rpccontext.CallerFrom(ctx)
 	if !ok || caller.ID.IsZero() {
 		return nil, s.err(ctx, codes.Internal, "caller ID missing from request context", nil)
 	}
-	if len(req.GetAgentVersion()) > maxAgentVersionLen {
+	v := req.GetAgentVersion()
+	if len(v) > maxAgentVersionLen {
 		return nil, s.err(ctx, codes.InvalidArgument, "agent version is too long (max 255 characters)", nil)
 	}
+	if !utf8.ValidString(v) || strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		return nil, s.err(ctx, codes.InvalidArgument, "agent version must be printable UTF-8", nil)
+	}
+	if v == "" {
+		return &agentv1.PostStatusResponse{}, nil
+	}
+	_, err := s.ds.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: caller.ID.String(), AgentVersion: v}, &datastore.NodeMask{AgentVersion: true})
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, s.err(ctx, codes.NotFound, "agent not found", nil)
+	case err != nil:
+		return nil, s.err(ctx, codes.Internal, "failed to update agent", err)
+	}
+	s.log.DebugContext(ctx, "Agent status updated", "agent_id", caller.ID.String(), "agent_version", v)
 	return &agentv1.PostStatusResponse{}, nil
 }
 

@@ -6,8 +6,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
 
-// AgentToProto converts an attested node to the wire Agent (all fields;
-// agent_version is not stored and stays empty).
+// AgentToProto converts an attested node to the wire Agent (all fields).
 func AgentToProto(n *datastore.AttestedNode) (*types.Agent, error) {
 	id, err := IDStringToProto(n.SPIFFEID)
 	if err != nil {
@@ -21,6 +20,7 @@ func AgentToProto(n *datastore.AttestedNode) (*types.Agent, error) {
 		Selectors:            SelectorsToProto(n.Selectors),
 		Banned:               n.Banned(),
 		CanReattest:          n.CanReattest,
+		AgentVersion:         n.AgentVersion,
 	}, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -168,6 +169,29 @@ func TestREADMERunBlock(t *testing.T) {
 	for _, want := range []string{"bin/sigil-server run", "healthcheck", "token generate", "bin/sigil-agent run", "api fetch x509", "spiffe://example.org/myservice"} {
 		if !strings.Contains(block, want) {
 			t.Errorf("the readme-run block lacks %q", want)
+		}
+	}
+}
+
+// TestGitignoreCoversState: what the README and dev leave in the checkout
+// (./.data with the CA's private key, ./.sigil-dev, conf/bootstrap.crt,
+// bin/) is ignored by git, so it is never committed by accident.
+func TestGitignoreCoversState(t *testing.T) {
+	git, err := exec.LookPath("git")
+	if err != nil {
+		t.Skip("git not installed")
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command(git, "-C", root, "rev-parse", "--git-dir").Run(); err != nil {
+		t.Skip("not a git checkout")
+	}
+	for _, p := range []string{".data/server/keys/x509-CA-A", ".data/server.log", ".sigil-dev/server/datastore.sqlite3", "conf/bootstrap.crt", "bin/sigil-agent"} {
+		// check-ignore exits 0 when the path is ignored.
+		if err := exec.Command(git, "-C", root, "check-ignore", "-q", "--no-index", p).Run(); err != nil {
+			t.Errorf("%s is not ignored by .gitignore", p)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 )
 
@@ -54,7 +55,7 @@ func (m *Manager) loadIdentity(ctx context.Context) (*identity, error) {
 	}
 	key, err := m.cfg.Keys.GetKey(ctx, st.keyID)
 	if err != nil {
-		return nil, fmt.Errorf("agent SVID key %q: %w", st.keyID, err)
+		return nil, fmt.Errorf("agent SVID key %s: %w", clip.Quote(st.keyID), err)
 	}
 	svid, err := m.newAgentSVID(st.svid, key, st.bundle)
 	if err != nil {
@@ -83,7 +84,7 @@ func (m *Manager) newAgentSVID(chain []*x509.Certificate, key crypto.Signer, bun
 		return nil, fmt.Errorf("agent SVID: %w", err)
 	}
 	if svid.ID.TrustDomain() != m.cfg.TrustDomain {
-		return nil, fmt.Errorf("agent SVID %s is not in trust domain %q", svid.ID, m.cfg.TrustDomain)
+		return nil, fmt.Errorf("agent SVID %s is not in trust domain %q", clip.Quote(svid.ID.String()), m.cfg.TrustDomain)
 	}
 	if len(bundle) > 0 {
 		// Verify at the leaf's NotBefore so that an expired SVID still

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 )
 
@@ -48,7 +49,7 @@ func loadState(dir, td string) (*agentState, error) {
 		return nil, fmt.Errorf("%s: unsupported version %d", stateFile, p.Version)
 	}
 	if p.TrustDomain != td {
-		return nil, fmt.Errorf("%s belongs to trust domain %q, configured %q", stateFile, p.TrustDomain, td)
+		return nil, fmt.Errorf("%s belongs to trust domain %s, configured %q", stateFile, clip.Quote(p.TrustDomain), td)
 	}
 	if len(p.SVID) == 0 || p.KeyID == "" {
 		return nil, fmt.Errorf("%s: no SVID", stateFile)

@@ -1,6 +1,7 @@
 package ca_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -9,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -585,4 +587,48 @@ func kid(t *testing.T, token string) string {
 		t.Fatal(err)
 	}
 	return p.Headers[0].KeyID
+}
+
+// A journal holding another trust domain's CA (the datastore of a server
+// restarted with another trust_domain) fails Init and changes nothing:
+// neither the journal nor any bundle.
+func TestJournalOfAnotherTrustDomain(t *testing.T) {
+	store := newMemStore()
+	clk := clock.NewFake(time.Now())
+	km := keys.NewMemory()
+	newEnv(t, store, km, clk)
+	journal, err := store.GetCAJournal(context.Background(), ca.DefaultJournalName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writes := store.writes
+
+	other := spiffeid.RequireTrustDomainFromString("other.org")
+	m, err := ca.New(ca.Config{TrustDomain: other, Keys: km, Journal: store, Bundles: store, Clock: clk, Log: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.Init(context.Background())
+	var mismatch *ca.TrustDomainMismatchError
+	if !errors.As(err, &mismatch) || mismatch.Journal != td || mismatch.Configured != other {
+		t.Fatalf("Init with another trust domain: %v, want a TrustDomainMismatchError (example.org, other.org)", err)
+	}
+	if want := "ca: the CA journal holds a CA of trust domain example.org, not of the configured other.org"; err.Error() != want {
+		t.Errorf("error %q, want %q", err, want)
+	}
+	after, err := store.GetCAJournal(context.Background(), ca.DefaultJournalName)
+	if err != nil || !bytes.Equal(after, journal) {
+		t.Fatalf("journal rewritten (%v)", err)
+	}
+	if store.writes != writes {
+		t.Fatal("a bundle was written")
+	}
+	if _, err := m.SignJWTSVID(context.Background(), ca.JWTSVIDParams{SPIFFEID: spiffeid.RequireFromString("spiffe://other.org/w"), Audience: []string{"a"}}); err == nil {
+		t.Fatal("a manager whose Init failed signs")
+	}
+
+	// Once that CA has expired, the journal no longer ties the datastore
+	// to its trust domain.
+	clk.Add(ca.DefaultCATTL + time.Hour)
+	newEnv(t, store, km, clk, func(c *ca.Config) { c.TrustDomain = other })
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 )
@@ -116,6 +118,9 @@ func (m *Manager) load(ctx context.Context) error {
 		return fmt.Errorf("ca: journal version %d is not supported (want %d)", doc.Version, journalVersion)
 	}
 	now := m.clk.Now()
+	if err := m.checkTrustDomain(doc, now); err != nil {
+		return err
+	}
 	var xs slots[*x509CA]
 	for i, e := range doc.X509 {
 		c, err := m.loadX509(ctx, e)
@@ -178,6 +183,43 @@ func (m *Manager) load(ctx context.Context) error {
 	m.mu.Unlock()
 	m.log.Info("loaded CA journal", "x509_active", xs.active != nil, "x509_prepared", xs.next != nil, "x509_old", len(xs.old),
 		"jwt_active", js.active != nil, "jwt_prepared", js.next != nil, "jwt_old", len(js.old))
+	return nil
+}
+
+// TrustDomainMismatchError is returned by Init when the journal holds an
+// unexpired CA of another trust domain: the datastore belongs to that
+// trust domain. Going on would publish its CA in this trust domain's
+// bundle and keep its JWT keys; Init changes nothing and fails instead.
+type TrustDomainMismatchError struct {
+	Journal    spiffeid.TrustDomain
+	Configured spiffeid.TrustDomain
+}
+
+func (e *TrustDomainMismatchError) Error() string {
+	return fmt.Sprintf("ca: the CA journal holds a CA of trust domain %s, not of the configured %s", e.Journal.Name(), e.Configured.Name())
+}
+
+// checkTrustDomain fails with a *TrustDomainMismatchError if an unexpired
+// X.509 CA of the journal names another trust domain (its URI SAN).
+func (m *Manager) checkTrustDomain(doc journalDoc, now time.Time) error {
+	for _, e := range doc.X509 {
+		if len(e.Chain) == 0 {
+			continue
+		}
+		c, err := x509.ParseCertificate(e.Chain[0])
+		if err != nil || !now.Before(c.NotAfter) {
+			continue // dropped by load, whatever its domain
+		}
+		for _, u := range c.URIs {
+			id, err := spiffeid.FromURI(u)
+			if err != nil {
+				continue
+			}
+			if id.TrustDomain() != m.cfg.TrustDomain {
+				return &TrustDomainMismatchError{Journal: id.TrustDomain(), Configured: m.cfg.TrustDomain}
+			}
+		}
+	}
 	return nil
 }
 

@@ -12,8 +12,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
@@ -67,6 +69,9 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 			lock.Release()
 		}
 	}()
+	if err := CheckTrustDomain(cfg.DataDir, cfg.TrustDomain); err != nil {
+		return nil, err
+	}
 	if err := lock.RemoveLeftovers(log, cfg.DataDir, cfg.KeyManager.Directory); err != nil {
 		return nil, err
 	}
@@ -140,6 +145,28 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 
 // Close releases what New took (the data_dir lock) if Run is never called.
 func (a *Agent) Close() error { return a.lock.Release() }
+
+// CheckTrustDomain returns a *datadir.TrustDomainError if the agent state
+// persisted in dataDir (its SVID, its workload cache; each records its
+// trust domain) belongs to another trust domain than td. It only reads.
+func CheckTrustDomain(dataDir string, td spiffeid.TrustDomain) error {
+	for _, f := range []struct {
+		name string
+		read func(string) (string, error)
+	}{
+		{manager.StateFile, manager.PersistedTrustDomain},
+		{cache.FileName, cache.PersistedTrustDomain},
+	} {
+		found, err := f.read(dataDir)
+		if err != nil {
+			return fmt.Errorf("data_dir %s: %w", dataDir, err)
+		}
+		if found != "" && found != td.Name() {
+			return &datadir.TrustDomainError{Dir: dataDir, Found: found, Configured: td.Name(), Source: "per " + filepath.Join(dataDir, f.name)}
+		}
+	}
+	return nil
+}
 
 // Ready is closed once the Workload API socket accepts connections.
 func (a *Agent) Ready() <-chan struct{} { return a.wl.Ready() }

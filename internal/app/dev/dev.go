@@ -35,6 +35,7 @@ import (
 	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/datadir"
 )
 
 // attestedMarker records, in the agent's data dir, that the dev agent has
@@ -116,9 +117,15 @@ func (e *env) run(ctx context.Context, exitWhenDone bool) error {
 	if err := scfg.Validate(); err != nil {
 		return fmt.Errorf("server configuration: %w", err)
 	}
+	// The server and the agent each check that their data_dir is of this
+	// trust domain; the agent's is checked up front too, as the dev
+	// environment writes into it before the agent starts.
+	if err := agentapp.CheckTrustDomain(filepath.Join(e.dir, "agent"), e.td); err != nil {
+		return e.otherTrustDomain(err)
+	}
 	srv, err := serverapp.New(ctx, scfg, e.log.With("component", "server"), serverapp.Options{})
 	if err != nil {
-		return fmt.Errorf("start server: %w", err)
+		return e.otherTrustDomain(fmt.Errorf("start server: %w", err))
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(gctx) })
@@ -136,6 +143,17 @@ func (e *env) run(ctx context.Context, exitWhenDone bool) error {
 	}
 	fmt.Fprintln(e.stdout, "Serving; press Ctrl-C to stop.")
 	return g.Wait()
+}
+
+// otherTrustDomain says what to do when err is a data_dir of another trust
+// domain: the dev flag is -dataDir, and it holds both halves.
+func (e *env) otherTrustDomain(err error) error {
+	var tde *datadir.TrustDomainError
+	if !errors.As(err, &tde) {
+		return err
+	}
+	return fmt.Errorf("%s holds a dev environment of trust domain %s (%s), not of %s: pass another -dataDir, or remove %s to start over",
+		e.dir, tde.Found, tde.Source, tde.Configured, e.dir)
 }
 
 func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group, exitWhenDone bool) error {

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -78,6 +79,13 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 			lock.Release()
 		}
 	}()
+	// A data_dir belongs to one trust domain: checked before the datastore
+	// is opened (or migrated). recorded is "" for a new data_dir or one of
+	// an earlier Sigil; then the CA journal decides (below).
+	recorded, err := datadir.CheckTrustDomain(cfg.DataDir, cfg.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
 	// cfg is validated: the datastore and key manager settings are present.
 	ds, err := sqlstore.Open(ctx, sqlstore.Config{
 		DatabaseType:     cfg.DataStore.DatabaseType,
@@ -110,6 +118,11 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		return nil, fmt.Errorf("CA: %w", err)
 	}
 	if err := m.Init(ctx); err != nil {
+		var mismatch *ca.TrustDomainMismatchError
+		if errors.As(err, &mismatch) {
+			// Init stopped before writing anything.
+			return nil, &datadir.TrustDomainError{Dir: cfg.DataDir, Found: mismatch.Journal.Name(), Configured: cfg.TrustDomain.Name(), Source: "per the CA journal in its datastore"}
+		}
 		return nil, fmt.Errorf("initialize CA: %w", err)
 	}
 	// Nothing writes data_dir or the key directory concurrently now (the
@@ -117,6 +130,12 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	// left mid-write.
 	if err := lock.RemoveLeftovers(log, cfg.DataDir, cfg.KeyManager.KeysPath); err != nil {
 		return nil, err
+	}
+	if recorded == "" {
+		if err := datadir.WriteTrustDomain(cfg.DataDir, cfg.TrustDomain); err != nil {
+			return nil, err
+		}
+		log.Info("Recorded the trust domain of data_dir", "data_dir", cfg.DataDir, "file", datadir.TrustDomainFile)
 	}
 	if err := cache.Load(ctx); err != nil {
 		return nil, fmt.Errorf("load entry cache: %w", err)

@@ -199,7 +199,10 @@ type NodeStore interface {
 	ListNodes(ctx context.Context, f NodeFilter, p Page) ([]*AttestedNode, string, error)
 	CountNodes(ctx context.Context, f NodeFilter) (int, error)
 	UpdateNode(ctx context.Context, n *AttestedNode, mask *NodeMask) (*AttestedNode, error)
-	DeleteNode(ctx context.Context, spiffeID string) (*AttestedNode, error) // also deletes its selectors
+	// DeleteNode also deletes the node's selectors and, for a join_token
+	// node, the alias entries its join token created (parent the node, the
+	// single selector spiffe_id:<node>), as SPIRE does since 1.15.2.
+	DeleteNode(ctx context.Context, spiffeID string) (*AttestedNode, error)
 	// PromoteNodeSerial makes the node's NewCertSerial (which must equal
 	// serial) its CertSerial, atomically: when the node was banned,
 	// re-attested or promoted meanwhile it changes nothing and returns

@@ -308,9 +308,13 @@ new_cert_serial = '', new_cert_not_after = 0 WHERE spiffe_id = ? AND new_cert_se
 }
 
 // DeleteNode deletes the node and its selectors and returns what was
-// deleted.
+// deleted. Deleting a join_token node also deletes its join token's alias
+// entries (deleteJoinTokenAliases), in the same transaction.
 func (s *Store) DeleteNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error) {
-	var out *datastore.AttestedNode
+	var (
+		out     *datastore.AttestedNode
+		aliases []string
+	)
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, "")
 		if err != nil {
@@ -328,13 +332,59 @@ func (s *Store) DeleteNode(ctx context.Context, spiffeID string) (*datastore.Att
 		if err := s.nodeEvent(ctx, tx, spiffeID); err != nil {
 			return err
 		}
+		if cur[0].AttestationType == joinTokenAttestation {
+			if aliases, err = s.deleteJoinTokenAliases(ctx, tx, spiffeID); err != nil {
+				return err
+			}
+		}
 		out = cur[0]
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("delete node: %w", err)
 	}
+	if len(aliases) > 0 {
+		s.log.InfoContext(ctx, "Deleted the join token alias entries of a deleted agent", "spiffe_id", spiffeID, "entry_ids", aliases)
+	}
 	return out, nil
+}
+
+// joinTokenAttestation is the attestation type of join-token agents.
+const joinTokenAttestation = "join_token"
+
+// deleteJoinTokenAliases deletes, in tx, the alias entries a join token
+// created for the agent spiffeID (CreateJoinToken with an agent ID): the
+// entries whose parent is spiffeID and whose only selector is
+// spiffe_id:<spiffeID>. A join token is used once, so nothing can be
+// authorized through them once that agent is gone, and SPIRE (since
+// 1.15.2) deletes them with the agent too. Other entries parented to the
+// agent are the operator's and stay. It returns the deleted entry IDs.
+func (s *Store) deleteJoinTokenAliases(ctx context.Context, tx *sql.Tx, spiffeID string) ([]string, error) {
+	var ids []string
+	err := scanRows(ctx, tx, s.q(`SELECT e.id FROM entries e
+		WHERE e.parent_id = ?
+		AND (SELECT COUNT(*) FROM entry_selectors s WHERE s.entry_id = e.id) = 1
+		AND EXISTS (SELECT 1 FROM entry_selectors s WHERE s.entry_id = e.id AND s.type = 'spiffe_id' AND s.value = ?)
+		ORDER BY e.id`), []any{spiffeID, spiffeID}, func(r *sql.Rows) error {
+		var id string
+		if err := r.Scan(&id); err != nil {
+			return err
+		}
+		ids = append(ids, id)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find join token alias entries: %w", err)
+	}
+	for _, id := range ids {
+		if _, err := tx.ExecContext(ctx, s.q("DELETE FROM entries WHERE id = ?"), id); err != nil {
+			return nil, fmt.Errorf("delete join token alias entry %s: %w", id, err)
+		}
+		if err := s.entryEvent(ctx, tx, id, datastore.EntryDeleted); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
 }
 
 // SetNodeSelectors replaces the selectors of the node with this SPIFFE ID.

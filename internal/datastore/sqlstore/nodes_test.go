@@ -384,3 +384,70 @@ func TestNodeAgentVersion(t *testing.T) {
 		t.Fatalf("ListNodes = %+v, %v", list, err)
 	}
 }
+
+// TestDeleteJoinTokenNodeDeletesAliases: deleting a join_token node also
+// deletes the alias entries its join token created (parent the node, the
+// one selector spiffe_id:<node>), with an entry event each, as SPIRE does
+// since 1.15.2; entries of any other shape under the node, and alias-shaped
+// entries of a node attested otherwise, stay.
+func TestDeleteJoinTokenNodeDeletesAliases(t *testing.T) {
+	f := newFixture(t)
+	s, ctx := f.store, context.Background()
+	const jt, pop = "spiffe://td/spire/agent/join_token/t1", "spiffe://td/spire/agent/x509pop/p1"
+	for _, n := range []*datastore.AttestedNode{
+		{SPIFFEID: jt, AttestationType: "join_token", CertSerial: "1"},
+		{SPIFFEID: pop, AttestationType: "x509pop", CertSerial: "2"},
+	} {
+		if _, err := s.CreateNode(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es := mustCreate(t, s,
+		&datastore.Entry{SPIFFEID: "spiffe://td/node", ParentID: jt, Selectors: sels("spiffe_id:" + jt)},            // the alias
+		&datastore.Entry{SPIFFEID: "spiffe://td/node2", ParentID: jt, Selectors: sels("spiffe_id:" + jt)},           // a second alias
+		&datastore.Entry{SPIFFEID: "spiffe://td/web", ParentID: jt, Selectors: sels("unix:uid:1")},                  // a workload
+		&datastore.Entry{SPIFFEID: "spiffe://td/two", ParentID: jt, Selectors: sels("spiffe_id:"+jt, "unix:uid:1")}, // two selectors
+		&datastore.Entry{SPIFFEID: "spiffe://td/other", ParentID: jt, Selectors: sels("spiffe_id:spiffe://td/x")},   // another value
+		&datastore.Entry{SPIFFEID: "spiffe://td/elsewhere", ParentID: "spiffe://td/p", Selectors: sels("spiffe_id:" + jt)},
+		&datastore.Entry{SPIFFEID: "spiffe://td/popnode", ParentID: pop, Selectors: sels("spiffe_id:" + pop)},
+	)
+	last, err := s.LastEntryEventID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{jt, pop} {
+		if _, err := s.DeleteNode(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	left, _, err := s.ListEntries(ctx, datastore.EntryFilter{}, datastore.Page{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range left {
+		got = append(got, e.SPIFFEID)
+	}
+	slices.Sort(got)
+	want := []string{"spiffe://td/elsewhere", "spiffe://td/other", "spiffe://td/popnode", "spiffe://td/two", "spiffe://td/web"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("entries left %v, want %v", got, want)
+	}
+	evs, err := s.ListEntryEvents(ctx, last, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deleted []string
+	for _, e := range evs {
+		if e.Kind != datastore.EntryDeleted {
+			t.Fatalf("unexpected entry event %+v", e)
+		}
+		deleted = append(deleted, e.EntryID)
+	}
+	wantDeleted := []string{es[0].ID, es[1].ID}
+	slices.Sort(wantDeleted)
+	if !slices.Equal(deleted, wantDeleted) {
+		t.Fatalf("entry events for %v, want deletions of the aliases %v", deleted, wantDeleted)
+	}
+}

@@ -31,6 +31,9 @@ var (
 	// ErrOutOfRange is returned by a bundle write whose sequence number
 	// would not fit the store (above 2^63-1).
 	ErrOutOfRange = errors.New("out of range")
+	// ErrBundleInUse is returned by DeleteBundle while entries federate
+	// with the trust domain.
+	ErrBundleInUse = errors.New("entries federate with the trust domain")
 	// ErrBanned is returned by AttestNode for a node that was banned.
 	ErrBanned = errors.New("banned")
 )
@@ -300,7 +303,10 @@ type BundleStore interface {
 	// AppendBundle adds authorities and keys not already present (by DER /
 	// key ID), creating the bundle if absent.
 	AppendBundle(ctx context.Context, b *Bundle) (*Bundle, error)
-	DeleteBundle(ctx context.Context, trustDomain string) error // ErrNotFound
+	// DeleteBundle deletes the bundle: ErrNotFound, or ErrBundleInUse
+	// while an entry federates with the trust domain (checked in the same
+	// transaction, so FederatesWith never names a missing bundle).
+	DeleteBundle(ctx context.Context, trustDomain string) error
 	// PruneBundle drops X.509 authorities expired before t and JWT keys
 	// with ExpiresAt before t from the bundle; reports whether it changed.
 	PruneBundle(ctx context.Context, trustDomain string, before time.Time) (bool, error)

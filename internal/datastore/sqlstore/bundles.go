@@ -351,10 +351,17 @@ func hasJWTKey(ks []datastore.JWTKey, kid string) bool {
 	return false
 }
 
-// DeleteBundle deletes the bundle of the trust domain (ErrNotFound if
-// absent). Entries federating with it are left as they are.
+// DeleteBundle deletes the bundle of the trust domain: ErrNotFound if
+// absent, ErrBundleInUse (changing nothing) while entries federate with it.
 func (s *Store) DeleteBundle(ctx context.Context, trustDomain string) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var uses int
+		if err := tx.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM entry_federates_with WHERE trust_domain = ?"), trustDomain).Scan(&uses); err != nil {
+			return fmt.Errorf("count federated entries: %w", err)
+		}
+		if uses > 0 {
+			return fmt.Errorf("bundle %s: %d: %w", clip.Quote(trustDomain), uses, datastore.ErrBundleInUse)
+		}
 		res, err := tx.ExecContext(ctx, s.q("DELETE FROM bundles WHERE trust_domain = ?"), trustDomain)
 		if err != nil {
 			return err

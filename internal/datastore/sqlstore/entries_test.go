@@ -668,3 +668,25 @@ func TestEntriesNeedFederatedBundles(t *testing.T) {
 		t.Fatalf("update once the bundle exists: %v", err)
 	}
 }
+
+// TestDeleteBundleInUse: a bundle an entry federates with is not deleted
+// (the check and the delete are one transaction, so no entry is left
+// federating with a missing bundle by a concurrent create).
+func TestDeleteBundleInUse(t *testing.T) {
+	f := newFixture(t)
+	s, ctx := f.store, context.Background()
+	addBundles(t, s, "a.org")
+	mustCreate(t, s, &datastore.Entry{ID: "e", SPIFFEID: "spiffe://td/e", ParentID: "spiffe://td/p", Selectors: sels("u:1"), FederatesWith: []string{"a.org"}})
+	if err := s.DeleteBundle(ctx, "a.org"); !errors.Is(err, datastore.ErrBundleInUse) {
+		t.Fatalf("DeleteBundle with a federated entry: %v, want ErrBundleInUse", err)
+	}
+	if _, err := s.GetBundle(ctx, "a.org"); err != nil {
+		t.Fatalf("refused delete removed the bundle: %v", err)
+	}
+	if _, err := s.UpdateEntry(ctx, &datastore.Entry{ID: "e"}, &datastore.EntryMask{FederatesWith: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteBundle(ctx, "a.org"); err != nil {
+		t.Fatalf("DeleteBundle once no entry federates with it: %v", err)
+	}
+}

@@ -443,6 +443,11 @@ func (s *Service) deleteOne(ctx context.Context, name string, mode bundlev1.Batc
 		if errors.Is(err, datastore.ErrNotFound) {
 			return apistatus.New(codes.NotFound, "bundle not found", nil), entryWrites
 		}
+		if errors.Is(err, datastore.ErrBundleInUse) {
+			// An entry federating with it was written meanwhile.
+			return apistatus.New(codes.FailedPrecondition, "failed to delete federated bundle",
+				errors.New("cannot delete bundle; registration entries federate with it")), entryWrites
+		}
 		return apistatus.New(codes.Internal, "failed to delete federated bundle", err), entryWrites
 	}
 	s.log.Info("federated bundle deleted", "trust_domain", td.Name(), "mode", mode.String())

@@ -79,6 +79,9 @@ func ShortTempDir(tb testing.TB) string { return testutil.ShortTempDir(tb) }
 
 // StartServer runs a server on SQLite with a disk key manager and the
 // join_token attestor, rate limits at their defaults, until cleanup.
+// BENCH_SQLITE_SYNCHRONOUS, when set, is the datastore's
+// sqlite_synchronous ("full", the default, or "normal"), to compare the
+// two in one binary.
 func StartServer(tb testing.TB) *Server {
 	tb.Helper()
 	dir := ShortTempDir(tb)
@@ -87,6 +90,7 @@ func StartServer(tb testing.TB) *Server {
 		tb.Fatal(err)
 	}
 	cfg := inproc.ServerConfig(TrustDomain, filepath.Join(dir, "server"), filepath.Join(dir, "server.sock"), port)
+	cfg.DataStore.SQLiteSynchronous = os.Getenv("BENCH_SQLITE_SYNCHRONOUS")
 	srv, err := inproc.StartServer(cfg, Logger(), serverapp.Options{})
 	if err != nil {
 		tb.Fatal(err)

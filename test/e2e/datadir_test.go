@@ -50,6 +50,10 @@ func TestSecondAgentOnSameSocket(t *testing.T) {
 		t.Fatal("first agent's socket was replaced")
 	}
 	testutil.RequireSVID(t, s.agent.SocketAddr(), id, deadline)
+	// It stopped before contacting the server: its join token is unused.
+	if n := len(s.srv.Admin(t).ListAgents(t)); n != 1 {
+		t.Fatalf("%d attested agents, want 1: the refused agent attested", n)
+	}
 }
 
 // TestSecondServerOnSameDataDir: a second sigil-server on the data_dir of

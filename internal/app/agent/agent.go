@@ -181,6 +181,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.cache.Run(ctx) })
 	g.Go(func() error { return a.wl.Run(ctx) })
+	// The manager (which may attest, consuming a join token) starts once
+	// the Workload API socket is ours: an agent refused its socket (another
+	// agent serves on it) stops without having contacted the server.
+	select {
+	case <-a.wl.Ready():
+	case <-ctx.Done():
+		return g.Wait()
+	}
 	g.Go(func() error { return a.mgr.Run(ctx) })
 	g.Go(func() error { return a.fsd.Run(ctx) })
 	if hc := a.cfg.HealthChecks; hc.ListenerEnabled {

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/peercred"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
@@ -334,8 +335,11 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJ
 	}
 	svid, err := jwtsvid.ParseAndValidate(req.Svid, jb, []string{req.Audience})
 	if err != nil {
-		h.s.log.Debug("JWT-SVID validation failed", "pid", cred.PID, "error", err)
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		// go-jose and jwtsvid quote the token's key ID and audiences and
+		// the requested audience whole: cut what goes back and to the log.
+		msg := clip.Cut(err.Error(), maxValidateErrLen)
+		h.s.log.Debug("JWT-SVID validation failed", "pid", cred.PID, "error", msg)
+		return nil, status.Error(codes.InvalidArgument, msg)
 	}
 	claims, err := claimsStruct(svid.Claims)
 	if err != nil {
@@ -343,6 +347,9 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJ
 	}
 	return &workloadpb.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
 }
+
+// maxValidateErrLen bounds the text of a ValidateJWTSVID refusal.
+const maxValidateErrLen = 256
 
 // claimsStruct converts decoded JWT claims to a protobuf Struct through
 // JSON, which copes with every value type the JWT decoder produces.

@@ -45,7 +45,7 @@ type testCA struct {
 	serial atomic.Int64
 }
 
-func newTestCA(t *testing.T, trustDomain spiffeid.TrustDomain) *testCA {
+func newTestCA(t testing.TB, trustDomain spiffeid.TrustDomain) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -79,7 +79,7 @@ func newTestCA(t *testing.T, trustDomain spiffeid.TrustDomain) *testCA {
 	return ca
 }
 
-func (ca *testCA) bundle(t *testing.T) *spiffebundle.Bundle {
+func (ca *testCA) bundle(t testing.TB) *spiffebundle.Bundle {
 	t.Helper()
 	b := spiffebundle.New(ca.td)
 	b.AddX509Authority(ca.cert)
@@ -90,7 +90,7 @@ func (ca *testCA) bundle(t *testing.T) *spiffebundle.Bundle {
 }
 
 // svid issues an X509-SVID for id valid from notBefore to notAfter.
-func (ca *testCA) svid(t *testing.T, id spiffeid.ID, notBefore, notAfter time.Time) *cache.X509SVID {
+func (ca *testCA) svid(t testing.TB, id spiffeid.ID, notBefore, notAfter time.Time) *cache.X509SVID {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -172,11 +172,11 @@ func uidSelector() selector.Selector {
 	return selector.Selector{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())}
 }
 
-func testLog(t *testing.T) *slog.Logger {
+func testLog(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type tWriter struct{ t *testing.T }
+type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
@@ -184,7 +184,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func startEnv(t *testing.T, o envOpts) *env {
+func startEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	clk := o.clk
 	if clk == nil {
@@ -244,7 +244,7 @@ func startEnv(t *testing.T, o envOpts) *env {
 }
 
 // shortTempDir returns a temp dir short enough for a unix socket path.
-func shortTempDir(t *testing.T) string {
+func shortTempDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "wlapi")
 	if err != nil {
@@ -267,7 +267,7 @@ func entry(id string, spiffeID spiffeid.ID, created time.Time, sels ...selector.
 
 // addIdentity registers an entry matching the test process and gives it an
 // SVID valid for ttl from the fake clock's now.
-func (e *env) addIdentity(t *testing.T, entries []*cache.Entry, svids map[string]*cache.X509SVID) {
+func (e *env) addIdentity(t testing.TB, entries []*cache.Entry, svids map[string]*cache.X509SVID) {
 	t.Helper()
 	if err := e.cache.SetEntries(entries); err != nil {
 		t.Fatal(err)
@@ -282,7 +282,7 @@ func keysEqual(a, b crypto.PrivateKey) bool {
 	return ok && ea.Equal(b)
 }
 
-func mustID(t *testing.T, path string) spiffeid.ID {
+func mustID(t testing.TB, path string) spiffeid.ID {
 	t.Helper()
 	id, err := spiffeid.FromPath(td, path)
 	if err != nil {

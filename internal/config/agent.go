@@ -58,6 +58,10 @@ type Agent struct {
 	KeyManager        AgentKeyManager
 	WorkloadAttestors WorkloadAttestors
 
+	// Plugins are the enabled plugins of the plugins section, in file
+	// order, each with its plugin_data for the plugin to parse.
+	Plugins []Plugin
+
 	// FilesystemDelivery lists the agent.filesystem_delivery blocks, in
 	// file order (a Sigil extension).
 	FilesystemDelivery []FilesystemDelivery
@@ -322,6 +326,7 @@ func checkFileMode(m os.FileMode) error {
 func (d *decoder) agentPlugins(decls []pluginDecl, a *Agent) {
 	once := d.onePerType()
 	for _, p := range decls {
+		a.Plugins = append(a.Plugins, p.plugin)
 		switch p.typ {
 		case "NodeAttestor":
 			if p.name != "join_token" {

@@ -94,6 +94,8 @@ func TestParseAgentFull(t *testing.T) {
 		t.Errorf("TrustDomain = %q", a.TrustDomain)
 	}
 	want.TrustDomain = a.TrustDomain
+	wantPlugins(t, a.Plugins, `NodeAttestor "join_token" agent.conf:17`, `KeyManager "disk" agent.conf:20`, `WorkloadAttestor "unix" agent.conf:25`)
+	want.Plugins = a.Plugins
 	if !reflect.DeepEqual(a, want) {
 		t.Errorf("got  %+v\nwant %+v", a, want)
 	}

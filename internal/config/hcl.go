@@ -400,6 +400,7 @@ type pluginDecl struct {
 	typ, name string
 	pos       token.Pos
 	data      *block // plugin_data; an empty block when absent
+	plugin    Plugin
 }
 
 // plugins reads the plugins section: it rejects external plugins, skips
@@ -444,6 +445,10 @@ func (d *decoder) plugins(root *block) []pluginDecl {
 			if x := pb.take("plugin_data_file"); x != nil {
 				d.errorf(x.pos, "%s sets %q, which Sigil does not support: write the settings in plugin_data", desc, "plugin_data_file")
 			}
+			plugin := Plugin{Type: te.name, Name: ne.name, Pos: Pos{File: d.file, Line: ne.pos.Line}, dataPos: ne.pos}
+			if de := pb.kids["plugin_data"]; de != nil && de.obj {
+				plugin.data, plugin.dataPos = de.kids, de.pos
+			}
 			data := pb.sub("plugin_data", "plugin_data of "+desc)
 			if !enabled {
 				continue // disabled: skipped entirely, as SPIRE does
@@ -452,7 +457,7 @@ func (d *decoder) plugins(root *block) []pluginDecl {
 			if data == nil {
 				data = d.newBlock("plugin_data of "+desc, nil)
 			}
-			out = append(out, pluginDecl{typ: te.name, name: ne.name, pos: ne.pos, data: data})
+			out = append(out, pluginDecl{typ: te.name, name: ne.name, pos: ne.pos, data: data, plugin: plugin})
 		}
 	}
 	return out

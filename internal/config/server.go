@@ -66,6 +66,10 @@ type Server struct {
 	NodeAttestors ServerNodeAttestors
 	UpstreamDisk  *UpstreamDisk  // UpstreamAuthority "disk"; at most one upstream is set
 	UpstreamSPIRE *UpstreamSPIRE // UpstreamAuthority "spire"
+
+	// Plugins are the enabled plugins of the plugins section, in file
+	// order, each with its plugin_data for the plugin to parse.
+	Plugins []Plugin
 }
 
 // RateLimit is server.ratelimit; both default to true, as SPIRE.
@@ -279,6 +283,7 @@ func (d *decoder) keyType(b *block, key string, def keys.Type) keys.Type {
 func (d *decoder) serverPlugins(decls []pluginDecl, s *Server) {
 	once := d.onePerType()
 	for _, p := range decls {
+		s.Plugins = append(s.Plugins, p.plugin)
 		switch p.typ {
 		case "DataStore":
 			if p.name != "sql" {

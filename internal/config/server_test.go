@@ -129,6 +129,9 @@ func TestParseServerFull(t *testing.T) {
 		t.Errorf("TrustDomain = %q", s.TrustDomain)
 	}
 	want.TrustDomain = s.TrustDomain
+	wantPlugins(t, s.Plugins, `DataStore "sql" server.conf:29`, `KeyManager "disk" server.conf:36`,
+		`NodeAttestor "join_token" server.conf:42`, `UpstreamAuthority "disk" server.conf:47`)
+	want.Plugins = s.Plugins
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("got  %+v\nwant %+v", s, want)
 	}

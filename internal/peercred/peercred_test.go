@@ -15,16 +15,12 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sigil-spiffe/sigil/internal/peercred"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 func socketPath(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "pc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "s.sock")
+	return filepath.Join(testutil.ShortTempDir(t), "s.sock")
 }
 
 func TestFromConn(t *testing.T) {

@@ -7,18 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// shortDir is a temporary directory short enough for socket paths.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "us")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
+	"github.com/sigil-spiffe/sigil/internal/testutil"
+)
 
 func mustListen(t *testing.T, path string) *Listener {
 	t.Helper()
@@ -31,7 +22,7 @@ func mustListen(t *testing.T, path string) *Listener {
 }
 
 func TestListenModeAndRemoveOnClose(t *testing.T) {
-	path := filepath.Join(shortDir(t), "sub", "api.sock")
+	path := filepath.Join(testutil.ShortTempDir(t), "sub", "api.sock")
 	l, err := Listen(path, 0o640, 0o750)
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +56,7 @@ func TestListenModeAndRemoveOnClose(t *testing.T) {
 // A socket another listener serves on is refused, and the refusal leaves
 // it serving.
 func TestListenRefusesLiveSocket(t *testing.T) {
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(testutil.ShortTempDir(t), "api.sock")
 	first := mustListen(t, path)
 	_, err := Listen(path, 0o600, 0o700)
 	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), path) {
@@ -83,7 +74,7 @@ func TestListenRefusesLiveSocket(t *testing.T) {
 
 // A socket nobody answers on (left by a crash) is replaced.
 func TestListenReplacesStaleSocket(t *testing.T) {
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(testutil.ShortTempDir(t), "api.sock")
 	dead, err := net.ListenUnix("unix", &net.UnixAddr{Net: "unix", Name: path})
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +91,7 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 }
 
 func TestListenLeavesNonSocket(t *testing.T) {
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(testutil.ShortTempDir(t), "api.sock")
 	if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +107,7 @@ func TestListenLeavesNonSocket(t *testing.T) {
 // was replaced (here: unlinked, then bound by a second listener), closing
 // the first leaves the second's in place.
 func TestCloseLeavesSuccessorsSocket(t *testing.T) {
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(testutil.ShortTempDir(t), "api.sock")
 	first, err := Listen(path, 0o600, 0o700)
 	if err != nil {
 		t.Fatal(err)
@@ -143,7 +134,7 @@ func TestCloseLeavesSuccessorsSocket(t *testing.T) {
 
 // Paths too long for a temporary name beside them are bound in place.
 func TestListenLongPath(t *testing.T) {
-	dir := shortDir(t)
+	dir := testutil.ShortTempDir(t)
 	sub := filepath.Join(dir, strings.Repeat("d", maxPathLen-len(dir)-4))
 	path := filepath.Join(sub, "a")
 	if len(path) > maxPathLen || len(filepath.Join(sub, ".s01234567")) <= maxPathLen {

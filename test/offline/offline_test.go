@@ -64,11 +64,7 @@ func TestWeekLongOutage(t *testing.T) {
 	// signed while the server is up (at most a day later in fake time)
 	// must be valid now in real time too.
 	clk := clock.NewFake(time.Now().Add(-2 * day).Truncate(time.Second))
-	dir, err := os.MkdirTemp("", "off") // short: unix socket paths
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testutil.ShortTempDir(t)
 	uid := os.Getuid()
 
 	// Server: SVIDs (server, agent, workloads) live 8 days, the CA 90.

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -33,6 +32,7 @@ import (
 	svidapi "github.com/sigil-spiffe/sigil/internal/server/api/svid"
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -120,11 +120,7 @@ func newTestServer(t testing.TB, opts serverOpts) *testServer {
 	for _, c := range chain {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	sockDir, err := os.MkdirTemp("", "sgm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sockDir := testutil.ShortTempDir(t)
 
 	s := &testServer{
 		t: t, clk: opts.clock, ds: ds, ca: cam, cache: ec, cert: cert,

@@ -31,6 +31,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -201,7 +202,7 @@ func startEnv(t testing.TB, o envOpts) *env {
 			t.Fatal(err)
 		}
 	}
-	dir := shortTempDir(t)
+	dir := testutil.ShortTempDir(t)
 	socket := filepath.Join(dir, "sock", "agent.sock")
 	m := &minter{ca: ca}
 	attestors := o.attestors
@@ -241,17 +242,6 @@ func startEnv(t testing.TB, o envOpts) *env {
 		t.Fatalf("server stopped: %v", err)
 	}
 	return &env{ca: ca, cache: c, clk: clk, socket: socket, addr: "unix://" + socket, minter: m, dir: dir}
-}
-
-// shortTempDir returns a temp dir short enough for a unix socket path.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "wlapi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 func entry(id string, spiffeID spiffeid.ID, created time.Time, sels ...selector.Selector) *cache.Entry {

@@ -31,6 +31,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 const helperEnv = "SIGIL_WLAPI_TEST_CLIENT_SOCKET"
@@ -681,7 +682,7 @@ func TestRestartServesPersistedSVID(t *testing.T) {
 }
 
 func TestSocketLifecycle(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testutil.ShortTempDir(t)
 	socket := filepath.Join(dir, "nested", "api.sock")
 	c := cache.New(cache.Config{TrustDomain: td})
 	newSrv := func() (stop func() error) {
@@ -746,7 +747,7 @@ func TestSocketLifecycle(t *testing.T) {
 // keeps its socket (same file) and keeps serving, also after the second
 // has returned, and removes it on its own stop.
 func TestSocketNotTakenOver(t *testing.T) {
-	socket := filepath.Join(shortTempDir(t), "api.sock")
+	socket := filepath.Join(testutil.ShortTempDir(t), "api.sock")
 	c := cache.New(cache.Config{TrustDomain: td})
 	first, err := newServer(socket, c)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 // TestRoundTripRealWorkloadAPI runs the commands against Sigil's own
@@ -41,12 +42,7 @@ func TestRoundTripRealWorkloadAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dir, err := os.MkdirTemp("", "agentcli") // short: unix socket paths are limited
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	socket := filepath.Join(dir, "api.sock")
+	socket := filepath.Join(testutil.ShortTempDir(t), "api.sock")
 	srv, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Cache: c, Attestors: []workloadapi.Attestor{unix.New(unix.Config{})}})
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -43,6 +42,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -151,11 +151,7 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 		rl.Clock = nil
 	}
 	// Short socket path: sun_path is limited to 108 bytes.
-	sockDir, err := mkShortTempDir(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.sockPath = filepath.Join(sockDir, "private", "api.sock")
+	h.sockPath = filepath.Join(testutil.ShortTempDir(t), "private", "api.sock")
 	ep, err := endpoints.New(endpoints.Config{
 		TCPAddr:     &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)},
 		SocketPath:  h.sockPath,
@@ -205,18 +201,6 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 	}
 	t.Cleanup(h.stop)
 	return h
-}
-
-// mkShortTempDir returns a short temp dir: sun_path is limited to 108 bytes
-// and t.TempDir embeds the test name.
-func mkShortTempDir(t *testing.T) (string, error) {
-	t.Helper()
-	d, err := os.MkdirTemp("", "sg")
-	if err != nil {
-		return "", err
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d, nil
 }
 
 func newKey(t *testing.T) *ecdsa.PrivateKey {

@@ -9,7 +9,6 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -30,6 +29,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/server/api/bundle"
 	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -58,11 +58,7 @@ func newEnv(t *testing.T) *env {
 		return h(rpccontext.WithCaller(ctx, rpccontext.Caller{Local: true, Admin: true}), req)
 	}))
 	svc.Register(srv)
-	dir, err := os.MkdirTemp("", "sigil-bundle")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "api.sock")
+	sock := filepath.Join(testutil.ShortTempDir(t), "api.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +73,6 @@ func newEnv(t *testing.T) *env {
 		srv.Stop()
 		unsub()
 		st.Close()
-		os.RemoveAll(dir)
 	})
 	return &env{st: st, cache: cache, client: bundlev1.NewBundleClient(conn), wake: wake}
 }

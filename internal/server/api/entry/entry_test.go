@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -29,6 +28,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/server/api/entry"
 	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -87,11 +87,7 @@ func newEnv(t testing.TB, pageSize int) *env {
 		}),
 	)
 	svc.Register(srv)
-	dir, err := os.MkdirTemp("", "sigil-entry")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "api.sock")
+	sock := filepath.Join(testutil.ShortTempDir(t), "api.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +103,6 @@ func newEnv(t testing.TB, pageSize int) *env {
 		cancel()
 		<-runDone
 		st.Close()
-		os.RemoveAll(dir)
 	})
 	return &env{st: st, cache: cache, client: entryv1.NewEntryClient(conn)}
 }

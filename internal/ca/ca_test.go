@@ -8,7 +8,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
 	"io"
@@ -31,6 +30,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/keys"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 var (
@@ -500,17 +500,8 @@ func TestDownstreamX509CA(t *testing.T) {
 		t.Errorf("downstream NotAfter %s not capped to the CA's %s", ds.NotAfter, root.NotAfter)
 	}
 	// The downstream CA can issue SVIDs that verify against our bundle.
-	leafKey := newPub(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: big1(), URIs: ds.URIs[:0:0], NotBefore: e.clk.Now().Add(-time.Second), NotAfter: e.clk.Now().Add(time.Minute),
-		KeyUsage: x509.KeyUsageDigitalSignature, BasicConstraintsValid: true, Subject: pkix.Name{CommonName: "x"},
-	}
-	tmpl.URIs = append(tmpl.URIs, workload.URL())
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ds, leafKey, dsKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
+	leaf, _ := testca.FromCert(ds, dsKey).Leaf(t, testca.Serial(1), testca.Subject("x"), testca.URIs(workload.URL()),
+		testca.Validity(e.clk.Now().Add(-time.Second), e.clk.Now().Add(time.Minute)), testca.ExtKeyUsage())
 	e.verify(t, append([]*x509.Certificate{leaf}, chain...), workload)
 }
 

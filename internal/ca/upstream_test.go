@@ -6,9 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,35 +17,18 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/ca/upstreamdisk"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/keys"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // makeCA creates a CA certificate signed by parent (self-signed when nil).
 func makeCA(t *testing.T, name string, parent *x509.Certificate, parentKey crypto.Signer, notAfter time.Time) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter,
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	signer := crypto.Signer(key)
+	key := testca.NewECKey(t)
+	opts := []testca.Option{testca.Key(key), testca.Subject(name), testca.NotAfter(notAfter)}
 	if parent == nil {
-		parent = tmpl
-	} else {
-		signer = parentKey
+		return testca.New(t, opts...).Cert, key
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, key
+	return testca.FromCert(parent, parentKey).Intermediate(t, opts...).Cert, key
 }
 
 func writePEM(t *testing.T, path string, certs []*x509.Certificate, key crypto.Signer) {

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/ca/upstreamdisk"
 	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 func newKey(t *testing.T) *ecdsa.PrivateKey {
@@ -32,28 +32,14 @@ func newKey(t *testing.T) *ecdsa.PrivateKey {
 
 func makeCert(t *testing.T, key *ecdsa.PrivateKey, isCA bool, parent *x509.Certificate, parentKey crypto.Signer, notAfter time.Time) *x509.Certificate {
 	t.Helper()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "upstream"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter,
-		IsCA: isCA, BasicConstraintsValid: true,
-	}
-	if isCA {
-		tmpl.KeyUsage = x509.KeyUsageCertSign
-	} else {
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	opts := []testca.Option{testca.Key(key), testca.Subject("upstream"), testca.NotAfter(notAfter), testca.KeyUsage(x509.KeyUsageCertSign)}
+	if !isCA {
+		opts = append(opts, testca.Template(func(c *x509.Certificate) { c.IsCA, c.KeyUsage = false, x509.KeyUsageDigitalSignature }))
 	}
 	if parent == nil {
-		parent, parentKey = tmpl, key
+		return testca.New(t, opts...).Cert
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return testca.FromCert(parent, parentKey).Intermediate(t, opts...).Cert
 }
 
 func writeCerts(t *testing.T, path string, certs ...*x509.Certificate) string {

@@ -2,41 +2,21 @@ package sqlstore
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
 	"reflect"
 	"testing"
 	"time"
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // caCert returns the DER of a self-signed CA certificate valid until notAfter.
 func caCert(t *testing.T, serial int64, notAfter time.Time) []byte {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial),
-		Subject:               pkix.Name{CommonName: "test CA"},
-		NotBefore:             notAfter.Add(-48 * time.Hour),
-		NotAfter:              notAfter,
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
+	return testca.SelfSignedDER(t, testca.Serial(serial), testca.Subject("test CA"),
+		testca.Validity(notAfter.Add(-48*time.Hour), notAfter), testca.KeyUsage(x509.KeyUsageCertSign))
 }
 
 func TestBundleCRUD(t *testing.T) {

@@ -13,13 +13,11 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"log/slog"
-	"math/big"
 	"net/url"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
@@ -31,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 const mib = 1 << 20
@@ -147,18 +146,7 @@ func x509Authority(t *testing.T) []*types.X509Certificate {
 // newCert is a self-signed CA certificate (DER).
 func newCert(t *testing.T) []byte {
 	t.Helper()
-	key := newKey(t)
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
+	return testca.SelfSignedDER(t, testca.KeyUsage(x509.KeyUsageCertSign))
 }
 
 func TestFederatesWithNeedsAFederatedBundle(t *testing.T) {

@@ -1,11 +1,7 @@
 package convert_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -14,26 +10,18 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/server/api/convert"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // fuzzSeedCert is a small self-signed CA certificate and its PKIX key.
 func fuzzSeedCert(f *testing.F) (der, pub []byte) {
 	f.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := testca.New(f, testca.Serial(1), testca.Validity(time.Unix(0, 0), time.Unix(1<<32, 0)))
+	pub, err := x509.MarshalPKIXPublicKey(ca.Key.Public())
 	if err != nil {
 		f.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), IsCA: true, BasicConstraintsValid: true,
-		NotBefore: time.Unix(0, 0), NotAfter: time.Unix(1<<32, 0)}
-	der, err = x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		f.Fatal(err)
-	}
-	pub, err = x509.MarshalPKIXPublicKey(key.Public())
-	if err != nil {
-		f.Fatal(err)
-	}
-	return der, pub
+	return ca.Cert.Raw, pub
 }
 
 // FuzzBundleFromProto feeds the bundle API's input parsing (trust domain,

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"math/big"
@@ -26,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // challengeServer is an agent/v1 server speaking SPIRE's AttestAgent
@@ -40,10 +39,10 @@ type challengeServer struct {
 	challenges   [][]byte
 	endless      bool  // challenge for ever
 	refuse       error // returned after the last answer
-	ca           *x509.Certificate
-	caKey        *ecdsa.PrivateKey
+	ca           *testca.CA
 	// seen receives what the server received, or how the stream ended.
 	seen chan string
+	t    testing.TB
 }
 
 func (s *challengeServer) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
@@ -87,16 +86,13 @@ func (s *challengeServer) AttestAgent(stream agentv1.Agent_AttestAgentServer) er
 	}
 	leaf := &x509.Certificate{
 		SerialNumber: big.NewInt(2),
-		URIs:         []*url.URL{spiffeid.RequireFromPath(spiffeid.RequireTrustDomainFromString("example.org"), "/spire/agent/test_cr/node1").URL()},
+		URIs:         []*url.URL{spiffeid.RequireFromPath(s.ca.TD, "/spire/agent/test_cr/node1").URL()},
 		NotBefore:    time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, s.ca, csr.PublicKey, s.caKey)
-	if err != nil {
-		return status.Errorf(codes.Internal, "sign: %v", err)
-	}
+	cert := testca.Sign(s.t, leaf, s.ca.Cert, csr.PublicKey, s.ca.Key)
 	return stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Result_{Result: &agentv1.AttestAgentResponse_Result{
-		Svid:         &types.X509SVID{CertChain: [][]byte{der}},
+		Svid:         &types.X509SVID{CertChain: testca.DER(cert)},
 		Reattestable: true,
 	}}})
 }
@@ -126,40 +122,25 @@ func (r *reverser) Respond(_ context.Context, c []byte) ([]byte, error) {
 	return reverse(c), nil
 }
 
-// startChallengeServer serves s over TLS on loopback and returns a
-// client for it (insecure bootstrap: the test does not authenticate the
-// server).
+// startChallengeServer serves s over TLS on loopback, as
+// spiffe://example.org/spire/server, and returns a client that
+// authenticates it.
 func startChallengeServer(t *testing.T, s *challengeServer) *client.Client {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		URIs: []*url.URL{spiffeid.RequireFromPath(spiffeid.RequireTrustDomainFromString("example.org"), "/spire/server").URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.ca, err = x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.caKey = k
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	s.ca = testca.New(t, testca.TrustDomain(td))
+	s.t = t
+	serverSVID := s.ca.SVID(t, client.ServerID(td))
 	s.seen = make(chan string, 100)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: k}}})))
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: testca.DER(serverSVID.Certificates...), PrivateKey: serverSVID.PrivateKey}}})))
 	agentv1.RegisterAgentServer(srv, s)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
-	cl, err := client.Dial(client.Config{Addr: lis.Addr().String(), TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), InsecureBootstrap: true})
+	cl, err := client.Dial(client.Config{Addr: lis.Addr().String(), TrustDomain: td, Bundle: s.ca.Roots})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,10 +150,7 @@ func startChallengeServer(t *testing.T, s *challengeServer) *client.Client {
 
 func newCSR(t *testing.T) (*ecdsa.PrivateKey, []byte) {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testca.NewECKey(t)
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
 	if err != nil {
 		t.Fatal(err)

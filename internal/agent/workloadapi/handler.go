@@ -50,16 +50,18 @@ func (h *handler) caller(ctx context.Context) (selector.Set, peercred.Cred, erro
 		h.s.log.Error("Cannot identify Workload API caller", "error", err)
 		return nil, peercred.Cred{}, status.Errorf(codes.Internal, "cannot read caller credentials: %v", err)
 	}
-	set := make(selector.Set)
-	for _, a := range h.s.cfg.Attestors {
-		sels, err := a.Attest(ctx, cred.PID)
-		if err != nil {
-			h.s.log.Warn("Workload attestor failed", "pid", cred.PID, "attestor", fmt.Sprintf("%T", a), "error", err)
-			continue
+	sels, err := h.s.cfg.Attestor.Attest(ctx, cred.PID)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, peercred.Cred{}, status.FromContextError(ctx.Err()).Err()
 		}
-		for _, sel := range sels {
-			set[sel] = struct{}{}
-		}
+		// The attestor logged each plugin's failure; the caller learns
+		// which plugins failed, not their errors.
+		return nil, peercred.Cred{}, status.Error(codes.Unavailable, err.Error())
+	}
+	set := make(selector.Set, len(sels))
+	for _, sel := range sels {
+		set[sel] = struct{}{}
 	}
 	// PID reuse guard: the selectors must describe the process that
 	// connected, so its PID must still name the same process now that

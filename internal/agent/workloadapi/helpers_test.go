@@ -164,9 +164,9 @@ type envOpts struct {
 	clk      *clock.Fake
 	existing *cache.Cache
 	ca       *testCA
-	// attestors replace the unix attestor; log replaces the test logger.
-	attestors []workloadapi.Attestor
-	log       *slog.Logger
+	// attestor replaces the unix attestor; log replaces the test logger.
+	attestor workloadapi.Attestor
+	log      *slog.Logger
 }
 
 func uidSelector() selector.Selector {
@@ -205,9 +205,9 @@ func startEnv(t testing.TB, o envOpts) *env {
 	dir := testutil.ShortTempDir(t)
 	socket := filepath.Join(dir, "sock", "agent.sock")
 	m := &minter{ca: ca}
-	attestors := o.attestors
-	if attestors == nil {
-		attestors = []workloadapi.Attestor{unix.New(unix.Config{})}
+	attestor := o.attestor
+	if attestor == nil {
+		attestor = unix.New(unix.Config{})
 	}
 	log := o.log
 	if log == nil {
@@ -216,7 +216,7 @@ func startEnv(t testing.TB, o envOpts) *env {
 	srv, err := workloadapi.New(workloadapi.Config{
 		SocketPath: socket,
 		Cache:      c,
-		Attestors:  attestors,
+		Attestor:   attestor,
 		JWTMinter:  m,
 		Log:        log,
 		Clock:      clk,
@@ -285,7 +285,7 @@ func newServer(socket string, c *cache.Cache) (*workloadapi.Server, error) {
 	return workloadapi.New(workloadapi.Config{
 		SocketPath: socket,
 		Cache:      c,
-		Attestors:  []workloadapi.Attestor{unix.New(unix.Config{})},
+		Attestor:   unix.New(unix.Config{}),
 	})
 }
 
@@ -304,5 +304,3 @@ func listenStale(path string) (string, error) {
 }
 
 const identityWait = workloadapi.DefaultIdentityWait
-
-type sigilAttestor = workloadapi.Attestor

@@ -50,7 +50,7 @@ func (s *syncBuffer) String() string {
 func TestCallerReplacedDuringAttestation(t *testing.T) {
 	gate := &gateAttestor{pids: make(chan int32, 1), release: make(chan struct{})}
 	logs := &syncBuffer{}
-	e := startEnv(t, envOpts{attestors: []sigilAttestor{gate}, log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	e := startEnv(t, envOpts{attestor: gate, log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	now := e.clk.Now()
 	id := mustID(t, "/guarded")
 	e.addIdentity(t, []*cache.Entry{entry("g", id, now, uidSelector())},

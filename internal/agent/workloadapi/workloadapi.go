@@ -37,7 +37,10 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/unixsock"
 )
 
-// Attestor produces selectors for a process (e.g. internal/attest/workload/unix).
+// Attestor produces the selectors of a process: the agent's workload
+// attestors, run together (internal/agent/workloadattest). An error means
+// the caller could not be attested; its text, which goes to the caller,
+// names the failed plugins.
 type Attestor interface {
 	Attest(ctx context.Context, pid int32) ([]selector.Selector, error)
 }
@@ -61,9 +64,8 @@ type Config struct {
 	SocketPath string
 	// Cache is the agent's workload state.
 	Cache *cache.Cache
-	// Attestors all run for each caller; an attestor that fails is logged
-	// and contributes no selectors (as in SPIRE).
-	Attestors []Attestor
+	// Attestor attests each caller.
+	Attestor Attestor
 	// JWTMinter signs JWT-SVIDs; nil makes FetchJWTSVID fail with
 	// Unavailable for cache misses.
 	JWTMinter JWTMinter
@@ -94,8 +96,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Cache == nil {
 		return nil, errors.New("workload API: cache is required")
 	}
-	if len(cfg.Attestors) == 0 {
-		return nil, errors.New("workload API: at least one workload attestor is required")
+	if cfg.Attestor == nil {
+		return nil, errors.New("workload API: a workload attestor is required")
 	}
 	if cfg.IdentityWait <= 0 {
 		cfg.IdentityWait = DefaultIdentityWait

@@ -22,6 +22,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/fsdelivery"
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
+	"github.com/sigil-spiffe/sigil/internal/agent/workloadattest"
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
@@ -112,19 +113,23 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	var attestors []workloadapi.Attestor
+	var plugins []workloadattest.Plugin
 	if u := cfg.WorkloadAttestors.Unix; u != nil {
-		attestors = append(attestors, unix.New(unix.Config{
+		plugins = append(plugins, workloadattest.Plugin{Name: unix.Type, Attestor: unix.New(unix.Config{
 			DiscoverWorkloadPath: u.DiscoverWorkloadPath,
 			WorkloadSizeLimit:    u.WorkloadSizeLimit,
 			Clock:                clk,
 			Log:                  log.With("subsystem", "workload_attestor", "attestor", unix.Type),
-		}))
+		})})
+	}
+	attestors, err := workloadattest.New(workloadattest.Config{Plugins: plugins, Log: log.With("subsystem", "workload_attestor")})
+	if err != nil {
+		return nil, err
 	}
 	wl, err := workloadapi.New(workloadapi.Config{
 		SocketPath: cfg.SocketPath,
 		Cache:      c,
-		Attestors:  attestors,
+		Attestor:   attestors,
 		JWTMinter:  mgr,
 		Log:        log.With("subsystem", "workload_api"),
 		Clock:      clk,

@@ -43,7 +43,7 @@ func TestRoundTripRealWorkloadAPI(t *testing.T) {
 	}
 
 	socket := filepath.Join(testutil.ShortTempDir(t), "api.sock")
-	srv, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Cache: c, Attestors: []workloadapi.Attestor{unix.New(unix.Config{})}})
+	srv, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Cache: c, Attestor: unix.New(unix.Config{})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,12 +2,7 @@ package cache_test
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +15,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 var (
@@ -30,47 +26,24 @@ var (
 	gid0  = selector.Selector{Type: "unix", Value: "gid:0"}
 )
 
-type ca struct {
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	serial int64
-}
+// ca is a SPIFFE CA of one trust domain (testca) issuing the cache's types.
+type ca struct{ *testca.CA }
 
 func newCA(t *testing.T, d spiffeid.TrustDomain) *ca {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"},
-		URIs:      []*url.URL{d.ID().URL()},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(48 * time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &ca{cert: cert, key: key, serial: 10}
+	now := time.Now()
+	return &ca{testca.New(t, testca.TrustDomain(d), testca.Subject("ca"), testca.Serial(1),
+		testca.Validity(now.Add(-time.Hour), now.Add(48*time.Hour)), testca.KeyUsage(x509.KeyUsageCertSign))}
 }
 
 func (c *ca) bundle(d spiffeid.TrustDomain) *spiffebundle.Bundle {
-	return spiffebundle.FromX509Authorities(d, []*x509.Certificate{c.cert})
+	return spiffebundle.FromX509Authorities(d, c.Roots())
 }
 
 func (c *ca) svid(t *testing.T, id spiffeid.ID, nb, na time.Time) *cache.X509SVID {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	c.serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(c.serial), URIs: []*url.URL{id.URL()},
-		NotBefore: nb, NotAfter: na, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &cache.X509SVID{Chain: []*x509.Certificate{cert}, PrivateKey: key}
+	s := c.SVID(t, id, testca.Validity(nb, na), testca.KeyUsage(x509.KeyUsageDigitalSignature), testca.ExtKeyUsage())
+	return &cache.X509SVID{Chain: s.Certificates, PrivateKey: s.PrivateKey}
 }
 
 func id(path string) spiffeid.ID { return spiffeid.RequireFromPath(td, path) }
@@ -324,7 +297,7 @@ func TestSubscriptions(t *testing.T) {
 	noUpdate(t, sub)
 	// Our own bundle concerns everyone.
 	nb := a.bundle(td)
-	nb.AddX509Authority(partner.cert)
+	nb.AddX509Authority(partner.Cert)
 	if err := c.SetBundle(nb); err != nil {
 		t.Fatal(err)
 	}

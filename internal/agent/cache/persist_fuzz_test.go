@@ -7,10 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +19,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // The persisted-cache fuzz target runs at a fixed instant, so that the
@@ -34,48 +32,18 @@ var (
 )
 
 // fuzzCA issues the seed files' certificates.
-type fuzzCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-}
+type fuzzCA struct{ *testca.CA }
 
 func newFuzzCA(tb testing.TB, td spiffeid.TrustDomain) *fuzzCA {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fuzz CA"},
-		URIs:      []*url.URL{td.ID().URL()},
-		NotBefore: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &fuzzCA{cert: cert, key: key}
+	return &fuzzCA{testca.New(tb, testca.TrustDomain(td), testca.Subject("fuzz CA"), testca.Serial(1),
+		testca.Validity(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)),
+		testca.KeyUsage(x509.KeyUsageCertSign))}
 }
 
 func (ca *fuzzCA) svid(tb testing.TB, id spiffeid.ID, key crypto.Signer, notAfter time.Time) *X509SVID {
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), URIs: []*url.URL{id.URL()},
-		NotBefore: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: notAfter,
-		KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &X509SVID{Chain: []*x509.Certificate{cert, ca.cert}, PrivateKey: key}
+	s := ca.SVID(tb, id, testca.Key(key), testca.Validity(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), notAfter),
+		testca.KeyUsage(x509.KeyUsageDigitalSignature), testca.ExtKeyUsage())
+	return &X509SVID{Chain: append(s.Certificates, ca.Cert), PrivateKey: key}
 }
 
 // fuzzCacheFile returns a file written by the cache itself: two bundles,
@@ -93,8 +61,8 @@ func fuzzCacheFile(tb testing.TB) []byte {
 	e2 := &Entry{ID: "e2", SPIFFEID: spiffeid.RequireFromPath(fuzzTD, "/db"), Selectors: []selector.Selector{uid}, RevisionNumber: 1}
 	e3 := &Entry{ID: "e3", SPIFFEID: spiffeid.RequireFromPath(fuzzTD, "/old"), Selectors: []selector.Selector{gid}}
 	for _, b := range []*spiffebundle.Bundle{
-		spiffebundle.FromX509Authorities(fuzzTD, []*x509.Certificate{ca.cert}),
-		spiffebundle.FromX509Authorities(fuzzFed, []*x509.Certificate{newFuzzCA(tb, fuzzFed).cert}),
+		spiffebundle.FromX509Authorities(fuzzTD, []*x509.Certificate{ca.Cert}),
+		spiffebundle.FromX509Authorities(fuzzFed, []*x509.Certificate{newFuzzCA(tb, fuzzFed).Cert}),
 	} {
 		if err := c.SetBundle(b); err != nil {
 			tb.Fatal(err)

@@ -2,12 +2,6 @@ package cache
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"math/big"
-	"net/url"
 	"testing"
 	"time"
 
@@ -16,6 +10,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 func watchSignalled(ch <-chan struct{}) bool {
@@ -27,24 +22,12 @@ func watchSignalled(ch <-chan struct{}) bool {
 	}
 }
 
-// watchTestSVID is a self-signed leaf for id: enough for the cache, which
-// checks the SPIFFE ID and the key, not the issuer.
+// watchTestSVID is a leaf for id from a throwaway CA: enough for the cache,
+// which checks the SPIFFE ID and the key, not the issuer.
 func watchTestSVID(t *testing.T, id spiffeid.ID, notAfter time.Time) *X509SVID {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), URIs: []*url.URL{id.URL()}, NotBefore: notAfter.Add(-time.Hour), NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &X509SVID{Chain: []*x509.Certificate{cert}, PrivateKey: key}
+	s := testca.New(t).SVID(t, id, testca.Serial(1), testca.Validity(notAfter.Add(-time.Hour), notAfter))
+	return &X509SVID{Chain: s.Certificates, PrivateKey: s.PrivateKey}
 }
 
 func TestWatch(t *testing.T) {

@@ -5,8 +5,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 func validEntry() *types.Entry {
@@ -72,7 +71,7 @@ func TestEntryFromProto(t *testing.T) {
 }
 
 func TestBundleFromProto(t *testing.T) {
-	root := selfSigned(t)
+	root := testca.SelfSigned(t, testca.Subject("root"), testca.Serial(1), testca.KeyUsage(x509.KeyUsageCertSign))
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	pub, err := x509.MarshalPKIXPublicKey(key.Public())
 	if err != nil {
@@ -131,26 +130,4 @@ func TestServerID(t *testing.T) {
 	if got := ServerID(spiffeid.RequireTrustDomainFromString("example.org")).String(); got != "spiffe://example.org/spire/server" {
 		t.Errorf("ServerID = %s", got)
 	}
-}
-
-func selfSigned(t *testing.T) *x509.Certificate {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }

@@ -171,7 +171,7 @@ func TestRunWritesRotatesAndFederates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !fb.HasX509Authority(e.partner.root) || len(fb.X509Authorities()) != 1 {
+	if !fb.HasX509Authority(e.partner.inter.Root().Cert) || len(fb.X509Authorities()) != 1 {
 		t.Errorf("federated bundle does not hold the partner root")
 	}
 	if _, err := spiffebundle.Load(partnerTD, filepath.Join(dir, FederatedBundleJSONFile(partnerTD.Name()))); err != nil {

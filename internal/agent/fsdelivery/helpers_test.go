@@ -1,13 +1,7 @@
 package fsdelivery
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -18,79 +12,35 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
-// testCA is a root plus an intermediate that signs SVIDs, so svid.pem
-// carries a chain and bundle.pem only the root.
+// testCA is a root plus an intermediate that signs SVIDs (testca), so
+// svid.pem carries a chain and bundle.pem only the root.
 type testCA struct {
-	td         spiffeid.TrustDomain
-	root       *x509.Certificate
-	inter      *x509.Certificate
-	interKey   *ecdsa.PrivateKey
-	jwtKey     *ecdsa.PrivateKey
-	nextSerial int64
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func sign(t *testing.T, tmpl, parent *x509.Certificate, pub any, key *ecdsa.PrivateKey) *x509.Certificate {
-	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	inter *testca.CA
+	jwt   *testca.JWTKey
 }
 
 func newTestCA(t *testing.T, td spiffeid.TrustDomain, now time.Time) *testCA {
 	t.Helper()
-	rootKey := newKey(t)
-	ca := func(serial int64, cn string) *x509.Certificate {
-		return &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			URIs:      []*url.URL{td.ID().URL()},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
-			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
-		}
-	}
-	root := sign(t, ca(1, "root "+td.Name()), ca(1, "root "+td.Name()), rootKey.Public(), rootKey)
-	interKey := newKey(t)
-	inter := sign(t, ca(2, "intermediate "+td.Name()), root, interKey.Public(), rootKey)
-	return &testCA{td: td, root: root, inter: inter, interKey: interKey, jwtKey: newKey(t), nextSerial: 100}
+	validity := testca.Validity(now.Add(-time.Hour), now.Add(48*time.Hour))
+	root := testca.New(t, testca.TrustDomain(td), testca.Serial(1), testca.Subject("root "+td.Name()), validity)
+	inter := root.Intermediate(t, testca.Serial(2), testca.Subject("intermediate "+td.Name()), validity)
+	return &testCA{inter: inter, jwt: testca.NewJWTKey(t, "kid-"+td.Name())}
 }
 
 func (ca *testCA) bundle(t *testing.T) *spiffebundle.Bundle {
 	t.Helper()
-	b := spiffebundle.New(ca.td)
-	b.AddX509Authority(ca.root)
-	if err := b.AddJWTAuthority("kid-"+ca.td.Name(), ca.jwtKey.Public()); err != nil {
-		t.Fatal(err)
-	}
+	b := ca.inter.Bundle()
+	ca.jwt.AddTo(t, b)
 	return b
 }
 
 func (ca *testCA) svid(t *testing.T, id spiffeid.ID, notBefore, notAfter time.Time) *cache.X509SVID {
 	t.Helper()
-	ca.nextSerial++
-	key := newKey(t)
-	leaf := sign(t, &x509.Certificate{
-		SerialNumber: big.NewInt(ca.nextSerial), URIs: []*url.URL{id.URL()},
-		NotBefore: notBefore, NotAfter: notAfter,
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}, ca.inter, key.Public(), ca.interKey)
-	return &cache.X509SVID{Chain: []*x509.Certificate{leaf, ca.inter}, PrivateKey: key}
+	s := ca.inter.SVID(t, id, testca.Validity(notBefore, notAfter), testca.KeyUsage(x509.KeyUsageDigitalSignature))
+	return &cache.X509SVID{Chain: s.Certificates, PrivateKey: s.PrivateKey}
 }
 
 func entry(id string, spiffeID spiffeid.ID, federatesWith ...spiffeid.TrustDomain) *cache.Entry {

@@ -3,12 +3,7 @@ package manager_test
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +22,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 	"github.com/sigil-spiffe/sigil/internal/selector"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // waitTimeout bounds every wait; nothing here asserts on timing.
@@ -268,7 +264,7 @@ func TestEntryAndBundleChangesArePushed(t *testing.T) {
 	verifySVID(t, srv, a.waitIdentity("2000", wl), wl)
 
 	// Our bundle gains a root: pushed to workloads.
-	root := selfSigned(t, "extra root")
+	root := testca.SelfSigned(t, testca.Subject("extra root"))
 	srv.appendRoot(root)
 	a.waitUpdate("2000", func(u *cache.WorkloadUpdate) bool {
 		return u.Bundle != nil && u.Bundle.HasX509Authority(root)
@@ -276,7 +272,7 @@ func TestEntryAndBundleChangesArePushed(t *testing.T) {
 
 	// A federated trust domain: the entry federating with it brings its
 	// bundle to the workload.
-	fedRoot := selfSigned(t, "federated root")
+	fedRoot := testca.SelfSigned(t, testca.Subject("federated root"))
 	srv.setFederatedBundle("fed.example", fedRoot)
 	wlFed := spiffeid.RequireFromPath(td, "/workload/fed")
 	srv.createEntry(agentID, wlFed.Path(), "2001", "fed.example")
@@ -510,32 +506,6 @@ func withoutWatch(ctx context.Context) context.Context {
 	md = md.Copy()
 	md.Delete("sigil-sync")
 	return metadata.NewOutgoingContext(ctx, md)
-}
-
-func selfSigned(t testing.TB, cn string) *x509.Certificate {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 // TestAgentVersionReported: the agent reports its version (PostStatus, as

@@ -5,14 +5,10 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"log/slog"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +22,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/keys"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 var fuzzTD = spiffeid.RequireTrustDomainFromString("example.org")
@@ -64,21 +61,12 @@ func fuzzKeyDir(tb testing.TB) string {
 // fuzzStateFile returns an agent_svid.json written by saveState: an agent
 // SVID (key keyID) issued by a CA in the bundle, valid from 2025 to 2100.
 func fuzzStateFile(tb testing.TB, keyID string) []byte {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	nb, na := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fuzz CA"}, URIs: []*url.URL{fuzzTD.ID().URL()},
-		NotBefore: nb, NotAfter: na, KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	ca := mustCert(tb, caTmpl, caTmpl, caKey.Public(), caKey)
-	leafTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), URIs: []*url.URL{spiffeid.RequireFromPath(fuzzTD, "/spire/agent/join_token/abc").URL()},
-		NotBefore: nb, NotAfter: na, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	leaf := mustCert(tb, leafTmpl, ca, fuzzAgentKey(tb, keyID).Public(), caKey)
+	root := testca.New(tb, testca.TrustDomain(fuzzTD), testca.Subject("fuzz CA"), testca.Serial(1), testca.Validity(nb, na),
+		testca.KeyUsage(x509.KeyUsageCertSign))
+	ca := root.Cert
+	leaf := root.SVID(tb, spiffeid.RequireFromPath(fuzzTD, "/spire/agent/join_token/abc"), testca.Serial(2), testca.Validity(nb, na),
+		testca.Key(fuzzAgentKey(tb, keyID)), testca.KeyUsage(x509.KeyUsageDigitalSignature), testca.ExtKeyUsage()).Certificates[0]
 	dir := tb.TempDir()
 	if err := saveState(dir, fuzzTD.Name(), &agentState{svid: []*x509.Certificate{leaf}, keyID: keyID, bundle: []*x509.Certificate{ca}}); err != nil {
 		tb.Fatal(err)
@@ -88,18 +76,6 @@ func fuzzStateFile(tb testing.TB, keyID string) []byte {
 		tb.Fatal(err)
 	}
 	return data
-}
-
-func mustCert(tb testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return c
 }
 
 // FuzzLoadState writes arbitrary content as the persisted agent state

@@ -3,10 +3,7 @@ package workloadapi
 import (
 	"bytes"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"math/big"
 	"runtime"
 	"testing"
 	"time"
@@ -14,24 +11,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 func testCert(t *testing.T, serial int64) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
+	ca := testca.New(t, testca.Serial(serial), testca.Validity(time.Now(), time.Now().Add(time.Hour)))
+	return ca.Cert, ca.Key.(*ecdsa.PrivateKey)
 }
 
 func testIdentity(t *testing.T, serial int64, intermediates ...*x509.Certificate) cache.Identity {

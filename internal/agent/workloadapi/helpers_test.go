@@ -3,17 +3,11 @@ package workloadapi_test
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -32,106 +24,44 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
-// testCA is a small SPIFFE CA: an X.509 root and a JWT signing key.
+// testCA is a small SPIFFE CA: an X.509 root (testca) and a JWT signing
+// key.
 type testCA struct {
-	td     spiffeid.TrustDomain
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	jwtKey *ecdsa.PrivateKey
-	kid    string
-	serial atomic.Int64
+	*testca.CA
+	jwt *testca.JWTKey
 }
 
 func newTestCA(t testing.TB, trustDomain spiffeid.TrustDomain) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	return &testCA{
+		CA: testca.New(t, testca.TrustDomain(trustDomain), testca.Serial(1),
+			testca.SubjectName(pkix.Name{Organization: []string{"Sigil test"}, CommonName: "test CA " + trustDomain.Name()})),
+		jwt: testca.NewJWTKey(t, "jwt-"+trustDomain.Name()),
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{Organization: []string{"Sigil test"}, CommonName: "test CA " + trustDomain.Name()},
-		URIs:                  []*url.URL{trustDomain.ID().URL()},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwtKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{td: trustDomain, cert: cert, key: key, jwtKey: jwtKey, kid: "jwt-" + trustDomain.Name()}
-	ca.serial.Store(100)
-	return ca
 }
 
 func (ca *testCA) bundle(t testing.TB) *spiffebundle.Bundle {
 	t.Helper()
-	b := spiffebundle.New(ca.td)
-	b.AddX509Authority(ca.cert)
-	if err := b.AddJWTAuthority(ca.kid, ca.jwtKey.Public()); err != nil {
-		t.Fatal(err)
-	}
+	b := ca.Bundle()
+	ca.jwt.AddTo(t, b)
 	return b
 }
 
 // svid issues an X509-SVID for id valid from notBefore to notAfter.
 func (ca *testCA) svid(t testing.TB, id spiffeid.ID, notBefore, notAfter time.Time) *cache.X509SVID {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(ca.serial.Add(1)),
-		Subject:               pkix.Name{Organization: []string{"SPIRE"}},
-		URIs:                  []*url.URL{id.URL()},
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &cache.X509SVID{Chain: []*x509.Certificate{cert}, PrivateKey: key}
+	s := ca.SVID(t, id, testca.SubjectName(pkix.Name{Organization: []string{"SPIRE"}}), testca.Validity(notBefore, notAfter))
+	return &cache.X509SVID{Chain: s.Certificates, PrivateKey: s.PrivateKey}
 }
 
 // mintJWT signs a JWT-SVID with the CA's JWT key.
 func (ca *testCA) mintJWT(id spiffeid.ID, audience []string, ttl time.Duration) (string, error) {
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: ca.jwtKey},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", ca.kid))
-	if err != nil {
-		return "", err
-	}
-	now := time.Now()
-	return jwt.Signed(signer).Claims(jwt.Claims{
-		Subject:  id.String(),
-		Audience: jwt.Audience(audience),
-		IssuedAt: jwt.NewNumericDate(now),
-		Expiry:   jwt.NewNumericDate(now.Add(ttl)),
-	}).Serialize()
+	return ca.jwt.SignJWTSVID(id, audience, ttl)
 }
 
 // minter is the test JWTMinter: it signs with the CA key and counts calls.

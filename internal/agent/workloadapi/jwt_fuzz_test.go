@@ -29,6 +29,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/clock"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // The JWT fuzz targets validate tokens against two bundles: our trust
@@ -65,8 +66,7 @@ type jwtFuzzEnv struct {
 
 func startJWTFuzzEnv(f *testing.F) *jwtFuzzEnv {
 	ca := newTestCA(f, td)
-	ca.jwtKey = fuzzKey(f, td.Name())
-	ca.kid = fuzzKID
+	ca.jwt = &testca.JWTKey{ID: fuzzKID, Key: fuzzKey(f, td.Name())}
 	// Nothing may log through f once fuzzing runs: the cache and the
 	// server log nowhere.
 	clk := clock.NewFake(time.Now())
@@ -76,7 +76,7 @@ func startJWTFuzzEnv(f *testing.F) *jwtFuzzEnv {
 	}
 	e := startEnv(f, envOpts{ca: ca, clk: clk, existing: c, log: slog.New(slog.DiscardHandler)})
 	fedKey := fuzzKey(f, fuzzFedTD.Name())
-	fed := spiffebundle.FromX509Authorities(fuzzFedTD, []*x509.Certificate{newTestCA(f, fuzzFedTD).cert})
+	fed := spiffebundle.FromX509Authorities(fuzzFedTD, []*x509.Certificate{newTestCA(f, fuzzFedTD).Cert})
 	if err := fed.AddJWTAuthority(fuzzKID, fedKey.Public()); err != nil {
 		f.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func startJWTFuzzEnv(f *testing.F) *jwtFuzzEnv {
 	f.Cleanup(func() { conn.Close() })
 	return &jwtFuzzEnv{
 		raw:  workloadpb.NewSpiffeWorkloadAPIClient(conn),
-		keys: map[spiffeid.TrustDomain]crypto.PublicKey{td: ca.jwtKey.Public(), fuzzFedTD: fedKey.Public()},
+		keys: map[spiffeid.TrustDomain]crypto.PublicKey{td: ca.jwt.Key.Public(), fuzzFedTD: fedKey.Public()},
 	}
 }
 

@@ -273,7 +273,7 @@ func TestJWTSVIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := jb.GetJWTBundleForTrustDomain(td)
-	if err != nil || !b.HasJWTAuthority(e.ca.kid) {
+	if err != nil || !b.HasJWTAuthority(e.ca.jwt.ID) {
 		t.Fatalf("JWT bundle: %v", err)
 	}
 	src, err := workloadapi.NewJWTSource(ctx, workloadapi.WithClientOptions(opt))
@@ -519,7 +519,7 @@ func TestStreamUpdates(t *testing.T) {
 	// A bundle change is pushed.
 	nb := e.ca.bundle(t)
 	extra := newTestCA(t, td)
-	nb.AddX509Authority(extra.cert)
+	nb.AddX509Authority(extra.Cert)
 	if err := e.cache.SetBundle(nb); err != nil {
 		t.Fatal(err)
 	}

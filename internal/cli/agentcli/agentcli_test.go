@@ -4,16 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -38,6 +30,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // pki is a small test trust domain: a CA, a workload SVID, a federated CA
@@ -46,7 +40,7 @@ type pki struct {
 	ca, fedCA *x509.Certificate
 	leaf      *x509.Certificate
 	leafKey   crypto.Signer
-	jwtKey    *ecdsa.PrivateKey
+	jwtKey    *testca.JWTKey
 	jwtBundle *jwtbundle.Bundle
 }
 
@@ -56,62 +50,21 @@ var (
 	webID = spiffeid.RequireFromString("spiffe://example.org/web")
 )
 
-func mustKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func mustCert(t *testing.T, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
-	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 func newPKI(t *testing.T) *pki {
-	caKey, fedKey, leafKey := mustKey(t), mustKey(t), mustKey(t)
-	caTmpl := func(d spiffeid.TrustDomain, serial int64) *x509.Certificate {
-		return &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: d.Name()},
-			NotBefore: time.Unix(1600000000, 0), NotAfter: time.Now().Add(24 * time.Hour),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-			URIs: []*url.URL{d.ID().URL()},
-		}
+	ca := func(d spiffeid.TrustDomain, serial int64) *testca.CA {
+		return testca.New(t, testca.TrustDomain(d), testca.Subject(d.Name()), testca.Serial(serial),
+			testca.Validity(time.Unix(1600000000, 0), time.Now().Add(24*time.Hour)), testca.KeyUsage(x509.KeyUsageCertSign))
 	}
-	ca := mustCert(t, caTmpl(td, 1), caTmpl(td, 1), &caKey.PublicKey, caKey)
-	fed := mustCert(t, caTmpl(fedTD, 2), caTmpl(fedTD, 2), &fedKey.PublicKey, fedKey)
-	leaf := mustCert(t, &x509.Certificate{
-		SerialNumber: big.NewInt(3), NotBefore: time.Unix(1700000000, 0), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, URIs: []*url.URL{webID.URL()},
-	}, ca, &leafKey.PublicKey, caKey)
-	jwtKey := mustKey(t)
-	jb := jwtbundle.New(td)
-	if err := jb.AddJWTAuthority("k1", &jwtKey.PublicKey); err != nil {
-		t.Fatal(err)
-	}
-	return &pki{ca: ca, fedCA: fed, leaf: leaf, leafKey: leafKey, jwtKey: jwtKey, jwtBundle: jb}
+	root := ca(td, 1)
+	leaf := root.SVID(t, webID, testca.Serial(3), testca.Validity(time.Unix(1700000000, 0), time.Now().Add(time.Hour)),
+		testca.KeyUsage(x509.KeyUsageDigitalSignature), testca.ExtKeyUsage())
+	jwtKey := testca.NewJWTKey(t, "k1")
+	return &pki{ca: root.Cert, fedCA: ca(fedTD, 2).Cert, leaf: leaf.Certificates[0], leafKey: leaf.PrivateKey, jwtKey: jwtKey, jwtBundle: jwtKey.JWTBundle(td)}
 }
 
 func (p *pki) token(t *testing.T, aud ...string) string {
 	t.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: p.jwtKey, KeyID: "k1"}},
-		(&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(signer).Claims(jwt.Claims{
-		Subject: webID.String(), Audience: aud, Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour)),
-	}).Serialize()
+	tok, err := p.jwtKey.SignJWTSVID(webID, aud, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,12 +7,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,6 +19,8 @@ import (
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // run invokes Run with a socket path that does not exist, so that any
@@ -376,30 +375,8 @@ func TestTTLFlag(t *testing.T) {
 // testCert makes a self-signed CA certificate for trust domain td.
 func testCert(t *testing.T, td string) *x509.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := spiffeid.RequireTrustDomainFromString(td).ID()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: td},
-		NotBefore:             time.Unix(1600000000, 0),
-		NotAfter:              time.Unix(1900000000, 0),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs:                  []*url.URL{id.URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return testca.SelfSigned(t, testca.TrustDomain(spiffeid.RequireTrustDomainFromString(td)), testca.Subject(td), testca.Serial(1),
+		testca.Validity(time.Unix(1600000000, 0), time.Unix(1900000000, 0)))
 }
 
 func TestBundleFormats(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
+	"github.com/sigil-spiffe/sigil/internal/attest/node/x509pop"
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
@@ -20,13 +21,14 @@ import (
 // plugin) for which Sigil has no attestor yet.
 var (
 	plannedWorkload = []string{"docker", "k8s", "systemd", "windows"}
-	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_psat", "k8s_sat", "sshpop", "tpm", "tpm_devid", "x509pop"}
+	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_psat", "k8s_sat", "sshpop", "tpm", "tpm_devid"}
 )
 
 // Selectors returns the registry of known selector types.
 func Selectors() *selector.Registry {
 	kinds := []selector.Kind{unix.SelectorKind()}
 	kinds = append(kinds, jointoken.SelectorKinds()...)
+	kinds = append(kinds, x509pop.SelectorKind())
 	for _, t := range plannedWorkload {
 		kinds = append(kinds, selector.Kind{Type: t, Producer: fmt.Sprintf("SPIRE's WorkloadAttestor %q (not built into Sigil yet)", t)})
 	}

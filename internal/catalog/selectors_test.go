@@ -27,11 +27,13 @@ func TestSelectors(t *testing.T) {
 		}
 	}
 	for s, want := range map[string]string{
-		"unix:uidd:5":         "must start with one of",
-		"unix:uid:abc":        "is not a numeric id",
-		"unix:gid:-1":         "is not a numeric id",
-		"join_token:abc":      "gives an agent no selectors",
-		"spiffe_id:not-an-id": "is not a SPIFFE ID",
+		"unix:uidd:5":                "must start with one of",
+		"unix:uid:abc":               "is not a numeric id",
+		"unix:gid:-1":                "is not a numeric id",
+		"join_token:abc":             "gives an agent no selectors",
+		"spiffe_id:not-an-id":        "is not a SPIFFE ID",
+		"x509pop:cn:node1":           "must start with one of ca:, san:, serialnumber:, subject:",
+		"x509pop:ca:fingerprint:ABC": "is not a SHA-1 fingerprint",
 	} {
 		if err := check(s); err == nil || !strings.Contains(err.Error(), want) || errors.Is(err, selector.ErrUnknownType) {
 			t.Errorf("%s: error %v, want a refusal containing %q", s, err, want)

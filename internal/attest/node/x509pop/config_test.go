@@ -1,0 +1,74 @@
+package x509pop
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/sigil-spiffe/sigil/internal/config"
+)
+
+func TestParseServerConfig(t *testing.T) {
+	parse := func(data map[string]any) (ServerConfig, error) {
+		return ParseServerConfig(config.NewPlugin("NodeAttestor", Type, data).Data(), parseTemplate)
+	}
+	c, err := parse(map[string]any{
+		"ca_bundle_path":      "/etc/ca.pem",
+		"agent_path_template": "/cn/{{ .Subject.CommonName }}",
+		"max_intermediates":   2,
+		"max_rsa_key_size":    4096,
+		"mode":                "external_pki",
+		"verify_client_ip":    false,
+	})
+	want := ServerConfig{CABundlePath: "/etc/ca.pem", AgentPathTemplate: "/cn/{{ .Subject.CommonName }}", MaxIntermediates: 2, MaxRSAKeySize: 4096}
+	if err != nil || c.CABundlePath != want.CABundlePath || c.AgentPathTemplate != want.AgentPathTemplate || c.MaxIntermediates != 2 || c.MaxRSAKeySize != 4096 {
+		t.Fatalf("got %+v, %v; want %+v", c, err, want)
+	}
+	if c, err := parse(map[string]any{"ca_bundle_paths": []string{"/a.pem", "/b.pem"}}); err != nil || len(c.CABundlePaths) != 2 {
+		t.Fatalf("ca_bundle_paths: %+v, %v", c, err)
+	}
+	for _, tc := range []struct {
+		data map[string]any
+		want []string
+	}{
+		{map[string]any{}, []string{`plugin NodeAttestor "x509pop": one of ca_bundle_path or ca_bundle_paths is required`}},
+		{map[string]any{"ca_bundle_path": "/a", "ca_bundle_paths": []string{"/b"}}, []string{"set only one of ca_bundle_path and ca_bundle_paths"}},
+		{map[string]any{"ca_bundle_path": "/a", "mode": "spiffe"}, []string{`mode "spiffe" is not supported`}},
+		{map[string]any{"ca_bundle_path": "/a", "verify_client_ip": true}, []string{"verify_client_ip = true is not supported"}},
+		{map[string]any{"ca_bundle_path": "/a", "svid_prefix": "/x"}, []string{"svid_prefix"}},
+		{map[string]any{"ca_bundle_path": "/a", "max_intermediates": 0, "max_rsa_key_size": -5}, []string{"max_intermediates must be greater than 0", "max_rsa_key_size must be greater than 0"}},
+		{map[string]any{"ca_bundle_path": "/a", "agent_path_template": "/{{ .X"}, []string{"agent_path_template: template: agent_path_template:1: unclosed action"}},
+		{map[string]any{"ca_bundle_path": "/a", "agent_path_template": "/{{ env \"HOME\" }}"}, []string{`function "env" not defined`}},
+		{map[string]any{"ca_bundle_path": "/a", "ca_bundle_pth": "/b"}, []string{"ca_bundle_pth"}},
+	} {
+		_, err := parse(tc.data)
+		t.Logf("%v: %v", tc.data, err)
+		for _, w := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: error %v, want one containing %q", tc.data, err, w)
+			}
+		}
+	}
+}
+
+func TestParseAgentConfig(t *testing.T) {
+	parse := func(data map[string]any) (AgentConfig, error) {
+		return ParseAgentConfig(config.NewPlugin("NodeAttestor", Type, data).Data())
+	}
+	c, err := parse(map[string]any{"private_key_path": "/k", "certificate_path": "/c", "intermediates_path": "/i"})
+	if err != nil || c != (AgentConfig{PrivateKeyPath: "/k", CertificatePath: "/c", IntermediatesPath: "/i"}) {
+		t.Fatalf("%+v, %v", c, err)
+	}
+	for _, tc := range []struct {
+		data map[string]any
+		want string
+	}{
+		{map[string]any{"certificate_path": "/c"}, "private_key_path is required"},
+		{map[string]any{"private_key_path": "/k"}, "certificate_path is required"},
+		{map[string]any{"private_key_path": "/k", "certificate_path": "/c", "spiffe_endpoint_socket": "/s"}, "spiffe_endpoint_socket"},
+		{map[string]any{"private_key_path": "/k", "certificate_path": "/c", "intermediate_path": "/i"}, "intermediate_path"},
+	} {
+		if _, err := parse(tc.data); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want one containing %q", tc.data, err, tc.want)
+		}
+	}
+}

@@ -26,6 +26,7 @@ type Server struct {
 	Wrap []string
 	Proc *Process
 
+	name  string // process name: sigil-server or spire-server
 	bin   string
 	admin *Admin
 }
@@ -35,6 +36,11 @@ type Server struct {
 func NewServer(t testing.TB, cfg ServerConfig, wrap ...string) *Server {
 	t.Helper()
 	bin, _ := Binaries(t)
+	return newServer(t, "sigil-server", bin, cfg, wrap...)
+}
+
+func newServer(t testing.TB, name, bin string, cfg ServerConfig, wrap ...string) *Server {
+	t.Helper()
 	if cfg.DataDir == "" {
 		cfg.DataDir = ShortTempDir(t)
 	}
@@ -44,7 +50,7 @@ func NewServer(t testing.TB, cfg ServerConfig, wrap ...string) *Server {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Config: cfg, ConfigPath: filepath.Join(cfg.DataDir, "server.conf"), Wrap: wrap, bin: bin}
+	s := &Server{Config: cfg, ConfigPath: filepath.Join(cfg.DataDir, "server.conf"), Wrap: wrap, name: name, bin: bin}
 	writeFile(t, s.ConfigPath, cfg.HCL())
 	return s
 }
@@ -73,7 +79,7 @@ func (s *Server) StartProcess(t testing.TB) *Process {
 		t.Fatal("testutil: server already running")
 	}
 	s.Proc = Start(t, Command{
-		Name: "sigil-server", Path: s.bin, Wrap: s.Wrap,
+		Name: s.name, Path: s.bin, Wrap: s.Wrap,
 		Args:    []string{"run", "-config", s.ConfigPath},
 		LogPath: filepath.Join(s.Config.DataDir, "server.log"),
 	})
@@ -85,7 +91,7 @@ func (s *Server) StartProcess(t testing.TB) *Process {
 func (s *Server) Stop(t testing.TB) {
 	t.Helper()
 	if err := s.Proc.Stop(); err != nil {
-		t.Fatalf("stop sigil-server: %v", err)
+		t.Fatalf("stop %s: %v", s.name, err)
 	}
 }
 
@@ -116,7 +122,7 @@ func (s *Server) WaitReady(t testing.TB) {
 	hc := healthpb.NewHealthClient(conn)
 	err = Poll(ReadyTimeout, 25*time.Millisecond, func() (bool, error) {
 		if s.Proc.Exited() {
-			return false, fmt.Errorf("sigil-server exited: %v", s.Proc.err)
+			return false, fmt.Errorf("%s exited: %v", s.name, s.Proc.err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -124,7 +130,7 @@ func (s *Server) WaitReady(t testing.TB) {
 		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, nil
 	})
 	if err != nil {
-		t.Fatalf("sigil-server not ready: %v", err)
+		t.Fatalf("%s not ready: %v", s.name, err)
 	}
 }
 
@@ -150,7 +156,8 @@ type Agent struct {
 	Args []string
 	Proc *Process
 
-	bin string
+	name string // process name: sigil-agent or spire-agent
+	bin  string
 }
 
 // NewAgent prepares an agent (filling cfg's defaults) without starting it.
@@ -158,6 +165,11 @@ type Agent struct {
 func NewAgent(t testing.TB, cfg AgentConfig, wrap ...string) *Agent {
 	t.Helper()
 	_, bin := Binaries(t)
+	return newAgent(t, "sigil-agent", bin, cfg, wrap...)
+}
+
+func newAgent(t testing.TB, name, bin string, cfg AgentConfig, wrap ...string) *Agent {
+	t.Helper()
 	if cfg.DataDir == "" {
 		cfg.DataDir = ShortTempDir(t)
 	}
@@ -167,7 +179,7 @@ func NewAgent(t testing.TB, cfg AgentConfig, wrap ...string) *Agent {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	return &Agent{Config: cfg, ConfigPath: filepath.Join(cfg.DataDir, "agent.conf"), Wrap: wrap, bin: bin}
+	return &Agent{Config: cfg, ConfigPath: filepath.Join(cfg.DataDir, "agent.conf"), Wrap: wrap, name: name, bin: bin}
 }
 
 // StartAgent prepares and starts an agent and waits for its Workload API.
@@ -225,7 +237,7 @@ func (a *Agent) StartProcess(t testing.TB) *Process {
 	}
 	writeFile(t, a.ConfigPath, a.Config.HCL())
 	a.Proc = Start(t, Command{
-		Name: "sigil-agent", Path: a.bin, Wrap: a.Wrap,
+		Name: a.name, Path: a.bin, Wrap: a.Wrap,
 		Args:    append([]string{"run", "-config", a.ConfigPath}, a.Args...),
 		LogPath: filepath.Join(a.Config.DataDir, "agent.log"),
 	})
@@ -237,7 +249,7 @@ func (a *Agent) StartProcess(t testing.TB) *Process {
 func (a *Agent) Stop(t testing.TB) {
 	t.Helper()
 	if err := a.Proc.Stop(); err != nil {
-		t.Fatalf("stop sigil-agent: %v", err)
+		t.Fatalf("stop %s: %v", a.name, err)
 	}
 }
 
@@ -246,7 +258,7 @@ func (a *Agent) WaitReady(t testing.TB) {
 	t.Helper()
 	err := Poll(ReadyTimeout, 10*time.Millisecond, func() (bool, error) {
 		if a.Proc.Exited() {
-			return false, fmt.Errorf("sigil-agent exited: %v", a.Proc.err)
+			return false, fmt.Errorf("%s exited: %v", a.name, a.Proc.err)
 		}
 		c, err := net.Dial("unix", a.Config.SocketPath)
 		if err != nil {
@@ -256,7 +268,7 @@ func (a *Agent) WaitReady(t testing.TB) {
 		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("sigil-agent not ready: %v", err)
+		t.Fatalf("%s not ready: %v", a.name, err)
 	}
 }
 

@@ -272,8 +272,10 @@ func filterFieldsOf(f filterProto) filterFields {
 	if h := f.GetByHint(); h != nil {
 		ff.byHint = &h.Value
 	}
-	if d := f.GetByDownstream(); d != nil {
-		ff.byDownstream = &d.Value
+	// by_downstream true keeps only downstream entries; false filters
+	// nothing, as in SPIRE (whose CLI sends false unless -downstream).
+	if f.GetByDownstream().GetValue() {
+		ff.byDownstream = &f.GetByDownstream().Value
 	}
 	return ff
 }

@@ -479,7 +479,11 @@ func TestListAndCountEntries(t *testing.T) {
 		{"federates subset", &entryv1.ListEntriesRequest_Filter{ByFederatesWith: fmatch([]string{"a.org"}, types.FederatesWithMatch_MATCH_SUBSET)}, []string{"/w/1"}},
 		{"hint", &entryv1.ListEntriesRequest_Filter{ByHint: wrapperspb.String("h1")}, []string{"/w/1", "/w/4"}},
 		{"downstream", &entryv1.ListEntriesRequest_Filter{ByDownstream: wrapperspb.Bool(true)}, []string{"/w/2"}},
-		{"not downstream", &entryv1.ListEntriesRequest_Filter{ByDownstream: wrapperspb.Bool(false)}, []string{"/w/1", "/w/3", "/w/4", "/w/5"}},
+		// As in SPIRE, by_downstream false selects nothing out: spire-server's
+		// "entry show" and "entry count" send it whenever -downstream is not
+		// given.
+		{"downstream false", &entryv1.ListEntriesRequest_Filter{ByDownstream: wrapperspb.Bool(false)}, []string{"/w/1", "/w/2", "/w/3", "/w/4", "/w/5"}},
+		{"parent and downstream false", &entryv1.ListEntriesRequest_Filter{ByParentId: pid("/spire/agent/a1"), ByDownstream: wrapperspb.Bool(false)}, []string{"/w/1", "/w/2"}},
 		{"parent and hint", &entryv1.ListEntriesRequest_Filter{ByParentId: pid("/spire/agent/a2"), ByHint: wrapperspb.String("h1")}, []string{"/w/4"}},
 	}
 	for _, tc := range cases {

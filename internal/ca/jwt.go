@@ -107,11 +107,14 @@ func (m *Manager) SignJWTSVID(ctx context.Context, p JWTSVIDParams) (string, err
 	claims := jwt.Claims{
 		Subject:  p.SPIFFEID.String(),
 		Issuer:   m.cfg.JWTIssuer,
-		Audience: jwt.Audience(append([]string(nil), p.Audience...)),
 		Expiry:   jwt.NewNumericDate(exp),
 		IssuedAt: jwt.NewNumericDate(now),
 	}
-	tok, err := jwt.Signed(k.jose).Claims(claims).Serialize()
+	// "aud" is always a JSON list, also for one audience, as spire-server
+	// writes it (jwt.Audience would write a lone audience as a string,
+	// which RFC 7519 allows but some verifiers do not expect).
+	aud := map[string]any{"aud": append([]string(nil), p.Audience...)}
+	tok, err := jwt.Signed(k.jose).Claims(claims).Claims(aud).Serialize()
 	if err != nil {
 		return "", fmt.Errorf("ca: sign JWT-SVID for %s: %w", p.SPIFFEID, err)
 	}

@@ -91,7 +91,11 @@ func toSPIFFEBundle(b *types.Bundle) (*spiffebundle.Bundle, error) {
 	if b.GetRefreshHint() > 0 {
 		sb.SetRefreshHint(time.Duration(b.GetRefreshHint()) * time.Second)
 	}
-	sb.SetSequenceNumber(b.GetSequenceNumber())
+	// As SPIRE's CLI, a bundle without a sequence number (0, e.g. a
+	// federated bundle set from PEM on spire-server) prints none.
+	if b.GetSequenceNumber() > 0 {
+		sb.SetSequenceNumber(b.GetSequenceNumber())
+	}
 	return sb, nil
 }
 
@@ -341,8 +345,10 @@ func (c *bundleDeleteCmd) run(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
+	// The trust domain goes as given (both forms are valid, and servers
+	// echo it in the result), as SPIRE's CLI sends it.
 	resp, err := client.BatchDeleteFederatedBundle(ctx, &bundlev1.BatchDeleteFederatedBundleRequest{
-		TrustDomains: []string{td.Name()},
+		TrustDomains: []string{c.id},
 		Mode:         mode,
 	})
 	if err != nil {

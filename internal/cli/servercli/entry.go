@@ -227,19 +227,21 @@ type entryResult interface {
 }
 
 // reportEntryBatch reports the results of a batch create or update (verb)
-// of entries: it copies the requested entry into each failed result that
-// lacks one (the API leaves it empty, and the user must see which entry
-// failed) with setEntry, prints resp (json) or the results, and fails
-// naming the number of failures.
+// of entries: it puts the requested entry into each failed result with
+// setEntry (the user must see which entry failed; servers return nothing
+// or, for AlreadyExists, the existing entry, so the output would depend on
+// the server), as SPIRE's CLI does, sorts selectors, prints resp (json)
+// or the results, and fails naming the number of failures.
 func reportEntryBatch[R entryResult](s *session, verb string, entries []*types.Entry, resp proto.Message, results []R, setEntry func(R, *types.Entry)) error {
 	failed := 0
 	for i, r := range results {
 		if codes.Code(r.GetStatus().GetCode()) != codes.OK {
 			failed++
-			if r.GetEntry() == nil && i < len(entries) {
+			if i < len(entries) {
 				setEntry(r, entries[i])
 			}
 		}
+		sortSelectors(r.GetEntry())
 	}
 	if s.json() {
 		if err := s.printJSON(resp); err != nil {

@@ -1,8 +1,10 @@
 package servercli
 
 import (
+	"cmp"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -138,9 +140,25 @@ func printEntries(w io.Writer, entries []*types.Entry) {
 	}
 }
 
+// sortSelectors orders an entry's selectors by type, then value: servers
+// return them in different orders (sigil-server sorted, spire-server as
+// created), and SPIRE's CLI prints them sorted.
+func sortSelectors(e *types.Entry) {
+	if e == nil {
+		return
+	}
+	slices.SortStableFunc(e.Selectors, func(a, b *types.Selector) int {
+		return cmp.Or(cmp.Compare(a.GetType(), b.GetType()), cmp.Compare(a.GetValue(), b.GetValue()))
+	})
+}
+
 // sortEntries orders entries by SPIFFE ID, parent ID, selectors and entry
-// ID so that the output is stable across servers and runs.
+// ID, and each entry's selectors, so that the output is stable across
+// servers and runs.
 func sortEntries(entries []*types.Entry) {
+	for _, e := range entries {
+		sortSelectors(e)
+	}
 	key := func(e *types.Entry) []string {
 		sels := make([]string, 0, len(e.GetSelectors()))
 		for _, s := range e.GetSelectors() {

@@ -220,7 +220,13 @@ func (c *x509MintCmd) run(ctx context.Context, s *session) error {
 		return nil
 	}
 	if s.json() {
-		return s.jsonValue(map[string]string{"x509_svid": string(svidPEM), "private_key": string(keyPEM), "root_cas": string(bundlePEM)})
+		// SPIRE's shape: DER certificates and PKCS#8 key, base64 (as
+		// encoding/json writes []byte).
+		return s.jsonValue(struct {
+			X509SVID   [][]byte `json:"x509_svid"`
+			PrivateKey []byte   `json:"private_key"`
+			RootCAs    [][]byte `json:"root_cas"`
+		}{chain, keyDER, roots})
 	}
 	s.printf("X509-SVID:\n%s\n", svidPEM)
 	s.printf("Private key:\n%s\n", keyPEM)

@@ -3,6 +3,7 @@ package servercli
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"net"
 	"os"
@@ -427,5 +428,67 @@ func TestRoundTripSelectorChecks(t *testing.T) {
 	}
 	if out := srv.cli(t, "entry", "count"); out != "2 registration entries\n" {
 		t.Errorf("after the refused -data file: %q, want the 2 entries from before (nothing of the file created)", out)
+	}
+}
+
+// TestRoundTripSPIREOutputs: outputs that must look like the SPIRE CLI's
+// (found by test/interop against a real spire-server): a failed create
+// shows the entry that was asked for, not the one the server returns for
+// AlreadyExists; bundle delete sends the -id as given, so its JSON result
+// echoes it; x509 mint -output json has SPIRE's shape (base64 DER lists and
+// a base64 PKCS#8 key).
+func TestRoundTripSPIREOutputs(t *testing.T) {
+	srv := startServer(t)
+	srv.cli(t, "entry", "create", "-parentID", "spiffe://example.org/node", "-spiffeID", "spiffe://example.org/web",
+		"-selector", "unix:uid:1", "-x509SVIDTTL", "600")
+	code, _, errOut := srv.try(t, "entry", "create", "-parentID", "spiffe://example.org/node", "-spiffeID", "spiffe://example.org/web",
+		"-selector", "unix:uid:1")
+	if code != 1 || !strings.Contains(errOut, "code: AlreadyExists") || !strings.Contains(errOut, "Entry ID         : (none)\n") ||
+		!strings.Contains(errOut, "X509-SVID TTL    : default\n") {
+		t.Errorf("failed create does not show the requested entry: exit %d\n%s", code, errOut)
+	}
+	code, out, _ := srv.try(t, "entry", "create", "-output", "json", "-parentID", "spiffe://example.org/node",
+		"-spiffeID", "spiffe://example.org/web", "-selector", "unix:uid:1")
+	var created entryv1.BatchCreateEntryResponse
+	if err := protojson.Unmarshal([]byte(out), &created); err != nil || code != 1 {
+		t.Fatalf("failed create -output json: exit %d, %v\n%s", code, err, out)
+	}
+	if e := created.GetResults()[0].GetEntry(); e.GetId() != "" || e.GetX509SvidTtl() != 0 {
+		t.Errorf("failed create -output json shows %v, want the requested entry", e)
+	}
+
+	other := testCert(t, "other.org")
+	path := filepath.Join(t.TempDir(), "other.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: other.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv.cli(t, "bundle", "set", "-id", "spiffe://other.org", "-path", path)
+	out = srv.cli(t, "bundle", "delete", "-id", "spiffe://other.org", "-output", "json")
+	if !strings.Contains(out, `"trust_domain":"spiffe://other.org"`) && !strings.Contains(out, `"trust_domain": "spiffe://other.org"`) {
+		t.Errorf("bundle delete -output json does not echo the -id as given:\n%s", out)
+	}
+
+	out = srv.cli(t, "x509", "mint", "-spiffeID", "spiffe://example.org/minted", "-output", "json")
+	var minted struct {
+		X509SVID   [][]byte `json:"x509_svid"`
+		PrivateKey []byte   `json:"private_key"`
+		RootCAs    [][]byte `json:"root_cas"`
+	}
+	if err := json.Unmarshal([]byte(out), &minted); err != nil || len(minted.X509SVID) == 0 || len(minted.RootCAs) == 0 {
+		t.Fatalf("x509 mint -output json is not SPIRE's shape (%v):\n%s", err, out)
+	}
+	leaf, err := x509.ParseCertificate(minted.X509SVID[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x509.ParsePKCS8PrivateKey(minted.PrivateKey); err != nil {
+		t.Fatalf("private_key: %v", err)
+	}
+	root, err := x509.ParseCertificate(minted.RootCAs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leaf.CheckSignatureFrom(root); err != nil {
+		t.Errorf("minted SVID is not signed by the root CA: %v", err)
 	}
 }

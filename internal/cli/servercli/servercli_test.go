@@ -423,6 +423,17 @@ func TestBundleFormats(t *testing.T) {
 		t.Errorf("spiffe round trip: %v", back)
 	}
 
+	// A bundle without a sequence number (spire-server keeps 0 for a
+	// federated bundle set from PEM) prints none, as SPIRE's CLI.
+	b.SequenceNumber = 0
+	out.Reset()
+	if err := writeBundle(&out, b, formatSPIFFE); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "spiffe_sequence") {
+		t.Errorf("a bundle with sequence number 0 prints one:\n%s", out.String())
+	}
+
 	if _, err := parseBundleData(td, []byte("not pem"), formatPEM); err == nil || !strings.Contains(err.Error(), "no PEM certificates") {
 		t.Errorf("garbage pem: %v", err)
 	}
@@ -439,5 +450,21 @@ func TestBundleFormats(t *testing.T) {
 		"****************************************\n* spiffe://b.org\n****************************************\n"
 	if out.String() != wantList {
 		t.Errorf("list output:\n%q\nwant\n%q", out.String(), wantList)
+	}
+}
+
+// TestSortEntriesSortsSelectors: spire-server returns an entry's selectors
+// in the order they were created, sigil-server sorted; the CLI prints them
+// sorted (as SPIRE's), so its output does not depend on the server.
+func TestSortEntriesSortsSelectors(t *testing.T) {
+	e := &types.Entry{Id: "a", SpiffeId: &types.SPIFFEID{TrustDomain: "example.org", Path: "/w"},
+		Selectors: []*types.Selector{{Type: "unix", Value: "uid:1"}, {Type: "k8s", Value: "ns:x"}, {Type: "unix", Value: "gid:1"}}}
+	sortEntries([]*types.Entry{e})
+	var got []string
+	for _, s := range e.GetSelectors() {
+		got = append(got, s.GetType()+":"+s.GetValue())
+	}
+	if want := "k8s:ns:x unix:gid:1 unix:uid:1"; strings.Join(got, " ") != want {
+		t.Errorf("selectors %v, want %s", got, want)
 	}
 }

@@ -180,3 +180,58 @@ func (a *Admin) BundlePEM(t testing.TB) []byte {
 func IDString(id *types.SPIFFEID) string {
 	return "spiffe://" + id.GetTrustDomain() + id.GetPath()
 }
+
+// Reset deletes every entry, every agent record and every federated bundle,
+// so a scenario can run again on the same server from an empty state.
+func (a *Admin) Reset(t testing.TB) {
+	t.Helper()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	var ids []string
+	for _, e := range a.ListEntries(t) {
+		ids = append(ids, e.GetId())
+	}
+	if len(ids) > 0 {
+		resp, err := a.Entry.BatchDeleteEntry(ctx, &entryv1.BatchDeleteEntryRequest{Ids: ids})
+		if err != nil {
+			t.Fatalf("delete entries: %v", err)
+		}
+		for _, r := range resp.GetResults() {
+			// An alias entry may already be gone with its agent.
+			if c := codes.Code(r.GetStatus().GetCode()); c != codes.OK && c != codes.NotFound {
+				t.Fatalf("delete entry %s: %s", r.GetId(), r.GetStatus().GetMessage())
+			}
+		}
+	}
+	for _, ag := range a.ListAgents(t) {
+		if _, err := a.Agent.DeleteAgent(ctx, &agentv1.DeleteAgentRequest{Id: ag.GetId()}); err != nil {
+			t.Fatalf("delete agent %s: %v", IDString(ag.GetId()), err)
+		}
+	}
+	var tds []string
+	token := ""
+	for {
+		resp, err := a.Bundle.ListFederatedBundles(ctx, &bundlev1.ListFederatedBundlesRequest{PageToken: token})
+		if err != nil {
+			t.Fatalf("list federated bundles: %v", err)
+		}
+		for _, b := range resp.GetBundles() {
+			tds = append(tds, b.GetTrustDomain())
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if len(tds) > 0 {
+		resp, err := a.Bundle.BatchDeleteFederatedBundle(ctx, &bundlev1.BatchDeleteFederatedBundleRequest{
+			TrustDomains: tds, Mode: bundlev1.BatchDeleteFederatedBundleRequest_DISSOCIATE})
+		if err != nil {
+			t.Fatalf("delete federated bundles: %v", err)
+		}
+		for _, r := range resp.GetResults() {
+			if r.GetStatus().GetCode() != int32(codes.OK) {
+				t.Fatalf("delete federated bundle %s: %s", r.GetTrustDomain(), r.GetStatus().GetMessage())
+			}
+		}
+	}
+}

@@ -11,23 +11,25 @@ import (
 	"fmt"
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
+	"github.com/sigil-spiffe/sigil/internal/attest/node/tpm"
 	"github.com/sigil-spiffe/sigil/internal/attest/node/x509pop"
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
 // plannedWorkload and plannedNode are SPIRE's selector types (the names of
-// its workload and node attestor plugins, and "tpm" of the community TPM
-// plugin) for which Sigil has no attestor yet.
+// its workload and node attestor plugins) for which Sigil has no attestor
+// yet.
 var (
 	plannedWorkload = []string{"docker", "k8s", "systemd", "windows"}
-	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_psat", "k8s_sat", "sshpop", "tpm", "tpm_devid"}
+	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_psat", "k8s_sat", "sshpop", "tpm_devid"}
 )
 
 // Selectors returns the registry of known selector types.
 func Selectors() *selector.Registry {
 	kinds := []selector.Kind{unix.SelectorKind()}
 	kinds = append(kinds, jointoken.SelectorKinds()...)
+	kinds = append(kinds, tpm.SelectorKinds()...)
 	kinds = append(kinds, x509pop.SelectorKind())
 	for _, t := range plannedWorkload {
 		kinds = append(kinds, selector.Kind{Type: t, Producer: fmt.Sprintf("SPIRE's WorkloadAttestor %q (not built into Sigil yet)", t)})

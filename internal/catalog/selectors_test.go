@@ -20,7 +20,7 @@ func TestSelectors(t *testing.T) {
 	// Sigil's own types, checked; SPIRE's others, accepted as they are.
 	for _, s := range []string{"unix:uid:1000", "spiffe_id:spiffe://example.org/spire/agent/join_token/abc",
 		"k8s:ns:default", "k8s_psat:cluster:c1", "docker:label:app:web", "systemd:id:web.service",
-		"x509pop:subject:cn:node1", "tpm:pub_hash:ab", "aws_iid:tag:role:web", "gcp_iit:project-id:p",
+		"x509pop:subject:cn:node1", "tpm:pub_hash:" + strings.Repeat("ab", 32), "tpm:pcr:sha256:7:" + strings.Repeat("0", 64), "aws_iid:tag:role:web", "gcp_iit:project-id:p",
 		"azure_msi:tenant:t"} {
 		if err := check(s); err != nil {
 			t.Errorf("%s refused: %v", s, err)
@@ -34,6 +34,8 @@ func TestSelectors(t *testing.T) {
 		"spiffe_id:not-an-id":        "is not a SPIFFE ID",
 		"x509pop:cn:node1":           "must start with one of ca:, san:, serialnumber:, subject:",
 		"x509pop:ca:fingerprint:ABC": "is not a SHA-1 fingerprint",
+		"tpm:pub_hash:ab":            "64 hex digits",
+		"tpm:pcr:sha1:7:ab":          "only the SHA-256 bank",
 	} {
 		if err := check(s); err == nil || !strings.Contains(err.Error(), want) || errors.Is(err, selector.ErrUnknownType) {
 			t.Errorf("%s: error %v, want a refusal containing %q", s, err, want)

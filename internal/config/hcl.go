@@ -382,6 +382,40 @@ func (b *block) strings(key string, dst *[]string) bool {
 	return true
 }
 
+// ints reads a list of integers (numbers, or strings holding one).
+func (b *block) ints(key string, dst *[]int64) bool {
+	e := b.take(key)
+	if e == nil {
+		return false
+	}
+	list, ok := e.val.(*ast.ListType)
+	if !ok || e.obj {
+		b.typeErr(e, "a list of integers")
+		return false
+	}
+	out := make([]int64, 0, len(list.List))
+	for _, n := range list.List {
+		lit, ok := n.(*ast.LiteralType)
+		text := ""
+		if ok {
+			switch lit.Token.Type {
+			case token.NUMBER:
+				text = lit.Token.Text
+			case token.STRING:
+				text, _ = tokenString(lit.Token)
+			}
+		}
+		v, err := strconv.ParseInt(strings.TrimSpace(text), 0, 64)
+		if text == "" || err != nil {
+			b.typeErr(e, "a list of integers")
+			return false
+		}
+		out = append(out, v)
+	}
+	*dst = out
+	return true
+}
+
 // sub returns the nested block key, or nil when absent or not a block.
 func (b *block) sub(key, desc string) *block {
 	e := b.take(key)

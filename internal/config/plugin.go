@@ -66,7 +66,7 @@ func (p Plugin) Data() *PluginData {
 // NewPlugin builds a plugin declaration in code (for configurations built
 // without a file: tests, `sigil-server dev`). data holds plugin_data:
 // values are string, bool, int, int64, time.Duration (written as its
-// string, "1h0m0s"), []string, or map[string]any for a nested block. It
+// string, "1h0m0s"), []string, []int, or map[string]any for a nested block. It
 // panics on any other type: a programming error.
 func NewPlugin(typ, name string, data map[string]any) Plugin {
 	return Plugin{Type: typ, Name: name, Pos: Pos{File: builtInCode}, data: codeEntries(data)}
@@ -111,6 +111,12 @@ func codeEntry(key string, v any) *entry {
 		l := &ast.ListType{}
 		for _, s := range v {
 			l.List = append(l.List, str(s))
+		}
+		e.val = l
+	case []int:
+		l := &ast.ListType{}
+		for _, n := range v {
+			l.List = append(l.List, lit(token.NUMBER, strconv.Itoa(n)))
 		}
 		e.val = l
 	case map[string]any:
@@ -165,6 +171,9 @@ func (d *PluginData) Duration(key string, dst *time.Duration) bool { return d.b.
 
 // Strings reads a list of strings.
 func (d *PluginData) Strings(key string, dst *[]string) bool { return d.b.strings(key, dst) }
+
+// Ints reads a list of integers (quoted ones, "7", too).
+func (d *PluginData) Ints(key string, dst *[]int64) bool { return d.b.ints(key, dst) }
 
 // Block returns the nested block key, or nil when it is absent (or not a
 // block: an error is recorded). Its errors, and its unknown keys, are

@@ -256,3 +256,28 @@ func TestNewPlugin(t *testing.T) {
 	}()
 	NewPlugin("Test", "t", map[string]any{"f": 1.5})
 }
+
+// TestPluginDataInts: a list of integers from HCL (numbers or quoted), JSON
+// and code; anything else is a type error naming the key.
+func TestPluginDataInts(t *testing.T) {
+	read := func(p Plugin) ([]int64, error) {
+		var l []int64
+		d := p.Data()
+		d.Ints("l", &l)
+		return l, d.Done()
+	}
+	for name, p := range map[string]Plugin{
+		"hcl":  testPlugin(t, pluginConf("      l = [0, \"7\", 16]\n")),
+		"json": testPlugin(t, `{"server": {"trust_domain": "example.org", "data_dir": "d"}, "plugins": {"Test": {"t": {"plugin_data": {"l": [0, 7, 16]}}}}}`),
+		"code": NewPlugin("Test", "t", map[string]any{"l": []int{0, 7, 16}}),
+	} {
+		l, err := read(p)
+		if err != nil || !reflect.DeepEqual(l, []int64{0, 7, 16}) {
+			t.Errorf("%s: %v, %v", name, l, err)
+		}
+	}
+	for _, body := range []string{"      l = 7\n", "      l = [\"x\"]\n", "      l = [1.5]\n", "      l = [true]\n"} {
+		_, err := read(testPlugin(t, pluginConf(body)))
+		wantErr(t, err, `server.conf:17: invalid value for "l" in plugin_data of plugin Test "t": expected a list of integers`)
+	}
+}

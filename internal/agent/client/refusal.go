@@ -27,7 +27,18 @@ const (
 	// instead of RenewAgent (AGENT_MUST_REATTEST). The SVID itself is
 	// still accepted: nothing is revoked.
 	MustReattest
+	// AttestationDenied: the server refused the node's attestation
+	// (re-attestation at renewal, or after an eviction) as not proving
+	// its identity: a revoked device certificate, a changed PCR. Its
+	// identity is revoked. RefusalOf never returns it: the agent's
+	// manager makes it from the attestation's error (see
+	// ReattestationRefused).
+	AttestationDenied
 )
+
+// ReasonAttestationRefused is the Reason of an AttestationDenied
+// refusal. SPIRE has no PermissionDeniedDetails reason for it.
+const ReasonAttestationRefused = "ATTESTATION_REFUSED"
 
 func (k RefusalKind) String() string {
 	switch k {
@@ -37,6 +48,8 @@ func (k RefusalKind) String() string {
 		return "evicted"
 	case MustReattest:
 		return "must re-attest"
+	case AttestationDenied:
+		return "attestation refused"
 	}
 	return fmt.Sprintf("RefusalKind(%d)", int(k))
 }
@@ -51,9 +64,11 @@ type Refusal struct {
 	Message string
 }
 
-// Revokes reports whether the refusal revokes the agent's identity (banned
-// or evicted).
-func (r Refusal) Revokes() bool { return r.Kind == Banned || r.Kind == Evicted }
+// Revokes reports whether the refusal revokes the agent's identity
+// (banned, evicted, attestation refused).
+func (r Refusal) Revokes() bool {
+	return r.Kind == Banned || r.Kind == Evicted || r.Kind == AttestationDenied
+}
 
 // RefusalOf recognises, in err (or any error it wraps), a refusal of the
 // agent's SVID by the server: a PermissionDenied status carrying SPIRE's
@@ -109,6 +124,26 @@ func AttestationRefused(err error) (string, bool) {
 		return st.Message(), true
 	}
 	return "", false
+}
+
+// ReattestationRefused recognises, in the error of a node attestation by an
+// agent whose attestor can repeat its proof, the server's verdict that the
+// node does not prove its identity: PermissionDenied (the attestor refused
+// the proof: untrusted or revoked certificate, wrong signature, changed
+// measurements, banned agent ID) or InvalidArgument (malformed attestation
+// data or answer). Such an agent loses its identity. Other final answers
+// (an attestation type the server is not configured for, Unimplemented)
+// are about the server's configuration, not the node, and the agent
+// retries them like an unreachable server.
+func ReattestationRefused(err error) (Refusal, bool) {
+	st, ok := serverStatus(err)
+	if !ok || (st.Code() != codes.PermissionDenied && st.Code() != codes.InvalidArgument) {
+		return Refusal{}, false
+	}
+	if r, ok := RefusalOf(err); ok {
+		return r, true // e.g. AGENT_BANNED, if a server sends it here
+	}
+	return Refusal{Kind: AttestationDenied, Reason: ReasonAttestationRefused, Message: st.Message()}, true
 }
 
 // serverStatus returns the gRPC status err wraps, with the server's own

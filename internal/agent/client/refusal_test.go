@@ -153,3 +153,34 @@ func TestAttestationRefused(t *testing.T) {
 		})
 	}
 }
+
+func TestReattestationRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		err    error
+		kind   client.RefusalKind // 0: not a refusal of the node
+		reason string
+	}{
+		{name: "proof refused", err: fmt.Errorf("attest: %w", status.Error(codes.PermissionDenied, "failed to attest: certificate revoked")),
+			kind: client.AttestationDenied, reason: client.ReasonAttestationRefused},
+		{name: "malformed data", err: status.Error(codes.InvalidArgument, "failed to attest: bad quote"), kind: client.AttestationDenied, reason: client.ReasonAttestationRefused},
+		{name: "banned agent ID", err: status.Error(codes.PermissionDenied, "failed to attest: agent is banned"), kind: client.AttestationDenied, reason: client.ReasonAttestationRefused},
+		{name: "with SPIRE's details", err: spireDenied(types.PermissionDeniedDetails_AGENT_BANNED, "agent is banned"), kind: client.Banned, reason: "AGENT_BANNED"},
+		// The server's configuration, not the node: retried.
+		{name: "attestor not configured", err: status.Error(codes.FailedPrecondition, "could not find node attestor type \"x509pop\"")},
+		{name: "not implemented", err: status.Error(codes.Unimplemented, "unknown method")},
+		{name: "unreachable", err: status.Error(codes.Unavailable, "connection refused")},
+		{name: "server error", err: status.Error(codes.Internal, "failed to sign")},
+		{name: "local error", err: errors.New("TPM unavailable")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, ok := client.ReattestationRefused(tc.err)
+			if ok != (tc.kind != 0) || r.Kind != tc.kind || r.Reason != tc.reason {
+				t.Fatalf("ReattestationRefused = %+v, %v; want kind %v reason %q", r, ok, tc.kind, tc.reason)
+			}
+			if ok && (!r.Revokes() || r.Message == "") {
+				t.Errorf("refusal %+v does not revoke or has no message", r)
+			}
+		})
+	}
+}

@@ -41,6 +41,9 @@ type identity struct {
 	bundle []*x509.Certificate
 	// renewAt is when the SVID is due for renewal.
 	renewAt time.Time
+	// reattestable: the server said the attestor can repeat its proof,
+	// so the SVID is renewed by attesting again, not with RenewAgent.
+	reattestable bool
 }
 
 // loadIdentity restores the persisted agent SVID (and bundle). It returns
@@ -61,7 +64,7 @@ func (m *Manager) loadIdentity(ctx context.Context) (*identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &identity{svid: svid, keyID: st.keyID, bundle: st.bundle, renewAt: m.renewAt(svid.Certificates[0])}, nil
+	return &identity{svid: svid, keyID: st.keyID, bundle: st.bundle, renewAt: m.renewAt(svid.Certificates[0]), reattestable: st.reattestable}, nil
 }
 
 // newAgentSVID validates an agent SVID chain: key match, our trust domain,
@@ -110,10 +113,18 @@ func (m *Manager) newAgentKey(ctx context.Context, keyID string) (crypto.Signer,
 	return key, csr, nil
 }
 
-// attest performs join token node attestation, downloading the bundle
-// first when bootstrapping insecurely, and persists the result.
-func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate) (*identity, error) {
+// attest runs node attestation with the configured attestor, downloading
+// the bundle first when bootstrapping insecurely (bundle empty), and
+// persists the result. prev is the identity it replaces (nil if none): the
+// new key goes under the other key ID, so prev's persisted SVID keeps its
+// key until the new SVID is persisted. The server is authenticated with
+// bundle; the agent presents no certificate (its SVID may have expired, or
+// been refused).
+func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate, prev *identity) (*identity, error) {
 	keyID := agentKeyA
+	if prev != nil && prev.keyID != "" {
+		keyID = otherKeyID(prev.keyID)
+	}
 	key, csr, err := m.newAgentKey(ctx, keyID)
 	if err != nil {
 		return nil, err
@@ -130,10 +141,20 @@ func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate) (*iden
 		return nil, err
 	}
 	defer func() { _ = cl.Close() }()
-	chain, err := cl.AttestJoinToken(ctx, m.cfg.JoinToken, csr)
+	sess, err := m.cfg.Attestor.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("NodeAttestor %q: %w", m.cfg.Attestor.Name(), err)
+	}
+	defer func() {
+		if err := sess.Close(); err != nil {
+			m.log.Warn("Failed to close the node attestation session", "node_attestor", m.cfg.Attestor.Name(), "error", err)
+		}
+	}()
+	res, err := cl.AttestAgent(ctx, m.cfg.Attestor.Name(), sess, csr)
 	if err != nil {
 		return nil, err
 	}
+	chain := res.Chain
 	svid, err := m.newAgentSVID(chain, key, nil)
 	if err != nil {
 		return nil, err
@@ -162,10 +183,10 @@ func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate) (*iden
 	if svid, err = m.newAgentSVID(chain, key, bundle); err != nil {
 		return nil, err
 	}
-	if err := saveState(m.cfg.DataDir, m.cfg.TrustDomain.Name(), &agentState{svid: chain, keyID: keyID, bundle: bundle}); err != nil {
+	if err := saveState(m.cfg.DataDir, m.cfg.TrustDomain.Name(), &agentState{svid: chain, keyID: keyID, bundle: bundle, reattestable: res.Reattestable}); err != nil {
 		return nil, fmt.Errorf("persist agent SVID: %w", err)
 	}
-	return &identity{svid: svid, keyID: keyID, bundle: bundle, renewAt: m.renewAt(chain[0])}, nil
+	return &identity{svid: svid, keyID: keyID, bundle: bundle, renewAt: m.renewAt(chain[0]), reattestable: res.Reattestable}, nil
 }
 
 // renew obtains a new agent SVID over cl, persists it and returns it.

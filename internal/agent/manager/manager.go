@@ -1,6 +1,7 @@
 // Package manager is the server-facing half of the agent: node attestation
-// (join token), the agent SVID and its renewal, entry sync, workload SVID
-// signing and rotation, bundles, and JWT-SVID minting for the Workload API.
+// (through the configured node attestor, Config.Attestor), the agent SVID
+// and its renewal, entry sync, workload SVID signing and rotation,
+// bundles, and JWT-SVID minting for the Workload API.
 //
 // It is offline first. New restores the persisted agent SVID; the
 // workload state lives in the cache (internal/agent/cache), which the app
@@ -32,29 +33,48 @@
 // PermissionDeniedDetails reason AGENT_BANNED (banned), AGENT_NOT_ATTESTED
 // or AGENT_NOT_ACTIVE (evicted: the agent record was deleted or another
 // SVID is current), as sigil-server and spire-server send on any agent
-// call (client.RefusalOf). Everything else (unreachable, TLS failures,
+// call (client.RefusalOf), or the server refusing a re-attestation (see
+// below). Everything else (unreachable, TLS failures,
 // timeouts, Unavailable from a stopping server, Internal errors,
 // AGENT_EXPIRED, the agent's own SVID expiring offline) only degrades:
 // cached SVIDs are served until they expire. On a refusal the manager, at
 // once: reports StateRevoked; revokes the cache (every workload stream
 // ends, filesystem delivery removes its files, the persisted cache is
 // deleted); deletes the persisted agent SVID and its keys; logs ERROR with
-// the reason. Then it attests again when it can: an evicted agent with an
-// unused join token; a banned agent only when the ban predates this
-// process (the refusal came before any successful sync) and it was started
-// with an unused join token. Otherwise Run waits, revoked, for a restart.
+// the reason. Then it attests again when it can: an evicted agent whose
+// attestor can repeat its proof (x509pop, tpm) at once, one with a
+// single-use credential (join token) only with an unused one; a banned
+// agent only when the ban predates this process (the refusal came before
+// any successful sync) and it can attest.
 //
-// Join tokens are single use: the manager attests when there is no
-// persisted agent SVID still usable, or after a revocation as above; a
-// token whose agent ID is the persisted SVID's is known to be used and is
-// not sent. An agent that had no persisted identity and whose join token
-// the server refuses (unknown, used, expired, attestation type not
-// accepted) makes Run return that error, so the process exits, as SPIRE's
-// agent does; unreachable servers are retried. The agent SVID is
-// persisted in DataDir (agent_svid.json, 0600, atomic writes) together
-// with the trust bundle used to authenticate the server; its key is kept
-// by Config.Keys under two alternating IDs so the persisted SVID's key is
-// never replaced before the new SVID is persisted.
+// # Node attestation and re-attestation
+//
+// The manager runs the attestor's session over agent/v1 AttestAgent (data
+// and CSR, then one answer per server challenge) without knowing which
+// attestor it is. The server's answer says whether the attestor can
+// repeat its proof (reattestable, persisted with the SVID). If so, the
+// agent SVID is renewed by attesting again instead of RenewAgent, as
+// SPIRE's agent does, and also when the server answers RenewAgent with
+// AGENT_MUST_REATTEST: a node that no longer proves its identity (a
+// revoked device certificate, changed measurements) loses it at the next
+// renewal. Such a refusal (PermissionDenied or InvalidArgument, see
+// client.ReattestationRefused) revokes the agent like an eviction, and it
+// keeps attesting again with backoff while revoked. Other failures
+// (unreachable server, the attestor failing locally) are retried.
+//
+// A single-use credential (SingleUseAttestor: join_token) is presented at
+// most once: the manager attests with it when there is no persisted agent
+// SVID still usable, or after a revocation as above; a token whose agent
+// ID is the persisted SVID's is known to be used and is not sent. The SVID
+// is renewed with RenewAgent. An agent that had no persisted identity and
+// whose attestation the server refuses (unknown, used or expired token,
+// attestation type not accepted, proof refused) makes Run return that
+// error, so the process exits, as SPIRE's agent does; unreachable servers
+// are retried. The agent SVID is persisted in DataDir (agent_svid.json,
+// 0600, atomic writes) together with the trust bundle used to authenticate
+// the server and the reattestable flag; its key is kept by Config.Keys
+// under two alternating IDs so the persisted SVID's key is never replaced
+// before the new SVID is persisted.
 package manager
 
 import (
@@ -101,12 +121,14 @@ type Config struct {
 	// InsecureBootstrap attests without authenticating the server when
 	// there is neither a persisted nor a configured bundle.
 	InsecureBootstrap bool
-	// JoinToken attests the node when there is no usable persisted SVID,
-	// and again when the server revokes the agent's SVID (evicted; banned
-	// only when the ban predates this start, see the package doc). A
-	// token whose agent ID is the persisted SVID's has been used and is
-	// never sent.
-	JoinToken string
+	// Attestor attests the node: when there is no usable persisted SVID,
+	// when the server refuses the agent's SVID (evicted; banned only when
+	// the ban predates this start, see the package doc), and, when the
+	// server said the attestor can repeat its proof (reattestable), to
+	// renew the agent SVID. A SingleUseAttestor's credential (join token)
+	// is presented once at most: one whose agent ID is the persisted
+	// SVID's has been used and is never sent.
+	Attestor NodeAttestor
 	// DataDir holds the persisted agent SVID and bundle.
 	DataDir string
 	// Keys keeps the agent SVID key (keys.NewDisk for persistence across
@@ -222,14 +244,17 @@ type Manager struct {
 	// lastBundle authenticates the server after a revocation dropped the
 	// identity and the cache that held the current bundle.
 	lastBundle []*x509.Certificate
+	// single is cfg.Attestor when its credential is single use (join
+	// token), else nil.
+	single SingleUseAttestor
 	// firstStart: no persisted identity was found and none has been
-	// obtained since, so a refused join token ends Run. tokenUsed: the
-	// configured join token is known to be spent (it attested the
+	// obtained since, so a refused attestation ends Run. spent: the
+	// single-use credential is known to be spent (it attested the
 	// current identity, or the server refused it). sessionOK: a sync
 	// round succeeded in this process. bannedWhileRunning: the agent was
 	// banned after sessionOK (it then never attests again by itself).
 	firstStart         bool
-	tokenUsed          bool
+	spent              bool
 	sessionOK          bool
 	bannedWhileRunning bool
 
@@ -266,6 +291,8 @@ func New(cfg Config) (*Manager, error) {
 		return nil, errors.New("manager: data dir is required")
 	case cfg.Keys == nil:
 		return nil, errors.New("manager: key manager is required")
+	case cfg.Attestor == nil:
+		return nil, errors.New("manager: node attestor is required")
 	case cfg.Cache == nil:
 		return nil, errors.New("manager: cache is required")
 	case cfg.Cache.TrustDomain() != cfg.TrustDomain:
@@ -320,12 +347,15 @@ func New(cfg Config) (*Manager, error) {
 			"expires_at", id.svid.Certificates[0].NotAfter)
 	}
 	m.firstStart = m.id == nil
-	if m.id != nil && cfg.JoinToken != "" {
-		if tid, ok := joinTokenAgentID(cfg.TrustDomain, cfg.JoinToken); ok && tid == m.id.svid.ID {
-			m.tokenUsed = true // the persisted SVID came from it
-		} else {
-			log.Info("A join token is configured but the agent has a persisted SVID: using the SVID, keeping the token to attest with if the server refuses the SVID",
-				"spiffe_id", m.id.svid.ID.String())
+	m.single, _ = cfg.Attestor.(SingleUseAttestor)
+	if m.id != nil && m.single != nil {
+		if cid, ok := m.single.Credential(cfg.TrustDomain); ok {
+			if cid == m.id.svid.ID {
+				m.spent = true // the persisted SVID came from it
+			} else {
+				log.Info("The agent has a persisted SVID: using it, and keeping the configured single-use credential to attest with if the server refuses the SVID",
+					"spiffe_id", m.id.svid.ID.String(), "node_attestor", cfg.Attestor.Name())
+			}
 		}
 	}
 	now := m.clk.Now()

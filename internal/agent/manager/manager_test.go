@@ -19,6 +19,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
+	agentcatalog "github.com/sigil-spiffe/sigil/internal/catalog/agent"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 	"github.com/sigil-spiffe/sigil/internal/selector"
@@ -54,6 +55,8 @@ type agentOpts struct {
 	log                *slog.Logger
 	availabilityTarget time.Duration
 	agentVersion       string
+	// attestor replaces the join-token attestor of token.
+	attestor manager.NodeAttestor
 }
 
 // startAgent builds a cache (loaded from dir) and a manager and runs both.
@@ -79,12 +82,16 @@ func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAge
 	if o.insecure || o.noBundle {
 		bundle = nil
 	}
+	var attestor manager.NodeAttestor = agentcatalog.JoinToken{Token: o.token}
+	if o.attestor != nil {
+		attestor = o.attestor
+	}
 	m, err := manager.New(manager.Config{
 		ServerAddr:         srv.addr.String(),
 		TrustDomain:        td,
 		TrustBundle:        bundle,
 		InsecureBootstrap:  o.insecure,
-		JoinToken:          o.token,
+		Attestor:           attestor,
 		DataDir:            dir,
 		Keys:               km,
 		Cache:              c,

@@ -6,18 +6,24 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
 )
 
 // errRevoked: the server revoked the agent and it has no way to attest
-// again in this process (banned, or no unused join token).
+// again in this process (banned, or no unused single-use credential).
 var errRevoked = errors.New("the server revoked the agent's SVID and the agent cannot attest again")
 
-// errTokenUsed: no usable agent SVID, and the configured join token is
-// known to be spent.
+// errTokenUsed: no usable agent SVID, and the single-use credential (join
+// token) is known to be spent.
 var errTokenUsed = errors.New("no usable agent SVID, and the configured join token has already been used or was refused by the server")
+
+// revocation ends a session whose re-attestation the server refused: the
+// node no longer proves its identity, which Run revokes.
+type revocation struct{ r client.Refusal }
+
+func (e *revocation) Error() string {
+	return fmt.Sprintf("the server refused the node's attestation: %s", e.r.Message)
+}
 
 // fatalError ends Run: the agent has never had an identity and the server
 // refused the only credential it has.
@@ -30,14 +36,6 @@ func (e *fatalError) Unwrap() error { return e.err }
 // (keys.Disk, keys.Memory); a revoked agent deletes its SVID keys with it.
 type keyDeleter interface {
 	DeleteKey(ctx context.Context, id string) error
-}
-
-// joinTokenAgentID is the agent ID a join token attests as (SPIRE's
-// spiffe://<td>/spire/agent/join_token/<token>); ok is false for a token
-// that cannot be a path segment.
-func joinTokenAgentID(td spiffeid.TrustDomain, token string) (spiffeid.ID, bool) {
-	id, err := spiffeid.FromSegments(td, "spire", "agent", client.JoinTokenAttestationType, token)
-	return id, err == nil
 }
 
 // revoke acts on the server's refusal of the agent's SVID: the state
@@ -98,13 +96,24 @@ func (m *Manager) revoke(ctx context.Context, r client.Refusal) {
 	}
 }
 
-// canReattest reports whether ensureIdentity may attest after a
-// revocation: not when banned while running, and only with an unused join
-// token.
-func (m *Manager) canReattest() bool {
+// canAttestAgain reports whether ensureIdentity may attest after a
+// revocation: never when banned while running; with an attestor that can
+// repeat its proof, always; with a single-use one (join token), only with
+// an unused credential.
+func (m *Manager) canAttestAgain() bool {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	return !m.bannedWhileRunning && m.cfg.JoinToken != "" && !m.tokenUsed
+	return !m.bannedWhileRunning && m.hasCredential() && !m.spent
+}
+
+// hasCredential reports whether the attestor has something to present: a
+// single-use attestor may have none (no join token configured).
+func (m *Manager) hasCredential() bool {
+	if m.single == nil {
+		return true
+	}
+	_, ok := m.single.Credential(m.cfg.TrustDomain)
+	return ok
 }
 
 // recoveryHint says what happens next after a revocation.
@@ -113,8 +122,12 @@ func (m *Manager) recoveryHint() string {
 	banned := m.status.Banned
 	m.mu.RUnlock()
 	switch {
-	case m.canReattest():
+	case m.canAttestAgain() && m.single == nil:
+		return fmt.Sprintf("attesting again (NodeAttestor %q), and again with backoff while the server refuses", m.cfg.Attestor.Name())
+	case m.canAttestAgain():
 		return "attesting again with the configured join token"
+	case banned && m.single == nil:
+		return "banned: the agent does not attest again by itself; the banned agent ID can attest again only after `agent evict` deletes it, then restart the agent"
 	case banned:
 		return "banned: the agent does not attest again by itself; restart it with a new join token to bring the node back as a new agent (the banned agent ID can attest again only after `agent evict` deletes it)"
 	default:

@@ -73,32 +73,45 @@ func (m *Manager) Run(ctx context.Context) error {
 			<-ctx.Done()
 			return nil
 		}
-		if r, ok := client.RefusalOf(err); ok && r.Revokes() {
-			m.revoke(ctx, r)
-			bo.reset()
-			continue
-		}
-		if m.Status().LastSync.After(before) {
-			// The session worked for a while: reconnect quickly.
-			bo.reset()
-		}
-		m.setDegraded(err)
 		var delay time.Duration
-		if errors.Is(err, errNoIdentity) || errors.Is(err, errTokenUsed) {
-			if !loggedNoIdentity {
-				m.log.Error("The agent cannot authenticate to the server: its SVID is missing or expired and it has no unused join token; "+
-					"serving cached identities until they expire. Restart the agent with a new join token to re-attest.",
-					"agent_id", m.identity().agentID().String(), "error", err)
-				loggedNoIdentity = true
-			}
-			delay = m.cfg.MaxBackoff
-		} else {
+		if rv := (*revocation)(nil); errors.As(err, &rv) {
+			// The node failed to prove itself: it loses its identity,
+			// and attests again after a pause.
+			m.revoke(ctx, rv.r)
 			delay = bo.next()
-			lvl := m.log.Debug
-			if now := m.clk.Now(); err.Error() != lastLogged || now.Sub(lastLoggedAt) >= failureLogInterval {
-				lvl, lastLogged, lastLoggedAt = m.log.Warn, err.Error(), now
+		} else {
+			if r, ok := client.RefusalOf(err); ok && r.Revokes() {
+				m.revoke(ctx, r)
+				bo.reset()
+				continue
+			} else if ok && r.Kind == client.MustReattest && m.mustReattest(r) {
+				continue
 			}
-			lvl("Server session ended; serving from cache and retrying", "addr", m.cfg.ServerAddr, "retry_in", delay, "error", err)
+			if m.Status().LastSync.After(before) {
+				// The session worked for a while: reconnect quickly.
+				bo.reset()
+			}
+			m.setDegraded(err)
+			if errors.Is(err, errNoIdentity) || errors.Is(err, errTokenUsed) {
+				if !loggedNoIdentity {
+					m.log.Error("The agent cannot authenticate to the server: its SVID is missing or expired and it has no unused join token; "+
+						"serving cached identities until they expire. Restart the agent with a new join token to re-attest.",
+						"agent_id", m.identity().agentID().String(), "node_attestor", m.cfg.Attestor.Name(), "error", err)
+					loggedNoIdentity = true
+				}
+				delay = m.cfg.MaxBackoff
+			} else {
+				delay = bo.next()
+				lvl := m.log.Debug
+				if now := m.clk.Now(); err.Error() != lastLogged || now.Sub(lastLoggedAt) >= failureLogInterval {
+					lvl, lastLogged, lastLoggedAt = m.log.Warn, err.Error(), now
+				}
+				msg := "Server session ended; serving from cache and retrying"
+				if m.Status().State == StateRevoked {
+					msg = "Attesting again failed; the agent stays revoked and retries"
+				}
+				lvl(msg, "addr", m.cfg.ServerAddr, "retry_in", delay, "error", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -222,9 +235,10 @@ func (m *Manager) postStatus(ctx context.Context, cl *client.Client, id *identit
 }
 
 // ensureIdentity returns a usable agent SVID, attesting if needed: with
-// no identity, an expired one, or after a revocation, when the join token
-// is not known to be spent (and, after a ban, only when the ban predates
-// this process's first successful session).
+// no identity, an expired one, or after a revocation, when the attestor
+// can attest (a single-use credential only when not known to be spent)
+// and, after a ban, only when the ban predates this process's first
+// successful session.
 func (m *Manager) ensureIdentity(ctx context.Context) (*identity, error) {
 	id := m.identity()
 	if id.usable(m.clk.Now()) {
@@ -232,57 +246,86 @@ func (m *Manager) ensureIdentity(ctx context.Context) (*identity, error) {
 	}
 	revoked := id == nil && !m.Status().RevokedAt.IsZero()
 	switch {
-	case revoked && !m.canReattest():
+	case revoked && !m.canAttestAgain():
 		return nil, errRevoked
-	case m.cfg.JoinToken == "":
+	case !m.hasCredential():
 		return nil, errNoIdentity
-	case m.spentToken():
+	case m.spentCredential():
 		return nil, errTokenUsed
 	}
 	bundle := m.serverBundle()
 	if len(bundle) == 0 && !m.cfg.InsecureBootstrap {
 		return nil, errors.New("no trust bundle to authenticate the server (set trust_bundle_path or insecure_bootstrap)")
 	}
+	name := m.cfg.Attestor.Name()
 	switch {
 	case revoked:
-		m.log.Info("Attesting again with the join token after the server refused the agent SVID")
+		m.log.Info("Attesting again after the server refused the agent", "node_attestor", name)
 	case id != nil:
-		m.log.Warn("The persisted agent SVID is expired; attesting again with the join token", "agent_id", id.svid.ID.String())
+		m.log.Warn("The persisted agent SVID is expired; attesting again", "agent_id", id.svid.ID.String(), "node_attestor", name)
 	}
-	id, err := m.attest(ctx, bundle)
+	next, err := m.attest(ctx, bundle, id)
 	if err != nil {
-		msg, refused := client.AttestationRefused(err)
-		if !refused {
-			return nil, fmt.Errorf("node attestation: %w", err)
-		}
-		m.mu.Lock()
-		m.tokenUsed = true
-		first := m.firstStart
-		m.mu.Unlock()
-		err = fmt.Errorf("node attestation with the join token refused by the server: %s", msg)
-		if first {
-			return nil, &fatalError{err: err}
-		}
-		m.log.Error("The server refused the join token; the agent cannot attest with it. Restart the agent with a new join token.", "error", msg)
-		return nil, err
+		return nil, m.attestationFailed(err, revoked)
 	}
 	m.mu.Lock()
-	m.tokenUsed, m.firstStart = true, false
+	m.spent = m.single != nil
+	m.firstStart = false
 	m.mu.Unlock()
-	m.setIdentity(id)
-	m.log.Info("Node attestation succeeded", "spiffe_id", id.svid.ID.String(), "expires_at", id.svid.Certificates[0].NotAfter)
-	return id, nil
+	m.setIdentity(next)
+	m.log.Info("Node attestation succeeded", "spiffe_id", next.svid.ID.String(), "expires_at", next.svid.Certificates[0].NotAfter,
+		"node_attestor", name, "reattestable", next.reattestable)
+	return next, nil
 }
 
-// spentToken reports whether the configured join token is known to be
-// used or refused.
-func (m *Manager) spentToken() bool {
+// attestationFailed classifies a failed attestation by ensureIdentity.
+// Anything but the server's final answer is retried (unreachable server,
+// timeout, the attestor failing locally). A final answer ends Run on a
+// first start (as SPIRE's agent exits). Otherwise a single-use credential
+// is spent by it; an attestor that can repeat its proof, refused as not
+// proving the node (client.ReattestationRefused), revokes the agent and
+// tries again later with backoff.
+func (m *Manager) attestationFailed(err error, revoked bool) error {
+	name := m.cfg.Attestor.Name()
+	msg, refused := client.AttestationRefused(err)
+	if !refused {
+		return fmt.Errorf("node attestation: %w", err)
+	}
+	m.mu.Lock()
+	first := m.firstStart
+	if m.single != nil {
+		m.spent = true
+	}
+	m.mu.Unlock()
+	refusedErr := fmt.Errorf("node attestation (NodeAttestor %q) refused by the server: %s", name, msg)
+	switch {
+	case first:
+		return &fatalError{err: refusedErr}
+	case m.single != nil:
+		m.log.Error("The server refused the join token; the agent cannot attest with it. Restart the agent with a new join token.", "node_attestor", name, "error", msg)
+		return refusedErr
+	}
+	if r, ok := client.ReattestationRefused(err); ok && !revoked {
+		return &revocation{r: r}
+	}
+	return refusedErr
+}
+
+// spentCredential reports whether the single-use credential is known to
+// be used or refused.
+func (m *Manager) spentCredential() bool {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	return m.tokenUsed
+	return m.spent
 }
 
+// renewAgent renews the agent SVID: by attesting again when the server
+// said the attestor can repeat its proof (reattestable), else with
+// RenewAgent over the authenticated connection cl.
 func (m *Manager) renewAgent(ctx context.Context, cl *client.Client, id *identity) error {
+	if id.reattestable && m.single == nil {
+		return m.reattest(ctx, id)
+	}
 	next, err := m.renew(ctx, cl, id)
 	if err != nil {
 		return fmt.Errorf("renew agent SVID: %w", err)
@@ -290,6 +333,52 @@ func (m *Manager) renewAgent(ctx context.Context, cl *client.Client, id *identit
 	m.setIdentity(next)
 	m.log.Info("Renewed the agent SVID", "spiffe_id", next.svid.ID.String(), "expires_at", next.svid.Certificates[0].NotAfter)
 	return errRenewed
+}
+
+// reattest renews the agent SVID by attesting again, as SPIRE's agent
+// does for reattestable attestors: the node proves itself anew, so one
+// that no longer can (a revoked device certificate, changed measurements)
+// loses its identity now rather than keeping it until it expires. A
+// refusal (client.ReattestationRefused) returns a *revocation; other
+// failures are retried.
+func (m *Manager) reattest(ctx context.Context, id *identity) error {
+	next, err := m.attest(ctx, m.serverBundle(), id)
+	if err != nil {
+		if r, ok := client.ReattestationRefused(err); ok {
+			return &revocation{r: r}
+		}
+		return fmt.Errorf("re-attest (NodeAttestor %q): %w", m.cfg.Attestor.Name(), err)
+	}
+	m.setIdentity(next)
+	if next.svid.ID != id.svid.ID {
+		m.log.Warn("Re-attestation gave the node another agent ID", "previous", id.svid.ID.String(), "spiffe_id", next.svid.ID.String())
+	}
+	m.log.Info("Re-attested the node: new agent SVID", "spiffe_id", next.svid.ID.String(), "expires_at", next.svid.Certificates[0].NotAfter,
+		"node_attestor", m.cfg.Attestor.Name(), "reattestable", next.reattestable)
+	return errRenewed
+}
+
+// mustReattest acts on AGENT_MUST_REATTEST (the server refuses RenewAgent
+// for a node whose attestor can repeat its proof): the agent SVID is due
+// now and renewed by attestation. It returns false when the attestor
+// cannot repeat its proof (a single-use join token): then the agent keeps
+// its SVID until it expires.
+func (m *Manager) mustReattest(r client.Refusal) bool {
+	if m.single != nil {
+		m.log.Error("The server requires the agent to attest again instead of renewing its SVID, but its node attestor's credential is single use; "+
+			"the agent keeps its SVID until it expires", "node_attestor", m.cfg.Attestor.Name(), "error", r.Message)
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.id == nil {
+		return false
+	}
+	next := *m.id
+	next.reattestable, next.renewAt = true, m.clk.Now()
+	m.id = &next
+	m.log.Info("The server requires re-attestation instead of renewal; attesting again", "node_attestor", m.cfg.Attestor.Name())
+	return true
 }
 
 // knownEntries snapshots the cached entries for delta sync.
@@ -401,7 +490,7 @@ func (m *Manager) updateServerBundle(b *spiffebundle.Bundle) {
 	next.bundle = roots
 	m.id = &next
 	m.mu.Unlock()
-	if err := saveState(m.cfg.DataDir, m.cfg.TrustDomain.Name(), &agentState{svid: next.svid.Certificates, keyID: next.keyID, bundle: roots}); err != nil {
+	if err := saveState(m.cfg.DataDir, m.cfg.TrustDomain.Name(), &agentState{svid: next.svid.Certificates, keyID: next.keyID, bundle: roots, reattestable: next.reattestable}); err != nil {
 		m.log.Error("Failed to persist the trust bundle", "dir", m.cfg.DataDir, "error", err)
 	}
 }

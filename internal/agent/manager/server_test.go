@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
@@ -60,6 +61,25 @@ type serverOpts struct {
 	// clock drives the CA, the agent service and client certificate
 	// verification (nil: real clock).
 	clock clock.Clock
+	// attestors are node attestors besides join_token, by type.
+	attestors map[string]serverAttestor
+}
+
+// serverAttestor is the server half of a node attestor
+// (internal/attest/node).
+type serverAttestor interface {
+	Attest(ctx context.Context, payload []byte, challenge node.ChallengeFunc) (*node.Result, error)
+}
+
+// apiAttestor runs a serverAttestor in the agent API.
+type apiAttestor struct{ a serverAttestor }
+
+func (x apiAttestor) Attest(ctx context.Context, payload []byte, challenge agentapi.ChallengeFunc) (*agentapi.AttestResult, error) {
+	r, err := x.a.Attest(ctx, payload, node.ChallengeFunc(challenge))
+	if err != nil {
+		return nil, err
+	}
+	return &agentapi.AttestResult{AgentID: r.AgentID, Selectors: r.Selectors, CanReattest: r.CanReattest}, nil
 }
 
 func newTestServer(t testing.TB, opts serverOpts) *testServer {
@@ -91,7 +111,11 @@ func newTestServer(t testing.TB, opts serverOpts) *testServer {
 	if agentTTL == 0 {
 		agentTTL = time.Hour
 	}
-	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: cam, AgentTTL: agentTTL, Cache: ec, Log: log, Clock: opts.clock})
+	attestors := map[string]agentapi.NodeAttestor{}
+	for typ, a := range opts.attestors {
+		attestors[typ] = apiAttestor{a}
+	}
+	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: cam, AgentTTL: agentTTL, Cache: ec, Log: log, Clock: opts.clock, Attestors: attestors})
 	if err != nil {
 		t.Fatalf("agent service: %v", err)
 	}

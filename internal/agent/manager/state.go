@@ -28,12 +28,17 @@ type persistedState struct {
 	KeyID string `json:"key_id"`
 	// Bundle holds the X.509 authorities of the trust domain, DER.
 	Bundle [][]byte `json:"bundle"`
+	// Reattestable is the server's word, at the last attestation, that
+	// the node attestor can repeat its proof: the SVID is renewed by
+	// attesting again. Absent (false) in files of earlier versions.
+	Reattestable bool `json:"reattestable,omitempty"`
 }
 
 type agentState struct {
-	svid   []*x509.Certificate
-	keyID  string
-	bundle []*x509.Certificate
+	svid         []*x509.Certificate
+	keyID        string
+	bundle       []*x509.Certificate
+	reattestable bool
 }
 
 func loadState(dir, td string) (*agentState, error) {
@@ -54,7 +59,7 @@ func loadState(dir, td string) (*agentState, error) {
 	if len(p.SVID) == 0 || p.KeyID == "" {
 		return nil, fmt.Errorf("%s: no SVID", stateFile)
 	}
-	st := &agentState{keyID: p.KeyID}
+	st := &agentState{keyID: p.KeyID, reattestable: p.Reattestable}
 	for _, der := range p.SVID {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
@@ -73,7 +78,7 @@ func loadState(dir, td string) (*agentState, error) {
 }
 
 func saveState(dir, td string, st *agentState) error {
-	p := persistedState{Version: 1, TrustDomain: td, KeyID: st.keyID}
+	p := persistedState{Version: 1, TrustDomain: td, KeyID: st.keyID, Reattestable: st.reattestable}
 	for _, c := range st.svid {
 		p.SVID = append(p.SVID, c.Raw)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	agentcatalog "github.com/sigil-spiffe/sigil/internal/catalog/agent"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
@@ -118,7 +119,7 @@ func FuzzLoadState(f *testing.F) {
 		}
 		var logs bytes.Buffer
 		m, err := New(Config{
-			ServerAddr: "127.0.0.1:1", TrustDomain: fuzzTD, DataDir: dir, Keys: km,
+			ServerAddr: "127.0.0.1:1", TrustDomain: fuzzTD, DataDir: dir, Keys: km, Attestor: agentcatalog.JoinToken{},
 			Cache: cache.New(cache.Config{TrustDomain: fuzzTD}), Clock: clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)),
 			AvailabilityTarget: time.Hour, Log: slog.New(slog.NewTextHandler(&logs, nil)),
 		})

@@ -24,6 +24,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadattest"
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
+	agentcatalog "github.com/sigil-spiffe/sigil/internal/catalog/agent"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/datadir"
@@ -99,7 +100,7 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 		TrustDomain:       cfg.TrustDomain,
 		TrustBundle:       bootstrap,
 		InsecureBootstrap: cfg.InsecureBootstrap,
-		JoinToken:         cfg.JoinToken,
+		Attestor:          agentcatalog.JoinToken{Token: cfg.JoinToken},
 		DataDir:           cfg.DataDir,
 		Keys:              km,
 		Cache:             c,

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,6 +23,48 @@ type ServerConfig struct {
 	X509SVIDTTL time.Duration
 	CATTL       time.Duration
 	LogLevel    string // "DEBUG"
+	// Plugins are added to the plugins section after the defaults
+	// (DataStore "sql", KeyManager "disk", NodeAttestor "join_token"),
+	// e.g. a NodeAttestor "x509pop".
+	Plugins []Plugin
+}
+
+// Plugin is a plugin block of a configuration a test renders:
+// Type "Name" { plugin_data { ... } }. Data values are strings, []string,
+// ints or bools, written as HCL in key order.
+type Plugin struct {
+	Type string
+	Name string
+	Data map[string]any
+}
+
+// HCL renders the block, indented by four spaces.
+func (p Plugin) HCL() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "    %s %q {\n        plugin_data {\n", p.Type, p.Name)
+	keys := make([]string, 0, len(p.Data))
+	for k := range p.Data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch v := p.Data[k].(type) {
+		case string:
+			fmt.Fprintf(&b, "            %s = %q\n", k, v)
+		case []string:
+			q := make([]string, len(v))
+			for i, s := range v {
+				q[i] = strconv.Quote(s)
+			}
+			fmt.Fprintf(&b, "            %s = [%s]\n", k, strings.Join(q, ", "))
+		case int, bool:
+			fmt.Fprintf(&b, "            %s = %v\n", k, v)
+		default:
+			panic(fmt.Sprintf("testutil: plugin_data %q has a value of type %T", k, v))
+		}
+	}
+	fmt.Fprintf(&b, "        }\n    }\n")
+	return b.String()
 }
 
 func (c *ServerConfig) defaults() error {
@@ -67,8 +110,11 @@ func (c ServerConfig) HCL() string {
 	fmt.Fprintf(&b, "    DataStore \"sql\" {\n        plugin_data {\n            database_type = \"sqlite3\"\n            connection_string = %q\n        }\n    }\n",
 		filepath.Join(c.DataDir, "datastore.sqlite3"))
 	fmt.Fprintf(&b, "    KeyManager \"disk\" {\n        plugin_data {\n            keys_path = %q\n        }\n    }\n", filepath.Join(c.DataDir, "keys"))
-	fmt.Fprintf(&b, "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n}\n")
-	fmt.Fprintf(&b, "\nhealth_checks {\n    listener_enabled = false\n}\n")
+	fmt.Fprintf(&b, "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n")
+	for _, p := range c.Plugins {
+		b.WriteString(p.HCL())
+	}
+	fmt.Fprintf(&b, "}\n\nhealth_checks {\n    listener_enabled = false\n}\n")
 	return b.String()
 }
 
@@ -83,6 +129,9 @@ type AgentConfig struct {
 	// JoinToken is written to the file only when set; an agent with a
 	// persisted SVID needs none.
 	JoinToken string
+	// NodeAttestor replaces the agent's NodeAttestor "join_token" (e.g. a
+	// NodeAttestor "x509pop"); nil keeps join_token.
+	NodeAttestor *Plugin
 	// DiscoverWorkloadPath adds unix:path selectors (and unix:sha256).
 	DiscoverWorkloadPath bool
 	LogLevel             string // "DEBUG"
@@ -134,7 +183,11 @@ func (c AgentConfig) HCL() string {
 	}
 	fmt.Fprintf(&b, "    log_level = %q\n    log_format = \"text\"\n}\n\n", c.LogLevel)
 	fmt.Fprintf(&b, "plugins {\n")
-	fmt.Fprintf(&b, "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n")
+	if c.NodeAttestor != nil {
+		b.WriteString(c.NodeAttestor.HCL())
+	} else {
+		fmt.Fprintf(&b, "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n")
+	}
 	fmt.Fprintf(&b, "    KeyManager \"disk\" {\n        plugin_data {\n            directory = %q\n        }\n    }\n", filepath.Join(c.DataDir, "keys"))
 	fmt.Fprintf(&b, "    WorkloadAttestor \"unix\" {\n        plugin_data {\n            discover_workload_path = %t\n        }\n    }\n}\n", c.DiscoverWorkloadPath)
 	if c.HealthPort != 0 {

@@ -450,9 +450,9 @@ func noChallenge(t *testing.T) node.ChallengeFunc {
 
 func TestInvalidAttestationData(t *testing.T) {
 	root := testca.New(t)
-	srv := newServer(t, ServerConfig{MaxRSAKeySize: 2048}, nil, root)
+	srv := newServer(t, ServerConfig{MaxRSAKeySize: 1024}, nil, root)
 	leaf, _ := root.Leaf(t)
-	bigRSA, _ := root.Leaf(t, testca.Key(rsaKey(t, 3072)))
+	bigRSA, _ := root.Leaf(t, testca.KeyOf(testca.RSA2048))
 	ed := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
 	edLeaf, _ := root.Leaf(t, testca.Key(ed))
 	inter := root.Cert.Raw
@@ -471,7 +471,7 @@ func TestInvalidAttestationData(t *testing.T) {
 		{"too many intermediates", payloadOf(t, leaf.Raw, inter, inter, inter, inter, inter), node.ErrInvalid, "5 intermediate certificates, more than max_intermediates (4)"},
 		{"leaf not DER", payloadOf(t, []byte("garbage")), node.ErrInvalid, "the device certificate does not parse"},
 		{"intermediate not DER", payloadOf(t, leaf.Raw, []byte("garbage")), node.ErrInvalid, "intermediate certificate 1 does not parse"},
-		{"RSA key too large", payloadOf(t, bigRSA.Raw), node.ErrInvalid, "3072-bit RSA key, more than max_rsa_key_size (2048)"},
+		{"RSA key too large", payloadOf(t, bigRSA.Raw), node.ErrInvalid, "2048-bit RSA key, more than max_rsa_key_size (1024)"},
 		{"Ed25519", payloadOf(t, edLeaf.Raw), ErrUnusableCertificate, "has a Ed25519 key; x509pop proves ECDSA and RSA keys"},
 	} {
 		_, err := srv.Attest(context.Background(), tc.payload, noChallenge(t))

@@ -15,9 +15,9 @@ import (
 // type and payload go first, then every server challenge goes to the
 // session's Respond.
 type NodeAttestor interface {
-	// Name is the attestation data type, the plugin's name
+	// Type is the attestation data type, the plugin's name
 	// ("join_token", "x509pop", "tpm").
-	Name() string
+	Type() string
 	// Begin starts one attestation. The manager closes the session when
 	// the exchange ends.
 	Begin(ctx context.Context) (node.Session, error)

@@ -143,14 +143,14 @@ func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate, prev *
 	defer func() { _ = cl.Close() }()
 	sess, err := m.cfg.Attestor.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("NodeAttestor %q: %w", m.cfg.Attestor.Name(), err)
+		return nil, fmt.Errorf("NodeAttestor %q: %w", m.cfg.Attestor.Type(), err)
 	}
 	defer func() {
 		if err := sess.Close(); err != nil {
-			m.log.Warn("Failed to close the node attestation session", "node_attestor", m.cfg.Attestor.Name(), "error", err)
+			m.log.Warn("Failed to close the node attestation session", "node_attestor", m.cfg.Attestor.Type(), "error", err)
 		}
 	}()
-	res, err := cl.AttestAgent(ctx, m.cfg.Attestor.Name(), sess, csr)
+	res, err := cl.AttestAgent(ctx, m.cfg.Attestor.Type(), sess, csr)
 	if err != nil {
 		return nil, err
 	}

@@ -354,7 +354,7 @@ func New(cfg Config) (*Manager, error) {
 				m.spent = true // the persisted SVID came from it
 			} else {
 				log.Info("The agent has a persisted SVID: using it, and keeping the configured single-use credential to attest with if the server refuses the SVID",
-					"spiffe_id", m.id.svid.ID.String(), "node_attestor", cfg.Attestor.Name())
+					"spiffe_id", m.id.svid.ID.String(), "node_attestor", cfg.Attestor.Type())
 			}
 		}
 	}

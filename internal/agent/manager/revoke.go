@@ -123,7 +123,7 @@ func (m *Manager) recoveryHint() string {
 	m.mu.RUnlock()
 	switch {
 	case m.canAttestAgain() && m.single == nil:
-		return fmt.Sprintf("attesting again (NodeAttestor %q), and again with backoff while the server refuses", m.cfg.Attestor.Name())
+		return fmt.Sprintf("attesting again (NodeAttestor %q), and again with backoff while the server refuses", m.cfg.Attestor.Type())
 	case m.canAttestAgain():
 		return "attesting again with the configured join token"
 	case banned && m.single == nil:

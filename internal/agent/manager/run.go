@@ -96,7 +96,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				if !loggedNoIdentity {
 					m.log.Error("The agent cannot authenticate to the server: its SVID is missing or expired and it has no unused join token; "+
 						"serving cached identities until they expire. Restart the agent with a new join token to re-attest.",
-						"agent_id", m.identity().agentID().String(), "node_attestor", m.cfg.Attestor.Name(), "error", err)
+						"agent_id", m.identity().agentID().String(), "node_attestor", m.cfg.Attestor.Type(), "error", err)
 					loggedNoIdentity = true
 				}
 				delay = m.cfg.MaxBackoff
@@ -257,7 +257,7 @@ func (m *Manager) ensureIdentity(ctx context.Context) (*identity, error) {
 	if len(bundle) == 0 && !m.cfg.InsecureBootstrap {
 		return nil, errors.New("no trust bundle to authenticate the server (set trust_bundle_path or insecure_bootstrap)")
 	}
-	name := m.cfg.Attestor.Name()
+	name := m.cfg.Attestor.Type()
 	switch {
 	case revoked:
 		m.log.Info("Attesting again after the server refused the agent", "node_attestor", name)
@@ -286,7 +286,7 @@ func (m *Manager) ensureIdentity(ctx context.Context) (*identity, error) {
 // proving the node (client.ReattestationRefused), revokes the agent and
 // tries again later with backoff.
 func (m *Manager) attestationFailed(err error, revoked bool) error {
-	name := m.cfg.Attestor.Name()
+	name := m.cfg.Attestor.Type()
 	msg, refused := client.AttestationRefused(err)
 	if !refused {
 		return fmt.Errorf("node attestation: %w", err)
@@ -347,14 +347,14 @@ func (m *Manager) reattest(ctx context.Context, id *identity) error {
 		if r, ok := client.ReattestationRefused(err); ok {
 			return &revocation{r: r}
 		}
-		return fmt.Errorf("re-attest (NodeAttestor %q): %w", m.cfg.Attestor.Name(), err)
+		return fmt.Errorf("re-attest (NodeAttestor %q): %w", m.cfg.Attestor.Type(), err)
 	}
 	m.setIdentity(next)
 	if next.svid.ID != id.svid.ID {
 		m.log.Warn("Re-attestation gave the node another agent ID", "previous", id.svid.ID.String(), "spiffe_id", next.svid.ID.String())
 	}
 	m.log.Info("Re-attested the node: new agent SVID", "spiffe_id", next.svid.ID.String(), "expires_at", next.svid.Certificates[0].NotAfter,
-		"node_attestor", m.cfg.Attestor.Name(), "reattestable", next.reattestable)
+		"node_attestor", m.cfg.Attestor.Type(), "reattestable", next.reattestable)
 	return errRenewed
 }
 
@@ -366,7 +366,7 @@ func (m *Manager) reattest(ctx context.Context, id *identity) error {
 func (m *Manager) mustReattest(r client.Refusal) bool {
 	if m.single != nil {
 		m.log.Error("The server requires the agent to attest again instead of renewing its SVID, but its node attestor's credential is single use; "+
-			"the agent keeps its SVID until it expires", "node_attestor", m.cfg.Attestor.Name(), "error", r.Message)
+			"the agent keeps its SVID until it expires", "node_attestor", m.cfg.Attestor.Type(), "error", r.Message)
 		return false
 	}
 	m.mu.Lock()
@@ -377,7 +377,7 @@ func (m *Manager) mustReattest(r client.Refusal) bool {
 	next := *m.id
 	next.reattestable, next.renewAt = true, m.clk.Now()
 	m.id = &next
-	m.log.Info("The server requires re-attestation instead of renewal; attesting again", "node_attestor", m.cfg.Attestor.Name())
+	m.log.Info("The server requires re-attestation instead of renewal; attesting again", "node_attestor", m.cfg.Attestor.Type())
 	return true
 }
 

@@ -26,8 +26,8 @@ type JoinToken struct {
 	Token string
 }
 
-// Name is "join_token".
-func (JoinToken) Name() string { return JoinTokenName }
+// Type is "join_token".
+func (JoinToken) Type() string { return JoinTokenName }
 
 // Begin starts an attestation with the token.
 func (j JoinToken) Begin(context.Context) (node.Session, error) {

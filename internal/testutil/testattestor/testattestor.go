@@ -146,8 +146,8 @@ type Agent struct {
 	begun atomic.Int64
 }
 
-// Name is the attestation data type.
-func (*Agent) Name() string { return Name }
+// Type is the attestation data type.
+func (*Agent) Type() string { return Name }
 
 // Begins is how many sessions were started.
 func (a *Agent) Begins() int64 { return a.begun.Load() }

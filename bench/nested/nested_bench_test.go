@@ -45,7 +45,7 @@ func BenchmarkSiteBatchNewX509SVID(b *testing.B) {
 		b.Fatal(err)
 	}
 	siteCfg := nested.NewServerConfig(filepath.Join(dir, "site"), nested.FreePort(b))
-	siteCfg.UpstreamSPIRE = &config.UpstreamSPIRE{ServerAddress: "127.0.0.1", ServerPort: rootCfg.BindPort, WorkloadAPISocket: gw.Socket}
+	siteCfg.SetPlugin(config.NewPlugin("UpstreamAuthority", "spire", map[string]any{"server_address": "127.0.0.1", "server_port": rootCfg.BindPort, "workload_api_socket": gw.Socket}))
 	siteCfg.RateLimit.Signing = false // measure signing, not the limiter
 	site := nested.StartServer(b, "site", siteCfg)
 

@@ -46,7 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case cliutil.IsVersion(args[0]):
 		return cliutil.Version("sigil-server", version.String(), args[1:], stdout, stderr)
 	case args[0] == "run":
-		cfg, code, ok := cliutil.LoadConfig("sigil-server run", synopsis("run"), args[1:], stdout, stderr, config.LoadServer)
+		cfg, code, ok := cliutil.LoadConfig("sigil-server run", synopsis("run"), args[1:], stdout, stderr, serverapp.Load)
 		if !ok {
 			return code
 		}
@@ -56,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				return serverapp.New(ctx, cfg, log, serverapp.Options{})
 			})
 	case args[0] == "validate":
-		cfg, code, ok := cliutil.LoadConfig("sigil-server validate", synopsis("validate"), args[1:], stdout, stderr, config.LoadServer)
+		cfg, code, ok := cliutil.LoadConfig("sigil-server validate", synopsis("validate"), args[1:], stdout, stderr, serverapp.Load)
 		if !ok {
 			return code
 		}

@@ -72,17 +72,21 @@ func serverConf(dataDir string, caTTL time.Duration) string {
 	}.HCL()
 }
 
-// failedStart returns the error of the "Server failed to start" line of a
-// JSON log.
-func failedStart(t *testing.T, log string) string {
+// startError returns why run did not start: the error of the "Server
+// failed to start" line of a JSON log or, for a configuration that does
+// not load (before there is a logger), what run printed.
+func startError(t *testing.T, stderr string) string {
 	t.Helper()
-	for _, line := range strings.Split(log, "\n") {
+	for _, line := range strings.Split(stderr, "\n") {
 		var rec struct{ Msg, Error string }
 		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "Server failed to start" {
 			return rec.Error
 		}
 	}
-	t.Fatalf("no \"Server failed to start\" line in:\n%s", log)
+	if !strings.HasPrefix(stderr, "{") {
+		return strings.TrimSpace(stderr)
+	}
+	t.Fatalf("no \"Server failed to start\" line in:\n%s", stderr)
 	return ""
 }
 
@@ -103,6 +107,20 @@ func TestValidateMakesRunsChecks(t *testing.T) {
 		{"ca_ttl under a minute", func(s string) string {
 			return strings.Replace(s, "server {\n", "server {\n    ca_ttl = \"30s\"\n", 1)
 		}, "ca_ttl 30s is too short"},
+		// The plugins section, checked by the server's catalog: errors
+		// name the file and line ({conf} is the file).
+		{"unknown plugin", func(s string) string {
+			return strings.Replace(s, `NodeAttestor "join_token" {`, `NodeAttestor "join_tokn" {`, 1)
+		}, `{conf}:23: unknown plugin NodeAttestor "join_tokn": Sigil's built-in NodeAttestor plugins are: `},
+		{"unknown plugin_data key", func(s string) string {
+			return strings.Replace(s, `database_type = "sqlite3"`, "database_type = \"sqlite3\"\n            max_conns = 3", 1)
+		}, `{conf}:15: unknown key "max_conns" in plugin_data of plugin DataStore "sql"`},
+		{"plugin_data value of the wrong type", func(s string) string {
+			return strings.Replace(s, `database_type = "sqlite3"`, `database_type = ["sqlite3"]`, 1)
+		}, `{conf}:14: invalid value for "database_type" in plugin_data of plugin DataStore "sql": expected a string, got a list`},
+		{"unknown plugin type", func(s string) string {
+			return strings.Replace(s, "plugins {\n", "plugins {\n    Notifier \"k8sbundle\" {}\n", 1)
+		}, `{conf}:12: unsupported plugin type Notifier (plugin Notifier "k8sbundle")`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -112,15 +130,16 @@ func TestValidateMakesRunsChecks(t *testing.T) {
 			if err := os.WriteFile(conf, []byte(src), 0o600); err != nil {
 				t.Fatal(err)
 			}
+			wantErr := strings.ReplaceAll(tc.wantErr, "{conf}", conf)
 			vcode, vout, verr := runCmd(t, "validate", "-config", conf, "-logFormat", "json")
-			if vcode != 1 || vout != "" || !strings.Contains(verr, tc.wantErr) {
-				t.Fatalf("validate: exit %d, stdout %q, stderr %q; want exit 1 and an error containing %q", vcode, vout, verr, tc.wantErr)
+			if vcode != 1 || vout != "" || !strings.Contains(verr, wantErr) {
+				t.Fatalf("validate: exit %d, stdout %q, stderr %q; want exit 1 and an error containing %q", vcode, vout, verr, wantErr)
 			}
 			rcode, _, rerr := runCmd(t, "run", "-config", conf, "-logFormat", "json")
 			if rcode != 1 {
 				t.Fatalf("run: exit %d, want 1; stderr %s", rcode, rerr)
 			}
-			if got, want := failedStart(t, rerr), strings.TrimSpace(verr); got != want {
+			if got, want := startError(t, rerr), strings.TrimSpace(verr); got != want {
 				t.Errorf("run and validate disagree:\nrun:      %s\nvalidate: %s", got, want)
 			}
 			if _, err := os.Stat(dataDir); !os.IsNotExist(err) {

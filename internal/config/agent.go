@@ -85,29 +85,6 @@ type FilesystemDelivery struct {
 	UID, GID int
 }
 
-// AgentNodeAttestor names the agent's (single) node attestor.
-type AgentNodeAttestor struct {
-	JoinToken bool // NodeAttestor "join_token"
-}
-
-// AgentKeyManager is KeyManager "disk" or "memory".
-type AgentKeyManager struct {
-	Kind      string // "disk" or "memory"
-	Directory string // disk: directory, as given
-}
-
-// WorkloadAttestors lists the enabled workload attestors (at least one).
-type WorkloadAttestors struct {
-	Unix *UnixWorkloadAttestor // WorkloadAttestor "unix"
-}
-
-// UnixWorkloadAttestor is WorkloadAttestor "unix".
-type UnixWorkloadAttestor struct {
-	DiscoverWorkloadPath bool
-	// WorkloadSizeLimit: 0 no limit, negative never hash the binary.
-	WorkloadSizeLimit int64
-}
-
 // DefaultAgent returns an Agent holding SPIRE's defaults; the server
 // address and port, trust domain, bootstrap trust and plugins are left for
 // the caller.
@@ -132,7 +109,6 @@ var (
 		"profiling_freq": true, "profiling_names": true,
 		"sds": true, // Envoy SDS is not implemented yet
 	}
-	unsupportedAgentPluginTypes = map[string]bool{"SVIDStore": true}
 )
 
 // ParseAgent parses an agent configuration file's content (name is used in
@@ -323,39 +299,6 @@ func checkFileMode(m os.FileMode) error {
 	return nil
 }
 
-func (d *decoder) agentPlugins(decls []pluginDecl, a *Agent) {
-	once := d.onePerType()
-	for _, p := range decls {
-		a.Plugins = append(a.Plugins, p.plugin)
-		switch p.typ {
-		case "NodeAttestor":
-			if p.name != "join_token" {
-				d.unknownPlugin(p, "join_token")
-				continue
-			}
-			if once(p) {
-				a.NodeAttestor.JoinToken = true
-				p.data.done()
-			}
-		case "KeyManager":
-			d.keyManager(p, once, &a.KeyManager.Kind, "directory", &a.KeyManager.Directory)
-		case "WorkloadAttestor":
-			switch p.name {
-			case "unix":
-				u := &UnixWorkloadAttestor{}
-				p.data.boolean("discover_workload_path", &u.DiscoverWorkloadPath)
-				p.data.integer("workload_size_limit", &u.WorkloadSizeLimit)
-				p.data.done()
-				a.WorkloadAttestors.Unix = u
-			default:
-				d.unknownPlugin(p, "unix")
-			}
-		default:
-			d.unknownPluginType(p, unsupportedAgentPluginTypes, "NodeAttestor, KeyManager, WorkloadAttestor")
-		}
-	}
-}
-
 // Validate checks the whole configuration, naming each offending setting.
 func (a *Agent) Validate() error {
 	var errs []error
@@ -404,13 +347,7 @@ func (a *Agent) Validate() error {
 	}
 	add(a.HealthChecks.validate())
 
-	if !a.NodeAttestor.JoinToken {
-		add(errors.New(`exactly one NodeAttestor plugin must be configured: NodeAttestor "join_token"`))
-	}
-	add(validateKeyManager(a.KeyManager.Kind, "directory", a.KeyManager.Directory))
-	if a.WorkloadAttestors == (WorkloadAttestors{}) {
-		add(errors.New(`at least one WorkloadAttestor plugin must be configured: WorkloadAttestor "unix"`))
-	}
+	add(a.validateLegacyPlugins())
 	add(a.validateFilesystemDelivery())
 	return errors.Join(errs...)
 }

@@ -170,55 +170,6 @@ func parseTrustDomain(s string) (spiffeid.TrustDomain, error) {
 	return td, nil
 }
 
-// onePerType returns a check that accepts the first plugin of each type and
-// reports every later one as a duplicate.
-func (d *decoder) onePerType() func(pluginDecl) bool {
-	first := map[string]pluginDecl{}
-	return func(p pluginDecl) bool {
-		if prev, dup := first[p.typ]; dup {
-			d.errorf(p.pos, "plugin %s %q: only one %s plugin may be configured (%q is on line %d)", p.typ, p.name, p.typ, prev.name, prev.pos.Line)
-			return false
-		}
-		first[p.typ] = p
-		return true
-	}
-}
-
-// keyManager decodes KeyManager "disk" (its path setting named pathKey) or
-// "memory" into kind and path.
-func (d *decoder) keyManager(p pluginDecl, once func(pluginDecl) bool, kind *string, pathKey string, path *string) {
-	switch p.name {
-	case KeyManagerDisk, KeyManagerMemory:
-		if !once(p) {
-			return
-		}
-		*kind = p.name
-		if p.name == KeyManagerDisk {
-			p.data.str(pathKey, path)
-		}
-		p.data.done()
-	default:
-		d.unknownPlugin(p, "disk, memory")
-	}
-}
-
-// validateKeyManager checks that one KeyManager is configured and that the
-// disk one has its path setting pathKey.
-func validateKeyManager(kind, pathKey, path string) error {
-	switch kind {
-	case KeyManagerDisk:
-		if path == "" {
-			return fmt.Errorf("plugin KeyManager %q: %s must be configured", KeyManagerDisk, pathKey)
-		}
-	case KeyManagerMemory:
-	case "":
-		return errors.New(`exactly one KeyManager plugin must be configured: KeyManager "disk" or "memory"`)
-	default:
-		return fmt.Errorf("unknown KeyManager %q", kind)
-	}
-	return nil
-}
-
 type validator interface{ Validate() error }
 
 // parseValidated decodes a configuration file's content with parse, then

@@ -4,9 +4,15 @@
 //
 // Key names, defaults and flag names follow SPIRE, so a SPIRE server.conf or
 // agent.conf that uses only features Sigil implements runs unchanged.
-// Anything else — an unknown or unsupported key, block, plugin type or plugin
-// — stops start-up with an error naming it and its file:line; Sigil never
-// silently ignores configuration.
+// Anything else — an unknown or unsupported key or block — stops start-up
+// with an error naming it and its file:line; Sigil never silently ignores
+// configuration.
+//
+// The plugins section is read, not interpreted: each enabled plugin is a
+// Plugin (type, name, position) whose plugin_data the plugin itself parses
+// through PluginData, with the same file:line errors. Which plugin types and
+// names exist is each binary's catalog's business (internal/catalog/server;
+// the agent's plugins are still decoded here for now).
 package config
 
 import (

@@ -240,3 +240,21 @@ func (d *PluginData) finish() {
 	}
 	d.b.done()
 }
+
+// SetPlugin replaces the plugin of p's type and name in s.Plugins, or adds
+// p (for configurations built in code).
+func (s *Server) SetPlugin(p Plugin) { s.Plugins = setPlugin(s.Plugins, p) }
+
+// SetPlugin replaces the plugin of p's type and name in a.Plugins, or adds
+// p (for configurations built in code).
+func (a *Agent) SetPlugin(p Plugin) { a.Plugins = setPlugin(a.Plugins, p) }
+
+func setPlugin(ps []Plugin, p Plugin) []Plugin {
+	for i := range ps {
+		if ps[i].Type == p.Type && ps[i].Name == p.Name {
+			ps[i] = p
+			return ps
+		}
+	}
+	return append(ps, p)
+}

@@ -25,10 +25,6 @@ const (
 	DefaultCATTL             = 24 * time.Hour
 	DefaultX509SVIDTTL       = time.Hour
 	DefaultJWTSVIDTTL        = 5 * time.Minute
-	DatabaseTypeSQLite       = "sqlite3"
-	DatabaseTypePostgres     = "postgres"
-	KeyManagerDisk           = "disk"
-	KeyManagerMemory         = "memory"
 	defaultCASubjectCountry  = "US"
 	defaultCASubjectOrg      = "SPIFFE"
 )
@@ -61,14 +57,10 @@ type Server struct {
 	RateLimit    RateLimit
 	HealthChecks HealthChecks
 
-	DataStore     DataStore
-	KeyManager    ServerKeyManager
-	NodeAttestors ServerNodeAttestors
-	UpstreamDisk  *UpstreamDisk  // UpstreamAuthority "disk"; at most one upstream is set
-	UpstreamSPIRE *UpstreamSPIRE // UpstreamAuthority "spire"
-
 	// Plugins are the enabled plugins of the plugins section, in file
-	// order, each with its plugin_data for the plugin to parse.
+	// order, each with its plugin_data for the plugin to parse. Which
+	// types and names exist, and how many of each, is the server's
+	// catalog's business (internal/catalog/server), not this package's.
 	Plugins []Plugin
 }
 
@@ -78,59 +70,8 @@ type RateLimit struct {
 	Signing     bool
 }
 
-// DataStore is DataStore "sql".
-type DataStore struct {
-	DatabaseType     string // "sqlite3" or "postgres"
-	ConnectionString string // as given: a relative SQLite path is relative to the working directory
-	// SQLiteSynchronous is the Sigil extension sqlite_synchronous: "" or
-	// "full" (the default: a write is on disk when the API answers) or
-	// "normal" (faster; a power failure may lose the last writes).
-	SQLiteSynchronous string
-}
-
-// SQLite synchronous modes of DataStore.SQLiteSynchronous.
-const (
-	SQLiteSynchronousFull   = "full"
-	SQLiteSynchronousNormal = "normal"
-)
-
-func (ds DataStore) checkSynchronous() error {
-	switch ds.SQLiteSynchronous {
-	case "", SQLiteSynchronousFull, SQLiteSynchronousNormal:
-		return nil
-	}
-	return fmt.Errorf(`plugin DataStore "sql": sqlite_synchronous %q is not supported (want %q or %q)`, ds.SQLiteSynchronous, SQLiteSynchronousFull, SQLiteSynchronousNormal)
-}
-
-// ServerKeyManager is KeyManager "disk" or "memory".
-type ServerKeyManager struct {
-	Kind string // "disk" or "memory"
-	// KeysPath is the disk plugin's keys_path, as given (in SPIRE it names a
-	// file; relative paths are relative to the working directory).
-	KeysPath string
-}
-
-// ServerNodeAttestors lists the enabled server node attestors.
-type ServerNodeAttestors struct {
-	JoinToken bool // NodeAttestor "join_token"
-}
-
-// UpstreamDisk is UpstreamAuthority "disk".
-type UpstreamDisk struct {
-	CertFilePath   string
-	KeyFilePath    string
-	BundleFilePath string // optional
-}
-
-// UpstreamSPIRE is UpstreamAuthority "spire": a nested server's upstream.
-type UpstreamSPIRE struct {
-	ServerAddress     string
-	ServerPort        int
-	WorkloadAPISocket string
-}
-
 // DefaultServer returns a Server holding SPIRE's defaults; TrustDomain,
-// DataDir, DataStore and KeyManager are left for the caller.
+// DataDir and Plugins are left for the caller.
 func DefaultServer() *Server {
 	return &Server{
 		BindAddress:        DefaultServerBindAddress,
@@ -164,9 +105,6 @@ var (
 		"profiling_freq": true, "profiling_names": true, "prune_attested_nodes_expired_for": true,
 		"prune_tofu_nodes": true, "proxy_protocol_trusted_cidrs": true, "disable_jwt_svids": true,
 		"use_legacy_downstream_x509_ca_ttl": true, "default_svid_ttl": true,
-	}
-	unsupportedServerPluginTypes = map[string]bool{
-		"Notifier": true, "CredentialComposer": true, "BundlePublisher": true, "NodeResolver": true,
 	}
 )
 
@@ -281,85 +219,9 @@ func (d *decoder) keyType(b *block, key string, def keys.Type) keys.Type {
 }
 
 func (d *decoder) serverPlugins(decls []pluginDecl, s *Server) {
-	once := d.onePerType()
 	for _, p := range decls {
 		s.Plugins = append(s.Plugins, p.plugin)
-		switch p.typ {
-		case "DataStore":
-			if p.name != "sql" {
-				d.unknownPlugin(p, "sql")
-				continue
-			}
-			if !once(p) {
-				continue
-			}
-			p.data.str("database_type", &s.DataStore.DatabaseType)
-			p.data.str("connection_string", &s.DataStore.ConnectionString)
-			p.data.str("sqlite_synchronous", &s.DataStore.SQLiteSynchronous)
-			p.data.unsupported = map[string]bool{
-				"ro_connection_string": true, "root_ca_path": true, "client_cert_path": true,
-				"client_key_path": true, "max_open_conns": true, "max_idle_conns": true,
-				"conn_max_lifetime": true, "disable_migration": true, "log_sql": true,
-			}
-			p.data.done()
-			switch s.DataStore.DatabaseType {
-			case DatabaseTypeSQLite, DatabaseTypePostgres, "":
-			default:
-				d.errorf(p.data.kids["database_type"].pos, "plugin DataStore \"sql\": database_type %q is not supported (want %q or %q)", s.DataStore.DatabaseType, DatabaseTypeSQLite, DatabaseTypePostgres)
-			}
-			if err := s.DataStore.checkSynchronous(); err != nil {
-				d.errorf(p.data.kids["sqlite_synchronous"].pos, "%v", err)
-			}
-		case "KeyManager":
-			d.keyManager(p, once, &s.KeyManager.Kind, "keys_path", &s.KeyManager.KeysPath)
-		case "NodeAttestor":
-			switch p.name {
-			case "join_token":
-				s.NodeAttestors.JoinToken = true
-				p.data.done()
-			default:
-				d.unknownPlugin(p, "join_token")
-			}
-		case "UpstreamAuthority":
-			switch p.name {
-			case "disk":
-				if once(p) {
-					u := &UpstreamDisk{}
-					p.data.str("cert_file_path", &u.CertFilePath)
-					p.data.str("key_file_path", &u.KeyFilePath)
-					p.data.str("bundle_file_path", &u.BundleFilePath)
-					p.data.done()
-					s.UpstreamDisk = u
-				}
-			case "spire":
-				if once(p) {
-					u := &UpstreamSPIRE{}
-					p.data.str("server_address", &u.ServerAddress)
-					p.data.port("server_port", &u.ServerPort)
-					p.data.str("workload_api_socket", &u.WorkloadAPISocket)
-					p.data.unsupported = map[string]bool{"experimental": true}
-					p.data.done()
-					s.UpstreamSPIRE = u
-				}
-			default:
-				d.unknownPlugin(p, "disk, spire")
-			}
-		default:
-			d.unknownPluginType(p, unsupportedServerPluginTypes, "DataStore, KeyManager, NodeAttestor, UpstreamAuthority")
-		}
 	}
-}
-
-func (d *decoder) unknownPlugin(p pluginDecl, builtins string) {
-	d.errorf(p.pos, "unknown plugin %s %q: Sigil's built-in %s plugins are: %s", p.typ, p.name, p.typ, builtins)
-}
-
-func (d *decoder) unknownPluginType(p pluginDecl, unsupported map[string]bool, known string) {
-	if unsupported[p.typ] {
-		d.errorf(p.pos, "unsupported plugin type %s (plugin %s %q): a SPIRE plugin type Sigil does not implement", p.typ, p.typ, p.name)
-		return
-	}
-	d.errorf(p.pos, "unknown plugin type %q (plugin %s %q): known types are %s", p.typ, p.typ, p.name, known)
 }
 
 // Validate checks the whole configuration, naming each offending setting.
@@ -403,40 +265,6 @@ func (s *Server) Validate() error {
 		add(errors.New("ca_subject must not be empty"))
 	}
 	add(s.HealthChecks.validate())
-
-	switch {
-	case s.DataStore == (DataStore{}):
-		add(errors.New(`exactly one DataStore plugin must be configured: DataStore "sql"`))
-	case s.DataStore.DatabaseType == "":
-		add(errors.New(`plugin DataStore "sql": database_type must be configured`))
-	case s.DataStore.DatabaseType != DatabaseTypeSQLite && s.DataStore.DatabaseType != DatabaseTypePostgres:
-		add(fmt.Errorf(`plugin DataStore "sql": database_type %q is not supported (want %q or %q)`, s.DataStore.DatabaseType, DatabaseTypeSQLite, DatabaseTypePostgres))
-	}
-	if s.DataStore.DatabaseType != "" && s.DataStore.ConnectionString == "" {
-		add(errors.New(`plugin DataStore "sql": connection_string must be configured`))
-	}
-	add(s.DataStore.checkSynchronous())
-	add(validateKeyManager(s.KeyManager.Kind, "keys_path", s.KeyManager.KeysPath))
-	if s.UpstreamDisk != nil && s.UpstreamSPIRE != nil {
-		add(errors.New("at most one UpstreamAuthority plugin may be configured"))
-	}
-	if u := s.UpstreamDisk; u != nil {
-		if u.CertFilePath == "" {
-			add(errors.New(`plugin UpstreamAuthority "disk": cert_file_path must be configured`))
-		}
-		if u.KeyFilePath == "" {
-			add(errors.New(`plugin UpstreamAuthority "disk": key_file_path must be configured`))
-		}
-	}
-	if u := s.UpstreamSPIRE; u != nil {
-		if u.ServerAddress == "" {
-			add(errors.New(`plugin UpstreamAuthority "spire": server_address must be configured`))
-		}
-		add(prefixErr(`plugin UpstreamAuthority "spire": `, validatePort("server_port", u.ServerPort, false)))
-		if u.WorkloadAPISocket == "" {
-			add(errors.New(`plugin UpstreamAuthority "spire": workload_api_socket must be configured`))
-		}
-	}
 	return errors.Join(errs...)
 }
 
@@ -448,11 +276,4 @@ func validateKeyType(name string, t keys.Type) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
-}
-
-func prefixErr(prefix string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return fmt.Errorf("%s%w", prefix, err)
 }

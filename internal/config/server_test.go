@@ -120,10 +120,6 @@ func TestParseServerFull(t *testing.T) {
 		CASubject:          pkix.Name{Country: []string{"DE", "FR"}, Organization: []string{"Example"}, CommonName: "Example CA"},
 		RateLimit:          RateLimit{Attestation: false, Signing: true},
 		HealthChecks:       HealthChecks{ListenerEnabled: true, BindAddress: "0.0.0.0", BindPort: 8080, LivePath: "/alive", ReadyPath: "/isready"},
-		DataStore:          DataStore{DatabaseType: "postgres", ConnectionString: "dbname=sigil host=127.0.0.1 sslmode=disable"},
-		KeyManager:         ServerKeyManager{Kind: "disk", KeysPath: "/var/lib/sigil/server/keys.json"},
-		NodeAttestors:      ServerNodeAttestors{JoinToken: true},
-		UpstreamDisk:       &UpstreamDisk{CertFilePath: "/etc/sigil/upstream.crt", KeyFilePath: "/etc/sigil/upstream.key", BundleFilePath: "/etc/sigil/upstream-bundle.crt"},
 	}
 	if s.TrustDomain.Name() != "example.org" {
 		t.Errorf("TrustDomain = %q", s.TrustDomain)
@@ -162,16 +158,13 @@ func TestParseServerDefaults(t *testing.T) {
 		{"ratelimit", s.RateLimit, RateLimit{Attestation: true, Signing: true}},
 		{"health_checks", s.HealthChecks, HealthChecks{BindAddress: "localhost", BindPort: 80, LivePath: "/live", ReadyPath: "/ready"}},
 		{"data_dir", s.DataDir, "./data"},
-		{"connection_string", s.DataStore.ConnectionString, "./data/datastore.sqlite3"},
-		{"key manager", s.KeyManager, ServerKeyManager{Kind: "memory"}},
-		{"join_token", s.NodeAttestors.JoinToken, false},
-		{"upstream", s.UpstreamDisk == nil && s.UpstreamSPIRE == nil, true},
 	}
 	for _, c := range checks {
 		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
 		}
 	}
+	wantPlugins(t, s.Plugins, `DataStore "sql" server.conf:6`, `KeyManager "memory" server.conf:12`)
 }
 
 func TestServerDerivedDefaults(t *testing.T) {
@@ -204,8 +197,15 @@ func TestExampleConfFiles(t *testing.T) {
 	if err != nil {
 		t.Fatalf("default -config %s: %v", DefaultServerConfigPath, err)
 	}
-	if s.Path != DefaultServerConfigPath || s.DataStore.DatabaseType != "sqlite3" || s.KeyManager.Kind != "disk" || !s.NodeAttestors.JoinToken {
-		t.Errorf("%s: unexpected plugins %+v %+v %+v", s.Path, s.DataStore, s.KeyManager, s.NodeAttestors)
+	if s.Path != DefaultServerConfigPath {
+		t.Errorf("path %s", s.Path)
+	}
+	var types []string
+	for _, p := range s.Plugins {
+		types = append(types, p.String())
+	}
+	if got := strings.Join(types, ", "); got != `DataStore "sql", KeyManager "disk", NodeAttestor "join_token"` {
+		t.Errorf("%s: plugins %s", s.Path, got)
 	}
 	a, err := LoadAgent(nil)
 	if err != nil {
@@ -281,24 +281,9 @@ func TestServerUnknownConfiguration(t *testing.T) {
 		{"unknown key in health_checks",
 			serverConfWith("", "health_checks {\n  listener_enabled = true\n  path = \"/x\"\n}\n"),
 			[]string{`server.conf:16: unknown key "path" in health_checks block`}},
-		{"unknown plugin_data key",
-			serverConfWith("", "plugins {\n  UpstreamAuthority \"disk\" {\n    plugin_data {\n      cert_file_path = \"c\"\n      mode = \"0600\"\n    }\n  }\n}\n"),
-			[]string{`server.conf:18: unknown key "mode" in plugin_data of plugin UpstreamAuthority "disk"`}},
-		{"unsupported sql plugin_data key",
-			strings.Replace(serverConfWith("", ""), `connection_string = "ds.sqlite3"`, "connection_string = \"ds.sqlite3\"\n            max_open_conns = 10", 1),
-			[]string{`server.conf:10: unsupported key "max_open_conns" in plugin_data of plugin DataStore "sql"`}},
 		{"unknown plugin-level key",
 			serverConfWith("", "plugins {\n  NodeAttestor \"join_token\" {\n    plugin_dta {}\n  }\n}\n"),
 			[]string{`server.conf:16: unknown block "plugin_dta" in plugin NodeAttestor "join_token"`}},
-		{"unknown plugin",
-			serverConfWith("", "plugins {\n  NodeAttestor \"x509pop\" {\n    plugin_data {}\n  }\n}\n"),
-			[]string{`server.conf:15: unknown plugin NodeAttestor "x509pop"`, "join_token"}},
-		{"unknown plugin type",
-			serverConfWith("", "plugins {\n  Cache \"redis\" {}\n}\n"),
-			[]string{`server.conf:15: unknown plugin type "Cache"`}},
-		{"unsupported plugin type",
-			serverConfWith("", "plugins {\n  Notifier \"k8sbundle\" {}\n}\n"),
-			[]string{`server.conf:15: unsupported plugin type Notifier`}},
 		{"external plugin_cmd",
 			serverConfWith("", "plugins {\n  NodeAttestor \"join_token\" {\n    plugin_cmd = \"/usr/bin/attestor\"\n  }\n}\n"),
 			[]string{`server.conf:16:`, `"plugin_cmd"`, "Sigil has only built-in plugins"}},
@@ -308,24 +293,15 @@ func TestServerUnknownConfiguration(t *testing.T) {
 		{"plugin_data_file",
 			serverConfWith("", "plugins {\n  NodeAttestor \"join_token\" {\n    plugin_data_file = \"x.conf\"\n  }\n}\n"),
 			[]string{`server.conf:16:`, `"plugin_data_file"`}},
-		{"second KeyManager",
-			serverConfWith("", "plugins {\n  KeyManager \"disk\" {\n    plugin_data { keys_path = \"k\" }\n  }\n}\n"),
-			[]string{`server.conf:15: plugin KeyManager "disk": only one KeyManager plugin may be configured ("memory" is on line 12)`}},
 		{"second DataStore",
 			serverConfWith("", "plugins {\n  DataStore \"sql\" {\n    plugin_data {}\n  }\n}\n"),
 			[]string{`server.conf:15: plugin DataStore "sql" is declared twice (first on line 6)`}},
 		{"duplicate plugin",
 			serverConfWith("", "plugins {\n  NodeAttestor \"join_token\" {}\n  NodeAttestor \"join_token\" {}\n}\n"),
 			[]string{`server.conf:16: plugin NodeAttestor "join_token" is declared twice (first on line 15)`}},
-		{"two upstream authorities",
-			serverConfWith("", "plugins {\n  UpstreamAuthority \"disk\" {\n    plugin_data {\n      cert_file_path = \"c\"\n      key_file_path = \"k\"\n    }\n  }\n  UpstreamAuthority \"spire\" {}\n}\n"),
-			[]string{`server.conf:21: plugin UpstreamAuthority "spire": only one UpstreamAuthority plugin may be configured ("disk" is on line 15)`}},
 		{"duplicate key",
 			serverConfWith("    data_dir = \"./other\"\n", ""),
 			[]string{`server.conf:4: duplicate key "data_dir" in server block (first set on line 3)`}},
-		{"mysql",
-			strings.Replace(serverConfWith("", ""), `"sqlite3"`, `"mysql"`, 1),
-			[]string{`server.conf:8: plugin DataStore "sql": database_type "mysql" is not supported`}},
 	}
 
 	for _, c := range cases {
@@ -354,9 +330,7 @@ func TestServerDisabledPluginSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.NodeAttestors.JoinToken || s.UpstreamDisk != nil {
-		t.Errorf("disabled plugins were configured: %+v %+v", s.NodeAttestors, s.UpstreamDisk)
-	}
+	wantPlugins(t, s.Plugins, `DataStore "sql" server.conf:6`, `KeyManager "memory" server.conf:12`)
 
 	// enabled must still be a bool.
 	src = serverConfWith("", "plugins {\n  NodeAttestor \"join_token\" {\n    enabled = \"false\"\n  }\n}\n")
@@ -431,17 +405,10 @@ func TestServerValidation(t *testing.T) {
 		{"no trust domain", strings.Replace(serverConfWith("", ""), `trust_domain = "example.org"`, "", 1), "server.conf: trust_domain must be configured"},
 		{"no data_dir", strings.Replace(serverConfWith("", ""), `data_dir = "./data"`, "", 1), "data_dir must be configured"},
 		{"no server block", "plugins {}\n", "trust_domain must be configured"},
-		{"no DataStore", "server {\n trust_domain = \"a.org\"\n data_dir = \"d\"\n}\nplugins {\n KeyManager \"memory\" {}\n}\n", "exactly one DataStore plugin must be configured"},
-		{"no KeyManager", strings.Replace(serverConfWith("", ""), `KeyManager "memory" {}`, "", 1), "exactly one KeyManager plugin must be configured"},
-		{"no connection string", strings.Replace(serverConfWith("", ""), `connection_string = "ds.sqlite3"`, "", 1), "connection_string must be configured"},
-		{"no database type", strings.Replace(serverConfWith("", ""), `database_type = "sqlite3"`, "", 1), "database_type must be configured"},
-		{"disk keys_path", strings.Replace(serverConfWith("", ""), `KeyManager "memory" {}`, `KeyManager "disk" {}`, 1), `KeyManager "disk": keys_path must be configured`},
 		{"negative ttl", serverConfWith("    default_jwt_svid_ttl = \"-5m\"\n", ""), "default_jwt_svid_ttl must be positive"},
 		{"zero ttl", serverConfWith("    ca_ttl = \"0s\"\n", ""), "ca_ttl must be positive"},
 		{"bad log level", serverConfWith("    log_level = \"LOUD\"\n", ""), `log_level: invalid log level "LOUD"`},
 		{"bad log format", serverConfWith("    log_format = \"xml\"\n", ""), `log_format: invalid log format "xml"`},
-		{"upstream disk without key", serverConfWith("", "plugins {\n UpstreamAuthority \"disk\" {\n  plugin_data { cert_file_path = \"c\" }\n }\n}\n"), `UpstreamAuthority "disk": key_file_path must be configured`},
-		{"upstream spire without port", serverConfWith("", "plugins {\n UpstreamAuthority \"spire\" {\n  plugin_data {\n   server_address = \"up\"\n   workload_api_socket = \"/s\"\n  }\n }\n}\n"), `UpstreamAuthority "spire": server_port 0 out of range`},
 		{"health path", serverConfWith("", "health_checks {\n listener_enabled = true\n live_path = \"live\"\n}\n"), `health_checks.live_path "live" must start with /`},
 	}
 	for _, c := range cases {
@@ -449,27 +416,6 @@ func TestServerValidation(t *testing.T) {
 			_, err := ParseServer("server.conf", []byte(c.src))
 			wantErr(t, err, c.want)
 		})
-	}
-}
-
-func TestServerUpstreamSPIRE(t *testing.T) {
-	src := serverConfWith("", `plugins {
-    UpstreamAuthority "spire" {
-        plugin_data {
-            server_address = "upstream-spire-server",
-            server_port = "8081",
-            workload_api_socket = "/tmp/spire-agent/public/api.sock"
-        }
-    }
-}
-`)
-	s, err := ParseServer("server.conf", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := &UpstreamSPIRE{ServerAddress: "upstream-spire-server", ServerPort: 8081, WorkloadAPISocket: "/tmp/spire-agent/public/api.sock"}
-	if !reflect.DeepEqual(s.UpstreamSPIRE, want) || s.UpstreamDisk != nil {
-		t.Errorf("upstream = %+v / %+v", s.UpstreamSPIRE, s.UpstreamDisk)
 	}
 }
 
@@ -517,17 +463,20 @@ func TestParseServerJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.BindPort != 9999 || s.TrustDomain.Name() != "example.org" || s.KeyManager.KeysPath != "./data/keys" ||
-		!s.NodeAttestors.JoinToken || s.DataStore.ConnectionString != "ds.sqlite3" || s.RateLimit.Signing ||
+	if s.BindPort != 9999 || s.TrustDomain.Name() != "example.org" || s.RateLimit.Signing ||
 		!s.RateLimit.Attestation || s.CASubject.Organization[0] != "Acme" || s.HealthChecks.BindPort != 8080 {
 		t.Errorf("unexpected %+v", s)
 	}
+	// HCL's JSON parser gives the plugins one position: the line of "plugins".
+	wantPlugins(t, s.Plugins, `DataStore "sql" server.json:9`, `KeyManager "disk" server.json:9`, `NodeAttestor "join_token" server.json:9`)
+	var keysPath string
+	d := s.Plugins[1].Data()
+	d.String("keys_path", &keysPath)
+	if err := d.Done(); err != nil || keysPath != "./data/keys" {
+		t.Errorf("keys_path %q: %v", keysPath, err)
+	}
 
-	bad := strings.Replace(src, `"NodeAttestor": {"join_token": {}}`, `"NodeAttestor": {"join_token": {}}, "Bogus": {"x": {}}`, 1)
-	_, err = ParseServer("server.json", []byte(bad))
-	wantErr(t, err, `server.json:9: unknown plugin type "Bogus"`)
-
-	bad = strings.Replace(src, `"bind_port": 9999,`, `"bind_port": 9999, "cache_enabled": true,`, 1)
+	bad := strings.Replace(src, `"bind_port": 9999,`, `"bind_port": 9999, "cache_enabled": true,`, 1)
 	_, err = ParseServer("server.json", []byte(bad))
 	wantErr(t, err, `server.json:3: unknown key "cache_enabled" in server block`)
 }
@@ -637,7 +586,7 @@ func TestLoadServerExpandEnv(t *testing.T) {
 func TestServerValidateProgrammatic(t *testing.T) {
 	s := DefaultServer()
 	err := s.Validate()
-	wantErr(t, err, "trust_domain must be configured", "data_dir must be configured", "DataStore", "KeyManager")
+	wantErr(t, err, "trust_domain must be configured", "data_dir must be configured")
 
 	s, err = ParseServer("server.conf", []byte(minimalServerConf))
 	if err != nil {
@@ -645,9 +594,7 @@ func TestServerValidateProgrammatic(t *testing.T) {
 	}
 	s.JWTKeyType = ""
 	s.BindPort = -1
-	s.UpstreamDisk = &UpstreamDisk{CertFilePath: "c", KeyFilePath: "k"}
-	s.UpstreamSPIRE = &UpstreamSPIRE{ServerAddress: "a", ServerPort: 1, WorkloadAPISocket: "s"}
-	wantErr(t, s.Validate(), "jwt_key_type must be set", "bind_port -1 out of range", "at most one UpstreamAuthority")
+	wantErr(t, s.Validate(), "jwt_key_type must be set", "bind_port -1 out of range")
 }
 
 // TestTrustDomainLength: a trust domain name is at most 255 bytes (SPIFFE
@@ -672,31 +619,4 @@ func TestTrustDomainLength(t *testing.T) {
 	path := writeFile(t, "server.conf", minimalServerConf)
 	_, err := LoadServer([]string{"-config", path, "-trustDomain", long})
 	wantErr(t, err, "-trustDomain: invalid trust domain", "the maximum is 255")
-}
-
-// TestServerSQLiteSynchronous: the Sigil extension sqlite_synchronous of
-// DataStore "sql" takes "full" (the default) or "normal"; anything else
-// stops start-up with its line.
-func TestServerSQLiteSynchronous(t *testing.T) {
-	with := func(v string) string {
-		return strings.Replace(serverConfWith("", ""), `connection_string = "ds.sqlite3"`, "connection_string = \"ds.sqlite3\"\n            sqlite_synchronous = \""+v+"\"", 1)
-	}
-	s, err := ParseServer("server.conf", []byte(serverConfWith("", "")))
-	if err != nil || s.DataStore.SQLiteSynchronous != "" {
-		t.Fatalf("default: %q, %v", s.DataStore.SQLiteSynchronous, err)
-	}
-	for _, v := range []string{"full", "normal"} {
-		s, err := ParseServer("server.conf", []byte(with(v)))
-		if err != nil || s.DataStore.SQLiteSynchronous != v {
-			t.Errorf("sqlite_synchronous = %q: %q, %v", v, s.DataStore.SQLiteSynchronous, err)
-		}
-	}
-	_, err = ParseServer("server.conf", []byte(with("off")))
-	wantErr(t, err, `server.conf:10: plugin DataStore "sql": sqlite_synchronous "off" is not supported (want "full" or "normal")`)
-	s, err = ParseServer("server.conf", []byte(serverConfWith("", "")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.DataStore.SQLiteSynchronous = "OFF"
-	wantErr(t, s.Validate(), `sqlite_synchronous "OFF" is not supported`)
 }

@@ -81,9 +81,11 @@ func TestSPIREQuickstartConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("SPIRE quickstart server.conf rejected: %v", err)
 	}
-	if s.CAKeyType != "rsa-2048" || s.JWTKeyType != "rsa-2048" || s.UpstreamDisk == nil || s.KeyManager.Kind != "memory" {
+	if s.CAKeyType != "rsa-2048" || s.JWTKeyType != "rsa-2048" {
 		t.Errorf("server: %+v", s)
 	}
+	wantPlugins(t, s.Plugins, `DataStore "sql" server.conf:18`, `NodeAttestor "join_token" server.conf:25`,
+		`KeyManager "memory" server.conf:30`, `UpstreamAuthority "disk" server.conf:34`)
 	a, err := ParseAgent("agent.conf", []byte(spireQuickstartAgent))
 	if err != nil {
 		t.Fatalf("SPIRE quickstart agent.conf rejected: %v", err)

@@ -107,7 +107,7 @@ func TestThreeTiers(t *testing.T) {
 		c.DefaultX509SVIDTTL = 20 * time.Second
 		c.AgentTTL = 30 * time.Second
 		c.DefaultJWTSVIDTTL = 20 * time.Second
-		c.UpstreamSPIRE = &config.UpstreamSPIRE{ServerAddress: "127.0.0.1", ServerPort: rootCfg.BindPort, WorkloadAPISocket: gw.Socket}
+		c.SetPlugin(config.NewPlugin("UpstreamAuthority", "spire", map[string]any{"server_address": "127.0.0.1", "server_port": rootCfg.BindPort, "workload_api_socket": gw.Socket}))
 	})
 	site := StartServer(t, "site", siteCfg)
 	siteStarted := time.Now()

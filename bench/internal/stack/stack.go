@@ -90,7 +90,7 @@ func StartServer(tb testing.TB) *Server {
 		tb.Fatal(err)
 	}
 	cfg := inproc.ServerConfig(TrustDomain, filepath.Join(dir, "server"), filepath.Join(dir, "server.sock"), port)
-	cfg.DataStore.SQLiteSynchronous = os.Getenv("BENCH_SQLITE_SYNCHRONOUS")
+	cfg.SetPlugin(inproc.SQLDataStore(cfg.DataDir, os.Getenv("BENCH_SQLITE_SYNCHRONOUS")))
 	srv, err := inproc.StartServer(cfg, Logger(), serverapp.Options{})
 	if err != nil {
 		tb.Fatal(err)

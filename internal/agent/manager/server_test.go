@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
+	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
@@ -71,17 +72,6 @@ type serverAttestor interface {
 	Attest(ctx context.Context, payload []byte, challenge node.ChallengeFunc) (*node.Result, error)
 }
 
-// apiAttestor runs a serverAttestor in the agent API.
-type apiAttestor struct{ a serverAttestor }
-
-func (x apiAttestor) Attest(ctx context.Context, payload []byte, challenge agentapi.ChallengeFunc) (*agentapi.AttestResult, error) {
-	r, err := x.a.Attest(ctx, payload, node.ChallengeFunc(challenge))
-	if err != nil {
-		return nil, err
-	}
-	return &agentapi.AttestResult{AgentID: r.AgentID, Selectors: r.Selectors, CanReattest: r.CanReattest}, nil
-}
-
 func newTestServer(t testing.TB, opts serverOpts) *testServer {
 	t.Helper()
 	ctx := context.Background()
@@ -111,9 +101,13 @@ func newTestServer(t testing.TB, opts serverOpts) *testServer {
 	if agentTTL == 0 {
 		agentTTL = time.Hour
 	}
-	attestors := map[string]agentapi.NodeAttestor{}
+	jt, err := jointoken.New(jointoken.Config{TrustDomain: td, Tokens: ds, Clock: opts.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attestors := map[string]agentapi.NodeAttestor{jointoken.Type: jt}
 	for typ, a := range opts.attestors {
-		attestors[typ] = apiAttestor{a}
+		attestors[typ] = a
 	}
 	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: cam, AgentTTL: agentTTL, Cache: ec, Log: log, Clock: opts.clock, Attestors: attestors})
 	if err != nil {

@@ -111,9 +111,11 @@ func (e *env) run(ctx context.Context, exitWhenDone bool) error {
 	scfg.BindAddress = "127.0.0.1"
 	scfg.BindPort = e.port
 	scfg.SocketPath = e.serverSocket()
-	scfg.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(scfg.DataDir, "datastore.sqlite3")}
-	scfg.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(scfg.DataDir, "keys")}
-	scfg.NodeAttestors.JoinToken = true
+	scfg.Plugins = []config.Plugin{
+		config.NewPlugin("DataStore", "sql", map[string]any{"database_type": "sqlite3", "connection_string": filepath.Join(scfg.DataDir, "datastore.sqlite3")}),
+		config.NewPlugin("KeyManager", "disk", map[string]any{"keys_path": filepath.Join(scfg.DataDir, "keys")}),
+		config.NewPlugin("NodeAttestor", "join_token", nil),
+	}
 	if err := scfg.Validate(); err != nil {
 		return fmt.Errorf("server configuration: %w", err)
 	}

@@ -1,41 +1,56 @@
 package server
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
-	"github.com/sigil-spiffe/sigil/internal/ca/upstreamdisk"
-	"github.com/sigil-spiffe/sigil/internal/ca/upstreamspire"
+	servercatalog "github.com/sigil-spiffe/sigil/internal/catalog/server"
+	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
-	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
 )
 
 // checked is what preflight loaded and New goes on with.
 type checked struct {
-	// upstream is the UpstreamAuthority, nil for a self-signed CA; nested
-	// is set too when it is "spire" (it must be closed).
+	plugins *servercatalog.Plugins
+	// upstream is the UpstreamAuthority, nil for a self-signed CA. When it
+	// holds resources (UpstreamAuthority "spire") it is an io.Closer.
 	upstream ca.UpstreamAuthority
-	nested   *upstreamspire.Authority
 	tcpAddr  *net.TCPAddr
 }
 
 func (c *checked) close() {
-	if c.nested != nil {
-		_ = c.nested.Close()
+	if cl, ok := c.upstream.(io.Closer); ok {
+		_ = cl.Close()
 	}
 }
 
+// Load handles `sigil-server run` and `validate` arguments: the flags and
+// the file (config.LoadServer), then the plugins against the catalog,
+// each plugin's plugin_data included. Every error names its file:line.
+func Load(args []string) (*config.Server, error) {
+	cfg, err := config.LoadServer(args)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := servercatalog.Parse(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
 // Preflight runs every check New makes before it creates a file or binds a
-// socket: the datastore settings are supported, the upstream authority's
-// files load, the CA settings are usable (its warnings are logged to log)
-// and the bind address resolves. `sigil-server validate` runs it, so a
-// configuration validate accepts is one run starts with, and both report a
-// problem with the same error.
+// socket: the plugins are built in and their plugin_data is valid, the
+// upstream authority's files load, the CA settings are usable (its warnings
+// are logged to log) and the bind address resolves. `sigil-server validate`
+// runs it, so a configuration validate accepts is one run starts with, and
+// both report a problem with the same error.
 func Preflight(cfg *config.Server, log *slog.Logger) error {
-	c, err := preflight(cfg, log, true)
+	c, err := preflight(context.Background(), cfg, log, nil, true)
 	if err != nil {
 		return err
 	}
@@ -45,10 +60,10 @@ func Preflight(cfg *config.Server, log *slog.Logger) error {
 
 // preflight is Preflight, keeping what it loaded. warn logs the CA's
 // warnings (run leaves them to the CA's Init, which logs them).
-func preflight(cfg *config.Server, log *slog.Logger, warn bool) (*checked, error) {
-	dsCfg := sqlstore.Config{DatabaseType: cfg.DataStore.DatabaseType, ConnectionString: cfg.DataStore.ConnectionString, Synchronous: cfg.DataStore.SQLiteSynchronous}
-	if err := dsCfg.Check(); err != nil {
-		return nil, fmt.Errorf("DataStore \"sql\": %w", err)
+func preflight(ctx context.Context, cfg *config.Server, log *slog.Logger, clk clock.Clock, warn bool) (*checked, error) {
+	plugins, err := servercatalog.Parse(cfg)
+	if err != nil {
+		return nil, err
 	}
 	warnings, err := caConfig(cfg).Check()
 	if err != nil {
@@ -63,28 +78,20 @@ func preflight(cfg *config.Server, log *slog.Logger, warn bool) (*checked, error
 	if err != nil {
 		return nil, fmt.Errorf("bind address: %w", err)
 	}
-	c := &checked{tcpAddr: tcpAddr}
-	if u := cfg.UpstreamDisk; u != nil {
-		up, err := upstreamdisk.New(u.CertFilePath, u.KeyFilePath, u.BundleFilePath)
-		if err != nil {
-			return nil, fmt.Errorf("UpstreamAuthority \"disk\": %w", err)
-		}
-		c.upstream = up
-	}
-	if u := cfg.UpstreamSPIRE; u != nil {
-		// Lazy: no I/O until the CA needs the upstream, so a nested server
-		// whose CA is still valid starts while cut off from it.
-		nested, err := upstreamspire.New(upstreamspire.Config{
-			TrustDomain:       cfg.TrustDomain,
-			ServerAddress:     u.ServerAddress,
-			ServerPort:        u.ServerPort,
-			WorkloadAPISocket: u.WorkloadAPISocket,
-			Log:               log.With("subsystem", "upstream_authority"),
+	c := &checked{plugins: plugins, tcpAddr: tcpAddr}
+	if u, ok := plugins.UpstreamAuthority(); ok {
+		// UpstreamAuthority "spire" is lazy: no I/O until the CA needs the
+		// upstream, so a nested server whose CA is still valid starts while
+		// cut off from it.
+		up, err := u.Build(ctx, servercatalog.UpstreamAuthorityDeps{
+			TrustDomain: cfg.TrustDomain,
+			Log:         log.With("subsystem", "upstream_authority"),
+			Clock:       clk,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("UpstreamAuthority \"spire\": %w", err)
+			return nil, err
 		}
-		c.upstream, c.nested = nested, nested
+		c.upstream = up
 	}
 	return c, nil
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -21,13 +22,11 @@ import (
 	svidapi "github.com/sigil-spiffe/sigil/internal/server/api/svid"
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
-	"github.com/sigil-spiffe/sigil/internal/ca/upstreamspire"
+	servercatalog "github.com/sigil-spiffe/sigil/internal/catalog/server"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/datadir"
-	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
 	"github.com/sigil-spiffe/sigil/internal/healthcheck"
-	"github.com/sigil-spiffe/sigil/internal/keys"
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
@@ -38,14 +37,14 @@ type Server struct {
 	cfg   *config.Server
 	log   *slog.Logger
 	clk   clock.Clock
-	ds    *sqlstore.Store
+	ds    servercatalog.DataStore
 	ca    *ca.Manager
 	cache *entrycache.Cache
 	svid  *serverSVID
 	ep    *endpoints.Endpoints
-	// nested is UpstreamAuthority "spire" (nil otherwise); the CA's Run
-	// drives it, Run and Close release it.
-	nested *upstreamspire.Authority
+	// upstream is the UpstreamAuthority when it holds resources ("spire":
+	// the CA's Run drives it), nil otherwise; Run and Close release it.
+	upstream io.Closer
 	// lock is data_dir's, held from New until Run returns (or Close).
 	lock *datadir.Lock
 }
@@ -59,7 +58,7 @@ type Options struct {
 // component. Close releases what New opened if Run is never called.
 func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options) (s *Server, err error) {
 	clk := clock.OrReal(opts.Clock)
-	pre, err := preflight(cfg, log, false)
+	pre, err := preflight(ctx, cfg, log, clk, false)
 	if err != nil {
 		return nil, err
 	}
@@ -86,14 +85,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	// cfg is validated: the datastore and key manager settings are present.
-	ds, err := sqlstore.Open(ctx, sqlstore.Config{
-		DatabaseType:     cfg.DataStore.DatabaseType,
-		ConnectionString: cfg.DataStore.ConnectionString,
-		Synchronous:      cfg.DataStore.SQLiteSynchronous,
-		Log:              log.With("subsystem", "datastore"),
-		Clock:            clk,
-	})
+	ds, err := pre.plugins.DataStore().Build(ctx, servercatalog.DataStoreDeps{Log: log.With("subsystem", "datastore"), Clock: clk})
 	if err != nil {
 		return nil, fmt.Errorf("open datastore: %w", err)
 	}
@@ -103,7 +95,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		}
 	}()
 
-	km, err := keyManager(cfg)
+	km, err := pre.plugins.KeyManager().Build(ctx, servercatalog.KeyManagerDeps{})
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +120,11 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	// Nothing writes data_dir or the key directory concurrently now (the
 	// lock, and Init's writes are done): remove what a killed predecessor
 	// left mid-write.
-	if err := lock.RemoveLeftovers(log, cfg.DataDir, cfg.KeyManager.KeysPath); err != nil {
+	var keyDir string
+	if d, ok := km.(interface{ Dir() string }); ok {
+		keyDir = d.Dir()
+	}
+	if err := lock.RemoveLeftovers(log, cfg.DataDir, keyDir); err != nil {
 		return nil, err
 	}
 	if recorded == "" {
@@ -148,15 +144,24 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		return nil, err
 	}
 
+	attestors, err := pre.plugins.NodeAttestors(ctx, servercatalog.NodeAttestorDeps{
+		TrustDomain: cfg.TrustDomain,
+		Store:       ds,
+		Clock:       clk,
+		Log:         log.With("subsystem", "node_attestor"),
+	})
+	if err != nil {
+		return nil, err
+	}
 	agents, err := agentapi.New(agentapi.Config{
-		TrustDomain:      cfg.TrustDomain,
-		Store:            ds,
-		CA:               m,
-		AgentTTL:         cfg.AgentTTL,
-		DisableJoinToken: !cfg.NodeAttestors.JoinToken,
-		Cache:            cache,
-		Clock:            clk,
-		Log:              log,
+		TrustDomain: cfg.TrustDomain,
+		Store:       ds,
+		CA:          m,
+		AgentTTL:    cfg.AgentTTL,
+		Attestors:   nodeAttestors(attestors),
+		Cache:       cache,
+		Clock:       clk,
+		Log:         log,
 	})
 	if err != nil {
 		return nil, err
@@ -195,21 +200,18 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, nested: pre.nested, lock: lock}, nil
+	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, lock: lock}
+	srv.upstream, _ = pre.upstream.(io.Closer)
+	return srv, nil
 }
 
-func keyManager(cfg *config.Server) (keys.Manager, error) {
-	switch cfg.KeyManager.Kind {
-	case config.KeyManagerMemory:
-		return keys.NewMemory(), nil
-	case config.KeyManagerDisk:
-		km, err := keys.NewDisk(cfg.KeyManager.KeysPath)
-		if err != nil {
-			return nil, fmt.Errorf("KeyManager \"disk\": %w", err)
-		}
-		return km, nil
+// nodeAttestors hands the catalog's node attestors to the agent API.
+func nodeAttestors(in map[string]servercatalog.NodeAttestor) map[string]agentapi.NodeAttestor {
+	out := make(map[string]agentapi.NodeAttestor, len(in))
+	for name, a := range in {
+		out[name] = a
 	}
-	return nil, fmt.Errorf("unknown KeyManager %q", cfg.KeyManager.Kind)
+	return out
 }
 
 // Ready is closed once both listeners accept connections.
@@ -223,8 +225,8 @@ func (s *Server) TCPAddr() net.Addr { return s.ep.TCPAddr() }
 func (s *Server) Run(ctx context.Context) error {
 	defer s.lock.Release()
 	defer s.ds.Close()
-	if s.nested != nil {
-		defer s.nested.Close()
+	if s.upstream != nil {
+		defer s.upstream.Close()
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.ca.Run(ctx) })
@@ -242,8 +244,8 @@ func (s *Server) Run(ctx context.Context) error {
 // Close releases the datastore of a Server whose Run was never called.
 func (s *Server) Close() error {
 	defer s.lock.Release()
-	if s.nested != nil {
-		_ = s.nested.Close()
+	if s.upstream != nil {
+		_ = s.upstream.Close()
 	}
 	return s.ds.Close()
 }

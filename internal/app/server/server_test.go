@@ -114,9 +114,11 @@ func testConfig(t *testing.T, dir string) *config.Server {
 	cfg.BindAddress = "127.0.0.1"
 	cfg.BindPort = 0
 	cfg.SocketPath = filepath.Join(dir, "api.sock")
-	cfg.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(dir, "data", "ds.sqlite3")}
-	cfg.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(dir, "data", "keys")}
-	cfg.NodeAttestors.JoinToken = true
+	cfg.Plugins = []config.Plugin{
+		config.NewPlugin("DataStore", "sql", map[string]any{"database_type": "sqlite3", "connection_string": filepath.Join(dir, "data", "ds.sqlite3")}),
+		config.NewPlugin("KeyManager", "disk", map[string]any{"keys_path": filepath.Join(dir, "data", "keys")}),
+		config.NewPlugin("NodeAttestor", "join_token", nil),
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +131,9 @@ func TestJoinTokenNeedsItsNodeAttestor(t *testing.T) {
 	for _, enabled := range []bool{true, false} {
 		dir := t.TempDir()
 		cfg := testConfig(t, dir)
-		cfg.NodeAttestors.JoinToken = enabled
+		if !enabled {
+			cfg.Plugins = cfg.Plugins[:2] // no NodeAttestor "join_token"
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		srv, err := New(ctx, cfg, slog.New(slog.DiscardHandler), Options{})
 		if err != nil {
@@ -175,7 +179,11 @@ func TestJoinTokenNeedsItsNodeAttestor(t *testing.T) {
 func TestSQLiteSynchronousIsWired(t *testing.T) {
 	for _, c := range []struct{ set, want string }{{"", "synchronous=full"}, {"normal", "synchronous=normal"}, {"full", "synchronous=full"}} {
 		cfg := testConfig(t, t.TempDir())
-		cfg.DataStore.SQLiteSynchronous = c.set
+		data := map[string]any{"database_type": "sqlite3", "connection_string": filepath.Join(cfg.DataDir, "ds.sqlite3")}
+		if c.set != "" {
+			data["sqlite_synchronous"] = c.set
+		}
+		cfg.SetPlugin(config.NewPlugin("DataStore", "sql", data))
 		var logs strings.Builder
 		srv, err := New(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{})
 		if err != nil {

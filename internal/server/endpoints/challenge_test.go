@@ -4,14 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"fmt"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
+	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 	agentapi "github.com/sigil-spiffe/sigil/internal/server/api/agent"
 )
@@ -19,7 +20,7 @@ import (
 // echoAttestor issues one challenge and expects it reversed.
 type echoAttestor struct{}
 
-func (echoAttestor) Attest(ctx context.Context, payload []byte, challenge agentapi.ChallengeFunc) (*agentapi.AttestResult, error) {
+func (echoAttestor) Attest(ctx context.Context, payload []byte, challenge node.ChallengeFunc) (*node.Result, error) {
 	nonce := []byte("nonce-123")
 	resp, err := challenge(ctx, nonce)
 	if err != nil {
@@ -30,9 +31,9 @@ func (echoAttestor) Attest(ctx context.Context, payload []byte, challenge agenta
 		want[len(nonce)-1-i] = nonce[i]
 	}
 	if !bytes.Equal(resp, want) {
-		return nil, status.Error(codes.PermissionDenied, "wrong challenge response")
+		return nil, fmt.Errorf("%w: wrong challenge response", node.ErrRefused)
 	}
-	return &agentapi.AttestResult{
+	return &node.Result{
 		AgentID:     spiffeid.RequireFromPath(td, "/spire/agent/echo/"+string(payload)),
 		Selectors:   []selector.Selector{{Type: "echo", Value: "host:" + string(payload)}},
 		CanReattest: true,

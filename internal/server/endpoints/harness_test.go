@@ -11,6 +11,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -30,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
@@ -120,7 +122,14 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 
 	h := &harness{t: t, ds: ds, dsPath: dsPath, ca: m, cache: cache, apiClk: clock.NewFake(time.Now()), rlClk: clock.NewFake(time.Now())}
 
-	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: m, AgentTTL: time.Hour, Cache: cache, Clock: h.apiClk, Log: log, Attestors: opts.attestors})
+	// join_token, as the server configures it, plus the test's attestors.
+	jt, err := jointoken.New(jointoken.Config{TrustDomain: td, Tokens: ds, Clock: h.apiClk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attestors := map[string]agentapi.NodeAttestor{jointoken.Type: jt}
+	maps.Copy(attestors, opts.attestors)
+	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: m, AgentTTL: time.Hour, Cache: cache, Clock: h.apiClk, Log: log, Attestors: attestors})
 	if err != nil {
 		t.Fatalf("agent service: %v", err)
 	}

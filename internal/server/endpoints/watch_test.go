@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 	agentapi "github.com/sigil-spiffe/sigil/internal/server/api/agent"
@@ -180,7 +181,7 @@ type stuckAttestor struct {
 	release chan struct{}
 }
 
-func (a stuckAttestor) Attest(context.Context, []byte, agentapi.ChallengeFunc) (*agentapi.AttestResult, error) {
+func (a stuckAttestor) Attest(context.Context, []byte, node.ChallengeFunc) (*node.Result, error) {
 	close(a.entered)
 	<-a.release
 	return nil, errors.New("released")

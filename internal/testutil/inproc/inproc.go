@@ -41,10 +41,22 @@ func ServerConfig(td spiffeid.TrustDomain, dataDir, socketPath string, port int)
 	c.BindAddress = "127.0.0.1"
 	c.BindPort = port
 	c.SocketPath = socketPath
-	c.DataStore = config.DataStore{DatabaseType: config.DatabaseTypeSQLite, ConnectionString: filepath.Join(dataDir, "datastore.sqlite3")}
-	c.KeyManager = config.ServerKeyManager{Kind: config.KeyManagerDisk, KeysPath: filepath.Join(dataDir, "keys")}
-	c.NodeAttestors.JoinToken = true
+	c.Plugins = []config.Plugin{
+		SQLDataStore(dataDir, ""),
+		config.NewPlugin("KeyManager", "disk", map[string]any{"keys_path": filepath.Join(dataDir, "keys")}),
+		config.NewPlugin("NodeAttestor", "join_token", nil),
+	}
 	return c
+}
+
+// SQLDataStore is the DataStore "sql" of ServerConfig: SQLite in
+// dataDir/datastore.sqlite3, with sqlite_synchronous set unless "".
+func SQLDataStore(dataDir, synchronous string) config.Plugin {
+	data := map[string]any{"database_type": "sqlite3", "connection_string": filepath.Join(dataDir, "datastore.sqlite3")}
+	if synchronous != "" {
+		data["sqlite_synchronous"] = synchronous
+	}
+	return config.NewPlugin("DataStore", "sql", data)
 }
 
 // AgentConfig returns the configuration of an agent in trust domain td

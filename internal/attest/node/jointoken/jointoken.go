@@ -26,6 +26,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
@@ -37,13 +38,21 @@ const Type = "join_token"
 // by an admin.
 const MaxTokenLen = 256
 
-// Errors returned by Attest. The API layer maps them to gRPC codes.
+// Errors returned by Check and Attest. Both match node.ErrInvalid (the API
+// answers InvalidArgument, as SPIRE does for join tokens).
 var (
 	// ErrUnknownToken: no such token, or it was already consumed.
-	ErrUnknownToken = errors.New("join token does not exist or has already been used")
+	ErrUnknownToken error = &tokenError{"join token does not exist or has already been used"}
 	// ErrExpiredToken: the token existed but had expired (it is deleted).
-	ErrExpiredToken = errors.New("join token expired")
+	ErrExpiredToken error = &tokenError{"join token expired"}
 )
+
+// tokenError is a refused token: its text is SPIRE's, and it matches
+// node.ErrInvalid.
+type tokenError struct{ msg string }
+
+func (e *tokenError) Error() string { return e.msg }
+func (e *tokenError) Unwrap() error { return node.ErrInvalid }
 
 // TokenStore is the subset of datastore.TokenStore the attestor needs.
 type TokenStore interface {
@@ -119,6 +128,25 @@ func (a *Attestor) Check(ctx context.Context, payload []byte) (*Credential, erro
 	}
 	return &Credential{AgentID: agentID, Hash: hash, ValidAt: now}, nil
 }
+
+// Attest is the server half of join_token node attestation: it checks the
+// token in payload (Check) and returns the agent ID it attests, with no
+// selectors; a join-token agent cannot re-attest. It consumes nothing: the
+// caller consumes the token, by JoinTokenHash(payload), in the transaction
+// that records the node (datastore.NodeAttestation.JoinToken), as the
+// server's agent API does, so a request that fails later leaves the token
+// usable. join_token has no challenge.
+func (a *Attestor) Attest(ctx context.Context, payload []byte, _ node.ChallengeFunc) (*node.Result, error) {
+	cred, err := a.Check(ctx, payload)
+	if err != nil {
+		return nil, err
+	}
+	return &node.Result{AgentID: cred.AgentID}, nil
+}
+
+// JoinTokenHash identifies the token of an attestation payload in the store:
+// the transaction that records the node consumes it.
+func (a *Attestor) JoinTokenHash(payload []byte) [32]byte { return Hash(string(payload)) }
 
 // AgentID returns spiffe://<td>/spire/agent/join_token/<token>. It fails for
 // tokens that are empty, too long or not a valid SPIFFE ID path segment.

@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 
+	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/clip"
@@ -50,30 +50,32 @@ type Store interface {
 	DeleteNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
 	ListNodes(ctx context.Context, f datastore.NodeFilter, p datastore.Page) ([]*datastore.AttestedNode, string, error)
 	CountNodes(ctx context.Context, f datastore.NodeFilter) (int, error)
-	SetNodeSelectors(ctx context.Context, spiffeID string, sels []selector.Selector) error
 	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
-	GetJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error)
 	ConsumeJoinToken(ctx context.Context, hash [32]byte) (*datastore.JoinToken, error)
 	AttestNode(ctx context.Context, a *datastore.NodeAttestation) (*datastore.AttestedNode, error)
 	CreateEntries(ctx context.Context, entries []*datastore.Entry) ([]datastore.EntryResult, error)
 }
 
-// ChallengeFunc sends a challenge to the attesting agent and returns its
-// response.
-type ChallengeFunc func(ctx context.Context, challenge []byte) ([]byte, error)
-
-// AttestResult is what a node attestor establishes.
-type AttestResult struct {
-	AgentID     spiffeid.ID
-	Selectors   []selector.Selector
-	CanReattest bool
+// NodeAttestor is the server half of a node attestor (see package
+// internal/attest/node): it checks the attestation data, asking the agent
+// challenges through challenge when its method has them. Errors wrapping
+// node.ErrInvalid are answered InvalidArgument, node.ErrRefused
+// PermissionDenied, both with the error's text; any other error is an
+// internal failure, logged and answered without its details.
+type NodeAttestor interface {
+	Attest(ctx context.Context, payload []byte, challenge node.ChallengeFunc) (*node.Result, error)
 }
 
-// NodeAttestor is a server-side node attestor for a challenge/response (or
-// single-shot) attestation type. Errors that carry a gRPC status keep their
-// code; other errors are reported as PermissionDenied.
-type NodeAttestor interface {
-	Attest(ctx context.Context, payload []byte, challenge ChallengeFunc) (*AttestResult, error)
+// SingleUseAttestor is a NodeAttestor whose credential may be used once
+// (join_token): its Attest checks the credential without consuming it, and
+// the transaction that records the node consumes it, so a request that
+// fails after the check (a refused CSR, a storage failure) leaves it
+// usable.
+type SingleUseAttestor interface {
+	NodeAttestor
+	// JoinTokenHash identifies the join token in payload to the store
+	// (datastore.NodeAttestation.JoinToken).
+	JoinTokenHash(payload []byte) [32]byte
 }
 
 // EntryCache is told about node changes so authorization data is refreshed.
@@ -88,12 +90,11 @@ type Config struct {
 	CA          Signer
 	// AgentTTL is the agent X509-SVID lifetime (agent_ttl); 0 = CA default.
 	AgentTTL time.Duration
-	// Attestors are extra node attestors by attestation type. join_token is
-	// built in and cannot be overridden.
+	// Attestors are the configured node attestors by attestation type
+	// (their plugin name, which agents send). An agent of another type is
+	// refused (FailedPrecondition, as SPIRE). Join tokens can be created
+	// without NodeAttestor "join_token"; they attest only with it.
 	Attestors map[string]NodeAttestor
-	// DisableJoinToken refuses join_token attestation (the server config
-	// has no NodeAttestor "join_token"). Tokens can still be created.
-	DisableJoinToken bool
 	// AgentIDAsSelector adds the selector spiffe_id:<agent ID> to every
 	// attested node (SPIRE's experimental agent_spiffe_id_as_selector).
 	AgentIDAsSelector bool
@@ -110,14 +111,11 @@ type Service struct {
 	ds        Store
 	ca        Signer
 	agentTTL  time.Duration
-	joinToken *jointoken.Attestor
 	attestors map[string]NodeAttestor
-	// noJoinToken refuses join_token attestation (Config.DisableJoinToken).
-	noJoinToken bool
-	idAsSel     bool
-	cache       EntryCache
-	clk         clock.Clock
-	log         *slog.Logger
+	idAsSel   bool
+	cache     EntryCache
+	clk       clock.Clock
+	log       *slog.Logger
 }
 
 var _ agentv1.AgentServer = (*Service)(nil)
@@ -130,27 +128,26 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Store == nil || cfg.CA == nil {
 		return nil, errors.New("agent service: store and CA are required")
 	}
-	clk := clock.OrReal(cfg.Clock)
-	jt, err := jointoken.New(jointoken.Config{TrustDomain: cfg.TrustDomain, Tokens: cfg.Store, Clock: clk})
-	if err != nil {
-		return nil, fmt.Errorf("agent service: %w", err)
+	for name, a := range cfg.Attestors {
+		if a == nil {
+			return nil, fmt.Errorf("agent service: node attestor %q is nil", name)
+		}
 	}
+	clk := clock.OrReal(cfg.Clock)
 	log := cfg.Log
 	if log == nil {
 		log = slog.Default()
 	}
 	return &Service{
-		td:          cfg.TrustDomain,
-		ds:          cfg.Store,
-		ca:          cfg.CA,
-		agentTTL:    cfg.AgentTTL,
-		joinToken:   jt,
-		attestors:   cfg.Attestors,
-		noJoinToken: cfg.DisableJoinToken,
-		idAsSel:     cfg.AgentIDAsSelector,
-		cache:       cfg.Cache,
-		clk:         clk,
-		log:         log.With("service", "agent.v1"),
+		td:        cfg.TrustDomain,
+		ds:        cfg.Store,
+		ca:        cfg.CA,
+		agentTTL:  cfg.AgentTTL,
+		attestors: cfg.Attestors,
+		idAsSel:   cfg.AgentIDAsSelector,
+		cache:     cfg.Cache,
+		clk:       clk,
+		log:       log.With("service", "agent.v1"),
 	}, nil
 }
 
@@ -272,17 +269,28 @@ func (s *Service) changeAgent(ctx context.Context, pb *types.SPIFFEID, failed, d
 
 // AttestAgent attests a node and issues its agent X509-SVID.
 //
+// The agent sends its attestation data (type and payload) with a CSR; the
+// node attestor configured for that type checks it, asking the agent
+// challenges when its method has them (AttestAgentResponse.challenge, each
+// answered by an AttestAgentRequest.challenge_response, as in SPIRE's
+// agent/v1 protocol). A node that was attested before attests again only
+// when its attestor says it can (node.Result.CanReattest) and it is not
+// banned: its selectors are replaced and the new SVID's serial becomes
+// current.
+//
 // The work is staged so that a flood of bad credentials costs little and
 // can never crowd out a valid one (see rpccontext.Stages):
 //
 //  1. the credential is checked, cheaply and without consuming it (for a
 //     join token: its format, its hash, one indexed read), in one of the
-//     source's check slots;
+//     source's check slots, released while waiting for a challenge's
+//     answer;
 //  2. only then, in a slot of expensive work: the CSR is parsed and its
 //     key checked against the CA's key policy, its signature verified, the
 //     SVID signed;
-//  3. one transaction consumes the join token and records the node. A
-//     request that fails anywhere before its commit consumes nothing.
+//  3. one transaction consumes a single-use credential (join token) and
+//     records the node. A request that fails anywhere before its commit
+//     consumes nothing.
 func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 	ctx := stream.Context()
 	stages := rpccontext.StagesFrom(ctx)
@@ -335,7 +343,8 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 		Selectors:       selector.Dedupe(sels),
 	}}
 	if att.token != nil {
-		rec.JoinToken, rec.ValidAt = &att.token.Hash, att.token.ValidAt
+		// Still unexpired now, when it is consumed.
+		rec.JoinToken, rec.ValidAt = att.token, s.clk.Now().Unix()
 	}
 	_, err = s.ds.AttestNode(ctx, rec)
 	switch {
@@ -353,6 +362,9 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		log = log.With("address", p.Addr.String())
 	}
+	if att.reattest {
+		log.InfoContext(ctx, "Agent re-attested")
+	}
 	log.InfoContext(ctx, "Agent attestation request completed")
 
 	if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Result_{
@@ -365,64 +377,60 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 
 // attestation is a credential that checked out.
 type attestation struct {
-	res   *AttestResult
-	token *jointoken.Credential // set for join_token: consumed with the node record
+	res *node.Result
+	// token is the hash of a single-use credential (join token), consumed
+	// with the node record; nil for other attestors.
+	token *[32]byte
+	// reattest: the node was attested before.
+	reattest bool
 }
 
 // checkCredential runs the node attestor of attType on payload and checks
-// the agent it names may attest (in our trust domain, not banned). It
-// holds *release, a check slot, except while it waits for the client
-// (challenge/response attestors), when it gives the slot back and then
-// waits for a new one.
+// the agent it names may attest: in our trust domain, not banned, and new
+// unless its attestor lets it re-attest. It holds *release, a check slot,
+// except while it waits for the client (challenge/response attestors), when
+// it gives the slot back and then waits for a new one.
 func (s *Service) checkCredential(ctx context.Context, stream agentv1.Agent_AttestAgentServer, stages rpccontext.Stages,
 	attType string, payload []byte, release *func()) (*attestation, error) {
-	att := &attestation{}
-	if attType == jointoken.Type && !s.noJoinToken {
-		cred, err := s.joinToken.Check(ctx, payload)
-		switch {
-		case errors.Is(err, jointoken.ErrUnknownToken):
-			return nil, s.err(ctx, codes.InvalidArgument, "failed to attest: join token does not exist or has already been used", nil)
-		case errors.Is(err, jointoken.ErrExpiredToken):
-			return nil, s.err(ctx, codes.InvalidArgument, "join token expired", nil)
-		case err != nil:
-			return nil, s.err(ctx, codes.Internal, "failed to attest with join token", err)
+	at, ok := s.attestors[attType]
+	if !ok {
+		return nil, s.err(ctx, codes.FailedPrecondition, "error getting node attestor", fmt.Errorf("could not find node attestor type %s", clip.Quote(attType)))
+	}
+	challenge := func(ctx context.Context, ch []byte) ([]byte, error) {
+		(*release)()
+		*release = func() {}
+		if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Challenge{Challenge: ch}}); err != nil {
+			return nil, &exchangeError{code: codes.Internal, msg: "failed to send challenge to agent", cause: err}
 		}
-		att.res, att.token = &AttestResult{AgentID: cred.AgentID}, cred
-	} else {
-		at, ok := s.attestors[attType]
-		if !ok {
-			return nil, s.err(ctx, codes.FailedPrecondition, "error getting node attestor", fmt.Errorf("could not find node attestor type %s", clip.Quote(attType)))
-		}
-		res, err := at.Attest(ctx, payload, func(ctx context.Context, challenge []byte) ([]byte, error) {
-			(*release)()
-			*release = func() {}
-			if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Challenge{Challenge: challenge}}); err != nil {
-				return nil, status.Error(codes.Internal, "failed to send challenge to agent")
-			}
-			r, err := stream.Recv()
-			if err != nil {
-				return nil, status.Error(codes.Internal, "failed to receive challenge response from agent")
-			}
-			rel, err := stages.Check(ctx)
-			if err != nil {
-				return nil, err
-			}
-			*release = rel
-			return r.GetChallengeResponse(), nil
-		})
+		r, err := stream.Recv()
 		if err != nil {
-			if st, ok := status.FromError(err); ok {
-				return nil, s.err(ctx, st.Code(), st.Message(), nil)
-			}
-			return nil, s.err(ctx, codes.PermissionDenied, "failed to attest", err)
+			return nil, &exchangeError{code: codes.Internal, msg: "failed to receive challenge response from agent", cause: err}
 		}
-		if res == nil {
-			return nil, s.err(ctx, codes.Internal, "node attestor returned no result", nil)
+		resp, ok := r.GetStep().(*agentv1.AttestAgentRequest_ChallengeResponse)
+		if !ok {
+			return nil, &exchangeError{code: codes.InvalidArgument, msg: "expected a challenge response from agent"}
 		}
-		att.res = res
+		rel, err := stages.Check(ctx)
+		if err != nil {
+			return nil, &exchangeError{status: err}
+		}
+		*release = rel
+		return resp.ChallengeResponse, nil
+	}
+	res, err := at.Attest(ctx, payload, challenge)
+	if err != nil {
+		return nil, s.attestErr(ctx, err)
+	}
+	if res == nil {
+		return nil, s.err(ctx, codes.Internal, "node attestor returned no result", nil)
+	}
+	att := &attestation{res: res}
+	if su, ok := at.(SingleUseAttestor); ok {
+		h := su.JoinTokenHash(payload)
+		att.token = &h
 	}
 
-	agentID := att.res.AgentID
+	agentID := res.AgentID
 	switch {
 	case !agentID.MemberOf(s.td):
 		return nil, s.err(ctx, codes.Internal, "node attestor produced an agent ID outside the trust domain", fmt.Errorf("%q", agentID))
@@ -436,8 +444,55 @@ func (s *Service) checkCredential(ctx context.Context, stream agentv1.Agent_Atte
 		return nil, s.err(ctx, codes.Internal, "failed to fetch agent", err)
 	case existing.Banned():
 		return nil, s.err(ctx, codes.PermissionDenied, "failed to attest: agent is banned", nil)
+	case !res.CanReattest:
+		// A trust-on-first-use credential (join token) names a new agent;
+		// as SPIRE's TOFU attestors, refuse one that was attested already.
+		return nil, s.err(ctx, codes.PermissionDenied, "failed to attest: attestation data has already been used to attest an agent", nil)
+	default:
+		att.reattest = true
 	}
 	return att, nil
+}
+
+// exchangeError is a failure of the challenge/response exchange with the
+// agent (it went away, or sent something other than a response): answered
+// as it is, whatever the attestor wraps it in.
+type exchangeError struct {
+	code   codes.Code
+	msg    string
+	cause  error
+	status error // a status error to return unchanged (a rate limit)
+}
+
+func (e *exchangeError) Error() string {
+	if e.status != nil {
+		return e.status.Error()
+	}
+	if e.cause != nil {
+		return e.msg + ": " + e.cause.Error()
+	}
+	return e.msg
+}
+
+// attestErr answers a node attestor's error (see NodeAttestor).
+func (s *Service) attestErr(ctx context.Context, err error) error {
+	var xe *exchangeError
+	switch {
+	case errors.As(err, &xe) && xe.status != nil:
+		return xe.status
+	case errors.As(err, &xe):
+		if ctx.Err() != nil {
+			return s.err(ctx, codes.Canceled, "attestation canceled: the agent went away", nil)
+		}
+		return s.err(ctx, xe.code, xe.msg, xe.cause)
+	case errors.Is(err, node.ErrInvalid):
+		return s.err(ctx, codes.InvalidArgument, "failed to attest", err)
+	case errors.Is(err, node.ErrRefused):
+		return s.err(ctx, codes.PermissionDenied, "failed to attest", err)
+	case ctx.Err() != nil:
+		return s.err(ctx, codes.Canceled, "attestation canceled: the agent went away", nil)
+	}
+	return s.err(ctx, codes.Internal, "failed to attest", err)
 }
 
 // RenewAgent issues a new agent SVID to the calling agent. The new serial is

@@ -195,22 +195,31 @@ func StartAgent(t testing.TB, cfg AgentConfig, wrap ...string) *Agent {
 // to dataDir ("" is a fresh ShortTempDir).
 func AgentFor(t testing.TB, s *Server, agentPath, dataDir string) AgentConfig {
 	t.Helper()
+	cfg := AgentWith(t, s, dataDir, nil)
+	cfg.JoinToken = s.Admin(t).CreateJoinToken(t, s.ID(agentPath))
+	return cfg
+}
+
+// AgentWith returns an AgentConfig pointing at s that attests with the
+// node attestor na (nil: join_token, with no token), with s's bundle as
+// bootstrap trust, written to dataDir ("" is a fresh ShortTempDir).
+func AgentWith(t testing.TB, s *Server, dataDir string, na *Plugin) AgentConfig {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = ShortTempDir(t)
 	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	adm := s.Admin(t)
 	bundle := filepath.Join(dataDir, "bootstrap.pem")
-	writeFile(t, bundle, string(adm.BundlePEM(t)))
+	writeFile(t, bundle, string(s.Admin(t).BundlePEM(t)))
 	return AgentConfig{
 		TrustDomain:     s.Config.TrustDomain,
 		ServerAddress:   s.Config.BindAddress,
 		ServerPort:      s.Config.BindPort,
 		DataDir:         dataDir,
 		TrustBundlePath: bundle,
-		JoinToken:       adm.CreateJoinToken(t, s.ID(agentPath)),
+		NodeAttestor:    na,
 	}
 }
 

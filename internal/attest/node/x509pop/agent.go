@@ -63,8 +63,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	return &Agent{cfg: cfg}, nil
 }
 
-// Name returns the attestation data type (the plugin's name), "x509pop".
-func (a *Agent) Name() string { return Type }
+// Type returns the attestation data type (the plugin's name), "x509pop".
+func (a *Agent) Type() string { return Type }
 
 // Load reads and checks the device certificate, intermediates and key:
 // the key must match the certificate and be ECDSA or RSA. It is what Begin

@@ -833,3 +833,10 @@ func TestSelectorsCheck(t *testing.T) {
 		}
 	}
 }
+
+// The agent half is what the agent manager runs (manager.NodeAttestor,
+// declared there).
+var _ interface {
+	Type() string
+	Begin(context.Context) (node.Session, error)
+} = (*Agent)(nil)

@@ -74,15 +74,7 @@ func (m *Manager) newAgentSVID(chain []*x509.Certificate, key crypto.Signer, bun
 	if len(chain) == 0 {
 		return nil, errors.New("agent SVID: empty chain")
 	}
-	der := make([]byte, 0)
-	for _, c := range chain {
-		der = append(der, c.Raw...)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("agent SVID key: %w", err)
-	}
-	svid, err := x509svid.ParseRaw(der, keyDER)
+	svid, err := svidWithSigner(chain, key)
 	if err != nil {
 		return nil, fmt.Errorf("agent SVID: %w", err)
 	}
@@ -98,6 +90,36 @@ func (m *Manager) newAgentSVID(chain []*x509.Certificate, key crypto.Signer, bun
 		}
 	}
 	return svid, nil
+}
+
+// svidWithSigner checks chain as an X509-SVID whose key is key, as
+// x509svid.ParseRaw does, without needing the key's bytes: the key of
+// KeyManager "tpm" never leaves the TPM.
+func svidWithSigner(chain []*x509.Certificate, key crypto.Signer) (*x509svid.SVID, error) {
+	leaf := chain[0]
+	id, err := x509svid.IDFromCert(leaf)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("leaf certificate SPIFFE ID: %w", err)
+	case id.Path() == "":
+		return nil, errors.New("leaf certificate SPIFFE ID must have a non-root path")
+	case leaf.IsCA:
+		return nil, errors.New("leaf certificate must not be a CA")
+	case leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0:
+		return nil, errors.New("leaf certificate must have 'digitalSignature' set as key usage")
+	case leaf.KeyUsage&(x509.KeyUsageCertSign|x509.KeyUsageCRLSign) != 0:
+		return nil, errors.New("leaf certificate must not have 'keyCertSign' or 'cRLSign' set as key usage")
+	}
+	for _, c := range chain[1:] {
+		if !c.IsCA || c.KeyUsage&x509.KeyUsageCertSign == 0 {
+			return nil, errors.New("signing certificate must be a CA with 'keyCertSign' set as key usage")
+		}
+	}
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(leaf.PublicKey) {
+		return nil, errors.New("leaf certificate does not match private key")
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
 }
 
 // newCSR generates a fresh key under keyID and returns it with a CSR.

@@ -2,7 +2,9 @@ package manager_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -57,6 +59,9 @@ type agentOpts struct {
 	agentVersion       string
 	// attestor replaces the join-token attestor of token.
 	attestor manager.NodeAttestor
+	// keys, if set, keeps the agent SVID key (default: keys.NewDisk in
+	// dir/keys).
+	keys keys.Manager
 }
 
 // startAgent builds a cache (loaded from dir) and a manager and runs both.
@@ -70,9 +75,13 @@ func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAge
 	if err := c.Load(); err != nil {
 		t.Fatalf("cache load: %v", err)
 	}
-	km, err := keys.NewDisk(filepath.Join(dir, "keys"))
-	if err != nil {
-		t.Fatal(err)
+	var km keys.Manager = o.keys
+	if km == nil {
+		d, err := keys.NewDisk(filepath.Join(dir, "keys"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		km = d
 	}
 	safety := o.safety
 	if safety == 0 {
@@ -537,4 +546,57 @@ func TestAgentVersionReported(t *testing.T) {
 	b := startAgent(t, srv, dir, agentOpts{agentVersion: "v1.2.4-test"})
 	eventually(t, "agent_version v1.2.4-test", func() bool { return version() == "v1.2.4-test" })
 	b.stop()
+}
+
+// opaqueKeys hands out signers whose private key cannot be exported, as a
+// TPM's (KeyManager "tpm").
+type opaqueKeys struct{ keys.Manager }
+
+type opaqueSigner struct{ s crypto.Signer }
+
+func (o opaqueSigner) Public() crypto.PublicKey { return o.s.Public() }
+func (o opaqueSigner) Sign(r io.Reader, d []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return o.s.Sign(r, d, opts)
+}
+
+func (k opaqueKeys) GenerateKey(ctx context.Context, id string, t keys.Type) (crypto.Signer, error) {
+	s, err := k.Manager.GenerateKey(ctx, id, t)
+	return opaqueSigner{s}, err
+}
+
+func (k opaqueKeys) GetKey(ctx context.Context, id string) (crypto.Signer, error) {
+	s, err := k.Manager.GetKey(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return opaqueSigner{s}, nil
+}
+
+// TestAgentKeyNotExportable: the agent SVID key need not be exportable
+// (a TPM-held key): the agent attests, syncs, and restores its SVID after
+// a restart.
+func TestAgentKeyNotExportable(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, agentID := srv.createToken()
+	wl := spiffeid.RequireFromPath(td, "/workload/one")
+	srv.createEntry(agentID, wl.Path(), "1000")
+	dir := t.TempDir()
+	disk, err := keys.NewDisk(filepath.Join(dir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, srv, dir, agentOpts{token: token, keys: opaqueKeys{disk}})
+	verifySVID(t, srv, a.waitIdentity("1000", wl), wl)
+	if _, ok := a.m.AgentSVID().PrivateKey.(opaqueSigner); !ok {
+		t.Fatalf("agent SVID key is a %T", a.m.AgentSVID().PrivateKey)
+	}
+	serial := a.m.AgentSVID().Certificates[0].SerialNumber
+	a.stop()
+	b := startAgent(t, srv, dir, agentOpts{token: token, keys: opaqueKeys{disk}})
+	if got := b.m.AgentSVID(); got == nil || got.Certificates[0].SerialNumber.Cmp(serial) != 0 {
+		t.Fatalf("restarted agent did not restore its SVID: %v", got)
+	}
+	wl2 := spiffeid.RequireFromPath(td, "/workload/two")
+	srv.createEntry(agentID, wl2.Path(), "1001")
+	verifySVID(t, srv, b.waitIdentity("1001", wl2), wl2)
 }

@@ -22,7 +22,8 @@ type ServerConfig struct {
 	SocketPath  string // DataDir/api.sock
 	X509SVIDTTL time.Duration
 	CATTL       time.Duration
-	LogLevel    string // "DEBUG"
+	AgentTTL    time.Duration // agent_ttl
+	LogLevel    string        // "DEBUG"
 	// Plugins are added to the plugins section after the defaults
 	// (DataStore "sql", KeyManager "disk", NodeAttestor "join_token"),
 	// e.g. a NodeAttestor "x509pop".
@@ -105,6 +106,9 @@ func (c ServerConfig) HCL() string {
 	}
 	if c.X509SVIDTTL > 0 {
 		fmt.Fprintf(&b, "    default_x509_svid_ttl = %q\n", c.X509SVIDTTL.String())
+	}
+	if c.AgentTTL > 0 {
+		fmt.Fprintf(&b, "    agent_ttl = %q\n", c.AgentTTL.String())
 	}
 	fmt.Fprintf(&b, "}\n\nplugins {\n")
 	fmt.Fprintf(&b, "    DataStore \"sql\" {\n        plugin_data {\n            database_type = \"sqlite3\"\n            connection_string = %q\n        }\n    }\n",

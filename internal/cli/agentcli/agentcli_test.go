@@ -50,7 +50,7 @@ var (
 	webID = spiffeid.RequireFromString("spiffe://example.org/web")
 )
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	ca := func(d spiffeid.TrustDomain, serial int64) *testca.CA {
 		return testca.New(t, testca.TrustDomain(d), testca.Subject(d.Name()), testca.Serial(serial),
 			testca.Validity(time.Unix(1600000000, 0), time.Now().Add(24*time.Hour)), testca.KeyUsage(x509.KeyUsageCertSign))

@@ -63,6 +63,12 @@ func (c *Cache) snapshot() (*diskState, error) {
 		st.Entries = append(st.Entries, r.entry)
 	}
 	for td, r := range c.bundles {
+		if r.bundle.Empty() {
+			// A bundle without authorities marshals without "keys",
+			// which spiffebundle.Parse (rightly) refuses: writing it would
+			// make the whole file unloadable. It trusts nothing anyway.
+			continue
+		}
 		raw, err := r.bundle.Marshal()
 		if err != nil {
 			return nil, fmt.Errorf("marshal bundle of %q: %w", td, err)
@@ -107,7 +113,7 @@ func (c *Cache) persist() error {
 // Load restores the persisted state, replacing what the cache holds, and
 // notifies subscribers. A missing file is not an error (first start). SVIDs
 // that have expired, or whose entry is absent or has another SPIFFE ID, are
-// not restored. Bundles and entries that fail to parse make Load fail, with
+// not restored, nor are bundles without authorities (never persisted). Bundles and entries that fail to parse make Load fail, with
 // nothing applied: the caller may log it and start empty (the server will
 // resend everything).
 func (c *Cache) Load() error {
@@ -149,6 +155,9 @@ func (c *Cache) Load() error {
 		b, err := spiffebundle.Parse(td, raw)
 		if err != nil {
 			return fmt.Errorf("agent cache %s: bundle of %s: %w", path, clip.Quote(td.Name()), err)
+		}
+		if b.Empty() { // only keys of uses Parse skips: as if absent (see snapshot)
+			continue
 		}
 		bundles[td] = &bundleRecord{bundle: b}
 	}

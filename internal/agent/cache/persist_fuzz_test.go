@@ -209,3 +209,45 @@ func sameState(t *testing.T, a, b *Cache) {
 		}
 	}
 }
+
+// TestEmptyBundleKeepsCacheLoadable: a bundle without authorities (a
+// server may send one) was persisted without "keys", which spiffebundle
+// refuses to parse, so the whole file failed to load after a restart and
+// every entry and SVID was lost (found by FuzzLoad). It is now left out of
+// the file and the rest restores.
+func TestEmptyBundleKeepsCacheLoadable(t *testing.T) {
+	dir := t.TempDir()
+	clk := clock.NewFake(fuzzNow)
+	c := New(Config{Dir: dir, TrustDomain: fuzzTD, Clock: clk})
+	ca := newFuzzCA(t, fuzzTD)
+	if err := c.SetBundle(spiffebundle.FromX509Authorities(fuzzTD, []*x509.Certificate{ca.Cert})); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetBundle(spiffebundle.New(fuzzFed)); err != nil {
+		t.Fatal(err)
+	}
+	e := &Entry{ID: "e1", SPIFFEID: spiffeid.RequireFromPath(fuzzTD, "/web"), Selectors: []selector.Selector{{Type: "unix", Value: "uid:0"}}}
+	if err := c.SetEntries([]*Entry{e}); err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetX509SVIDs(map[string]*X509SVID{"e1": ca.svid(t, e.SPIFFEID, key, time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC))}); err != nil {
+		t.Fatal(err)
+	}
+	restarted := New(Config{Dir: dir, TrustDomain: fuzzTD, Clock: clk})
+	if err := restarted.Load(); err != nil {
+		t.Fatalf("load after a restart: %v", err)
+	}
+	if _, ok := restarted.X509SVID("e1"); !ok || len(restarted.Entries()) != 1 {
+		t.Fatal("entry and SVID not restored")
+	}
+	if _, ok := restarted.Bundle(fuzzTD); !ok {
+		t.Fatal("own bundle not restored")
+	}
+	if _, ok := restarted.Bundle(fuzzFed); ok {
+		t.Fatal("the empty bundle was restored")
+	}
+}

@@ -2,8 +2,8 @@ package testutil
 
 import (
 	"context"
-	"encoding/pem"
-	"strings"
+	"crypto/x509"
+	"os"
 	"testing"
 	"time"
 
@@ -12,122 +12,115 @@ import (
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sigil-spiffe/sigil/internal/adminclient"
 )
 
 // AdminTimeout bounds each admin call.
 const AdminTimeout = 15 * time.Second
 
-// Admin drives a server's admin API (spire-api-sdk) over its unix socket.
+// JoinTokenTTL is the lifetime of the join tokens Admin creates.
+const JoinTokenTTL = 10 * time.Minute
+
+// Admin drives a server's admin API (spire-api-sdk) over its unix socket:
+// the test harnesses' one admin helper, for processes (Server.Admin) and
+// in-process servers (inproc) alike. It wraps adminclient (what
+// `sigil-server dev` uses): its methods take the test and fail it on an
+// error, each call bounded by AdminTimeout. The embedded Client's fields
+// (Agent, Entry, Bundle, SVID service clients, TD) serve calls Admin has no
+// helper for, and a.Client's context methods serve goroutines other than
+// the test's.
 type Admin struct {
-	Conn   *grpc.ClientConn
-	Agent  agentv1.AgentClient
-	Entry  entryv1.EntryClient
-	Bundle bundlev1.BundleClient
-	TD     spiffeid.TrustDomain
+	*adminclient.Client
 }
 
 // DialAdmin connects to the admin socket; the connection is closed on
 // cleanup.
 func DialAdmin(t testing.TB, socketPath string, td spiffeid.TrustDomain) *Admin {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := adminclient.Dial(socketPath, td)
 	if err != nil {
 		t.Fatalf("dial admin socket: %v", err)
 	}
-	t.Cleanup(func() { _ = conn.Close() })
-	return &Admin{
-		Conn:   conn,
-		Agent:  agentv1.NewAgentClient(conn),
-		Entry:  entryv1.NewEntryClient(conn),
-		Bundle: bundlev1.NewBundleClient(conn),
-		TD:     td,
-	}
+	t.Cleanup(func() { _ = c.Close() })
+	return &Admin{Client: c}
 }
 
 func ctxTimeout() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), AdminTimeout)
 }
 
-func protoID(id spiffeid.ID) *types.SPIFFEID {
-	return &types.SPIFFEID{TrustDomain: id.TrustDomain().Name(), Path: id.Path()}
-}
-
-// CreateJoinToken creates a 10-minute join token for agentID.
+// CreateJoinToken creates a join token (JoinTokenTTL) for agentID; a zero
+// agentID leaves the server's default, JoinTokenAgentID(token).
 func (a *Admin) CreateJoinToken(t testing.TB, agentID spiffeid.ID) string {
 	t.Helper()
 	ctx, cancel := ctxTimeout()
 	defer cancel()
-	resp, err := a.Agent.CreateJoinToken(ctx, &agentv1.CreateJoinTokenRequest{Ttl: 600, AgentId: protoID(agentID)})
+	tok, err := a.Client.CreateJoinToken(ctx, agentID, JoinTokenTTL)
 	if err != nil {
-		t.Fatalf("create join token: %v", err)
+		t.Fatal(err)
 	}
-	return resp.GetValue()
+	return tok
 }
 
 // CreateEntry registers id under parent with selectors written
 // "type:value" (e.g. "unix:uid:0") and returns the entry ID.
 func (a *Admin) CreateEntry(t testing.TB, id, parent spiffeid.ID, selectors ...string) string {
 	t.Helper()
-	e := &types.Entry{SpiffeId: protoID(id), ParentId: protoID(parent)}
-	for _, s := range selectors {
-		typ, val, ok := strings.Cut(s, ":")
-		if !ok {
-			t.Fatalf("selector %q: want type:value", s)
-		}
-		e.Selectors = append(e.Selectors, &types.Selector{Type: typ, Value: val})
+	e, err := adminclient.NewEntry(id, parent, selectors...)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return a.CreateEntries(t, e)[0]
+}
+
+// CreateEntries creates entries (built by the caller, e.g. with
+// adminclient.NewEntry and extra fields) in one batch and returns their
+// IDs; a result that is not OK fails the test.
+func (a *Admin) CreateEntries(t testing.TB, entries ...*types.Entry) []string {
+	t.Helper()
 	ctx, cancel := ctxTimeout()
 	defer cancel()
-	resp, err := a.Entry.BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{e}})
+	ids, err := a.Client.CreateEntries(ctx, entries...)
 	if err != nil {
-		t.Fatalf("create entry %s: %v", id, err)
+		t.Fatal(err)
 	}
-	r := resp.GetResults()[0]
-	if r.GetStatus().GetCode() != int32(codes.OK) {
-		t.Fatalf("create entry %s: %s", id, r.GetStatus().GetMessage())
+	return ids
+}
+
+// DeleteEntries deletes entries by ID.
+func (a *Admin) DeleteEntries(t testing.TB, ids ...string) {
+	t.Helper()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	if err := a.Client.DeleteEntries(ctx, ids...); err != nil {
+		t.Fatal(err)
 	}
-	return r.GetEntry().GetId()
 }
 
 // ListEntries lists every registration entry.
 func (a *Admin) ListEntries(t testing.TB) []*types.Entry {
 	t.Helper()
-	var all []*types.Entry
-	token := ""
-	for {
-		ctx, cancel := ctxTimeout()
-		resp, err := a.Entry.ListEntries(ctx, &entryv1.ListEntriesRequest{PageSize: 500, PageToken: token})
-		cancel()
-		if err != nil {
-			t.Fatalf("list entries: %v", err)
-		}
-		all = append(all, resp.GetEntries()...)
-		if token = resp.GetNextPageToken(); token == "" {
-			return all
-		}
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	all, err := a.Client.ListEntries(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return all
 }
 
 // ListAgents lists every attested agent.
 func (a *Admin) ListAgents(t testing.TB) []*types.Agent {
 	t.Helper()
-	var all []*types.Agent
-	token := ""
-	for {
-		ctx, cancel := ctxTimeout()
-		resp, err := a.Agent.ListAgents(ctx, &agentv1.ListAgentsRequest{PageSize: 500, PageToken: token})
-		cancel()
-		if err != nil {
-			t.Fatalf("list agents: %v", err)
-		}
-		all = append(all, resp.GetAgents()...)
-		if token = resp.GetNextPageToken(); token == "" {
-			return all
-		}
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	all, err := a.Client.ListAgents(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return all
 }
 
 // BanAgent bans an agent (agent ban).
@@ -135,8 +128,8 @@ func (a *Admin) BanAgent(t testing.TB, id spiffeid.ID) {
 	t.Helper()
 	ctx, cancel := ctxTimeout()
 	defer cancel()
-	if _, err := a.Agent.BanAgent(ctx, &agentv1.BanAgentRequest{Id: protoID(id)}); err != nil {
-		t.Fatalf("ban agent %s: %v", id, err)
+	if err := a.Client.BanAgent(ctx, id); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -145,15 +138,21 @@ func (a *Admin) DeleteAgent(t testing.TB, id spiffeid.ID) {
 	t.Helper()
 	ctx, cancel := ctxTimeout()
 	defer cancel()
-	if _, err := a.Agent.DeleteAgent(ctx, &agentv1.DeleteAgentRequest{Id: protoID(id)}); err != nil {
-		t.Fatalf("delete agent %s: %v", id, err)
+	if err := a.Client.DeleteAgent(ctx, id); err != nil {
+		t.Fatal(err)
 	}
 }
 
-// JoinTokenAgentID is the agent ID a join token attests as
-// (spiffe://<td>/spire/agent/join_token/<token>).
-func (a *Admin) JoinTokenAgentID(token string) spiffeid.ID {
-	return spiffeid.RequireFromSegments(a.TD, "spire", "agent", "join_token", token)
+// BundleCerts returns the server's X.509 authorities.
+func (a *Admin) BundleCerts(t testing.TB) []*x509.Certificate {
+	t.Helper()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	certs, err := a.Client.BundleCerts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs
 }
 
 // BundlePEM returns the server's X.509 authorities as PEM, usable as an
@@ -162,24 +161,24 @@ func (a *Admin) BundlePEM(t testing.TB) []byte {
 	t.Helper()
 	ctx, cancel := ctxTimeout()
 	defer cancel()
-	b, err := a.Bundle.GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	out, err := a.Client.BundlePEM(ctx)
 	if err != nil {
-		t.Fatalf("get bundle: %v", err)
-	}
-	var out []byte
-	for _, auth := range b.GetX509Authorities() {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: auth.GetAsn1()})...)
-	}
-	if len(out) == 0 {
-		t.Fatal("server bundle has no X.509 authorities")
+		t.Fatal(err)
 	}
 	return out
 }
 
-// IDString formats a proto SPIFFE ID.
-func IDString(id *types.SPIFFEID) string {
-	return "spiffe://" + id.GetTrustDomain() + id.GetPath()
+// WriteBundlePEM writes BundlePEM to path and returns path.
+func (a *Admin) WriteBundlePEM(t testing.TB, path string) string {
+	t.Helper()
+	if err := os.WriteFile(path, a.BundlePEM(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
+
+// IDString formats a proto SPIFFE ID.
+func IDString(id *types.SPIFFEID) string { return adminclient.IDString(id) }
 
 // Reset deletes every entry, every agent record and every federated bundle,
 // so a scenario can run again on the same server from an empty state.

@@ -8,7 +8,6 @@ package dev
 import (
 	"bytes"
 	"context"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,15 +22,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
-	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
-	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
-	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	"github.com/sigil-spiffe/sigil/internal/adminclient"
 	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
@@ -82,11 +77,6 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *port == 0 {
-		if *port, err = freePort(); err != nil {
-			return err
-		}
-	}
 	env := &env{td: td, dir: dir, port: *port, log: log, stdout: stdout}
 	return env.run(ctx, *exit)
 }
@@ -119,6 +109,8 @@ func (e *env) run(ctx context.Context, exitWhenDone bool) error {
 	if err := scfg.Validate(); err != nil {
 		return fmt.Errorf("server configuration: %w", err)
 	}
+	// Port 0 lets the server bind a free port; the agent is given the one
+	// it bound.
 	// The server and the agent each check that their data_dir is of this
 	// trust domain; the agent's is checked up front too, as the dev
 	// environment writes into it before the agent starts.
@@ -137,6 +129,7 @@ func (e *env) run(ctx context.Context, exitWhenDone bool) error {
 		cancel()
 		return errors.Join(g.Wait(), errors.New("server stopped before it was ready"))
 	}
+	e.port = srv.TCPAddr().(*net.TCPAddr).Port
 
 	err = e.startAgentAndFetch(gctx, g, exitWhenDone)
 	if err != nil || exitWhenDone {
@@ -159,11 +152,11 @@ func (e *env) otherTrustDomain(err error) error {
 }
 
 func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group, exitWhenDone bool) error {
-	conn, err := grpc.NewClient("unix://"+e.serverSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	admin, err := adminclient.Dial(e.serverSocket(), e.td)
 	if err != nil {
-		return fmt.Errorf("connect to admin socket: %w", err)
+		return err
 	}
-	defer conn.Close()
+	defer admin.Close()
 
 	agentDir := filepath.Join(e.dir, "agent")
 	if err := os.MkdirAll(agentDir, 0o700); err != nil {
@@ -175,14 +168,9 @@ func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group, exitWhe
 	}
 	var token string
 	if _, err := os.Stat(filepath.Join(agentDir, attestedMarker)); err != nil {
-		resp, err := agentv1.NewAgentClient(conn).CreateJoinToken(ctx, &agentv1.CreateJoinTokenRequest{
-			Ttl:     600,
-			AgentId: &types.SPIFFEID{TrustDomain: e.td.Name(), Path: agentID.Path()},
-		})
-		if err != nil {
-			return fmt.Errorf("create join token: %w", err)
+		if token, err = admin.CreateJoinToken(ctx, agentID, 10*time.Minute); err != nil {
+			return err
 		}
-		token = resp.Value
 	}
 
 	u, err := user.Current()
@@ -199,30 +187,20 @@ func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group, exitWhe
 		}
 	}
 	sel := "uid:" + u.Uid
-	cr, err := entryv1.NewEntryClient(conn).BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{{
-		SpiffeId:  &types.SPIFFEID{TrustDomain: e.td.Name(), Path: workloadID.Path()},
-		ParentId:  &types.SPIFFEID{TrustDomain: e.td.Name(), Path: agentID.Path()},
-		Selectors: []*types.Selector{{Type: "unix", Value: sel}},
-	}}})
+	entry, err := adminclient.NewEntry(workloadID, agentID, "unix:"+sel)
 	if err != nil {
+		return err
+	}
+	// A later run finds the entry already there.
+	if _, err := admin.CreateEntry(ctx, entry); err != nil && status.Code(err) != codes.AlreadyExists {
 		return fmt.Errorf("create workload entry: %w", err)
 	}
-	if len(cr.GetResults()) != 1 {
-		return fmt.Errorf("create workload entry: %d results for 1 entry", len(cr.GetResults()))
-	}
-	if st := cr.GetResults()[0].GetStatus(); st.GetCode() != int32(codes.OK) && st.GetCode() != int32(codes.AlreadyExists) {
-		return fmt.Errorf("create workload entry: %s", st.GetMessage())
-	}
 
-	bundle, err := bundlev1.NewBundleClient(conn).GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	pemData, err := admin.BundlePEM(ctx)
 	if err != nil {
-		return fmt.Errorf("get trust bundle: %w", err)
+		return fmt.Errorf("trust bundle: %w", err)
 	}
 	bundlePath := filepath.Join(agentDir, "bootstrap.pem")
-	var pemData []byte
-	for _, a := range bundle.X509Authorities {
-		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.Asn1})...)
-	}
 	if err := os.WriteFile(bundlePath, pemData, 0o644); err != nil {
 		return fmt.Errorf("write bootstrap bundle: %w", err)
 	}
@@ -291,13 +269,4 @@ func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group, exitWhe
 	fmt.Fprintf(w, "Fetch it yourself (while this runs):\n  go run ./cmd/sigil-agent api fetch x509 -socketPath %s\n", e.agentSocket())
 	fmt.Fprintf(w, "List registration entries:\n  go run ./cmd/sigil-server entry show -socketPath %s\n", e.serverSocket())
 	return nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }

@@ -1,16 +1,14 @@
-// Package nested brings up real Sigil servers and agents in one process to
-// exercise nested (hierarchical) deployments: a root server, agents
-// attested to it, downstream ("site") servers whose UpstreamAuthority
-// "spire" uses a co-located root-side agent's Workload API, and device
-// agents attested to the sites. It is shared by the tests here and by
-// bench/nested.
+// Package nested brings up real Sigil servers and agents in one process
+// (on internal/testutil/inproc) to exercise nested (hierarchical)
+// deployments: a root server, agents attested to it, downstream ("site")
+// servers whose UpstreamAuthority "spire" uses a co-located root-side
+// agent's Workload API, and device agents attested to the sites. It names
+// every server and agent in logs and errors and lets a test wait for a log
+// message. It is shared by the tests here and by bench/nested.
 package nested
 
 import (
 	"context"
-	"crypto"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,14 +25,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
-	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
-	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
-	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sigil-spiffe/sigil/internal/adminclient"
 	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
@@ -45,22 +37,21 @@ import (
 // TrustDomain is the trust domain of every tier (nested servers share it).
 var TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
 
-// Server is one running sigil-server.
+// Server is one running sigil-server (inproc) named in logs and errors.
 type Server struct {
+	*inproc.Server
 	Name string
-	Cfg  *config.Server
 	Log  *LogWatch
 
-	tb    testing.TB
-	srv   *inproc.Server
-	admin *grpc.ClientConn
+	tb testing.TB
 }
 
 // ServerOption edits a server configuration before start.
 type ServerOption func(*config.Server)
 
 // NewServerConfig returns a SQLite/disk-keys server configuration in dir
-// listening on 127.0.0.1:port, with join-token attestation.
+// listening on 127.0.0.1:port, with join-token attestation. Port 0 binds a
+// free port (StartServer records it in the configuration).
 func NewServerConfig(dir string, port int, opts ...ServerOption) *config.Server {
 	c := inproc.ServerConfig(TrustDomain, dir, filepath.Join(dir, "api.sock"), port)
 	for _, o := range opts {
@@ -70,7 +61,9 @@ func NewServerConfig(dir string, port int, opts ...ServerOption) *config.Server 
 }
 
 // StartServer starts a server and waits until it serves. Stop (or test
-// cleanup) ends it.
+// cleanup) ends it. A BindPort of 0 in cfg is set to the port bound, so
+// that a restart from cfg listens where agents and downstream servers
+// already point.
 func StartServer(tb testing.TB, name string, cfg *config.Server) *Server {
 	tb.Helper()
 	lw := NewLogWatch(os.Getenv("SIGIL_TEST_LOG") != "", name)
@@ -78,84 +71,53 @@ func StartServer(tb testing.TB, name string, cfg *config.Server) *Server {
 	if err != nil {
 		tb.Fatalf("%s: %v", name, err)
 	}
-	s := &Server{Name: name, Cfg: cfg, Log: lw, tb: tb, srv: srv}
-	conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		_ = srv.Stop()
-		tb.Fatalf("%s: admin client: %v", name, err)
-	}
-	s.admin = conn
+	cfg.BindPort = srv.Port()
+	s := &Server{Server: srv, Name: name, Log: lw, tb: tb}
 	tb.Cleanup(s.Stop)
 	return s
 }
 
 // Stop stops the server and waits for it to exit (idempotent).
 func (s *Server) Stop() {
-	if s.admin != nil {
-		_ = s.admin.Close()
-	}
-	if err := s.srv.Stop(); err != nil {
+	if err := s.Server.Stop(); err != nil {
 		s.tb.Errorf("%s: %v", s.Name, err)
 	}
 }
 
-// Admin is a client connection to the server's admin socket.
-func (s *Server) Admin() *grpc.ClientConn { return s.admin }
+func (s *Server) admin() *adminclient.Client { return s.Admin(s.tb).Client }
 
 // JoinToken creates a join token whose agent gets SPIFFE ID
 // spiffe://<td>/<agentPath>.
 func (s *Server) JoinToken(ctx context.Context, agentPath string) (string, error) {
-	resp, err := agentv1.NewAgentClient(s.admin).CreateJoinToken(ctx, &agentv1.CreateJoinTokenRequest{
-		Ttl:     600,
-		AgentId: &types.SPIFFEID{TrustDomain: TrustDomain.Name(), Path: agentPath},
-	})
+	tok, err := s.admin().CreateJoinToken(ctx, spiffeid.RequireFromPath(TrustDomain, agentPath), testutil.JoinTokenTTL)
 	if err != nil {
-		return "", fmt.Errorf("%s: create join token: %w", s.Name, err)
+		return "", fmt.Errorf("%s: %w", s.Name, err)
 	}
-	return resp.Value, nil
+	return tok, nil
 }
 
 // CreateEntry registers spiffeIDPath under parentPath with one unix:uid
 // selector for this process's uid.
 func (s *Server) CreateEntry(ctx context.Context, spiffeIDPath, parentPath string, downstream bool) error {
-	resp, err := entryv1.NewEntryClient(s.admin).BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{{
-		SpiffeId:   &types.SPIFFEID{TrustDomain: TrustDomain.Name(), Path: spiffeIDPath},
-		ParentId:   &types.SPIFFEID{TrustDomain: TrustDomain.Name(), Path: parentPath},
-		Selectors:  []*types.Selector{{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())}},
-		Downstream: downstream,
-	}}})
+	e, err := adminclient.NewEntry(spiffeid.RequireFromPath(TrustDomain, spiffeIDPath), spiffeid.RequireFromPath(TrustDomain, parentPath),
+		"unix:uid:"+strconv.Itoa(os.Getuid()))
 	if err != nil {
-		return fmt.Errorf("%s: create entry: %w", s.Name, err)
+		return err
 	}
-	if st := resp.Results[0].Status; st.Code != int32(codes.OK) {
-		return fmt.Errorf("%s: create entry %s: %s", s.Name, spiffeIDPath, st.Message)
+	e.Downstream = downstream
+	if _, err := s.admin().CreateEntry(ctx, e); err != nil {
+		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	return nil
 }
 
 // Bundle returns the server's own trust bundle (X.509 and JWT).
 func (s *Server) Bundle(ctx context.Context) (*x509bundle.Bundle, *jwtbundle.Bundle, error) {
-	b, err := bundlev1.NewBundleClient(s.admin).GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	b, err := s.admin().SPIFFEBundle(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: get bundle: %w", s.Name, err)
+		return nil, nil, fmt.Errorf("%s: %w", s.Name, err)
 	}
-	var certs []*x509.Certificate
-	for _, a := range b.X509Authorities {
-		c, err := x509.ParseCertificate(a.Asn1)
-		if err != nil {
-			return nil, nil, err
-		}
-		certs = append(certs, c)
-	}
-	keys := map[string]crypto.PublicKey{}
-	for _, k := range b.JwtAuthorities {
-		pub, err := x509.ParsePKIXPublicKey(k.PublicKey)
-		if err != nil {
-			return nil, nil, err
-		}
-		keys[k.KeyId] = pub
-	}
-	return x509bundle.FromX509Authorities(TrustDomain, certs), jwtbundle.FromJWTAuthorities(TrustDomain, keys), nil
+	return b.X509Bundle(), b.JWTBundle(), nil
 }
 
 // Agent is one running sigil-agent.
@@ -173,26 +135,11 @@ type Agent struct {
 // Workload API socket serves.
 func StartAgent(tb testing.TB, ctx context.Context, name, dir string, srv *Server, agentPath string) *Agent {
 	tb.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		tb.Fatal(err)
-	}
 	token, err := srv.JoinToken(ctx, agentPath)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	xb, _, err := srv.Bundle(ctx)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var pemData []byte
-	for _, c := range xb.X509Authorities() {
-		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	bundlePath := filepath.Join(dir, "bootstrap.pem")
-	if err := os.WriteFile(bundlePath, pemData, 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	c := inproc.AgentConfig(TrustDomain, dir, filepath.Join(dir, "wl.sock"), "127.0.0.1", srv.Cfg.BindPort, bundlePath, token)
+	c := srv.AgentConfig(tb, dir, token)
 	lw := NewLogWatch(os.Getenv("SIGIL_TEST_LOG") != "", name)
 	a, err := inproc.StartAgent(c, slog.New(lw), agentapp.Options{})
 	if err != nil {
@@ -232,16 +179,6 @@ func (a *Agent) FetchX509SVID(ctx context.Context, accept func(*x509svid.SVID) b
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort(tb testing.TB) int {
-	tb.Helper()
-	port, err := testutil.FreePort()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return port
 }
 
 // LogWatch is a slog.Handler that can print records and lets a test wait

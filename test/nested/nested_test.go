@@ -85,7 +85,7 @@ func TestThreeTiers(t *testing.T) {
 	dir := testutil.ShortTempDir(t)
 
 	// Tier 1: the root, self-signed.
-	rootCfg := NewServerConfig(filepath.Join(dir, "root"), FreePort(t))
+	rootCfg := NewServerConfig(filepath.Join(dir, "root"), 0)
 	root := StartServer(t, "root", rootCfg)
 
 	// The root-side agent next to the site server; the site server's
@@ -100,7 +100,7 @@ func TestThreeTiers(t *testing.T) {
 	}
 
 	// Tier 2: the site server, nested under the root.
-	siteCfg := NewServerConfig(filepath.Join(dir, "site"), FreePort(t), func(c *config.Server) {
+	siteCfg := NewServerConfig(filepath.Join(dir, "site"), 0, func(c *config.Server) {
 		c.CATTL = siteCATTL
 		// Lifetimes well above the CA's 10s backdating, so that agents do
 		// not renew at once (their half-life counts from NotBefore).

@@ -8,8 +8,6 @@ package offline_test
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,16 +25,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
-	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
-	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
-	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-spiffe/sigil/internal/adminclient"
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
 	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
@@ -71,10 +66,16 @@ func TestWeekLongOutage(t *testing.T) {
 	srv := startServer(t, dir, clk)
 	agentID := spiffeid.RequireFromPath(td, "/agent/edge")
 	workloadID := spiffeid.RequireFromPath(td, "/workload/edge")
-	token := srv.joinToken(t, agentID)
-	srv.createEntry(t, agentID, workloadID, fmt.Sprintf("uid:%d", uid))
+	adm := srv.Admin(t)
+	token := adm.CreateJoinToken(t, agentID)
+	e, err := adminclient.NewEntry(workloadID, agentID, fmt.Sprintf("unix:uid:%d", uid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.X509SvidTtl = int32(svidTTL / time.Second)
+	adm.CreateEntries(t, e)
 
-	acfg := agentConfig(t, dir, srv.addr, srv.bundlePath, token)
+	acfg := agentConfig(t, dir, srv, token)
 	logs := &logRecorder{}
 	a := startAgent(t, acfg, clk, logs)
 	socket := "unix://" + acfg.SocketPath
@@ -102,7 +103,7 @@ func TestWeekLongOutage(t *testing.T) {
 	waitFor(t, "connected after renewals", func() bool { return a.Status().State == manager.StateConnected })
 
 	// The server goes away.
-	srv.stop(t)
+	srv.StopT(t)
 	outage := clk.Now()
 	waitFor(t, "degraded state", func() bool { return a.Status().State == manager.StateDegraded })
 	expectReady(t, acfg, http.StatusOK, "degraded: server unreachable since")
@@ -171,93 +172,26 @@ func TestWeekLongOutage(t *testing.T) {
 	waitFor(t, "expired error", func() bool { return logs.count(slog.LevelError, "Agent state: expired") == 1 })
 }
 
-// server is an in-process sigil-server.
-type server struct {
-	*inproc.Server
-	addr       string
-	bundlePath string
-	conn       *grpc.ClientConn
-}
-
-func startServer(t *testing.T, dir string, clk clock.Clock) *server {
+// startServer runs an in-process sigil-server whose SVIDs (server, agent,
+// workloads) live 8 days and its CA 90, on clk.
+func startServer(t *testing.T, dir string, clk clock.Clock) *inproc.Server {
 	t.Helper()
 	cfg := inproc.ServerConfig(td, filepath.Join(dir, "server"), filepath.Join(dir, "admin.sock"), 0)
 	cfg.CATTL = 90 * day
 	cfg.DefaultX509SVIDTTL = svidTTL
 	cfg.AgentTTL = svidTTL
-	s, err := inproc.StartServer(cfg, slog.New(slog.DiscardHandler), serverapp.Options{Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &server{Server: s}
-	t.Cleanup(func() { srv.stop(t) })
-	srv.addr = s.Srv.TCPAddr().String()
-	conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.conn = conn
-	t.Cleanup(func() { conn.Close() })
-
-	// The agent's bootstrap bundle, PEM.
-	b, err := bundlev1.NewBundleClient(conn).GetBundle(context.Background(), &bundlev1.GetBundleRequest{})
-	if err != nil {
-		t.Fatalf("bundle: %v", err)
-	}
-	var pemData []byte
-	for _, a := range b.X509Authorities {
-		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.Asn1})...)
-	}
-	srv.bundlePath = filepath.Join(dir, "bundle.pem")
-	if err := os.WriteFile(srv.bundlePath, pemData, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return srv
+	return inproc.RunServer(t, cfg, nil, serverapp.Options{Clock: clk})
 }
 
-func (s *server) stop(t *testing.T) {
-	if err := s.Stop(); err != nil && !errors.Is(err, context.Canceled) {
-		t.Errorf("server Run: %v", err)
-	}
-}
-
-func (s *server) joinToken(t *testing.T, agentID spiffeid.ID) string {
+func agentConfig(t *testing.T, dir string, srv *inproc.Server, token string) *config.Agent {
 	t.Helper()
-	resp, err := agentv1.NewAgentClient(s.conn).CreateJoinToken(context.Background(), &agentv1.CreateJoinTokenRequest{
-		Ttl: 600, AgentId: &types.SPIFFEID{TrustDomain: td.Name(), Path: agentID.Path()},
-	})
-	if err != nil {
-		t.Fatalf("create join token: %v", err)
-	}
-	return resp.Value
-}
-
-func (s *server) createEntry(t *testing.T, parent, id spiffeid.ID, unixSelector string) {
-	t.Helper()
-	resp, err := entryv1.NewEntryClient(s.conn).BatchCreateEntry(context.Background(), &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{{
-		SpiffeId:    &types.SPIFFEID{TrustDomain: td.Name(), Path: id.Path()},
-		ParentId:    &types.SPIFFEID{TrustDomain: td.Name(), Path: parent.Path()},
-		Selectors:   []*types.Selector{{Type: "unix", Value: unixSelector}},
-		X509SvidTtl: int32(svidTTL / time.Second),
-	}}})
-	if err != nil {
-		t.Fatalf("create entry: %v", err)
-	}
-	if c := resp.Results[0].GetStatus().GetCode(); c != int32(codes.OK) {
-		t.Fatalf("create entry: %s", resp.Results[0].GetStatus().GetMessage())
-	}
-}
-
-func agentConfig(t *testing.T, dir, serverAddr, bundlePath, token string) *config.Agent {
-	t.Helper()
-	host, port, err := net.SplitHostPort(serverAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	portNum, _ := strconv.Atoi(port)
-	cfg := inproc.AgentConfig(td, filepath.Join(dir, "agent"), filepath.Join(dir, "api.sock"), host, portNum, bundlePath, token)
+	cfg := srv.AgentConfig(t, filepath.Join(dir, "agent"), token)
 	cfg.AvailabilityTarget = target
-	cfg.HealthChecks = config.HealthChecks{ListenerEnabled: true, BindAddress: "127.0.0.1", BindPort: freePort(t), LivePath: "/live", ReadyPath: "/ready"}
+	port, err := testutil.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HealthChecks = config.HealthChecks{ListenerEnabled: true, BindAddress: "127.0.0.1", BindPort: port, LivePath: "/live", ReadyPath: "/ready"}
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("agent configuration: %v", err)
 	}
@@ -272,12 +206,8 @@ type agent struct {
 
 func startAgent(t *testing.T, cfg *config.Agent, clk clock.Clock, logs *logRecorder) *agent {
 	t.Helper()
-	a, err := inproc.StartAgent(cfg, slog.New(logs), agentapp.Options{Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := inproc.RunAgent(t, cfg, slog.New(logs), agentapp.Options{Clock: clk})
 	ag := &agent{Agent: a.A, ia: a}
-	t.Cleanup(func() { ag.stop(t) })
 	// The health listener starts alongside the Workload API.
 	waitFor(t, "health listener", func() bool {
 		resp, err := http.Get(healthURL(cfg, "/live"))
@@ -289,11 +219,7 @@ func startAgent(t *testing.T, cfg *config.Agent, clk clock.Clock, logs *logRecor
 	return ag
 }
 
-func (a *agent) stop(t *testing.T) {
-	if err := a.ia.Stop(); err != nil && !errors.Is(err, context.Canceled) {
-		t.Errorf("agent Run: %v", err)
-	}
-}
+func (a *agent) stop(t *testing.T) { a.ia.StopT(t) }
 
 func fetch(socket string) (*x509svid.SVID, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
@@ -439,15 +365,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	port, err := testutil.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
 }
 
 // logRecorder is a slog.Handler keeping level and message of every record.

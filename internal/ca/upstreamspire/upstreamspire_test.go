@@ -7,22 +7,30 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"net/url"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/sigil-spiffe/sigil/internal/adminclient"
+	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
+	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/ca/upstreamspire"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
-	"github.com/sigil-spiffe/sigil/test/nested"
+	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
 )
 
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
 func TestNewValidates(t *testing.T) {
-	good := upstreamspire.Config{TrustDomain: nested.TrustDomain, ServerAddress: "127.0.0.1", ServerPort: 8081, WorkloadAPISocket: "/x/agent.sock"}
+	good := upstreamspire.Config{TrustDomain: td, ServerAddress: "127.0.0.1", ServerPort: 8081, WorkloadAPISocket: "/x/agent.sock"}
 	if _, err := upstreamspire.New(good); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
@@ -45,8 +53,12 @@ func TestNewValidates(t *testing.T) {
 // Construction needs nothing reachable; calls fail (not hang) while the
 // agent's Workload API is missing.
 func TestLazyAndBounded(t *testing.T) {
+	port, err := testutil.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, err := upstreamspire.New(upstreamspire.Config{
-		TrustDomain: nested.TrustDomain, ServerAddress: "127.0.0.1", ServerPort: nested.FreePort(t),
+		TrustDomain: td, ServerAddress: "127.0.0.1", ServerPort: port,
 		WorkloadAPISocket: filepath.Join(t.TempDir(), "missing.sock"), CallTimeout: 300 * time.Millisecond,
 	})
 	if err != nil {
@@ -68,7 +80,7 @@ func csr(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{nested.TrustDomain.ID().URL()}}, k)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{td.ID().URL()}}, k)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,19 +95,30 @@ func TestAgainstRealUpstream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := testutil.ShortTempDir(t)
-	rootCfg := nested.NewServerConfig(filepath.Join(dir, "root"), nested.FreePort(t))
-	root := nested.StartServer(t, "root", rootCfg)
-	gw := nested.StartAgent(t, ctx, "agent", filepath.Join(dir, "a"), root, "/gw")
-	if err := root.CreateEntry(ctx, "/down", "/gw", true); err != nil {
+	rootCfg := inproc.ServerConfig(td, filepath.Join(dir, "root"), filepath.Join(dir, "root.sock"), 0)
+	root := inproc.RunServer(t, rootCfg, nil, serverapp.Options{})
+	rootCfg.BindPort = root.Port() // the restart below listens on the same port
+	gwID, downID := spiffeid.RequireFromPath(td, "/gw"), spiffeid.RequireFromPath(td, "/down")
+	gw := root.StartAgent(t, filepath.Join(dir, "a"), gwID, nil, agentapp.Options{})
+	down, err := adminclient.NewEntry(downID, gwID, "unix:uid:"+strconv.Itoa(os.Getuid()))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := gw.FetchX509SVID(ctx, nil); err != nil {
-		t.Fatal(err)
+	down.Downstream = true
+	root.Admin(t).CreateEntries(t, down)
+	testutil.RequireSVID(t, gw.SocketAddr(), downID, time.Minute)
+	rootBundle := func() *spiffebundle.Bundle {
+		t.Helper()
+		b, err := root.Admin(t).Client.SPIFFEBundle(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
 	}
 
 	a, err := upstreamspire.New(upstreamspire.Config{
-		TrustDomain: nested.TrustDomain, ServerAddress: "127.0.0.1", ServerPort: rootCfg.BindPort,
-		WorkloadAPISocket: gw.Socket, PollInterval: 100 * time.Millisecond, CallTimeout: 5 * time.Second,
+		TrustDomain: td, ServerAddress: "127.0.0.1", ServerPort: rootCfg.BindPort,
+		WorkloadAPISocket: gw.Cfg.SocketPath, PollInterval: 100 * time.Millisecond, CallTimeout: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -108,10 +131,7 @@ func TestAgainstRealUpstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootX, _, err := root.Bundle(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rootX := rootBundle()
 	if len(roots) != len(rootX.X509Authorities()) || !rootX.HasX509Authority(roots[0]) {
 		t.Fatal("returned roots are not the root server's X.509 authorities")
 	}
@@ -143,10 +163,7 @@ func TestAgainstRealUpstream(t *testing.T) {
 	for _, k := range keys {
 		found = found || k.KeyID == "site-key"
 	}
-	_, rootJ, err := root.Bundle(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rootJ := rootBundle()
 	if !found || !rootJ.HasJWTAuthority("site-key") || len(keys) != len(rootJ.JWTAuthorities()) {
 		t.Fatalf("published key: in answer %v, in root bundle %v; answer has %d keys, root %d", found, rootJ.HasJWTAuthority("site-key"), len(keys), len(rootJ.JWTAuthorities()))
 	}
@@ -176,11 +193,11 @@ func TestAgainstRealUpstream(t *testing.T) {
 
 	// Root down: calls fail within the call timeout. Root back (same data
 	// and port): calls succeed again on the same Authority.
-	root.Stop()
+	root.StopT(t)
 	if _, _, err := a.MintX509CA(ctx, csr(t), time.Hour); err == nil {
 		t.Fatal("MintX509CA succeeded with the root stopped")
 	}
-	nested.StartServer(t, "root-restarted", rootCfg)
+	inproc.RunServer(t, rootCfg, nil, serverapp.Options{})
 	for {
 		chain, _, err = a.MintX509CA(ctx, csr(t), time.Hour)
 		if err == nil {

@@ -2,9 +2,12 @@
 // process (internal/app/server and internal/app/agent, not the binaries):
 // the configuration every in-process harness uses (SQLite, disk keys,
 // join-token attestation, unix workload attestor), and start/ready/stop
-// of each component. test/nested, test/offline and bench/internal/stack build on
-// it;
-// internal/testutil runs the same components as separate processes.
+// of each component, and (testing.go) the test-facing calls that fail the
+// test, stop on its cleanup and drive the server's admin API
+// (testutil.Admin). It is the one in-process server harness: test/nested,
+// test/offline, bench/internal/stack and package tests that need a whole
+// server build on it; internal/testutil runs the same components as
+// separate processes.
 //
 // It is a separate package from internal/testutil so that importing the
 // process helpers does not link the whole server and agent.
@@ -25,6 +28,7 @@ import (
 	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 // readyTimeout bounds how long Start* and Stop wait for a component.
@@ -124,6 +128,8 @@ type Server struct {
 	Srv *serverapp.Server
 	Cfg *config.Server
 	r   *runner
+
+	admin *testutil.Admin // dialled by Admin
 }
 
 // StartServer validates cfg, builds the server with opts, runs it until

@@ -65,7 +65,7 @@ func benchCreate(b *testing.B, callers int) {
 		for range callers {
 			wg.Go(func() {
 				for batch := range ch {
-					if _, err := srv.TryCreateEntries(context.Background(), batch...); err != nil {
+					if _, err := srv.Client.CreateEntries(context.Background(), batch...); err != nil {
 						errs <- err
 						return
 					}

@@ -199,7 +199,7 @@ func benchMint(b *testing.B, srv *stack.Server) {
 		return spiffeid.RequireFromSegments(stack.TrustDomain, "mint", fmt.Sprint(i))
 	})
 	// Warm the connection.
-	if _, err := srv.SVIDs.MintX509SVID(context.Background(), &svidv1.MintX509SVIDRequest{Csr: csrs[0]}); err != nil {
+	if _, err := srv.SVID.MintX509SVID(context.Background(), &svidv1.MintX509SVIDRequest{Csr: csrs[0]}); err != nil {
 		b.Fatal(err)
 	}
 	var next atomic.Int64
@@ -211,7 +211,7 @@ func benchMint(b *testing.B, srv *stack.Server) {
 		ctx := context.Background()
 		for pb.Next() {
 			csr := csrs[int(next.Add(1))%len(csrs)]
-			resp, err := srv.SVIDs.MintX509SVID(ctx, &svidv1.MintX509SVIDRequest{Csr: csr})
+			resp, err := srv.SVID.MintX509SVID(ctx, &svidv1.MintX509SVIDRequest{Csr: csr})
 			if err != nil {
 				b.Error(err)
 				return

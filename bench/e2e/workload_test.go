@@ -228,7 +228,7 @@ func BenchmarkEntryToWorkload(b *testing.B) {
 		i++
 		id := spiffeid.RequireFromSegments(stack.TrustDomain, "new", fmt.Sprint(i))
 		t0 := time.Now()
-		ids, err := e.srv.TryCreateEntries(ctx, stack.Entry(e.agentID, id, e.uidSel))
+		ids, err := e.srv.Client.CreateEntries(ctx, stack.Entry(e.agentID, id, e.uidSel))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -238,7 +238,7 @@ func BenchmarkEntryToWorkload(b *testing.B) {
 		lat.Add(time.Since(t0))
 
 		b.StopTimer()
-		if err := e.srv.DeleteEntries(ctx, ids...); err != nil {
+		if err := e.srv.Client.DeleteEntries(ctx, ids...); err != nil {
 			b.Fatal(err)
 		}
 		gone := contains(id)

@@ -18,10 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
+	"github.com/sigil-spiffe/sigil/bench/internal/stack"
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
@@ -35,7 +35,7 @@ func BenchmarkSiteBatchNewX509SVID(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dir := testutil.ShortTempDir(b)
-	rootCfg := nested.NewServerConfig(filepath.Join(dir, "root"), nested.FreePort(b))
+	rootCfg := nested.NewServerConfig(filepath.Join(dir, "root"), 0)
 	root := nested.StartServer(b, "root", rootCfg)
 	gw := nested.StartAgent(b, ctx, "root-agent", filepath.Join(dir, "ra"), root, "/site-gw")
 	if err := root.CreateEntry(ctx, "/site-server", "/site-gw", true); err != nil {
@@ -44,12 +44,12 @@ func BenchmarkSiteBatchNewX509SVID(b *testing.B) {
 	if _, err := gw.FetchX509SVID(ctx, nil); err != nil {
 		b.Fatal(err)
 	}
-	siteCfg := nested.NewServerConfig(filepath.Join(dir, "site"), nested.FreePort(b))
+	siteCfg := nested.NewServerConfig(filepath.Join(dir, "site"), 0)
 	siteCfg.SetPlugin(config.NewPlugin("UpstreamAuthority", "spire", map[string]any{"server_address": "127.0.0.1", "server_port": rootCfg.BindPort, "workload_api_socket": gw.Socket}))
 	siteCfg.RateLimit.Signing = false // measure signing, not the limiter
 	site := nested.StartServer(b, "site", siteCfg)
 
-	c, reqs := attestBenchAgent(b, ctx, site)
+	c, reqs := attestBenchAgent(b, site)
 	defer c.Close()
 
 	run := func(b *testing.B) {
@@ -92,62 +92,20 @@ func signAll(ctx context.Context, c *client.Client, reqs []client.X509SVIDReques
 // attestBenchAgent attests an agent to site with a join token through the
 // agent client, registers batch entries under it and returns a client
 // authenticated with the agent SVID and one request per entry.
-func attestBenchAgent(b *testing.B, ctx context.Context, site *nested.Server) (*client.Client, []client.X509SVIDRequest) {
+func attestBenchAgent(b *testing.B, site *nested.Server) (*client.Client, []client.X509SVIDRequest) {
 	b.Helper()
 	const agentPath = "/bench-agent"
-	token, err := site.JoinToken(ctx, agentPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	xb, _, err := site.Bundle(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", site.Cfg.BindPort)
-	bootstrap, err := client.Dial(client.Config{Addr: addr, TrustDomain: nested.TrustDomain, Bundle: xb.X509Authorities})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer bootstrap.Close()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		b.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		b.Fatal(err)
-	}
-	chain, err := bootstrap.AttestJoinToken(ctx, token, csr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	id, err := x509svid.IDFromCert(chain[0])
-	if err != nil {
-		b.Fatal(err)
-	}
-	svid := &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
-	c, err := client.Dial(client.Config{Addr: addr, TrustDomain: nested.TrustDomain, Bundle: xb.X509Authorities, SVID: func() *x509svid.SVID { return svid }})
-	if err != nil {
-		b.Fatal(err)
-	}
+	agentID := spiffeid.RequireFromPath(nested.TrustDomain, agentPath)
+	adm := site.Admin(b)
+	c := stack.AttestClient(b, site.Addr(), adm.BundleCerts(b), adm.CreateJoinToken(b, agentID))
 
 	var entries []*types.Entry
 	for i := range batch {
-		entries = append(entries, &types.Entry{
-			SpiffeId:  &types.SPIFFEID{TrustDomain: nested.TrustDomain.Name(), Path: fmt.Sprintf("/bench/w%d", i)},
-			ParentId:  &types.SPIFFEID{TrustDomain: nested.TrustDomain.Name(), Path: agentPath},
-			Selectors: []*types.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", 10000+i)}},
-		})
+		entries = append(entries, stack.Entry(agentID, spiffeid.RequireFromPath(nested.TrustDomain, fmt.Sprintf("/bench/w%d", i)), fmt.Sprintf("uid:%d", 10000+i)))
 	}
-	resp, err := entryv1.NewEntryClient(site.Admin()).BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: entries})
-	if err != nil {
-		b.Fatal(err)
-	}
+	ids := adm.CreateEntries(b, entries...)
 	var reqs []client.X509SVIDRequest
-	for _, r := range resp.Results {
-		if r.Status.Code != 0 {
-			b.Fatalf("create entry: %s", r.Status.Message)
-		}
+	for _, id := range ids {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			b.Fatal(err)
@@ -156,7 +114,7 @@ func attestBenchAgent(b *testing.B, ctx context.Context, site *nested.Server) (*
 		if err != nil {
 			b.Fatal(err)
 		}
-		reqs = append(reqs, client.X509SVIDRequest{EntryID: r.Entry.Id, CSR: wcsr})
+		reqs = append(reqs, client.X509SVIDRequest{EntryID: id, CSR: wcsr})
 	}
 	return c, reqs
 }

@@ -63,7 +63,7 @@ func (s *Server) StartAgentProcess(tb testing.TB, token string) *AgentProcess {
 		ServerPort:      portN,
 		DataDir:         dir,
 		SocketPath:      filepath.Join(dir, "api.sock"),
-		TrustBundlePath: s.WriteBundlePEM(tb, dir),
+		TrustBundlePath: s.WriteBundlePEM(tb, filepath.Join(dir, "bundle.pem")),
 		JoinToken:       token,
 		LogLevel:        "INFO",
 	}

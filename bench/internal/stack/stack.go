@@ -1,7 +1,8 @@
 // Package stack assembles a real Sigil server (SQLite, disk keys) and
-// agents in-process for the end-to-end benchmarks, the way
-// internal/app/dev does: the admin API is driven with the spire-api-sdk
-// clients over the server's unix socket, agents attest with join tokens.
+// agents for the end-to-end benchmarks, in-process (internal/testutil/inproc)
+// or as processes (internal/testutil): the admin API is driven with
+// testutil.Admin over the server's unix socket, agents attest with join
+// tokens.
 //
 // It takes a testing.TB so setup failures stop the benchmark, and
 // registers every shutdown with TB.Cleanup. Use it only from _test.go files.
@@ -13,7 +14,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -27,15 +27,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
-	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
-	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
-	svidv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/svid/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sigil-spiffe/sigil/internal/adminclient"
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
 	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
@@ -54,16 +48,12 @@ func Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
-// Server is a running in-process sigil-server with admin clients.
+// Server is a running sigil-server with its admin API (testutil.Admin:
+// join tokens, entries, bundle; the service clients for other calls).
 type Server struct {
-	Dir     string // short temp dir holding the data dir and sockets
-	Socket  string // admin unix socket
-	Addr    string // agent endpoint host:port
-	Conn    *grpc.ClientConn
-	Agents  agentv1.AgentClient
-	Entries entryv1.EntryClient
-	Bundles bundlev1.BundleClient
-	SVIDs   svidv1.SVIDClient
+	*testutil.Admin
+	Dir  string // short temp dir holding the data dir and sockets
+	Addr string // agent endpoint host:port
 	// Pid is the server's process ID when it runs as a separate process
 	// (StartServerProcess), 0 when in-process.
 	Pid int
@@ -100,8 +90,7 @@ func StartServer(tb testing.TB) *Server {
 			tb.Logf("server stopped: %v", err)
 		}
 	})
-	s := dialAdmin(tb, cfg.SocketPath, srv.Srv.TCPAddr().String())
-	s.Dir = dir
+	s := &Server{Admin: testutil.DialAdmin(tb, cfg.SocketPath, TrustDomain), Dir: dir, Addr: srv.Srv.TCPAddr().String()}
 	return s
 }
 
@@ -113,111 +102,25 @@ func StartServerProcess(tb testing.TB) *Server {
 	tb.Helper()
 	p := testutil.StartServer(tb, testutil.ServerConfig{TrustDomain: TrustDomain.Name(), LogLevel: "INFO"})
 	tb.Cleanup(func() { _ = p.Proc.Stop() }) // graceful first; testutil kills as a fallback
-	s := dialAdmin(tb, p.Config.SocketPath, p.Addr())
-	s.Dir, s.Pid, s.proc = p.Config.DataDir, p.Proc.Pid(), p.Proc
+	s := &Server{Admin: p.Admin(tb), Dir: p.Config.DataDir, Addr: p.Addr(), Pid: p.Proc.Pid(), proc: p.Proc}
 	return s
-}
-
-func dialAdmin(tb testing.TB, socket, addr string) *Server {
-	tb.Helper()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { conn.Close() })
-	return &Server{
-		Socket:  socket,
-		Addr:    addr,
-		Conn:    conn,
-		Agents:  agentv1.NewAgentClient(conn),
-		Entries: entryv1.NewEntryClient(conn),
-		Bundles: bundlev1.NewBundleClient(conn),
-		SVIDs:   svidv1.NewSVIDClient(conn),
-	}
 }
 
 // JoinToken creates a join token for a new agent SPIFFE ID.
 func (s *Server) JoinToken(tb testing.TB) (token string, agentID spiffeid.ID) {
 	tb.Helper()
 	agentID = spiffeid.RequireFromSegments(TrustDomain, "bench", "agent", fmt.Sprint(s.agentSeq.Add(1)))
-	resp, err := s.Agents.CreateJoinToken(context.Background(), &agentv1.CreateJoinTokenRequest{
-		Ttl:     600,
-		AgentId: &types.SPIFFEID{TrustDomain: TrustDomain.Name(), Path: agentID.Path()},
-	})
-	if err != nil {
-		tb.Fatalf("create join token: %v", err)
-	}
-	return resp.Value, agentID
+	return s.CreateJoinToken(tb, agentID), agentID
 }
 
 // Entry builds a registration entry for id under parent with one selector
 // ("unix", value).
 func Entry(parent, id spiffeid.ID, unixSelector string) *types.Entry {
 	return &types.Entry{
-		SpiffeId:  &types.SPIFFEID{TrustDomain: id.TrustDomain().Name(), Path: id.Path()},
-		ParentId:  &types.SPIFFEID{TrustDomain: parent.TrustDomain().Name(), Path: parent.Path()},
+		SpiffeId:  adminclient.ProtoID(id),
+		ParentId:  adminclient.ProtoID(parent),
 		Selectors: []*types.Selector{{Type: "unix", Value: unixSelector}},
 	}
-}
-
-// CreateEntries creates entries (at most the API's batch size per call is
-// the caller's business) and returns their IDs; any failure is fatal.
-func (s *Server) CreateEntries(tb testing.TB, entries ...*types.Entry) []string {
-	tb.Helper()
-	ids, err := s.TryCreateEntries(context.Background(), entries...)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return ids
-}
-
-// TryCreateEntries is CreateEntries returning the error, for use off the
-// benchmark goroutine.
-func (s *Server) TryCreateEntries(ctx context.Context, entries ...*types.Entry) ([]string, error) {
-	resp, err := s.Entries.BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: entries})
-	if err != nil {
-		return nil, fmt.Errorf("BatchCreateEntry: %w", err)
-	}
-	ids := make([]string, len(resp.Results))
-	for i, r := range resp.Results {
-		if r.GetStatus().GetCode() != int32(codes.OK) {
-			return nil, fmt.Errorf("BatchCreateEntry result %d: %s", i, r.GetStatus().GetMessage())
-		}
-		ids[i] = r.GetEntry().GetId()
-	}
-	return ids, nil
-}
-
-// DeleteEntries deletes entries by ID.
-func (s *Server) DeleteEntries(ctx context.Context, ids ...string) error {
-	resp, err := s.Entries.BatchDeleteEntry(ctx, &entryv1.BatchDeleteEntryRequest{Ids: ids})
-	if err != nil {
-		return fmt.Errorf("BatchDeleteEntry: %w", err)
-	}
-	for i, r := range resp.Results {
-		if r.GetStatus().GetCode() != int32(codes.OK) {
-			return fmt.Errorf("BatchDeleteEntry result %d: %s", i, r.GetStatus().GetMessage())
-		}
-	}
-	return nil
-}
-
-// BundleCerts returns the server's X.509 authorities.
-func (s *Server) BundleCerts(tb testing.TB) []*x509.Certificate {
-	tb.Helper()
-	resp, err := s.Bundles.GetBundle(context.Background(), &bundlev1.GetBundleRequest{})
-	if err != nil {
-		tb.Fatalf("get bundle: %v", err)
-	}
-	var certs []*x509.Certificate
-	for _, a := range resp.X509Authorities {
-		c, err := x509.ParseCertificate(a.Asn1)
-		if err != nil {
-			tb.Fatalf("parse bundle: %v", err)
-		}
-		certs = append(certs, c)
-	}
-	return certs
 }
 
 // AttestedClient attests a new agent with a join token through
@@ -225,8 +128,16 @@ func (s *Server) BundleCerts(tb testing.TB) []*x509.Certificate {
 func (s *Server) AttestedClient(tb testing.TB) (*client.Client, spiffeid.ID) {
 	tb.Helper()
 	token, agentID := s.JoinToken(tb)
-	bundle := s.BundleCerts(tb)
-	bootstrap, err := client.Dial(client.Config{Addr: s.Addr, TrustDomain: TrustDomain, Bundle: func() []*x509.Certificate { return bundle }})
+	return AttestClient(tb, s.Addr, s.BundleCerts(tb), token), agentID
+}
+
+// AttestClient attests an agent to the server at addr (bundle: its X.509
+// authorities) with join token token through internal/agent/client, and
+// returns a client connected with the agent SVID (mTLS), closed on
+// cleanup.
+func AttestClient(tb testing.TB, addr string, bundle []*x509.Certificate, token string) *client.Client {
+	tb.Helper()
+	bootstrap, err := client.Dial(client.Config{Addr: addr, TrustDomain: TrustDomain, Bundle: func() []*x509.Certificate { return bundle }})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -243,9 +154,13 @@ func (s *Server) AttestedClient(tb testing.TB) (*client.Client, spiffeid.ID) {
 	if err != nil {
 		tb.Fatalf("attest: %v", err)
 	}
-	svid := &x509svid.SVID{ID: agentID, Certificates: chain, PrivateKey: key}
+	id, err := x509svid.IDFromCert(chain[0])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	svid := &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
 	c, err := client.Dial(client.Config{
-		Addr:        s.Addr,
+		Addr:        addr,
 		TrustDomain: TrustDomain,
 		Bundle:      func() []*x509.Certificate { return bundle },
 		SVID:        func() *x509svid.SVID { return svid },
@@ -254,21 +169,7 @@ func (s *Server) AttestedClient(tb testing.TB) (*client.Client, spiffeid.ID) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { c.Close() })
-	return c, agentID
-}
-
-// WriteBundlePEM writes the server's bundle to dir/bundle.pem.
-func (s *Server) WriteBundlePEM(tb testing.TB, dir string) string {
-	tb.Helper()
-	var data []byte
-	for _, c := range s.BundleCerts(tb) {
-		data = append(data, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	path := filepath.Join(dir, "bundle.pem")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	return path
+	return c
 }
 
 // AgentConfig returns the configuration of an agent with data dir dir
@@ -287,7 +188,7 @@ func (s *Server) AgentConfig(tb testing.TB, dir, token string) *config.Agent {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cfg := inproc.AgentConfig(TrustDomain, dir, filepath.Join(dir, "api.sock"), host, portNum, s.WriteBundlePEM(tb, dir), token)
+	cfg := inproc.AgentConfig(TrustDomain, dir, filepath.Join(dir, "api.sock"), host, portNum, s.WriteBundlePEM(tb, filepath.Join(dir, "bundle.pem")), token)
 	if err := cfg.Validate(); err != nil {
 		tb.Fatalf("agent configuration: %v", err)
 	}

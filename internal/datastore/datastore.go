@@ -227,7 +227,8 @@ type NodeStore interface {
 //  1. When JoinToken is set, the join token with that hash is consumed; it
 //     must exist and expire after ValidAt (else ErrNotFound: unknown,
 //     already used, or expired meanwhile).
-//  2. A banned node is left as it is (ErrBanned).
+//  2. A banned node is left as it is (ErrBanned); so is an existing node
+//     when MustBeNew is set (ErrAlreadyExists).
 //  3. A new node is created from Node (its selectors, when any, replace
 //     those set earlier with SetNodeSelectors). An existing node gets
 //     Node's CertSerial, CertNotAfter and CanReattest, loses any pending
@@ -237,6 +238,9 @@ type NodeAttestation struct {
 	Node      *AttestedNode
 	JoinToken *[32]byte // SHA-256 of the join token used, if any
 	ValidAt   int64     // unix seconds: the join token must expire after it
+	// MustBeNew refuses to update a node already on record: its attestor
+	// cannot re-attest (trust on first use, join tokens).
+	MustBeNew bool
 }
 
 // NodeEvent is one row of the node change journal.

@@ -54,6 +54,9 @@ new_cert_serial, new_cert_not_after, can_reattest, created_at) VALUES (?, ?, ?, 
 			if old.Banned() {
 				return fmt.Errorf("node %q: %w", n.SPIFFEID, datastore.ErrBanned)
 			}
+			if a.MustBeNew {
+				return fmt.Errorf("node %q was attested before: %w", n.SPIFFEID, datastore.ErrAlreadyExists)
+			}
 			c.AttestationType, c.CreatedAt = old.AttestationType, old.CreatedAt
 			c.NewCertSerial, c.NewCertNotAfter = "", 0
 			if _, err := tx.ExecContext(ctx, s.q(`UPDATE attested_nodes SET cert_serial = ?, cert_not_after = ?, new_cert_serial = '',

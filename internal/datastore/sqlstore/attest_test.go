@@ -176,3 +176,36 @@ func TestAttestNodeTokenUsedOnce(t *testing.T) {
 		t.Fatalf("%d uses of one token succeeded", ok.Load())
 	}
 }
+
+// TestAttestNodeMustBeNew: an attestation that may not re-attest records
+// nothing, and consumes no token, for a node already on record.
+func TestAttestNodeMustBeNew(t *testing.T) {
+	f := newFixture(t)
+	s, ctx := f.store, context.Background()
+	id := "spiffe://td/spire/agent/tofu/a"
+	if _, err := s.AttestNode(ctx, &datastore.NodeAttestation{MustBeNew: true,
+		Node: &datastore.AttestedNode{SPIFFEID: id, AttestationType: "tofu", CertSerial: "1", Selectors: sels("tofu:a")}}); err != nil {
+		t.Fatal(err)
+	}
+	hash := sha256.Sum256([]byte("token"))
+	if err := s.CreateJoinToken(ctx, &datastore.JoinToken{Hash: hash, ExpiresAt: t0.Unix() + 60}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.AttestNode(ctx, &datastore.NodeAttestation{MustBeNew: true, JoinToken: &hash, ValidAt: t0.Unix(),
+		Node: &datastore.AttestedNode{SPIFFEID: id, AttestationType: "tofu", CertSerial: "2", Selectors: sels("tofu:b")}})
+	if !errors.Is(err, datastore.ErrAlreadyExists) {
+		t.Fatalf("second attestation: %v, want ErrAlreadyExists", err)
+	}
+	n, err := s.GetNode(ctx, id)
+	if err != nil || n.CertSerial != "1" || !reflect.DeepEqual(n.Selectors, sels("tofu:a")) {
+		t.Fatalf("node changed: %+v, %v", n, err)
+	}
+	if _, err := s.GetJoinToken(ctx, hash); err != nil {
+		t.Fatalf("token consumed by a refused attestation: %v", err)
+	}
+	// Without MustBeNew the node attests again.
+	if _, err := s.AttestNode(ctx, &datastore.NodeAttestation{
+		Node: &datastore.AttestedNode{SPIFFEID: id, CertSerial: "3", CanReattest: true}}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -341,7 +341,7 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 		CertNotAfter:    leaf.NotAfter.Unix(),
 		CanReattest:     att.res.CanReattest,
 		Selectors:       selector.Dedupe(sels),
-	}}
+	}, MustBeNew: !att.res.CanReattest}
 	if att.token != nil {
 		// Still unexpired now, when it is consumed.
 		rec.JoinToken, rec.ValidAt = att.token, s.clk.Now().Unix()
@@ -353,6 +353,9 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 		return s.err(ctx, codes.InvalidArgument, "failed to attest: join token does not exist or has already been used", nil)
 	case errors.Is(err, datastore.ErrBanned):
 		return s.err(ctx, codes.PermissionDenied, "failed to attest: agent is banned", nil)
+	case errors.Is(err, datastore.ErrAlreadyExists):
+		// Attested by a concurrent request since the check.
+		return s.err(ctx, codes.PermissionDenied, errAttestedBefore, nil)
 	case err != nil:
 		return s.err(ctx, codes.Internal, "failed to record attested agent", err)
 	}
@@ -374,6 +377,10 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 	}
 	return nil
 }
+
+// errAttestedBefore refuses a node that was attested before to an attestor
+// that cannot re-attest (SPIRE's text for its trust-on-first-use ones).
+const errAttestedBefore = "failed to attest: attestation data has already been used to attest an agent"
 
 // attestation is a credential that checked out.
 type attestation struct {
@@ -447,7 +454,7 @@ func (s *Service) checkCredential(ctx context.Context, stream agentv1.Agent_Atte
 	case !res.CanReattest:
 		// A trust-on-first-use credential (join token) names a new agent;
 		// as SPIRE's TOFU attestors, refuse one that was attested already.
-		return nil, s.err(ctx, codes.PermissionDenied, "failed to attest: attestation data has already been used to attest an agent", nil)
+		return nil, s.err(ctx, codes.PermissionDenied, errAttestedBefore, nil)
 	default:
 		att.reattest = true
 	}

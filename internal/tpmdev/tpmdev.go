@@ -14,9 +14,9 @@
 // which opens the TPM, runs it, and closes the TPM again; operations on the
 // same path within a process are serialized, since without a resource
 // manager (a socket, /dev/tpm0) the TPM has room for only about three
-// loaded objects and one client. Without a resource manager, Do also
-// flushes transient objects and sessions a crashed predecessor may have
-// left loaded before it runs the operation: Sigil must then be the TPM's
+// loaded objects and one client. Without a resource manager, the first
+// operation of a process also flushes transient objects and sessions a
+// crashed predecessor may have left loaded: Sigil must then be the TPM's
 // only user.
 package tpmdev
 
@@ -65,25 +65,33 @@ func New(path string) *Device {
 // Path returns the device path or socket.
 func (d *Device) Path() string { return d.path }
 
-// locks serializes operations per path within the process.
-var locks sync.Map // path -> chan struct{} (capacity 1)
+// paths holds, per path, the lock that serializes operations within the
+// process and whether stale handles were flushed.
+var paths sync.Map // path -> *pathState
 
-func (d *Device) lock(ctx context.Context) (func(), error) {
-	v, _ := locks.LoadOrStore(d.path, make(chan struct{}, 1))
-	ch := v.(chan struct{})
+type pathState struct {
+	sem     chan struct{} // capacity 1
+	flushed bool          // guarded by sem
+}
+
+func (d *Device) lock(ctx context.Context) (*pathState, func(), error) {
+	v, _ := paths.LoadOrStore(d.path, &pathState{sem: make(chan struct{}, 1)})
+	ps := v.(*pathState)
 	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
+	case ps.sem <- struct{}{}:
+		return ps, func() { <-ps.sem }, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("wait for TPM %s: %w", d.path, ctx.Err())
+		return nil, nil, fmt.Errorf("wait for TPM %s: %w", d.path, ctx.Err())
 	}
 }
 
 // Do opens the TPM, runs op and closes the TPM. Operations on one path are
 // serialized within the process. op must flush every object and session
-// it loads (with a resource manager the kernel does it anyway).
+// it loads (with a resource manager the kernel does it anyway). Without a
+// resource manager, the first operation of the process on a path first
+// flushes what a predecessor that died mid-operation left loaded.
 func (d *Device) Do(ctx context.Context, op func(tpm transport.TPM) error) error {
-	unlock, err := d.lock(ctx)
+	ps, unlock, err := d.lock(ctx)
 	if err != nil {
 		return err
 	}
@@ -93,10 +101,11 @@ func (d *Device) Do(ctx context.Context, op func(tpm transport.TPM) error) error
 		return err
 	}
 	defer func() { _ = t.Close() }()
-	if !managed {
+	if !managed && !ps.flushed {
 		if err := FlushAll(t); err != nil {
 			return fmt.Errorf("TPM %s: flush stale handles: %w", d.path, err)
 		}
+		ps.flushed = true
 	}
 	return op(t)
 }

@@ -15,9 +15,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/keys"
 	"github.com/sigil-spiffe/sigil/internal/keys/tpmkey"
 	"github.com/sigil-spiffe/sigil/internal/testutil/swtpm"
@@ -179,5 +181,22 @@ func TestTPMKeyManagerTLS(t *testing.T) {
 	}
 	if err := <-errc; err != nil {
 		t.Fatalf("server handshake: %v", err)
+	}
+}
+
+// TestTPMKeyManagerParseConfig: directory is required, tpm_path optional,
+// other keys are errors.
+func TestTPMKeyManagerParseConfig(t *testing.T) {
+	c, err := tpmkey.ParseConfig(config.NewPlugin("KeyManager", "tpm", map[string]any{"directory": "/d", "tpm_path": "/dev/tpm0"}).Data())
+	if err != nil || c != (tpmkey.Config{Directory: "/d", TPMPath: "/dev/tpm0"}) {
+		t.Fatalf("%+v, %v", c, err)
+	}
+	for data, want := range map[string]map[string]any{
+		"directory must be configured": {"tpm_path": "/dev/tpm0"},
+		`unknown key "keys_path"`:      {"directory": "/d", "keys_path": "/k"},
+	} {
+		if _, err := tpmkey.ParseConfig(config.NewPlugin("KeyManager", "tpm", want).Data()); err == nil || !strings.Contains(err.Error(), data) {
+			t.Errorf("%v: %v, want %q", want, err, data)
+		}
 	}
 }

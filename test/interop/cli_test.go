@@ -31,10 +31,12 @@ import (
 // cliEnv is one server as the CLI steps see it: IDs differ between
 // servers, so steps name them through the env.
 type cliEnv struct {
-	t     *testing.T
-	srv   *testutil.Server
-	dir   string // scratch files of this server's run
-	agent string // the SPIFFE ID of the spire-agent attested for the agent steps
+	t      *testing.T
+	srv    *testutil.Server
+	socket string // the socket the CLI is pointed at (-socketPath)
+	dir    string // scratch files of this server's run
+	agent  string // the SPIFFE ID of the spire-agent attested for the agent steps
+	token  string // a JWT-SVID the agent under test issued (agent CLI steps)
 }
 
 func (e *cliEnv) td() string { return "spiffe://" + e.srv.Config.TrustDomain }
@@ -102,12 +104,13 @@ func (r cliResult) String() string {
 func run(t *testing.T, cli string, e *cliEnv, step cliStep) cliResult {
 	t.Helper()
 	args := step.args(e)
-	// The socket flag goes after the subcommand, as both CLIs take it.
-	n := 1
-	if len(args) > 1 && !strings.HasPrefix(args[1], "-") {
-		n = 2
+	// The socket flag goes after the (sub)commands ("entry show",
+	// "api fetch x509"), as both CLIs take it.
+	n := 0
+	for n < len(args) && !strings.HasPrefix(args[n], "-") {
+		n++
 	}
-	argv := append(append(append([]string{}, args[:n]...), "-socketPath", e.srv.Config.SocketPath), args[n:]...)
+	argv := append(append(append([]string{}, args[:n]...), "-socketPath", e.socket), args[n:]...)
 	cmd := exec.Command(cli, argv...)
 	cmd.Dir = e.dir
 	if step.stdin != nil {
@@ -148,13 +151,15 @@ func canonicalJSON(t *testing.T, s string) string {
 }
 
 var (
-	reUUID    = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
-	rePEM     = regexp.MustCompile(`-----BEGIN ([A-Z ]+)-----[^-]*-----END [A-Z ]+-----`)
-	reJWT     = regexp.MustCompile(`eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+`)
-	reTime    = regexp.MustCompile(`\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?( \+0000 UTC|Z)`)
-	reBase64  = regexp.MustCompile(`[A-Za-z0-9+/_-]{24,}={0,2}`)
-	reNumber  = regexp.MustCompile(`\b\d{9,}\b`)
-	reKeyPath = regexp.MustCompile(`"kid": ?"[^"]*"`)
+	reUUID   = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
+	rePEM    = regexp.MustCompile(`-----BEGIN ([A-Z ]+)-----[^-]*-----END [A-Z ]+-----`)
+	reJWT    = regexp.MustCompile(`eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+`)
+	reTime   = regexp.MustCompile(`\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?( \+0000 UTC|Z)`)
+	reBase64 = regexp.MustCompile(`[A-Za-z0-9+/_-]{24,}={0,2}`)
+	reNumber = regexp.MustCompile(`\b\d{9,}\b`)
+	// "Received 1 svid after 2.69ms" (agent CLIs).
+	reDuration = regexp.MustCompile(`\bafter \d+(\.\d+)?(ns|µs|ms|s)\b`)
+	reKeyPath  = regexp.MustCompile(`"kid": ?"[^"]*"`)
 )
 
 // normalize replaces what differs between two runs of the same command on
@@ -162,7 +167,7 @@ var (
 // numbers, scratch paths) with placeholders.
 func normalize(e *cliEnv, s string) string {
 	s = strings.ReplaceAll(s, e.dir, "<dir>")
-	s = strings.ReplaceAll(s, e.srv.Config.SocketPath, "<socket>")
+	s = strings.ReplaceAll(s, e.socket, "<socket>")
 	// spire-server prefixes its datastore's messages.
 	s = strings.ReplaceAll(s, "datastore-sql: ", "")
 	s = rePEM.ReplaceAllString(s, "<pem $1>")
@@ -179,6 +184,7 @@ func normalize(e *cliEnv, s string) string {
 		return m
 	})
 	s = reNumber.ReplaceAllString(s, "<n>")
+	s = reDuration.ReplaceAllString(s, "<duration>")
 	return s
 }
 
@@ -223,7 +229,7 @@ func TestCLI(t *testing.T) {
 	for _, cli := range clis {
 		results[cli.name] = map[string][]cliResult{}
 		for _, srv := range servers {
-			e := &cliEnv{t: t, srv: srv, dir: t.TempDir()}
+			e := &cliEnv{t: t, srv: srv, socket: srv.Config.SocketPath, dir: t.TempDir()}
 			var rs []cliResult
 			for _, st := range steps {
 				if st.before != nil {
@@ -236,32 +242,43 @@ func TestCLI(t *testing.T) {
 		}
 	}
 
+	compareCLIs(t, steps, results, "spire-server", "sigil-server")
+}
+
+// compareCLIs checks the results of the steps (results[cli][target]): each
+// CLI printed the same against the Sigil and the SPIRE target, and for
+// json steps both CLIs printed the same JSON against each target. Targets
+// are named like the CLIs (spire-server, sigil-server or spire-agent,
+// sigil-agent).
+func compareCLIs(t *testing.T, steps []cliStep, results map[string]map[string][]cliResult, spire, sigil string) {
+	t.Helper()
 	for i, st := range steps {
-		desc := results["spire-server"]["spire-server"][i].args
+		desc := results[spire][spire][i].args
 		tolerate := func(r cliResult) string {
 			if st.tolerate != nil {
 				r.stdout, r.stderr = st.tolerate(r.stdout), st.tolerate(r.stderr)
 			}
 			return r.String()
 		}
-		for _, cli := range clis {
-			a, b := results[cli.name]["sigil-server"][i], results[cli.name]["spire-server"][i]
+		for _, cli := range []string{spire, sigil} {
+			a, b := results[cli][sigil][i], results[cli][spire][i]
 			if tolerate(a) != tolerate(b) {
-				t.Errorf("step %d: %s %s\nagainst sigil-server:\n%s\nagainst spire-server:\n%s", i, cli.name, desc, a, b)
+				t.Errorf("step %d: %s %s\nagainst %s:\n%s\nagainst %s:\n%s", i, cli, desc, sigil, a, spire, b)
 			}
 		}
-		if st.json {
-			for _, srv := range servers {
-				a, b := results["spire-server"][srv.Name()][i], results["sigil-server"][srv.Name()][i]
-				// Only what scripts read: stdout and, unless README
-				// documents otherwise, the exit status.
-				a.stderr, b.stderr = "", ""
-				if st.jsonExit {
-					a.code, b.code = 0, 0
-				}
-				if tolerate(a) != tolerate(b) {
-					t.Errorf("step %d: %s against %s: the CLIs' JSON differs\nspire-server CLI:\n%s\nsigil-server CLI:\n%s", i, desc, srv.Name(), a, b)
-				}
+		if !st.json {
+			continue
+		}
+		for _, target := range []string{sigil, spire} {
+			a, b := results[spire][target][i], results[sigil][target][i]
+			// Only what scripts read: stdout and, unless README documents
+			// otherwise, the exit status.
+			a.stderr, b.stderr = "", ""
+			if st.jsonExit {
+				a.code, b.code = 0, 0
+			}
+			if tolerate(a) != tolerate(b) {
+				t.Errorf("step %d: %s against %s: the CLIs' JSON differs\n%s CLI:\n%s\n%s CLI:\n%s", i, desc, target, spire, a, sigil, b)
 			}
 		}
 	}

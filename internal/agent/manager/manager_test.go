@@ -96,7 +96,7 @@ func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAge
 		attestor = o.attestor
 	}
 	m, err := manager.New(manager.Config{
-		ServerAddr:         srv.addr.String(),
+		ServerAddr:         srv.Addr(),
 		TrustDomain:        td,
 		TrustBundle:        bundle,
 		InsecureBootstrap:  o.insecure,

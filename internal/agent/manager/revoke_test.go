@@ -287,7 +287,7 @@ func TestServerDownAndRestartAreNotRevocation(t *testing.T) {
 		t.Fatal("identity changed across a server restart")
 	}
 	// The agent is still known to the server with the same SVID.
-	if _, err := agentv1.NewAgentClient(srv.admin()).GetAgent(context.Background(), &agentv1.GetAgentRequest{Id: &types.SPIFFEID{TrustDomain: td.Name(), Path: agentID.Path()}}); err != nil {
+	if _, err := srv.admin().Agent.GetAgent(context.Background(), &agentv1.GetAgentRequest{Id: &types.SPIFFEID{TrustDomain: td.Name(), Path: agentID.Path()}}); err != nil {
 		t.Fatalf("GetAgent: %v", err)
 	}
 }

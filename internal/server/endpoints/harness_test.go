@@ -6,15 +6,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
-	"maps"
-	"net"
 	"net/url"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -31,28 +27,27 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
-	"github.com/sigil-spiffe/sigil/internal/keys"
 	agentapi "github.com/sigil-spiffe/sigil/internal/server/api/agent"
-	bundleapi "github.com/sigil-spiffe/sigil/internal/server/api/bundle"
-	entryapi "github.com/sigil-spiffe/sigil/internal/server/api/entry"
-	svidapi "github.com/sigil-spiffe/sigil/internal/server/api/svid"
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
-	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/serverstack"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
-// harness is a complete server API stack: real SQLite, real CA, real entry
-// cache, real gRPC over loopback TLS and a unix socket.
+// harness is a complete server API stack (testutil/serverstack): real
+// SQLite, real CA, real entry cache, real gRPC over loopback TLS and a unix
+// socket, with the hooks these tests need (fake clocks for the agent
+// service and the rate limiter, extra attestors, keepalive settings, the
+// cache's Run loop off).
 type harness struct {
 	t        *testing.T
+	st       *serverstack.Stack
 	ds       *sqlstore.Store
 	dsPath   string // the SQLite file of ds
 	ca       *ca.Manager
@@ -64,9 +59,11 @@ type harness struct {
 	rlClk    *clock.Fake // clock of the rate limiter
 	stop     func()
 	cancel   context.CancelFunc // cancels Run's context
-	stopped  chan struct{}      // closed when Run returned; then runErr is set
-	runErr   error
+	stopped  <-chan struct{}    // closed when Run returned; then runErr is set
 }
+
+// runErr is the error Run returned (after stopped).
+func (h *harness) runErr() error { return h.st.RunErr() }
 
 type harnessOpts struct {
 	rateLimit ratelimit.Config
@@ -85,130 +82,31 @@ type harnessOpts struct {
 
 func newHarness(t *testing.T, opts harnessOpts) *harness {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	log := slog.New(slog.DiscardHandler)
-	if opts.log != nil {
-		log = opts.log
-	}
-
-	dsPath := filepath.Join(dir, "datastore.sqlite3")
-	ds, err := sqlstore.Open(ctx, sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: dsPath})
-	if err != nil {
-		t.Fatalf("open datastore: %v", err)
-	}
-	t.Cleanup(func() { ds.Close() })
-
-	m, err := ca.New(ca.Config{TrustDomain: td, Keys: keys.NewMemory(), Journal: ds, Bundles: ds, Log: log})
-	if err != nil {
-		t.Fatalf("ca: %v", err)
-	}
-	if err := m.Init(ctx); err != nil {
-		t.Fatalf("ca init: %v", err)
-	}
-
-	cache := entrycache.New(entrycache.Config{Store: ds, Log: log})
-	if err := cache.Load(ctx); err != nil {
-		t.Fatalf("cache load: %v", err)
-	}
-	// As in the server: apply journal events on Poke (agent bans and
-	// deletions wake watch streams through it).
-	if !opts.noCacheRun {
-		cacheCtx, stopCache := context.WithCancel(ctx)
-		cacheDone := make(chan struct{})
-		go func() { defer close(cacheDone); _ = cache.Run(cacheCtx) }()
-		t.Cleanup(func() { stopCache(); <-cacheDone })
-	}
-
-	h := &harness{t: t, ds: ds, dsPath: dsPath, ca: m, cache: cache, apiClk: clock.NewFake(time.Now()), rlClk: clock.NewFake(time.Now())}
-
-	// join_token, as the server configures it, plus the test's attestors.
-	jt, err := jointoken.New(jointoken.Config{TrustDomain: td, Tokens: ds, Clock: h.apiClk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	attestors := map[string]agentapi.NodeAttestor{jointoken.Type: jt}
-	maps.Copy(attestors, opts.attestors)
-	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: m, AgentTTL: time.Hour, Cache: cache, Clock: h.apiClk, Log: log, Attestors: attestors})
-	if err != nil {
-		t.Fatalf("agent service: %v", err)
-	}
-	svidSvc, err := svidapi.New(svidapi.Config{TrustDomain: td, CA: m, Entries: cache, Store: ds, Log: log})
-	if err != nil {
-		t.Fatalf("svid service: %v", err)
-	}
-	validator, err := endpoints.NewAgentValidator(endpoints.AgentValidatorConfig{Nodes: ds, Cache: cache, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	entrySvc := entryapi.New(entryapi.Config{Store: ds, Cache: cache, AgentValidator: validator, TrustDomain: td, Log: log})
-	bundleSvc := bundleapi.New(bundleapi.Config{Store: ds, Cache: cache, TrustDomain: td, Log: log})
-
-	serverKey := newKey(t)
-	serverChain, err := m.SignX509SVID(ctx, ca.X509SVIDParams{SPIFFEID: spiffeid.RequireFromPath(td, "/spire/server"), PublicKey: serverKey.Public()})
-	if err != nil {
-		t.Fatalf("server SVID: %v", err)
-	}
-	serverCert := &tls.Certificate{PrivateKey: serverKey, Leaf: serverChain[0]}
-	for _, c := range serverChain {
-		serverCert.Certificate = append(serverCert.Certificate, c.Raw)
-	}
-
+	h := &harness{t: t, apiClk: clock.NewFake(time.Now()), rlClk: clock.NewFake(time.Now())}
 	rl := opts.rateLimit
 	rl.Clock = h.rlClk
 	if opts.realRateLimitClock {
 		rl.Clock = nil
 	}
-	// Short socket path: sun_path is limited to 108 bytes.
-	h.sockPath = filepath.Join(testutil.ShortTempDir(t), "private", "api.sock")
-	ep, err := endpoints.New(endpoints.Config{
-		TCPAddr:     &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)},
-		SocketPath:  h.sockPath,
+	st := serverstack.New(t, serverstack.Options{
 		TrustDomain: td,
-		ServerSVID:  func() (*tls.Certificate, error) { return serverCert, nil },
-		Bundle:      m.X509Authorities,
-		Nodes:       ds,
-		Entries:     cache,
+		Log:         opts.log,
+		AgentClock:  h.apiClk,
+		Attestors:   opts.attestors,
 		RateLimit:   rl,
-		Log:         log,
-
-		KeepaliveTime:       opts.endpoints.KeepaliveTime,
-		KeepaliveTimeout:    opts.endpoints.KeepaliveTimeout,
-		KeepaliveMinTime:    opts.endpoints.KeepaliveMinTime,
-		GracefulStopTimeout: opts.endpoints.GracefulStopTimeout,
-		Register: func(s *grpc.Server) {
-			agentSvc.Register(s)
-			svidSvc.Register(s)
-			entrySvc.Register(s)
-			bundleSvc.Register(s)
-		},
+		Endpoints:   opts.endpoints,
+		NoCacheRun:  opts.noCacheRun,
 	})
-	if err != nil {
-		t.Fatalf("endpoints: %v", err)
-	}
-	h.ep = ep
-	runCtx, cancel := context.WithCancel(ctx)
-	h.stopped = make(chan struct{})
-	go func() { h.runErr = ep.Run(runCtx); close(h.stopped) }()
-	select {
-	case <-ep.Ready():
-	case <-h.stopped:
-		cancel()
-		t.Fatalf("endpoints stopped early: %v", h.runErr)
-	}
-	h.tcpAddr = ep.TCPAddr().String()
-	h.cancel = cancel
+	h.st, h.ds, h.dsPath, h.ca, h.cache, h.sockPath = st, st.DS, st.DSPath, st.CA, st.Cache, st.SocketPath
+	h.ep, h.tcpAddr, h.cancel, h.stopped = st.Endpoints(), st.Addr(), st.Cancel, st.Stopped()
 	var once sync.Once
 	h.stop = func() {
 		once.Do(func() {
-			cancel()
-			<-h.stopped
-			if h.runErr != nil {
-				t.Errorf("endpoints Run: %v", h.runErr)
+			if err := st.Stop(); err != nil {
+				t.Errorf("endpoints Run: %v", err)
 			}
 		})
 	}
-	t.Cleanup(h.stop)
 	return h
 }
 

@@ -153,8 +153,8 @@ func TestRunEndsOpenStreamsOnStop(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("Run did not return while watch streams were open")
 	}
-	if h.runErr != nil {
-		t.Fatalf("Run: %v", h.runErr)
+	if h.runErr() != nil {
+		t.Fatalf("Run: %v", h.runErr())
 	}
 
 	_, err = stream.Recv()

@@ -1,18 +1,10 @@
-// Package catalog lists what Sigil has built in. Today it holds the
-// selector types (Selectors): those of Sigil's own attestors, each declared
-// by the attestor's package next to the code that produces them, and the
-// types of attestors SPIRE has that Sigil does not implement yet, accepted
-// without value checks so that entries for them (from
-// spire-controller-manager, or ahead of the Sigil release that adds the
-// attestor) are not refused. The plugin catalog of each binary grows here.
 package catalog
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node/jointoken"
-	"github.com/sigil-spiffe/sigil/internal/attest/node/tpm"
-	"github.com/sigil-spiffe/sigil/internal/attest/node/x509pop"
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
@@ -25,12 +17,27 @@ var (
 	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_psat", "k8s_sat", "sshpop", "tpm_devid"}
 )
 
+// omittable lists the selector types of attestors a build tag can leave
+// out (sigil_omit_<name>): without its file (selectors_<name>.go), such a
+// type is accepted like a planned one.
+var omittable = []string{"tpm", "x509pop"}
+
+// optionalKinds are the selector kinds of the attestors this build has,
+// added by the tagged files selectors_<name>.go.
+var optionalKinds []func() []selector.Kind
+
 // Selectors returns the registry of known selector types.
 func Selectors() *selector.Registry {
 	kinds := []selector.Kind{unix.SelectorKind()}
 	kinds = append(kinds, jointoken.SelectorKinds()...)
-	kinds = append(kinds, tpm.SelectorKinds()...)
-	kinds = append(kinds, x509pop.SelectorKind())
+	for _, k := range optionalKinds {
+		kinds = append(kinds, k()...)
+	}
+	for _, t := range omittable {
+		if !slices.ContainsFunc(kinds, func(k selector.Kind) bool { return k.Type == t }) {
+			kinds = append(kinds, selector.Kind{Type: t, Producer: fmt.Sprintf("NodeAttestor %q (left out of this build)", t)})
+		}
+	}
 	for _, t := range plannedWorkload {
 		kinds = append(kinds, selector.Kind{Type: t, Producer: fmt.Sprintf("SPIRE's WorkloadAttestor %q (not built into Sigil yet)", t)})
 	}

@@ -37,6 +37,9 @@ func TestSelectors(t *testing.T) {
 		"tpm:pub_hash:ab":            "64 hex digits",
 		"tpm:pcr:sha1:7:ab":          "only the SHA-256 bank",
 	} {
+		if k, _ := r.Lookup(strings.SplitN(s, ":", 2)[0]); strings.Contains(k.Producer, "left out of this build") {
+			continue // built with sigil_omit_<type>: accepted unchecked
+		}
 		if err := check(s); err == nil || !strings.Contains(err.Error(), want) || errors.Is(err, selector.ErrUnknownType) {
 			t.Errorf("%s: error %v, want a refusal containing %q", s, err, want)
 		}

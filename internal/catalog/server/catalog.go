@@ -18,29 +18,28 @@
 //
 // # Adding a plugin
 //
-// One file per plugin in this package registers it from init, so a build
-// tag can leave it out of a binary (`//go:build !sigil_omit_<name>`; see
-// doc.go of internal/catalog for the whole recipe). The plugin's own
-// package holds a parse function from *config.PluginData to its typed
-// configuration (reading each key, checking values with Errorf, returning
-// Done's error) and a constructor. A node attestor's entry:
+// One file per plugin in this package registers it from init, with the
+// build tag that can leave it out (`//go:build !sigil_omit_<name>`); the
+// plugin's package holds its parse function (from *config.PluginData) and
+// constructor. nodeattestor_tpm.go is a complete example:
 //
-//	//go:build !sigil_omit_x509pop
+//	//go:build !sigil_omit_tpm
 //
 //	package server
 //
-//	import "github.com/sigil-spiffe/sigil/internal/attest/node/x509pop"
+//	import "github.com/sigil-spiffe/sigil/internal/attest/node/tpm"
 //
 //	func init() {
-//		registerNodeAttestor(x509pop.Type, x509pop.ParseServerConfig,
-//			func(_ context.Context, c x509pop.ServerConfig, d NodeAttestorDeps) (NodeAttestor, error) {
-//				return x509pop.NewServer(c, d.TrustDomain, d.Clock)
+//		registerNodeAttestor(tpm.Type, tpm.ParseServerConfig,
+//			func(_ context.Context, c tpm.ServerConfig, d NodeAttestorDeps) (NodeAttestor, error) {
+//				return tpm.NewServer(d.TrustDomain, c)
 //			})
 //	}
 //
-// The name is the attestation data type agents send, which the agent API
-// dispatches on. registerDataStore, registerKeyManager and
-// registerUpstreamAuthority work alike.
+// A node attestor's name is the attestation data type agents send, which
+// the agent API dispatches on. registerDataStore, registerKeyManager and
+// registerUpstreamAuthority work alike. The whole recipe (selector kinds,
+// tests, README) is in the package documentation of internal/catalog.
 package server
 
 import (

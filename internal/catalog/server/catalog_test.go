@@ -2,7 +2,9 @@ package server_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -294,5 +296,34 @@ func TestExampleConf(t *testing.T) {
 	}
 	if _, err := servercatalog.Parse(cfg); err != nil {
 		t.Fatalf("%s: %v", cfg.Path, err)
+	}
+}
+
+// TestREADMEServerPlugins: the plugins block of the README's "Server
+// plugins" section parses, and its table lists every built-in plugin.
+func TestREADMEServerPlugins(t *testing.T) {
+	readme, err := os.ReadFile("../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(readme), "### Server plugins\n")
+	if !ok {
+		t.Fatal("no Server plugins section")
+	}
+	sec, _, _ = strings.Cut(sec, "\n### ")
+	_, block, ok := strings.Cut(sec, "```hcl\n")
+	if !ok {
+		t.Fatal("no hcl block in the Server plugins section")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	if _, err := parse(t, confWith(block)); err != nil {
+		t.Errorf("README block: %v", err)
+	}
+	for typ, names := range servercatalog.BuiltIns() {
+		for _, n := range names {
+			if !regexp.MustCompile("(?m)^\\| `" + typ + "` \\|.*`\"" + regexp.QuoteMeta(n) + "\"`").MatchString(sec) {
+				t.Errorf("README's server plugin table does not list %s %q", typ, n)
+			}
+		}
 	}
 }

@@ -12,6 +12,11 @@ import (
 // ErrNotFound is returned by GetKey for an unknown key ID.
 var ErrNotFound = errors.New("key not found")
 
+// ErrOtherDevice is wrapped by GetKey of a manager whose keys are bound to
+// a device's hardware (KeyManager "tpm") when the stored key belongs to
+// another device: the key files were copied from elsewhere.
+var ErrOtherDevice = errors.New("the key is bound to another device")
+
 // Type names a key algorithm, using SPIRE's ca_key_type spellings.
 type Type string
 

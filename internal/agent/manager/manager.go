@@ -339,6 +339,15 @@ func New(cfg Config) (*Manager, error) {
 	id, err := m.loadIdentity(context.Background())
 	switch {
 	case errors.Is(err, errNoState):
+	case errors.Is(err, keys.ErrOtherDevice):
+		// A data_dir copied from another device: its identity is not
+		// this device's, and neither are the workload identities it
+		// cached.
+		log.Error("The persisted agent SVID's key belongs to another device (a copied data_dir?): not using it, and dropping the persisted workload cache",
+			"dir", cfg.DataDir, "error", err)
+		if err := cfg.Cache.Revoke(); err != nil {
+			log.Error("Failed to drop the persisted workload cache", "error", err)
+		}
 	case err != nil:
 		log.Warn("Ignoring the persisted agent SVID", "dir", cfg.DataDir, "error", err)
 	default:

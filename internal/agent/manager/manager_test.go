@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -599,4 +600,43 @@ func TestAgentKeyNotExportable(t *testing.T) {
 	wl2 := spiffeid.RequireFromPath(td, "/workload/two")
 	srv.createEntry(agentID, wl2.Path(), "1001")
 	verifySVID(t, srv, b.waitIdentity("1001", wl2), wl2)
+}
+
+// otherDeviceKeys finds no key usable: they belong to another device's
+// TPM (a data_dir copied from elsewhere).
+type otherDeviceKeys struct{ keys.Manager }
+
+func (otherDeviceKeys) GetKey(_ context.Context, id string) (crypto.Signer, error) {
+	return nil, fmt.Errorf("key %q: %w", id, keys.ErrOtherDevice)
+}
+
+// TestAgentKeyOfOtherDevice: an agent whose persisted SVID key belongs to
+// another device serves neither that identity nor the workload identities
+// cached with it, and deletes the cache file.
+func TestAgentKeyOfOtherDevice(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, agentID := srv.createToken()
+	wl := spiffeid.RequireFromPath(td, "/workload/one")
+	srv.createEntry(agentID, wl.Path(), "1000")
+	dir := t.TempDir()
+	a := startAgent(t, srv, dir, agentOpts{token: token})
+	verifySVID(t, srv, a.waitIdentity("1000", wl), wl)
+	a.stop()
+	if _, err := os.Stat(filepath.Join(dir, cache.FileName)); err != nil {
+		t.Fatal(err)
+	}
+	disk, err := keys.NewDisk(filepath.Join(dir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startAgent(t, srv, dir, agentOpts{token: token, keys: otherDeviceKeys{disk}})
+	if got := b.m.AgentSVID(); got != nil {
+		t.Fatalf("the agent uses the other device's SVID %s", got.ID)
+	}
+	if u := b.cache.FetchWorkloadUpdate(selector.NewSet(selector.Selector{Type: "unix", Value: "uid:1000"})); len(u.Identities) != 0 {
+		t.Fatalf("the other device's workload identities are served: %d", len(u.Identities))
+	}
+	if _, err := os.Stat(filepath.Join(dir, cache.FileName)); !os.IsNotExist(err) {
+		t.Fatalf("the other device's workload cache is still on disk: %v", err)
+	}
 }

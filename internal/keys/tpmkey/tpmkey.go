@@ -46,8 +46,9 @@ const Name = "tpm"
 
 // ErrOtherTPM is wrapped by GetKey when the stored key cannot be loaded by
 // this TPM: it was created by another TPM (a copied data directory), or
-// this TPM's owner hierarchy was cleared since.
-var ErrOtherTPM = errors.New("the key was not created by this TPM")
+// this TPM's owner hierarchy was cleared since. It wraps
+// keys.ErrOtherDevice.
+var ErrOtherTPM = fmt.Errorf("the key was not created by this TPM: %w", keys.ErrOtherDevice)
 
 // signTimeout bounds one signature (crypto.Signer has no context).
 const signTimeout = 30 * time.Second

@@ -1,7 +1,6 @@
 package servercli
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -23,79 +22,41 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/sigil-spiffe/sigil/internal/ca"
-	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
-	"github.com/sigil-spiffe/sigil/internal/keys"
-	agentapi "github.com/sigil-spiffe/sigil/internal/server/api/agent"
-	bundleapi "github.com/sigil-spiffe/sigil/internal/server/api/bundle"
-	entryapi "github.com/sigil-spiffe/sigil/internal/server/api/entry"
-	"github.com/sigil-spiffe/sigil/internal/server/api/rpccontext"
-	svidapi "github.com/sigil-spiffe/sigil/internal/server/api/svid"
-	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
+	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
 )
 
-// testServer runs the real entry, bundle, agent, SVID and health services
-// on a unix socket, backed by a SQLite file and a real CA. Calls are marked
-// as local admin calls, as the endpoints middleware does for the admin
-// socket.
+// testServer is a real sigil-server (internal/app/server, in process) whose
+// admin socket the commands talk to.
 type testServer struct {
 	socket string
-	ca     *ca.Manager
-	health *health.Server
+	srv    *inproc.Server
 }
 
 func startServer(t *testing.T) *testServer {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	td := spiffeid.RequireTrustDomainFromString("example.org")
+	dir := testutil.ShortTempDir(t)
+	cfg := inproc.ServerConfig(spiffeid.RequireTrustDomainFromString("example.org"), filepath.Join(dir, "data"), filepath.Join(dir, "api.sock"), 0)
+	return &testServer{socket: cfg.SocketPath, srv: inproc.RunServer(t, cfg, nil, serverapp.Options{})}
+}
 
-	store, err := sqlstore.Open(ctx, sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(dir, "datastore.sqlite3")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	cache := entrycache.New(entrycache.Config{Store: store})
-	if err := cache.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	caMgr, err := ca.New(ca.Config{TrustDomain: td, Keys: keys.NewMemory(), Journal: store, Bundles: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := caMgr.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: store, CA: caMgr, Cache: cache})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svidSvc, err := svidapi.New(svidapi.Config{TrustDomain: td, CA: caMgr, Entries: cache, Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	local := rpccontext.Caller{Local: true, Admin: true}
-	gs := grpc.NewServer(
-		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			return h(rpccontext.WithCaller(ctx, local), req)
-		}),
-	)
-	entryapi.New(entryapi.Config{Store: store, Cache: cache, TrustDomain: td}).Register(gs)
-	bundleapi.New(bundleapi.Config{Store: store, Cache: cache, TrustDomain: td}).Register(gs)
-	agentSvc.Register(gs)
-	svidSvc.Register(gs)
+// startUnhealthy serves only the gRPC health service, NOT_SERVING, on a
+// unix socket: a server that answers but is not healthy.
+func startUnhealthy(t *testing.T) *testServer {
+	t.Helper()
+	gs := grpc.NewServer()
 	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)
-
-	sock := filepath.Join(dir, "api.sock")
+	sock := filepath.Join(testutil.ShortTempDir(t), "api.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
-	return &testServer{socket: sock, ca: caMgr, health: hs}
+	return &testServer{socket: sock}
 }
 
 // cli runs a command against the test server and fails the test on a
@@ -272,7 +233,7 @@ func TestRoundTripTokenAndAgents(t *testing.T) {
 
 func TestRoundTripBundlesAndMint(t *testing.T) {
 	srv := startServer(t)
-	roots := srv.ca.X509Authorities()
+	roots := srv.srv.Admin(t).BundleCerts(t)
 
 	out := srv.cli(t, "bundle", "show")
 	var got []*x509.Certificate
@@ -384,8 +345,7 @@ func TestRoundTripBundlesAndMint(t *testing.T) {
 }
 
 func TestRoundTripHealthcheckNotServing(t *testing.T) {
-	srv := startServer(t)
-	srv.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	srv := startUnhealthy(t)
 	code, out, errOut := srv.try(t, "healthcheck")
 	if code != 1 || out != "" || !strings.Contains(errOut, "server is unhealthy") {
 		t.Errorf("not serving: exit %d stdout %q stderr %q", code, out, errOut)

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -8,31 +8,29 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
-	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
-
+	"github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
 )
 
 // TestRestartKeepsCAAndEntries runs the assembled server twice on one data
 // dir: the second run has the same trust bundle (same CA, same JWT key) and
 // the entries created in the first.
 func TestRestartKeepsCAAndEntries(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testConfig(t, dir)
+	cfg := testConfig(t, testutil.ShortTempDir(t))
 
 	type state struct {
 		bundle  *types.Bundle
@@ -41,48 +39,17 @@ func TestRestartKeepsCAAndEntries(t *testing.T) {
 	run := func(create bool) state {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		srv, err := New(ctx, cfg, slog.New(slog.DiscardHandler), Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		runCtx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- srv.Run(runCtx) }()
-		defer func() {
-			stop()
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		}()
-		select {
-		case <-srv.Ready():
-		case err := <-done:
-			t.Fatalf("server stopped: %v", err)
-		}
-		conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		srv := inproc.RunServer(t, cfg, nil, server.Options{})
+		defer srv.StopT(t)
+		adm := srv.Admin(t)
 		if create {
-			resp, err := entryv1.NewEntryClient(conn).BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{{
-				SpiffeId:  &types.SPIFFEID{TrustDomain: "example.org", Path: "/web"},
-				ParentId:  &types.SPIFFEID{TrustDomain: "example.org", Path: "/node"},
-				Selectors: []*types.Selector{{Type: "unix", Value: "uid:1000"}},
-			}}})
-			if err != nil || resp.Results[0].Status.Code != 0 {
-				t.Fatalf("create entry: %v %v", err, resp)
-			}
+			adm.CreateEntry(t, spiffeid.RequireFromPath(td, "/web"), spiffeid.RequireFromPath(td, "/node"), "unix:uid:1000")
 		}
-		b, err := bundlev1.NewBundleClient(conn).GetBundle(ctx, &bundlev1.GetBundleRequest{})
+		b, err := adm.Bundle.GetBundle(ctx, &bundlev1.GetBundleRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := entryv1.NewEntryClient(conn).ListEntries(ctx, &entryv1.ListEntriesRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return state{bundle: b, entries: l.Entries}
+		return state{bundle: b, entries: adm.ListEntries(t)}
 	}
 	first := run(true)
 	second := run(false)
@@ -106,19 +73,11 @@ func TestRestartKeepsCAAndEntries(t *testing.T) {
 	}
 }
 
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
 func testConfig(t *testing.T, dir string) *config.Server {
 	t.Helper()
-	cfg := config.DefaultServer()
-	cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.BindAddress = "127.0.0.1"
-	cfg.BindPort = 0
-	cfg.SocketPath = filepath.Join(dir, "api.sock")
-	cfg.Plugins = []config.Plugin{
-		config.NewPlugin("DataStore", "sql", map[string]any{"database_type": "sqlite3", "connection_string": filepath.Join(dir, "data", "ds.sqlite3")}),
-		config.NewPlugin("KeyManager", "disk", map[string]any{"keys_path": filepath.Join(dir, "data", "keys")}),
-		config.NewPlugin("NodeAttestor", "join_token", nil),
-	}
+	cfg := inproc.ServerConfig(td, filepath.Join(dir, "data"), filepath.Join(dir, "api.sock"), 0)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -129,36 +88,20 @@ func testConfig(t *testing.T, dir string) *config.Server {
 // the config, a valid join token does not attest an agent.
 func TestJoinTokenNeedsItsNodeAttestor(t *testing.T) {
 	for _, enabled := range []bool{true, false} {
-		dir := t.TempDir()
-		cfg := testConfig(t, dir)
-		if !enabled {
-			cfg.Plugins = cfg.Plugins[:2] // no NodeAttestor "join_token"
+		cfg := testConfig(t, testutil.ShortTempDir(t))
+		if !enabled { // no NodeAttestor "join_token"
+			cfg.Plugins = slices.DeleteFunc(cfg.Plugins, func(p config.Plugin) bool { return p.Type == "NodeAttestor" })
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		srv, err := New(ctx, cfg, slog.New(slog.DiscardHandler), Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- srv.Run(ctx) }()
-		<-srv.Ready()
-
-		conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, err := agentv1.NewAgentClient(conn).CreateJoinToken(ctx, &agentv1.CreateJoinTokenRequest{Ttl: 600})
-		conn.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl, err := client.Dial(client.Config{Addr: srv.TCPAddr().String(), TrustDomain: cfg.TrustDomain, InsecureBootstrap: true})
+		srv := inproc.RunServer(t, cfg, nil, server.Options{})
+		tok := srv.Admin(t).CreateJoinToken(t, spiffeid.ID{})
+		cl, err := client.Dial(client.Config{Addr: srv.Addr(), TrustDomain: cfg.TrustDomain, InsecureBootstrap: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-		_, err = cl.AttestJoinToken(ctx, tok.Value, csr)
+		_, err = cl.AttestJoinToken(ctx, tok, csr)
 		cl.Close()
 		switch {
 		case enabled && err != nil:
@@ -167,9 +110,7 @@ func TestJoinTokenNeedsItsNodeAttestor(t *testing.T) {
 			t.Errorf("join_token not configured: attestation got %v, want FailedPrecondition", err)
 		}
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
+		srv.StopT(t)
 	}
 }
 
@@ -185,7 +126,7 @@ func TestSQLiteSynchronousIsWired(t *testing.T) {
 		}
 		cfg.SetPlugin(config.NewPlugin("DataStore", "sql", data))
 		var logs strings.Builder
-		srv, err := New(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{})
+		srv, err := server.New(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)), server.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -68,11 +68,12 @@ type Server struct {
 func ShortTempDir(tb testing.TB) string { return testutil.ShortTempDir(tb) }
 
 // StartServer runs a server on SQLite with a disk key manager and the
-// join_token attestor, rate limits at their defaults, until cleanup.
+// join_token attestor (plus plugins, e.g. a NodeAttestor "x509pop"), rate
+// limits at their defaults, until cleanup.
 // BENCH_SQLITE_SYNCHRONOUS, when set, is the datastore's
 // sqlite_synchronous ("full", the default, or "normal"), to compare the
 // two in one binary.
-func StartServer(tb testing.TB) *Server {
+func StartServer(tb testing.TB, plugins ...config.Plugin) *Server {
 	tb.Helper()
 	dir := ShortTempDir(tb)
 	port, err := testutil.FreePort()
@@ -81,6 +82,9 @@ func StartServer(tb testing.TB) *Server {
 	}
 	cfg := inproc.ServerConfig(TrustDomain, filepath.Join(dir, "server"), filepath.Join(dir, "server.sock"), port)
 	cfg.SetPlugin(inproc.SQLDataStore(cfg.DataDir, os.Getenv("BENCH_SQLITE_SYNCHRONOUS")))
+	for _, p := range plugins {
+		cfg.SetPlugin(p)
+	}
 	srv, err := inproc.StartServer(cfg, Logger(), serverapp.Options{})
 	if err != nil {
 		tb.Fatal(err)

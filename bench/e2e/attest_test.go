@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sigil-spiffe/sigil/bench/internal/stack"
+	"github.com/sigil-spiffe/sigil/internal/agent/client"
+	"github.com/sigil-spiffe/sigil/internal/attest/node"
+	"github.com/sigil-spiffe/sigil/internal/attest/node/x509pop"
+	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
+)
+
+// x509popServer starts a server with NodeAttestor "x509pop" (beside
+// join_token) trusting a device CA, and returns it with the CA.
+func x509popServer(b *testing.B) (*stack.Server, *testutil.DeviceCA) {
+	b.Helper()
+	ca := testutil.NewDeviceCA(b, stack.ShortTempDir(b))
+	srv := stack.StartServer(b, config.NewPlugin("NodeAttestor", x509pop.Type, map[string]any{"ca_bundle_path": ca.BundlePath}))
+	return srv, ca
+}
+
+// bootstrapClient is an agent client without an SVID (node attestation).
+func bootstrapClient(b *testing.B, srv *stack.Server) *client.Client {
+	b.Helper()
+	bundle := srv.BundleCerts(b)
+	c, err := client.Dial(client.Config{Addr: srv.Addr, TrustDomain: stack.TrustDomain, Bundle: func() []*x509.Certificate { return bundle }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// tokenSession is a join-token attestation's data: the token, no challenge.
+type tokenSession string
+
+func (t tokenSession) Payload() []byte { return []byte(t) }
+func (tokenSession) Respond(context.Context, []byte) ([]byte, error) {
+	return nil, fmt.Errorf("no challenge")
+}
+
+// BenchmarkAttestation measures node attestations per second against one
+// in-process server over agent/v1 AttestAgent (TLS, no client
+// certificate), 8 concurrent agents on the 2-core machine sharing it with
+// the server: each op is one whole attestation, data + CSR in, agent SVID
+// out (the node record written, synchronous=FULL).
+//
+//   - join_token: a new token per attestation (created before the timer);
+//   - x509pop-p256 / x509pop-rsa2048: a new device per attestation
+//     (certificate issued before the timer by an intermediate it sends),
+//     the agent side signing the server's challenge with its key;
+//   - x509pop-reattest: one device attesting again and again (the
+//     renewal of an x509pop agent).
+//
+// Reports attestations/s; compare within one run.
+func BenchmarkAttestation(b *testing.B) {
+	csr := benchCSR(b)
+	run := func(b *testing.B, c *client.Client, typ string, sessions []func() (node.Session, error)) {
+		b.Helper()
+		var next atomic.Int64
+		b.SetParallelism(4) // 8 goroutines on 2 CPUs
+		b.ResetTimer()
+		t0 := time.Now()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				i := next.Add(1) - 1
+				s, err := sessions[i%int64(len(sessions))]()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_, err = c.AttestAgent(context.Background(), typ, s, csr)
+				_ = s.Close()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "attestations/s")
+	}
+	b.Run("join_token", func(b *testing.B) {
+		srv := stack.StartServer(b)
+		c := bootstrapClient(b, srv)
+		sessions := make([]func() (node.Session, error), b.N)
+		for i := range sessions {
+			token, _ := srv.JoinToken(b)
+			sessions[i] = func() (node.Session, error) { return nopClose{tokenSession(token)}, nil }
+		}
+		run(b, c, "join_token", sessions)
+	})
+	for _, kt := range []struct {
+		name string
+		kt   testca.KeyType
+	}{{"x509pop-p256", testca.ECDSAP256}, {"x509pop-rsa2048", testca.RSA2048}} {
+		b.Run(kt.name, func(b *testing.B) {
+			srv, ca := x509popServer(b)
+			c := bootstrapClient(b, srv)
+			sessions := make([]func() (node.Session, error), b.N)
+			for i := range sessions {
+				sessions[i] = deviceSession(b, ca, fmt.Sprintf("device-%d", i), testca.KeyOf(kt.kt))
+			}
+			run(b, c, x509pop.Type, sessions)
+		})
+	}
+	b.Run("x509pop-reattest", func(b *testing.B) {
+		srv, ca := x509popServer(b)
+		c := bootstrapClient(b, srv)
+		run(b, c, x509pop.Type, []func() (node.Session, error){deviceSession(b, ca, "device")})
+	})
+}
+
+// deviceSession writes a device's files and returns how to begin one of
+// its attestations (reading the files, as the agent does).
+func deviceSession(b *testing.B, ca *testutil.DeviceCA, cn string, opts ...testca.Option) func() (node.Session, error) {
+	b.Helper()
+	dir := b.TempDir()
+	na, _ := ca.Device(b, dir, cn, opts...)
+	a, err := x509pop.NewAgent(x509pop.AgentConfig{
+		CertificatePath:   na.Data["certificate_path"].(string),
+		PrivateKeyPath:    na.Data["private_key_path"].(string),
+		IntermediatesPath: na.Data["intermediates_path"].(string),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func() (node.Session, error) { return a.Begin(context.Background()) }
+}
+
+type nopClose struct{ tokenSession }
+
+func (nopClose) Close() error { return nil }
+
+func benchCSR(b *testing.B) []byte {
+	b.Helper()
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, testca.NewECKey(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return csr
+}

@@ -40,7 +40,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case cliutil.IsVersion(args[0]):
 		return cliutil.Version("sigil-agent", version.String(), args[1:], stdout, stderr)
 	case args[0] == "run":
-		cfg, code, ok := cliutil.LoadConfig("sigil-agent run", synopsis("run"), args[1:], stdout, stderr, config.LoadAgent)
+		cfg, code, ok := cliutil.LoadConfig("sigil-agent run", synopsis("run"), args[1:], stdout, stderr, agentapp.Load)
 		if !ok {
 			return code
 		}
@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				return agentapp.New(ctx, cfg, log, agentapp.Options{})
 			})
 	case args[0] == "validate":
-		cfg, code, ok := cliutil.LoadConfig("sigil-agent validate", synopsis("validate"), args[1:], stdout, stderr, config.LoadAgent)
+		cfg, code, ok := cliutil.LoadConfig("sigil-agent validate", synopsis("validate"), args[1:], stdout, stderr, agentapp.Load)
 		if !ok {
 			return code
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -116,6 +117,58 @@ func TestValidateMakesRunsChecks(t *testing.T) {
 			}
 			if want := strings.TrimSpace(verr); got != want {
 				t.Errorf("run and validate disagree:\nrun:      %s\nvalidate: %s", got, want)
+			}
+			if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+				t.Errorf("run created data_dir before failing its checks (stat: %v)", err)
+			}
+		})
+	}
+}
+
+// TestPluginErrors: the plugins section is checked by the agent's catalog
+// when run and validate load the file: both refuse, with the same error
+// naming the file and line, before anything is created.
+func TestPluginErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		old, new string // the edit of a valid file
+		wantErr  string // {conf}:{line} is the file and the line of new
+	}{
+		{"unknown plugin", `WorkloadAttestor "unix" {`, `WorkloadAttestor "docker" {`,
+			`{conf}:{line}: unknown plugin WorkloadAttestor "docker": Sigil's built-in WorkloadAttestor plugins are: `},
+		{"unknown plugin_data key", "discover_workload_path = false", "discover_path = true",
+			`{conf}:{line}: unknown key "discover_path" in plugin_data of plugin WorkloadAttestor "unix"`},
+		{"plugin_data value of the wrong type", "discover_workload_path = false", `discover_workload_path = "yes"`,
+			`{conf}:{line}: invalid value for "discover_workload_path" in plugin_data of plugin WorkloadAttestor "unix": expected a bool`},
+		{"unsupported plugin type", `NodeAttestor "join_token" {`, `SVIDStore "gcp_secretmanager" {}
+    NodeAttestor "join_token" {`,
+			`{conf}:{line}: unsupported plugin type SVIDStore (plugin SVIDStore "gcp_secretmanager")`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			dataDir := filepath.Join(dir, "data")
+			conf := filepath.Join(dir, "agent.conf")
+			src := testutil.AgentConfig{
+				TrustDomain: "example.org", ServerAddress: "127.0.0.1", ServerPort: 1, DataDir: dataDir,
+				SocketPath: filepath.Join(dataDir, "api.sock"), TrustBundlePath: filepath.Join(dir, "bootstrap.crt"), LogLevel: "INFO",
+			}.HCL()
+			at := strings.Index(src, tc.old)
+			if at < 0 {
+				t.Fatalf("%q is not in the configuration", tc.old)
+			}
+			line := 1 + strings.Count(src[:at], "\n")
+			src = src[:at] + tc.new + src[at+len(tc.old):]
+			if err := os.WriteFile(conf, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			want := strings.NewReplacer("{conf}", conf, "{line}", strconv.Itoa(line)).Replace(tc.wantErr)
+			vcode, vout, verr := runCmd(t, "validate", "-config", conf)
+			if vcode != 1 || vout != "" || !strings.Contains(verr, want) {
+				t.Fatalf("validate: exit %d, stdout %q, stderr %q; want exit 1 and an error containing %q", vcode, vout, verr, want)
+			}
+			rcode, _, rerr := runCmd(t, "run", "-config", conf, "-logFormat", "json")
+			if rcode != 1 || strings.TrimSpace(rerr) != strings.TrimSpace(verr) {
+				t.Fatalf("run: exit %d, stderr %q; want exit 1 and validate's error %q", rcode, rerr, verr)
 			}
 			if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
 				t.Errorf("run created data_dir before failing its checks (stat: %v)", err)

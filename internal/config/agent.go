@@ -54,12 +54,9 @@ type Agent struct {
 
 	HealthChecks HealthChecks
 
-	NodeAttestor      AgentNodeAttestor
-	KeyManager        AgentKeyManager
-	WorkloadAttestors WorkloadAttestors
-
 	// Plugins are the enabled plugins of the plugins section, in file
-	// order, each with its plugin_data for the plugin to parse.
+	// order, each with its plugin_data for the plugin to parse; the
+	// agent's catalog (internal/catalog/agent) knows which exist.
 	Plugins []Plugin
 
 	// FilesystemDelivery lists the agent.filesystem_delivery blocks, in
@@ -172,7 +169,11 @@ func parseAgent(name string, src []byte) (*Agent, error) {
 	a.Path = name
 	err := decodeFile(name, src, "agent", unsupportedAgent, &a.HealthChecks,
 		func(d *decoder, b *block) { d.agentSection(b, a) },
-		func(d *decoder, decls []pluginDecl) { d.agentPlugins(decls, a) })
+		func(d *decoder, decls []pluginDecl) {
+			for _, p := range decls {
+				a.Plugins = append(a.Plugins, p.plugin)
+			}
+		})
 	if err != nil {
 		return nil, err
 	}
@@ -347,7 +348,6 @@ func (a *Agent) Validate() error {
 	}
 	add(a.HealthChecks.validate())
 
-	add(a.validateLegacyPlugins())
 	add(a.validateFilesystemDelivery())
 	return errors.Join(errs...)
 }

@@ -86,9 +86,6 @@ func TestParseAgentFull(t *testing.T) {
 		LogFile:            "/var/log/sigil-agent.log",
 		AvailabilityTarget: 48 * time.Hour,
 		HealthChecks:       HealthChecks{ListenerEnabled: true, BindAddress: "localhost", BindPort: 8082, LivePath: "/live", ReadyPath: "/ready"},
-		NodeAttestor:       AgentNodeAttestor{JoinToken: true},
-		KeyManager:         AgentKeyManager{Kind: "disk", Directory: "/var/lib/sigil/agent/keys"},
-		WorkloadAttestors:  WorkloadAttestors{Unix: &UnixWorkloadAttestor{DiscoverWorkloadPath: true, WorkloadSizeLimit: -1}},
 	}
 	if a.TrustDomain.Name() != "example.org" {
 		t.Errorf("TrustDomain = %q", a.TrustDomain)
@@ -117,7 +114,6 @@ func TestParseAgentDefaults(t *testing.T) {
 		{"log_format", a.LogFormat, "text"},
 		{"availability_target", a.AvailabilityTarget, time.Duration(0)},
 		{"health_checks", a.HealthChecks, HealthChecks{BindAddress: "localhost", BindPort: 80, LivePath: "/live", ReadyPath: "/ready"}},
-		{"unix", *a.WorkloadAttestors.Unix, UnixWorkloadAttestor{}},
 		{"join_token", a.JoinToken, ""},
 		{"insecure_bootstrap", a.InsecureBootstrap, false},
 	}
@@ -146,28 +142,9 @@ func TestAgentUnknownConfiguration(t *testing.T) {
 		{"server block in an agent file",
 			agentConfWith("", "server {\n  trust_domain = \"example.org\"\n}\n"),
 			[]string{`agent.conf:15: unknown block "server" in top level`}},
-		{"unknown plugin",
-			agentConfWith("", "plugins {\n  WorkloadAttestor \"docker\" {}\n}\n"),
-			[]string{`agent.conf:16: unknown plugin WorkloadAttestor "docker": Sigil's built-in WorkloadAttestor plugins are: unix`}},
-		{"server plugin type in agent",
-			agentConfWith("", "plugins {\n  DataStore \"sql\" {}\n}\n"),
-			[]string{`agent.conf:16: unknown plugin type "DataStore"`}},
-		{"unsupported plugin type",
-			agentConfWith("", "plugins {\n  SVIDStore \"aws_secretsmanager\" {}\n}\n"),
-			[]string{`agent.conf:16: unsupported plugin type SVIDStore`}},
-		{"second NodeAttestor",
-			strings.Replace(agentConfWith("", ""), `NodeAttestor "join_token" {}`, `NodeAttestor "join_token" {}
-    NodeAttestor "x509pop" {}`, 1),
-			[]string{`agent.conf:9: unknown plugin NodeAttestor "x509pop"`}},
-		{"unknown unix option",
-			strings.Replace(agentConfWith("", ""), "plugin_data {\n", "plugin_data {\n            workload_path = true\n", 1),
-			[]string{`agent.conf:12: unknown key "workload_path" in plugin_data of plugin WorkloadAttestor "unix"`}},
 		{"external plugin",
 			agentConfWith("", "plugins {\n  WorkloadAttestor \"mine\" {\n    plugin_cmd = \"/bin/mine\"\n  }\n}\n"),
 			[]string{`agent.conf:17:`, "Sigil has only built-in plugins"}},
-		{"unix wrong type",
-			strings.Replace(agentConfWith("", ""), "plugin_data {\n", "plugin_data {\n            workload_size_limit = \"big\"\n", 1),
-			[]string{`agent.conf:12: invalid value for "workload_size_limit"`, "expected an integer"}},
 		{"insecure_bootstrap string",
 			agentConfWith("    insecure_bootstrap = \"true\"\n", ""),
 			[]string{`agent.conf:6: invalid value for "insecure_bootstrap" in agent block: expected a bool`}},
@@ -202,10 +179,6 @@ func TestAgentValidation(t *testing.T) {
 		{"http bundle url", strings.Replace(base, `trust_bundle_path = "bundle.pem"`, `trust_bundle_url = "http://example.org/bundle"`, 1), `trust_bundle_url "http://example.org/bundle" must be an https:// URL`},
 		{"bad bundle format", agentConfWith("    trust_bundle_format = \"der\"\n", ""), `invalid trust_bundle_format "der"`},
 		{"short availability target", agentConfWith("    availability_target = \"1h\"\n", ""), "availability_target must be at least 24h0m0s"},
-		{"no NodeAttestor", strings.Replace(base, `NodeAttestor "join_token" {}`, "", 1), "exactly one NodeAttestor plugin must be configured"},
-		{"no KeyManager", strings.Replace(base, `KeyManager "memory" {}`, "", 1), "exactly one KeyManager plugin must be configured"},
-		{"disk without directory", strings.Replace(base, `KeyManager "memory" {}`, `KeyManager "disk" {}`, 1), `KeyManager "disk": directory must be configured`},
-		{"no WorkloadAttestor", strings.Replace(base, "WorkloadAttestor \"unix\" {\n        plugin_data {\n        }\n    }", "", 1), "at least one WorkloadAttestor plugin must be configured"},
 		{"bad log level", agentConfWith("    log_level = \"chatty\"\n", ""), `log_level: invalid log level "chatty"`},
 	}
 	for _, c := range cases {
@@ -308,8 +281,12 @@ func TestParseAgentJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.ServerPort != 8081 || !a.InsecureBootstrap || a.KeyManager.Directory != "./data" ||
-		a.WorkloadAttestors.Unix == nil || !a.WorkloadAttestors.Unix.DiscoverWorkloadPath {
+	if a.ServerPort != 8081 || !a.InsecureBootstrap {
 		t.Errorf("unexpected %+v", a)
+	}
+	wantPlugins(t, a.Plugins, `NodeAttestor "join_token" agent.json:8`, `KeyManager "disk" agent.json:8`, `WorkloadAttestor "unix" agent.json:8`)
+	var dir string
+	if d := a.Plugins[1].Data(); !d.String("directory", &dir) || dir != "./data" {
+		t.Errorf("KeyManager plugin_data directory = %q", dir)
 	}
 }

@@ -11,8 +11,8 @@
 // The plugins section is read, not interpreted: each enabled plugin is a
 // Plugin (type, name, position) whose plugin_data the plugin itself parses
 // through PluginData, with the same file:line errors. Which plugin types and
-// names exist is each binary's catalog's business (internal/catalog/server;
-// the agent's plugins are still decoded here for now).
+// names exist is each binary's catalog's business (internal/catalog/server,
+// internal/catalog/agent).
 package config
 
 import (

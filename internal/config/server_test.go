@@ -211,8 +211,12 @@ func TestExampleConfFiles(t *testing.T) {
 	if err != nil {
 		t.Fatalf("default -config %s: %v", DefaultAgentConfigPath, err)
 	}
-	if a.Path != DefaultAgentConfigPath || a.KeyManager.Kind != "disk" || !a.NodeAttestor.JoinToken || a.WorkloadAttestors.Unix == nil {
-		t.Errorf("%s: unexpected plugins %+v %+v %+v", a.Path, a.KeyManager, a.NodeAttestor, a.WorkloadAttestors)
+	types = nil
+	for _, p := range a.Plugins {
+		types = append(types, p.String())
+	}
+	if got := strings.Join(types, ", "); a.Path != DefaultAgentConfigPath || got != `NodeAttestor "join_token", KeyManager "disk", WorkloadAttestor "unix"` {
+		t.Errorf("%s: plugins %s", a.Path, got)
 	}
 	if a.TrustDomain != s.TrustDomain || a.ServerPort != s.BindPort {
 		t.Errorf("example agent (%s, port %d) does not match example server (%s, port %d)", a.TrustDomain, a.ServerPort, s.TrustDomain, s.BindPort)

@@ -185,8 +185,8 @@ const (
 	// is left to serve.
 	StateExpired State = "expired"
 	// StateRevoked: the server refused the agent's SVID (banned or
-	// evicted): the agent serves no identity, and has deleted its
-	// persisted SVID and workload cache.
+	// evicted) or its re-attestation: the agent serves no identity, and
+	// has deleted its persisted SVID and workload cache.
 	StateRevoked State = "revoked"
 )
 

@@ -1,6 +1,9 @@
 // Package agent assembles sigil-agent: the workload cache (persisted in
 // data_dir), the server-facing manager (attestation, push sync, renewal),
-// the workload attestors and the Workload API, run under one errgroup.
+// the workload attestors and the Workload API, run under one errgroup. The
+// plugins (node attestor, key manager, workload attestors) are whatever
+// the configuration declares, built by the agent's catalog
+// (internal/catalog/agent): nothing here knows an individual plugin.
 //
 // It must stay small for devices: nothing here (or below) may import SQL
 // drivers, server packages or Kubernetes code; a test enforces it.
@@ -9,6 +12,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,13 +27,11 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadattest"
-	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	agentcatalog "github.com/sigil-spiffe/sigil/internal/catalog/agent"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/datadir"
 	"github.com/sigil-spiffe/sigil/internal/healthcheck"
-	"github.com/sigil-spiffe/sigil/internal/keys"
 	"github.com/sigil-spiffe/sigil/internal/version"
 )
 
@@ -49,6 +51,11 @@ type Agent struct {
 	fsd   *fsdelivery.Delivery
 	// lock is data_dir's, held from New until Run returns (or Close).
 	lock *datadir.Lock
+	// plugins are the configured plugins, for the start-up log.
+	plugins []string
+	// closers are the plugins holding resources (io.Closer), closed when
+	// Run returns (or by Close).
+	closers []io.Closer
 }
 
 // New loads the persisted state and builds every component. It does not
@@ -56,7 +63,7 @@ type Agent struct {
 // serves what it has.
 func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options) (_ *Agent, err error) {
 	clk := clock.OrReal(opts.Clock)
-	bootstrap, err := preflight(ctx, cfg)
+	pre, err := preflight(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -66,27 +73,50 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
+	var closers []io.Closer
+	keep := func(v any) {
+		if c, ok := v.(io.Closer); ok {
+			closers = append(closers, c)
+		}
+	}
 	defer func() {
 		if err != nil {
+			closeAll(log, closers)
 			lock.Release()
 		}
 	}()
 	if err := CheckTrustDomain(cfg.DataDir, cfg.TrustDomain); err != nil {
 		return nil, err
 	}
-	if err := lock.RemoveLeftovers(log, cfg.DataDir, cfg.KeyManager.Directory); err != nil {
+	km, err := pre.plugins.KeyManager().Build(ctx, agentcatalog.KeyManagerDeps{DataDir: cfg.DataDir, Log: log.With("subsystem", "key_manager")})
+	if err != nil {
 		return nil, err
 	}
-	var km keys.Manager
-	switch cfg.KeyManager.Kind {
-	case config.KeyManagerMemory:
-		km = keys.NewMemory()
-	default:
-		d, err := keys.NewDisk(cfg.KeyManager.Directory) // required by config validation
+	keep(km)
+	leftovers := []string{cfg.DataDir}
+	if d, ok := km.(interface{ Dir() string }); ok {
+		leftovers = append(leftovers, d.Dir())
+	}
+	if err := lock.RemoveLeftovers(log, leftovers...); err != nil {
+		return nil, err
+	}
+	attestor, err := pre.plugins.NodeAttestor().Build(ctx, agentcatalog.NodeAttestorDeps{
+		TrustDomain: cfg.TrustDomain, JoinToken: cfg.JoinToken, DataDir: cfg.DataDir, Clock: clk,
+		Log: log.With("subsystem", "node_attestor", "node_attestor", pre.plugins.NodeAttestor().Plugin().Name),
+	})
+	if err != nil {
+		return nil, err
+	}
+	keep(attestor)
+	var plugins []workloadattest.Plugin
+	for _, w := range pre.plugins.WorkloadAttestors() {
+		name := w.Plugin().Name
+		a, err := w.Build(ctx, agentcatalog.WorkloadAttestorDeps{Clock: clk, Log: log.With("subsystem", "workload_attestor", "attestor", name)})
 		if err != nil {
-			return nil, fmt.Errorf("KeyManager \"disk\": %w", err)
+			return nil, err
 		}
-		km = d
+		keep(a)
+		plugins = append(plugins, workloadattest.Plugin{Name: name, Attestor: a})
 	}
 
 	c := cache.New(cache.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Clock: clk, Log: log.With("subsystem", "cache")})
@@ -98,9 +128,9 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	mgr, err := manager.New(manager.Config{
 		ServerAddr:        net.JoinHostPort(cfg.ServerAddress, strconv.Itoa(cfg.ServerPort)),
 		TrustDomain:       cfg.TrustDomain,
-		TrustBundle:       bootstrap,
+		TrustBundle:       pre.bundle,
 		InsecureBootstrap: cfg.InsecureBootstrap,
-		Attestor:          agentcatalog.JoinToken{Token: cfg.JoinToken},
+		Attestor:          attestor,
 		DataDir:           cfg.DataDir,
 		Keys:              km,
 		Cache:             c,
@@ -113,15 +143,6 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	})
 	if err != nil {
 		return nil, err
-	}
-	var plugins []workloadattest.Plugin
-	if u := cfg.WorkloadAttestors.Unix; u != nil {
-		plugins = append(plugins, workloadattest.Plugin{Name: unix.Type, Attestor: unix.New(unix.Config{
-			DiscoverWorkloadPath: u.DiscoverWorkloadPath,
-			WorkloadSizeLimit:    u.WorkloadSizeLimit,
-			Clock:                clk,
-			Log:                  log.With("subsystem", "workload_attestor", "attestor", unix.Type),
-		})})
 	}
 	attestors, err := workloadattest.New(workloadattest.Config{Plugins: plugins, Log: log.With("subsystem", "workload_attestor")})
 	if err != nil {
@@ -146,11 +167,24 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, clk: clk, cache: c, mgr: mgr, wl: wl, fsd: fsd, lock: lock}, nil
+	return &Agent{cfg: cfg, log: log, clk: clk, cache: c, mgr: mgr, wl: wl, fsd: fsd, lock: lock, plugins: pre.plugins.Names(), closers: closers}, nil
 }
 
-// Close releases what New took (the data_dir lock) if Run is never called.
-func (a *Agent) Close() error { return a.lock.Release() }
+// Close releases what New took (the plugins' resources, the data_dir lock)
+// if Run is never called.
+func (a *Agent) Close() error {
+	closeAll(a.log, a.closers)
+	return a.lock.Release()
+}
+
+// closeAll closes the plugins that hold resources, logging failures.
+func closeAll(log *slog.Logger, closers []io.Closer) {
+	for _, c := range closers {
+		if err := c.Close(); err != nil {
+			log.Warn("Failed to close a plugin", "error", err)
+		}
+	}
+}
 
 // CheckTrustDomain returns a *datadir.TrustDomainError if the agent state
 // persisted in dataDir (its SVID, its workload cache; each records its
@@ -184,6 +218,7 @@ func (a *Agent) Status() manager.Status { return a.mgr.Status() }
 // persisted cache; the manager connects to the server in the background.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.lock.Release()
+	defer closeAll(a.log, a.closers)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.cache.Run(ctx) })
 	g.Go(func() error { return a.wl.Run(ctx) })
@@ -200,7 +235,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if hc := a.cfg.HealthChecks; hc.ListenerEnabled {
 		g.Go(func() error { return a.serveHealth(ctx, hc) })
 	}
-	a.log.Info("Starting sigil-agent", "trust_domain", a.cfg.TrustDomain.Name(), "server", net.JoinHostPort(a.cfg.ServerAddress, strconv.Itoa(a.cfg.ServerPort)), "socket_path", a.cfg.SocketPath)
+	a.log.Info("Starting sigil-agent", "trust_domain", a.cfg.TrustDomain.Name(), "server", net.JoinHostPort(a.cfg.ServerAddress, strconv.Itoa(a.cfg.ServerPort)),
+		"socket_path", a.cfg.SocketPath, "plugins", a.plugins)
 	return g.Wait()
 }
 

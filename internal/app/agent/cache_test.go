@@ -51,9 +51,11 @@ func TestCorruptCacheStartsEmpty(t *testing.T) {
 	cfg.ServerPort = 1 // nothing listens: the agent keeps retrying in the background
 	cfg.InsecureBootstrap = true
 	cfg.JoinToken = "token"
-	cfg.NodeAttestor.JoinToken = true
-	cfg.KeyManager = config.AgentKeyManager{Kind: config.KeyManagerMemory}
-	cfg.WorkloadAttestors.Unix = &config.UnixWorkloadAttestor{}
+	cfg.Plugins = []config.Plugin{
+		config.NewPlugin("NodeAttestor", "join_token", nil),
+		config.NewPlugin("KeyManager", "memory", nil),
+		config.NewPlugin("WorkloadAttestor", "unix", nil),
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

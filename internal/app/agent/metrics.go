@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/sigil-spiffe/sigil/internal/agent/client"
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
 )
 
@@ -45,7 +46,7 @@ func writeMetrics(w io.Writer, st manager.Status) error {
 	}
 	gauge("sigil_agent_connected", "1 while a session with the server is established, else 0.")
 	fmt.Fprintf(bw, "sigil_agent_connected %d\n", b(st.Connected))
-	gauge("sigil_agent_state", "1 for the agent's current state: connected, degraded (serving cached SVIDs, server unreachable), expired (nothing valid left to serve) or revoked (the server refused the agent: banned or evicted; serving nothing).")
+	gauge("sigil_agent_state", "1 for the agent's current state: connected, degraded (serving cached SVIDs, server unreachable), expired (nothing valid left to serve) or revoked (the server refused the agent: banned, evicted or its re-attestation refused; serving nothing).")
 	for _, s := range []manager.State{manager.StateConnected, manager.StateDegraded, manager.StateExpired, manager.StateRevoked} {
 		fmt.Fprintf(bw, "sigil_agent_state{state=%q} %d\n", string(s), b(st.State == s))
 	}
@@ -78,8 +79,11 @@ func readiness(st manager.Status, now time.Time) (bool, string) {
 	switch st.State {
 	case manager.StateRevoked:
 		what := "evicted"
-		if st.Banned {
+		switch {
+		case st.Banned:
 			what = "banned"
+		case st.RevokedReason == client.ReasonAttestationRefused:
+			what = "attestation refused"
 		}
 		return false, fmt.Sprintf("revoked: the server refused the agent (%s, %s) at %s; serving no identity; last error: %s",
 			what, st.RevokedReason, st.RevokedAt.UTC().Format(time.RFC3339), st.LastError)

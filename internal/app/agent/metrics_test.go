@@ -149,4 +149,9 @@ func TestReadiness(t *testing.T) {
 		!strings.Contains(detail, since.UTC().Format(time.RFC3339)) || !strings.Contains(detail, "is not attested") {
 		t.Fatalf("revoked: %v %q", ok, detail)
 	}
+	ok, detail = readiness(manager.Status{State: manager.StateRevoked, RevokedAt: since, RevokedReason: "ATTESTATION_REFUSED",
+		LastError: "the server refused the agent (ATTESTATION_REFUSED): certificate revoked"}, now)
+	if ok || !strings.Contains(detail, "(attestation refused, ATTESTATION_REFUSED)") || strings.Contains(detail, "evicted") {
+		t.Fatalf("revoked after a refused re-attestation: %v %q", ok, detail)
+	}
 }

@@ -13,23 +13,53 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 
+	agentcatalog "github.com/sigil-spiffe/sigil/internal/catalog/agent"
 	"github.com/sigil-spiffe/sigil/internal/config"
 )
 
+// Load handles `sigil-agent run` and `validate` arguments: the flags and
+// the file (config.LoadAgent), then the plugins against the catalog, each
+// plugin's plugin_data included. Every error names its file:line.
+func Load(args []string) (*config.Agent, error) {
+	cfg, err := config.LoadAgent(args)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := agentcatalog.Parse(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
 // Preflight runs every check New makes before it creates a file or binds a
-// socket: today, that the bootstrap trust bundle (trust_bundle_path, or
-// trust_bundle_url, fetched) loads. `sigil-agent validate` runs it, so a
-// configuration validate accepts is one run starts with, and both report a
-// problem with the same error.
+// socket: the plugins are built in and their plugin_data is valid, and the
+// bootstrap trust bundle (trust_bundle_path, or trust_bundle_url, fetched)
+// loads. `sigil-agent validate` runs it, so a configuration validate
+// accepts is one run starts with, and both report a problem with the same
+// error.
 func Preflight(ctx context.Context, cfg *config.Agent) error {
 	_, err := preflight(ctx, cfg)
 	return err
 }
 
-// preflight is Preflight, returning the bootstrap trust bundle (nil with
-// insecure_bootstrap).
-func preflight(ctx context.Context, cfg *config.Agent) ([]*x509.Certificate, error) {
-	return trustBundle(ctx, cfg)
+// checked is what preflight loaded and New goes on with.
+type checked struct {
+	plugins *agentcatalog.Plugins
+	// bundle is the bootstrap trust bundle (nil with insecure_bootstrap).
+	bundle []*x509.Certificate
+}
+
+// preflight is Preflight, keeping what it loaded.
+func preflight(ctx context.Context, cfg *config.Agent) (*checked, error) {
+	plugins, err := agentcatalog.Parse(cfg)
+	if err != nil {
+		return nil, err
+	}
+	bundle, err := trustBundle(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &checked{plugins: plugins, bundle: bundle}, nil
 }
 
 // trustBundle reads the bootstrap bundle: trust_bundle_path (PEM or SPIFFE

@@ -213,9 +213,11 @@ func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group, exitWhe
 	acfg.DataDir = agentDir
 	acfg.TrustBundlePath = bundlePath
 	acfg.JoinToken = token
-	acfg.NodeAttestor.JoinToken = true
-	acfg.KeyManager = config.AgentKeyManager{Kind: config.KeyManagerDisk, Directory: filepath.Join(agentDir, "keys")}
-	acfg.WorkloadAttestors.Unix = &config.UnixWorkloadAttestor{}
+	acfg.Plugins = []config.Plugin{
+		config.NewPlugin("NodeAttestor", "join_token", nil),
+		config.NewPlugin("KeyManager", "disk", map[string]any{"directory": filepath.Join(agentDir, "keys")}),
+		config.NewPlugin("WorkloadAttestor", "unix", nil),
+	}
 	if err := acfg.Validate(); err != nil {
 		return fmt.Errorf("agent configuration: %w", err)
 	}

@@ -78,9 +78,11 @@ func AgentConfig(td spiffeid.TrustDomain, dataDir, socketPath, serverHost string
 	c.DataDir = dataDir
 	c.TrustBundlePath = bundlePath
 	c.JoinToken = token
-	c.NodeAttestor.JoinToken = true
-	c.KeyManager = config.AgentKeyManager{Kind: config.KeyManagerDisk, Directory: filepath.Join(dataDir, "keys")}
-	c.WorkloadAttestors.Unix = &config.UnixWorkloadAttestor{}
+	c.Plugins = []config.Plugin{
+		config.NewPlugin("NodeAttestor", "join_token", nil),
+		config.NewPlugin("KeyManager", "disk", map[string]any{"directory": filepath.Join(dataDir, "keys")}),
+		config.NewPlugin("WorkloadAttestor", "unix", nil),
+	}
 	return c
 }
 

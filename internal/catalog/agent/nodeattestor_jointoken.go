@@ -7,7 +7,17 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
+	"github.com/sigil-spiffe/sigil/internal/config"
 )
+
+// NodeAttestor "join_token": its plugin_data is empty (as SPIRE's); the
+// token is the agent's join_token (or -joinToken).
+func init() {
+	registerNodeAttestor(JoinTokenName, func(d *config.PluginData) (struct{}, error) { return struct{}{}, d.Done() },
+		func(_ context.Context, _ struct{}, d NodeAttestorDeps) (NodeAttestor, error) {
+			return JoinToken{Token: d.JoinToken}, nil
+		})
+}
 
 // JoinTokenName is the name (and attestation data type) of the join-token
 // node attestor.

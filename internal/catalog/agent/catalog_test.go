@@ -1,0 +1,267 @@
+package agent_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	agentcatalog "github.com/sigil-spiffe/sigil/internal/catalog/agent"
+	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/keys"
+)
+
+// confWith is a valid 14-line agent.conf; tail follows it (from line 15).
+func confWith(tail string) string {
+	return `agent {
+    server_address = "127.0.0.1"
+    server_port = 8081
+    trust_domain = "example.org"
+    trust_bundle_path = "bundle.pem"
+}
+plugins {
+    NodeAttestor "join_token" {}
+    KeyManager "memory" {}
+    WorkloadAttestor "unix" {
+        plugin_data {
+        }
+    }
+}
+` + tail
+}
+
+func parse(t *testing.T, src string) (*agentcatalog.Plugins, error) {
+	t.Helper()
+	cfg, err := config.ParseAgent("agent.conf", []byte(src))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	return agentcatalog.Parse(cfg)
+}
+
+func wantErr(t *testing.T, err error, parts ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("got no error, want one containing %q", parts)
+	}
+	for _, p := range parts {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("error %q does not contain %q", err, p)
+		}
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	base := confWith("")
+	cases := []struct {
+		name string
+		src  string
+		want []string
+	}{
+		{"unknown plugin",
+			confWith("plugins {\n  WorkloadAttestor \"docker\" {}\n}\n"),
+			[]string{`agent.conf:16: unknown plugin WorkloadAttestor "docker": Sigil's built-in WorkloadAttestor plugins are: unix`}},
+		{"unknown NodeAttestor",
+			strings.Replace(base, `NodeAttestor "join_token" {}`, `NodeAttestor "aws_iid" {}`, 1),
+			[]string{`agent.conf:8: unknown plugin NodeAttestor "aws_iid": Sigil's built-in NodeAttestor plugins are: `, "join_token",
+				`agent.conf: exactly one NodeAttestor plugin must be configured: NodeAttestor "join_token"`}},
+		{"server plugin type",
+			confWith("plugins {\n  DataStore \"sql\" {}\n}\n"),
+			[]string{`agent.conf:16: unknown plugin type "DataStore" (plugin DataStore "sql"): known types are KeyManager, NodeAttestor, WorkloadAttestor`}},
+		{"unsupported plugin type",
+			confWith("plugins {\n  SVIDStore \"aws_secretsmanager\" {}\n}\n"),
+			[]string{`agent.conf:16: unsupported plugin type SVIDStore (plugin SVIDStore "aws_secretsmanager")`}},
+		{"second KeyManager",
+			strings.Replace(base, `KeyManager "memory" {}`, "KeyManager \"memory\" {}\n    KeyManager \"disk\" {\n        plugin_data {\n            directory = \"k\"\n        }\n    }", 1),
+			[]string{`agent.conf:10: plugin KeyManager "disk": only one KeyManager plugin may be configured ("memory" is on line 9)`}},
+		{"disk without directory",
+			strings.Replace(base, `KeyManager "memory" {}`, `KeyManager "disk" {}`, 1),
+			[]string{`agent.conf:9: plugin KeyManager "disk": directory must be configured`}},
+		{"unknown unix option",
+			strings.Replace(base, "plugin_data {\n", "plugin_data {\n            workload_path = true\n", 1),
+			[]string{`agent.conf:12: unknown key "workload_path" in plugin_data of plugin WorkloadAttestor "unix"`}},
+		{"unix value of the wrong type",
+			strings.Replace(base, "plugin_data {\n", "plugin_data {\n            workload_size_limit = \"big\"\n", 1),
+			[]string{`agent.conf:12: invalid value for "workload_size_limit" in plugin_data of plugin WorkloadAttestor "unix"`, "expected an integer"}},
+		{"join_token plugin_data",
+			strings.Replace(base, `NodeAttestor "join_token" {}`, "NodeAttestor \"join_token\" {\n        plugin_data {\n            token = \"x\"\n        }\n    }", 1),
+			[]string{`agent.conf:10: unknown key "token" in plugin_data of plugin NodeAttestor "join_token"`}},
+		{"no NodeAttestor",
+			strings.Replace(base, `NodeAttestor "join_token" {}`, "", 1),
+			[]string{`agent.conf: exactly one NodeAttestor plugin must be configured: NodeAttestor "join_token"`}},
+		{"no KeyManager",
+			strings.Replace(base, `KeyManager "memory" {}`, "", 1),
+			[]string{`agent.conf: exactly one KeyManager plugin must be configured: KeyManager "disk" or KeyManager "memory"`}},
+		{"no WorkloadAttestor",
+			strings.Replace(base, "WorkloadAttestor \"unix\" {\n        plugin_data {\n        }\n    }", "", 1),
+			[]string{`agent.conf: at least one WorkloadAttestor plugin must be configured: WorkloadAttestor "unix"`}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := parse(t, c.src)
+			wantErr(t, err, c.want...)
+		})
+	}
+}
+
+// TestParseReportsEveryError: one run names every problem of the section.
+func TestParseReportsEveryError(t *testing.T) {
+	src := strings.Replace(confWith("plugins {\n  WorkloadAttestor \"docker\" {}\n  Cache \"redis\" {}\n}\n"), `KeyManager "memory" {}`, `KeyManager "disk" {}`, 1)
+	_, err := parse(t, src)
+	wantErr(t, err, `agent.conf:9: plugin KeyManager "disk": directory must be configured`, `agent.conf:16: unknown plugin WorkloadAttestor "docker"`,
+		`agent.conf:17: unknown plugin type "Cache"`)
+}
+
+func TestParseAndBuild(t *testing.T) {
+	dir := t.TempDir()
+	keysDir := filepath.Join(dir, "keys")
+	src := strings.Replace(confWith(""), `KeyManager "memory" {}`, "KeyManager \"disk\" {\n        plugin_data {\n            directory = \""+keysDir+"\"\n        }\n    }", 1)
+	src = strings.Replace(src, "plugin_data {\n        }", "plugin_data {\n            discover_workload_path = true\n            workload_size_limit = -1\n        }", 1)
+	p, err := parse(t, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(p.Names(), ", "); got != `NodeAttestor "join_token", KeyManager "disk", WorkloadAttestor "unix"` {
+		t.Errorf("Names = %s", got)
+	}
+	ctx := context.Background()
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	na, err := p.NodeAttestor().Build(ctx, agentcatalog.NodeAttestorDeps{TrustDomain: td, JoinToken: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jt, ok := na.(agentcatalog.JoinToken)
+	if !ok || na.Type() != "join_token" || jt.Token != "tok" {
+		t.Fatalf("NodeAttestor %#v", na)
+	}
+	if id, ok := jt.Credential(td); !ok || id.String() != "spiffe://example.org/spire/agent/join_token/tok" {
+		t.Errorf("Credential = %s, %v", id, ok)
+	}
+	s, err := na.Begin(ctx)
+	if err != nil || string(s.Payload()) != "tok" {
+		t.Fatalf("Begin = %v, %v", s, err)
+	}
+	km, err := p.KeyManager().Build(ctx, agentcatalog.KeyManagerDeps{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := km.(*keys.Disk); !ok || d.Dir() != keysDir {
+		t.Fatalf("KeyManager %#v, want disk in %s", km, keysDir)
+	}
+	ws := p.WorkloadAttestors()
+	if len(ws) != 1 || ws[0].Plugin().Name != "unix" {
+		t.Fatalf("WorkloadAttestors %v", ws)
+	}
+	if _, err := ws[0].Build(ctx, agentcatalog.WorkloadAttestorDeps{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestJoinTokenWithoutToken: join_token with no token builds (an agent
+// with a persisted SVID needs none) but has no credential to present.
+func TestJoinTokenWithoutToken(t *testing.T) {
+	p, err := parse(t, confWith(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	na, err := p.NodeAttestor().Build(context.Background(), agentcatalog.NodeAttestorDeps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := na.(agentcatalog.JoinToken).Credential(spiffeid.RequireTrustDomainFromString("example.org")); ok {
+		t.Error("an empty token is a credential")
+	}
+	if _, err := na.Begin(context.Background()); err == nil || !strings.Contains(err.Error(), "no join token configured") {
+		t.Errorf("Begin without a token: %v", err)
+	}
+}
+
+// TestBuildErrorsNameThePlugin: a build failure names the plugin.
+func TestBuildErrorsNameThePlugin(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := writeFile(file); err != nil {
+		t.Fatal(err)
+	}
+	src := strings.Replace(confWith(""), `KeyManager "memory" {}`, "KeyManager \"disk\" {\n        plugin_data {\n            directory = \""+file+"\"\n        }\n    }", 1)
+	p, err := parse(t, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.KeyManager().Build(context.Background(), agentcatalog.KeyManagerDeps{})
+	wantErr(t, err, `KeyManager "disk": `, "not a directory")
+}
+
+func TestBuiltIns(t *testing.T) {
+	b := agentcatalog.BuiltIns()
+	for typ, want := range map[string][]string{
+		agentcatalog.NodeAttestorType:     {"join_token"},
+		agentcatalog.KeyManagerType:       {"disk", "memory"},
+		agentcatalog.WorkloadAttestorType: {"unix"},
+	} {
+		for _, n := range want {
+			if !slices.Contains(b[typ], n) {
+				t.Errorf("%s %q is not built in (%v)", typ, n, b[typ])
+			}
+		}
+	}
+}
+
+// TestSPIREQuickstartAgent: spire-agent's quickstart agent.conf runs as is;
+// a plugin Sigil lacks is named with its line instead of being ignored.
+func TestSPIREQuickstartAgent(t *testing.T) {
+	const quickstart = `agent {
+    data_dir = "./.data"
+    log_level = "DEBUG"
+    server_address = "127.0.0.1"
+    server_port = "8081"
+    socket_path ="/tmp/spire-agent/public/api.sock"
+    trust_bundle_path = "./conf/agent/dummy_root_ca.crt"
+    trust_domain = "example.org"
+}
+
+plugins {
+    NodeAttestor "join_token" {
+        plugin_data {
+        }
+    }
+    KeyManager "disk" {
+        plugin_data {
+            directory = "./.data"
+        }
+    }
+    WorkloadAttestor "unix" {
+        plugin_data {
+        }
+    }
+}
+`
+	if _, err := parse(t, quickstart); err != nil {
+		t.Fatalf("SPIRE quickstart agent.conf: %v", err)
+	}
+	withK8s := strings.Replace(quickstart, `    WorkloadAttestor "unix" {`, `    WorkloadAttestor "k8s" {
+        plugin_data {
+            kubelet_read_only_port = "10255"
+        }
+    }
+    WorkloadAttestor "unix" {`, 1)
+	_, err := parse(t, withK8s)
+	wantErr(t, err, `agent.conf:21: unknown plugin WorkloadAttestor "k8s"`)
+}
+
+// TestExampleConf: conf/agent/agent.conf parses against the catalog.
+func TestExampleConf(t *testing.T) {
+	t.Chdir("../../..")
+	cfg, err := config.LoadAgent(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agentcatalog.Parse(cfg); err != nil {
+		t.Fatalf("%s: %v", cfg.Path, err)
+	}
+}
+
+func writeFile(path string) error { return os.WriteFile(path, []byte("x"), 0o600) }

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -140,5 +141,48 @@ func TestSQLiteSynchronousIsWired(t *testing.T) {
 		if !strings.Contains(opened, c.want) {
 			t.Errorf("sqlite_synchronous %q: %q, want %s", c.set, opened, c.want)
 		}
+	}
+}
+
+// rawPayload is an agent half that sends fixed attestation data and has no
+// answer to a challenge.
+type rawPayload []byte
+
+func (p rawPayload) Payload() []byte { return p }
+func (rawPayload) Respond(context.Context, []byte) ([]byte, error) {
+	return nil, errors.New("no challenge expected")
+}
+
+// TestSeveralNodeAttestorsWired: every NodeAttestor block of the file is
+// built by the catalog and reaches the agent API, which picks one by the
+// attestation type the agent sends: join_token attests, tpm answers for
+// itself (malformed data: InvalidArgument), x509pop, not configured, is
+// FailedPrecondition.
+func TestSeveralNodeAttestorsWired(t *testing.T) {
+	cfg := testConfig(t, testutil.ShortTempDir(t))
+	cfg.SetPlugin(config.NewPlugin("NodeAttestor", "tpm", map[string]any{"ek_hashes": []string{strings.Repeat("ab", 32)}}))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := inproc.RunServer(t, cfg, nil, server.Options{})
+	defer srv.StopT(t)
+	tok := srv.Admin(t).CreateJoinToken(t, spiffeid.ID{})
+	cl, err := client.Dial(client.Config{Addr: srv.Addr(), TrustDomain: cfg.TrustDomain, InsecureBootstrap: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+
+	if _, err := cl.AttestJoinToken(ctx, tok, csr); err != nil {
+		t.Errorf("join_token: %v", err)
+	}
+	_, err = cl.AttestAgent(ctx, "tpm", rawPayload("{not tpm data"), csr)
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("tpm with malformed data: %v, want InvalidArgument from the tpm attestor", err)
+	}
+	_, err = cl.AttestAgent(ctx, "x509pop", rawPayload("data"), csr)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), `could not find node attestor type "x509pop"`) {
+		t.Errorf("x509pop, not configured: %v, want FailedPrecondition", err)
 	}
 }

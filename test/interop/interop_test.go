@@ -14,7 +14,9 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,4 +153,17 @@ func findAgent(t *testing.T, adm *testutil.Admin, id spiffeid.ID) *types.Agent {
 		}
 	}
 	return nil
+}
+
+// serverCLI runs the server's own CLI (sigil-server's or spire-server's)
+// against its admin socket, as an operator would, e.g. "agent", "ban",
+// "-spiffeID", id; it fails the test unless the command succeeds.
+func serverCLI(t *testing.T, srv *testutil.Server, args ...string) string {
+	t.Helper()
+	argv := append(append(append([]string{}, args[:2]...), "-socketPath", srv.Config.SocketPath), args[2:]...)
+	out, err := exec.Command(srv.Bin(), argv...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", srv.Name(), strings.Join(argv, " "), err, out)
+	}
+	return string(out)
 }

@@ -119,7 +119,8 @@ func streamEnd(stream grpc.ServerStreamingClient[workloadpb.X509SVIDResponse]) e
 
 // TestSigilAgent: a sigil-agent attests with a join token, gets its
 // entries and serves a go-spiffe workload an X509-SVID and a JWT-SVID.
-// Then the server bans one agent and evicts another (which holds an unused
+// Then the server's own CLI (spire-server agent ban/evict against SPIRE)
+// bans one agent and evicts another (which holds an unused
 // join token): both go to their revoked state (recognising the server's
 // refusal), end the workload's stream with PermissionDenied and delete
 // their persisted identity; the evicted one attests again with its unused
@@ -152,7 +153,7 @@ func TestSigilAgent(t *testing.T) {
 		}
 
 		bannedStream := openX509Stream(t, banned.Config.SocketPath)
-		adm.BanAgent(t, banned.id)
+		serverCLI(t, srv, "agent", "ban", "-spiffeID", banned.id.String())
 		if err := streamEnd(bannedStream); status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("the banned agent's X509-SVID stream ended with %v, want PermissionDenied", err)
 		}
@@ -173,7 +174,7 @@ func TestSigilAgent(t *testing.T) {
 		}
 
 		evictedStream := openX509Stream(t, evicted.Config.SocketPath)
-		adm.DeleteAgent(t, evicted.id)
+		serverCLI(t, srv, "agent", "evict", "-spiffeID", evicted.id.String())
 		if err := streamEnd(evictedStream); status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("the evicted agent's X509-SVID stream ended with %v, want PermissionDenied", err)
 		}

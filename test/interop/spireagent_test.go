@@ -14,8 +14,8 @@ import (
 
 // TestSPIREAgent: a real spire-agent attests with a join token, syncs its
 // entries and serves a go-spiffe workload an X509-SVID and a JWT-SVID for
-// an entry registered on the server. When the server bans one agent and
-// evicts another, each spire-agent drops its identity (its persisted SVID
+// an entry registered on the server. When the server's CLI bans one agent
+// and evicts another (sigil-server agent ban/evict against Sigil), each spire-agent drops its identity (its persisted SVID
 // is deleted) and exits, as it does against spire-server: SPIRE's agent
 // shuts down when banned, and when evicted it tries to re-attest, which a
 // join_token agent cannot.
@@ -43,7 +43,7 @@ func TestSPIREAgent(t *testing.T) {
 			t.Fatalf("%d entries have the parent %s, want its join token's alias", n, evictedID)
 		}
 
-		adm.BanAgent(t, bannedID)
+		serverCLI(t, srv, "agent", "ban", "-spiffeID", bannedID.String())
 		logs := banned.Proc.WaitExit(t, deadline)
 		if banned.Proc.Err() == nil {
 			t.Error("the banned spire-agent exited with status 0")
@@ -58,7 +58,7 @@ func TestSPIREAgent(t *testing.T) {
 			t.Errorf("%s lists the banned agent as %v", srv.Name(), a)
 		}
 
-		adm.DeleteAgent(t, evictedID)
+		serverCLI(t, srv, "agent", "evict", "-spiffeID", evictedID.String())
 		logs = evicted.Proc.WaitExit(t, deadline)
 		if evicted.Proc.Err() == nil {
 			t.Error("the evicted spire-agent exited with status 0")

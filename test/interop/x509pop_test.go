@@ -54,7 +54,7 @@ func TestX509PoP(t *testing.T) {
 
 			// Evicted, it attests again with its certificate.
 			serial := rec.GetX509SvidSerialNumber()
-			adm.DeleteAgent(t, agentID)
+			serverCLI(t, srv, "agent", "evict", "-spiffeID", agentID.String())
 			err := testutil.Poll(deadline, 200*time.Millisecond, func() (bool, error) {
 				r := findAgent(t, adm, agentID)
 				return r != nil && r.GetX509SvidSerialNumber() != serial, nil
@@ -67,7 +67,7 @@ func TestX509PoP(t *testing.T) {
 			}
 			testutil.RequireSVID(t, a.SocketAddr(), direct, deadline)
 
-			adm.BanAgent(t, agentID)
+			serverCLI(t, srv, "agent", "ban", "-spiffeID", agentID.String())
 			logs := a.Proc.WaitExit(t, deadline)
 			if !strings.Contains(logs, "Agent is banned") {
 				t.Error("the banned x509pop spire-agent did not log that it is banned")

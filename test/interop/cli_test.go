@@ -2,17 +2,10 @@ package interop
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // cliEnv is one server as the CLI steps see it: IDs differ between
@@ -287,40 +281,21 @@ func compareCLIs(t *testing.T, steps []cliStep, results map[string]map[string][]
 // bundlePEM is a self-signed CA of another trust domain, for bundle set.
 func otherBundle(t *testing.T) (pemBytes, jwks []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{Organization: []string{"other"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs:                  []*url.URL{{Scheme: "spiffe", Host: "other.org"}},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := spiffebundle.New(spiffeid.RequireTrustDomainFromString("other.org"))
+	other := spiffeid.RequireTrustDomainFromString("other.org")
+	ca := testca.New(t, testca.TrustDomain(other), testca.Serial(1), testca.SubjectName(pkix.Name{Organization: []string{"other"}}))
+	cert, key := ca.Cert, ca.Key
+	b := spiffebundle.New(other)
 	b.AddX509Authority(cert)
 	if err := b.AddJWTAuthority("other-kid", key.Public()); err != nil {
 		t.Fatal(err)
 	}
 	b.SetSequenceNumber(7)
 	b.SetRefreshHint(5 * time.Minute)
-	jwks, err = b.Marshal()
+	jwks, err := b.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), jwks
+	return testca.CertsPEM(cert), jwks
 }
 
 // seqDiffers: sigil-server's bundle sequence numbers never go back and

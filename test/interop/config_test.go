@@ -7,10 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/http"
 	"net/url"
 	"os"
@@ -26,6 +23,7 @@ import (
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
 	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // spireStyleServerConf is a server.conf written as SPIRE's documentation
@@ -138,38 +136,11 @@ health_checks {
 // dir and returns its certificate.
 func writeUpstreamCA(t *testing.T, dir string) *x509.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(42),
-		Subject:               pkix.Name{CommonName: "interop upstream"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(30 * 24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "upstream.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "upstream.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
+	ca := testca.New(t, testca.Serial(42), testca.Subject("interop upstream"),
+		testca.Validity(time.Now().Add(-time.Hour), time.Now().Add(30*24*time.Hour)))
+	testca.WriteCertsPEM(t, filepath.Join(dir, "upstream.crt"), ca.Cert)
+	testca.WriteKeyPEM(t, filepath.Join(dir, "upstream.key"), ca.Key)
+	return ca.Cert
 }
 
 // validate runs "<bin> validate -config path" in dir and fails the test

@@ -30,7 +30,7 @@ func BuildReleaseAgent(tb testing.TB) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	out := filepath.Join(ShortTempDir(tb), "sigil-agent")
+	out := filepath.Join(testutil.ShortTempDir(tb), "sigil-agent")
 	cmd := exec.Command("go", "build", "-tags", "grpcnotrace", "-ldflags", "-s -w", "-o", out, "./cmd/sigil-agent")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -48,7 +48,7 @@ func BuildReleaseAgent(tb testing.TB) string {
 func (s *Server) StartAgentProcess(tb testing.TB, token string) *AgentProcess {
 	tb.Helper()
 	bin := BuildReleaseAgent(tb)
-	dir := ShortTempDir(tb)
+	dir := testutil.ShortTempDir(tb)
 	host, port, err := net.SplitHostPort(s.Addr)
 	if err != nil {
 		tb.Fatal(err)

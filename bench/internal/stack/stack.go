@@ -62,11 +62,6 @@ type Server struct {
 	agentSeq atomic.Int64
 }
 
-// ShortTempDir returns a fresh directory with a short name (unix socket
-// paths are limited to 108 bytes; b.TempDir names are long), removed on
-// cleanup.
-func ShortTempDir(tb testing.TB) string { return testutil.ShortTempDir(tb) }
-
 // StartServer runs a server on SQLite with a disk key manager and the
 // join_token attestor (plus plugins, e.g. a NodeAttestor "x509pop"), rate
 // limits at their defaults, until cleanup.
@@ -75,7 +70,7 @@ func ShortTempDir(tb testing.TB) string { return testutil.ShortTempDir(tb) }
 // two in one binary.
 func StartServer(tb testing.TB, plugins ...config.Plugin) *Server {
 	tb.Helper()
-	dir := ShortTempDir(tb)
+	dir := testutil.ShortTempDir(tb)
 	port, err := testutil.FreePort()
 	if err != nil {
 		tb.Fatal(err)

@@ -26,44 +26,7 @@ import (
 // Workload API server, with an entry that matches this test process.
 func TestRoundTripRealWorkloadAPI(t *testing.T) {
 	p := newPKI(t)
-	c := cache.New(cache.Config{TrustDomain: td})
-	b := spiffebundle.FromX509Authorities(td, []*x509.Certificate{p.ca})
-	if err := c.SetBundle(b); err != nil {
-		t.Fatal(err)
-	}
-	me := selector.Selector{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())}
-	if err := c.SetEntries([]*cache.Entry{{
-		ID: "e1", SPIFFEID: webID, ParentID: spiffeid.RequireFromPath(td, "/agent"),
-		Selectors: []selector.Selector{me}, RevisionNumber: 1, CreatedAt: time.Now(),
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetX509SVIDs(map[string]*cache.X509SVID{"e1": {Chain: []*x509.Certificate{p.leaf}, PrivateKey: p.leafKey}}); err != nil {
-		t.Fatal(err)
-	}
-
-	socket := filepath.Join(testutil.ShortTempDir(t), "api.sock")
-	srv, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Cache: c, Attestor: unix.New(unix.Config{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 2)
-	go func() { done <- srv.Run(ctx) }()
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		for range 2 {
-			if err := <-done; err != nil {
-				t.Errorf("run: %v", err)
-			}
-		}
-	})
-	select {
-	case <-srv.Ready():
-	case err := <-done:
-		t.Fatalf("workload API stopped: %v", err)
-	}
+	socket := startWorkloadAPI(t, p, spiffebundle.FromX509Authorities(td, []*x509.Certificate{p.ca}))
 	a := &agentFixture{socket: socket, p: p}
 
 	if out := a.cli(t, "healthcheck"); out != "Agent is healthy.\n" {
@@ -86,4 +49,48 @@ func TestRoundTripRealWorkloadAPI(t *testing.T) {
 	if id, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil || id != webID {
 		t.Errorf("written SVID: %v %v", id, err)
 	}
+}
+
+// startWorkloadAPI runs Sigil's Workload API on a real socket, over a
+// cache holding bundle and p's SVID for an entry that matches this process,
+// until cleanup, and returns the socket path.
+func startWorkloadAPI(tb testing.TB, p *pki, bundle *spiffebundle.Bundle) string {
+	tb.Helper()
+	c := cache.New(cache.Config{TrustDomain: td})
+	if err := c.SetBundle(bundle); err != nil {
+		tb.Fatal(err)
+	}
+	me := selector.Selector{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())}
+	if err := c.SetEntries([]*cache.Entry{{
+		ID: "e1", SPIFFEID: webID, ParentID: spiffeid.RequireFromPath(td, "/agent"),
+		Selectors: []selector.Selector{me}, RevisionNumber: 1, CreatedAt: time.Now(),
+	}}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := c.SetX509SVIDs(map[string]*cache.X509SVID{"e1": {Chain: []*x509.Certificate{p.leaf}, PrivateKey: p.leafKey}}); err != nil {
+		tb.Fatal(err)
+	}
+	socket := filepath.Join(testutil.ShortTempDir(tb), "api.sock")
+	srv, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Cache: c, Attestor: unix.New(unix.Config{})})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- srv.Run(ctx) }()
+	go func() { done <- c.Run(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil {
+				tb.Errorf("run: %v", err)
+			}
+		}
+	})
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		tb.Fatalf("workload API stopped: %v", err)
+	}
+	return socket
 }

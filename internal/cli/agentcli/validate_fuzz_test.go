@@ -8,10 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,12 +16,6 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/sigil-spiffe/sigil/internal/agent/cache"
-	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
-	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
-	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
 const fuzzKID = "k1"
@@ -45,52 +36,11 @@ func fuzzJWTKey(tb testing.TB, name string) *ecdsa.PrivateKey {
 // the socket path.
 func startFuzzWorkloadAPI(f *testing.F) string {
 	p := newPKI(f)
-	c := cache.New(cache.Config{TrustDomain: td})
 	b := spiffebundle.FromX509Authorities(td, []*x509.Certificate{p.ca})
 	if err := b.AddJWTAuthority(fuzzKID, fuzzJWTKey(f, "bundle").Public()); err != nil {
 		f.Fatal(err)
 	}
-	if err := c.SetBundle(b); err != nil {
-		f.Fatal(err)
-	}
-	me := selector.Selector{Type: "unix", Value: "uid:" + strconv.Itoa(os.Getuid())}
-	if err := c.SetEntries([]*cache.Entry{{
-		ID: "e1", SPIFFEID: webID, ParentID: spiffeid.RequireFromPath(td, "/agent"),
-		Selectors: []selector.Selector{me}, RevisionNumber: 1, CreatedAt: time.Now(),
-	}}); err != nil {
-		f.Fatal(err)
-	}
-	if err := c.SetX509SVIDs(map[string]*cache.X509SVID{"e1": {Chain: []*x509.Certificate{p.leaf}, PrivateKey: p.leafKey}}); err != nil {
-		f.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "agentcli") // short: unix socket paths are limited
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { os.RemoveAll(dir) })
-	socket := filepath.Join(dir, "api.sock")
-	srv, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Cache: c, Attestor: unix.New(unix.Config{})})
-	if err != nil {
-		f.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 2)
-	go func() { done <- srv.Run(ctx) }()
-	go func() { done <- c.Run(ctx) }()
-	f.Cleanup(func() {
-		cancel()
-		for range 2 {
-			if err := <-done; err != nil {
-				f.Errorf("run: %v", err)
-			}
-		}
-	})
-	select {
-	case <-srv.Ready():
-	case err := <-done:
-		f.Fatalf("workload API stopped: %v", err)
-	}
-	return socket
+	return startWorkloadAPI(f, p, b)
 }
 
 func fuzzToken(tb testing.TB, key *ecdsa.PrivateKey, kid string, claims map[string]any) string {

@@ -4,14 +4,11 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,6 +20,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/keys"
 	"github.com/sigil-spiffe/sigil/internal/keys/tpmkey"
 	"github.com/sigil-spiffe/sigil/internal/testutil/swtpm"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 func TestMain(m *testing.M) { os.Exit(swtpm.Main(m)) }
@@ -159,18 +157,14 @@ func TestTPMKeyManagerTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, caKey.Public(), caKey)
-	ca, _ := x509.ParseCertificate(caDER)
-	leafT := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "device"}, NotBefore: tmpl.NotBefore, NotAfter: tmpl.NotAfter,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
-	leafDER, _ := x509.CreateCertificate(rand.Reader, leafT, ca, k.Public(), caKey)
+	ca := testca.New(t, testca.Serial(1), testca.Subject("ca"), testca.Validity(time.Now().Add(-time.Hour), time.Now().Add(time.Hour)),
+		testca.KeyUsage(x509.KeyUsageCertSign|x509.KeyUsageDigitalSignature))
+	leaf, _ := ca.Leaf(t, testca.Key(k), testca.Serial(2), testca.Subject("device"), testca.Validity(ca.Cert.NotBefore, ca.Cert.NotAfter),
+		testca.ExtKeyUsage(x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth),
+		testca.Template(func(c *x509.Certificate) { c.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)} }))
 	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	cert := tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: k}
+	pool.AddCert(ca.Cert)
+	cert := tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: k}
 	srvCfg := &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
 	cliCfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13, ServerName: "127.0.0.1"}
 	c1, c2 := net.Pipe()

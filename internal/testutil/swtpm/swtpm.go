@@ -36,6 +36,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/tpmdev"
 )
 
@@ -168,7 +169,7 @@ func Manufacture(dir string, opts Options) (*Image, error) {
 func NewImage(t testing.TB, opts Options) *Image {
 	t.Helper()
 	Require(t)
-	im, err := Manufacture(ShortTempDir(t), opts)
+	im, err := Manufacture(testutil.ShortTempDir(t), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +240,7 @@ type TPM struct {
 func (im *Image) Start(t testing.TB) *TPM {
 	t.Helper()
 	Require(t)
-	dir := ShortTempDir(t)
+	dir := testutil.ShortTempDir(t)
 	tp := &TPM{Socket: filepath.Join(dir, "tpm.sock"), StateDir: filepath.Join(dir, "state"), Image: im,
 		log: filepath.Join(dir, "swtpm.log"), done: make(chan struct{})}
 	if err := os.Mkdir(tp.StateDir, 0o700); err != nil {
@@ -433,18 +434,6 @@ func trimDER(b []byte) []byte {
 		return b[:n]
 	}
 	return b
-}
-
-// ShortTempDir is a temporary directory with a short path (unix socket
-// paths are limited to 108 bytes), removed after t.
-func ShortTempDir(t testing.TB) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "tpm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(d) })
-	return d
 }
 
 func copyFile(src, dst string) error {

@@ -22,7 +22,7 @@ import (
 // join_token) trusting a device CA, and returns it with the CA.
 func x509popServer(b *testing.B) (*stack.Server, *testutil.DeviceCA) {
 	b.Helper()
-	ca := testutil.NewDeviceCA(b, stack.ShortTempDir(b))
+	ca := testutil.NewDeviceCA(b, testutil.ShortTempDir(b))
 	srv := stack.StartServer(b, config.NewPlugin("NodeAttestor", x509pop.Type, map[string]any{"ca_bundle_path": ca.BundlePath}))
 	return srv, ca
 }

@@ -265,3 +265,19 @@ func TestExampleConf(t *testing.T) {
 }
 
 func writeFile(path string) error { return os.WriteFile(path, []byte("x"), 0o600) }
+
+// TestJoinTokenNeedsJoinTokenAttestor: a join token beside another
+// NodeAttestor is refused (spire-agent would attest with the token instead
+// of the configured attestor); without a token that attestor is fine.
+func TestJoinTokenNeedsJoinTokenAttestor(t *testing.T) {
+	other := strings.Replace(confWith(""), `NodeAttestor "join_token" {}`, `NodeAttestor "`+agentcatalog.OtherNodeAttestorForTests+`" {}`, 1)
+	if _, err := parse(t, other); err != nil {
+		t.Fatalf("another NodeAttestor without a join token: %v", err)
+	}
+	withToken := strings.Replace(other, `trust_domain = "example.org"`, "trust_domain = \"example.org\"\n    join_token = \"tok\"", 1)
+	_, err := parse(t, withToken)
+	wantErr(t, err, `agent.conf: a join token is set (join_token or -joinToken) but the NodeAttestor is "test_other": only NodeAttestor "join_token" uses it`)
+	if strings.Contains(err.Error(), "tok\"") {
+		t.Errorf("the error quotes the token: %v", err)
+	}
+}

@@ -168,12 +168,7 @@ func parseAgent(name string, src []byte) (*Agent, error) {
 	a := DefaultAgent()
 	a.Path = name
 	err := decodeFile(name, src, "agent", unsupportedAgent, &a.HealthChecks,
-		func(d *decoder, b *block) { d.agentSection(b, a) },
-		func(d *decoder, decls []pluginDecl) {
-			for _, p := range decls {
-				a.Plugins = append(a.Plugins, p.plugin)
-			}
-		})
+		func(d *decoder, b *block) { d.agentSection(b, a) }, &a.Plugins)
 	if err != nil {
 		return nil, err
 	}

@@ -117,10 +117,10 @@ func parseFlags(fs *flag.FlagSet, args []string) (set map[string]bool, err error
 // decodeFile decodes a SPIRE-style configuration file over the defaults the
 // callbacks write into: its main block key (server or agent, whose SPIRE
 // options Sigil lacks are in unsupported) through section, the
-// health_checks block into hc and the plugins through plugins. Nothing is
-// validated beyond what decoding checks.
+// health_checks block into hc and the enabled plugins into plugins. Nothing
+// is validated beyond what decoding checks.
 func decodeFile(name string, src []byte, key string, unsupported map[string]bool, hc *HealthChecks,
-	section func(*decoder, *block), plugins func(*decoder, []pluginDecl)) error {
+	section func(*decoder, *block), plugins *[]Plugin) error {
 	es, err := parseFile(name, src)
 	if err != nil {
 		return err
@@ -134,7 +134,7 @@ func decodeFile(name string, src []byte, key string, unsupported map[string]bool
 		b.done()
 	}
 	d.healthChecks(root, hc)
-	plugins(d, d.plugins(root))
+	*plugins = d.plugins(root)
 	root.done()
 	return d.err()
 }

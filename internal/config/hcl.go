@@ -435,18 +435,10 @@ func (b *block) sub(key, desc string) *block {
 	return b.d.newBlock(desc, e.kids)
 }
 
-// pluginDecl is one `Type "name" { ... }` declaration of the plugins section.
-type pluginDecl struct {
-	typ, name string
-	pos       token.Pos
-	data      *block // plugin_data; an empty block when absent
-	plugin    Plugin
-}
-
 // plugins reads the plugins section: it rejects external plugins, skips
 // disabled ones (as SPIRE does) and rejects a plugin declared twice. The
-// caller checks types and names against what it knows.
-func (d *decoder) plugins(root *block) []pluginDecl {
+// binary's catalog checks types and names, each plugin its plugin_data.
+func (d *decoder) plugins(root *block) []Plugin {
 	e := root.take("plugins")
 	if e == nil {
 		return nil
@@ -455,7 +447,7 @@ func (d *decoder) plugins(root *block) []pluginDecl {
 		root.typeErr(e, "a block")
 		return nil
 	}
-	var out []pluginDecl
+	var out []Plugin
 	seen := map[string]token.Pos{}
 	for _, te := range e.kids {
 		if !te.obj {
@@ -489,15 +481,12 @@ func (d *decoder) plugins(root *block) []pluginDecl {
 			if de := pb.kids["plugin_data"]; de != nil && de.obj {
 				plugin.data, plugin.dataPos = de.kids, de.pos
 			}
-			data := pb.sub("plugin_data", "plugin_data of "+desc)
+			pb.sub("plugin_data", "plugin_data of "+desc) // a block, if present
 			if !enabled {
 				continue // disabled: skipped entirely, as SPIRE does
 			}
 			pb.done()
-			if data == nil {
-				data = d.newBlock("plugin_data of "+desc, nil)
-			}
-			out = append(out, pluginDecl{typ: te.name, name: ne.name, pos: ne.pos, data: data, plugin: plugin})
+			out = append(out, plugin)
 		}
 	}
 	return out

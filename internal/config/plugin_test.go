@@ -25,19 +25,14 @@ func pluginConf(body string) string {
 	return serverConfWith("", "plugins {\n  Test \"t\" {\n    plugin_data {\n"+body+"    }\n  }\n}\n")
 }
 
-// testPlugin decodes src with the lenient decoder (no validation; the plugin
-// type "Test" is unknown to the legacy checks, whose errors are ignored) and
-// returns the plugin "Test" "t".
+// testPlugin parses the server file src and returns its plugin "Test" "t":
+// the config package knows no plugin type, so any is listed.
 func testPlugin(t *testing.T, src string) Plugin {
 	t.Helper()
-	s := DefaultServer()
-	_ = decodeFile("server.conf", []byte(src), "server", unsupportedServer, &s.HealthChecks,
-		func(d *decoder, b *block) { d.serverSection(b, s) },
-		func(d *decoder, decls []pluginDecl) {
-			for _, p := range decls {
-				s.Plugins = append(s.Plugins, p.plugin)
-			}
-		})
+	s, err := ParseServer("server.conf", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range s.Plugins {
 		if p.Type == "Test" {
 			return p

@@ -160,7 +160,7 @@ func parseServer(name string, src []byte) (*Server, error) {
 	s.Path = name
 	err := decodeFile(name, src, "server", unsupportedServer, &s.HealthChecks,
 		func(d *decoder, b *block) { d.serverSection(b, s) },
-		func(d *decoder, decls []pluginDecl) { d.serverPlugins(decls, s) })
+		&s.Plugins)
 	if err != nil {
 		return nil, err
 	}
@@ -216,12 +216,6 @@ func (d *decoder) keyType(b *block, key string, def keys.Type) keys.Type {
 		return def
 	}
 	return t
-}
-
-func (d *decoder) serverPlugins(decls []pluginDecl, s *Server) {
-	for _, p := range decls {
-		s.Plugins = append(s.Plugins, p.plugin)
-	}
 }
 
 // Validate checks the whole configuration, naming each offending setting.

@@ -81,6 +81,58 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return env.run(ctx, *exit)
 }
 
+// ServerConfig is the configuration of the dev server, the single-machine
+// set-up the in-process test harness (internal/testutil/inproc) runs too:
+// trust domain td, state under dataDir (SQLite datastore, disk keys), the
+// admin API on socketPath, the agent API on 127.0.0.1:port (0: a free
+// port), join-token node attestation.
+func ServerConfig(td spiffeid.TrustDomain, dataDir, socketPath string, port int) *config.Server {
+	c := config.DefaultServer()
+	c.TrustDomain = td
+	c.DataDir = dataDir
+	c.BindAddress = "127.0.0.1"
+	c.BindPort = port
+	c.SocketPath = socketPath
+	c.Plugins = []config.Plugin{
+		SQLDataStore(dataDir, ""),
+		config.NewPlugin("KeyManager", "disk", map[string]any{"keys_path": filepath.Join(dataDir, "keys")}),
+		config.NewPlugin("NodeAttestor", "join_token", nil),
+	}
+	return c
+}
+
+// SQLDataStore is ServerConfig's DataStore "sql": SQLite in
+// dataDir/datastore.sqlite3, with sqlite_synchronous set unless "".
+func SQLDataStore(dataDir, synchronous string) config.Plugin {
+	data := map[string]any{"database_type": "sqlite3", "connection_string": filepath.Join(dataDir, "datastore.sqlite3")}
+	if synchronous != "" {
+		data["sqlite_synchronous"] = synchronous
+	}
+	return config.NewPlugin("DataStore", "sql", data)
+}
+
+// AgentConfig is the configuration of the dev agent (and of the test
+// harness's): trust domain td, state (disk keys) under dataDir, the
+// Workload API on socketPath, the server at serverHost:serverPort,
+// bootstrapped with the PEM bundle at bundlePath, join-token attestation
+// with token ("" once the agent has its SVID), the unix workload attestor.
+func AgentConfig(td spiffeid.TrustDomain, dataDir, socketPath, serverHost string, serverPort int, bundlePath, token string) *config.Agent {
+	c := config.DefaultAgent()
+	c.ServerAddress = serverHost
+	c.ServerPort = serverPort
+	c.SocketPath = socketPath
+	c.TrustDomain = td
+	c.DataDir = dataDir
+	c.TrustBundlePath = bundlePath
+	c.JoinToken = token
+	c.Plugins = []config.Plugin{
+		config.NewPlugin("NodeAttestor", "join_token", nil),
+		config.NewPlugin("KeyManager", "disk", map[string]any{"directory": filepath.Join(dataDir, "keys")}),
+		config.NewPlugin("WorkloadAttestor", "unix", nil),
+	}
+	return c
+}
+
 type env struct {
 	td     spiffeid.TrustDomain
 	dir    string
@@ -95,22 +147,10 @@ func (e *env) agentSocket() string  { return filepath.Join(e.dir, "agent", "api.
 func (e *env) run(ctx context.Context, exitWhenDone bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	scfg := config.DefaultServer()
-	scfg.TrustDomain = e.td
-	scfg.DataDir = filepath.Join(e.dir, "server")
-	scfg.BindAddress = "127.0.0.1"
-	scfg.BindPort = e.port
-	scfg.SocketPath = e.serverSocket()
-	scfg.Plugins = []config.Plugin{
-		config.NewPlugin("DataStore", "sql", map[string]any{"database_type": "sqlite3", "connection_string": filepath.Join(scfg.DataDir, "datastore.sqlite3")}),
-		config.NewPlugin("KeyManager", "disk", map[string]any{"keys_path": filepath.Join(scfg.DataDir, "keys")}),
-		config.NewPlugin("NodeAttestor", "join_token", nil),
-	}
+	scfg := ServerConfig(e.td, filepath.Join(e.dir, "server"), e.serverSocket(), e.port)
 	if err := scfg.Validate(); err != nil {
 		return fmt.Errorf("server configuration: %w", err)
 	}
-	// Port 0 lets the server bind a free port; the agent is given the one
-	// it bound.
 	// The server and the agent each check that their data_dir is of this
 	// trust domain; the agent's is checked up front too, as the dev
 	// environment writes into it before the agent starts.
@@ -129,6 +169,8 @@ func (e *env) run(ctx context.Context, exitWhenDone bool) error {
 		cancel()
 		return errors.Join(g.Wait(), errors.New("server stopped before it was ready"))
 	}
+	// With -serverPort 0 the server bound a free port: the agent is given
+	// that one.
 	e.port = srv.TCPAddr().(*net.TCPAddr).Port
 
 	err = e.startAgentAndFetch(gctx, g, exitWhenDone)
@@ -205,19 +247,7 @@ func (e *env) startAgentAndFetch(ctx context.Context, g *errgroup.Group, exitWhe
 		return fmt.Errorf("write bootstrap bundle: %w", err)
 	}
 
-	acfg := config.DefaultAgent()
-	acfg.ServerAddress = "127.0.0.1"
-	acfg.ServerPort = e.port
-	acfg.SocketPath = e.agentSocket()
-	acfg.TrustDomain = e.td
-	acfg.DataDir = agentDir
-	acfg.TrustBundlePath = bundlePath
-	acfg.JoinToken = token
-	acfg.Plugins = []config.Plugin{
-		config.NewPlugin("NodeAttestor", "join_token", nil),
-		config.NewPlugin("KeyManager", "disk", map[string]any{"directory": filepath.Join(agentDir, "keys")}),
-		config.NewPlugin("WorkloadAttestor", "unix", nil),
-	}
+	acfg := AgentConfig(e.td, agentDir, e.agentSocket(), "127.0.0.1", e.port, bundlePath, token)
 	if err := acfg.Validate(); err != nil {
 		return fmt.Errorf("agent configuration: %w", err)
 	}

@@ -20,12 +20,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
+	"github.com/sigil-spiffe/sigil/internal/app/dev"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
@@ -34,33 +34,19 @@ import (
 // readyTimeout bounds how long Start* and Stop wait for a component.
 const readyTimeout = 30 * time.Second
 
-// ServerConfig returns the configuration of a server in trust domain td
-// with its state (SQLite datastore, disk keys) under dataDir, its admin
-// API on socketPath and its agent API on 127.0.0.1:port, with join-token
-// node attestation. The caller may edit it before StartServer.
+// ServerConfig is the configuration of a server in trust domain td with
+// its state (SQLite datastore, disk keys) under dataDir, its admin API on
+// socketPath and its agent API on 127.0.0.1:port (0: a free port), with
+// join-token node attestation: the dev environment's (dev.ServerConfig).
+// The caller may edit it before StartServer.
 func ServerConfig(td spiffeid.TrustDomain, dataDir, socketPath string, port int) *config.Server {
-	c := config.DefaultServer()
-	c.TrustDomain = td
-	c.DataDir = dataDir
-	c.BindAddress = "127.0.0.1"
-	c.BindPort = port
-	c.SocketPath = socketPath
-	c.Plugins = []config.Plugin{
-		SQLDataStore(dataDir, ""),
-		config.NewPlugin("KeyManager", "disk", map[string]any{"keys_path": filepath.Join(dataDir, "keys")}),
-		config.NewPlugin("NodeAttestor", "join_token", nil),
-	}
-	return c
+	return dev.ServerConfig(td, dataDir, socketPath, port)
 }
 
 // SQLDataStore is the DataStore "sql" of ServerConfig: SQLite in
 // dataDir/datastore.sqlite3, with sqlite_synchronous set unless "".
 func SQLDataStore(dataDir, synchronous string) config.Plugin {
-	data := map[string]any{"database_type": "sqlite3", "connection_string": filepath.Join(dataDir, "datastore.sqlite3")}
-	if synchronous != "" {
-		data["sqlite_synchronous"] = synchronous
-	}
-	return config.NewPlugin("DataStore", "sql", data)
+	return dev.SQLDataStore(dataDir, synchronous)
 }
 
 // AgentConfig returns the configuration of an agent in trust domain td
@@ -68,22 +54,9 @@ func SQLDataStore(dataDir, synchronous string) config.Plugin {
 // socketPath, talking to the server at serverHost:serverPort, bootstrapped
 // with the PEM bundle at bundlePath, attesting with join token token (may
 // be empty when the agent already has an SVID) and attesting workloads
-// with the unix attestor.
+// with the unix attestor: the dev environment's (dev.AgentConfig).
 func AgentConfig(td spiffeid.TrustDomain, dataDir, socketPath, serverHost string, serverPort int, bundlePath, token string) *config.Agent {
-	c := config.DefaultAgent()
-	c.ServerAddress = serverHost
-	c.ServerPort = serverPort
-	c.SocketPath = socketPath
-	c.TrustDomain = td
-	c.DataDir = dataDir
-	c.TrustBundlePath = bundlePath
-	c.JoinToken = token
-	c.Plugins = []config.Plugin{
-		config.NewPlugin("NodeAttestor", "join_token", nil),
-		config.NewPlugin("KeyManager", "disk", map[string]any{"directory": filepath.Join(dataDir, "keys")}),
-		config.NewPlugin("WorkloadAttestor", "unix", nil),
-	}
-	return c
+	return dev.AgentConfig(td, dataDir, socketPath, serverHost, serverPort, bundlePath, token)
 }
 
 // runner is a component's Run loop in a goroutine.

@@ -13,10 +13,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
-	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"golang.org/x/sys/unix"
 
+	"github.com/sigil-spiffe/sigil/internal/adminclient"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
@@ -165,9 +164,7 @@ func TestAgentKilledMidWrite(t *testing.T) {
 			gone = append(gone, e.GetId())
 		}
 	}
-	if _, err := adm.Entry.BatchDeleteEntry(context.Background(), &entryv1.BatchDeleteEntryRequest{Ids: gone}); err != nil {
-		t.Fatal(err)
-	}
+	adm.DeleteEntries(t, gone...)
 	t.Logf("%d kills left %d temporary files; %d workload keys seen on disk", kills, len(left), len(seen))
 	if len(left) == 0 {
 		t.Fatal("no kill left a temporary file: this run proves nothing about the clean-up")
@@ -254,22 +251,22 @@ func churnEntries(ctx context.Context, adm *testutil.Admin, parent spiffeid.ID, 
 		case <-tick.C:
 		}
 		id := spiffeid.RequireFromPathf(parent.TrustDomain(), "/churn/%d", i)
-		resp, err := adm.Entry.BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{{
-			SpiffeId:  &types.SPIFFEID{TrustDomain: id.TrustDomain().Name(), Path: id.Path()},
-			ParentId:  &types.SPIFFEID{TrustDomain: parent.TrustDomain().Name(), Path: parent.Path()},
-			Selectors: []*types.Selector{{Type: "unix", Value: "uid:4242"}},
-		}}})
+		e, err := adminclient.NewEntry(id, parent, "unix:uid:4242")
+		if err != nil {
+			return err
+		}
+		eid, err := adm.Client.CreateEntry(ctx, e)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		ids = append(ids, resp.GetResults()[0].GetEntry().GetId())
+		ids = append(ids, eid)
 		if len(ids) <= n {
 			continue
 		}
-		if _, err := adm.Entry.BatchDeleteEntry(ctx, &entryv1.BatchDeleteEntryRequest{Ids: ids[:1]}); err != nil {
+		if err := adm.Client.DeleteEntries(ctx, ids[0]); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}

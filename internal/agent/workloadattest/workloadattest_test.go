@@ -208,3 +208,34 @@ func TestNewValidates(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkAttest is the cost of running the plugins concurrently under a
+// deadline, against calling the one plugin directly (the Workload API's
+// cost per call before the Set).
+func BenchmarkAttest(b *testing.B) {
+	p := fixed{sels: []selector.Selector{sel("unix", "uid:1"), sel("unix", "gid:1")}}
+	b.Run("direct", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := p.Attest(context.Background(), 1); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, n := range []int{1, 3} {
+		var plugins []workloadattest.Plugin
+		for i := range n {
+			plugins = append(plugins, workloadattest.Plugin{Name: fmt.Sprint("p", i), Attestor: p})
+		}
+		s, err := workloadattest.New(workloadattest.Config{Plugins: plugins})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("set of %d", n), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := s.Attest(context.Background(), 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

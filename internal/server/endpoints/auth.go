@@ -95,9 +95,10 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 		// server-wide work slot (rpccontext.Stages); nothing refuses it for
 		// its source. Failures are charged to the source, and once its
 		// budget is spent their answers are held back.
-		addr, hasAddr := peerIP(ctx)
+		from, hasAddr := peerAddr(ctx)
+		addr := from.Addr()
 		if t == tcpTransport && hasAddr {
-			ws.ctx = rpccontext.WithStages(ctx, stages{l: e.limiter, addr: addr})
+			ws.ctx = rpccontext.WithStages(ctx, stages{l: e.limiter, from: from})
 		}
 		err = handler(srv, ws)
 		if !isClientFailure(err) {
@@ -113,14 +114,14 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 	}
 }
 
-// stages implements rpccontext.Stages with the limiter, for one source.
+// stages implements rpccontext.Stages with the limiter, for one caller.
 type stages struct {
 	l    *ratelimit.Limiter
-	addr netip.Addr
+	from netip.AddrPort
 }
 
 func (s stages) Check(ctx context.Context) (func(), error) {
-	release, err := s.l.AcquireCheck(ctx, s.addr)
+	release, err := s.l.AcquireCheck(ctx, s.from)
 	if err != nil {
 		return nil, limitErr("rejecting request due to attestation rate limiting", err)
 	}
@@ -204,22 +205,26 @@ func (w *wrappedStream) RecvMsg(m any) error {
 	return nil
 }
 
-func peerIP(ctx context.Context) (netip.Addr, bool) {
+// peerAddr is the caller's TCP address (IPv4-mapped addresses unmapped).
+func peerAddr(ctx context.Context) (netip.AddrPort, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.Addr == nil {
-		return netip.Addr{}, false
+		return netip.AddrPort{}, false
 	}
+	var ap netip.AddrPort
 	switch a := p.Addr.(type) {
 	case *net.TCPAddr:
-		ip, ok := netip.AddrFromSlice(a.IP)
-		return ip.Unmap(), ok
+		ap = a.AddrPort()
 	default:
-		ap, err := netip.ParseAddrPort(p.Addr.String())
-		if err != nil {
-			return netip.Addr{}, false
+		var err error
+		if ap, err = netip.ParseAddrPort(p.Addr.String()); err != nil {
+			return netip.AddrPort{}, false
 		}
-		return ap.Addr().Unmap(), true
 	}
+	if !ap.Addr().IsValid() {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
 }
 
 // authorize establishes the caller and applies the method's rule. It

@@ -5,18 +5,19 @@
 // Two mechanisms, each toggled by SPIRE's `ratelimit { attestation, signing }`:
 //
 //   - Attestation (per source address; IPv6 grouped by /64). Every
-//     attestation's credential is checked, in arrival order, through a few
-//     per-source check slots (AcquireCheck): the check is cheap (a hash and
-//     one indexed read), and only a request whose credential checks out goes
-//     on to the expensive work. Successful attestations cost nothing, so a
+//     attestation's credential is checked through a few per-source check
+//     slots (AcquireCheck), shared round robin by the source's connections:
+//     the check is cheap (a hash and one indexed read), and only a request
+//     whose credential checks out goes on to the expensive work. Successful attestations cost nothing, so a
 //     thousand devices behind one NAT can all attest at once. Failed ones
 //     are charged to a per-source token bucket (default: a burst of 20,
 //     refilled at 2 per second); once it is empty, the answers to further
 //     failures are held back (AttestFailed, Hold) so they leave at the
-//     refill rate, each at most MaxPenalty late. A client guessing join
+//     refill rate, each at most MaxPenalty late (default 30 s). A client guessing join
 //     tokens, or flooding the server with bad ones, is slowed to a trickle
 //     and costs little CPU per attempt, while a valid credential from the
-//     same address is checked as soon as the few attempts ahead of it are.
+//     same address, on its own connection, is checked after at most one
+//     attempt of each of the flood's connections.
 //   - Work. The amount of concurrent expensive attestation work and of
 //     signing work is capped server-wide (default 4 x CPUs slots each).
 //     Callers wait for a slot (at most MaxWait, and only while fewer than
@@ -29,11 +30,14 @@
 package ratelimit
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,7 +84,8 @@ type Config struct {
 	// together.
 	MaxHeld int
 	// CheckConcurrency is the number of credential checks one source may
-	// run at once; its further requests queue, first come first served.
+	// run at once; its further requests queue, served round robin over
+	// their connections.
 	CheckConcurrency int
 	MaxTrackedAddrs  int
 
@@ -111,10 +116,28 @@ type source struct {
 	// number of failures whose answers are queued behind the refill.
 	tokens float64
 	last   time.Time
-	checks *semaphore.Weighted // FIFO credential-check slots
+	// Check slots: running counts the checks in progress; waiting calls
+	// queue per connection (lanes), and a freed slot goes to the head of
+	// the lane at the front of turns, which then moves to the back: round
+	// robin over connections, first come first served within one.
+	running int
+	lanes   map[netip.AddrPort]*lane
+	turns   list.List // of *lane with waiting calls
 	// busy counts calls waiting for or holding a check slot; a busy
 	// source is never dropped.
 	busy int
+}
+
+// lane is the queue of one connection's calls waiting for a check slot.
+type lane struct {
+	conn    netip.AddrPort
+	waiting []*waiter
+	turn    *list.Element // in source.turns
+}
+
+type waiter struct {
+	ready   chan struct{} // closed when granted
+	granted bool
 }
 
 // New returns a Limiter.
@@ -205,47 +228,98 @@ func (l *Limiter) dropIfIdleLocked(k netip.Prefix, s *source, now time.Time) {
 	}
 }
 
-// AcquireCheck waits for one of addr's credential-check slots (at most
-// CheckConcurrency at once per source, granted in arrival order). It fails
-// only with ctx's error: it never refuses. release must be called exactly
-// once. With attestation limits disabled it returns at once.
-func (l *Limiter) AcquireCheck(ctx context.Context, addr netip.Addr) (release func(), err error) {
+// AcquireCheck waits for one of the source's credential-check slots (at
+// most CheckConcurrency at once per source). Waiting calls are served
+// round robin over their connections (peer is the caller's address and
+// port), in arrival order within one, so a connection with one call is
+// served after at most one call of each other busy connection of its
+// source, however many those have queued. It fails only with ctx's error:
+// it never refuses. release must be called exactly once. With attestation
+// limits disabled it returns at once.
+func (l *Limiter) AcquireCheck(ctx context.Context, peer netip.AddrPort) (release func(), err error) {
 	if !l.cfg.Attestation {
 		return func() {}, nil
 	}
-	k := Source(addr)
+	peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
+	k := Source(peer.Addr())
 	l.mu.Lock()
 	s := l.getLocked(k, l.clk.Now())
 	s.busy++
-	if s.checks == nil {
-		s.checks = semaphore.NewWeighted(int64(l.cfg.CheckConcurrency))
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			l.mu.Lock()
+			s.running--
+			l.grantLocked(s)
+			s.busy--
+			l.dropIfIdleLocked(k, s, l.clk.Now())
+			l.mu.Unlock()
+		})
 	}
-	sem := s.checks
+	if s.running < l.cfg.CheckConcurrency && s.turns.Len() == 0 {
+		s.running++
+		l.mu.Unlock()
+		return release, nil
+	}
+	w := &waiter{ready: make(chan struct{})}
+	ln := s.lanes[peer]
+	if ln == nil {
+		if s.lanes == nil {
+			s.lanes = make(map[netip.AddrPort]*lane)
+		}
+		ln = &lane{conn: peer}
+		s.lanes[peer] = ln
+		ln.turn = s.turns.PushBack(ln)
+	}
+	ln.waiting = append(ln.waiting, w)
 	l.mu.Unlock()
 
-	done := func() {
-		l.mu.Lock()
-		s.busy--
-		l.dropIfIdleLocked(k, s, l.clk.Now())
+	select {
+	case <-w.ready:
+		return release, nil
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	if w.granted { // granted meanwhile: pass the slot on
 		l.mu.Unlock()
+		release()
+		return nil, ctx.Err()
 	}
-	if err := sem.Acquire(ctx, 1); err != nil {
-		done()
-		return nil, err
+	ln.waiting = slices.DeleteFunc(ln.waiting, func(x *waiter) bool { return x == w })
+	if len(ln.waiting) == 0 {
+		s.turns.Remove(ln.turn)
+		delete(s.lanes, ln.conn)
 	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			sem.Release(1)
-			done()
-		})
-	}, nil
+	s.busy--
+	l.dropIfIdleLocked(k, s, l.clk.Now())
+	l.mu.Unlock()
+	return nil, ctx.Err()
+}
+
+// grantLocked hands free check slots of s to waiting calls, one lane at a
+// time in turn.
+func (l *Limiter) grantLocked(s *source) {
+	for s.running < l.cfg.CheckConcurrency && s.turns.Len() > 0 {
+		ln := s.turns.Remove(s.turns.Front()).(*lane)
+		w := ln.waiting[0]
+		ln.waiting[0] = nil
+		ln.waiting = ln.waiting[1:]
+		if len(ln.waiting) > 0 {
+			ln.turn = s.turns.PushBack(ln)
+		} else {
+			delete(s.lanes, ln.conn)
+		}
+		s.running++
+		w.granted = true
+		close(w.ready)
+	}
 }
 
 // AttestFailed charges one failed attestation to addr and returns how long
 // its answer should be held back (Hold): 0 while the source is within its
 // burst, then what keeps the answers to its failures at FailureRate per
-// second, at most MaxPenalty.
+// second, at most MaxPenalty (once there, a random time between half of it
+// and all of it).
 func (l *Limiter) AttestFailed(addr netip.Addr) time.Duration {
 	if !l.cfg.Attestation {
 		return 0
@@ -265,7 +339,14 @@ func (l *Limiter) AttestFailed(addr netip.Addr) time.Duration {
 	// deep (further failures wait MaxPenalty without deepening it).
 	s.tokens = max(s.tokens-1, -l.cfg.FailureRate*l.cfg.MaxPenalty.Seconds())
 	d := time.Duration(-s.tokens / l.cfg.FailureRate * float64(time.Second))
-	return min(d, l.cfg.MaxPenalty)
+	if d < l.cfg.MaxPenalty {
+		return d
+	}
+	// At the cap, spread the holds over its upper half: answers to a
+	// flood held together would otherwise come back together, and the
+	// retries with them, as one wave every MaxPenalty.
+	half := l.cfg.MaxPenalty / 2
+	return l.cfg.MaxPenalty - half + rand.N(half+1)
 }
 
 // Hold waits d (an AttestFailed penalty) or until ctx is done, unless

@@ -37,7 +37,7 @@ func TestFailurePenalty(t *testing.T) {
 	}
 	// A source whose failures are all forgiven is forgotten once idle.
 	clk.Add(time.Hour)
-	release, err := l.AcquireCheck(context.Background(), a)
+	release, err := l.AcquireCheck(context.Background(), netip.AddrPortFrom(a, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,15 +52,21 @@ func TestPenaltyIsBounded(t *testing.T) {
 	clk := clock.NewFake(time.Unix(0, 0))
 	l := New(Config{Attestation: true, FailureBurst: 1, FailureRate: 2, MaxPenalty: 5 * time.Second, Clock: clk})
 	a := netip.MustParseAddr("192.0.2.1")
-	var last time.Duration
-	for range 1000 {
-		last = l.AttestFailed(a)
-		if last > 5*time.Second {
-			t.Fatalf("penalty %s exceeds MaxPenalty", last)
+	distinct := map[time.Duration]bool{}
+	for i := range 1000 {
+		d := l.AttestFailed(a)
+		if d > 5*time.Second {
+			t.Fatalf("penalty %s exceeds MaxPenalty", d)
+		}
+		if i >= 20 { // past the queue behind the refill (2/s x 5 s deep)
+			if d < 5*time.Second/2 {
+				t.Fatalf("penalty at the cap %s, want within [MaxPenalty/2, MaxPenalty]", d)
+			}
+			distinct[d] = true
 		}
 	}
-	if last != 5*time.Second {
-		t.Fatalf("penalty after 1000 failures: %s, want MaxPenalty", last)
+	if len(distinct) < 100 {
+		t.Fatalf("only %d distinct penalties at the cap: holds are not spread", len(distinct))
 	}
 	// The queue behind the refill is bounded too: after MaxPenalty the
 	// source is back within its budget.
@@ -91,7 +97,7 @@ func TestDisabled(t *testing.T) {
 		}
 	}
 	for i := 0; i < 10; i++ { // check slots are not limited either
-		if _, err := l.AcquireCheck(context.Background(), a); err != nil {
+		if _, err := l.AcquireCheck(context.Background(), netip.AddrPortFrom(a, 1)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -111,49 +117,67 @@ func TestBoundedMemory(t *testing.T) {
 	}
 }
 
-// Check slots are per source, granted in arrival order, and never refused:
-// a waiter only gives up with its context.
+// Check slots are per source and never refused (a waiter only gives up
+// with its context); waiting calls are served round robin over their
+// connections, in arrival order within one.
 func TestCheckSlots(t *testing.T) {
 	l := New(Config{Attestation: true, CheckConcurrency: 1})
 	ctx := context.Background()
-	a := netip.MustParseAddr("192.0.2.1")
-	r1, err := l.AcquireCheck(ctx, a)
+	connA := netip.MustParseAddrPort("192.0.2.1:1000")
+	connB := netip.MustParseAddrPort("192.0.2.1:2000")
+	r1, err := l.AcquireCheck(ctx, connA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Another source is not held up by a's.
-	rb, err := l.AcquireCheck(ctx, netip.MustParseAddr("192.0.2.2"))
+	// Another source is not held up by this one's.
+	rb, err := l.AcquireCheck(ctx, netip.MustParseAddrPort("192.0.2.2:1000"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	rb()
 
-	order := make(chan int, 2)
+	// Three calls queue on connection A, then one on B, then one more on
+	// A that gives up.
+	got := make(chan string, 4)
 	var wg sync.WaitGroup
-	for i := range 2 {
+	queue := func(conn netip.AddrPort, name string) {
+		n := l.busy(conn.Addr())
 		wg.Go(func() {
-			r, err := l.AcquireCheck(ctx, a)
+			r, err := l.AcquireCheck(ctx, conn)
 			if err != nil {
 				t.Error(err)
 				return
 			}
-			order <- i
+			got <- name
 			r()
 		})
-		// Queue the next one only once this one waits.
-		for l.busy(a) != 2+i {
+		for l.busy(conn.Addr()) != n+1 { // queued
 			time.Sleep(time.Millisecond)
 		}
 	}
+	queue(connA, "a1")
+	queue(connA, "a2")
+	queue(connA, "a3")
+	queue(connB, "b1")
 	cctx, cancel := context.WithCancel(ctx)
-	go cancel()
-	if _, err := l.AcquireCheck(cctx, a); !errors.Is(err, context.Canceled) {
+	go func() {
+		for l.busy(connA.Addr()) != 6 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err := l.AcquireCheck(cctx, connA); !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled waiter: %v", err)
 	}
 	r1()
 	wg.Wait()
-	if first, second := <-order, <-order; first != 0 || second != 1 {
-		t.Fatalf("slots granted in order %d, %d", first, second)
+	close(got)
+	var order []string
+	for name := range got {
+		order = append(order, name)
+	}
+	if fmt.Sprint(order) != "[a1 b1 a2 a3]" {
+		t.Fatalf("slots granted in order %v, want [a1 b1 a2 a3]", order)
 	}
 	if n := l.TrackedAddrs(); n != 0 {
 		t.Fatalf("%d sources tracked after all calls ended, want 0", n)

@@ -6,7 +6,7 @@
 #
 #   bench/run.sh > results.md            # everything, -count 5 (~10-15 min on 2 idle cores)
 #   COUNT=3 QUICK=1 bench/run.sh         # shorter benchtimes, for a smoke run
-#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm rss)
+#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest rss)
 #   SKIP=partition bench/run.sh          # all but these
 #
 # Raw `go test` output is kept in $OUT (printed at the end). Progress goes to
@@ -92,6 +92,7 @@ want ca && run ca bench/ca . "$(bt 1s 200ms)"
 want nested && run nested bench/nested . "$(bt 1s 200ms)"
 want partition && run partition bench/partition . 3x "$(bt "$COUNT" 1)"
 want tpm && run tpm bench/tpm . "$(bt 200x 30x)"
+want attest && run attest bench/attest . "$(bt 300x 100x)"
 
 echo "load average after the Go benchmarks: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

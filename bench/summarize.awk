@@ -123,4 +123,6 @@ END {
 	goal("Workload API FetchJWTSVID p99 (warm)", "e2e/WorkloadAPI/FetchJWTSVID", "p99-ms", "≤", 0.5, "p50 " fmtnum(get("e2e/WorkloadAPI/FetchJWTSVID", "p50-ms")) " ms")
 	goal("New entry → workload update p99", "e2e/EntryToWorkload", "p99-ms", "≤", 100, "p50 " fmtnum(get("e2e/EntryToWorkload", "p50-ms")) " ms; SPIRE 5–10 s (quoted, not measured here)")
 	goal("Agent start → first SVID p99 (attested before)", "e2e/AgentStart", "p99-ms", "≤", 50, "p50 " fmtnum(get("e2e/AgentStart", "p50-ms")) " ms")
+	goal("Valid attestation beside 2,000 bad ones in flight from its address, p99", "attest/AttestUnderFlood/flood", "p99-ms", "≤", 2000, "p50 " fmtnum(get("attest/AttestUnderFlood/flood", "p50-ms")) " ms; no flood: p99 " fmtnum(get("attest/AttestUnderFlood/no-flood", "p99-ms")) " ms")
+	goal("Valid attestations attested during that flood (none refused)", "attest/AttestUnderFlood/flood", "attested-%", "≥", 100, "server CPU " fmtnum(get("attest/AttestUnderFlood/flood", "server-cpu-%")) " % of a core with the flood, " fmtnum(get("attest/AttestUnderFlood/no-flood", "server-cpu-%")) " % without")
 }

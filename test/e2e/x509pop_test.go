@@ -16,7 +16,6 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/attest/node/x509pop"
 
-
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )

@@ -29,10 +29,12 @@ func TestPercentile(t *testing.T) {
 }
 
 func TestProcessCPUTime(t *testing.T) {
-	// Burn some CPU, then our own /proc entry must show at least as much
-	// as zero and no more than the rusage figure plus one tick.
-	deadline := time.Now().Add(50 * time.Millisecond)
-	for time.Now().Before(deadline) {
+	// Burn a few ticks of CPU (measured, not a wall-clock span: on a busy
+	// machine 50 ms of wall time can be less than one tick of CPU), then
+	// our own /proc entry must show more than zero and no more than the
+	// rusage figure plus one tick.
+	start, deadline := CPUTime(), time.Now().Add(time.Minute)
+	for CPUTime()-start < 3*clockTick && time.Now().Before(deadline) {
 	}
 	got, err := ProcessCPUTime(pidSelf())
 	if err != nil {

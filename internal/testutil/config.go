@@ -32,7 +32,7 @@ type ServerConfig struct {
 
 // Plugin is a plugin block of a configuration a test renders:
 // Type "Name" { plugin_data { ... } }. Data values are strings, []string,
-// ints or bools, written as HCL in key order.
+// ints, []int or bools, written as HCL in key order.
 type Plugin struct {
 	Type string
 	Name string
@@ -60,6 +60,12 @@ func (p Plugin) HCL() string {
 			fmt.Fprintf(&b, "            %s = [%s]\n", k, strings.Join(q, ", "))
 		case int, bool:
 			fmt.Fprintf(&b, "            %s = %v\n", k, v)
+		case []int:
+			q := make([]string, len(v))
+			for i, n := range v {
+				q[i] = strconv.Itoa(n)
+			}
+			fmt.Fprintf(&b, "            %s = [%s]\n", k, strings.Join(q, ", "))
 		default:
 			panic(fmt.Sprintf("testutil: plugin_data %q has a value of type %T", k, v))
 		}
@@ -136,6 +142,9 @@ type AgentConfig struct {
 	// NodeAttestor replaces the agent's NodeAttestor "join_token" (e.g. a
 	// NodeAttestor "x509pop"); nil keeps join_token.
 	NodeAttestor *Plugin
+	// KeyManager replaces the agent's KeyManager "disk" in DataDir/keys
+	// (e.g. a KeyManager "tpm"); nil keeps disk.
+	KeyManager *Plugin
 	// DiscoverWorkloadPath adds unix:path selectors (and unix:sha256).
 	DiscoverWorkloadPath bool
 	LogLevel             string // "DEBUG"
@@ -192,7 +201,11 @@ func (c AgentConfig) HCL() string {
 	} else {
 		fmt.Fprintf(&b, "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n")
 	}
-	fmt.Fprintf(&b, "    KeyManager \"disk\" {\n        plugin_data {\n            directory = %q\n        }\n    }\n", filepath.Join(c.DataDir, "keys"))
+	if c.KeyManager != nil {
+		b.WriteString(c.KeyManager.HCL())
+	} else {
+		fmt.Fprintf(&b, "    KeyManager \"disk\" {\n        plugin_data {\n            directory = %q\n        }\n    }\n", filepath.Join(c.DataDir, "keys"))
+	}
 	fmt.Fprintf(&b, "    WorkloadAttestor \"unix\" {\n        plugin_data {\n            discover_workload_path = %t\n        }\n    }\n}\n", c.DiscoverWorkloadPath)
 	if c.HealthPort != 0 {
 		fmt.Fprintf(&b, "\nhealth_checks {\n    listener_enabled = true\n    bind_address = \"127.0.0.1\"\n    bind_port = \"%d\"\n}\n", c.HealthPort)

@@ -22,6 +22,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -185,10 +186,11 @@ var shared struct {
 }
 
 // Main runs a test binary's tests with a process-wide directory for the
-// image Shared returns, and removes it afterwards. Use it from TestMain:
+// image Shared returns, and removes it afterwards; then it runs after
+// (e.g. testutil.Cleanup). Use it from TestMain:
 //
 //	func TestMain(m *testing.M) { os.Exit(swtpm.Main(m)) }
-func Main(m *testing.M) int {
+func Main(m *testing.M, after ...func()) int {
 	root, err := os.MkdirTemp("", "swtpm")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -197,6 +199,9 @@ func Main(m *testing.M) int {
 	shared.root = root
 	code := m.Run()
 	_ = os.RemoveAll(root)
+	for _, f := range after {
+		f()
+	}
 	return code
 }
 
@@ -457,4 +462,49 @@ func copyFile(src, dst string) error {
 func (tp *TPM) Log() string {
 	out, _ := os.ReadFile(tp.log)
 	return string(bytes.TrimSpace(out))
+}
+
+// EKCADir returns a new directory holding the image's manufacturer CA
+// certificates (the issuer of the EK certificate and its root): what a
+// server's ek_ca_path names.
+func (im *Image) EKCADir(t testing.TB) string {
+	t.Helper()
+	dir := testutil.ShortTempDir(t)
+	for _, f := range []string{im.IssuerCertPath(), im.RootCertPath()} {
+		if err := copyFile(f, filepath.Join(dir, filepath.Base(f))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// ServerPlugin is a server's NodeAttestor "tpm" block trusting the image's
+// manufacturer CA, with more plugin_data (pcr_selection, pcr_allowed...).
+func (im *Image) ServerPlugin(t testing.TB, data map[string]any) testutil.Plugin {
+	t.Helper()
+	d := map[string]any{"ek_ca_path": im.EKCADir(t)}
+	for k, v := range data {
+		d[k] = v
+	}
+	return testutil.Plugin{Type: "NodeAttestor", Name: "tpm", Data: d}
+}
+
+// AgentPlugins are an agent's NodeAttestor "tpm" and KeyManager "tpm"
+// blocks for this TPM, the keys kept in keyDir.
+func (tp *TPM) AgentPlugins(keyDir string) (nodeAttestor, keyManager *testutil.Plugin) {
+	return &testutil.Plugin{Type: "NodeAttestor", Name: "tpm", Data: map[string]any{"tpm_path": tp.Socket}},
+		&testutil.Plugin{Type: "KeyManager", Name: "tpm", Data: map[string]any{"tpm_path": tp.Socket, "directory": keyDir}}
+}
+
+// EKPubHash is the TPM's EK public key hash as the tpm attestor (and the
+// community SPIRE plugin) computes it: hex SHA-256 of the EK
+// certificate's public key in PKIX DER.
+func (tp *TPM) EKPubHash(t testing.TB) string {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(tp.EKCertificate(t).PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
 }

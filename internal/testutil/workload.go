@@ -6,9 +6,13 @@ import (
 	"testing"
 	"time"
 
+	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 )
 
 // SVIDTimeout bounds NewX509Source's wait for a first SVID.
@@ -174,6 +178,41 @@ func WaitForID(t testing.TB, updates <-chan []spiffeid.ID, id spiffeid.ID, timeo
 			last = ids
 		case <-timer.C:
 			t.Fatalf("no Workload API update with %s within %v (last update: %v)", id, timeout, last)
+		}
+	}
+}
+
+// OpenX509Stream opens a raw Workload API FetchX509SVID stream on the unix
+// socket at socketPath (the protocol go-spiffe speaks, without its
+// client's retries, so a test sees exactly what the agent sends), bounded by
+// timeout, and returns it with its first response; no first response fails
+// the test.
+func OpenX509Stream(t testing.TB, socketPath string, timeout time.Duration) (grpc.ServerStreamingClient[workloadpb.X509SVIDResponse], *workloadpb.X509SVIDResponse) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
+	stream, err := workloadpb.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("first X509-SVID response: %v", err)
+	}
+	return stream, first
+}
+
+// StreamEnd reads stream until it fails and returns the error.
+func StreamEnd[T any](stream grpc.ServerStreamingClient[T]) error {
+	for {
+		if _, err := stream.Recv(); err != nil {
+			return err
 		}
 	}
 }

@@ -14,12 +14,8 @@ import (
 	"testing"
 	"time"
 
-	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/fsdelivery"
@@ -148,37 +144,6 @@ func (s *revokeStack) persisted(t *testing.T) []string {
 	return out
 }
 
-// openX509Stream opens a raw Workload API FetchX509SVID stream (the
-// go-spiffe protocol) and reads its first response.
-func openX509Stream(t *testing.T, socket string) grpc.ServerStreamingClient[workloadpb.X509SVIDResponse] {
-	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*deadline)
-	t.Cleanup(cancel)
-	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
-	stream, err := workloadpb.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stream.Recv(); err != nil {
-		t.Fatalf("first X509-SVID response: %v", err)
-	}
-	return stream
-}
-
-// streamEnd reads the stream until it fails and returns the error.
-func streamEnd(stream grpc.ServerStreamingClient[workloadpb.X509SVIDResponse]) error {
-	for {
-		if _, err := stream.Recv(); err != nil {
-			return err
-		}
-	}
-}
-
 // TestBanRevokesRunningAgent: banning a running agent stops it serving
 // every identity within seconds: an open workload stream ends with
 // PermissionDenied, new calls fail, delivered files are removed, the
@@ -191,11 +156,11 @@ func TestBanRevokesRunningAgent(t *testing.T) {
 	if got := s.persisted(t); len(got) != 3 {
 		t.Fatalf("before the ban the agent persists %v, want its SVID, key and cache", got)
 	}
-	stream := openX509Stream(t, s.agent.Config.SocketPath)
+	stream, _ := testutil.OpenX509Stream(t, s.agent.Config.SocketPath, 2*deadline)
 
 	s.srv.Admin(t).BanAgent(t, s.agentID)
 
-	if err := streamEnd(stream); status.Code(err) != codes.PermissionDenied {
+	if err := testutil.StreamEnd(stream); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("open X509-SVID stream ended with %v, want PermissionDenied", err)
 	}
 	body := s.waitReady(t, http.StatusServiceUnavailable, "revoked:")
@@ -234,11 +199,11 @@ func TestEvictedAgentAttestsAgain(t *testing.T) {
 	s := newRevokeStack(t)
 	spareID := s.restartWithSpareToken(t)
 	before := testutil.RequireSVID(t, s.agent.SocketAddr(), s.webID, deadline)
-	stream := openX509Stream(t, s.agent.Config.SocketPath)
+	stream, _ := testutil.OpenX509Stream(t, s.agent.Config.SocketPath, 2*deadline)
 
 	s.srv.Admin(t).DeleteAgent(t, s.agentID)
 
-	if err := streamEnd(stream); status.Code(err) != codes.PermissionDenied {
+	if err := testutil.StreamEnd(stream); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("open X509-SVID stream ended with %v, want PermissionDenied", err)
 	}
 	s.agent.Proc.WaitForLog(t, "Node attestation succeeded", deadline)

@@ -14,12 +14,8 @@ import (
 	"testing"
 	"time"
 
-	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/testutil"
@@ -86,37 +82,6 @@ func (a *sigilAgent) persisted() []string {
 	return out
 }
 
-// openX509Stream opens a Workload API FetchX509SVID stream and reads its
-// first response.
-func openX509Stream(t *testing.T, socket string) grpc.ServerStreamingClient[workloadpb.X509SVIDResponse] {
-	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*deadline)
-	t.Cleanup(cancel)
-	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
-	stream, err := workloadpb.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stream.Recv(); err != nil {
-		t.Fatalf("first X509-SVID response: %v", err)
-	}
-	return stream
-}
-
-// streamEnd reads the stream until it fails and returns the error.
-func streamEnd(stream grpc.ServerStreamingClient[workloadpb.X509SVIDResponse]) error {
-	for {
-		if _, err := stream.Recv(); err != nil {
-			return err
-		}
-	}
-}
-
 // TestSigilAgent: a sigil-agent attests with a join token, gets its
 // entries and serves a go-spiffe workload an X509-SVID and a JWT-SVID.
 // Then the server's own CLI (spire-server agent ban/evict against SPIRE)
@@ -152,9 +117,9 @@ func TestSigilAgent(t *testing.T) {
 			t.Fatal("a restarted agent with a persisted identity attested again with its spare token")
 		}
 
-		bannedStream := openX509Stream(t, banned.Config.SocketPath)
+		bannedStream, _ := testutil.OpenX509Stream(t, banned.Config.SocketPath, 2*deadline)
 		serverCLI(t, srv, "agent", "ban", "-spiffeID", banned.id.String())
-		if err := streamEnd(bannedStream); status.Code(err) != codes.PermissionDenied {
+		if err := testutil.StreamEnd(bannedStream); status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("the banned agent's X509-SVID stream ended with %v, want PermissionDenied", err)
 		}
 		if body := banned.ready(t, http.StatusServiceUnavailable, "revoked:"); !strings.Contains(body, "banned") {
@@ -173,9 +138,9 @@ func TestSigilAgent(t *testing.T) {
 			t.Errorf("a fetch from the banned agent: %v, want PermissionDenied", err)
 		}
 
-		evictedStream := openX509Stream(t, evicted.Config.SocketPath)
+		evictedStream, _ := testutil.OpenX509Stream(t, evicted.Config.SocketPath, 2*deadline)
 		serverCLI(t, srv, "agent", "evict", "-spiffeID", evicted.id.String())
-		if err := streamEnd(evictedStream); status.Code(err) != codes.PermissionDenied {
+		if err := testutil.StreamEnd(evictedStream); status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("the evicted agent's X509-SVID stream ended with %v, want PermissionDenied", err)
 		}
 		evicted.Proc.WaitForLog(t, "reason=AGENT_NOT_ATTESTED", deadline)

@@ -21,14 +21,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/adminclient"
@@ -152,9 +148,9 @@ func TestWeekLongOutage(t *testing.T) {
 
 	// ...until the SVID's NotAfter: an open stream learns it has nothing
 	// left, and new calls get no SVID (never an expired certificate).
-	stream := openStream(t, acfg.SocketPath)
-	if resp, err := stream.Recv(); err != nil || len(resp.Svids) != 1 {
-		t.Fatalf("stream before expiry: %v (%d SVIDs)", err, len(resp.GetSvids()))
+	stream, opened := testutil.OpenX509Stream(t, acfg.SocketPath, wait)
+	if len(opened.Svids) != 1 {
+		t.Fatalf("stream before expiry: %d SVIDs", len(opened.GetSvids()))
 	}
 	clk.Set(leaf.NotAfter)
 	resp, err := stream.Recv()
@@ -284,25 +280,6 @@ func expectNoSVID(t *testing.T, socket string, clk *clock.Fake) {
 			t.Fatal("fetch after expiry did not return")
 		}
 	}
-}
-
-// openStream opens a raw FetchX509SVID stream (go-spiffe's client would
-// retry on errors; this shows exactly what the agent sends).
-func openStream(t *testing.T, socketPath string) workload.SpiffeWorkloadAPI_FetchX509SVIDClient {
-	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	t.Cleanup(cancel)
-	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
-	stream, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workload.X509SVIDRequest{})
-	if err != nil {
-		t.Fatalf("open stream: %v", err)
-	}
-	return stream
 }
 
 func healthURL(cfg *config.Agent, path string) string {

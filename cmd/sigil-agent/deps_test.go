@@ -35,7 +35,7 @@ var forbidden = []string{
 // third-party modules only they need. The checks hold whether or not the
 // plugin is in the agent's catalog yet.
 var documented = map[string][]string{
-	"sigil_omit_tpm":     {module + "internal/attest/node/tpm", module + "internal/keys/tpmkey", "github.com/google/go-tpm"},
+	"sigil_omit_tpm":     {module + "internal/attest/node/tpm", module + "internal/keys/tpmkey", module + "internal/tpmdev", "github.com/google/go-tpm"},
 	"sigil_omit_x509pop": {module + "internal/attest/node/x509pop"},
 }
 

@@ -4,6 +4,7 @@ package agent_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,4 +43,57 @@ func TestTPMPluginsInCatalog(t *testing.T) {
 	wantErr(t, err, `agent.conf:9: plugin KeyManager "tpm": directory must be configured`)
 	_, err = parse(t, strings.Replace(confWith(""), `NodeAttestor "join_token" {}`, "NodeAttestor \"tpm\" {\n        plugin_data {\n            ek_ca_path = \"/x\"\n        }\n    }", 1))
 	wantErr(t, err, `agent.conf:10: unknown key "ek_ca_path" in plugin_data of plugin NodeAttestor "tpm"`)
+}
+
+// uncomment returns src with the commented-out plugin block whose first
+// line is "    # "+header uncommented (one level of "# ": comments inside
+// the block stay comments), and the active block starting "    "+replace
+// removed; it fails the test if either is missing.
+func uncomment(t *testing.T, src, header, replace string) string {
+	t.Helper()
+	lines := strings.Split(src, "\n")
+	var out []string
+	in, found, removing, removed := false, false, false, false
+	for _, l := range lines {
+		switch {
+		case !in && l == "    # "+header:
+			in, found = true, true
+			out = append(out, "    "+header)
+		case in:
+			if !strings.HasPrefix(l, "    # ") && l != "    #" {
+				t.Fatalf("commented block %q ends without its closing brace at %q", header, l)
+			}
+			out = append(out, "    "+strings.TrimPrefix(strings.TrimPrefix(l, "    #"), " "))
+			in = l != "    # }"
+		case !removing && l == "    "+replace:
+			removing, removed = true, true
+		case removing:
+			removing = l != "    }"
+		default:
+			out = append(out, l)
+		}
+	}
+	if !found || !removed {
+		t.Fatalf("%q (found %v) or %q (found %v) missing", header, found, replace, removed)
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestTPMExampleConf: the commented NodeAttestor "tpm" and KeyManager
+// "tpm" of conf/agent/agent.conf parse when uncommented in place of
+// join_token and disk.
+func TestTPMExampleConf(t *testing.T) {
+	src, err := os.ReadFile("../../../conf/agent/agent.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := uncomment(t, string(src), `NodeAttestor "tpm" {`, `NodeAttestor "join_token" {`)
+	s = uncomment(t, s, `KeyManager "tpm" {`, `KeyManager "disk" {`)
+	p, err := parse(t, s)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, s)
+	}
+	if got := strings.Join(p.Names(), ", "); !strings.Contains(got, `NodeAttestor "tpm"`) || !strings.Contains(got, `KeyManager "tpm"`) {
+		t.Fatalf("plugins %s", got)
+	}
 }

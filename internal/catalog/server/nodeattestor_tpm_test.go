@@ -4,6 +4,8 @@ package server_test
 
 import (
 	"context"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -37,4 +39,42 @@ func TestTPMNodeAttestorInCatalog(t *testing.T) {
 	}
 	_, err = p.NodeAttestors(context.Background(), servercatalog.NodeAttestorDeps{TrustDomain: td})
 	wantErr(t, err, `NodeAttestor "tpm"`, "/nonexistent/hashes")
+}
+
+// TestTPMExampleConf: the commented NodeAttestor "tpm" of
+// conf/server/server.conf parses when uncommented, and so does each of its
+// optional settings.
+func TestTPMExampleConf(t *testing.T) {
+	src, err := os.ReadFile("../../../conf/server/server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(src), "\n")
+	start := slices.Index(lines, `    # NodeAttestor "tpm" {`)
+	if start < 0 {
+		t.Fatal(`no commented NodeAttestor "tpm" in conf/server/server.conf`)
+	}
+	for i := start; ; i++ {
+		l := lines[i]
+		if !strings.HasPrefix(l, "    #") {
+			t.Fatalf("the commented block ends without its closing brace at line %d", i+1)
+		}
+		// Every setting: one level of comment off, and a second one for
+		// the optional settings (comment lines stay comments: "# # text").
+		l = "    " + strings.TrimPrefix(strings.TrimPrefix(l, "    #"), " ")
+		if strings.HasPrefix(strings.TrimSpace(l), "# ") && strings.Contains(l, " = ") {
+			l = strings.Replace(l, "# ", "", 1)
+		}
+		lines[i] = l
+		if l == "    }" {
+			break
+		}
+	}
+	p, err := parse(t, strings.Join(lines, "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(p.Names(), ", "), `NodeAttestor "tpm"`) {
+		t.Fatalf("plugins %s", strings.Join(p.Names(), ", "))
+	}
 }

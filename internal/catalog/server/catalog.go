@@ -212,8 +212,9 @@ func (c Configured[D, T]) Build(ctx context.Context, deps D) (T, error) {
 }
 
 // Plugins are the plugins a configuration declares, checked against the
-// catalog and with their plugin_data parsed: nothing is built, opened or
-// read yet.
+// catalog and with their plugin_data parsed: nothing is built or opened
+// yet (a parse may read a file its plugin_data names to check it, as
+// x509pop does its CA bundles, so that validate reports what run would).
 type Plugins struct {
 	dataStore     Configured[DataStoreDeps, DataStore]
 	keyManager    Configured[KeyManagerDeps, keys.Manager]
@@ -222,7 +223,7 @@ type Plugins struct {
 }
 
 // Parse checks the plugins cfg declares against the catalog and parses
-// each one's plugin_data. It does no I/O. The error lists every problem,
+// each one's plugin_data; it builds nothing (see Plugins). The error lists every problem,
 // each with its file:line (or the file, for a missing plugin).
 func Parse(cfg *config.Server) (*Plugins, error) {
 	p := &Plugins{}

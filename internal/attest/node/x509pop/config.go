@@ -6,7 +6,9 @@ import (
 
 // ParseServerConfig reads the plugin_data of the server's NodeAttestor
 // "x509pop" (SPIRE's keys). parseTemplate (agentpath.Parse) checks
-// agent_path_template's syntax; nil leaves that to NewServer.
+// agent_path_template's syntax; nil leaves that to NewServer. It also
+// reads the CA bundle files, so that `sigil-server validate` reports one
+// that is missing or holds no certificate, as `run` would.
 //
 // SPIRE's mode "spiffe" (device certificates that are SVIDs of the
 // server's own trust domain) and verify_client_ip = true are not
@@ -45,6 +47,16 @@ func ParseServerConfig(d *config.PluginData, parseTemplate func(string) (PathTem
 	positive("max_rsa_key_size", &c.MaxRSAKeySize)
 	if err := c.Validate(); err != nil {
 		d.Errorf("", "%v", err)
+	} else {
+		key := "ca_bundle_path"
+		if c.CABundlePath == "" {
+			key = "ca_bundle_paths"
+		}
+		for _, p := range c.bundlePaths() {
+			if _, err := LoadCertificates(p); err != nil {
+				d.Errorf(key, "CA bundle: %v", err)
+			}
+		}
 	}
 	return c, d.Done()
 }

@@ -1,29 +1,35 @@
 package x509pop
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 func TestParseServerConfig(t *testing.T) {
+	dir := t.TempDir()
+	ca := testca.WriteCertsPEM(t, filepath.Join(dir, "ca.pem"), testca.New(t).Cert)
+	notPEM := filepath.Join(dir, "key.pem")
+	testca.WriteKeyPEM(t, notPEM, testca.NewECKey(t))
 	parse := func(data map[string]any) (ServerConfig, error) {
 		return ParseServerConfig(config.NewPlugin("NodeAttestor", Type, data).Data(), parseTemplate)
 	}
 	c, err := parse(map[string]any{
-		"ca_bundle_path":      "/etc/ca.pem",
+		"ca_bundle_path":      ca,
 		"agent_path_template": "/cn/{{ .Subject.CommonName }}",
 		"max_intermediates":   2,
 		"max_rsa_key_size":    4096,
 		"mode":                "external_pki",
 		"verify_client_ip":    false,
 	})
-	want := ServerConfig{CABundlePath: "/etc/ca.pem", AgentPathTemplate: "/cn/{{ .Subject.CommonName }}", MaxIntermediates: 2, MaxRSAKeySize: 4096}
+	want := ServerConfig{CABundlePath: ca, AgentPathTemplate: "/cn/{{ .Subject.CommonName }}", MaxIntermediates: 2, MaxRSAKeySize: 4096}
 	if err != nil || c.CABundlePath != want.CABundlePath || c.AgentPathTemplate != want.AgentPathTemplate || c.MaxIntermediates != 2 || c.MaxRSAKeySize != 4096 {
 		t.Fatalf("got %+v, %v; want %+v", c, err, want)
 	}
-	if c, err := parse(map[string]any{"ca_bundle_paths": []string{"/a.pem", "/b.pem"}}); err != nil || len(c.CABundlePaths) != 2 {
+	if c, err := parse(map[string]any{"ca_bundle_paths": []string{ca, ca}}); err != nil || len(c.CABundlePaths) != 2 {
 		t.Fatalf("ca_bundle_paths: %+v, %v", c, err)
 	}
 	for _, tc := range []struct {
@@ -31,14 +37,17 @@ func TestParseServerConfig(t *testing.T) {
 		want []string
 	}{
 		{map[string]any{}, []string{`plugin NodeAttestor "x509pop": one of ca_bundle_path or ca_bundle_paths is required`}},
-		{map[string]any{"ca_bundle_path": "/a", "ca_bundle_paths": []string{"/b"}}, []string{"set only one of ca_bundle_path and ca_bundle_paths"}},
-		{map[string]any{"ca_bundle_path": "/a", "mode": "spiffe"}, []string{`mode "spiffe" is not supported`}},
-		{map[string]any{"ca_bundle_path": "/a", "verify_client_ip": true}, []string{"verify_client_ip = true is not supported"}},
-		{map[string]any{"ca_bundle_path": "/a", "svid_prefix": "/x"}, []string{"svid_prefix"}},
-		{map[string]any{"ca_bundle_path": "/a", "max_intermediates": 0, "max_rsa_key_size": -5}, []string{"max_intermediates must be greater than 0", "max_rsa_key_size must be greater than 0"}},
-		{map[string]any{"ca_bundle_path": "/a", "agent_path_template": "/{{ .X"}, []string{"agent_path_template: template: agent_path_template:1: unclosed action"}},
-		{map[string]any{"ca_bundle_path": "/a", "agent_path_template": "/{{ env \"HOME\" }}"}, []string{`function "env" not defined`}},
-		{map[string]any{"ca_bundle_path": "/a", "ca_bundle_pth": "/b"}, []string{"ca_bundle_pth"}},
+		{map[string]any{"ca_bundle_path": ca, "ca_bundle_paths": []string{"/b"}}, []string{"set only one of ca_bundle_path and ca_bundle_paths"}},
+		{map[string]any{"ca_bundle_path": ca, "mode": "spiffe"}, []string{`mode "spiffe" is not supported`}},
+		{map[string]any{"ca_bundle_path": ca, "verify_client_ip": true}, []string{"verify_client_ip = true is not supported"}},
+		{map[string]any{"ca_bundle_path": ca, "svid_prefix": "/x"}, []string{"svid_prefix"}},
+		{map[string]any{"ca_bundle_path": ca, "max_intermediates": 0, "max_rsa_key_size": -5}, []string{"max_intermediates must be greater than 0", "max_rsa_key_size must be greater than 0"}},
+		{map[string]any{"ca_bundle_path": ca, "agent_path_template": "/{{ .X"}, []string{"agent_path_template: template: agent_path_template:1: unclosed action"}},
+		{map[string]any{"ca_bundle_path": ca, "agent_path_template": "/{{ env \"HOME\" }}"}, []string{`function "env" not defined`}},
+		{map[string]any{"ca_bundle_path": ca, "ca_bundle_pth": "/b"}, []string{"ca_bundle_pth"}},
+		// validate reports the bundle files run would fail to load.
+		{map[string]any{"ca_bundle_path": filepath.Join(dir, "missing.pem")}, []string{`plugin NodeAttestor "x509pop": CA bundle: open ` + filepath.Join(dir, "missing.pem")}},
+		{map[string]any{"ca_bundle_paths": []string{ca, notPEM}}, []string{"key.pem: no PEM CERTIFICATE block"}},
 	} {
 		_, err := parse(tc.data)
 		t.Logf("%v: %v", tc.data, err)

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -137,7 +135,7 @@ func TestX509PoPReattestation(t *testing.T) {
 
 	// An expired device certificate: the next re-attestation is refused.
 	ca.Device(t, devDir, "device-1", testca.Expired())
-	body := waitHTTP(t, "http://127.0.0.1:"+strconv.Itoa(port)+"/ready", http.StatusServiceUnavailable, "revoked:", wait)
+	body := testutil.WaitHTTP(t, "http://127.0.0.1:"+strconv.Itoa(port)+"/ready", http.StatusServiceUnavailable, "revoked:", wait)
 	if !strings.Contains(body, "ATTESTATION_REFUSED") && !strings.Contains(body, "refused") {
 		t.Errorf("/ready %s does not say the attestation was refused", body)
 	}
@@ -148,29 +146,7 @@ func TestX509PoPReattestation(t *testing.T) {
 
 	// A valid certificate again: the agent, still trying, gets back in.
 	ca.Device(t, devDir, "device-1")
-	waitHTTP(t, "http://127.0.0.1:"+strconv.Itoa(port)+"/ready", http.StatusOK, "connected", wait)
+	testutil.WaitHTTP(t, "http://127.0.0.1:"+strconv.Itoa(port)+"/ready", http.StatusOK, "connected", wait)
 	testutil.RequireSVID(t, agent.SocketAddr(), web, deadline)
 
-}
-
-// waitHTTP polls url until it answers code with a body starting with
-// prefix, and returns the body.
-func waitHTTP(t *testing.T, url string, code int, prefix string, timeout time.Duration) string {
-	t.Helper()
-	var last string
-	err := testutil.Poll(timeout, 50*time.Millisecond, func() (bool, error) {
-		resp, err := http.Get(url)
-		if err != nil {
-			last = err.Error()
-			return false, nil
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		last = fmt.Sprintf("%d %q", resp.StatusCode, b)
-		return err == nil && resp.StatusCode == code && strings.HasPrefix(string(b), prefix), nil
-	})
-	if err != nil {
-		t.Fatalf("%s never answered %d %s...: last %s", url, code, prefix, last)
-	}
-	return last
 }

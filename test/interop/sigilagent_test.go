@@ -3,8 +3,6 @@ package interop
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -12,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -49,22 +46,7 @@ func startSigilAgent(t *testing.T, srv *testutil.Server, nodeID spiffeid.ID) *si
 // starting with prefix, and returns the body.
 func (a *sigilAgent) ready(t *testing.T, code int, prefix string) string {
 	t.Helper()
-	var last string
-	err := testutil.Poll(deadline, 50*time.Millisecond, func() (bool, error) {
-		resp, err := http.Get("http://" + a.healthAddr + "/ready")
-		if err != nil {
-			last = err.Error()
-			return false, nil
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		last = fmt.Sprintf("%d %q", resp.StatusCode, b)
-		return err == nil && resp.StatusCode == code && strings.HasPrefix(string(b), prefix), nil
-	})
-	if err != nil {
-		t.Fatalf("/ready never answered %d %s...: last %s", code, prefix, last)
-	}
-	return last
+	return testutil.WaitHTTP(t, "http://"+a.healthAddr+"/ready", code, prefix, deadline)
 }
 
 // persisted lists what a sigil-agent keeps of its identity in data_dir.

@@ -91,7 +91,11 @@ want datastore && run datastore bench/datastore . "$(bt 10000x 1000x)"
 want ca && run ca bench/ca . "$(bt 1s 200ms)"
 want nested && run nested bench/nested . "$(bt 1s 200ms)"
 want partition && run partition bench/partition . 3x "$(bt "$COUNT" 1)"
-want tpm && run tpm bench/tpm . "$(bt 200x 30x)"
+if want tpm; then
+	run tpm bench/tpm . "$(bt 200x 30x)"
+	run e2e-tpm-attest bench/e2e '^BenchmarkTPMAttestation$' "$(bt 300x 50x)"
+	run e2e-tpm-start bench/e2e '^BenchmarkTPMAgentStart$' "$(bt 100x 20x)"
+fi
 want attest && run attest bench/attest . "$(bt 300x 100x)"
 
 echo "load average after the Go benchmarks: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -226,6 +226,45 @@ func Shared(t testing.TB) *Image {
 	return shared.im
 }
 
+// devices are the images SharedDevices manufactured, by index.
+var devices struct {
+	mu  sync.Mutex
+	ims []*Image
+}
+
+// SharedDevices returns n distinct devices (n images with their own EKs
+// and seeds, all issued by the CA of Shared's image) for the whole test
+// binary when TestMain uses Main, manufactured on first use (1-2 s each);
+// else n new images for t.
+func SharedDevices(t testing.TB, n int) []*Image {
+	t.Helper()
+	first := Shared(t)
+	if shared.root == "" {
+		ims := []*Image{first}
+		for len(ims) < n {
+			ims = append(ims, NewImage(t, Options{CADir: first.CADir}))
+		}
+		return ims[:n]
+	}
+	devices.mu.Lock()
+	defer devices.mu.Unlock()
+	if len(devices.ims) == 0 {
+		devices.ims = []*Image{first}
+	}
+	for len(devices.ims) < n {
+		dir := filepath.Join(shared.root, fmt.Sprintf("device-%d", len(devices.ims)))
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		im, err := Manufacture(dir, Options{CADir: first.CADir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		devices.ims = append(devices.ims, im)
+	}
+	return devices.ims[:n]
+}
+
 // TPM is a running swtpm.
 type TPM struct {
 	// Socket is the TPM command socket (tpmdev.New(Socket)).

@@ -117,6 +117,9 @@ type Options struct {
 	// certificate with (another Image's CADir: two devices of one
 	// manufacturer); "" creates a new CA in dir/ca.
 	CADir string
+	// NoEK manufactures a TPM with no EK provisioned: no persistent EK and
+	// no EK certificate (as many firmware and virtual TPMs).
+	NoEK bool
 }
 
 // manufactureMu serializes swtpm_setup runs sharing a CA directory (its
@@ -156,9 +159,12 @@ func Manufacture(dir string, opts Options) (*Image, error) {
 			return nil, err
 		}
 	}
-	cmd := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", im.state,
-		"--config", filepath.Join(im.CADir, "swtpm_setup.conf"),
-		"--create-ek-cert", "--lock-nvram", "--pcr-banks", "sha256")
+	args := []string{"--tpm2", "--tpmstate", im.state, "--config", filepath.Join(im.CADir, "swtpm_setup.conf"),
+		"--lock-nvram", "--pcr-banks", "sha256"}
+	if !opts.NoEK {
+		args = append(args, "--create-ek-cert")
+	}
+	cmd := exec.Command("swtpm_setup", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("swtpm_setup: %v: %s", err, out)

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
@@ -535,4 +537,47 @@ func TestTPMSelectorKinds(t *testing.T) {
 func startShared(t *testing.T) *swtpm.TPM {
 	t.Helper()
 	return swtpm.Shared(t).Start(t)
+}
+
+// TestTPMAttestWithoutProvisionedEK: a TPM with no persistent EK and no EK
+// certificate attests by its hash (the agent re-creates the EK from the
+// TCG template, for the data and again for the challenge); a server
+// trusting only manufacturer CAs refuses it, saying there is no
+// certificate.
+func TestTPMAttestWithoutProvisionedEK(t *testing.T) {
+	tp := swtpm.NewImage(t, swtpm.Options{NoEK: true}).Start(t)
+	// The hash of the EK the TCG template gives this TPM, computed here
+	// with go-tpm directly.
+	var hash string
+	tp.Do(t, func(t2 transport.TPM) error {
+		rsp, err := tpm2.CreatePrimary{
+			PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+			InPublic:      tpm2.New2B(tpm2.RSAEKTemplate),
+		}.Execute(t2)
+		if err != nil {
+			return err
+		}
+		defer tpm2.FlushContext{FlushHandle: rsp.ObjectHandle}.Execute(t2)
+		pub, err := rsp.OutPublic.Contents()
+		if err != nil {
+			return err
+		}
+		k, err := tpm2.Pub(*pub)
+		if err != nil {
+			return err
+		}
+		der, err := x509.MarshalPKIXPublicKey(k)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(der)
+		hash = hex.EncodeToString(sum[:])
+		return nil
+	})
+	res, err := attest(t, newServer(t, tpm.ServerConfig{EKHashes: []string{hash}, PCRSelection: []int{7}}), tp, tamper{})
+	wantAccepted(t, res, err, hash, "tpm:pcr:sha256:7:"+hex.EncodeToString(tp.PCR(t, 7)))
+
+	im := swtpm.Shared(t)
+	_, err = attest(t, newServer(t, tpm.ServerConfig{EKCAPath: caDir(t, im.IssuerCertPath())}), tp, tamper{})
+	wantErr(t, err, node.ErrRefused, "sent no EK certificate")
 }

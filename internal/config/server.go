@@ -56,6 +56,8 @@ type Server struct {
 
 	RateLimit    RateLimit
 	HealthChecks HealthChecks
+	// Federation is server.federation (nil when absent).
+	Federation *Federation
 
 	// Plugins are the enabled plugins of the plugins section, in file
 	// order, each with its plugin_data for the plugin to parse. Which
@@ -100,7 +102,7 @@ func defaultCASubject() pkix.Name {
 var (
 	unsupportedTopLevel = map[string]bool{"telemetry": true}
 	unsupportedServer   = map[string]bool{
-		"admin_ids": true, "audit_log_enabled": true, "experimental": true, "federation": true,
+		"admin_ids": true, "audit_log_enabled": true, "experimental": true,
 		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
 		"profiling_freq": true, "profiling_names": true, "prune_attested_nodes_expired_for": true,
 		"prune_tofu_nodes": true, "proxy_protocol_trusted_cidrs": true, "disable_jwt_svids": true,
@@ -202,6 +204,7 @@ func (d *decoder) serverSection(b *block, s *Server) {
 		rl.boolean("signing", &s.RateLimit.Signing)
 		rl.done()
 	}
+	d.federation(b, &s.Federation)
 }
 
 // keyType reads a SPIRE key type (case-insensitive, as SPIRE).
@@ -259,6 +262,7 @@ func (s *Server) Validate() error {
 		add(errors.New("ca_subject must not be empty"))
 	}
 	add(s.HealthChecks.validate())
+	add(s.Federation.validate(s.TrustDomain))
 	return errors.Join(errs...)
 }
 

@@ -316,6 +316,61 @@ type BundleStore interface {
 	PruneBundle(ctx context.Context, trustDomain string, before time.Time) (bool, error)
 }
 
+// Bundle endpoint profiles of a federation relationship (SPIFFE
+// Federation), as SPIRE stores them.
+const (
+	ProfileHTTPSSPIFFE = "https_spiffe"
+	ProfileHTTPSWeb    = "https_web"
+)
+
+// FederationRelationship is a relationship with another trust domain
+// created through the trustdomain API (SPIRE's "dynamic" relationships;
+// those of the server configuration are not stored): where its bundle
+// endpoint is and how it authenticates.
+type FederationRelationship struct {
+	TrustDomain       string // name, e.g. "peer.test"
+	BundleEndpointURL string // https URL
+	Profile           string // ProfileHTTPSSPIFFE or ProfileHTTPSWeb
+	// EndpointSPIFFEID is the SPIFFE ID the https_spiffe endpoint presents
+	// ("" for https_web).
+	EndpointSPIFFEID string
+	CreatedAt        int64 // unix seconds, set by the store
+	UpdatedAt        int64 // unix seconds, set by the store
+}
+
+// FederationRelationshipMask selects what UpdateFederationRelationship
+// changes (nil = everything). Profile covers EndpointSPIFFEID.
+type FederationRelationshipMask struct {
+	BundleEndpointURL, Profile bool
+}
+
+// FederationStore stores federation relationships and when each federated
+// bundle was last fetched from its endpoint.
+type FederationStore interface {
+	// CreateFederationRelationship stores a new relationship
+	// (ErrAlreadyExists when the trust domain has one) and, when bundle is
+	// not nil, sets the trust domain's bundle in the same transaction (the
+	// bundle that authenticates a first https_spiffe fetch).
+	CreateFederationRelationship(ctx context.Context, fr *FederationRelationship, bundle *Bundle) (*FederationRelationship, error)
+	GetFederationRelationship(ctx context.Context, trustDomain string) (*FederationRelationship, error) // ErrNotFound
+	// ListFederationRelationships lists relationships in trust domain order.
+	ListFederationRelationships(ctx context.Context, p Page) ([]*FederationRelationship, string, error)
+	// UpdateFederationRelationship changes the masked fields of the
+	// relationship of fr.TrustDomain (ErrNotFound) and, when bundle is not
+	// nil, sets that trust domain's bundle, in one transaction.
+	UpdateFederationRelationship(ctx context.Context, fr *FederationRelationship, mask *FederationRelationshipMask, bundle *Bundle) (*FederationRelationship, error)
+	// DeleteFederationRelationship deletes the relationship (ErrNotFound);
+	// the trust domain's bundle stays, as in SPIRE.
+	DeleteFederationRelationship(ctx context.Context, trustDomain string) error
+	// SetBundleRefreshed records that the trust domain's bundle was fetched
+	// from its endpoint at t (whether or not it changed), so its age
+	// survives a restart.
+	SetBundleRefreshed(ctx context.Context, trustDomain string, t time.Time) error
+	// BundleRefreshes returns when each trust domain's bundle was last
+	// fetched from its endpoint (absent: never).
+	BundleRefreshes(ctx context.Context) (map[string]time.Time, error)
+}
+
 // CAJournalStore persists the CA manager's key-slot journal (an opaque,
 // versioned blob: which keys exist, their certificates and states).
 type CAJournalStore interface {
@@ -330,6 +385,7 @@ type DataStore interface {
 	NodeStore
 	TokenStore
 	BundleStore
+	FederationStore
 	CAJournalStore
 	Close() error
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -64,6 +65,9 @@ func preflight(ctx context.Context, cfg *config.Server, log *slog.Logger, clk cl
 	plugins, err := servercatalog.Parse(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Federation != nil {
+		return nil, errors.New("the federation section is not supported yet")
 	}
 	warnings, err := caConfig(cfg).Check()
 	if err != nil {

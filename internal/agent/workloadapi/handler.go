@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/peercred"
 	"github.com/sigil-spiffe/sigil/internal/selector"
@@ -31,49 +31,24 @@ const securityHeader = "workload.spiffe.io"
 
 type handler struct {
 	workloadpb.UnimplementedSpiffeWorkloadAPIServer
-	s   *Server
+	s   *Service
 	der *derCache
 }
 
 var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
 
-// caller checks the security header, attests the peer and returns its
-// selectors.
+// caller checks the security header, then attests the caller (once per
+// call, through the agent endpoints) and returns its selectors.
 func (h *handler) caller(ctx context.Context) (selector.Set, peercred.Cred, error) {
 	md, ok := metadata.FromIncomingContext(ctx)
 	if !ok || len(md[securityHeader]) != 1 || md[securityHeader][0] != "true" {
 		return nil, peercred.Cred{}, status.Error(codes.InvalidArgument, "security header missing from request")
 	}
-	cred, ok := peercred.FromContext(ctx)
-	if !ok {
-		err := peercred.ErrorFromContext(ctx)
-		h.s.log.Error("Cannot identify Workload API caller", "error", err)
-		return nil, peercred.Cred{}, status.Errorf(codes.Internal, "cannot read caller credentials: %v", err)
-	}
-	sels, err := h.s.cfg.Attestor.Attest(ctx, cred.PID)
+	c, err := endpoints.Attest(ctx)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, peercred.Cred{}, status.FromContextError(ctx.Err()).Err()
-		}
-		// The attestor logged each plugin's failure; the caller learns
-		// which plugins failed, not their errors.
-		return nil, peercred.Cred{}, status.Error(codes.Unavailable, err.Error())
+		return nil, peercred.Cred{}, err
 	}
-	set := make(selector.Set, len(sels))
-	for _, sel := range sels {
-		set[sel] = struct{}{}
-	}
-	// PID reuse guard: the selectors must describe the process that
-	// connected, so its PID must still name the same process now that
-	// attestation (which read /proc/<pid>) is done.
-	if err := cred.StillAlive(); err != nil {
-		h.s.log.Warn("Workload API caller changed during attestation", "pid", cred.PID, "error", err)
-		return nil, peercred.Cred{}, status.Error(codes.PermissionDenied, "caller process exited or was replaced during attestation")
-	}
-	if h.s.log.Enabled(ctx, slog.LevelDebug) {
-		h.s.log.Debug("Attested Workload API caller", "pid", cred.PID, "uid", cred.UID, "selectors", len(set))
-	}
-	return set, cred, nil
+	return c.Selectors, c.Cred, nil
 }
 
 func (h *handler) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/clock"
@@ -95,7 +95,7 @@ type envOpts struct {
 	existing *cache.Cache
 	ca       *testCA
 	// attestor replaces the unix attestor; log replaces the test logger.
-	attestor workloadapi.Attestor
+	attestor endpoints.Attestor
 	log      *slog.Logger
 }
 
@@ -143,13 +143,20 @@ func startEnv(t testing.TB, o envOpts) *env {
 	if log == nil {
 		log = testLog(t)
 	}
-	srv, err := workloadapi.New(workloadapi.Config{
+	wl, err := workloadapi.New(workloadapi.Config{
+		Cache:     c,
+		JWTMinter: m,
+		Log:       log,
+		Clock:     clk,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := endpoints.New(endpoints.Config{
 		SocketPath: socket,
-		Cache:      c,
 		Attestor:   attestor,
-		JWTMinter:  m,
+		Services:   []endpoints.Service{wl},
 		Log:        log,
-		Clock:      clk,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -209,28 +216,6 @@ func mustID(t testing.TB, path string) spiffeid.ID {
 		t.Fatal(fmt.Errorf("id %q: %w", path, err))
 	}
 	return id
-}
-
-func newServer(socket string, c *cache.Cache) (*workloadapi.Server, error) {
-	return workloadapi.New(workloadapi.Config{
-		SocketPath: socket,
-		Cache:      c,
-		Attestor:   unix.New(unix.Config{}),
-	})
-}
-
-// listenStale leaves a socket file behind with nobody listening, as a
-// crashed agent would.
-func listenStale(path string) (string, error) {
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Net: "unix", Name: path})
-	if err != nil {
-		return "", err
-	}
-	l.SetUnlinkOnClose(false)
-	if err := l.Close(); err != nil {
-		return "", err
-	}
-	return path, nil
 }
 
 const identityWait = workloadapi.DefaultIdentityWait

@@ -79,8 +79,8 @@ func TestCallerReplacedDuringAttestation(t *testing.T) {
 	cmd.Process.Kill()
 	cmd.Wait()
 	close(gate.release)
-	waitFor(t, func() bool { return strings.Contains(logs.String(), "Workload API caller changed during attestation") })
-	if strings.Contains(logs.String(), "Attested Workload API caller") {
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "Caller changed during attestation") })
+	if strings.Contains(logs.String(), "Attested caller") {
 		t.Fatal("a vanished caller was treated as attested")
 	}
 }

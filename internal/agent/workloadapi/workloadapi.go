@@ -1,14 +1,13 @@
-// Package workloadapi serves the SPIFFE Workload API (all of
-// FetchX509SVID, FetchX509Bundles, FetchJWTSVID, FetchJWTBundles and
-// ValidateJWTSVID) on a unix socket, plus gRPC health and reflection.
+// Package workloadapi is the SPIFFE Workload API (all of FetchX509SVID,
+// FetchX509Bundles, FetchJWTSVID, FetchJWTBundles and ValidateJWTSVID), a
+// service of the agent socket (internal/agent/endpoints, which owns the
+// socket, the gRPC server and caller attestation).
 //
 // Every call must carry the metadata "workload.spiffe.io: true"
-// (InvalidArgument otherwise). The caller is identified by its peer
-// credentials (SO_PEERCRED), attested by the configured attestors into
-// selectors, and then — after attestation, so a process that exited and
-// whose PID was recycled meanwhile is caught — the PID's start time is
-// checked again. The entries whose selectors are all among the caller's
-// are its identities; none means PermissionDenied ("no identity issued").
+// (InvalidArgument otherwise). The caller is then attested through the
+// endpoints (peer credentials, workload attestors, PID reuse check) into
+// selectors. The entries whose selectors are all among the caller's are its
+// identities; none means PermissionDenied ("no identity issued").
 //
 // Streams send a full state at once and again after every change that
 // affects the caller (see internal/agent/cache). While the caller has
@@ -19,31 +18,15 @@ package workloadapi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net"
 	"time"
 
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/clock"
-	"github.com/sigil-spiffe/sigil/internal/peercred"
-	"github.com/sigil-spiffe/sigil/internal/selector"
-	"github.com/sigil-spiffe/sigil/internal/unixsock"
 )
-
-// Attestor produces the selectors of a process: the agent's workload
-// attestors, run together (internal/agent/workloadattest). An error means
-// the caller could not be attested; its text, which goes to the caller,
-// names the failed plugins.
-type Attestor interface {
-	Attest(ctx context.Context, pid int32) ([]selector.Selector, error)
-}
 
 // JWTMinter signs a JWT-SVID for an entry. The agent's server-facing half
 // implements it by calling the server's NewJWTSVID. Results are cached in
@@ -56,16 +39,10 @@ type JWTMinter interface {
 // of a caller whose entries have none yet.
 const DefaultIdentityWait = 30 * time.Second
 
-// Config configures the server.
+// Config configures the service.
 type Config struct {
-	// SocketPath is the unix socket to listen on. Its parent directory is
-	// created 0755 when missing; the socket is made 0777 (any local user
-	// may call: identity comes from attestation, not file permissions).
-	SocketPath string
 	// Cache is the agent's workload state.
 	Cache *cache.Cache
-	// Attestor attests each caller.
-	Attestor Attestor
 	// JWTMinter signs JWT-SVIDs; nil makes FetchJWTSVID fail with
 	// Unavailable for cache misses.
 	JWTMinter JWTMinter
@@ -80,24 +57,17 @@ type Config struct {
 	Clock        clock.Clock
 }
 
-// Server is the Workload API server.
-type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	clk   clock.Clock
-	ready chan struct{}
+// Service is the Workload API, to register on the agent endpoints.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+	clk clock.Clock
 }
 
-// New validates cfg and returns a server; Run serves it.
-func New(cfg Config) (*Server, error) {
-	if cfg.SocketPath == "" {
-		return nil, errors.New("workload API: socket path is required")
-	}
+// New validates cfg and returns the service.
+func New(cfg Config) (*Service, error) {
 	if cfg.Cache == nil {
 		return nil, errors.New("workload API: cache is required")
-	}
-	if cfg.Attestor == nil {
-		return nil, errors.New("workload API: a workload attestor is required")
 	}
 	if cfg.IdentityWait <= 0 {
 		cfg.IdentityWait = DefaultIdentityWait
@@ -106,58 +76,10 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: log, clk: clock.OrReal(cfg.Clock), ready: make(chan struct{})}, nil
+	return &Service{cfg: cfg, log: log, clk: clock.OrReal(cfg.Clock)}, nil
 }
 
-// Ready is closed once the socket accepts connections.
-func (s *Server) Ready() <-chan struct{} { return s.ready }
-
-// Run listens on the socket and serves until ctx is done; on return the
-// socket file is removed if it is still the one Run bound. A socket
-// another process serves on is refused, never taken over.
-func (s *Server) Run(ctx context.Context) error {
-	lis, err := listen(s.cfg.SocketPath)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err := lis.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			s.log.Warn("Failed to remove socket", "socket", s.cfg.SocketPath, "error", err)
-		}
-	}()
-
-	srv := grpc.NewServer(grpc.Creds(peercred.NewCredentials()))
-	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, &handler{s: s, der: newDERCache()})
-	hs := health.NewServer()
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	hs.SetServingStatus(workloadpb.SpiffeWorkloadAPI_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	healthpb.RegisterHealthServer(srv, hs)
-	reflection.Register(srv)
-
-	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(lis) }()
-	s.log.Info("Workload API listening", "socket", s.cfg.SocketPath)
-	close(s.ready)
-
-	select {
-	case <-ctx.Done():
-		hs.Shutdown()
-		// Streams are open-ended: stop rather than drain.
-		srv.Stop()
-		<-errCh
-		return nil
-	case err := <-errCh:
-		return fmt.Errorf("workload API: serve: %w", err)
-	}
-}
-
-// listen prepares the socket the way SPIRE does: parent directory 0755,
-// socket 0777 (identity comes from attestation, not file permissions); a
-// stale socket is replaced, a live one (another agent) refused.
-func listen(path string) (*unixsock.Listener, error) {
-	lis, err := unixsock.Listen(path, 0o777, 0o755)
-	if err != nil {
-		return nil, fmt.Errorf("workload API: %w", err)
-	}
-	return lis, nil
+// Register registers the Workload API on the agent's gRPC server.
+func (s *Service) Register(r grpc.ServiceRegistrar) {
+	workloadpb.RegisterSpiffeWorkloadAPIServer(r, &handler{s: s, der: newDERCache()})
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -31,7 +30,6 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/selector"
-	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 const helperEnv = "SIGIL_WLAPI_TEST_CLIENT_SOCKET"
@@ -678,133 +676,5 @@ func TestRestartServesPersistedSVID(t *testing.T) {
 	fi, err = os.Stat(filepath.Join(dataDir, cache.FileName))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("cache file mode %v, %v", fi.Mode().Perm(), err)
-	}
-}
-
-func TestSocketLifecycle(t *testing.T) {
-	dir := testutil.ShortTempDir(t)
-	socket := filepath.Join(dir, "nested", "api.sock")
-	c := cache.New(cache.Config{TrustDomain: td})
-	newSrv := func() (stop func() error) {
-		srv, err := newServer(socket, c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- srv.Run(ctx) }()
-		select {
-		case <-srv.Ready():
-		case err := <-done:
-			t.Fatalf("run: %v", err)
-		}
-		return func() error { cancel(); return <-done }
-	}
-	stop := newSrv()
-	fi, err := os.Stat(socket)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o777 {
-		t.Fatalf("socket mode %v, %v", fi.Mode(), err)
-	}
-	di, err := os.Stat(filepath.Dir(socket))
-	if err != nil || di.Mode().Perm() != 0o755 {
-		t.Fatalf("socket dir mode %v, %v", di.Mode().Perm(), err)
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("socket not removed on shutdown: %v", err)
-	}
-
-	// A stale socket (left by a crash) is replaced.
-	stale, err := listenStale(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = stale
-	stop = newSrv()
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-
-	// A regular file at the path is not deleted.
-	if err := os.WriteFile(socket, []byte("precious"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := newServer(socket, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Run(context.Background()); err == nil {
-		t.Fatal("Run replaced a regular file")
-	}
-	if data, _ := os.ReadFile(socket); string(data) != "precious" {
-		t.Fatal("regular file was modified")
-	}
-}
-
-// A second server on a socket another one serves is refused; the first
-// keeps its socket (same file) and keeps serving, also after the second
-// has returned, and removes it on its own stop.
-func TestSocketNotTakenOver(t *testing.T) {
-	socket := filepath.Join(testutil.ShortTempDir(t), "api.sock")
-	c := cache.New(cache.Config{TrustDomain: td})
-	first, err := newServer(socket, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- first.Run(ctx) }()
-	select {
-	case <-first.Ready():
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	}
-	before, err := os.Lstat(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	second, err := newServer(socket, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	defer cancel2()
-	done2 := make(chan error, 1)
-	go func() { done2 <- second.Run(ctx2) }()
-	select {
-	case err := <-done2:
-		if err == nil || !strings.Contains(err.Error(), "in use by another process") {
-			t.Fatalf("second server on a live socket: %v", err)
-		}
-	case <-second.Ready():
-		cancel2()
-		<-done2
-		t.Fatal("second server took over the first one's socket")
-	}
-	after, err := os.Lstat(socket)
-	if err != nil {
-		t.Fatalf("first server's socket gone after the second returned: %v", err)
-	}
-	if !os.SameFile(before, after) {
-		t.Fatal("first server's socket was replaced")
-	}
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := healthpb.NewHealthClient(conn).Check(ctxT(t), &healthpb.HealthCheckRequest{}); err != nil {
-		t.Fatalf("first server no longer serves: %v", err)
-	}
-
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Lstat(socket); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("socket not removed on the first server's stop: %v", err)
 	}
 }

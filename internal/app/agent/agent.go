@@ -1,6 +1,7 @@
 // Package agent assembles sigil-agent: the workload cache (persisted in
 // data_dir), the server-facing manager (attestation, push sync, renewal),
-// the workload attestors and the Workload API, run under one errgroup. The
+// the workload attestors and the agent socket's endpoints serving the
+// Workload API, run under one errgroup. The
 // plugins (node attestor, key manager, workload attestors) are whatever
 // the configuration declares, built by the agent's catalog
 // (internal/catalog/agent): nothing here knows an individual plugin.
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/agent/fsdelivery"
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
@@ -47,7 +49,7 @@ type Agent struct {
 	clk   clock.Clock
 	cache *cache.Cache
 	mgr   *manager.Manager
-	wl    *workloadapi.Server
+	ep    *endpoints.Endpoints
 	fsd   *fsdelivery.Delivery
 	// lock is data_dir's, held from New until Run returns (or Close).
 	lock *datadir.Lock
@@ -149,12 +151,19 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 		return nil, err
 	}
 	wl, err := workloadapi.New(workloadapi.Config{
+		Cache:     c,
+		JWTMinter: mgr,
+		Log:       log.With("subsystem", "workload_api"),
+		Clock:     clk,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ep, err := endpoints.New(endpoints.Config{
 		SocketPath: cfg.SocketPath,
-		Cache:      c,
 		Attestor:   attestors,
-		JWTMinter:  mgr,
-		Log:        log.With("subsystem", "workload_api"),
-		Clock:      clk,
+		Services:   []endpoints.Service{wl},
+		Log:        log.With("subsystem", "endpoints"),
 	})
 	if err != nil {
 		return nil, err
@@ -167,7 +176,7 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, clk: clk, cache: c, mgr: mgr, wl: wl, fsd: fsd, lock: lock, plugins: pre.plugins.Names(), closers: closers}, nil
+	return &Agent{cfg: cfg, log: log, clk: clk, cache: c, mgr: mgr, ep: ep, fsd: fsd, lock: lock, plugins: pre.plugins.Names(), closers: closers}, nil
 }
 
 // Close releases what New took (the plugins' resources, the data_dir lock)
@@ -208,8 +217,8 @@ func CheckTrustDomain(dataDir string, td spiffeid.TrustDomain) error {
 	return nil
 }
 
-// Ready is closed once the Workload API socket accepts connections.
-func (a *Agent) Ready() <-chan struct{} { return a.wl.Ready() }
+// Ready is closed once the agent socket (Workload API) accepts connections.
+func (a *Agent) Ready() <-chan struct{} { return a.ep.Ready() }
 
 // Status reports the manager's connection state.
 func (a *Agent) Status() manager.Status { return a.mgr.Status() }
@@ -221,12 +230,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer closeAll(a.log, a.closers)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.cache.Run(ctx) })
-	g.Go(func() error { return a.wl.Run(ctx) })
+	g.Go(func() error { return a.ep.Run(ctx) })
 	// The manager (which may attest, consuming a join token) starts once
 	// the Workload API socket is ours: an agent refused its socket (another
 	// agent serves on it) stops without having contacted the server.
 	select {
-	case <-a.wl.Ready():
+	case <-a.ep.Ready():
 	case <-ctx.Done():
 		return g.Wait()
 	}
@@ -258,7 +267,7 @@ func (a *Agent) serveHealth(ctx context.Context, hc config.HealthChecks) error {
 		ReadyPath: hc.ReadyPath,
 		Ready: func() (bool, string) {
 			select {
-			case <-a.wl.Ready():
+			case <-a.ep.Ready():
 			default:
 				return false, "not ready: Workload API starting"
 			}

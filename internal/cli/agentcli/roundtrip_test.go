@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/unix"
 	"github.com/sigil-spiffe/sigil/internal/selector"
@@ -71,7 +72,11 @@ func startWorkloadAPI(tb testing.TB, p *pki, bundle *spiffebundle.Bundle) string
 		tb.Fatal(err)
 	}
 	socket := filepath.Join(testutil.ShortTempDir(tb), "api.sock")
-	srv, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Cache: c, Attestor: unix.New(unix.Config{})})
+	wl, err := workloadapi.New(workloadapi.Config{Cache: c})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv, err := endpoints.New(endpoints.Config{SocketPath: socket, Attestor: unix.New(unix.Config{}), Services: []endpoints.Service{wl}})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
@@ -175,6 +176,17 @@ func (a *Admin) WriteBundlePEM(t testing.TB, path string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// SetFederatedBundle creates or replaces the bundle of a federated trust
+// domain (bundle set), as an operator or a federation refresher does.
+func (a *Admin) SetFederatedBundle(t testing.TB, b *spiffebundle.Bundle) {
+	t.Helper()
+	ctx, cancel := ctxTimeout()
+	defer cancel()
+	if err := a.Client.SetFederatedBundle(ctx, b); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // IDString formats a proto SPIFFE ID.

@@ -29,11 +29,17 @@ type Agent struct {
 	// Path is the configuration file it was read from ("" when built in code).
 	Path string
 
-	ServerAddress string
-	ServerPort    int
-	SocketPath    string
-	TrustDomain   spiffeid.TrustDomain
-	DataDir       string // default "."
+	// ServerAddress and ServerPort are SPIRE's server_address and
+	// server_port. ServerAddresses is server_addresses (a Sigil
+	// extension): several servers, "host" or "host:port" each, the port
+	// defaulting to ServerPort; exactly one of ServerAddress and
+	// ServerAddresses is set. Servers returns them as host:port.
+	ServerAddress   string
+	ServerPort      int
+	ServerAddresses []string
+	SocketPath      string
+	TrustDomain     spiffeid.TrustDomain
+	DataDir         string // default "."
 
 	// Bootstrap trust: exactly one of TrustBundlePath, TrustBundleURL
 	// (https) or InsecureBootstrap.
@@ -154,6 +160,9 @@ func LoadAgent(args []string) (*Agent, error) {
 		overrideFlag(set, "logFormat", f.logFormat, &a.LogFormat)
 		overrideFlag(set, "logLevel", f.logLevel, &a.LogLevel)
 		overrideFlag(set, "serverAddress", f.serverAddress, &a.ServerAddress)
+		if set["serverAddress"] {
+			a.ServerAddresses = nil // the flag names the one server
+		}
 		overrideFlag(set, "socketPath", f.socketPath, &a.SocketPath)
 		overrideFlag(set, "trustBundle", f.trustBundle, &a.TrustBundlePath)
 		overrideFlag(set, "trustBundleUrl", f.trustBundleURL, &a.TrustBundleURL)
@@ -178,6 +187,7 @@ func parseAgent(name string, src []byte) (*Agent, error) {
 func (d *decoder) agentSection(b *block, a *Agent) {
 	b.str("server_address", &a.ServerAddress)
 	b.port("server_port", &a.ServerPort)
+	d.serverAddresses(b, a)
 	b.str("socket_path", &a.SocketPath)
 	b.str("trust_bundle_path", &a.TrustBundlePath)
 	b.str("trust_bundle_url", &a.TrustBundleURL)
@@ -306,10 +316,7 @@ func (a *Agent) Validate() error {
 	if a.TrustDomain.IsZero() {
 		add(errors.New("trust_domain must be configured"))
 	}
-	if a.ServerAddress == "" {
-		add(errors.New("server_address must be configured"))
-	}
-	add(validatePort("server_port", a.ServerPort, false))
+	add(a.validateServers())
 	if a.SocketPath == "" {
 		add(errors.New("socket_path must be configured"))
 	}

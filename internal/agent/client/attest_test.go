@@ -127,11 +127,29 @@ func (r *reverser) Respond(_ context.Context, c []byte) ([]byte, error) {
 // authenticates it.
 func startChallengeServer(t *testing.T, s *challengeServer) *client.Client {
 	t.Helper()
+	addr := serveChallenges(t, s)
+	cl, err := client.Dial(client.Config{Addr: addr, TrustDomain: s.ca.TD, Bundle: s.ca.Roots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
+// serveChallenges serves s over TLS on loopback, as
+// spiffe://example.org/spire/server (its CA is s.ca when set, else a new
+// one), and returns its address.
+func serveChallenges(t *testing.T, s *challengeServer) string {
+	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("example.org")
-	s.ca = testca.New(t, testca.TrustDomain(td))
+	if s.ca == nil {
+		s.ca = testca.New(t, testca.TrustDomain(td))
+	}
 	s.t = t
 	serverSVID := s.ca.SVID(t, client.ServerID(td))
-	s.seen = make(chan string, 100)
+	if s.seen == nil {
+		s.seen = make(chan string, 100)
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -140,12 +158,7 @@ func startChallengeServer(t *testing.T, s *challengeServer) *client.Client {
 	agentv1.RegisterAgentServer(srv, s)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
-	cl, err := client.Dial(client.Config{Addr: lis.Addr().String(), TrustDomain: td, Bundle: s.ca.Roots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cl.Close() })
-	return cl
+	return lis.Addr().String()
 }
 
 func newCSR(t *testing.T) (*ecdsa.PrivateKey, []byte) {

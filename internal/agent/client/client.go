@@ -48,8 +48,13 @@ var ErrNoSVID = errors.New("no agent SVID available")
 
 // Config configures Dial.
 type Config struct {
-	// Addr is the server's host:port.
+	// Addr is the server's host:port (its host may be a DNS name
+	// resolving to several addresses: gRPC tries them in turn). Servers
+	// replaces it for several servers; set one of the two.
 	Addr string
+	// Servers lists several servers (see Servers): the connection goes to
+	// the first that answers, in the agent's order.
+	Servers *Servers
 	// TrustDomain is the agent's (and server's) trust domain; the server must
 	// present an SVID for spiffe://<TrustDomain>/spire/server.
 	TrustDomain spiffeid.TrustDomain
@@ -86,7 +91,15 @@ type Client struct {
 // server: the first RPC connects (and fails with codes.Unavailable when the
 // server is unreachable).
 func Dial(cfg Config) (*Client, error) {
-	if cfg.Addr == "" {
+	target := cfg.Addr
+	switch {
+	case cfg.Addr != "" && cfg.Servers != nil:
+		return nil, errors.New("client: set a server address or a server list, not both")
+	case cfg.Servers != nil:
+		// The first entry names the connection (authority, TLS server
+		// name); the resolver supplies every address.
+		target = serversScheme + ":///" + cfg.Servers.addrs[0]
+	case cfg.Addr == "":
 		return nil, errors.New("client: server address is required")
 	}
 	if cfg.TrustDomain.IsZero() {
@@ -118,10 +131,13 @@ func Dial(cfg Config) (*Client, error) {
 		// manager reconnects instead of waiting on a dead stream.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	}
+	if cfg.Servers != nil {
+		opts = append(opts, grpc.WithResolvers(serversBuilder{cfg.Servers}))
+	}
 	opts = append(opts, cfg.DialOptions...)
-	conn, err := grpc.NewClient(cfg.Addr, opts...)
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("client: dial %s: %w", cfg.Addr, err)
+		return nil, fmt.Errorf("client: dial %s: %w", clip(target), err)
 	}
 	return &Client{
 		cfg:    cfg,

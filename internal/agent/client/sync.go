@@ -10,6 +10,7 @@ import (
 
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc/peer"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 )
@@ -42,6 +43,17 @@ type Round struct {
 	// by pushing a round after the first): later changes will be pushed.
 	// Until then the server may be one that never pushes (SPIRE).
 	Pushed bool
+	// Server is the address of the server that answered (ip:port), or ""
+	// when unknown.
+	Server string
+}
+
+// peerAddr is the address of the server a stream is connected to.
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 // wireRound is the outcome of one sync round at the wire level.
@@ -221,7 +233,9 @@ func (c *Client) SyncEntries(ctx context.Context, known KnownFunc) (*Round, erro
 		return nil, fmt.Errorf("sync entries: %w", err)
 	}
 	_ = stream.CloseSend()
-	return c.toRound(w, known), nil
+	r := c.toRound(w, known)
+	r.Server = peerAddr(stream.Context())
+	return r, nil
 }
 
 func noneKnown(string) (*cache.Entry, bool) { return nil, false }

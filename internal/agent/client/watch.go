@@ -108,6 +108,7 @@ func (c *Client) WatchEntries(ctx context.Context, known KnownFunc, onRound func
 		}
 		r := c.toRound(w, known)
 		r.Pushed = confirmed
+		r.Server = peerAddr(stream.Context())
 		prev := make(map[string]*cache.Entry, len(r.Entries))
 		for _, e := range r.Entries {
 			prev[e.ID] = e

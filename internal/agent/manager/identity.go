@@ -152,7 +152,7 @@ func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate, prev *
 		return nil, err
 	}
 	cl, err := client.Dial(client.Config{
-		Addr:              m.cfg.ServerAddr,
+		Servers:           m.servers,
 		TrustDomain:       m.cfg.TrustDomain,
 		Bundle:            func() []*x509.Certificate { return bundle },
 		InsecureBootstrap: len(bundle) == 0,
@@ -185,7 +185,7 @@ func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate, prev *
 		// Insecure bootstrap: fetch the bundle with the new SVID (server
 		// still unauthenticated) and require the SVID to chain to it.
 		bcl, err := client.Dial(client.Config{
-			Addr:              m.cfg.ServerAddr,
+			Servers:           m.servers,
 			TrustDomain:       m.cfg.TrustDomain,
 			SVID:              func() *x509svid.SVID { return svid },
 			InsecureBootstrap: true,

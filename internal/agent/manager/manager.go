@@ -111,8 +111,13 @@ const (
 
 // Config configures a Manager.
 type Config struct {
-	// ServerAddr is the server's host:port.
-	ServerAddr string
+	// Servers are the servers' host:port (one, or several sharing one
+	// database); a host may be a DNS name resolving to several addresses.
+	// Every connection goes to the first that answers, in an order that
+	// starts at a random place kept for the Manager's lifetime (see
+	// client.Servers): agents spread over the servers and move to another
+	// when theirs goes away.
+	Servers []string
 	// TrustDomain is the agent's trust domain.
 	TrustDomain spiffeid.TrustDomain
 	// TrustBundle bootstraps trust in the server (trust_bundle_path). The
@@ -205,6 +210,9 @@ type Status struct {
 	// Connected is true while a session with the server is established
 	// and its last exchange succeeded.
 	Connected bool
+	// Server is the address (ip:port) of the server of that session; ""
+	// while not connected.
+	Server string
 	// DegradedSince is when the manager last lost (or failed to establish)
 	// the connection; zero while connected.
 	DegradedSince time.Time
@@ -233,10 +241,11 @@ type Status struct {
 
 // Manager is the agent's server-facing half.
 type Manager struct {
-	cfg   Config
-	log   *slog.Logger
-	clk   clock.Clock
-	cache *cache.Cache
+	cfg     Config
+	servers *client.Servers
+	log     *slog.Logger
+	clk     clock.Clock
+	cache   *cache.Cache
 
 	mu     sync.RWMutex
 	id     *identity
@@ -283,7 +292,7 @@ type Manager struct {
 // contact the server.
 func New(cfg Config) (*Manager, error) {
 	switch {
-	case cfg.ServerAddr == "":
+	case len(cfg.Servers) == 0:
 		return nil, errors.New("manager: server address is required")
 	case cfg.TrustDomain.IsZero():
 		return nil, errors.New("manager: trust domain is required")
@@ -322,16 +331,21 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = DefaultMaxBackoff
 	}
+	servers, err := client.NewServers(cfg.Servers)
+	if err != nil {
+		return nil, fmt.Errorf("manager: %w", err)
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &Manager{
-		cfg:   cfg,
-		log:   log,
-		clk:   clock.OrReal(cfg.Clock),
-		cache: cfg.Cache,
-		kick:  make(chan struct{}, 1),
+		cfg:     cfg,
+		servers: servers,
+		log:     log,
+		clk:     clock.OrReal(cfg.Clock),
+		cache:   cfg.Cache,
+		kick:    make(chan struct{}, 1),
 
 		statusChanged: make(chan struct{}, 1),
 		shortWarned:   make(map[string]struct{}),
@@ -441,12 +455,13 @@ func (m *Manager) serverBundle() []*x509.Certificate {
 	return m.cfg.TrustBundle
 }
 
-func (m *Manager) setConnected() {
+func (m *Manager) setConnected(server string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.status.Connected {
-		m.log.Info("Connected to the server", "addr", m.cfg.ServerAddr)
+	if !m.status.Connected || m.status.Server != server {
+		m.log.Info("Connected to the server", "server", server)
 	}
+	m.status.Server = server
 	m.status.Connected = true
 	m.status.DegradedSince = time.Time{}
 	m.status.LastError = ""
@@ -465,6 +480,7 @@ func (m *Manager) setDegraded(err error) {
 		m.status.DegradedSince = m.clk.Now()
 	}
 	m.status.Connected = false
+	m.status.Server = ""
 	m.status.WatchMode = false
 	m.status.LastError = err.Error()
 	m.status.LastErrorAt = m.clk.Now()

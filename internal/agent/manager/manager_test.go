@@ -97,7 +97,7 @@ func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAge
 		attestor = o.attestor
 	}
 	m, err := manager.New(manager.Config{
-		ServerAddr:         srv.Addr(),
+		Servers:            []string{srv.Addr()},
 		TrustDomain:        td,
 		TrustBundle:        bundle,
 		InsecureBootstrap:  o.insecure,

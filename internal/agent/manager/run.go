@@ -110,7 +110,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				if m.Status().State == StateRevoked {
 					msg = "Attesting again failed; the agent stays revoked and retries"
 				}
-				lvl(msg, "addr", m.cfg.ServerAddr, "retry_in", delay, "error", err)
+				lvl(msg, "servers", m.servers.String(), "retry_in", delay, "error", err)
 			}
 		}
 		select {
@@ -129,7 +129,7 @@ func (m *Manager) session(ctx context.Context) (err error) {
 		return err
 	}
 	cl, err := client.Dial(client.Config{
-		Addr:        m.cfg.ServerAddr,
+		Servers:     m.servers,
 		TrustDomain: m.cfg.TrustDomain,
 		Bundle:      m.serverBundle,
 		SVID:        m.AgentSVID,
@@ -410,7 +410,7 @@ func (m *Manager) applyRound(ctx context.Context, cl *client.Client, r *client.R
 	if err := errors.Join(bundleErr, svidErr); err != nil {
 		return err
 	}
-	m.setConnected()
+	m.setConnected(r.Server)
 	m.setSynced()
 	m.wake()
 	return nil

@@ -119,7 +119,7 @@ func FuzzLoadState(f *testing.F) {
 		}
 		var logs bytes.Buffer
 		m, err := New(Config{
-			ServerAddr: "127.0.0.1:1", TrustDomain: fuzzTD, DataDir: dir, Keys: km, Attestor: agentcatalog.JoinToken{},
+			Servers: []string{"127.0.0.1:1"}, TrustDomain: fuzzTD, DataDir: dir, Keys: km, Attestor: agentcatalog.JoinToken{},
 			Cache: cache.New(cache.Config{TrustDomain: fuzzTD}), Clock: clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)),
 			AvailabilityTarget: time.Hour, Log: slog.New(slog.NewTextHandler(&logs, nil)),
 		})

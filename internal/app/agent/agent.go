@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
@@ -128,7 +129,7 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 		log.Warn("Ignoring the persisted workload cache; starting with an empty one", "error", err)
 	}
 	mgr, err := manager.New(manager.Config{
-		ServerAddr:        net.JoinHostPort(cfg.ServerAddress, strconv.Itoa(cfg.ServerPort)),
+		Servers:           cfg.Servers(),
 		TrustDomain:       cfg.TrustDomain,
 		TrustBundle:       pre.bundle,
 		InsecureBootstrap: cfg.InsecureBootstrap,
@@ -244,7 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if hc := a.cfg.HealthChecks; hc.ListenerEnabled {
 		g.Go(func() error { return a.serveHealth(ctx, hc) })
 	}
-	a.log.Info("Starting sigil-agent", "trust_domain", a.cfg.TrustDomain.Name(), "server", net.JoinHostPort(a.cfg.ServerAddress, strconv.Itoa(a.cfg.ServerPort)),
+	a.log.Info("Starting sigil-agent", "trust_domain", a.cfg.TrustDomain.Name(), "servers", strings.Join(a.cfg.Servers(), ","),
 		"socket_path", a.cfg.SocketPath, "plugins", a.plugins)
 	return g.Wait()
 }

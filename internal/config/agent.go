@@ -59,6 +59,7 @@ type Agent struct {
 	AvailabilityTarget time.Duration
 
 	HealthChecks HealthChecks
+	Telemetry    Telemetry
 
 	// Plugins are the enabled plugins of the plugins section, in file
 	// order, each with its plugin_data for the plugin to parse; the
@@ -176,7 +177,7 @@ func LoadAgent(args []string) (*Agent, error) {
 func parseAgent(name string, src []byte) (*Agent, error) {
 	a := DefaultAgent()
 	a.Path = name
-	err := decodeFile(name, src, "agent", unsupportedAgent, &a.HealthChecks,
+	err := decodeFile(name, src, "agent", unsupportedAgent, &a.HealthChecks, &a.Telemetry,
 		func(d *decoder, b *block) { d.agentSection(b, a) }, &a.Plugins)
 	if err != nil {
 		return nil, err
@@ -349,6 +350,7 @@ func (a *Agent) Validate() error {
 		add(fmt.Errorf("availability_target must be at least %s, got %s", MinAvailabilityTarget, a.AvailabilityTarget))
 	}
 	add(a.HealthChecks.validate())
+	add(a.Telemetry.validate())
 
 	add(a.validateFilesystemDelivery())
 	return errors.Join(errs...)

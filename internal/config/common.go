@@ -117,9 +117,9 @@ func parseFlags(fs *flag.FlagSet, args []string) (set map[string]bool, err error
 // decodeFile decodes a SPIRE-style configuration file over the defaults the
 // callbacks write into: its main block key (server or agent, whose SPIRE
 // options Sigil lacks are in unsupported) through section, the
-// health_checks block into hc and the enabled plugins into plugins. Nothing
-// is validated beyond what decoding checks.
-func decodeFile(name string, src []byte, key string, unsupported map[string]bool, hc *HealthChecks,
+// health_checks block into hc, the telemetry block into tel and the enabled
+// plugins into plugins. Nothing is validated beyond what decoding checks.
+func decodeFile(name string, src []byte, key string, unsupported map[string]bool, hc *HealthChecks, tel *Telemetry,
 	section func(*decoder, *block), plugins *[]Plugin) error {
 	es, err := parseFile(name, src)
 	if err != nil {
@@ -134,6 +134,7 @@ func decodeFile(name string, src []byte, key string, unsupported map[string]bool
 		b.done()
 	}
 	d.healthChecks(root, hc)
+	d.telemetry(root, tel)
 	*plugins = d.plugins(root)
 	root.done()
 	return d.err()

@@ -32,7 +32,7 @@ func pluginConf(body string) string {
 func testPlugin(t *testing.T, src string) Plugin {
 	t.Helper()
 	s := DefaultServer()
-	_ = decodeFile("server.conf", []byte(src), "server", unsupportedServer, &s.HealthChecks,
+	_ = decodeFile("server.conf", []byte(src), "server", unsupportedServer, &s.HealthChecks, &s.Telemetry,
 		func(d *decoder, b *block) { d.serverSection(b, s) }, &s.Plugins)
 	for _, p := range s.Plugins {
 		if p.Type == "Test" {

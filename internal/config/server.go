@@ -58,6 +58,7 @@ type Server struct {
 	HealthChecks HealthChecks
 	// Federation is server.federation (nil when absent).
 	Federation *Federation
+	Telemetry  Telemetry
 
 	// Plugins are the enabled plugins of the plugins section, in file
 	// order, each with its plugin_data for the plugin to parse. Which
@@ -100,7 +101,7 @@ func defaultCASubject() pkix.Name {
 // SPIRE server options Sigil does not implement: named as unsupported rather
 // than unknown.
 var (
-	unsupportedTopLevel = map[string]bool{"telemetry": true}
+	unsupportedTopLevel = map[string]bool{}
 	unsupportedServer   = map[string]bool{
 		"admin_ids": true, "audit_log_enabled": true, "experimental": true,
 		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
@@ -160,7 +161,7 @@ func LoadServer(args []string) (*Server, error) {
 func parseServer(name string, src []byte) (*Server, error) {
 	s := DefaultServer()
 	s.Path = name
-	err := decodeFile(name, src, "server", unsupportedServer, &s.HealthChecks,
+	err := decodeFile(name, src, "server", unsupportedServer, &s.HealthChecks, &s.Telemetry,
 		func(d *decoder, b *block) { d.serverSection(b, s) },
 		&s.Plugins)
 	if err != nil {
@@ -263,6 +264,7 @@ func (s *Server) Validate() error {
 	}
 	add(s.HealthChecks.validate())
 	add(s.Federation.validate(s.TrustDomain))
+	add(s.Telemetry.validate())
 	return errors.Join(errs...)
 }
 

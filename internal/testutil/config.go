@@ -24,6 +24,9 @@ type ServerConfig struct {
 	CATTL       time.Duration
 	AgentTTL    time.Duration // agent_ttl
 	LogLevel    string        // "DEBUG"
+	// MetricsPort, when set, enables the telemetry Prometheus exporter on
+	// 127.0.0.1:MetricsPort (MetricsURL).
+	MetricsPort int
 	// Plugins are added to the plugins section after the defaults
 	// (DataStore "sql", KeyManager "disk", NodeAttestor "join_token"),
 	// e.g. a NodeAttestor "x509pop".
@@ -125,7 +128,17 @@ func (c ServerConfig) HCL() string {
 		b.WriteString(p.HCL())
 	}
 	fmt.Fprintf(&b, "}\n\nhealth_checks {\n    listener_enabled = false\n}\n")
+	b.WriteString(telemetryHCL(c.MetricsPort))
 	return b.String()
+}
+
+// telemetryHCL is the telemetry block of a Prometheus exporter on
+// 127.0.0.1:port, "" for port 0.
+func telemetryHCL(port int) string {
+	if port == 0 {
+		return ""
+	}
+	return fmt.Sprintf("\ntelemetry {\n    Prometheus {\n        host = \"127.0.0.1\"\n        port = %d\n    }\n}\n", port)
 }
 
 // AgentConfig is the part of a sigil-agent configuration tests vary.
@@ -153,6 +166,9 @@ type AgentConfig struct {
 	HealthPort int
 	// FilesystemDelivery adds filesystem_delivery blocks.
 	FilesystemDelivery []FilesystemDelivery
+	// MetricsPort, when set, enables the telemetry Prometheus exporter on
+	// 127.0.0.1:MetricsPort (MetricsURL).
+	MetricsPort int
 }
 
 // FilesystemDelivery is one filesystem_delivery block of an AgentConfig.
@@ -212,6 +228,7 @@ func (c AgentConfig) HCL() string {
 	} else {
 		fmt.Fprintf(&b, "\nhealth_checks {\n    listener_enabled = false\n}\n")
 	}
+	b.WriteString(telemetryHCL(c.MetricsPort))
 	return b.String()
 }
 

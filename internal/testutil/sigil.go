@@ -100,6 +100,11 @@ func (s *Server) Addr() string {
 	return net.JoinHostPort(s.Config.BindAddress, itoa(s.Config.BindPort))
 }
 
+// MetricsURL is the server's telemetry exporter URL (Config.MetricsPort).
+func (s *Server) MetricsURL() string {
+	return "http://" + net.JoinHostPort("127.0.0.1", itoa(s.Config.MetricsPort)) + "/metrics"
+}
+
 // TrustDomain is the server's trust domain.
 func (s *Server) TrustDomain() spiffeid.TrustDomain {
 	return spiffeid.RequireTrustDomainFromString(s.Config.TrustDomain)
@@ -283,3 +288,8 @@ func (a *Agent) WaitReady(t testing.TB) {
 
 // SocketAddr is the Workload API address in go-spiffe form (unix://...).
 func (a *Agent) SocketAddr() string { return "unix://" + a.Config.SocketPath }
+
+// MetricsURL is the agent's telemetry exporter URL (Config.MetricsPort).
+func (a *Agent) MetricsURL() string {
+	return "http://" + net.JoinHostPort("127.0.0.1", itoa(a.Config.MetricsPort)) + "/metrics"
+}

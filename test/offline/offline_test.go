@@ -33,6 +33,7 @@ import (
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/telemetry/telemetrytest"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
 )
@@ -104,17 +105,17 @@ func TestWeekLongOutage(t *testing.T) {
 	waitFor(t, "degraded state", func() bool { return a.Status().State == manager.StateDegraded })
 	expectReady(t, acfg, http.StatusOK, "degraded: server unreachable since")
 	m := scrapeMetrics(t, acfg)
-	wantMetric(t, m, `sigil_agent_state{state="degraded"}`, "1")
-	wantMetric(t, m, "sigil_agent_connected", "0")
+	wantMetric(t, m, "sigil_agent_state", 1, "state", "degraded")
+	wantMetric(t, m, "sigil_agent_connected", 0)
 	// Two SVIDs: the workload's, and that of /agent/edge, which join
 	// token attestation made a node alias entry (as in SPIRE).
-	wantMetric(t, m, "sigil_agent_svids", "2")
+	wantMetric(t, m, "sigil_agent_svids", 2)
 	st := a.Status()
 	if e := st.EarliestSVIDExpiry; e.After(leaf.NotAfter) || leaf.NotAfter.Sub(e) > time.Minute {
 		t.Fatalf("earliest SVID expiry %s, want (about) the workload SVID's %s", e, leaf.NotAfter)
 	}
-	wantMetric(t, m, "sigil_agent_earliest_svid_expiry_seconds", fmt.Sprintf("%.3f", float64(st.EarliestSVIDExpiry.UnixMilli())/1000))
-	wantMetric(t, m, "sigil_agent_degraded_since_seconds", fmt.Sprintf("%.3f", float64(st.DegradedSince.UnixMilli())/1000))
+	wantMetric(t, m, "sigil_agent_earliest_svid_expiry_seconds", float64(st.EarliestSVIDExpiry.UnixMilli())/1000)
+	wantMetric(t, m, "sigil_agent_degraded_since_seconds", float64(st.DegradedSince.UnixMilli())/1000)
 	waitFor(t, "degraded warning", func() bool { return logs.count(slog.LevelWarn, "Agent state: degraded") == 1 })
 
 	// Half a day at a time, the workload keeps getting its SVID...
@@ -161,10 +162,10 @@ func TestWeekLongOutage(t *testing.T) {
 	waitFor(t, "expired state", func() bool { return a.Status().State == manager.StateExpired })
 	expectReady(t, acfg, http.StatusServiceUnavailable, "expired")
 	m = scrapeMetrics(t, acfg)
-	wantMetric(t, m, `sigil_agent_state{state="expired"}`, "1")
-	wantMetric(t, m, `sigil_agent_state{state="degraded"}`, "0")
-	wantMetric(t, m, "sigil_agent_svids", "0")
-	wantMetric(t, m, "sigil_agent_earliest_svid_expiry_seconds", "0")
+	wantMetric(t, m, "sigil_agent_state", 1, "state", "expired")
+	wantMetric(t, m, "sigil_agent_state", 0, "state", "degraded")
+	wantMetric(t, m, "sigil_agent_svids", 0)
+	wantMetric(t, m, "sigil_agent_earliest_svid_expiry_seconds", 0)
 	waitFor(t, "expired error", func() bool { return logs.count(slog.LevelError, "Agent state: expired") == 1 })
 }
 
@@ -308,28 +309,23 @@ func expectReady(t *testing.T, cfg *config.Agent, code int, prefix string) {
 	}
 }
 
-// scrapeMetrics returns the samples of /metrics by name{labels}.
-func scrapeMetrics(t *testing.T, cfg *config.Agent) map[string]string {
+// scrapeMetrics scrapes the health listener's /metrics with the
+// Prometheus text parser.
+func scrapeMetrics(t *testing.T, cfg *config.Agent) telemetrytest.Samples {
 	t.Helper()
-	code, body := get(t, healthURL(cfg, agentapp.MetricsPath))
-	if code != http.StatusOK {
-		t.Fatalf("metrics: %d %s", code, body)
+	m, err := telemetrytest.Scrape(healthURL(cfg, agentapp.MetricsPath))
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
 	}
-	out := map[string]string{}
-	for _, line := range strings.Split(body, "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		out[line[:i]] = line[i+1:]
-	}
-	return out
+	return m
 }
 
-func wantMetric(t *testing.T, m map[string]string, name, value string) {
+// wantMetric checks the value of the sample of name with labels (name,
+// value pairs).
+func wantMetric(t *testing.T, m telemetrytest.Samples, name string, want float64, labels ...string) {
 	t.Helper()
-	if got, ok := m[name]; !ok || got != value {
-		t.Errorf("metric %s = %q (present %v), want %q", name, got, ok, value)
+	if got, ok := m.Value(name, labels...); !ok || got != want {
+		t.Errorf("metric %s%v = %v (present %v), want %v", name, labels, got, ok, want)
 	}
 }
 

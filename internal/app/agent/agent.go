@@ -35,6 +35,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/datadir"
 	"github.com/sigil-spiffe/sigil/internal/healthcheck"
+	"github.com/sigil-spiffe/sigil/internal/telemetry"
 	"github.com/sigil-spiffe/sigil/internal/version"
 )
 
@@ -52,6 +53,10 @@ type Agent struct {
 	mgr   *manager.Manager
 	ep    *endpoints.Endpoints
 	fsd   *fsdelivery.Delivery
+	// metrics is the agent's one registry, served on the health listener's
+	// MetricsPath and by exporter (telemetry.Prometheus), when configured.
+	metrics  *telemetry.Registry
+	exporter *telemetry.Exporter
 	// lock is data_dir's, held from New until Run returns (or Close).
 	lock *datadir.Lock
 	// plugins are the configured plugins, for the start-up log.
@@ -177,7 +182,31 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, clk: clk, cache: c, mgr: mgr, ep: ep, fsd: fsd, lock: lock, plugins: pre.plugins.Names(), closers: closers}, nil
+	reg := telemetry.NewRegistry(telemetry.AgentPrefix)
+	registerStatusMetrics(reg, mgr.Status)
+	var exporter *telemetry.Exporter
+	if p := cfg.Telemetry.Prometheus; p != nil {
+		exporter, err = telemetry.NewExporter(telemetry.ExporterConfig{
+			Addr: net.JoinHostPort(p.Host, strconv.Itoa(p.Port)), Registry: reg, Log: log.With("subsystem", "telemetry"),
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &Agent{cfg: cfg, log: log, clk: clk, cache: c, mgr: mgr, ep: ep, fsd: fsd, metrics: reg, exporter: exporter,
+		lock: lock, plugins: pre.plugins.Names(), closers: closers}, nil
+}
+
+// Metrics is the agent's metric registry.
+func (a *Agent) Metrics() *telemetry.Registry { return a.metrics }
+
+// MetricsAddr is the bound address of the telemetry Prometheus exporter
+// (nil when not configured or not yet listening).
+func (a *Agent) MetricsAddr() net.Addr {
+	if a.exporter == nil {
+		return nil
+	}
+	return a.exporter.Addr()
 }
 
 // Close releases what New took (the plugins' resources, the data_dir lock)
@@ -232,6 +261,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.cache.Run(ctx) })
 	g.Go(func() error { return a.ep.Run(ctx) })
+	if a.exporter != nil {
+		g.Go(func() error { return a.exporter.Run(ctx) })
+	}
 	// The manager (which may attest, consuming a join token) starts once
 	// the Workload API socket is ours: an agent refused its socket (another
 	// agent serves on it) stops without having contacted the server.
@@ -258,7 +290,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) serveHealth(ctx context.Context, hc config.HealthChecks) error {
 	handlers := map[string]http.Handler{}
 	if MetricsPath != hc.LivePath && MetricsPath != hc.ReadyPath {
-		handlers[MetricsPath] = metricsHandler(a.mgr.Status)
+		handlers[MetricsPath] = a.metrics.Handler()
 	} else {
 		a.log.Warn("health_checks: a probe path is "+MetricsPath+"; metrics are not served", "live_path", hc.LivePath, "ready_path", hc.ReadyPath)
 	}

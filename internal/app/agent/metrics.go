@@ -1,75 +1,56 @@
 package agent
 
 import (
-	"bufio"
 	"fmt"
-	"io"
-	"net/http"
 	"time"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
+	"github.com/sigil-spiffe/sigil/internal/telemetry"
 )
 
-// MetricsPath is where the health listener serves the agent's metrics.
+// MetricsPath is where the health listener serves the agent's metrics
+// (the same registry as the telemetry Prometheus exporter).
 const MetricsPath = "/metrics"
 
-// metricsHandler serves the agent state in the Prometheus text exposition
-// format (version 0.0.4), written by hand: the agent stays free of a
-// metrics library.
-func metricsHandler(status func() manager.Status) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
+// agentStates are the values of sigil_agent_state's state label.
+var agentStates = []manager.State{manager.StateConnected, manager.StateDegraded, manager.StateExpired, manager.StateRevoked}
+
+// registerStatusMetrics registers the agent state gauges, computed from one
+// status snapshot per scrape. Timestamps are Unix seconds; 0 means "none"
+// (not degraded, no SVID, never synced).
+func registerStatusMetrics(reg *telemetry.Registry, status func() manager.Status) {
+	reg.GaugeSet([]telemetry.Desc{
+		{Name: "sigil_agent_connected", Help: "1 while a session with the server is established, else 0."},
+		{Name: "sigil_agent_state", Help: "1 for the agent's current state: connected, degraded (serving cached SVIDs, server unreachable), expired (nothing valid left to serve) or revoked (the server refused the agent: banned, evicted or its re-attestation refused; serving nothing).", Labels: []string{"state"}},
+		{Name: "sigil_agent_degraded_since_seconds", Help: "Unix time since when the server has been unreachable; 0 while connected."},
+		{Name: "sigil_agent_earliest_svid_expiry_seconds", Help: "Unix time at which the first served workload X509-SVID expires; 0 when none is served."},
+		{Name: "sigil_agent_svids", Help: "Number of unexpired workload X509-SVIDs the agent serves."},
+		{Name: "sigil_agent_last_sync_timestamp_seconds", Help: "Unix time of the last completed sync with the server; 0 if none since start."},
+		{Name: "sigil_agent_agent_svid_expiry_seconds", Help: "Unix time at which the agent's own SVID expires; 0 before attestation."},
+	}, func() map[string][]telemetry.Sample {
+		st := status()
+		b := func(v bool) float64 {
+			if v {
+				return 1
+			}
+			return 0
 		}
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		if r.Method == http.MethodHead {
-			return
+		one := func(v float64) []telemetry.Sample { return []telemetry.Sample{{Value: v}} }
+		states := make([]telemetry.Sample, 0, len(agentStates))
+		for _, s := range agentStates {
+			states = append(states, telemetry.Sample{Labels: []string{string(s)}, Value: b(st.State == s)})
 		}
-		_ = writeMetrics(w, status())
+		return map[string][]telemetry.Sample{
+			"sigil_agent_connected":                    one(b(st.Connected)),
+			"sigil_agent_state":                        states,
+			"sigil_agent_degraded_since_seconds":       one(telemetry.UnixSeconds(st.DegradedSince)),
+			"sigil_agent_earliest_svid_expiry_seconds": one(telemetry.UnixSeconds(st.EarliestSVIDExpiry)),
+			"sigil_agent_svids":                        one(float64(st.SVIDs)),
+			"sigil_agent_last_sync_timestamp_seconds":  one(telemetry.UnixSeconds(st.LastSync)),
+			"sigil_agent_agent_svid_expiry_seconds":    one(telemetry.UnixSeconds(st.AgentSVIDExpiresAt)),
+		}
 	})
-}
-
-// writeMetrics writes st as Prometheus gauges. Timestamps are Unix
-// seconds; 0 means "none" (not degraded, no SVID, never synced).
-func writeMetrics(w io.Writer, st manager.Status) error {
-	bw := bufio.NewWriter(w)
-	gauge := func(name, help string) {
-		fmt.Fprintf(bw, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name)
-	}
-	b := func(v bool) int {
-		if v {
-			return 1
-		}
-		return 0
-	}
-	gauge("sigil_agent_connected", "1 while a session with the server is established, else 0.")
-	fmt.Fprintf(bw, "sigil_agent_connected %d\n", b(st.Connected))
-	gauge("sigil_agent_state", "1 for the agent's current state: connected, degraded (serving cached SVIDs, server unreachable), expired (nothing valid left to serve) or revoked (the server refused the agent: banned, evicted or its re-attestation refused; serving nothing).")
-	for _, s := range []manager.State{manager.StateConnected, manager.StateDegraded, manager.StateExpired, manager.StateRevoked} {
-		fmt.Fprintf(bw, "sigil_agent_state{state=%q} %d\n", string(s), b(st.State == s))
-	}
-	gauge("sigil_agent_degraded_since_seconds", "Unix time since when the server has been unreachable; 0 while connected.")
-	fmt.Fprintf(bw, "sigil_agent_degraded_since_seconds %s\n", unixSeconds(st.DegradedSince))
-	gauge("sigil_agent_earliest_svid_expiry_seconds", "Unix time at which the first served workload X509-SVID expires; 0 when none is served.")
-	fmt.Fprintf(bw, "sigil_agent_earliest_svid_expiry_seconds %s\n", unixSeconds(st.EarliestSVIDExpiry))
-	gauge("sigil_agent_svids", "Number of unexpired workload X509-SVIDs the agent serves.")
-	fmt.Fprintf(bw, "sigil_agent_svids %d\n", st.SVIDs)
-	gauge("sigil_agent_last_sync_timestamp_seconds", "Unix time of the last completed sync with the server; 0 if none since start.")
-	fmt.Fprintf(bw, "sigil_agent_last_sync_timestamp_seconds %s\n", unixSeconds(st.LastSync))
-	gauge("sigil_agent_agent_svid_expiry_seconds", "Unix time at which the agent's own SVID expires; 0 before attestation.")
-	fmt.Fprintf(bw, "sigil_agent_agent_svid_expiry_seconds %s\n", unixSeconds(st.AgentSVIDExpiresAt))
-	return bw.Flush()
-}
-
-// unixSeconds formats t as Unix seconds with millisecond precision, "0"
-// for the zero time.
-func unixSeconds(t time.Time) string {
-	if t.IsZero() {
-		return "0"
-	}
-	return fmt.Sprintf("%.3f", float64(t.UnixMilli())/1000)
 }
 
 // readiness is the ready probe: ready while the agent can serve (connected,

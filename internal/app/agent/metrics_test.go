@@ -1,77 +1,56 @@
 package agent
 
 import (
-	"bufio"
 	"net/http"
 	"net/http/httptest"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
+	"github.com/sigil-spiffe/sigil/internal/telemetry"
+	"github.com/sigil-spiffe/sigil/internal/telemetry/telemetrytest"
 )
 
-var sampleLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*"\})? (\S+)$`)
-
-// parseExposition checks the Prometheus text format (every sample's
-// metric has HELP and TYPE lines before it) and returns sample values by
-// name{labels}.
-func parseExposition(t *testing.T, text string) map[string]float64 {
-	t.Helper()
-	typed := map[string]bool{}
-	helped := map[string]bool{}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(text))
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "# HELP "):
-			f := strings.SplitN(strings.TrimPrefix(line, "# HELP "), " ", 2)
-			if len(f) != 2 || f[1] == "" {
-				t.Fatalf("bad HELP line %q", line)
-			}
-			helped[f[0]] = true
-		case strings.HasPrefix(line, "# TYPE "):
-			f := strings.Fields(strings.TrimPrefix(line, "# TYPE "))
-			if len(f) != 2 || f[1] != "gauge" {
-				t.Fatalf("bad TYPE line %q", line)
-			}
-			typed[f[0]] = true
-		default:
-			m := sampleLine.FindStringSubmatch(line)
-			if m == nil {
-				t.Fatalf("malformed sample line %q", line)
-			}
-			if !typed[m[1]] || !helped[m[1]] {
-				t.Fatalf("sample %q before its HELP/TYPE", line)
-			}
-			v, err := strconv.ParseFloat(m[3], 64)
-			if err != nil {
-				t.Fatalf("sample %q: %v", line, err)
-			}
-			key := m[1] + m[2]
-			if _, dup := out[key]; dup {
-				t.Fatalf("duplicate sample %s", key)
-			}
-			out[key] = v
-		}
-	}
-	return out
-}
-
+// scrape serves the status gauges of st through a registry's handler and
+// parses the answer with the Prometheus text parser, returning sample
+// values by name{labels}.
 func scrape(t *testing.T, st manager.Status) map[string]float64 {
 	t.Helper()
+	reg := telemetry.NewRegistry(telemetry.AgentPrefix)
+	registerStatusMetrics(reg, func() manager.Status { return st })
 	rr := httptest.NewRecorder()
-	metricsHandler(func() manager.Status { return st }).ServeHTTP(rr, httptest.NewRequest(http.MethodGet, MetricsPath, nil))
+	reg.Handler().ServeHTTP(rr, httptest.NewRequest(http.MethodGet, MetricsPath, nil))
 	if rr.Code != http.StatusOK {
 		t.Fatalf("GET %s: %d", MetricsPath, rr.Code)
 	}
 	if ct := rr.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
 		t.Fatalf("Content-Type %q", ct)
 	}
-	return parseExposition(t, rr.Body.String())
+	fams, err := telemetrytest.Parse(rr.Body.String())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, rr.Body.String())
+	}
+	out := map[string]float64{}
+	for name, f := range fams {
+		if !strings.HasPrefix(name, telemetry.AgentPrefix) {
+			continue // go_*, process_*
+		}
+		if f.GetType() != dto.MetricType_GAUGE || f.GetHelp() == "" {
+			t.Fatalf("%s: type %s, help %q", name, f.GetType(), f.GetHelp())
+		}
+		for _, m := range f.GetMetric() {
+			key := name
+			if ls := m.GetLabel(); len(ls) > 0 {
+				key += "{" + ls[0].GetName() + "=" + strconv.Quote(ls[0].GetValue()) + "}"
+			}
+			out[key] = m.GetGauge().GetValue()
+		}
+	}
+	return out
 }
 
 func TestMetricsByState(t *testing.T) {
@@ -115,14 +94,6 @@ func TestMetricsByState(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestMetricsMethod(t *testing.T) {
-	rr := httptest.NewRecorder()
-	metricsHandler(func() manager.Status { return manager.Status{} }).ServeHTTP(rr, httptest.NewRequest(http.MethodPost, MetricsPath, nil))
-	if rr.Code != http.StatusMethodNotAllowed {
-		t.Fatalf("POST: %d", rr.Code)
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
+	"github.com/sigil-spiffe/sigil/internal/telemetry"
 )
 
 // Server is an assembled, not yet running sigil-server.
@@ -42,6 +43,10 @@ type Server struct {
 	cache *entrycache.Cache
 	svid  *serverSVID
 	ep    *endpoints.Endpoints
+	// metrics is the server's one registry; exporter serves it when
+	// telemetry.Prometheus is configured.
+	metrics  *telemetry.Registry
+	exporter *telemetry.Exporter
 	// upstream is the UpstreamAuthority when it holds resources ("spire":
 	// the CA's Run drives it), nil otherwise; Run and Close release it.
 	upstream io.Closer
@@ -200,7 +205,17 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, lock: lock}
+	reg := telemetry.NewRegistry(telemetry.ServerPrefix)
+	var exporter *telemetry.Exporter
+	if p := cfg.Telemetry.Prometheus; p != nil {
+		exporter, err = telemetry.NewExporter(telemetry.ExporterConfig{
+			Addr: net.JoinHostPort(p.Host, strconv.Itoa(p.Port)), Registry: reg, Log: log.With("subsystem", "telemetry"),
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, metrics: reg, exporter: exporter, lock: lock}
 	srv.upstream, _ = pre.upstream.(io.Closer)
 	return srv, nil
 }
@@ -212,6 +227,18 @@ func nodeAttestors(in map[string]servercatalog.NodeAttestor) map[string]agentapi
 		out[name] = a
 	}
 	return out
+}
+
+// Metrics is the server's metric registry.
+func (s *Server) Metrics() *telemetry.Registry { return s.metrics }
+
+// MetricsAddr is the bound address of the telemetry Prometheus exporter
+// (nil when not configured or not yet listening).
+func (s *Server) MetricsAddr() net.Addr {
+	if s.exporter == nil {
+		return nil
+	}
+	return s.exporter.Addr()
 }
 
 // Ready is closed once both listeners accept connections.
@@ -234,6 +261,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.svid.Run(ctx) })
 	g.Go(func() error { return s.ep.Run(ctx) })
 	g.Go(func() error { return s.prune(ctx) })
+	if s.exporter != nil {
+		g.Go(func() error { return s.exporter.Run(ctx) })
+	}
 	if hc := s.cfg.HealthChecks; hc.ListenerEnabled {
 		g.Go(func() error { return s.serveHealth(ctx, hc) })
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -102,8 +103,11 @@ func TestValidateMakesRunsChecks(t *testing.T) {
 			return strings.Replace(s, "plugins {\n", "plugins {\n    UpstreamAuthority \"disk\" {\n        plugin_data {\n            cert_file_path = \"/nonexistent/up.crt\"\n            key_file_path = \"/nonexistent/up.key\"\n        }\n    }\n", 1)
 		}, "/nonexistent/up.crt"},
 		{"unsupported database_type", func(s string) string {
-			return strings.Replace(s, `database_type = "sqlite3"`, `database_type = "postgres"`, 1)
-		}, `database_type "postgres" is not supported`},
+			return strings.Replace(s, `database_type = "sqlite3"`, `database_type = "mysql"`, 1)
+		}, `database_type "mysql" is not supported`},
+		{"unparsable PostgreSQL connection_string", func(s string) string {
+			return postgresAt(s, "host=db port=notaport")
+		}, `{conf}:15: plugin DataStore "sql": connection_string does not parse: `},
 		{"ca_ttl under a minute", func(s string) string {
 			return strings.Replace(s, "server {\n", "server {\n    ca_ttl = \"30s\"\n", 1)
 		}, "ca_ttl 30s is too short"},
@@ -162,6 +166,37 @@ func TestValidateWarnsAndAccepts(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data")); !os.IsNotExist(err) {
 		t.Errorf("validate created data_dir (stat: %v)", err)
+	}
+}
+
+// postgresAt switches serverConf's DataStore to PostgreSQL at conn.
+func postgresAt(src, conn string) string {
+	src = strings.Replace(src, `database_type = "sqlite3"`, `database_type = "postgres"`, 1)
+	i := strings.Index(src, "connection_string = ")
+	j := i + strings.Index(src[i:], "\n")
+	return src[:i] + "connection_string = " + strconv.Quote(conn) + src[j:]
+}
+
+// TestValidatePostgresDoesNotConnect: like spire-server validate, validate
+// checks that a PostgreSQL connection string parses but does not connect
+// (run does, and fails on an unreachable database).
+func TestValidatePostgresDoesNotConnect(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "server.conf")
+	src := postgresAt(serverConf(filepath.Join(dir, "data"), 24*time.Hour), "host=127.0.0.1 port=1 dbname=sigil user=sigil password=hunter2 connect_timeout=5")
+	if err := os.WriteFile(conf, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCmd(t, "validate", "-config", conf)
+	if code != 0 || !strings.Contains(stdout, "is valid") {
+		t.Fatalf("validate: exit %d, stdout %q, stderr %q; want valid", code, stdout, stderr)
+	}
+	code, _, stderr = runCmd(t, "run", "-config", conf, "-logFormat", "json")
+	if code != 1 || !strings.Contains(startError(t, stderr), "connect to PostgreSQL (host=127.0.0.1 port=1 dbname=sigil user=sigil)") {
+		t.Fatalf("run: exit %d, stderr %s; want a connection failure naming the database", code, stderr)
+	}
+	if strings.Contains(stderr, "hunter2") {
+		t.Errorf("run logged the password: %s", stderr)
 	}
 }
 

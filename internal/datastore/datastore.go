@@ -378,6 +378,22 @@ type CAJournalStore interface {
 	SetCAJournal(ctx context.Context, name string, data []byte) error
 }
 
+type staleKey struct{}
+
+// TolerateStale marks ctx: the store may serve the reads made with it from a
+// read replica that lags the primary (PostgreSQL's ro_connection_string).
+// For reads whose result is only shown (admin listings), never for a read
+// an authorization or a read-your-write depends on.
+func TolerateStale(ctx context.Context) context.Context {
+	return context.WithValue(ctx, staleKey{}, true)
+}
+
+// StaleTolerated reports whether ctx was marked with TolerateStale.
+func StaleTolerated(ctx context.Context) bool {
+	v, _ := ctx.Value(staleKey{}).(bool)
+	return v
+}
+
 // DataStore is everything a store offers. Components take the narrower
 // interfaces above (or declare their own subsets).
 type DataStore interface {

@@ -65,8 +65,14 @@ func TestParseRefuses(t *testing.T) {
 			confWith("plugins {\n  UpstreamAuthority \"disk\" {\n    plugin_data {\n      cert_file_path = \"c\"\n      key_file_path = \"k\"\n      mode = \"0600\"\n    }\n  }\n}\n"),
 			[]string{`server.conf:19: unknown key "mode" in plugin_data of plugin UpstreamAuthority "disk"`}},
 		{"unsupported sql plugin_data key",
+			strings.Replace(confWith(""), `connection_string = "ds.sqlite3"`, "connection_string = \"ds.sqlite3\"\n            disable_migration = true", 1),
+			[]string{`server.conf:10: unsupported key "disable_migration" in plugin_data of plugin DataStore "sql": a SPIRE option Sigil does not implement`}},
+		{"pool size on sqlite",
 			strings.Replace(confWith(""), `connection_string = "ds.sqlite3"`, "connection_string = \"ds.sqlite3\"\n            max_open_conns = 10", 1),
-			[]string{`server.conf:10: unsupported key "max_open_conns" in plugin_data of plugin DataStore "sql": a SPIRE option Sigil does not implement`}},
+			[]string{`server.conf:10: plugin DataStore "sql": max_open_conns applies to database_type "postgres" only`}},
+		{"ro_connection_string on sqlite",
+			strings.Replace(confWith(""), `connection_string = "ds.sqlite3"`, "connection_string = \"ds.sqlite3\"\n            ro_connection_string = \"ro.sqlite3\"", 1),
+			[]string{`server.conf:10: plugin DataStore "sql": ro_connection_string applies to database_type "postgres" only`}},
 		{"plugin_data value of the wrong type",
 			strings.Replace(confWith(""), `connection_string = "ds.sqlite3"`, `connection_string = ["ds.sqlite3"]`, 1),
 			[]string{`server.conf:9: invalid value for "connection_string" in plugin_data of plugin DataStore "sql": expected a string, got a list`}},
@@ -94,10 +100,22 @@ func TestParseRefuses(t *testing.T) {
 			[]string{`server.conf:21: plugin UpstreamAuthority "spire": only one UpstreamAuthority plugin may be configured ("disk" is on line 15)`}},
 		{"mysql",
 			strings.Replace(confWith(""), `"sqlite3"`, `"mysql"`, 1),
-			[]string{`server.conf:8: plugin DataStore "sql": database_type "mysql" is not supported (want "sqlite3")`}},
-		{"postgres",
-			strings.Replace(confWith(""), `"sqlite3"`, `"postgres"`, 1),
-			[]string{`server.conf:8: plugin DataStore "sql": database_type "postgres" is not supported yet (use "sqlite3")`}},
+			[]string{`server.conf:8: plugin DataStore "sql": database_type "mysql" is not supported (want "sqlite3" or "postgres")`}},
+		{"postgres connection string",
+			postgresConf(`connection_string = "host=db port=x password=hunter2"`),
+			[]string{`server.conf:9: plugin DataStore "sql": connection_string does not parse: `}},
+		{"postgres ro_connection_string",
+			postgresConf(`ro_connection_string = "postgres://u:hunter2@db:5432:1/x"`),
+			[]string{`server.conf:10: plugin DataStore "sql": ro_connection_string does not parse: `}},
+		{"postgres pool size",
+			postgresConf(`max_idle_conns = -1`),
+			[]string{`server.conf:10: plugin DataStore "sql": max_idle_conns = -1 is out of range (0 to 10000)`}},
+		{"postgres conn_max_lifetime",
+			postgresConf(`conn_max_lifetime = "forever"`),
+			[]string{`server.conf:10: invalid value for "conn_max_lifetime" in plugin_data of plugin DataStore "sql": "forever" is not a duration`}},
+		{"postgres sqlite_synchronous",
+			postgresConf(`sqlite_synchronous = "full"`),
+			[]string{`server.conf:10: plugin DataStore "sql": sqlite_synchronous applies to database_type "sqlite3" only`}},
 		{"no DataStore",
 			"server {\n trust_domain = \"a.org\"\n data_dir = \"d\"\n}\nplugins {\n KeyManager \"memory\" {}\n}\n",
 			[]string{`server.conf: exactly one DataStore plugin must be configured: DataStore "sql"`}},
@@ -142,8 +160,22 @@ func TestParseRefuses(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := parse(t, c.src)
 			wantErr(t, err, c.want...)
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("error %q repeats a password", err)
+			}
 		})
 	}
+}
+
+// postgresConf is confWith("") with database_type "postgres", a valid
+// connection_string, and line (one key = value) after it, on line 10 (it
+// replaces the connection_string line when it sets connection_string).
+func postgresConf(line string) string {
+	src := strings.Replace(confWith(""), `"sqlite3"`, `"postgres"`, 1)
+	if strings.HasPrefix(line, "connection_string") {
+		return strings.Replace(src, `connection_string = "ds.sqlite3"`, line, 1)
+	}
+	return strings.Replace(src, `connection_string = "ds.sqlite3"`, "connection_string = \"dbname=sigil host=db.example user=sigil\"\n            "+line, 1)
 }
 
 // TestParseReportsEveryError: one run names every problem of the plugins
@@ -153,7 +185,7 @@ func TestParseReportsEveryError(t *testing.T) {
 	src = strings.Replace(src, `"sqlite3"`, `"mysql"`, 1)
 	_, err := parse(t, src)
 	want := []string{
-		`server.conf:8: plugin DataStore "sql": database_type "mysql" is not supported (want "sqlite3")`,
+		`server.conf:8: plugin DataStore "sql": database_type "mysql" is not supported (want "sqlite3" or "postgres")`,
 		`server.conf:15: unknown plugin NodeAttestor "nonesuch"`,
 		`server.conf:17: plugin UpstreamAuthority "disk": cert_file_path must be configured`,
 		`server.conf:17: plugin UpstreamAuthority "disk": key_file_path must be configured`,

@@ -35,7 +35,9 @@ func (s *Store) AttestNode(ctx context.Context, a *datastore.NodeAttestation) (*
 				return fmt.Errorf("consume join token: %w", err)
 			}
 		}
-		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{n.SPIFFEID}, "")
+		// Locked until the commit: a ban racing this attestation is
+		// either seen here (ErrBanned) or made after it.
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{n.SPIFFEID}, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}

@@ -3,7 +3,6 @@ package sqlstore
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"errors"
 	"reflect"
 	"sync"
@@ -13,8 +12,8 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
 
-func TestAttestNode(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestAttestNode(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	hash := sha256.Sum256([]byte("token"))
 	if err := s.CreateJoinToken(ctx, &datastore.JoinToken{Hash: hash, ExpiresAt: t0.Unix() + 60}); err != nil {
@@ -104,22 +103,15 @@ func TestAttestNode(t *testing.T) {
 
 // A failure inside the transaction, after the token was deleted, leaves
 // the token in place and no node behind.
-func TestAttestNodeIsOneTransaction(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestAttestNodeIsOneTransaction(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	hash := sha256.Sum256([]byte("token"))
 	if err := s.CreateJoinToken(ctx, &datastore.JoinToken{Hash: hash, ExpiresAt: t0.Unix() + 60}); err != nil {
 		t.Fatal(err)
 	}
 	// Fail the last statement of the transaction (the node event).
-	db, err := sql.Open("sqlite", f.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.ExecContext(ctx, `CREATE TRIGGER fail_event BEFORE INSERT ON node_events BEGIN SELECT RAISE(ABORT, 'injected failure'); END`); err != nil {
-		t.Fatal(err)
-	}
+	f.exec(t, f.b.failInserts("node_events"))
 	a := &datastore.NodeAttestation{JoinToken: &hash, ValidAt: t0.Unix(),
 		Node: &datastore.AttestedNode{SPIFFEID: "spiffe://td/a", AttestationType: "join_token", CertSerial: "1", Selectors: sels("a:b")}}
 	if _, err := s.AttestNode(ctx, a); err == nil {
@@ -134,9 +126,7 @@ func TestAttestNodeIsOneTransaction(t *testing.T) {
 	if got, err := s.nodeSelectors(ctx, s.r, "spiffe://td/a"); err != nil || len(got) != 0 {
 		t.Fatalf("selectors left by a failed transaction: %v, %v", got, err)
 	}
-	if _, err := db.ExecContext(ctx, `DROP TRIGGER fail_event`); err != nil {
-		t.Fatal(err)
-	}
+	f.exec(t, f.b.unfail("node_events"))
 	if _, err := s.AttestNode(ctx, a); err != nil {
 		t.Fatalf("after the failure cleared: %v", err)
 	}
@@ -150,8 +140,8 @@ func TestAttestNodeIsOneTransaction(t *testing.T) {
 	}
 }
 
-func TestAttestNodeTokenUsedOnce(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestAttestNodeTokenUsedOnce(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	hash := sha256.Sum256([]byte("token"))
 	if err := s.CreateJoinToken(ctx, &datastore.JoinToken{Hash: hash, ExpiresAt: t0.Unix() + 60}); err != nil {
@@ -179,8 +169,8 @@ func TestAttestNodeTokenUsedOnce(t *testing.T) {
 
 // TestAttestNodeMustBeNew: an attestation that may not re-attest records
 // nothing, and consumes no token, for a node already on record.
-func TestAttestNodeMustBeNew(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestAttestNodeMustBeNew(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	id := "spiffe://td/spire/agent/tofu/a"
 	if _, err := s.AttestNode(ctx, &datastore.NodeAttestation{MustBeNew: true,

@@ -90,11 +90,12 @@ func nextSequence(stored uint64, given uint64) uint64 {
 	return max(stored+1, given)
 }
 
-// getBundle reads a bundle inside tx; nil when absent.
-func (s *Store) getBundle(ctx context.Context, q queryer, td string) (*datastore.Bundle, error) {
+// getBundle reads a bundle; nil when absent. lock is "" or the dialect's
+// forUpdate (a write transaction about to change the bundle).
+func (s *Store) getBundle(ctx context.Context, q queryer, td, lock string) (*datastore.Bundle, error) {
 	var data []byte
 	var seq int64
-	err := q.QueryRowContext(ctx, s.q("SELECT data, sequence_number FROM bundles WHERE trust_domain = ?"), td).Scan(&data, &seq)
+	err := q.QueryRowContext(ctx, s.q("SELECT data, sequence_number FROM bundles WHERE trust_domain = ?"+lock), td).Scan(&data, &seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -166,7 +167,7 @@ func (s *Store) CreateBundle(ctx context.Context, b *datastore.Bundle) (*datasto
 	}
 	var out *datastore.Bundle
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		old, err := s.getBundle(ctx, tx, b.TrustDomain)
+		old, err := s.getBundle(ctx, tx, b.TrustDomain, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}
@@ -184,7 +185,7 @@ func (s *Store) CreateBundle(ctx context.Context, b *datastore.Bundle) (*datasto
 
 // GetBundle returns the bundle of the trust domain (ErrNotFound if absent).
 func (s *Store) GetBundle(ctx context.Context, trustDomain string) (*datastore.Bundle, error) {
-	b, err := s.getBundle(ctx, s.r, trustDomain)
+	b, err := s.getBundle(ctx, s.r, trustDomain, "")
 	if err != nil {
 		return nil, fmt.Errorf("get bundle: %w", err)
 	}
@@ -206,7 +207,7 @@ func (s *Store) ListBundles(ctx context.Context, p datastore.Page) ([]*datastore
 	}
 	limit, largs := limitClause(p)
 	var out []*datastore.Bundle
-	err = scanRows(ctx, s.r, s.q("SELECT trust_domain, data, sequence_number FROM bundles"+w.sql()+" ORDER BY trust_domain"+limit),
+	err = scanRows(ctx, s.reader(ctx), s.q("SELECT trust_domain, data, sequence_number FROM bundles"+w.sql()+" ORDER BY trust_domain"+limit),
 		append(w.args, largs...), func(r *sql.Rows) error {
 			var td string
 			var data []byte
@@ -235,7 +236,7 @@ func (s *Store) ListBundles(ctx context.Context, p datastore.Page) ([]*datastore
 // CountBundles counts the stored bundles.
 func (s *Store) CountBundles(ctx context.Context) (int, error) {
 	var n int
-	if err := s.r.QueryRowContext(ctx, "SELECT COUNT(*) FROM bundles").Scan(&n); err != nil {
+	if err := s.reader(ctx).QueryRowContext(ctx, "SELECT COUNT(*) FROM bundles").Scan(&n); err != nil {
 		return 0, fmt.Errorf("count bundles: %w", err)
 	}
 	return n, nil
@@ -249,7 +250,7 @@ func (s *Store) UpdateBundle(ctx context.Context, b *datastore.Bundle) (*datasto
 	}
 	var out *datastore.Bundle
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		old, err := s.getBundle(ctx, tx, b.TrustDomain)
+		old, err := s.getBundle(ctx, tx, b.TrustDomain, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}
@@ -272,7 +273,7 @@ func (s *Store) SetBundle(ctx context.Context, b *datastore.Bundle) (*datastore.
 	}
 	var out *datastore.Bundle
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		old, err := s.getBundle(ctx, tx, b.TrustDomain)
+		old, err := s.getBundle(ctx, tx, b.TrustDomain, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}
@@ -295,7 +296,7 @@ func (s *Store) AppendBundle(ctx context.Context, b *datastore.Bundle) (*datasto
 	}
 	var out *datastore.Bundle
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		old, err := s.getBundle(ctx, tx, b.TrustDomain)
+		old, err := s.getBundle(ctx, tx, b.TrustDomain, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}
@@ -355,6 +356,12 @@ func hasJWTKey(ks []datastore.JWTKey, kid string) bool {
 // absent, ErrBundleInUse (changing nothing) while entries federate with it.
 func (s *Store) DeleteBundle(ctx context.Context, trustDomain string) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		// Lock the bundle first (PostgreSQL): an entry write that checked
+		// it holds it FOR SHARE until it commits, so the count below sees
+		// every entry that federates with it.
+		if _, err := s.getBundle(ctx, tx, trustDomain, s.dialect.forUpdate); err != nil {
+			return err
+		}
 		var uses int
 		if err := tx.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM entry_federates_with WHERE trust_domain = ?"), trustDomain).Scan(&uses); err != nil {
 			return fmt.Errorf("count federated entries: %w", err)
@@ -392,7 +399,8 @@ var ErrPruneWouldEmptyBundle = errors.New("pruning would leave the bundle withou
 func (s *Store) PruneBundle(ctx context.Context, trustDomain string, before time.Time) (bool, error) {
 	changed := false
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		old, err := s.getBundle(ctx, tx, trustDomain)
+		changed = false
+		old, err := s.getBundle(ctx, tx, trustDomain, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}

@@ -19,8 +19,8 @@ func caCert(t *testing.T, serial int64, notAfter time.Time) []byte {
 		testca.Validity(notAfter.Add(-48*time.Hour), notAfter), testca.KeyUsage(x509.KeyUsageCertSign))
 }
 
-func TestBundleCRUD(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestBundleCRUD(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	ca1 := caCert(t, 1, t0.Add(time.Hour))
 	b := &datastore.Bundle{
@@ -129,8 +129,8 @@ func TestBundleCRUD(t *testing.T) {
 	}
 }
 
-func TestAppendBundle(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestAppendBundle(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	ca1 := caCert(t, 1, t0.Add(time.Hour))
 	ca2 := caCert(t, 2, t0.Add(2*time.Hour))
@@ -169,8 +169,8 @@ func TestAppendBundle(t *testing.T) {
 	}
 }
 
-func TestPruneBundle(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestPruneBundle(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	old := caCert(t, 1, t0.Add(time.Hour))
 	cur := caCert(t, 2, t0.Add(3*time.Hour))
@@ -224,8 +224,8 @@ func TestPruneBundle(t *testing.T) {
 
 // TestBundleSequenceNumberOutOfRange: a sequence number the INTEGER column
 // cannot hold is ErrOutOfRange and changes nothing.
-func TestBundleSequenceNumberOutOfRange(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestBundleSequenceNumberOutOfRange(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	if _, err := s.SetBundle(ctx, &datastore.Bundle{TrustDomain: "fed.org", SequenceNumber: 1 << 63}); !errors.Is(err, datastore.ErrOutOfRange) {
 		t.Fatalf("set with 2^63: %v, want ErrOutOfRange", err)

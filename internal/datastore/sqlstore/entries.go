@@ -127,6 +127,11 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 		prepared[i] = &preparedEntry{e: e, key: dupKey(e.SPIFFEID, e.ParentID, e.Selectors)}
 	}
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		for i, p := range prepared {
+			if p != nil {
+				results[i] = datastore.EntryResult{} // a retried transaction starts over
+			}
+		}
 		// Which IDs and duplicate keys exist already: a few IN queries for
 		// the whole batch instead of lookups per entry.
 		var ids, spiffeIDs []string
@@ -153,7 +158,9 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 				feds = append(feds, p.e.FederatesWith...)
 			}
 		}
-		bundles, err := s.existing(ctx, tx, "SELECT trust_domain FROM bundles WHERE trust_domain IN (%s)", dedupeStrings(feds))
+		// Locked until the commit (PostgreSQL): a racing DeleteBundle
+		// waits, then sees these entries.
+		bundles, err := s.existing(ctx, tx, "SELECT trust_domain FROM bundles WHERE trust_domain IN (%s)"+s.dialect.forShare, dedupeStrings(feds))
 		if err != nil {
 			return err
 		}
@@ -178,8 +185,15 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 				results[i].Err = err
 				continue
 			}
-			if err := ins.insert(ctx, p.e, p.key); err != nil {
+			inserted, err := ins.insert(ctx, p.e, p.key)
+			if err != nil {
 				return fmt.Errorf("create entry %s: %w", clip.Quote(p.e.ID), err)
+			}
+			if !inserted {
+				// Another writer committed the ID or the duplicate
+				// meanwhile (PostgreSQL; SQLite writers are serialized).
+				results[i].Err = s.conflictError(ctx, tx, p)
+				continue
 			}
 			takenIDs[p.e.ID] = true
 			takenKeys[p.key] = true
@@ -254,8 +268,11 @@ func newEntryInserter(ctx context.Context, s *Store, tx *sql.Tx) (*entryInserter
 		st, err = tx.PrepareContext(ctx, s.q(q))
 		return st
 	}
+	// ON CONFLICT DO NOTHING: an entry a concurrent writer took (ID or
+	// duplicate key) is that entry's ErrAlreadyExists, not the batch's
+	// failure.
 	ins.entry = prep(`INSERT INTO entries (id, spiffe_id, parent_id, dup_key, x509_svid_ttl, jwt_svid_ttl, admin, downstream, hint, store_svid, expires_at, created_at, revision)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
 	ins.sel = prep("INSERT INTO entry_selectors (entry_id, type, value) VALUES (?, ?, ?)")
 	ins.dns = prep("INSERT INTO entry_dns_names (entry_id, pos, name) VALUES (?, ?, ?)")
 	ins.fed = prep("INSERT INTO entry_federates_with (entry_id, trust_domain) VALUES (?, ?)")
@@ -275,16 +292,33 @@ func (ins *entryInserter) close() {
 	}
 }
 
-func (ins *entryInserter) insert(ctx context.Context, e *datastore.Entry, key string) error {
-	if _, err := ins.entry.ExecContext(ctx, e.ID, e.SPIFFEID, e.ParentID, key, e.X509SVIDTTL, e.JWTSVIDTTL,
-		e.Admin, e.Downstream, e.Hint, e.StoreSVID, e.ExpiresAt, e.CreatedAt, e.RevisionNumber); err != nil {
-		return err
+// insert writes the entry, its child rows and its event; inserted is false
+// (and nothing written) when the ID or the duplicate key is taken.
+func (ins *entryInserter) insert(ctx context.Context, e *datastore.Entry, key string) (inserted bool, err error) {
+	res, err := ins.entry.ExecContext(ctx, e.ID, e.SPIFFEID, e.ParentID, key, e.X509SVIDTTL, e.JWTSVIDTTL,
+		e.Admin, e.Downstream, e.Hint, e.StoreSVID, e.ExpiresAt, e.CreatedAt, e.RevisionNumber)
+	if err != nil {
+		return false, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return false, err
 	}
 	if err := ins.children(ctx, e); err != nil {
-		return err
+		return false, err
 	}
-	_, err := ins.event.ExecContext(ctx, e.ID, int(datastore.EntryCreated), ins.now)
-	return err
+	_, err = ins.event.ExecContext(ctx, e.ID, int(datastore.EntryCreated), ins.now)
+	return err == nil, err
+}
+
+// conflictError is the ErrAlreadyExists of an entry whose insert found its
+// ID or duplicate key taken.
+func (s *Store) conflictError(ctx context.Context, tx *sql.Tx, p *preparedEntry) error {
+	var one int
+	err := tx.QueryRowContext(ctx, s.q("SELECT 1 FROM entries WHERE id = ?"), p.e.ID).Scan(&one)
+	if err == nil {
+		return fmt.Errorf("entry %s: ID in use: %w", clip.Quote(p.e.ID), datastore.ErrAlreadyExists)
+	}
+	return fmt.Errorf("entry with SPIFFE ID %s, parent %s and these selectors: %w", clip.Quote(p.e.SPIFFEID), clip.Quote(p.e.ParentID), datastore.ErrAlreadyExists)
 }
 
 func (ins *entryInserter) children(ctx context.Context, e *datastore.Entry) error {
@@ -527,7 +561,7 @@ func (s *Store) CountEntries(ctx context.Context, f datastore.EntryFilter) (int,
 		return 0, fmt.Errorf("count entries: %w", err)
 	}
 	var n int
-	if err := s.r.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM entries e"+w.sql()), w.args...).Scan(&n); err != nil {
+	if err := s.reader(ctx).QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM entries e"+w.sql()), w.args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count entries: %w", err)
 	}
 	return n, nil
@@ -545,7 +579,9 @@ func (s *Store) UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datas
 	}
 	var updated *datastore.Entry
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		cur, err := s.loadEntries(ctx, tx, " WHERE e.id = ?", []any{e.ID}, "")
+		// The row stays locked until the commit: concurrent updates of one
+		// entry take turns (no lost revision).
+		cur, err := s.loadEntries(ctx, tx, " WHERE e.id = ?", []any{e.ID}, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}
@@ -594,7 +630,7 @@ func (s *Store) UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datas
 			return fmt.Errorf("entry %s: %w", clip.Quote(e.ID), err)
 		}
 		if mask.FederatesWith && len(n.FederatesWith) > 0 {
-			bundles, err := s.existing(ctx, tx, "SELECT trust_domain FROM bundles WHERE trust_domain IN (%s)", n.FederatesWith)
+			bundles, err := s.existing(ctx, tx, "SELECT trust_domain FROM bundles WHERE trust_domain IN (%s)"+s.dialect.forShare, n.FederatesWith)
 			if err != nil {
 				return err
 			}
@@ -694,6 +730,7 @@ func (s *Store) entryEvent(ctx context.Context, tx *sql.Tx, id string, kind data
 func (s *Store) DeleteEntries(ctx context.Context, ids []string) ([]error, error) {
 	errs := make([]error, len(ids))
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		clear(errs) // a retried transaction starts over
 		st, err := tx.PrepareContext(ctx, s.q("DELETE FROM entries WHERE id = ?"))
 		if err != nil {
 			return err
@@ -803,6 +840,7 @@ func (s *Store) lastEventID(ctx context.Context, table string) (int64, error) {
 func (s *Store) PruneEvents(ctx context.Context, before time.Time) (int, error) {
 	var n int64
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		n = 0
 		for _, table := range []string{"entry_events", "node_events", "bundle_events"} {
 			res, err := tx.ExecContext(ctx, s.q("DELETE FROM "+table+" WHERE created_at < ?"), cutoff(before))
 			if err != nil {

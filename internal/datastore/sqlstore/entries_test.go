@@ -21,8 +21,8 @@ func assertEntryEqual(t *testing.T, got, want *datastore.Entry) {
 	}
 }
 
-func TestEntryCRUD(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestEntryCRUD(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 
 	in := &datastore.Entry{
@@ -122,8 +122,8 @@ func TestEntryCRUD(t *testing.T) {
 	}
 }
 
-func TestCreateEntriesDuplicates(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestCreateEntriesDuplicates(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	base := func() *datastore.Entry {
 		return &datastore.Entry{SPIFFEID: "spiffe://td/a", ParentID: "spiffe://td/p", Selectors: sels("x:1", "y:2")}
@@ -184,8 +184,8 @@ func TestCreateEntriesDuplicates(t *testing.T) {
 	mustCreate(t, s, base())
 }
 
-func TestEntryEventsAndPrune(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestEntryEventsAndPrune(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	if id, err := s.LastEntryEventID(ctx); err != nil || id != 0 {
 		t.Fatalf("LastEntryEventID on empty store = %d, %v", id, err)
@@ -279,8 +279,8 @@ func filterFixture(t *testing.T, s *Store) {
 	mustCreate(t, s, e1, e2, e3, e4, e5)
 }
 
-func TestListEntriesFilters(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestListEntriesFilters(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	filterFixture(t, s)
 	ab := sels("b:2", "a:1")
@@ -337,8 +337,8 @@ func TestListEntriesFilters(t *testing.T) {
 	}
 }
 
-func TestListEntriesPagination(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestListEntriesPagination(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	var in []*datastore.Entry
 	for i := range 23 {
@@ -391,8 +391,8 @@ func TestListEntriesPagination(t *testing.T) {
 
 // TestEntryFiltersAgainstReference compares every filter mode against a
 // direct Go evaluation over random data.
-func TestEntryFiltersAgainstReference(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestEntryFiltersAgainstReference(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	rng := rand.New(rand.NewPCG(1, 2))
 	universe := sels("u:1", "u:2", "u:3", "g:1", "g:2", "k:x")
@@ -503,8 +503,8 @@ func TestEntryFiltersAgainstReference(t *testing.T) {
 	}
 }
 
-func TestConcurrentWritesAndReads(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestConcurrentWritesAndReads(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	// A second Store on the same file stands in for a second process.
 	other := f.open(t)
@@ -547,8 +547,8 @@ func TestConcurrentWritesAndReads(t *testing.T) {
 
 // TestLargeBatch crosses the IN-list chunk size in duplicate detection and
 // child-row loading.
-func TestLargeBatch(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestLargeBatch(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	const n = 2*maxInArgs + 100
 	var in []*datastore.Entry
@@ -589,8 +589,8 @@ func TestLargeBatch(t *testing.T) {
 	}
 }
 
-func TestGetEntries(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestGetEntries(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	// More than one IN-list chunk.
 	in := make([]*datastore.Entry, maxInArgs+20)
@@ -629,8 +629,8 @@ func TestGetEntries(t *testing.T) {
 
 // TestEntriesNeedFederatedBundles: an entry may federate only with trust
 // domains that have a bundle; the check is part of the write transaction.
-func TestEntriesNeedFederatedBundles(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestEntriesNeedFederatedBundles(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	addBundles(t, s, "a.org")
 	mk := func(id string, fed ...string) *datastore.Entry {
@@ -672,8 +672,8 @@ func TestEntriesNeedFederatedBundles(t *testing.T) {
 // TestDeleteBundleInUse: a bundle an entry federates with is not deleted
 // (the check and the delete are one transaction, so no entry is left
 // federating with a missing bundle by a concurrent create).
-func TestDeleteBundleInUse(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestDeleteBundleInUse(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	addBundles(t, s, "a.org")
 	mustCreate(t, s, &datastore.Entry{ID: "e", SPIFFEID: "spiffe://td/e", ParentID: "spiffe://td/p", Selectors: sels("u:1"), FederatesWith: []string{"a.org"}})

@@ -63,8 +63,10 @@ func checkRelationshipBundle(td string, b *datastore.Bundle) error {
 	return nil
 }
 
-func (s *Store) getRelationship(ctx context.Context, q queryer, td string) (*datastore.FederationRelationship, error) {
-	fr, err := scanRelationship(q.QueryRowContext(ctx, s.q("SELECT "+relationshipColumns+" FROM federation_relationships WHERE trust_domain = ?"), td))
+// getRelationship reads a relationship; nil when absent. lock is "" or the
+// dialect's forUpdate (a write transaction about to change it).
+func (s *Store) getRelationship(ctx context.Context, q queryer, td, lock string) (*datastore.FederationRelationship, error) {
+	fr, err := scanRelationship(q.QueryRowContext(ctx, s.q("SELECT "+relationshipColumns+" FROM federation_relationships WHERE trust_domain = ?"+lock), td))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -79,7 +81,7 @@ func (s *Store) setRelationshipBundle(ctx context.Context, tx *sql.Tx, b *datast
 	if b == nil {
 		return nil
 	}
-	old, err := s.getBundle(ctx, tx, b.TrustDomain)
+	old, err := s.getBundle(ctx, tx, b.TrustDomain, s.dialect.forUpdate)
 	if err != nil {
 		return err
 	}
@@ -98,7 +100,7 @@ func (s *Store) CreateFederationRelationship(ctx context.Context, fr *datastore.
 	}
 	out := *fr
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		old, err := s.getRelationship(ctx, tx, fr.TrustDomain)
+		old, err := s.getRelationship(ctx, tx, fr.TrustDomain, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}
@@ -125,7 +127,7 @@ func (s *Store) CreateFederationRelationship(ctx context.Context, fr *datastore.
 // GetFederationRelationship returns the relationship with the trust domain
 // (ErrNotFound).
 func (s *Store) GetFederationRelationship(ctx context.Context, trustDomain string) (*datastore.FederationRelationship, error) {
-	fr, err := s.getRelationship(ctx, s.r, trustDomain)
+	fr, err := s.getRelationship(ctx, s.r, trustDomain, "")
 	if err != nil {
 		return nil, fmt.Errorf("get federation relationship: %w", err)
 	}
@@ -182,7 +184,7 @@ func (s *Store) UpdateFederationRelationship(ctx context.Context, fr *datastore.
 	}
 	var out *datastore.FederationRelationship
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		old, err := s.getRelationship(ctx, tx, fr.TrustDomain)
+		old, err := s.getRelationship(ctx, tx, fr.TrustDomain, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}

@@ -14,8 +14,8 @@ func spiffeRel(td string) *datastore.FederationRelationship {
 		Profile: datastore.ProfileHTTPSSPIFFE, EndpointSPIFFEID: "spiffe://" + td + "/spire/server"}
 }
 
-func TestFederationRelationshipCRUD(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestFederationRelationshipCRUD(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	peer := &datastore.Bundle{TrustDomain: "peer.test", X509Authorities: []datastore.X509Authority{{ASN1: caCert(t, 1, t0.Add(time.Hour))}}}
 
@@ -125,8 +125,8 @@ func TestFederationRelationshipCRUD(t *testing.T) {
 	}
 }
 
-func TestFederationRelationshipRefused(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestFederationRelationshipRefused(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	cases := map[string]*datastore.FederationRelationship{
 		"nil":                  nil,
@@ -151,8 +151,8 @@ func TestFederationRelationshipRefused(t *testing.T) {
 	}
 }
 
-func TestBundleRefreshes(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestBundleRefreshes(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	if err := s.SetBundleRefreshed(ctx, "a.test", t0); err != nil {
 		t.Fatal(err)

@@ -82,18 +82,22 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS, dir string) error {
 		return err
 	}
 	latest := ms[len(ms)-1].version
-	if _, err := s.w.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (
-	version    INTEGER NOT NULL PRIMARY KEY,
-	applied_at INTEGER NOT NULL
-)`); err != nil {
-		return fmt.Errorf("create schema_version table: %w", err)
-	}
 	for {
 		applied := false
-		// Each step re-reads the version inside its (IMMEDIATE) write
-		// transaction, so two processes opening a new file at once don't
-		// both apply the same migration.
+		// Each step re-reads the version inside its write transaction,
+		// which holds the migration lock (SQLite: the IMMEDIATE write
+		// lock; PostgreSQL: an advisory lock), so servers opening a new
+		// database at once don't both apply the same migration.
 		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			applied = false
+			if s.dialect.lockMigrations != "" {
+				if _, err := tx.ExecContext(ctx, s.dialect.lockMigrations); err != nil {
+					return fmt.Errorf("lock migrations: %w", err)
+				}
+			}
+			if _, err := tx.ExecContext(ctx, s.dialect.schemaVersionDDL); err != nil {
+				return fmt.Errorf("create schema_version table: %w", err)
+			}
 			cur, err := s.schemaVersion(ctx, tx)
 			if err != nil {
 				return err

@@ -213,7 +213,7 @@ func (s *Store) CountNodes(ctx context.Context, f datastore.NodeFilter) (int, er
 		return 0, fmt.Errorf("count nodes: %w", err)
 	}
 	var n int
-	if err := s.r.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM attested_nodes n"+w.sql()), w.args...).Scan(&n); err != nil {
+	if err := s.reader(ctx).QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM attested_nodes n"+w.sql()), w.args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count nodes: %w", err)
 	}
 	return n, nil
@@ -230,7 +230,9 @@ func (s *Store) UpdateNode(ctx context.Context, n *datastore.AttestedNode, mask 
 	}
 	var out *datastore.AttestedNode
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{n.SPIFFEID}, "")
+		// Locked until the commit: a concurrent ban, renewal or
+		// re-attestation of the node waits for this one and then sees it.
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{n.SPIFFEID}, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}
@@ -316,7 +318,8 @@ func (s *Store) DeleteNode(ctx context.Context, spiffeID string) (*datastore.Att
 		aliases []string
 	)
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, "")
+		aliases = nil
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, s.dialect.forUpdate)
 		if err != nil {
 			return err
 		}
@@ -409,6 +412,13 @@ func (s *Store) SetNodeSelectors(ctx context.Context, spiffeID string, sels []se
 }
 
 func (s *Store) replaceNodeSelectors(ctx context.Context, tx *sql.Tx, spiffeID string, sels []selector.Selector) error {
+	// PostgreSQL: the node may not exist yet (no row to lock), so two
+	// replacements of one node's selectors take turns on an advisory lock;
+	// without it both could delete the old set and the result be the union
+	// of the two new ones.
+	if err := s.advisoryLock(ctx, tx, "node_selectors", spiffeID); err != nil {
+		return fmt.Errorf("replace node selectors: %w", err)
+	}
 	if _, err := tx.ExecContext(ctx, s.q("DELETE FROM node_selectors WHERE spiffe_id = ?"), spiffeID); err != nil {
 		return fmt.Errorf("replace node selectors: %w", err)
 	}

@@ -14,8 +14,8 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
 
-func TestNodeCRUDAndEvents(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestNodeCRUDAndEvents(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	in := &datastore.AttestedNode{SPIFFEID: "spiffe://td/agent/1", AttestationType: "join_token", CertSerial: "123",
 		CertNotAfter: t0.Unix() + 3600, CanReattest: true, Selectors: sels("jt:b", "jt:a", "jt:a")}
@@ -117,8 +117,8 @@ func TestNodeCRUDAndEvents(t *testing.T) {
 	}
 }
 
-func TestListNodesFilters(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestListNodesFilters(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	mk := func(id, typ, serial string, notAfter int64, reattest bool, ss ...string) {
 		t.Helper()
@@ -203,8 +203,8 @@ func TestListNodesFilters(t *testing.T) {
 	wantErr(t, err, ErrInvalidPage)
 }
 
-func TestJoinTokens(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestJoinTokens(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	h := sha256.Sum256([]byte("secret"))
 	tok := &datastore.JoinToken{Hash: h, ExpiresAt: t0.Unix() + 600}
@@ -243,8 +243,8 @@ func TestJoinTokens(t *testing.T) {
 	}
 }
 
-func TestJoinTokenSingleUseUnderConcurrency(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestJoinTokenSingleUseUnderConcurrency(t *testing.T) {
+	f := x.newFixture(t)
 	ctx := context.Background()
 	// Two stores on one file: consumers in "different processes" too.
 	stores := []*Store{f.store, f.open(t)}
@@ -288,8 +288,8 @@ func isNotFound(err error) bool {
 	return err != nil && errors.Is(err, datastore.ErrNotFound)
 }
 
-func TestCAJournal(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestCAJournal(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	_, err := s.GetCAJournal(ctx, "x509")
 	wantErr(t, err, datastore.ErrNotFound)
@@ -310,8 +310,8 @@ func TestCAJournal(t *testing.T) {
 	}
 }
 
-func TestPromoteNodeSerial(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestPromoteNodeSerial(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	const id = "spiffe://td/agent/p"
 	if _, err := s.CreateNode(ctx, &datastore.AttestedNode{SPIFFEID: id, AttestationType: "join_token",
@@ -358,8 +358,8 @@ func TestPromoteNodeSerial(t *testing.T) {
 
 // TestNodeAgentVersion: agent_version (migration 0002) is stored, changed
 // only under its mask, and survives other masked updates and a reopen.
-func TestNodeAgentVersion(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestNodeAgentVersion(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	const id = "spiffe://td/agent/v"
 	if _, err := s.CreateNode(ctx, &datastore.AttestedNode{SPIFFEID: id, AttestationType: "join_token", CertSerial: "1"}); err != nil {
@@ -390,8 +390,8 @@ func TestNodeAgentVersion(t *testing.T) {
 // one selector spiffe_id:<node>), with an entry event each, as SPIRE does
 // since 1.15.2; entries of any other shape under the node, and alias-shaped
 // entries of a node attested otherwise, stay.
-func TestDeleteJoinTokenNodeDeletesAliases(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestDeleteJoinTokenNodeDeletesAliases(t *testing.T) {
+	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
 	const jt, pop = "spiffe://td/spire/agent/join_token/t1", "spiffe://td/spire/agent/x509pop/p1"
 	for _, n := range []*datastore.AttestedNode{

@@ -4,13 +4,17 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/testutil/pgtest"
 )
 
 func TestOpenRejectsBadConfig(t *testing.T) {
@@ -20,7 +24,16 @@ func TestOpenRejectsBadConfig(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"postgres", Config{DatabaseType: "postgres", ConnectionString: "dbname=sigil"}, "not supported yet"},
+		{"postgres unparsable", Config{DatabaseType: "postgres", ConnectionString: "host=x port=notaport password=hunter2secret"}, "connection_string does not parse"},
+		{"postgres url", Config{DatabaseType: "postgres", ConnectionString: "postgres://u:hunter2secret@h:1:2/db"}, "does not parse"},
+		{"postgres empty", Config{DatabaseType: "postgres", ConnectionString: " "}, "connection_string is required"},
+		{"postgres ro", Config{DatabaseType: "postgres", ConnectionString: "dbname=x", ROConnectionString: "port=x password=hunter2secret"}, "ro_connection_string does not parse"},
+		{"postgres pool", Config{DatabaseType: "postgres", ConnectionString: "dbname=x", MaxOpenConns: ptr(-1)}, "out of range"},
+		{"postgres lifetime", Config{DatabaseType: "postgres", ConnectionString: "dbname=x", ConnMaxLifetime: -time.Second}, "negative"},
+		{"postgres synchronous", Config{DatabaseType: "postgres", ConnectionString: "dbname=x", Synchronous: "full"}, "SQLite only"},
+		{"postgres unreachable", Config{DatabaseType: "postgres", ConnectionString: "host=127.0.0.1 port=1 dbname=x user=u password=hunter2secret connect_timeout=5"}, "connect to PostgreSQL (host=127.0.0.1 port=1 dbname=x user=u)"},
+		{"sqlite ro", Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(dir, "x.db"), ROConnectionString: "x"}, "PostgreSQL only"},
+		{"sqlite pool", Config{DatabaseType: "sqlite3", ConnectionString: filepath.Join(dir, "x.db"), MaxIdleConns: ptr(3)}, "PostgreSQL only"},
 		{"unknown type", Config{DatabaseType: "mysql", ConnectionString: filepath.Join(dir, "x.db")}, "unknown database_type"},
 		{"missing type", Config{ConnectionString: filepath.Join(dir, "x.db")}, "database_type is required"},
 		{"missing path", Config{DatabaseType: "sqlite3"}, "connection_string is required"},
@@ -37,6 +50,9 @@ func TestOpenRejectsBadConfig(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %q does not mention %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Fatalf("error %q repeats the password", err)
 			}
 		})
 	}
@@ -89,7 +105,7 @@ func TestOpenFileURI(t *testing.T) {
 }
 
 func TestPragmas(t *testing.T) {
-	f := newFixture(t)
+	f := sqliteFixture(t)
 	ctx := context.Background()
 	for _, c := range []struct {
 		pragma string
@@ -167,10 +183,10 @@ func TestSynchronousOnEveryConnection(t *testing.T) {
 	}
 }
 
-func TestMigrationVersioning(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestMigrationVersioning(t *testing.T) {
+	f := x.newFixture(t)
 	ctx := context.Background()
-	ms, err := loadMigrations(migrationsFS, "migrations/sqlite")
+	ms, err := loadMigrations(migrationsFS, f.store.dialect.migrations)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,9 +218,9 @@ func TestMigrationVersioning(t *testing.T) {
 	if err := f.store.migrate(ctx, next, "m"); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	var x int
-	if err := f.store.r.QueryRowContext(ctx, "SELECT x FROM extra").Scan(&x); err != nil || x != 42 {
-		t.Fatalf("extra migration not applied: %v %d", err, x)
+	var got int
+	if err := f.store.r.QueryRowContext(ctx, "SELECT x FROM extra").Scan(&got); err != nil || got != 42 {
+		t.Fatalf("extra migration not applied: %v %d", err, got)
 	}
 	if v3, _ := f.store.SchemaVersion(ctx); v3 != n {
 		t.Fatalf("version = %d, want %d", v3, n)
@@ -214,7 +230,7 @@ func TestMigrationVersioning(t *testing.T) {
 	if err := f.store.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Open(ctx, Config{DatabaseType: "sqlite3", ConnectionString: f.path})
+	_, err = Open(ctx, f.cfg)
 	wantErr(t, err, ErrSchemaTooNew)
 	if !strings.Contains(err.Error(), fmt.Sprintf("version %d", n)) {
 		t.Errorf("error %q does not name the database version", err)
@@ -246,8 +262,8 @@ func TestRebind(t *testing.T) {
 	}
 }
 
-func TestRestartPersistence(t *testing.T) {
-	f := newFixture(t)
+func (x suite) TestRestartPersistence(t *testing.T) {
+	f := x.newFixture(t)
 	ctx := context.Background()
 	addBundles(t, f.store, "other.org")
 	e := mustCreate(t, f.store, &datastore.Entry{SPIFFEID: "spiffe://td/w", ParentID: "spiffe://td/n", Selectors: sels("unix:uid:1"),
@@ -288,5 +304,76 @@ func TestRestartPersistence(t *testing.T) {
 	}
 	if ev, _ := f.store.LastEntryEventID(ctx); ev != lastEv || ev == 0 {
 		t.Fatalf("last entry event after restart = %d, want %d", ev, lastEv)
+	}
+}
+
+// TestMigrationDialectsMatch: every dialect has the same migration
+// versions, under the same names (a table added for one is added for all;
+// see migrations/).
+func TestMigrationDialectsMatch(t *testing.T) {
+	dirs, err := fs.ReadDir(migrationsFS, "migrations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string][]string{}
+	for _, d := range []dialect{sqliteDialect, postgresDialect} {
+		ms, err := loadMigrations(migrationsFS, d.migrations)
+		if err != nil {
+			t.Fatalf("%s: %v", d.name, err)
+		}
+		for _, m := range ms {
+			names[d.name] = append(names[d.name], m.name)
+		}
+	}
+	if len(dirs) != len(names) {
+		t.Fatalf("migrations/ has %d dialect directories, the store knows %d dialects", len(dirs), len(names))
+	}
+	if !slices.Equal(names["sqlite3"], names["postgres"]) {
+		t.Fatalf("migrations differ between dialects:\n sqlite:   %v\n postgres: %v", names["sqlite3"], names["postgres"])
+	}
+}
+
+// TestPostgresReadReplica: with ro_connection_string, reads marked
+// datastore.TolerateStale (admin listings) go to the replica, every other
+// read and every write to the primary. Two databases of one cluster stand
+// in for a primary and its replica.
+func TestPostgresReadReplica(t *testing.T) {
+	ctx := context.Background()
+	primary, replica := pgtest.NewDatabase(t), pgtest.NewDatabase(t)
+	rs, err := Open(ctx, Config{DatabaseType: "postgres", ConnectionString: replica})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, rs, &datastore.Entry{ID: "on-replica", SPIFFEID: "spiffe://td/r", ParentID: "spiffe://td/p", Selectors: sels("a:b")})
+	rs.Close()
+
+	s, err := Open(ctx, Config{DatabaseType: "postgres", ConnectionString: primary, ROConnectionString: replica})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mustCreate(t, s, &datastore.Entry{ID: "on-primary", SPIFFEID: "spiffe://td/w", ParentID: "spiffe://td/p", Selectors: sels("a:b")})
+	ids := func(ctx context.Context) []string {
+		es, _, err := s.ListEntries(ctx, datastore.EntryFilter{}, datastore.Page{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return entryIDs(es)
+	}
+	if got := ids(ctx); !slices.Equal(got, []string{"on-primary"}) {
+		t.Errorf("ListEntries read %v, want the primary's entry", got)
+	}
+	stale := datastore.TolerateStale(ctx)
+	if got := ids(stale); !slices.Equal(got, []string{"on-replica"}) {
+		t.Errorf("ListEntries(TolerateStale) read %v, want the replica's entry", got)
+	}
+	if n, _ := s.CountEntries(stale, datastore.EntryFilter{}); n != 1 {
+		t.Errorf("CountEntries(TolerateStale) = %d", n)
+	}
+	if _, err := s.GetEntry(ctx, "on-primary"); err != nil {
+		t.Errorf("GetEntry on the primary: %v", err)
+	}
+	if ev, _ := s.LastEntryEventID(ctx); ev != 1 {
+		t.Errorf("LastEntryEventID = %d, want the primary's 1", ev)
 	}
 }

@@ -1,10 +1,14 @@
-// Package sqlstore implements datastore.DataStore on database/sql.
+// Package sqlstore implements datastore.DataStore on database/sql, for
+// SQLite (modernc.org/sqlite, pure Go; the default) and PostgreSQL (pgx,
+// for several servers sharing one database).
 //
-// SQLite (modernc.org/sqlite, pure Go) is the default backend. Queries are
-// written with '?' placeholders in SQL that SQLite and PostgreSQL both accept
-// (explicit transactions, INSERT ... ON CONFLICT, DELETE ... RETURNING) and
-// pass through a per-dialect rebind step, so a PostgreSQL dialect only needs
-// its own migrations and connection setup.
+// One SQL codebase serves both: queries are written with '?' placeholders
+// in SQL both accept (explicit transactions, INSERT ... ON CONFLICT,
+// DELETE ... RETURNING) and pass through a per-dialect rebind step; the
+// few differences are hooks of the dialect (row locking clauses, the
+// schema_version table, migration locking, which error codes mean
+// "retry"). Each dialect has its own numbered migrations
+// (migrations/<dialect>), with the same versions in both.
 //
 // SQLite concurrency: writes go through a pool of exactly one connection
 // whose transactions begin IMMEDIATE, reads through a separate small pool of
@@ -18,6 +22,8 @@
 // Config.Synchronous "normal" trades that for fewer fsyncs: in WAL mode a
 // power failure may then lose the most recent commits (never corrupt the
 // database).
+//
+// PostgreSQL concurrency: see postgres.go.
 package sqlstore
 
 import (
@@ -26,7 +32,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -42,16 +50,27 @@ import (
 
 // Config configures Open.
 type Config struct {
-	// DatabaseType is "sqlite3" (SPIRE's spelling) or "sqlite".
-	// "postgres" is reserved and returns an error for now.
+	// DatabaseType is "sqlite3" (SPIRE's spelling) or "sqlite", or
+	// "postgres" (or "postgresql").
 	DatabaseType string
 	// ConnectionString is, for SQLite, a file path (e.g.
-	// /var/lib/sigil/datastore.sqlite3) or a file: URI.
+	// /var/lib/sigil/datastore.sqlite3) or a file: URI; for PostgreSQL a
+	// libpq-style connection string ("dbname=sigil host=db.example
+	// user=sigil sslmode=verify-full") or a postgres:// URL.
 	ConnectionString string
-	Log              *slog.Logger
+	// ROConnectionString (PostgreSQL only) is a read replica for the reads
+	// that tolerate lag (datastore.TolerateStale); "" = none.
+	ROConnectionString string
+	// MaxOpenConns, MaxIdleConns (PostgreSQL only) size each connection
+	// pool; nil = 100 each (SPIRE's defaults).
+	MaxOpenConns, MaxIdleConns *int
+	// ConnMaxLifetime (PostgreSQL only) closes connections this old; 0 =
+	// unlimited.
+	ConnMaxLifetime time.Duration
+	Log             *slog.Logger
 	// Clock stamps CreatedAt and event rows; the real clock when nil.
 	Clock clock.Clock
-	// Synchronous is SQLite's synchronous setting: "full" (the default when
+	// Synchronous (SQLite only) is SQLite's synchronous setting: "full" (the default when
 	// empty: a commit is durable on return) or "normal" (faster; in WAL mode
 	// a power failure may lose the last commits). Matched case-insensitively.
 	Synchronous string
@@ -88,8 +107,10 @@ const readPoolSize = 4
 
 // Store is a datastore.DataStore backed by SQL.
 type Store struct {
-	w       *sql.DB // writes: exactly one connection for SQLite
-	r       *sql.DB // reads: query-only connections for SQLite
+	w *sql.DB // writes: exactly one connection for SQLite
+	r *sql.DB // reads: query-only connections for SQLite; w for PostgreSQL
+	// ro is PostgreSQL's read replica (ro_connection_string), or nil.
+	ro      *sql.DB
 	dialect dialect
 	log     *slog.Logger
 	clock   clock.Clock
@@ -98,17 +119,38 @@ type Store struct {
 var _ datastore.DataStore = (*Store)(nil)
 
 // Check validates the settings as Open does, without touching the database:
-// the type is supported and the connection string parses. A server's
-// pre-start checks (run and validate) use it.
+// the type is supported and the connection strings parse. A server's
+// pre-start checks (run and validate) use it; like SPIRE's validate, it does
+// not connect to PostgreSQL (Open does).
 func (cfg Config) Check() error {
-	switch strings.ToLower(strings.TrimSpace(cfg.DatabaseType)) {
-	case "sqlite3", "sqlite":
-	case "postgres", "postgresql":
-		return fmt.Errorf("datastore: database_type %q is not supported yet (use sqlite3)", cfg.DatabaseType)
-	case "":
-		return errors.New("datastore: database_type is required (sqlite3)")
-	default:
-		return fmt.Errorf("datastore: unknown database_type %q (supported: sqlite3)", cfg.DatabaseType)
+	typ, err := cfg.databaseType()
+	if err != nil {
+		return err
+	}
+	if typ == postgresDialect.name {
+		if _, err := parsePostgresConn("connection_string", cfg.ConnectionString); err != nil {
+			return err
+		}
+		if cfg.ROConnectionString != "" {
+			if _, err := parsePostgresConn("ro_connection_string", cfg.ROConnectionString); err != nil {
+				return err
+			}
+		}
+		for _, n := range []*int{cfg.MaxOpenConns, cfg.MaxIdleConns} {
+			if n != nil && (*n < 0 || *n > maxPoolSize) {
+				return fmt.Errorf("datastore: connection pool size %d is out of range (0 to %d)", *n, maxPoolSize)
+			}
+		}
+		if cfg.ConnMaxLifetime < 0 {
+			return errors.New("datastore: conn_max_lifetime must not be negative")
+		}
+		if cfg.Synchronous != "" {
+			return errors.New("datastore: the synchronous setting applies to SQLite only")
+		}
+		return nil
+	}
+	if cfg.ROConnectionString != "" || cfg.MaxOpenConns != nil || cfg.MaxIdleConns != nil || cfg.ConnMaxLifetime != 0 {
+		return errors.New("datastore: ro_connection_string, max_open_conns, max_idle_conns and conn_max_lifetime apply to PostgreSQL only")
 	}
 	if _, _, err := parseSQLiteConn(cfg.ConnectionString); err != nil {
 		return err
@@ -119,9 +161,23 @@ func (cfg Config) Check() error {
 	return nil
 }
 
-// Open opens (creating if absent) the database and applies pending
-// migrations. For SQLite the file is created 0600 and its parent directory
-// 0700 when absent.
+// databaseType returns the dialect name of cfg.DatabaseType.
+func (cfg Config) databaseType() (string, error) {
+	switch strings.ToLower(strings.TrimSpace(cfg.DatabaseType)) {
+	case "sqlite3", "sqlite":
+		return sqliteDialect.name, nil
+	case "postgres", "postgresql":
+		return postgresDialect.name, nil
+	case "":
+		return "", errors.New("datastore: database_type is required (sqlite3 or postgres)")
+	default:
+		return "", fmt.Errorf("datastore: unknown database_type %q (supported: sqlite3, postgres)", cfg.DatabaseType)
+	}
+}
+
+// Open opens the database and applies pending migrations. For SQLite the
+// file is created 0600 and its parent directory 0700 when absent; a
+// PostgreSQL database must exist (Open creates the tables).
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	log := cfg.Log
 	if log == nil {
@@ -130,15 +186,22 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
+	s := &Store{
+		log:   log,
+		clock: clock.OrReal(cfg.Clock),
+	}
+	if typ, _ := cfg.databaseType(); typ == postgresDialect.name {
+		s.dialect = postgresDialect
+		if err := s.openPostgres(ctx, cfg); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 	syncArg, syncWant, err := synchronousPragma(cfg.Synchronous)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{
-		dialect: sqliteDialect,
-		log:     log,
-		clock:   clock.OrReal(cfg.Clock),
-	}
+	s.dialect = sqliteDialect
 	if err := s.openSQLite(ctx, cfg.ConnectionString, syncArg, syncWant); err != nil {
 		return nil, err
 	}
@@ -176,7 +239,7 @@ func (s *Store) openSQLite(ctx context.Context, conn, syncArg string, syncWant i
 		return fmt.Errorf("datastore: open %s: %w", path, err)
 	}
 	s.w = w
-	if err := s.migrate(ctx, migrationsFS, "migrations/sqlite"); err != nil {
+	if err := s.migrate(ctx, migrationsFS, s.dialect.migrations); err != nil {
 		w.Close()
 		return fmt.Errorf("datastore: %s: %w", path, err)
 	}
@@ -314,10 +377,13 @@ func cloneValues(v url.Values) url.Values {
 	return out
 }
 
-// Close closes both connection pools.
+// Close closes the connection pools.
 func (s *Store) Close() error {
 	var errs []error
-	if s.r != nil {
+	if s.ro != nil {
+		errs = append(errs, s.ro.Close())
+	}
+	if s.r != nil && s.r != s.w {
 		errs = append(errs, s.r.Close())
 	}
 	if s.w != nil {
@@ -325,6 +391,9 @@ func (s *Store) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// DatabaseType returns the store's dialect: "sqlite3" or "postgres".
+func (s *Store) DatabaseType() string { return s.dialect.name }
 
 // dialect holds what differs between SQL backends at query time.
 type dialect struct {
@@ -335,9 +404,61 @@ type dialect struct {
 	// their child rows) one snapshot. SQLite transactions always do;
 	// PostgreSQL needs sql.LevelRepeatableRead.
 	readIsolation sql.IsolationLevel
+	// forUpdate and forShare are appended to a SELECT in a write
+	// transaction to lock the rows it reads until the commit ("" for
+	// SQLite, whose write transactions are serialized).
+	forUpdate, forShare string
+	// migrations is the directory of the dialect's migrations in
+	// migrationsFS.
+	migrations string
+	// schemaVersionDDL creates the schema_version table if absent.
+	schemaVersionDDL string
+	// lockMigrations, when set, runs first in every migration transaction
+	// so that servers starting at once migrate one at a time.
+	lockMigrations string
+	// advisoryLock, when set, takes a lock named by one int64 argument
+	// until the end of the transaction.
+	advisoryLock string
+	// code returns the SQLSTATE of a database error ("" when none).
+	code func(error) string
 }
 
-var sqliteDialect = dialect{name: "sqlite3"}
+// advisoryLock takes the dialect's advisory lock on (kind, key) until tx
+// ends; nothing for a dialect without one (SQLite: writers are serialized).
+func (s *Store) advisoryLock(ctx context.Context, tx *sql.Tx, kind, key string) error {
+	if s.dialect.advisoryLock == "" {
+		return nil
+	}
+	h := fnv.New64a()
+	h.Write([]byte(kind))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	if _, err := tx.ExecContext(ctx, s.q(s.dialect.advisoryLock), int64(h.Sum64())); err != nil {
+		return fmt.Errorf("lock %s: %w", kind, err)
+	}
+	return nil
+}
+
+var sqliteDialect = dialect{
+	name:       "sqlite3",
+	migrations: "migrations/sqlite",
+	schemaVersionDDL: `CREATE TABLE IF NOT EXISTS schema_version (
+	version    INTEGER NOT NULL PRIMARY KEY,
+	applied_at INTEGER NOT NULL
+)`,
+	code: func(error) string { return "" },
+}
+
+// retryable reports whether a write transaction that failed with err
+// should run again: a deadlock or serialization failure, or a unique
+// violation from a racing insert (the re-run sees the committed row).
+func (d dialect) retryable(err error) bool {
+	switch d.code(err) {
+	case pgUniqueViolation, pgSerializationFailure, pgDeadlockDetected:
+		return true
+	}
+	return false
+}
 
 // rebind rewrites '?' placeholders for the dialect. Queries never contain
 // '?' inside string literals.
@@ -370,8 +491,40 @@ type queryer interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
+// maxWriteAttempts bounds how often writeTx runs a transaction that keeps
+// failing with a retryable error (see dialect.retryable).
+const maxWriteAttempts = 8
+
 // writeTx runs fn in a write transaction and commits it when fn succeeds.
-func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+// A transaction that fails with a retryable error (PostgreSQL: deadlock,
+// serialization failure, a unique violation from a racing writer) is run
+// again, up to maxWriteAttempts times, so fn must set its outputs afresh
+// on every run. A unique violation that persists is ErrAlreadyExists.
+func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := s.writeTxOnce(ctx, fn)
+		if err == nil || !s.dialect.retryable(err) {
+			return err
+		}
+		if attempt == maxWriteAttempts {
+			if s.dialect.code(err) == pgUniqueViolation {
+				return fmt.Errorf("%w (%d attempts: %v)", datastore.ErrAlreadyExists, attempt, err)
+			}
+			return fmt.Errorf("%d attempts: %w", attempt, err)
+		}
+		s.log.DebugContext(ctx, "Retrying a datastore transaction", "attempt", attempt, "sqlstate", s.dialect.code(err))
+		// A little jitter so that two servers that collided don't collide
+		// again in lockstep.
+		wait := time.Duration(attempt) * time.Duration(1+rand.IntN(5)) * time.Millisecond
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (s *Store) writeTxOnce(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
@@ -392,12 +545,21 @@ func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) (err err
 
 // readTx runs fn in a read transaction (one consistent snapshot).
 func (s *Store) readTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
-	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: s.dialect.readIsolation})
+	tx, err := s.reader(ctx).BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: s.dialect.readIsolation})
 	if err != nil {
 		return fmt.Errorf("begin read transaction: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
 	return fn(tx)
+}
+
+// reader is the pool for a read: the read replica when there is one and
+// ctx tolerates stale reads (datastore.TolerateStale), else s.r.
+func (s *Store) reader(ctx context.Context) *sql.DB {
+	if s.ro != nil && datastore.StaleTolerated(ctx) {
+		return s.ro
+	}
+	return s.r
 }
 
 func (s *Store) now() int64 { return s.clock.Now().Unix() }
@@ -476,3 +638,7 @@ func chunks(n, size int) [][2]int {
 
 // maxInArgs bounds the number of values in one IN (...) list.
 const maxInArgs = 500
+
+// PoolStats reports the write pool's statistics (for PostgreSQL, the
+// primary's pool: the settings max_open_conns and max_idle_conns size).
+func (s *Store) PoolStats() sql.DBStats { return s.w.Stats() }

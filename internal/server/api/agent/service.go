@@ -166,7 +166,8 @@ func (s *Service) CountAgents(ctx context.Context, req *agentv1.CountAgentsReque
 	if err != nil {
 		return nil, s.err(ctx, codes.InvalidArgument, "failed to parse filter", err)
 	}
-	n, err := s.ds.CountNodes(ctx, f)
+	// A listing: a read replica may serve it (PostgreSQL ro_connection_string).
+	n, err := s.ds.CountNodes(datastore.TolerateStale(ctx), f)
 	if err != nil {
 		return nil, s.err(ctx, codes.Internal, "failed to count agents", err)
 	}
@@ -186,7 +187,7 @@ func (s *Service) ListAgents(ctx context.Context, req *agentv1.ListAgentsRequest
 	if req.GetPageSize() > 0 {
 		p = datastore.Page{Size: int(req.GetPageSize()), Token: req.GetPageToken()}
 	}
-	nodes, next, err := s.ds.ListNodes(ctx, f, p)
+	nodes, next, err := s.ds.ListNodes(datastore.TolerateStale(ctx), f, p)
 	if err != nil {
 		if errors.Is(err, datastore.ErrInvalidPage) {
 			// The token is the client's text, of any size: neither sent

@@ -100,7 +100,8 @@ func (s *Service) changed() {
 
 // CountBundles counts all bundles, ours included.
 func (s *Service) CountBundles(ctx context.Context, _ *bundlev1.CountBundlesRequest) (*bundlev1.CountBundlesResponse, error) {
-	n, err := s.store.CountBundles(ctx)
+	// A listing: a read replica may serve it (PostgreSQL ro_connection_string).
+	n, err := s.store.CountBundles(datastore.TolerateStale(ctx))
 	if err != nil {
 		return nil, s.makeErr(codes.Internal, "failed to count bundles", err)
 	}
@@ -173,7 +174,7 @@ func (s *Service) ListFederatedBundles(ctx context.Context, req *bundlev1.ListFe
 	if req.PageSize > 0 {
 		page = datastore.Page{Size: int(req.PageSize), Token: req.PageToken}
 	}
-	bundles, next, err := s.store.ListBundles(ctx, page)
+	bundles, next, err := s.store.ListBundles(datastore.TolerateStale(ctx), page)
 	if err != nil {
 		if errors.Is(err, datastore.ErrInvalidPage) {
 			// The token is the client's text, of any size: not repeated.

@@ -290,7 +290,8 @@ func (s *Service) CountEntries(ctx context.Context, req *entryv1.CountEntriesReq
 	if err != nil {
 		return nil, err
 	}
-	n, err := s.store.CountEntries(ctx, filter)
+	// A listing: a read replica may serve it (PostgreSQL ro_connection_string).
+	n, err := s.store.CountEntries(datastore.TolerateStale(ctx), filter)
 	if err != nil {
 		return nil, s.makeErr(codes.Internal, "failed to count entries", err)
 	}
@@ -311,7 +312,7 @@ func (s *Service) ListEntries(ctx context.Context, req *entryv1.ListEntriesReque
 	if req.PageSize > 0 {
 		page = datastore.Page{Size: int(req.PageSize), Token: req.PageToken}
 	}
-	entries, next, err := s.store.ListEntries(ctx, filter, page)
+	entries, next, err := s.store.ListEntries(datastore.TolerateStale(ctx), filter, page)
 	if err != nil {
 		if errors.Is(err, datastore.ErrInvalidPage) {
 			// The token is the client's text, of any size: not repeated.

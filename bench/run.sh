@@ -85,6 +85,8 @@ if want e2e; then
 	run e2e-workload bench/e2e '^BenchmarkWorkloadAPI$' "$(bt 2s 300ms)"
 	run e2e-propagation bench/e2e '^BenchmarkEntryToWorkload$' "$(bt 300x 50x)"
 	run e2e-start bench/e2e '^BenchmarkAgentStart$' "$(bt 200x 30x)"
+	run e2e-attestation bench/e2e '^BenchmarkAttestation$' "$(bt 300x 100x)"
+	run e2e-first-svid bench/e2e '^BenchmarkAgentFirstSVID$' "$(bt 100x 20x)"
 fi
 # The other engineers' packages, with the flags their headers document.
 want datastore && run datastore bench/datastore . "$(bt 10000x 1000x)"

@@ -28,6 +28,10 @@ var forbidden = []string{
 	module + "internal/server",
 	module + "internal/datastore",
 	module + "internal/ca",
+	// agent_path_template's engine and its sprig functions (~650 KiB):
+	// only the server renders agent IDs.
+	module + "internal/attest/node/agentpath",
+	"github.com/Masterminds",
 }
 
 // documented are the omit tags of the README's device build, with the

@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/adminclient"
 	"github.com/sigil-spiffe/sigil/internal/agent/fsdelivery"
+	"github.com/sigil-spiffe/sigil/internal/telemetry/telemetrytest"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
@@ -86,6 +89,7 @@ func (p *peer) bundle(t *testing.T) *spiffebundle.Bundle {
 // server stopped, an agent restarted meanwhile serves all of it again from
 // its data_dir.
 func TestFederatedBundlesReachWorkloads(t *testing.T) {
+	var err error
 	srv := testutil.StartServer(t, testutil.ServerConfig{TrustDomain: cloudTD.Name()})
 	adm := srv.Admin(t)
 	edge := newPeer(t, edgeTD)
@@ -96,6 +100,9 @@ func TestFederatedBundlesReachWorkloads(t *testing.T) {
 	fsDir := filepath.Join(testutil.ShortTempDir(t), "app")
 	cfg := testutil.AgentFor(t, srv, "/agent/site", "")
 	cfg.FilesystemDelivery = []testutil.FilesystemDelivery{{Name: "app", SPIFFEID: appID.String(), Directory: fsDir}}
+	if cfg.HealthPort, err = testutil.FreePort(); err != nil {
+		t.Fatal(err)
+	}
 	a := testutil.StartAgent(t, cfg)
 
 	e, err := adminclient.NewEntry(appID, agentID, uidSelector)
@@ -143,8 +150,17 @@ func TestFederatedBundlesReachWorkloads(t *testing.T) {
 	})
 	expectMTLS(t, src, edge, cloudBundle)
 
+	// The agent reports when it got the bundle (no federation
+	// relationship: the server never fetched it itself).
+	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", cfg.HealthPort)
+	updated := scrapeAge(t, metricsURL)
+	if updated <= 0 || updated > float64(time.Now().Unix()+1) {
+		t.Fatalf("%s = %v, want the Unix time the agent received the rotated bundle", ageMetric, updated)
+	}
+
 	// The server goes away (and with it any way to reach edge.test); the
-	// agent restarts meanwhile and serves the last bundle from data_dir.
+	// agent restarts meanwhile and serves the last bundle from data_dir,
+	// still saying how old it is.
 	srv.Stop(t)
 	a.Stop(t)
 	a.Start(t)
@@ -152,6 +168,31 @@ func TestFederatedBundlesReachWorkloads(t *testing.T) {
 	expectDelivered(t, fsDir, edge)
 	offlineSrc := testutil.NewX509Source(t, a.SocketAddr())
 	expectMTLS(t, offlineSrc, edge, cloudBundle)
+	if got := scrapeAge(t, metricsURL); got != updated {
+		t.Errorf("after the restart %s = %v, want still %v", ageMetric, got, updated)
+	}
+	ready := testutil.WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/ready", cfg.HealthPort), 200, "degraded", deadline)
+	if !strings.Contains(ready, "federated bundles: edge.test updated ") {
+		t.Errorf("degraded status does not say how old the edge.test bundle is: %s", ready)
+	}
+}
+
+// ageMetric is the agent's gauge of when each federated bundle was last
+// known current.
+const ageMetric = "sigil_agent_federated_bundle_updated_timestamp_seconds"
+
+// scrapeAge is ageMetric of edge.test on the agent's metrics.
+func scrapeAge(t *testing.T, url string) float64 {
+	t.Helper()
+	m, err := telemetrytest.Scrape(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, ok := m.Value(ageMetric, "trust_domain", edgeTD.Name())
+	if !ok {
+		t.Fatalf("no %s{trust_domain=%q} in %s", ageMetric, edgeTD.Name(), url)
+	}
+	return v
 }
 
 // expectServed checks every Workload API call a workload makes for

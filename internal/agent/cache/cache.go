@@ -132,6 +132,9 @@ func (s *svidRecord) notAfter() time.Time { return s.chain[0].NotAfter }
 type bundleRecord struct {
 	bundle *spiffebundle.Bundle
 	gen    uint64
+	// updatedAt is when the bundle was last known current (see
+	// BundleUpdate); zero when unknown.
+	updatedAt time.Time
 }
 
 // Cache is the agent's workload state. It is safe for concurrent use.
@@ -381,25 +384,11 @@ func (c *Cache) NeedsSVID(now time.Time, due RenewalPolicy) []*Entry {
 }
 
 // SetBundle adds or replaces the bundle of its trust domain (ours or a
-// federated one). Setting an equal bundle is a no-op.
+// federated one). Setting an equal bundle is a no-op, except that a bundle
+// whose update time is unknown (see BundleUpdate) is recorded as updated
+// now; one whose content changed is recorded as updated now.
 func (c *Cache) SetBundle(b *spiffebundle.Bundle) error {
-	if b == nil {
-		return errors.New("nil bundle")
-	}
-	td := b.TrustDomain()
-	if td.IsZero() {
-		return errors.New("bundle has no trust domain")
-	}
-	c.mu.Lock()
-	if old, ok := c.bundles[td]; ok && old.bundle.Equal(b) {
-		c.mu.Unlock()
-		return nil
-	}
-	c.bundles[td] = &bundleRecord{bundle: b.Clone(), gen: c.nextGen()}
-	c.mu.Unlock()
-	c.log.Debug("Bundle set", "trust_domain", td.String())
-	c.changed()
-	return nil
+	return c.SetBundleRefreshed(b, time.Time{})
 }
 
 // RemoveBundle forgets a federated bundle. Our own bundle cannot be removed.

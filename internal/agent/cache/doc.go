@@ -54,8 +54,10 @@
 // With Config.Dir set, every change of entries, bundles or X509-SVIDs is
 // written before the setter returns to Dir/workload-cache.json (temporary
 // file, fsync, rename, directory fsync; file 0600, Dir created 0700). It
-// holds entries, bundles (SPIFFE bundle JSON) and workload SVIDs with their
-// PKCS#8 keys. JWT-SVIDs are not persisted. Load restores it; SVIDs that
+// holds entries, bundles (SPIFFE bundle JSON) with the time each was last
+// known current (BundleUpdate: FederatedBundleUpdates reports how old the
+// federated ones are, also after a restart while cut off), and workload
+// SVIDs with their PKCS#8 keys. JWT-SVIDs are not persisted. Load restores it; SVIDs that
 // have expired by then are dropped. The agent's own SVID and key are not
 // part of this cache.
 //

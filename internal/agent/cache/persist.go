@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -28,6 +29,9 @@ type diskState struct {
 	Entries     []*Entry                   `json:"entries"`
 	Bundles     map[string]json.RawMessage `json:"bundles"`
 	SVIDs       map[string]diskSVID        `json:"svids"`
+	// BundlesUpdatedAt is each bundle's BundleUpdate.UpdatedAt (absent
+	// when unknown, and in files of earlier versions).
+	BundlesUpdatedAt map[string]time.Time `json:"bundles_updated_at,omitempty"`
 }
 
 type diskSVID struct {
@@ -74,6 +78,12 @@ func (c *Cache) snapshot() (*diskState, error) {
 			return nil, fmt.Errorf("marshal bundle of %q: %w", td, err)
 		}
 		st.Bundles[td.String()] = raw
+		if !r.updatedAt.IsZero() {
+			if st.BundlesUpdatedAt == nil {
+				st.BundlesUpdatedAt = make(map[string]time.Time, len(c.bundles))
+			}
+			st.BundlesUpdatedAt[td.String()] = r.updatedAt
+		}
 	}
 	for id, s := range c.svids {
 		key, err := x509.MarshalPKCS8PrivateKey(s.key)
@@ -159,7 +169,7 @@ func (c *Cache) Load() error {
 		if b.Empty() { // only keys of uses Parse skips: as if absent (see snapshot)
 			continue
 		}
-		bundles[td] = &bundleRecord{bundle: b}
+		bundles[td] = &bundleRecord{bundle: b, updatedAt: st.BundlesUpdatedAt[name]}
 	}
 	now := c.clk.Now()
 	svids := make(map[string]*svidRecord, len(st.SVIDs))

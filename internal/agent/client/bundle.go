@@ -5,13 +5,16 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -37,26 +40,50 @@ func (c *Client) GetBundle(ctx context.Context) (*spiffebundle.Bundle, error) {
 	return out, nil
 }
 
+// RefreshedAtHeader is the GetFederatedBundle response header in which
+// sigil-server says when it last fetched the bundle from its trust
+// domain's bundle endpoint (Unix seconds; see the server's
+// internal/server/api/bundle package documentation). SPIRE servers do not
+// send it.
+const RefreshedAtHeader = "sigil-bundle-refreshed-at"
+
 // GetFederatedBundle returns the bundle of a federated trust domain, or an
-// error wrapping ErrBundleNotFound.
-func (c *Client) GetFederatedBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
+// error wrapping ErrBundleNotFound, and when the server last fetched it
+// from that trust domain (RefreshedAtHeader): zero when the server does
+// not say (a bundle set by hand, a SPIRE server) or says something that is
+// not a positive Unix time.
+func (c *Client) GetFederatedBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, time.Time, error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	b, err := c.bundle.GetFederatedBundle(ctx, &bundlev1.GetFederatedBundleRequest{TrustDomain: td.Name()})
+	var md metadata.MD
+	b, err := c.bundle.GetFederatedBundle(ctx, &bundlev1.GetFederatedBundleRequest{TrustDomain: td.Name()}, grpc.Header(&md))
 	if status.Code(err) == codes.NotFound {
-		return nil, fmt.Errorf("get federated bundle %q: %w", td, ErrBundleNotFound)
+		return nil, time.Time{}, fmt.Errorf("get federated bundle %q: %w", td, ErrBundleNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get federated bundle %q: %w", td, err)
+		return nil, time.Time{}, fmt.Errorf("get federated bundle %q: %w", td, err)
 	}
 	out, err := BundleFromProto(b)
 	if err != nil {
-		return nil, fmt.Errorf("get federated bundle %q: %w", td, err)
+		return nil, time.Time{}, fmt.Errorf("get federated bundle %q: %w", td, err)
 	}
 	if out.TrustDomain() != td {
-		return nil, fmt.Errorf("get federated bundle: server returned the bundle of %q, want %q", out.TrustDomain(), td)
+		return nil, time.Time{}, fmt.Errorf("get federated bundle: server returned the bundle of %q, want %q", out.TrustDomain(), td)
 	}
-	return out, nil
+	return out, refreshedAt(md), nil
+}
+
+// refreshedAt reads RefreshedAtHeader; zero when absent or malformed.
+func refreshedAt(md metadata.MD) time.Time {
+	v := md.Get(RefreshedAtHeader)
+	if len(v) != 1 {
+		return time.Time{}
+	}
+	secs, err := strconv.ParseInt(v[0], 10, 64)
+	if err != nil || secs <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(secs, 0)
 }
 
 // BundleFromProto validates and converts a bundle message. Tainted

@@ -230,6 +230,11 @@ type Status struct {
 	// AgentSVIDExpiresAt is the NotAfter of the agent SVID; zero when
 	// there is none (before attestation, after a revocation).
 	AgentSVIDExpiresAt time.Time
+	// FederatedBundles says, per federated trust domain whose bundle the
+	// agent serves, when that bundle was last known current (sorted by
+	// trust domain; see cache.BundleUpdate): its age keeps growing while
+	// the agent, its server or the peer trust domain are cut off.
+	FederatedBundles []cache.BundleUpdate
 	// RevokedAt is when the server refused the agent's SVID; zero unless
 	// revoked. RevokedReason is the server's reason (SPIRE's
 	// PermissionDeniedDetails name, e.g. AGENT_BANNED) and Banned tells a
@@ -398,6 +403,7 @@ func (m *Manager) Status() Status {
 	st := m.status
 	m.mu.RUnlock()
 	st.SVIDs, st.EarliestSVIDExpiry = m.cache.SVIDStats(m.clk.Now())
+	st.FederatedBundles = m.cache.FederatedBundleUpdates()
 	switch {
 	case !st.RevokedAt.IsZero():
 		st.State = StateRevoked

@@ -2,6 +2,9 @@ package manager
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -86,7 +89,7 @@ func (m *Manager) logTransition(from State, fromSince time.Time, st Status, now 
 		m.log.Warn("Agent state: degraded; the server is unreachable, serving cached SVIDs until they expire",
 			"state", st.State, "degraded_since", st.DegradedSince, "earliest_svid_expiry", st.EarliestSVIDExpiry,
 			"expires_in", st.EarliestSVIDExpiry.Sub(now).Round(time.Second), "svids", st.SVIDs,
-			"agent_svid_expires_at", st.AgentSVIDExpiresAt, "error", st.LastError)
+			"agent_svid_expires_at", st.AgentSVIDExpiresAt, fedAttr(st, now), "error", st.LastError)
 	case StateExpired:
 		m.log.Error("Agent state: expired; no valid SVID is left to serve and the server is unreachable: workloads get no identity until it is back",
 			"state", st.State, "degraded_since", st.DegradedSince, "agent_svid_expires_at", st.AgentSVIDExpiresAt, "error", st.LastError)
@@ -101,7 +104,7 @@ func (m *Manager) logReminder(st Status, now time.Time) {
 		m.log.Warn("Agent state: still degraded, serving cached SVIDs",
 			"state", st.State, "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
 			"earliest_svid_expiry", st.EarliestSVIDExpiry, "expires_in", st.EarliestSVIDExpiry.Sub(now).Round(time.Second),
-			"svids", st.SVIDs, "error", st.LastError)
+			"svids", st.SVIDs, fedAttr(st, now), "error", st.LastError)
 	case StateExpired:
 		m.log.Error("Agent state: still expired, no valid SVID to serve",
 			"state", st.State, "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
@@ -151,4 +154,33 @@ func (m *Manager) forgetShortLived(keep map[string]struct{}) {
 			delete(m.shortWarned, k)
 		}
 	}
+}
+
+// fedAttr is the federated bundles' ages as a log attribute; an empty
+// attribute (which slog leaves out) when there are none.
+func fedAttr(st Status, now time.Time) slog.Attr {
+	if len(st.FederatedBundles) == 0 {
+		return slog.Attr{}
+	}
+	return slog.String("federated_bundles", st.FederatedBundlesText(now))
+}
+
+// FederatedBundlesText describes how old the federated bundles are at now,
+// for status texts and logs: "edge.test updated 2026-12-03T10:00:00Z
+// (72h0m0s ago), ..." ("update time unknown" when it is); "" when the
+// agent serves no federated bundle.
+func (st Status) FederatedBundlesText(now time.Time) string {
+	var b strings.Builder
+	for i, u := range st.FederatedBundles {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(u.TrustDomain.Name())
+		if u.UpdatedAt.IsZero() {
+			b.WriteString(" update time unknown")
+			continue
+		}
+		fmt.Fprintf(&b, " updated %s (%s ago)", u.UpdatedAt.UTC().Format(time.RFC3339), now.Sub(u.UpdatedAt).Round(time.Second))
+	}
+	return b.String()
 }

@@ -451,7 +451,7 @@ func (m *Manager) syncBundles(ctx context.Context, cl *client.Client, entries []
 		}
 	}
 	for td := range want {
-		b, err := cl.GetFederatedBundle(ctx, td)
+		b, refreshedAt, err := cl.GetFederatedBundle(ctx, td)
 		if errors.Is(err, client.ErrBundleNotFound) {
 			m.log.Warn("Federated bundle not found on the server", "trust_domain", td.String())
 			continue
@@ -459,7 +459,7 @@ func (m *Manager) syncBundles(ctx context.Context, cl *client.Client, entries []
 		if err != nil {
 			return err
 		}
-		if err := m.cache.SetBundle(b); err != nil {
+		if err := m.cache.SetBundleRefreshed(b, refreshedAt); err != nil {
 			return fmt.Errorf("cache federated bundle: %w", err)
 		}
 	}

@@ -28,6 +28,7 @@ func registerStatusMetrics(reg *telemetry.Registry, status func() manager.Status
 		{Name: "sigil_agent_svids", Help: "Number of unexpired workload X509-SVIDs the agent serves."},
 		{Name: "sigil_agent_last_sync_timestamp_seconds", Help: "Unix time of the last completed sync with the server; 0 if none since start."},
 		{Name: "sigil_agent_agent_svid_expiry_seconds", Help: "Unix time at which the agent's own SVID expires; 0 before attestation."},
+		{Name: "sigil_agent_federated_bundle_updated_timestamp_seconds", Help: "Unix time at which each federated trust domain's bundle the agent serves was last known current: when the server last fetched it from that trust domain's bundle endpoint (as sigil-server reports it), else when the agent received its current content; 0 when unknown. Kept across restarts: while the agent, its server or the peer are cut off, time() minus this is the age of the bundle workloads are served.", Labels: []string{"trust_domain"}},
 	}, func() map[string][]telemetry.Sample {
 		st := status()
 		b := func(v bool) float64 {
@@ -41,14 +42,19 @@ func registerStatusMetrics(reg *telemetry.Registry, status func() manager.Status
 		for _, s := range agentStates {
 			states = append(states, telemetry.Sample{Labels: []string{string(s)}, Value: b(st.State == s)})
 		}
+		fed := make([]telemetry.Sample, 0, len(st.FederatedBundles))
+		for _, u := range st.FederatedBundles {
+			fed = append(fed, telemetry.Sample{Labels: []string{u.TrustDomain.Name()}, Value: telemetry.UnixSeconds(u.UpdatedAt)})
+		}
 		return map[string][]telemetry.Sample{
-			"sigil_agent_connected":                    one(b(st.Connected)),
-			"sigil_agent_state":                        states,
-			"sigil_agent_degraded_since_seconds":       one(telemetry.UnixSeconds(st.DegradedSince)),
-			"sigil_agent_earliest_svid_expiry_seconds": one(telemetry.UnixSeconds(st.EarliestSVIDExpiry)),
-			"sigil_agent_svids":                        one(float64(st.SVIDs)),
-			"sigil_agent_last_sync_timestamp_seconds":  one(telemetry.UnixSeconds(st.LastSync)),
-			"sigil_agent_agent_svid_expiry_seconds":    one(telemetry.UnixSeconds(st.AgentSVIDExpiresAt)),
+			"sigil_agent_federated_bundle_updated_timestamp_seconds": fed,
+			"sigil_agent_connected":                                  one(b(st.Connected)),
+			"sigil_agent_state":                                      states,
+			"sigil_agent_degraded_since_seconds":                     one(telemetry.UnixSeconds(st.DegradedSince)),
+			"sigil_agent_earliest_svid_expiry_seconds":               one(telemetry.UnixSeconds(st.EarliestSVIDExpiry)),
+			"sigil_agent_svids":                                      one(float64(st.SVIDs)),
+			"sigil_agent_last_sync_timestamp_seconds":                one(telemetry.UnixSeconds(st.LastSync)),
+			"sigil_agent_agent_svid_expiry_seconds":                  one(telemetry.UnixSeconds(st.AgentSVIDExpiresAt)),
 		}
 	})
 }
@@ -71,9 +77,13 @@ func readiness(st manager.Status, now time.Time) (bool, string) {
 	case manager.StateConnected:
 		return true, "connected"
 	case manager.StateDegraded:
-		return true, fmt.Sprintf("degraded: server unreachable since %s; serving %d cached SVIDs, earliest expiry %s (%s); last error: %s",
+		fed := ""
+		if t := st.FederatedBundlesText(now); t != "" {
+			fed = "; federated bundles: " + t
+		}
+		return true, fmt.Sprintf("degraded: server unreachable since %s; serving %d cached SVIDs, earliest expiry %s (%s)%s; last error: %s",
 			st.DegradedSince.UTC().Format(time.RFC3339), st.SVIDs, st.EarliestSVIDExpiry.UTC().Format(time.RFC3339),
-			st.EarliestSVIDExpiry.Sub(now).Round(time.Second), st.LastError)
+			st.EarliestSVIDExpiry.Sub(now).Round(time.Second), fed, st.LastError)
 	default:
 		return false, fmt.Sprintf("expired: no valid SVID left to serve; server unreachable since %s; last error: %s",
 			st.DegradedSince.UTC().Format(time.RFC3339), st.LastError)

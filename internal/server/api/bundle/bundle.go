@@ -6,6 +6,13 @@
 // agents in watch mode are told at once; deleting entries or dissociating
 // them from a deleted federated bundle also calls Cache.Poke.
 //
+// GetFederatedBundle also tells when the trust domain's bundle was last
+// fetched from its bundle endpoint, in the response header
+// RefreshedAtHeader (Unix seconds), when the server has fetched it (a
+// federation relationship); a bundle only set by hand has none. It is a
+// Sigil extension SPIRE clients ignore: sigil-agent reports its federated
+// bundles' age from it.
+//
 // PublishWITAuthority is not implemented (the datastore has no WIT keys).
 package bundle
 
@@ -15,12 +22,15 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/server/api/apistatus"
@@ -37,6 +47,8 @@ type Store interface {
 	SetBundle(ctx context.Context, b *datastore.Bundle) (*datastore.Bundle, error)
 	AppendBundle(ctx context.Context, b *datastore.Bundle) (*datastore.Bundle, error)
 	DeleteBundle(ctx context.Context, trustDomain string) error
+	// When federated bundles were last fetched (GetFederatedBundle).
+	BundleRefreshes(ctx context.Context) (map[string]time.Time, error)
 
 	// Entries federating with a deleted bundle (BatchDeleteFederatedBundle).
 	ListEntries(ctx context.Context, f datastore.EntryFilter, p datastore.Page) ([]*datastore.Entry, string, error)
@@ -208,7 +220,31 @@ func (s *Service) GetFederatedBundle(ctx context.Context, req *bundlev1.GetFeder
 	case err != nil:
 		return nil, s.makeErr(codes.Internal, "failed to fetch bundle", err)
 	}
+	s.sendRefreshedAt(ctx, td)
 	return masked(b, req.OutputMask), nil
+}
+
+// RefreshedAtHeader is the GetFederatedBundle response header holding when
+// the bundle was last fetched from its trust domain's bundle endpoint, in
+// Unix seconds.
+const RefreshedAtHeader = "sigil-bundle-refreshed-at"
+
+// sendRefreshedAt sets RefreshedAtHeader when the store knows when td's
+// bundle was last fetched. It is information, not the answer: a failure
+// to read it is logged and the bundle is returned without it.
+func (s *Service) sendRefreshedAt(ctx context.Context, td spiffeid.TrustDomain) {
+	refreshes, err := s.store.BundleRefreshes(ctx)
+	if err != nil {
+		s.log.Warn("Failed to read when the federated bundle was last refreshed", "trust_domain", td.Name(), "error", err)
+		return
+	}
+	at, ok := refreshes[td.Name()]
+	if !ok || at.IsZero() {
+		return
+	}
+	if err := grpc.SetHeader(ctx, metadata.Pairs(RefreshedAtHeader, strconv.FormatInt(at.Unix(), 10))); err != nil {
+		s.log.Debug("Failed to send the federated bundle's refresh time", "trust_domain", td.Name(), "error", err)
+	}
 }
 
 // BatchCreateFederatedBundle creates bundles of other trust domains.

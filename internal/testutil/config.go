@@ -27,6 +27,9 @@ type ServerConfig struct {
 	// MetricsPort, when set, enables the telemetry Prometheus exporter on
 	// 127.0.0.1:MetricsPort (MetricsURL).
 	MetricsPort int
+	// DataStore replaces the default DataStore "sql" on SQLite in DataDir,
+	// e.g. pgtest.DataStore (PostgreSQL); nil keeps SQLite.
+	DataStore *Plugin
 	// Plugins are added to the plugins section after the defaults
 	// (DataStore "sql", KeyManager "disk", NodeAttestor "join_token"),
 	// e.g. a NodeAttestor "x509pop".
@@ -120,8 +123,12 @@ func (c ServerConfig) HCL() string {
 		fmt.Fprintf(&b, "    agent_ttl = %q\n", c.AgentTTL.String())
 	}
 	fmt.Fprintf(&b, "}\n\nplugins {\n")
-	fmt.Fprintf(&b, "    DataStore \"sql\" {\n        plugin_data {\n            database_type = \"sqlite3\"\n            connection_string = %q\n        }\n    }\n",
-		filepath.Join(c.DataDir, "datastore.sqlite3"))
+	if c.DataStore != nil {
+		b.WriteString(c.DataStore.HCL())
+	} else {
+		fmt.Fprintf(&b, "    DataStore \"sql\" {\n        plugin_data {\n            database_type = \"sqlite3\"\n            connection_string = %q\n        }\n    }\n",
+			filepath.Join(c.DataDir, "datastore.sqlite3"))
+	}
 	fmt.Fprintf(&b, "    KeyManager \"disk\" {\n        plugin_data {\n            keys_path = %q\n        }\n    }\n", filepath.Join(c.DataDir, "keys"))
 	fmt.Fprintf(&b, "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n")
 	for _, p := range c.Plugins {

@@ -188,6 +188,22 @@ func NewDatabase(t testing.TB) string {
 	return Shared(t).NewDatabase(t)
 }
 
+// DataStore is a server's DataStore "sql" plugin on a new database of the
+// shared cluster (see NewDatabase), for testutil.ServerConfig.DataStore.
+func DataStore(t testing.TB) *testutil.Plugin {
+	t.Helper()
+	return Shared(t).DataStore(t)
+}
+
+// DataStore is a server's DataStore "sql" plugin on a new database of c.
+func (c *Cluster) DataStore(t testing.TB) *testutil.Plugin {
+	t.Helper()
+	return &testutil.Plugin{Type: "DataStore", Name: "sql", Data: map[string]any{
+		"database_type":     "postgres",
+		"connection_string": c.NewDatabase(t),
+	}}
+}
+
 // Start starts a cluster that is stopped when t ends.
 func Start(t testing.TB, o Options) *Cluster {
 	t.Helper()

@@ -42,6 +42,16 @@ func (s *memStore) SetCAJournal(_ context.Context, name string, data []byte) err
 	return nil
 }
 
+func (s *memStore) ListCAJournals(context.Context) (map[string][]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string][]byte, len(s.journals))
+	for n, d := range s.journals {
+		out[n] = bytes.Clone(d)
+	}
+	return out, nil
+}
+
 func cloneBundle(b *datastore.Bundle) *datastore.Bundle {
 	c := *b
 	c.X509Authorities = append([]datastore.X509Authority(nil), b.X509Authorities...)

@@ -372,7 +372,8 @@ type FederationStore interface {
 }
 
 // CAJournalStore persists the CA manager's key-slot journal (an opaque,
-// versioned blob: which keys exist, their certificates and states).
+// versioned blob: which keys exist, their certificates and states). Each
+// server sharing the database keeps its own, under its own name.
 type CAJournalStore interface {
 	GetCAJournal(ctx context.Context, name string) ([]byte, error) // ErrNotFound
 	SetCAJournal(ctx context.Context, name string, data []byte) error
@@ -394,6 +395,14 @@ func StaleTolerated(ctx context.Context) bool {
 	return v
 }
 
+// CAJournalLister lists the CA journals of every server sharing the
+// database.
+type CAJournalLister interface {
+	// ListCAJournals returns every journal, by name (an empty map when
+	// there is none).
+	ListCAJournals(ctx context.Context) (map[string][]byte, error)
+}
+
 // DataStore is everything a store offers. Components take the narrower
 // interfaces above (or declare their own subsets).
 type DataStore interface {
@@ -403,5 +412,6 @@ type DataStore interface {
 	BundleStore
 	FederationStore
 	CAJournalStore
+	CAJournalLister
 	Close() error
 }

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -30,8 +31,19 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
+	"github.com/sigil-spiffe/sigil/internal/server/trustbundle"
 	"github.com/sigil-spiffe/sigil/internal/telemetry"
 )
+
+// caWithBundle is the CA as the SVID API sees it: a downstream server is
+// handed the trust domain's whole bundle (every server's CA), as SPIRE
+// does, not only this server's.
+type caWithBundle struct {
+	*ca.Manager
+	trust *trustbundle.Source
+}
+
+func (c caWithBundle) X509Authorities() []*x509.Certificate { return c.trust.X509Authorities() }
 
 // Server is an assembled, not yet running sigil-server.
 type Server struct {
@@ -41,6 +53,7 @@ type Server struct {
 	ds    servercatalog.DataStore
 	ca    *ca.Manager
 	cache *entrycache.Cache
+	trust *trustbundle.Source
 	svid  *serverSVID
 	ep    *endpoints.Endpoints
 	// metrics is the server's one registry; exporter serves it when
@@ -105,20 +118,52 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		return nil, err
 	}
 
-	cache := entrycache.New(entrycache.Config{Store: ds, Clock: clk, Log: log.With("subsystem", "entrycache")})
+	// trust follows the stored bundle (every server's CA); the cache tells
+	// it when a bundle changed. Set once the CA exists, before anything
+	// runs.
+	var trust *trustbundle.Source
+	cache := entrycache.New(entrycache.Config{Store: ds, Clock: clk, Log: log.With("subsystem", "entrycache"),
+		BundleChanged: func() {
+			if trust != nil {
+				trust.Changed()
+			}
+		}})
 	caCfg := caConfig(cfg)
 	caCfg.Keys, caCfg.Journal, caCfg.Bundles = km, ds, ds
 	caCfg.Upstream = pre.upstream
 	caCfg.Clock, caCfg.Log, caCfg.OnBundleChange = clk, log.With("subsystem", "ca"), cache.BundleChanged
+	// This server's own CA journal in the datastore (each server sharing
+	// it has its own): recorded in data_dir, else claimed now and recorded
+	// once the CA is initialized.
+	journal, err := datadir.ReadCAJournal(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	tdMismatch := func(err error) error {
+		var mismatch *ca.TrustDomainMismatchError
+		if errors.As(err, &mismatch) {
+			return &datadir.TrustDomainError{Dir: cfg.DataDir, Found: mismatch.Journal.Name(), Configured: cfg.TrustDomain.Name(), Source: "per the CA journal in its datastore"}
+		}
+		return nil
+	}
+	caCfg.JournalName = journal
+	if journal == "" {
+		// Claiming writes nothing.
+		if caCfg.JournalName, err = ca.ClaimJournal(ctx, caCfg, ds); err != nil {
+			if tdErr := tdMismatch(err); tdErr != nil {
+				return nil, tdErr
+			}
+			return nil, fmt.Errorf("CA: %w", err)
+		}
+	}
 	m, err := ca.New(caCfg)
 	if err != nil {
 		return nil, fmt.Errorf("CA: %w", err)
 	}
 	if err := m.Init(ctx); err != nil {
-		var mismatch *ca.TrustDomainMismatchError
-		if errors.As(err, &mismatch) {
+		if tdErr := tdMismatch(err); tdErr != nil {
 			// Init stopped before writing anything.
-			return nil, &datadir.TrustDomainError{Dir: cfg.DataDir, Found: mismatch.Journal.Name(), Configured: cfg.TrustDomain.Name(), Source: "per the CA journal in its datastore"}
+			return nil, tdErr
 		}
 		return nil, fmt.Errorf("initialize CA: %w", err)
 	}
@@ -138,8 +183,21 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		}
 		log.Info("Recorded the trust domain of data_dir", "data_dir", cfg.DataDir, "file", datadir.TrustDomainFile)
 	}
+	if journal == "" {
+		if err := datadir.WriteCAJournal(cfg.DataDir, caCfg.JournalName); err != nil {
+			return nil, err
+		}
+		log.Info("Recorded this server's CA journal in data_dir", "journal", caCfg.JournalName, "file", datadir.CAJournalFile)
+	}
 	if err := cache.Load(ctx); err != nil {
 		return nil, fmt.Errorf("load entry cache: %w", err)
+	}
+	trust, err = trustbundle.New(trustbundle.Config{TrustDomain: cfg.TrustDomain, Store: ds, Own: m.X509Authorities, Clock: clk, Log: log.With("subsystem", "trustbundle")})
+	if err != nil {
+		return nil, err
+	}
+	if err := trust.Refresh(ctx); err != nil {
+		return nil, err
 	}
 	svid, err := newServerSVID(cfg.TrustDomain, m, clk, log.With("subsystem", "server_svid"))
 	if err != nil {
@@ -171,7 +229,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	svids, err := svidapi.New(svidapi.Config{TrustDomain: cfg.TrustDomain, CA: m, Entries: cache, Store: ds, Log: log})
+	svids, err := svidapi.New(svidapi.Config{TrustDomain: cfg.TrustDomain, CA: caWithBundle{m, trust}, Entries: cache, Store: ds, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -189,12 +247,13 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		SocketPath:  cfg.SocketPath,
 		TrustDomain: cfg.TrustDomain,
 		ServerSVID:  svid.Get,
-		Bundle:      m.X509Authorities,
-		Nodes:       ds,
-		Entries:     cache,
-		RateLimit:   ratelimit.Config{Attestation: cfg.RateLimit.Attestation, Signing: cfg.RateLimit.Signing},
-		Log:         log.With("subsystem", "endpoints"),
-		Clock:       clk,
+		// Agents' SVIDs may come from any server's CA.
+		Bundle:    trust.X509Authorities,
+		Nodes:     ds,
+		Entries:   cache,
+		RateLimit: ratelimit.Config{Attestation: cfg.RateLimit.Attestation, Signing: cfg.RateLimit.Signing},
+		Log:       log.With("subsystem", "endpoints"),
+		Clock:     clk,
 		Register: func(g *grpc.Server) {
 			agents.Register(g)
 			svids.Register(g)
@@ -215,7 +274,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 			return nil, err
 		}
 	}
-	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, svid: svid, ep: ep, metrics: reg, exporter: exporter, lock: lock}
+	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, trust: trust, svid: svid, ep: ep, metrics: reg, exporter: exporter, lock: lock}
 	srv.upstream, _ = pre.upstream.(io.Closer)
 	return srv, nil
 }
@@ -258,6 +317,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.ca.Run(ctx) })
 	g.Go(func() error { return s.cache.Run(ctx) })
+	g.Go(func() error { return s.trust.Run(ctx) })
 	g.Go(func() error { return s.svid.Run(ctx) })
 	g.Go(func() error { return s.ep.Run(ctx) })
 	g.Go(func() error { return s.prune(ctx) })

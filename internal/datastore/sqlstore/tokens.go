@@ -132,3 +132,26 @@ ON CONFLICT (name) DO UPDATE SET data = excluded.data, updated_at = excluded.upd
 	}
 	return nil
 }
+
+// ListCAJournals returns every CA journal blob, by name: one per server
+// sharing the database.
+func (s *Store) ListCAJournals(ctx context.Context) (map[string][]byte, error) {
+	rows, err := s.r.QueryContext(ctx, s.q("SELECT name, data FROM ca_journals ORDER BY name"))
+	if err != nil {
+		return nil, fmt.Errorf("list CA journals: %w", err)
+	}
+	defer rows.Close()
+	out := map[string][]byte{}
+	for rows.Next() {
+		var name string
+		var data []byte
+		if err := rows.Scan(&name, &data); err != nil {
+			return nil, fmt.Errorf("list CA journals: %w", err)
+		}
+		out[name] = data
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list CA journals: %w", err)
+	}
+	return out, nil
+}

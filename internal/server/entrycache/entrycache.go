@@ -121,16 +121,22 @@ type Config struct {
 	// (default 1s). It bounds how late writes made by other servers that
 	// share the database are seen.
 	PollInterval time.Duration
+	// BundleChanged, when set, is called (with no lock held) whenever the
+	// cache wakes its subscribers for a bundle change: BundleChanged was
+	// called, or the bundle journal moved (a bundle written here or by
+	// another server).
+	BundleChanged func()
 }
 
 // Cache is the in-memory entry and node-selector index. Safe for
 // concurrent use. Entries it returns are shared: callers must not modify
 // them.
 type Cache struct {
-	store Store
-	clk   clock.Clock
-	log   *slog.Logger
-	poll  time.Duration
+	store    Store
+	clk      clock.Clock
+	log      *slog.Logger
+	poll     time.Duration
+	onBundle func()
 
 	pokeCh chan struct{}
 	// pokes counts Poke calls; nodePokes is the value of pokes read before
@@ -191,6 +197,7 @@ func New(cfg Config) *Cache {
 		clk:       clock.OrReal(cfg.Clock),
 		log:       log,
 		poll:      poll,
+		onBundle:  cfg.BundleChanged,
 		pokeCh:    make(chan struct{}, 1),
 		entryGaps: make(map[int64]time.Time),
 		nodeGaps:  make(map[int64]time.Time),
@@ -303,7 +310,12 @@ func (c *Cache) Poke() {
 }
 
 // BundleChanged wakes every subscriber (our or a federated bundle changed).
-func (c *Cache) BundleChanged() { c.wakeAll() }
+func (c *Cache) BundleChanged() {
+	c.wakeAll()
+	if c.onBundle != nil {
+		c.onBundle()
+	}
+}
 
 // Sync applies every journal event not yet applied, synchronously. Run
 // calls it; tests and callers needing read-your-writes may too.
@@ -378,7 +390,7 @@ func (c *Cache) syncBundles(ctx context.Context) error {
 	c.lastBundleEv = last
 	c.mu.Unlock()
 	if moved {
-		c.wakeAll()
+		c.BundleChanged()
 	}
 	return nil
 }

@@ -81,3 +81,45 @@ func TestSigilAgentX509PoP(t *testing.T) {
 		t.Errorf("x509pop agent record\nsigil-server: %s\nspire-server: %s", a, b)
 	}
 }
+
+// TestSPIREAgentX509PoPRenewal: a spire-agent attested with x509pop renews
+// its one-minute agent SVID by attesting again (SPIRE's agent re-attests
+// when the server said the node can), against both servers: the server
+// lists a new serial for the same agent, which keeps serving its workload.
+func TestSPIREAgentX509PoPRenewal(t *testing.T) {
+	testutil.SPIREBinaries(t)
+	devices := testutil.NewDeviceCA(t, testutil.ShortTempDir(t))
+	na, cert := devices.Device(t, testutil.ShortTempDir(t), "spire-device", testca.KeyOf(testca.ECDSAP384))
+	for _, k := range serverKinds {
+		t.Run(k.name, func(t *testing.T) {
+			t.Parallel() // mostly waiting for the SVID to age
+			srv := k.start(t, testutil.ServerConfig{AgentTTL: time.Minute, Plugins: []testutil.Plugin{devices.ServerPlugin()}})
+			adm := srv.Admin(t)
+			agentID := testutil.X509PoPAgentID(srv.TrustDomain(), cert)
+			web := srv.ID("/web")
+			adm.CreateEntry(t, web, agentID, uidSelector)
+			a := testutil.StartSPIREAgent(t, testutil.AgentWith(t, srv, "", na))
+			testutil.RequireSVID(t, a.SocketAddr(), web, deadline)
+			rec := findAgent(t, adm, agentID)
+			if rec == nil {
+				t.Fatalf("%s does not list %s", srv.Name(), agentID)
+			}
+			serial := rec.GetX509SvidSerialNumber()
+			err := testutil.Poll(2*time.Minute, 200*time.Millisecond, func() (bool, error) {
+				r := findAgent(t, adm, agentID)
+				return r != nil && r.GetX509SvidSerialNumber() != serial, nil
+			})
+			if err != nil {
+				t.Fatalf("the x509pop spire-agent did not renew against %s: %v", srv.Name(), err)
+			}
+			// By attesting again, not with RenewAgent.
+			if srv.Name() == "sigil-server" && !strings.Contains(srv.Proc.Logs(), "Agent re-attested") {
+				t.Error("sigil-server did not log a re-attestation of the spire-agent")
+			}
+			if a.Proc.Exited() {
+				t.Fatal("the spire-agent exited")
+			}
+			testutil.RequireSVID(t, a.SocketAddr(), web, deadline)
+		})
+	}
+}

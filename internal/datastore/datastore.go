@@ -249,6 +249,13 @@ type NodeEvent struct {
 	SPIFFEID string
 }
 
+// BundleEvent is one row of the bundle change journal (every bundle write
+// and delete), for servers sharing a database to learn of bundle changes.
+type BundleEvent struct {
+	ID          int64
+	TrustDomain string
+}
+
 // JoinToken is a single-use node attestation secret. Only its SHA-256 is
 // stored; the plaintext is shown once to the admin who created it.
 type JoinToken struct {

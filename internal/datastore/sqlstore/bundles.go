@@ -454,12 +454,8 @@ func (s *Store) PruneBundle(ctx context.Context, trustDomain string, before time
 	return changed, nil
 }
 
-// BundleEvent is one row of the bundle change journal (every bundle write
-// and delete), for servers sharing a database to learn of bundle changes.
-type BundleEvent struct {
-	ID          int64
-	TrustDomain string
-}
+// BundleEvent is datastore.BundleEvent.
+type BundleEvent = datastore.BundleEvent
 
 // ListBundleEvents returns bundle events with ID > after, oldest first, at
 // most limit (0 = no limit).

@@ -24,9 +24,14 @@
 // write happened on this server) and every PollInterval (writes made by
 // other servers sharing the database). Event IDs that are skipped (a
 // transaction that committed later than a newer one, possible on
-// PostgreSQL) are re-checked on every poll for GapTimeout. When the Store
-// also implements BundleJournal, a bundle write seen there (including one
-// made by another server) wakes every subscriber, like BundleChanged.
+// PostgreSQL, whose sequences commit out of order) are re-checked on every
+// poll for GapTimeout (one read per run of nearby IDs). Load, which starts from the
+// highest committed ID, also treats the IDs missing among the last
+// LoadGapWindow below it as skipped: a write in flight while the cache
+// loads (its ID lower, its commit later) is applied when it commits. When
+// the Store also implements BundleJournal, a bundle write seen there
+// (including one made by another server, in any commit order) wakes every
+// subscriber, like BundleChanged.
 //
 // # Node consistency (the agent check)
 //
@@ -83,7 +88,13 @@ const (
 	GapTimeout = 5 * time.Minute
 	// maxGaps bounds tracked skipped IDs per journal; beyond it the cache
 	// reloads everything instead.
-	maxGaps       = 1000
+	maxGaps = 1000
+	// LoadGapWindow is how far below the highest committed event ID Load
+	// looks for IDs not committed yet (writes in flight: at most one ID
+	// per event of the transactions open at that moment).
+	LoadGapWindow = 500
+	// gapReadSpan bounds the ID range of one read re-checking skipped IDs.
+	gapReadSpan   = 2 * LoadGapWindow
 	eventPageSize = 1000
 	loadPageSize  = 1000
 	serverPath    = "/spire/server"
@@ -106,10 +117,11 @@ type Store interface {
 }
 
 // BundleJournal is optionally implemented by the Store (sqlstore does):
-// when the highest bundle event ID grows, a bundle changed, possibly on
-// another server sharing the database, and every subscriber is woken.
+// a new bundle event means a bundle changed, possibly on another server
+// sharing the database, and every subscriber is woken.
 type BundleJournal interface {
 	LastBundleEventID(ctx context.Context) (int64, error)
+	ListBundleEvents(ctx context.Context, after int64, limit int) ([]datastore.BundleEvent, error)
 }
 
 // Config configures a Cache.
@@ -156,6 +168,7 @@ type Cache struct {
 	lastBundleEv int64
 	entryGaps    map[int64]time.Time
 	nodeGaps     map[int64]time.Time
+	bundleGaps   map[int64]time.Time
 	subMu        sync.Mutex
 	subs         map[string]map[*subscriber]struct{}
 	reach        map[string]map[string]struct{}
@@ -193,16 +206,17 @@ func New(cfg Config) *Cache {
 		poll = defaultPollInterval
 	}
 	return &Cache{
-		store:     cfg.Store,
-		clk:       clock.OrReal(cfg.Clock),
-		log:       log,
-		poll:      poll,
-		onBundle:  cfg.BundleChanged,
-		pokeCh:    make(chan struct{}, 1),
-		entryGaps: make(map[int64]time.Time),
-		nodeGaps:  make(map[int64]time.Time),
-		subs:      make(map[string]map[*subscriber]struct{}),
-		reach:     make(map[string]map[string]struct{}),
+		store:      cfg.Store,
+		clk:        clock.OrReal(cfg.Clock),
+		log:        log,
+		poll:       poll,
+		onBundle:   cfg.BundleChanged,
+		pokeCh:     make(chan struct{}, 1),
+		entryGaps:  make(map[int64]time.Time),
+		nodeGaps:   make(map[int64]time.Time),
+		bundleGaps: make(map[int64]time.Time),
+		subs:       make(map[string]map[*subscriber]struct{}),
+		reach:      make(map[string]map[string]struct{}),
 	}
 }
 
@@ -226,9 +240,27 @@ func (c *Cache) loadLocked(ctx context.Context) error {
 		return fmt.Errorf("entry cache: reading node journal position: %w", err)
 	}
 	var lastB int64
-	if bj, ok := c.store.(BundleJournal); ok {
+	var bundleGaps []int64
+	bj, hasBJ := c.store.(BundleJournal)
+	if hasBJ {
 		if lastB, err = bj.LastBundleEventID(ctx); err != nil {
 			return fmt.Errorf("entry cache: reading bundle journal position: %w", err)
+		}
+	}
+	// Before reading the entries and nodes: an ID missing now may commit
+	// any time after, and is then applied as a found gap (one that commits
+	// before the listings below is applied twice, harmlessly).
+	entryGaps, err := missingBelow(ctx, lastE, c.store.ListEntryEvents, func(ev datastore.EntryEvent) int64 { return ev.ID })
+	if err != nil {
+		return fmt.Errorf("entry cache: reading the entry journal: %w", err)
+	}
+	nodeGaps, err := missingBelow(ctx, lastN, c.store.ListNodeEvents, func(ev datastore.NodeEvent) int64 { return ev.ID })
+	if err != nil {
+		return fmt.Errorf("entry cache: reading the node journal: %w", err)
+	}
+	if hasBJ {
+		if bundleGaps, err = missingBelow(ctx, lastB, bj.ListBundleEvents, func(ev datastore.BundleEvent) int64 { return ev.ID }); err != nil {
+			return fmt.Errorf("entry cache: reading the bundle journal: %w", err)
 		}
 	}
 	st := newState()
@@ -263,13 +295,48 @@ func (c *Cache) loadLocked(ctx context.Context) error {
 	c.mu.Lock()
 	c.st = st
 	c.lastEntryEv, c.lastNodeEv, c.lastBundleEv = lastE, lastN, lastB
-	clear(c.entryGaps)
-	clear(c.nodeGaps)
+	now := c.clk.Now()
+	resetGaps(c.entryGaps, entryGaps, now)
+	resetGaps(c.nodeGaps, nodeGaps, now)
+	resetGaps(c.bundleGaps, bundleGaps, now)
 	c.mu.Unlock()
 	c.nodePokes.Store(pokes)
 	c.log.Debug("entry cache loaded", "entries", len(st.entries), "nodes", len(st.nodes))
 	c.wakeAll()
 	return nil
+}
+
+// resetGaps makes ids, skipped as of now, the only tracked gaps.
+func resetGaps(gaps map[int64]time.Time, ids []int64, now time.Time) {
+	clear(gaps)
+	for _, id := range ids {
+		gaps[id] = now
+	}
+}
+
+// missingBelow lists the IDs in (last-LoadGapWindow, last] that have no
+// event (yet).
+func missingBelow[E any](ctx context.Context, last int64,
+	list func(ctx context.Context, after int64, limit int) ([]E, error), id func(E) int64) ([]int64, error) {
+	from := max(0, last-LoadGapWindow)
+	if from >= last {
+		return nil, nil
+	}
+	evs, err := list(ctx, from, int(last-from))
+	if err != nil {
+		return nil, err
+	}
+	present := make(map[int64]bool, len(evs))
+	for _, ev := range evs {
+		present[id(ev)] = true
+	}
+	var out []int64
+	for g := from + 1; g <= last; g++ {
+		if !present[g] {
+			out = append(out, g)
+		}
+	}
+	return out, nil
 }
 
 // Run loads the cache if needed, then applies journal events on every Poke
@@ -374,22 +441,46 @@ func (c *Cache) syncNodesAfterPoke(ctx context.Context, want uint64) error {
 	return nil
 }
 
-// syncBundles wakes everyone when the bundle journal moved (a bundle was
-// written here or by another server). Called with applyMu held.
+// syncBundles wakes everyone when the bundle journal has new events
+// (written here or by another server), skipped IDs that appeared included.
+// Called with applyMu held.
 func (c *Cache) syncBundles(ctx context.Context) error {
 	bj, ok := c.store.(BundleJournal)
 	if !ok {
 		return nil
 	}
-	last, err := bj.LastBundleEventID(ctx)
+	c.mu.RLock()
+	from := c.lastBundleEv
+	skipped := gapIDs(c.bundleGaps)
+	c.mu.RUnlock()
+	// The bundles themselves are read by whoever is woken.
+	r, err := readJournal(ctx, "bundle", from, skipped, bj.ListBundleEvents,
+		func(ev datastore.BundleEvent) (int64, string) { return ev.ID, ev.TrustDomain },
+		func(_ context.Context, tds []string) (map[string]struct{}, error) { return nil, nil })
+	if errors.Is(err, errReload) {
+		// Too many skipped IDs to track: start again from the top.
+		last, lerr := bj.LastBundleEventID(ctx)
+		if lerr != nil {
+			return fmt.Errorf("entry cache: reading bundle journal position: %w", lerr)
+		}
+		c.mu.Lock()
+		c.lastBundleEv = last
+		clear(c.bundleGaps)
+		c.mu.Unlock()
+		c.BundleChanged()
+		return nil
+	}
 	if err != nil {
-		return fmt.Errorf("entry cache: reading bundle journal position: %w", err)
+		return err
 	}
 	c.mu.Lock()
-	moved := last != c.lastBundleEv
-	c.lastBundleEv = last
+	c.lastBundleEv = r.last
+	tooMany := r.updateGaps(c.bundleGaps, c.clk.Now())
+	if tooMany {
+		clear(c.bundleGaps)
+	}
 	c.mu.Unlock()
-	if moved {
+	if len(r.updates) > 0 || tooMany {
 		c.BundleChanged()
 	}
 	return nil
@@ -448,18 +539,27 @@ func readJournal[E, T any](ctx context.Context, kind string, last int64, gaps []
 		pending = pending[:0]
 		return nil
 	}
-	// Re-check skipped IDs first.
-	for _, g := range gaps {
-		evs, err := list(ctx, g-1, 1)
+	// Re-check skipped IDs first: one read per run of nearby IDs (those
+	// Load marks are within LoadGapWindow of each other; a lone old gap
+	// costs a one-row read, not a read of every event since).
+	sorted := slices.Sorted(slices.Values(gaps))
+	for len(sorted) > 0 {
+		n := 1
+		for n < len(sorted) && sorted[n]-sorted[0] < gapReadSpan {
+			n++
+		}
+		run := sorted[:n]
+		sorted = sorted[n:]
+		lo, hi := run[0], run[len(run)-1]
+		evs, err := list(ctx, lo-1, int(hi-lo+1))
 		if err != nil {
-			return r, fmt.Errorf("entry cache: re-reading skipped %s event %d: %w", kind, g, err)
+			return r, fmt.Errorf("entry cache: re-reading %d skipped %s events: %w", len(run), kind, err)
 		}
-		if len(evs) != 1 {
-			continue
-		}
-		if evID, id := event(evs[0]); evID == g {
-			want(id)
-			r.foundGaps = append(r.foundGaps, g)
+		for _, ev := range evs {
+			if evID, id := event(ev); evID <= hi && slices.Contains(run, evID) {
+				want(id)
+				r.foundGaps = append(r.foundGaps, evID)
+			}
 		}
 	}
 	for {

@@ -68,45 +68,62 @@ func (a *Agent) Type() string { return Type }
 
 // Load reads and checks the device certificate, intermediates and key:
 // the key must match the certificate and be ECDSA or RSA. It is what Begin
-// does first; `validate` can call it to check the files.
+// does first.
 func (a *Agent) Load() (key crypto.Signer, chain []*x509.Certificate, err error) {
+	key, chain, err = a.load()
+	if err != nil {
+		return nil, nil, fmt.Errorf("x509pop: %w", err)
+	}
+	return key, chain, nil
+}
+
+// loadError is a failure of load, with the plugin_data key of the file at
+// fault.
+type loadError struct {
+	key string // "certificate_path", "private_key_path" or "intermediates_path"
+	err error
+}
+
+func (e *loadError) Error() string { return e.key + ": " + e.err.Error() }
+func (e *loadError) Unwrap() error { return e.err }
+
+func (a *Agent) load() (crypto.Signer, []*x509.Certificate, error) {
 	certPEM, err := readFile(a.cfg.CertificatePath, maxCertFileSize)
 	if err != nil {
-		return nil, nil, fmt.Errorf("x509pop: certificate_path: %w", err)
+		return nil, nil, &loadError{"certificate_path", err}
 	}
 	keyPEM, err := readFile(a.cfg.PrivateKeyPath, maxKeyFileSize)
 	if err != nil {
-		return nil, nil, fmt.Errorf("x509pop: private_key_path: %w", err)
+		return nil, nil, &loadError{"private_key_path", err}
 	}
 	// tls.X509KeyPair parses PKCS #8, PKCS #1 and SEC 1 keys and checks
 	// the key is the certificate's.
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return nil, nil, fmt.Errorf("x509pop: device certificate %s and key %s: %w", a.cfg.CertificatePath, a.cfg.PrivateKeyPath, err)
+		return nil, nil, &loadError{"private_key_path", fmt.Errorf("device certificate %s and key %s: %w", a.cfg.CertificatePath, a.cfg.PrivateKeyPath, err)}
 	}
+	var chain []*x509.Certificate
 	for i, der := range pair.Certificate {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, nil, fmt.Errorf("x509pop: %s: certificate %d: %w", a.cfg.CertificatePath, i+1, err)
+			return nil, nil, &loadError{"certificate_path", fmt.Errorf("%s: certificate %d: %w", a.cfg.CertificatePath, i+1, err)}
 		}
 		chain = append(chain, c)
 	}
 	if a.cfg.IntermediatesPath != "" {
 		more, err := LoadCertificates(a.cfg.IntermediatesPath)
 		if err != nil {
-			return nil, nil, fmt.Errorf("x509pop: intermediates_path: %w", err)
+			return nil, nil, &loadError{"intermediates_path", err}
 		}
 		chain = append(chain, more...)
 	}
 	switch k := pair.PrivateKey.(type) {
 	case *ecdsa.PrivateKey:
-		key = k
+		return k, chain, nil
 	case *rsa.PrivateKey:
-		key = k
-	default:
-		return nil, nil, fmt.Errorf("x509pop: the key in %s is %T; x509pop proves ECDSA and RSA keys", a.cfg.PrivateKeyPath, pair.PrivateKey)
+		return k, chain, nil
 	}
-	return key, chain, nil
+	return nil, nil, &loadError{"private_key_path", fmt.Errorf("the key in %s is %T; x509pop proves ECDSA and RSA keys", a.cfg.PrivateKeyPath, pair.PrivateKey)}
 }
 
 // Begin reads the device certificate, intermediates and key and starts an

@@ -1,6 +1,8 @@
 package x509pop
 
 import (
+	"errors"
+
 	"github.com/sigil-spiffe/sigil/internal/config"
 )
 
@@ -64,6 +66,12 @@ func ParseServerConfig(d *config.PluginData, parseTemplate func(string) (PathTem
 // ParseAgentConfig reads the plugin_data of the agent's NodeAttestor
 // "x509pop" (SPIRE's keys). SPIRE's spiffe_endpoint_socket (the device
 // identity from a Workload API) is not implemented and refused.
+//
+// It also loads the device's files once, as spire-agent does when it
+// configures the plugin, so that `sigil-agent validate` and `run` stop on
+// a missing or unusable certificate or key (with the key's line) instead
+// of an agent that starts and can never attest. The agent reads them again
+// at every attestation.
 func ParseAgentConfig(d *config.PluginData) (AgentConfig, error) {
 	var c AgentConfig
 	d.Unsupported("spiffe_endpoint_socket")
@@ -75,6 +83,16 @@ func ParseAgentConfig(d *config.PluginData) (AgentConfig, error) {
 	}
 	if c.CertificatePath == "" {
 		d.Errorf("", "certificate_path is required")
+	}
+	if c.Validate() == nil {
+		if _, _, err := (&Agent{cfg: c}).load(); err != nil {
+			var le *loadError
+			if errors.As(err, &le) {
+				d.Errorf(le.key, "%v", le.err)
+			} else {
+				d.Errorf("", "%v", err)
+			}
+		}
 	}
 	return c, d.Done()
 }

@@ -60,21 +60,33 @@ func TestParseServerConfig(t *testing.T) {
 }
 
 func TestParseAgentConfig(t *testing.T) {
+	root := testca.New(t)
+	inter := root.Intermediate(t)
+	d := newDevice(t, inter)
+	other := newDevice(t, inter)
 	parse := func(data map[string]any) (AgentConfig, error) {
 		return ParseAgentConfig(config.NewPlugin("NodeAttestor", Type, data).Data())
 	}
-	c, err := parse(map[string]any{"private_key_path": "/k", "certificate_path": "/c", "intermediates_path": "/i"})
-	if err != nil || c != (AgentConfig{PrivateKeyPath: "/k", CertificatePath: "/c", IntermediatesPath: "/i"}) {
+	want := AgentConfig{PrivateKeyPath: d.cfg.PrivateKeyPath, CertificatePath: d.cfg.CertificatePath, IntermediatesPath: d.cfg.IntermediatesPath}
+	c, err := parse(map[string]any{"private_key_path": want.PrivateKeyPath, "certificate_path": want.CertificatePath, "intermediates_path": want.IntermediatesPath})
+	if err != nil || c != want {
 		t.Fatalf("%+v, %v", c, err)
 	}
+	key, crt, inters := d.cfg.PrivateKeyPath, d.cfg.CertificatePath, d.cfg.IntermediatesPath
 	for _, tc := range []struct {
 		data map[string]any
 		want string
 	}{
-		{map[string]any{"certificate_path": "/c"}, "private_key_path is required"},
-		{map[string]any{"private_key_path": "/k"}, "certificate_path is required"},
-		{map[string]any{"private_key_path": "/k", "certificate_path": "/c", "spiffe_endpoint_socket": "/s"}, "spiffe_endpoint_socket"},
-		{map[string]any{"private_key_path": "/k", "certificate_path": "/c", "intermediate_path": "/i"}, "intermediate_path"},
+		{map[string]any{"certificate_path": crt}, "private_key_path is required"},
+		{map[string]any{"private_key_path": key}, "certificate_path is required"},
+		{map[string]any{"private_key_path": key, "certificate_path": crt, "spiffe_endpoint_socket": "/s"}, "spiffe_endpoint_socket"},
+		{map[string]any{"private_key_path": key, "certificate_path": crt, "intermediate_path": inters}, "intermediate_path"},
+		// validate and run stop on files the agent could never attest
+		// with, as spire-agent does.
+		{map[string]any{"private_key_path": "/nonexistent/k.pem", "certificate_path": crt}, `plugin NodeAttestor "x509pop": open /nonexistent/k.pem`},
+		{map[string]any{"private_key_path": key, "certificate_path": "/nonexistent/c.pem"}, "open /nonexistent/c.pem"},
+		{map[string]any{"private_key_path": other.cfg.PrivateKeyPath, "certificate_path": crt}, "private key does not match public key"},
+		{map[string]any{"private_key_path": key, "certificate_path": crt, "intermediates_path": key}, "no PEM CERTIFICATE block"},
 	} {
 		if _, err := parse(tc.data); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want one containing %q", tc.data, err, tc.want)

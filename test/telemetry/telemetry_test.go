@@ -104,3 +104,107 @@ func TestExporters(t *testing.T) {
 		}
 	}
 }
+
+var uidSelector = "unix:uid:" + strconv.Itoa(os.Getuid())
+
+// atLeast is a condition: the sample of name with labels is >= want.
+func atLeast(name string, want float64, labels ...string) func(telemetrytest.Samples) error {
+	return func(m telemetrytest.Samples) error {
+		if v := m.Get(name, labels...); v < want {
+			return fmt.Errorf("%s%v = %v, want >= %v", name, labels, v, want)
+		}
+		return nil
+	}
+}
+
+// all is a condition: every one of conds holds.
+func all(conds ...func(telemetrytest.Samples) error) func(telemetrytest.Samples) error {
+	return func(m telemetrytest.Samples) error {
+		for _, c := range conds {
+			if err := c(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// TestServerMetricsMove: each action moves the server metrics that should
+// move: an attestation, a failed one (another agent process with an
+// unknown token), an entry create, a workload's SVID, a ban.
+func TestServerMetricsMove(t *testing.T) {
+	srv := testutil.StartServer(t, testutil.ServerConfig{MetricsPort: freePort(t)})
+	url := srv.MetricsURL()
+	admin := srv.Admin(t)
+	const agentSvc, entrySvc = "spire.api.server.agent.v1.Agent", "spire.api.server.entry.v1.Entry"
+
+	m := scrape(t, url)
+	now := float64(time.Now().Unix())
+	if e := m.Get("sigil_server_ca_expiry_timestamp_seconds", "kind", "x509"); e <= now {
+		t.Errorf("X.509 CA expiry %v, want after now (%v)", e, now)
+	}
+	if e := m.Get("sigil_server_ca_expiry_timestamp_seconds", "kind", "jwt"); e <= now {
+		t.Errorf("JWT key expiry %v, want after now (%v)", e, now)
+	}
+	if i := m.Get("sigil_server_ca_issued_timestamp_seconds", "kind", "x509"); i <= 0 || i > now+60 {
+		t.Errorf("X.509 CA issued at %v", i)
+	}
+	waitMetrics(t, url, "entry cache syncing", atLeast("sigil_server_entry_cache_last_sync_timestamp_seconds", now-60))
+	if m.Get("sigil_server_datastore_operation_duration_seconds", "operation", "GetCAJournal") < 1 {
+		t.Errorf("datastore operations not observed: %v", m.Series("sigil_server_datastore_operation_duration_seconds"))
+	}
+
+	// An attestation (the token was created over the admin socket).
+	cfg := testutil.AgentFor(t, srv, "/agent/m1", "")
+	cfg.MetricsPort = freePort(t)
+	agent := testutil.StartAgent(t, cfg)
+	aliasID, agentID := srv.ID("/agent/m1"), admin.JoinTokenAgentID(cfg.JoinToken)
+	// (Join token attestation creates the token's node alias entry.)
+	waitMetrics(t, url, "the attestation", all(
+		equal("sigil_server_node_attestations_total", 1, "attestor", "join_token", "result", "success"),
+		equal("sigil_server_agents", 1, "banned", "false"),
+		equal("sigil_server_entries", 1),
+		atLeast("sigil_server_svids_signed_total", 1, "kind", "agent_x509"),
+		atLeast("sigil_server_rpcs_total", 1, "service", agentSvc, "method", "CreateJoinToken", "code", "OK"),
+		equal("sigil_server_sync_streams", 1),
+	))
+
+	// A failed attestation: an agent with a token the server never issued
+	// exits, and the failure is counted.
+	bad := testutil.AgentWith(t, srv, "", nil)
+	bad.JoinToken = "not-a-token"
+	badAgent := testutil.NewAgent(t, bad)
+	badAgent.StartProcess(t)
+	badAgent.Proc.WaitExit(t, wait)
+	waitMetrics(t, url, "the failed attestation", all(
+		equal("sigil_server_node_attestations_total", 1, "attestor", "join_token", "result", "failure"),
+		equal("sigil_server_rpcs_total", 1, "service", agentSvc, "method", "AttestAgent", "code", "InvalidArgument"),
+	))
+
+	// An entry, and the workload SVID it leads to.
+	workload := srv.ID("/workload")
+	admin.CreateEntry(t, workload, aliasID, uidSelector)
+	testutil.RequireSVID(t, agent.SocketAddr(), workload, wait)
+	m = waitMetrics(t, url, "the entry and its SVID", all(
+		equal("sigil_server_entries", 2),
+		atLeast("sigil_server_rpcs_total", 1, "service", entrySvc, "method", "BatchCreateEntry", "code", "OK"),
+		atLeast("sigil_server_svids_signed_total", 1, "kind", "x509"),
+		atLeast("sigil_server_rpcs_total", 1, "service", "spire.api.server.svid.v1.SVID", "method", "BatchNewX509SVID", "code", "OK"),
+		atLeast("sigil_server_entry_cache_apply_lag_seconds", 1),
+	))
+	if m.Get("sigil_server_datastore_operation_duration_seconds", "operation", "CreateEntries") < 1 {
+		t.Errorf("CreateEntries not observed: %v", m.Series("sigil_server_datastore_operation_duration_seconds"))
+	}
+	if errs := m.Series("sigil_server_datastore_operation_errors_total"); len(errs) != 0 {
+		t.Errorf("datastore errors on a healthy store: %v", errs)
+	}
+
+	// A ban: the agent is counted as banned and its stream ends.
+	admin.BanAgent(t, agentID)
+	waitMetrics(t, url, "the ban", all(
+		equal("sigil_server_agents", 1, "banned", "true"),
+		equal("sigil_server_agents", 0, "banned", "false"),
+		equal("sigil_server_rpcs_total", 1, "service", agentSvc, "method", "BanAgent", "code", "OK"),
+		equal("sigil_server_sync_streams", 0),
+	))
+}

@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
@@ -103,10 +105,13 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
+	reg := telemetry.NewRegistry(telemetry.ServerPrefix)
+	metrics := telemetry.NewServer(reg)
 	ds, err := pre.plugins.DataStore().Build(ctx, servercatalog.DataStoreDeps{Log: log.With("subsystem", "datastore"), Clock: clk})
 	if err != nil {
 		return nil, fmt.Errorf("open datastore: %w", err)
 	}
+	ds = meteredStore(ds, metrics)
 	defer func() {
 		if err != nil {
 			ds.Close()
@@ -123,6 +128,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	// runs.
 	var trust *trustbundle.Source
 	cache := entrycache.New(entrycache.Config{Store: ds, Clock: clk, Log: log.With("subsystem", "entrycache"),
+		Metrics: metrics,
 		BundleChanged: func() {
 			if trust != nil {
 				trust.Changed()
@@ -219,7 +225,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	agents, err := agentapi.New(agentapi.Config{
 		TrustDomain: cfg.TrustDomain,
 		Store:       ds,
-		CA:          m,
+		CA:          agentSigner{m, metrics},
 		AgentTTL:    cfg.AgentTTL,
 		Attestors:   nodeAttestors(attestors),
 		Cache:       cache,
@@ -229,7 +235,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	svids, err := svidapi.New(svidapi.Config{TrustDomain: cfg.TrustDomain, CA: caWithBundle{m, trust}, Entries: cache, Store: ds, Log: log})
+	svids, err := svidapi.New(svidapi.Config{TrustDomain: cfg.TrustDomain, CA: svidSigner{caWithBundle{m, trust}, metrics}, Entries: cache, Store: ds, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -254,6 +260,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		RateLimit: ratelimit.Config{Attestation: cfg.RateLimit.Attestation, Signing: cfg.RateLimit.Signing},
 		Log:       log.With("subsystem", "endpoints"),
 		Clock:     clk,
+		Metrics:   metrics,
 		Register: func(g *grpc.Server) {
 			agents.Register(g)
 			svids.Register(g)
@@ -264,7 +271,8 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
-	reg := telemetry.NewRegistry(telemetry.ServerPrefix)
+	metrics.SetAttestors(slices.Collect(maps.Keys(attestors)))
+	metrics.ObserveState(reg, serverState(cache, m))
 	var exporter *telemetry.Exporter
 	if p := cfg.Telemetry.Prometheus; p != nil {
 		exporter, err = telemetry.NewExporter(telemetry.ExporterConfig{

@@ -38,6 +38,7 @@ func (e *Endpoints) unaryInterceptor(t transport) grpc.UnaryServerInterceptor {
 				err = status.Error(codes.Internal, "internal error")
 			}
 			e.logCall(ctx, info.FullMethod, start, err)
+			e.metrics.RPC(info.FullMethod, status.Code(err).String(), time.Since(start))
 		}()
 		ctx, r, err := e.authorize(ctx, t, info.FullMethod)
 		if err != nil {
@@ -46,7 +47,7 @@ func (e *Endpoints) unaryInterceptor(t transport) grpc.UnaryServerInterceptor {
 		if t == tcpTransport && r.limit == signLimit {
 			release, err := e.limiter.AcquireSign(ctx)
 			if err != nil {
-				return nil, limitErr("rejecting request due to signing rate limiting", err)
+				return nil, e.limited(signingLimit, limitErr("rejecting request due to signing rate limiting", err))
 			}
 			defer release()
 		}
@@ -71,16 +72,18 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 				err = context.Cause(shutdown)
 			}
 			e.logCall(ctx, info.FullMethod, start, err)
+			e.metrics.RPC(info.FullMethod, status.Code(err).String(), time.Since(start))
 		}()
 		ctx, r, err := e.authorize(ctx, t, info.FullMethod)
 		if err != nil {
 			return err
 		}
+		defer e.metrics.StreamStarted(info.FullMethod)()
 		ctx, cancel := context.WithCancelCause(ctx)
 		defer cancel(nil)
 		stopFollowing := context.AfterFunc(shutdown, func() { cancel(context.Cause(shutdown)) })
 		defer stopFollowing()
-		ws := &wrappedStream{ServerStream: ss, ctx: ctx}
+		ws := &wrappedStream{ServerStream: ss, ctx: ctx, ep: e}
 		if r.limit != attestLimit {
 			if t == tcpTransport && r.limit == signLimit {
 				ws.acquire = e.limiter.AcquireSign
@@ -98,9 +101,10 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 		from, hasAddr := peerAddr(ctx)
 		addr := from.Addr()
 		if t == tcpTransport && hasAddr {
-			ws.ctx = rpccontext.WithStages(ctx, stages{l: e.limiter, from: from})
+			ws.ctx = rpccontext.WithStages(ctx, stages{e: e, from: from})
 		}
 		err = handler(srv, ws)
+		e.metrics.Attestation(ws.attType, attestationResult(err), time.Since(start))
 		if !isClientFailure(err) {
 			return err
 		}
@@ -109,6 +113,9 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 			penalty = e.limiter.AttestFailed(addr)
 		}
 		e.failures.failed(ctx, t, addr, ws.attType, status.Convert(err).Message(), penalty)
+		if penalty > 0 {
+			e.metrics.FailureHeld()
+		}
 		e.limiter.Hold(ctx, penalty)
 		return err
 	}
@@ -116,24 +123,58 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 
 // stages implements rpccontext.Stages with the limiter, for one caller.
 type stages struct {
-	l    *ratelimit.Limiter
+	e    *Endpoints
 	from netip.AddrPort
 }
 
 func (s stages) Check(ctx context.Context) (func(), error) {
-	release, err := s.l.AcquireCheck(ctx, s.from)
+	release, err := s.e.limiter.AcquireCheck(ctx, s.from)
 	if err != nil {
-		return nil, limitErr("rejecting request due to attestation rate limiting", err)
+		return nil, s.e.limited(attestationLimit, limitErr("rejecting request due to attestation rate limiting", err))
 	}
 	return release, nil
 }
 
 func (s stages) Work(ctx context.Context) (func(), error) {
-	release, err := s.l.AcquireAttest(ctx)
+	release, err := s.e.limiter.AcquireAttest(ctx)
 	if err != nil {
-		return nil, limitErr("rejecting request due to attestation rate limiting", err)
+		return nil, s.e.limited(attestationLimit, limitErr("rejecting request due to attestation rate limiting", err))
 	}
 	return release, nil
+}
+
+// The limit label of Metrics.RateLimited.
+const (
+	attestationLimit = "attestation"
+	signingLimit     = "signing"
+)
+
+// limited reports err to the metrics when it refuses a request for a
+// rate limit (ResourceExhausted), and returns it.
+func (e *Endpoints) limited(limit string, err error) error {
+	if status.Code(err) == codes.ResourceExhausted {
+		e.metrics.RateLimited(limit)
+	}
+	return err
+}
+
+// Attestation results, as Metrics.Attestation reports them.
+const (
+	attestSuccess = "success"
+	attestFailure = "failure"
+	attestError   = "error"
+)
+
+// attestationResult classifies an AttestAgent outcome: refused (the
+// client's fault, see isClientFailure), or not completed by the server.
+func attestationResult(err error) string {
+	switch {
+	case err == nil:
+		return attestSuccess
+	case isClientFailure(err):
+		return attestFailure
+	}
+	return attestError
 }
 
 // isClientFailure reports whether err means the client presented bad
@@ -171,6 +212,7 @@ type wrappedStream struct {
 	acquire func(context.Context) (func(), error)
 	release func()
 	attType string
+	ep      *Endpoints
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
@@ -198,7 +240,7 @@ func (w *wrappedStream) RecvMsg(m any) error {
 	if w.acquire != nil {
 		release, err := w.acquire(w.ctx)
 		if err != nil {
-			return limitErr("rejecting request due to attestation rate limiting", err)
+			return w.ep.limited(signingLimit, limitErr("rejecting request due to signing rate limiting", err))
 		}
 		w.release = release
 	}

@@ -70,6 +70,28 @@ type AdminChecker interface {
 	AdminAndDownstream(ctx context.Context, id spiffeid.ID) (admin, downstream bool, err error)
 }
 
+// Metrics receives the endpoints' measurements (internal/telemetry's
+// Server implements it).
+type Metrics interface {
+	// RPC is called when a call ends (every method, both listeners), with
+	// its gRPC full method and status code.
+	RPC(fullMethod, code string, d time.Duration)
+	// StreamStarted is called when an authorized stream starts; the func
+	// it returns is called when the stream ends.
+	StreamStarted(fullMethod string) (done func())
+	// Attestation is called when an AttestAgent call ends, with the
+	// attestation type the agent sent ("" if none) and the result:
+	// "success", "failure" (refused: the client's fault) or "error" (the
+	// server could not complete it, a rate limit, the client went away).
+	Attestation(attestationType, result string, d time.Duration)
+	// RateLimited is called when a rate limit refuses a request
+	// (ResourceExhausted): limit is "attestation" or "signing".
+	RateLimited(limit string)
+	// FailureHeld is called when a failed attestation's answer is held
+	// back (its source exceeded its failure budget).
+	FailureHeld()
+}
+
 // Config configures the endpoints.
 type Config struct {
 	// TCPAddr is where agents connect (port 0 picks a free port).
@@ -90,6 +112,8 @@ type Config struct {
 	RateLimit ratelimit.Config
 	Log       *slog.Logger
 	Clock     clock.Clock
+	// Metrics is optional.
+	Metrics Metrics
 	// Register registers the API services on each server (TCP and socket).
 	Register func(*grpc.Server)
 
@@ -113,6 +137,7 @@ type Endpoints struct {
 	limiter  *ratelimit.Limiter
 	failures *failureLog
 	agents   *AgentValidator
+	metrics  Metrics
 
 	ready   chan struct{}
 	mu      sync.Mutex
@@ -156,6 +181,10 @@ func New(cfg Config) (*Endpoints, error) {
 	if cfg.KeepaliveMinTime <= 0 {
 		cfg.KeepaliveMinTime = DefaultKeepaliveMinTime
 	}
+	metrics := cfg.Metrics
+	if metrics == nil {
+		metrics = noMetrics{}
+	}
 	nodeCache, _ := cfg.Entries.(NodeCache)
 	agents, err := NewAgentValidator(AgentValidatorConfig{Nodes: cfg.Nodes, Cache: nodeCache, Log: log, Clock: clk})
 	if err != nil {
@@ -168,6 +197,7 @@ func New(cfg Config) (*Endpoints, error) {
 		limiter:  ratelimit.New(rl),
 		failures: newFailureLog(log, rl.Clock),
 		agents:   agents,
+		metrics:  metrics,
 		ready:    make(chan struct{}),
 	}, nil
 }
@@ -337,3 +367,11 @@ func (e *Endpoints) verifyClientCert(raw [][]byte, _ [][]*x509.Certificate) erro
 	}
 	return nil
 }
+
+type noMetrics struct{}
+
+func (noMetrics) RPC(string, string, time.Duration)         {}
+func (noMetrics) StreamStarted(string) func()               { return func() {} }
+func (noMetrics) Attestation(string, string, time.Duration) {}
+func (noMetrics) RateLimited(string)                        {}
+func (noMetrics) FailureHeld()                              {}

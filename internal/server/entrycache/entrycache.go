@@ -124,11 +124,22 @@ type BundleJournal interface {
 	ListBundleEvents(ctx context.Context, after int64, limit int) ([]datastore.BundleEvent, error)
 }
 
+// Metrics receives the cache's measurements (internal/telemetry implements
+// it).
+type Metrics interface {
+	// EntryCacheSynced is called after each successful application of the
+	// journals, at at. When local writes were waiting (Poke), lag is how
+	// long the oldest of them waited to be applied and pending is true.
+	EntryCacheSynced(at time.Time, lag time.Duration, pending bool)
+}
+
 // Config configures a Cache.
 type Config struct {
 	Store Store
 	Clock clock.Clock
 	Log   *slog.Logger
+	// Metrics is optional.
+	Metrics Metrics
 	// PollInterval is how often the journals are polled without a Poke
 	// (default 1s). It bounds how late writes made by other servers that
 	// share the database are seen.
@@ -157,6 +168,10 @@ type Cache struct {
 	// applied yet: GetNode applies the node journal before answering.
 	pokes     atomic.Uint64
 	nodePokes atomic.Uint64
+	// pokedAt is when the oldest Poke not yet covered by a Sync came, in
+	// Unix nanoseconds of clk (0: none), for the apply lag metric.
+	pokedAt atomic.Int64
+	metrics Metrics
 
 	// applyMu serializes Load and journal application.
 	applyMu sync.Mutex
@@ -217,6 +232,7 @@ func New(cfg Config) *Cache {
 		bundleGaps: make(map[int64]time.Time),
 		subs:       make(map[string]map[*subscriber]struct{}),
 		reach:      make(map[string]map[string]struct{}),
+		metrics:    cfg.Metrics,
 	}
 }
 
@@ -369,6 +385,7 @@ func (c *Cache) Run(ctx context.Context) error {
 // GetNode applies the node journal itself first if Run has not yet. It
 // never blocks.
 func (c *Cache) Poke() {
+	c.pokedAt.CompareAndSwap(0, c.clk.Now().UnixNano())
 	c.pokes.Add(1)
 	select {
 	case c.pokeCh <- struct{}{}:
@@ -389,7 +406,31 @@ func (c *Cache) BundleChanged() {
 func (c *Cache) Sync(ctx context.Context) error {
 	c.applyMu.Lock()
 	defer c.applyMu.Unlock()
+	pokedAt := c.pokedAt.Load()
 	pokes := c.pokes.Load()
+	if err := c.sync(ctx, pokes); err != nil {
+		return err
+	}
+	if c.metrics == nil {
+		return nil
+	}
+	now := c.clk.Now()
+	var lag time.Duration
+	if pokedAt != 0 {
+		lag = now.Sub(time.Unix(0, pokedAt))
+		// Pokes that came during this sync may not be covered: keep the
+		// time for the next one (the lag reported then is an upper bound).
+		if c.pokes.Load() == pokes {
+			c.pokedAt.CompareAndSwap(pokedAt, 0)
+		}
+	}
+	c.metrics.EntryCacheSynced(now, lag, pokedAt != 0)
+	return nil
+}
+
+// sync is Sync's work, with applyMu held; pokes is the Poke count read
+// before it started.
+func (c *Cache) sync(ctx context.Context, pokes uint64) error {
 	c.mu.RLock()
 	loaded := c.st != nil
 	c.mu.RUnlock()
@@ -989,6 +1030,22 @@ func cloneNode(n *datastore.AttestedNode) *datastore.AttestedNode {
 	cp := *n
 	cp.Selectors = slices.Clip(slices.Clone(n.Selectors))
 	return &cp
+}
+
+// Counts returns how many entries and attested nodes the cache holds, and
+// how many of those nodes are banned (0s before Load).
+func (c *Cache) Counts() (entries, nodes, banned int) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.st == nil {
+		return 0, 0, 0
+	}
+	for _, n := range c.st.nodes {
+		if n.Banned() {
+			banned++
+		}
+	}
+	return len(c.st.entries), len(c.st.nodes), banned
 }
 
 // AdminAndDownstream reports whether any unexpired entry with SPIFFE ID id

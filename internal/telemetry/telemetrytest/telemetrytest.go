@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,6 +57,19 @@ func Scrape(url string) (Samples, error) {
 		return nil, fmt.Errorf("GET %s: Content-Type %q", url, ct)
 	}
 	return Parse(string(body))
+}
+
+// ScrapeHandler GETs the metrics from h (a Registry's Handler) in the
+// text format and parses them.
+func ScrapeHandler(h http.Handler) (Samples, error) {
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	req.Header.Set("Accept", "text/plain;version=0.0.4")
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %d: %s", rec.Code, rec.Body.String())
+	}
+	return Parse(rec.Body.String())
 }
 
 // Value is the value of the sample of name whose labels include the given

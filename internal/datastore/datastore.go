@@ -206,6 +206,12 @@ type NodeStore interface {
 	// node, the alias entries its join token created (parent the node, the
 	// single selector spiffe_id:<node>), as SPIRE does since 1.15.2.
 	DeleteNode(ctx context.Context, spiffeID string) (*AttestedNode, error)
+	// RenewNode records a renewed SVID (serial, notAfter) as the node's
+	// pending one (NewCertSerial, NewCertNotAfter), atomically refusing a
+	// node that is banned (ErrBanned) or gone (ErrNotFound): a ban
+	// committed while the renewal was being signed, on this server or
+	// another, is never undone by it.
+	RenewNode(ctx context.Context, spiffeID, serial string, notAfter int64) (*AttestedNode, error)
 	// PromoteNodeSerial makes the node's NewCertSerial (which must equal
 	// serial) its CertSerial, atomically: when the node was banned,
 	// re-attested or promoted meanwhile it changes nothing and returns

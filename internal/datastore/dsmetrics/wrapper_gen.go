@@ -6,7 +6,6 @@ import (
 	"context"
 	"database/sql"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
-	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 	"time"
 )
@@ -41,7 +40,7 @@ type Inner interface {
 	LastBundleEventID(ctx context.Context) (r0 int64, err error)
 	LastEntryEventID(ctx context.Context) (r0 int64, err error)
 	LastNodeEventID(ctx context.Context) (r0 int64, err error)
-	ListBundleEvents(ctx context.Context, a1 int64, a2 int) (r0 []sqlstore.BundleEvent, err error)
+	ListBundleEvents(ctx context.Context, a1 int64, a2 int) (r0 []datastore.BundleEvent, err error)
 	ListBundles(ctx context.Context, a1 datastore.Page) (r0 []*datastore.Bundle, r1 string, err error)
 	ListCAJournals(ctx context.Context) (r0 map[string][]uint8, err error)
 	ListEntries(ctx context.Context, a1 datastore.EntryFilter, a2 datastore.Page) (r0 []*datastore.Entry, r1 string, err error)
@@ -55,6 +54,7 @@ type Inner interface {
 	PruneEntries(ctx context.Context, a1 time.Time) (r0 int, err error)
 	PruneEvents(ctx context.Context, a1 time.Time) (r0 int, err error)
 	PruneJoinTokens(ctx context.Context, a1 time.Time) (r0 int, err error)
+	RenewNode(ctx context.Context, a1 string, a2 string, a3 int64) (r0 *datastore.AttestedNode, err error)
 	SchemaVersion(ctx context.Context) (r0 int, err error)
 	SetBundle(ctx context.Context, a1 *datastore.Bundle) (r0 *datastore.Bundle, err error)
 	SetBundleRefreshed(ctx context.Context, a1 string, a2 time.Time) (err error)
@@ -259,7 +259,7 @@ func (s *Store) LastNodeEventID(ctx context.Context) (r0 int64, err error) {
 }
 
 // ListBundleEvents is sqlstore.Store's, observed.
-func (s *Store) ListBundleEvents(ctx context.Context, a1 int64, a2 int) (r0 []sqlstore.BundleEvent, err error) {
+func (s *Store) ListBundleEvents(ctx context.Context, a1 int64, a2 int) (r0 []datastore.BundleEvent, err error) {
 	defer s.observe("ListBundleEvents", time.Now(), &err)
 	r0, err = s.inner.ListBundleEvents(ctx, a1, a2)
 	return r0, err
@@ -351,6 +351,13 @@ func (s *Store) PruneEvents(ctx context.Context, a1 time.Time) (r0 int, err erro
 func (s *Store) PruneJoinTokens(ctx context.Context, a1 time.Time) (r0 int, err error) {
 	defer s.observe("PruneJoinTokens", time.Now(), &err)
 	r0, err = s.inner.PruneJoinTokens(ctx, a1)
+	return r0, err
+}
+
+// RenewNode is sqlstore.Store's, observed.
+func (s *Store) RenewNode(ctx context.Context, a1 string, a2 string, a3 int64) (r0 *datastore.AttestedNode, err error) {
+	defer s.observe("RenewNode", time.Now(), &err)
+	r0, err = s.inner.RenewNode(ctx, a1, a2, a3)
 	return r0, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -169,6 +170,9 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 			return err
 		}
 		defer ins.close()
+		// First, in input order, what conflicts with a stored entry or an
+		// earlier one of the batch (the first of two duplicates wins).
+		var winners []int
 		for i, p := range prepared {
 			if p == nil {
 				continue
@@ -185,6 +189,16 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 				results[i].Err = err
 				continue
 			}
+			takenIDs[p.e.ID] = true
+			takenKeys[p.key] = true
+			winners = append(winners, i)
+		}
+		// Then insert in the order of the duplicate key: concurrent
+		// batches naming the same entries (on PostgreSQL) wait for each
+		// other in one order instead of deadlocking.
+		slices.SortStableFunc(winners, func(a, b int) int { return strings.Compare(prepared[a].key, prepared[b].key) })
+		for _, i := range winners {
+			p := prepared[i]
 			inserted, err := ins.insert(ctx, p.e, p.key)
 			if err != nil {
 				return fmt.Errorf("create entry %s: %w", clip.Quote(p.e.ID), err)
@@ -195,8 +209,6 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 				results[i].Err = s.conflictError(ctx, tx, p)
 				continue
 			}
-			takenIDs[p.e.ID] = true
-			takenKeys[p.key] = true
 			results[i].Entry = p.e
 		}
 		return nil

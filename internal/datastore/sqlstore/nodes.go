@@ -275,6 +275,44 @@ new_cert_not_after = ?, can_reattest = ?, agent_version = ? WHERE spiffe_id = ?`
 	return out, nil
 }
 
+// RenewNode records a renewed SVID as the node's pending one, unless the
+// node is banned or gone (see datastore.NodeStore), with a node event.
+func (s *Store) RenewNode(ctx context.Context, spiffeID, serial string, notAfter int64) (*datastore.AttestedNode, error) {
+	if serial == "" {
+		return nil, errors.New("renew node: serial is empty")
+	}
+	var out *datastore.AttestedNode
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		// Locked until the commit: a concurrent ban is seen here or made
+		// after this renewal (and then clears its serial too).
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, s.dialect.forUpdate)
+		if err != nil {
+			return err
+		}
+		if len(cur) == 0 {
+			return fmt.Errorf("node %q: %w", spiffeID, datastore.ErrNotFound)
+		}
+		if cur[0].Banned() {
+			return fmt.Errorf("node %q: %w", spiffeID, datastore.ErrBanned)
+		}
+		if _, err := tx.ExecContext(ctx, s.q("UPDATE attested_nodes SET new_cert_serial = ?, new_cert_not_after = ? WHERE spiffe_id = ?"),
+			serial, notAfter, spiffeID); err != nil {
+			return fmt.Errorf("update node: %w", err)
+		}
+		if err := s.nodeEvent(ctx, tx, spiffeID); err != nil {
+			return err
+		}
+		n := cur[0]
+		n.NewCertSerial, n.NewCertNotAfter = serial, notAfter
+		out = n
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("renew node: %w", err)
+	}
+	return out, nil
+}
+
 // PromoteNodeSerial swaps NewCertSerial into CertSerial in one conditional
 // UPDATE (see datastore.NodeStore).
 func (s *Store) PromoteNodeSerial(ctx context.Context, spiffeID, serial string) (*datastore.AttestedNode, error) {

@@ -451,3 +451,35 @@ func (x suite) TestDeleteJoinTokenNodeDeletesAliases(t *testing.T) {
 		t.Fatalf("entry events for %v, want deletions of the aliases %v", deleted, wantDeleted)
 	}
 }
+
+// TestRenewNode: a renewal records the pending serial with a node event;
+// a banned or missing node is refused and unchanged.
+func (x suite) TestRenewNode(t *testing.T) {
+	f := x.newFixture(t)
+	s, ctx := f.store, context.Background()
+	const id = "spiffe://td/agent/r"
+	if _, err := s.CreateNode(ctx, &datastore.AttestedNode{SPIFFEID: id, AttestationType: "join_token", CertSerial: "1", CertNotAfter: 10}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := s.LastNodeEventID(ctx)
+	n, err := s.RenewNode(ctx, id, "2", 20)
+	if err != nil || n.CertSerial != "1" || n.NewCertSerial != "2" || n.NewCertNotAfter != 20 {
+		t.Fatalf("RenewNode = %+v, %v", n, err)
+	}
+	if got, _ := s.GetNode(ctx, id); got.NewCertSerial != "2" || got.NewCertNotAfter != 20 {
+		t.Fatalf("stored %+v", got)
+	}
+	if after, _ := s.LastNodeEventID(ctx); after <= before {
+		t.Error("renewal wrote no node event")
+	}
+	if _, err := s.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: id}, &datastore.NodeMask{CertSerial: true, NewCertSerial: true}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.RenewNode(ctx, id, "3", 30)
+	wantErr(t, err, datastore.ErrBanned)
+	if got, _ := s.GetNode(ctx, id); !got.Banned() {
+		t.Fatalf("a renewal unbanned the node: %+v", got)
+	}
+	_, err = s.RenewNode(ctx, "spiffe://td/agent/none", "1", 1)
+	wantErr(t, err, datastore.ErrNotFound)
+}

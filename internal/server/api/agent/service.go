@@ -47,6 +47,7 @@ type Store interface {
 	GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
 	CreateNode(ctx context.Context, n *datastore.AttestedNode) (*datastore.AttestedNode, error)
 	UpdateNode(ctx context.Context, n *datastore.AttestedNode, mask *datastore.NodeMask) (*datastore.AttestedNode, error)
+	RenewNode(ctx context.Context, spiffeID, serial string, notAfter int64) (*datastore.AttestedNode, error)
 	DeleteNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
 	ListNodes(ctx context.Context, f datastore.NodeFilter, p datastore.Page) ([]*datastore.AttestedNode, string, error)
 	CountNodes(ctx context.Context, f datastore.NodeFilter) (int, error)
@@ -535,14 +536,14 @@ func (s *Service) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequest
 	if err != nil {
 		return nil, err
 	}
-	_, err = s.ds.UpdateNode(ctx, &datastore.AttestedNode{
-		SPIFFEID:        caller.ID.String(),
-		NewCertSerial:   chain[0].SerialNumber.String(),
-		NewCertNotAfter: chain[0].NotAfter.Unix(),
-	}, &datastore.NodeMask{NewCertSerial: true, NewCertNotAfter: true})
+	// Refused if a ban committed since the check above (here or on
+	// another server): the new SVID is then never usable.
+	_, err = s.ds.RenewNode(ctx, caller.ID.String(), chain[0].SerialNumber.String(), chain[0].NotAfter.Unix())
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
 		return nil, s.err(ctx, codes.NotFound, "agent not found", nil)
+	case errors.Is(err, datastore.ErrBanned):
+		return nil, apistatus.PermissionDenied(types.PermissionDeniedDetails_AGENT_BANNED, "agent is banned")
 	case err != nil:
 		return nil, s.err(ctx, codes.Internal, "failed to update agent", err)
 	}

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -113,6 +114,10 @@ type Config struct {
 	Clock clock.Clock
 	// Log; nil discards.
 	Log *slog.Logger
+	// MaxJWTSVIDs and MaxJWTSVIDsPerID bound the cached (and persisted)
+	// JWT-SVIDs, in all and per SPIFFE ID; 0 means DefaultMaxJWTSVIDs and
+	// DefaultMaxJWTSVIDsPerID.
+	MaxJWTSVIDs, MaxJWTSVIDsPerID int
 }
 
 type entryRecord struct {
@@ -152,8 +157,10 @@ type Cache struct {
 	// watchers are the channels handed out by Watch.
 	watchers map[chan struct{}]struct{}
 
-	jwtMu sync.Mutex
-	jwts  map[jwtKey]JWTSVID
+	jwtMu       sync.Mutex
+	jwts        map[jwtKey]*jwtRecord
+	maxJWT      int
+	maxJWTPerID int
 
 	// kick wakes Run when SVIDs changed (its expiry timer may be stale).
 	kick chan struct{}
@@ -178,8 +185,11 @@ func New(cfg Config) *Cache {
 		svids:   make(map[string]*svidRecord),
 		bundles: make(map[spiffeid.TrustDomain]*bundleRecord),
 		subs:    make(map[*Subscription]struct{}),
-		jwts:    make(map[jwtKey]JWTSVID),
+		jwts:    make(map[jwtKey]*jwtRecord),
 		kick:    make(chan struct{}, 1),
+
+		maxJWT:      cmp.Or(max(cfg.MaxJWTSVIDs, 0), DefaultMaxJWTSVIDs),
+		maxJWTPerID: cmp.Or(max(cfg.MaxJWTSVIDsPerID, 0), DefaultMaxJWTSVIDsPerID),
 	}
 }
 

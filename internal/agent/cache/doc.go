@@ -22,8 +22,9 @@
 //	c.SetX509SVIDs(map[entryID]*cache.X509SVID{...})
 //
 // The Workload API (internal/agent/workloadapi) is the reader: MatchingEntries,
-// FetchWorkloadUpdate and Subscribe for a workload's selector set, and
-// GetJWTSVID/SetJWTSVID around its JWT minting.
+// FetchWorkloadUpdate and Subscribe for a workload's selector set. JWT
+// minting (the manager) uses GetJWTSVID, SetJWTSVID and, while the server
+// is unreachable, OfflineJWTSVID.
 //
 // # Semantics
 //
@@ -57,9 +58,32 @@
 // holds entries, bundles (SPIFFE bundle JSON) with the time each was last
 // known current (BundleUpdate: FederatedBundleUpdates reports how old the
 // federated ones are, also after a restart while cut off), and workload
-// SVIDs with their PKCS#8 keys. JWT-SVIDs are not persisted. Load restores it; SVIDs that
-// have expired by then are dropped. The agent's own SVID and key are not
-// part of this cache.
+// SVIDs with their PKCS#8 keys. Load restores it; SVIDs that have expired
+// by then are dropped. The agent's own SVID and key are not part of this
+// cache.
+//
+// JWT-SVIDs are written the same way to Dir/jwt-svids.json whenever one is
+// set or dropped: SPIFFE ID, audience set and token, at most
+// Config.MaxJWTSVIDs in all and Config.MaxJWTSVIDsPerID per SPIFFE ID
+// (defaults 1000 and 100; when full, the token expiring first of the SPIFFE
+// ID holding the most makes room, expired ones first). Load keeps a
+// persisted token only if it still verifies: signature by a JWT key of our
+// trust domain's persisted bundle, subject the SPIFFE ID of an entry the
+// cache holds and the one it is filed under, the same audience set, not
+// expired at the cache's clock. A JWT-SVID file that does not parse is
+// ignored (logged), never a reason for Load to fail.
+//
+// # JWT-SVIDs
+//
+// Tokens are keyed by SPIFFE ID and audience set (order and duplicates
+// ignored). GetJWTSVID returns one before its half-life: what a connected
+// agent serves without minting. OfflineJWTSVID returns one, whatever its
+// age, until min(JWTOfflineMargin (30 s), a quarter of its lifetime)
+// before its exp, never later: what an agent that cannot reach its server
+// serves; otherwise a *NoJWTSVIDError says that none is cached for the
+// audience or that the cached one expires too soon. The cache never mints
+// one. Tokens of SPIFFE IDs no entry has anymore are dropped (and
+// unpersisted) with their entries.
 //
 // # Revocation
 //
@@ -67,6 +91,7 @@
 // Revoke: everything is dropped at once, subscribers receive a state with
 // no entry (the Workload API ends their streams), watchers are signalled
 // (filesystem delivery removes its files, see Revoked), the persisted
-// file is deleted and nothing is written again until SetEntries, which
-// ends the revocation once the agent has attested again.
+// files (workload cache and JWT-SVIDs) are deleted and nothing is written
+// again until SetEntries, which ends the revocation once the agent has
+// attested again.
 package cache

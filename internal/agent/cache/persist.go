@@ -194,6 +194,12 @@ func (c *Cache) Load() error {
 		svids[id] = s
 	}
 
+	var own *spiffebundle.Bundle
+	if r, ok := bundles[c.cfg.TrustDomain]; ok {
+		own = r.bundle
+	}
+	jwts := c.loadJWTs(entries, own, now)
+
 	c.mu.Lock()
 	c.entries = entries
 	c.svids = svids
@@ -208,8 +214,11 @@ func (c *Cache) Load() error {
 		b.gen = c.nextGen()
 	}
 	c.mu.Unlock()
+	c.jwtMu.Lock()
+	c.jwts = jwts
+	c.jwtMu.Unlock()
 	c.log.Info("Restored agent cache", "path", path, "entries", len(entries),
-		"x509_svids", len(svids), "bundles", len(bundles))
+		"x509_svids", len(svids), "bundles", len(bundles), "jwt_svids", len(jwts))
 	c.notifyAll()
 	select {
 	case c.kick <- struct{}{}:

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -10,7 +11,7 @@ import (
 
 // Revoke is for an agent whose identity the server has revoked (banned or
 // evicted): it drops everything the cache holds (entries, X509-SVIDs and
-// their keys, bundles, JWT-SVIDs), deletes the persisted file and marks
+// their keys, bundles, JWT-SVIDs), deletes the persisted files and marks
 // the cache revoked. Subscribers and watchers are notified at once, so
 // every workload stream sees a state with no entry, and nothing is
 // persisted again until SetEntries, which ends the revocation (the agent
@@ -25,7 +26,7 @@ func (c *Cache) Revoke() error {
 	c.bundles = make(map[spiffeid.TrustDomain]*bundleRecord)
 	c.mu.Unlock()
 	c.jwtMu.Lock()
-	c.jwts = make(map[jwtKey]JWTSVID)
+	c.jwts = make(map[jwtKey]*jwtRecord)
 	c.jwtMu.Unlock()
 
 	// The file goes first: whoever sees the empty state finds it gone.
@@ -35,6 +36,7 @@ func (c *Cache) Revoke() error {
 		if rerr := keys.RemoveFile(c.cfg.Dir, FileName); rerr != nil {
 			err = fmt.Errorf("delete the persisted agent cache: %w", rerr)
 		}
+		err = errors.Join(err, c.removeJWTFile())
 		c.persistMu.Unlock()
 	}
 	c.notifyAll()

@@ -27,6 +27,17 @@
 // StateLogInterval. With AvailabilityTarget (SPIRE's availability_target)
 // SVIDs are renewed once less than max(half-life, target) is left.
 //
+// # JWT-SVIDs
+//
+// MintJWTSVID serves the Workload API: a cached JWT-SVID before its
+// half-life, else one minted by the server (NewJWTSVID) and cached (and
+// persisted, see internal/agent/cache). When no session is up, or the
+// server does not answer or fails, it serves the cached token of the same
+// SPIFFE ID and audience set until shortly before its exp
+// (cache.OfflineJWTSVID) and otherwise fails with "server unreachable; no
+// cached JWT-SVID for audience ..." (a *cache.NoJWTSVIDError); it never
+// signs one itself. Status counts the JWT-SVIDs it can serve that way.
+//
 // # Unreachable versus refused
 //
 // Only a refusal revokes: a PermissionDenied carrying SPIRE's
@@ -207,6 +218,14 @@ type Status struct {
 	// when there are none. While degraded it is when the first workload
 	// loses its identity unless the server comes back.
 	EarliestSVIDExpiry time.Time
+	// JWTSVIDs is the number of cached JWT-SVIDs the agent can serve
+	// without the server (each only for the SPIFFE ID and audience set it
+	// was minted for; see cache.OfflineJWTSVID), and JWTSVIDsServedUntil
+	// the earliest instant one of them stops being served (zero when there
+	// are none). While degraded a JWT-SVID for any other audience is
+	// refused.
+	JWTSVIDs            int
+	JWTSVIDsServedUntil time.Time
 	// Connected is true while a session with the server is established
 	// and its last exchange succeeded.
 	Connected bool
@@ -402,7 +421,9 @@ func (m *Manager) Status() Status {
 	m.mu.RLock()
 	st := m.status
 	m.mu.RUnlock()
-	st.SVIDs, st.EarliestSVIDExpiry = m.cache.SVIDStats(m.clk.Now())
+	now := m.clk.Now()
+	st.SVIDs, st.EarliestSVIDExpiry = m.cache.SVIDStats(now)
+	st.JWTSVIDs, st.JWTSVIDsServedUntil = m.cache.JWTSVIDStats(now)
 	st.FederatedBundles = m.cache.FederatedBundleUpdates()
 	switch {
 	case !st.RevokedAt.IsZero():
@@ -543,9 +564,12 @@ func dueTime(policy cache.RenewalPolicy, notBefore, notAfter time.Time) time.Tim
 
 // MintJWTSVID returns a JWT-SVID for entry and audience: from the cache
 // while it is before its half-life, else minted by the server (concurrent
-// identical requests share one call). It fails while the server is
-// unreachable and no fresh token is cached. It implements the Workload
-// API's JWTMinter.
+// identical requests share one call). While the server cannot mint one
+// (unreachable, or failing) it serves the cached token for the same SPIFFE
+// ID and audience set until shortly before its exp (cache.OfflineJWTSVID);
+// it never mints one itself. Without such a token the error says so: a
+// *cache.NoJWTSVIDError, wrapped ("server unreachable; no cached
+// JWT-SVID for audience ..."). It implements the Workload API's JWTMinter.
 func (m *Manager) MintJWTSVID(ctx context.Context, entry *cache.Entry, audience []string) (string, error) {
 	if entry == nil {
 		return "", errors.New("mint JWT-SVID: no entry")
@@ -563,20 +587,21 @@ func (m *Manager) MintJWTSVID(ctx context.Context, entry *cache.Entry, audience 
 		}
 		cl := m.cl.Load()
 		if cl == nil {
-			return "", errors.New("mint JWT-SVID: not connected to the server")
+			return m.offlineJWTSVID(entry, audience, nil)
 		}
 		// Not tied to one caller's ctx: the result serves every waiter.
 		callCtx, cancel := context.WithTimeout(context.Background(), client.DefaultRPCTimeout)
 		defer cancel()
+		var j cache.JWTSVID
 		s, err := cl.NewJWTSVID(callCtx, entry.ID, audience)
+		if err == nil {
+			j, err = checkMintedJWTSVID(s, entry.SPIFFEID, audience)
+		}
 		if err != nil {
-			return "", fmt.Errorf("mint JWT-SVID: %w", err)
+			return m.offlineJWTSVID(entry, audience, err)
 		}
-		if s.ID != entry.SPIFFEID {
-			return "", fmt.Errorf("mint JWT-SVID: server issued it for %s, entry is %s", s.ID, entry.SPIFFEID)
-		}
-		m.cache.SetJWTSVID(entry.SPIFFEID, audience, cache.JWTSVID{Token: s.Token, IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt})
-		return s.Token, nil
+		m.cache.SetJWTSVID(entry.SPIFFEID, audience, j)
+		return j.Token, nil
 	})
 	select {
 	case <-ctx.Done():
@@ -587,6 +612,48 @@ func (m *Manager) MintJWTSVID(ctx context.Context, entry *cache.Entry, audience 
 		}
 		return r.Val.(string), nil
 	}
+}
+
+// offlineJWTSVID serves the cached JWT-SVID when none can be minted:
+// mintErr is why (nil: no session with the server).
+func (m *Manager) offlineJWTSVID(entry *cache.Entry, audience []string, mintErr error) (string, error) {
+	j, err := m.cache.OfflineJWTSVID(entry.SPIFFEID, audience)
+	unreachable := mintErr == nil || client.Unreachable(mintErr)
+	switch {
+	case err == nil && mintErr == nil:
+		m.log.Debug("Server unreachable; serving a cached JWT-SVID", "spiffe_id", entry.SPIFFEID.String(),
+			"expires_at", j.ExpiresAt)
+		return j.Token, nil
+	case err == nil:
+		m.log.Warn("Could not mint a JWT-SVID; serving the cached one", "spiffe_id", entry.SPIFFEID.String(),
+			"expires_at", j.ExpiresAt, "error", mintErr)
+		return j.Token, nil
+	case unreachable && mintErr != nil:
+		m.log.Debug("Could not reach the server to mint a JWT-SVID", "spiffe_id", entry.SPIFFEID.String(), "error", mintErr)
+		return "", fmt.Errorf("server unreachable; %w", err)
+	case unreachable:
+		return "", fmt.Errorf("server unreachable; %w", err)
+	default:
+		return "", fmt.Errorf("mint JWT-SVID: %w", mintErr)
+	}
+}
+
+// checkMintedJWTSVID checks that the server's token is a JWT-SVID for id
+// and the requested audience, and returns it for the cache with the
+// validity its claims carry (what relying parties go by; iat falls back to
+// the issue time the server reported).
+func checkMintedJWTSVID(s *client.JWTSVID, id spiffeid.ID, audience []string) (cache.JWTSVID, error) {
+	if s.ID != id {
+		return cache.JWTSVID{}, fmt.Errorf("server issued it for %s, entry is %s", s.ID, id)
+	}
+	j, err := cache.JWTSVIDFromToken(s.Token, id, audience)
+	if err != nil {
+		return cache.JWTSVID{}, fmt.Errorf("server's token: %w", err)
+	}
+	if j.IssuedAt.IsZero() {
+		j.IssuedAt = s.IssuedAt
+	}
+	return j, nil
 }
 
 func jwtFlightKey(entryID string, audience []string) string {

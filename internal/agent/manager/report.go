@@ -86,9 +86,9 @@ func (m *Manager) logTransition(from State, fromSince time.Time, st Status, now 
 		m.log.Info("Agent state: connected; the server is reachable again, no longer serving from cache only",
 			"state", st.State, "previous_state", from, "degraded_for", now.Sub(fromSince).Round(time.Second))
 	case StateDegraded:
-		m.log.Warn("Agent state: degraded; the server is unreachable, serving cached SVIDs until they expire",
+		m.log.Warn("Agent state: degraded; the server is unreachable, serving cached SVIDs until they expire (JWT-SVIDs only for audiences already fetched)",
 			"state", st.State, "degraded_since", st.DegradedSince, "earliest_svid_expiry", st.EarliestSVIDExpiry,
-			"expires_in", st.EarliestSVIDExpiry.Sub(now).Round(time.Second), "svids", st.SVIDs,
+			"expires_in", st.EarliestSVIDExpiry.Sub(now).Round(time.Second), "svids", st.SVIDs, "jwt_svids", st.JWTSVIDs,
 			"agent_svid_expires_at", st.AgentSVIDExpiresAt, fedAttr(st, now), "error", st.LastError)
 	case StateExpired:
 		m.log.Error("Agent state: expired; no valid SVID is left to serve and the server is unreachable: workloads get no identity until it is back",
@@ -104,7 +104,7 @@ func (m *Manager) logReminder(st Status, now time.Time) {
 		m.log.Warn("Agent state: still degraded, serving cached SVIDs",
 			"state", st.State, "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
 			"earliest_svid_expiry", st.EarliestSVIDExpiry, "expires_in", st.EarliestSVIDExpiry.Sub(now).Round(time.Second),
-			"svids", st.SVIDs, fedAttr(st, now), "error", st.LastError)
+			"svids", st.SVIDs, "jwt_svids", st.JWTSVIDs, fedAttr(st, now), "error", st.LastError)
 	case StateExpired:
 		m.log.Error("Agent state: still expired, no valid SVID to serve",
 			"state", st.State, "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -64,10 +65,22 @@ func (ca *testCA) mintJWT(id spiffeid.ID, audience []string, ttl time.Duration) 
 	return ca.jwt.SignJWTSVID(id, audience, ttl)
 }
 
-// minter is the test JWTMinter: it signs with the CA key and counts calls.
+// minter is the test JWTMinter: like the agent's manager it signs (here
+// with the CA key) and caches the token; it counts calls, and fails with
+// failWith's error when set.
 type minter struct {
 	ca    *testCA
+	cache *cache.Cache
 	calls atomic.Int32
+
+	mu   sync.Mutex
+	fail error
+}
+
+func (m *minter) failWith(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fail = err
 }
 
 func (m *minter) MintJWTSVID(_ context.Context, e *cache.Entry, audience []string) (string, error) {
@@ -75,7 +88,19 @@ func (m *minter) MintJWTSVID(_ context.Context, e *cache.Entry, audience []strin
 	if e == nil {
 		return "", errors.New("nil entry")
 	}
-	return m.ca.mintJWT(e.SPIFFEID, audience, 5*time.Minute)
+	m.mu.Lock()
+	fail := m.fail
+	m.mu.Unlock()
+	if fail != nil {
+		return "", fail
+	}
+	tok, err := m.ca.mintJWT(e.SPIFFEID, audience, 5*time.Minute)
+	if err != nil {
+		return "", err
+	}
+	now := time.Now().Truncate(time.Second)
+	m.cache.SetJWTSVID(e.SPIFFEID, audience, cache.JWTSVID{Token: tok, IssuedAt: now, ExpiresAt: now.Add(5 * time.Minute)})
+	return tok, nil
 }
 
 // env is a running Workload API server on a real socket.
@@ -134,7 +159,7 @@ func startEnv(t testing.TB, o envOpts) *env {
 	}
 	dir := testutil.ShortTempDir(t)
 	socket := filepath.Join(dir, "sock", "agent.sock")
-	m := &minter{ca: ca}
+	m := &minter{ca: ca, cache: c}
 	attestor := o.attestor
 	if attestor == nil {
 		attestor = unix.New(unix.Config{})

@@ -28,6 +28,8 @@ func registerStatusMetrics(reg *telemetry.Registry, status func() manager.Status
 		{Name: "sigil_agent_svids", Help: "Number of unexpired workload X509-SVIDs the agent serves."},
 		{Name: "sigil_agent_last_sync_timestamp_seconds", Help: "Unix time of the last completed sync with the server; 0 if none since start."},
 		{Name: "sigil_agent_agent_svid_expiry_seconds", Help: "Unix time at which the agent's own SVID expires; 0 before attestation."},
+		{Name: "sigil_agent_jwt_svids", Help: "Number of cached JWT-SVIDs the agent can serve without its server (each for the SPIFFE ID and audience set it was minted for)."},
+		{Name: "sigil_agent_jwt_svids_served_until_seconds", Help: "Unix time until which the first of those JWT-SVIDs is served without the server (shortly before its exp); 0 when there are none."},
 		{Name: "sigil_agent_federated_bundle_updated_timestamp_seconds", Help: "Unix time at which each federated trust domain's bundle the agent serves was last known current: when the server last fetched it from that trust domain's bundle endpoint (as sigil-server reports it), else when the agent received its current content; 0 when unknown. Kept across restarts: while the agent, its server or the peer are cut off, time() minus this is the age of the bundle workloads are served.", Labels: []string{"trust_domain"}},
 	}, func() map[string][]telemetry.Sample {
 		st := status()
@@ -53,6 +55,8 @@ func registerStatusMetrics(reg *telemetry.Registry, status func() manager.Status
 			"sigil_agent_degraded_since_seconds":                     one(telemetry.UnixSeconds(st.DegradedSince)),
 			"sigil_agent_earliest_svid_expiry_seconds":               one(telemetry.UnixSeconds(st.EarliestSVIDExpiry)),
 			"sigil_agent_svids":                                      one(float64(st.SVIDs)),
+			"sigil_agent_jwt_svids":                                  one(float64(st.JWTSVIDs)),
+			"sigil_agent_jwt_svids_served_until_seconds":             one(telemetry.UnixSeconds(st.JWTSVIDsServedUntil)),
 			"sigil_agent_last_sync_timestamp_seconds":                one(telemetry.UnixSeconds(st.LastSync)),
 			"sigil_agent_agent_svid_expiry_seconds":                  one(telemetry.UnixSeconds(st.AgentSVIDExpiresAt)),
 		}
@@ -81,11 +85,21 @@ func readiness(st manager.Status, now time.Time) (bool, string) {
 		if t := st.FederatedBundlesText(now); t != "" {
 			fed = "; federated bundles: " + t
 		}
-		return true, fmt.Sprintf("degraded: server unreachable since %s; serving %d cached SVIDs, earliest expiry %s (%s)%s; last error: %s",
+		return true, fmt.Sprintf("degraded: server unreachable since %s; serving %d cached SVIDs, earliest expiry %s (%s); %s%s; last error: %s",
 			st.DegradedSince.UTC().Format(time.RFC3339), st.SVIDs, st.EarliestSVIDExpiry.UTC().Format(time.RFC3339),
-			st.EarliestSVIDExpiry.Sub(now).Round(time.Second), fed, st.LastError)
+			st.EarliestSVIDExpiry.Sub(now).Round(time.Second), offlineJWTs(st, now), fed, st.LastError)
 	default:
 		return false, fmt.Sprintf("expired: no valid SVID left to serve; server unreachable since %s; last error: %s",
 			st.DegradedSince.UTC().Format(time.RFC3339), st.LastError)
 	}
+}
+
+// offlineJWTs says which JWT-SVIDs a degraded agent serves: only cached
+// ones, for the audiences they were minted for.
+func offlineJWTs(st manager.Status, now time.Time) string {
+	if st.JWTSVIDs == 0 {
+		return "no cached JWT-SVID (JWT-SVIDs refused until the server is back)"
+	}
+	return fmt.Sprintf("serving %d cached JWT-SVIDs for their audiences only, the first until %s (%s); other audiences refused",
+		st.JWTSVIDs, st.JWTSVIDsServedUntil.UTC().Format(time.RFC3339), st.JWTSVIDsServedUntil.Sub(now).Round(time.Second))
 }

@@ -64,22 +64,23 @@ func TestMetricsByState(t *testing.T) {
 		{manager.Status{State: manager.StateConnected, Connected: true, SVIDs: 3, EarliestSVIDExpiry: expiry, LastSync: sync}, map[string]float64{
 			"sigil_agent_connected": 1, `sigil_agent_state{state="connected"}`: 1, `sigil_agent_state{state="degraded"}`: 0, `sigil_agent_state{state="expired"}`: 0, `sigil_agent_state{state="revoked"}`: 0,
 			"sigil_agent_degraded_since_seconds": 0, "sigil_agent_earliest_svid_expiry_seconds": float64(expiry.UnixMilli()) / 1000,
-			"sigil_agent_svids": 3, "sigil_agent_last_sync_timestamp_seconds": float64(sync.Unix()), "sigil_agent_agent_svid_expiry_seconds": 0,
+			"sigil_agent_svids": 3, "sigil_agent_last_sync_timestamp_seconds": float64(sync.Unix()), "sigil_agent_agent_svid_expiry_seconds": 0, "sigil_agent_jwt_svids": 0, "sigil_agent_jwt_svids_served_until_seconds": 0,
 		}},
-		{manager.Status{State: manager.StateDegraded, DegradedSince: since, SVIDs: 1, EarliestSVIDExpiry: expiry, LastSync: sync, AgentSVIDExpiresAt: expiry}, map[string]float64{
+		{manager.Status{State: manager.StateDegraded, DegradedSince: since, SVIDs: 1, EarliestSVIDExpiry: expiry, LastSync: sync, AgentSVIDExpiresAt: expiry,
+			JWTSVIDs: 2, JWTSVIDsServedUntil: sync}, map[string]float64{
 			"sigil_agent_connected": 0, `sigil_agent_state{state="connected"}`: 0, `sigil_agent_state{state="degraded"}`: 1, `sigil_agent_state{state="expired"}`: 0, `sigil_agent_state{state="revoked"}`: 0,
 			"sigil_agent_degraded_since_seconds": float64(since.Unix()), "sigil_agent_earliest_svid_expiry_seconds": float64(expiry.UnixMilli()) / 1000,
-			"sigil_agent_svids": 1, "sigil_agent_last_sync_timestamp_seconds": float64(sync.Unix()), "sigil_agent_agent_svid_expiry_seconds": float64(expiry.UnixMilli()) / 1000,
+			"sigil_agent_svids": 1, "sigil_agent_last_sync_timestamp_seconds": float64(sync.Unix()), "sigil_agent_agent_svid_expiry_seconds": float64(expiry.UnixMilli()) / 1000, "sigil_agent_jwt_svids": 2, "sigil_agent_jwt_svids_served_until_seconds": float64(sync.Unix()),
 		}},
 		{manager.Status{State: manager.StateExpired, DegradedSince: since}, map[string]float64{
 			"sigil_agent_connected": 0, `sigil_agent_state{state="connected"}`: 0, `sigil_agent_state{state="degraded"}`: 0, `sigil_agent_state{state="expired"}`: 1, `sigil_agent_state{state="revoked"}`: 0,
 			"sigil_agent_degraded_since_seconds": float64(since.Unix()), "sigil_agent_earliest_svid_expiry_seconds": 0,
-			"sigil_agent_svids": 0, "sigil_agent_last_sync_timestamp_seconds": 0, "sigil_agent_agent_svid_expiry_seconds": 0,
+			"sigil_agent_svids": 0, "sigil_agent_last_sync_timestamp_seconds": 0, "sigil_agent_agent_svid_expiry_seconds": 0, "sigil_agent_jwt_svids": 0, "sigil_agent_jwt_svids_served_until_seconds": 0,
 		}},
 		{manager.Status{State: manager.StateRevoked, DegradedSince: since, RevokedAt: since, RevokedReason: "AGENT_BANNED", Banned: true, LastSync: sync}, map[string]float64{
 			"sigil_agent_connected": 0, `sigil_agent_state{state="connected"}`: 0, `sigil_agent_state{state="degraded"}`: 0, `sigil_agent_state{state="expired"}`: 0, `sigil_agent_state{state="revoked"}`: 1,
 			"sigil_agent_degraded_since_seconds": float64(since.Unix()), "sigil_agent_earliest_svid_expiry_seconds": 0,
-			"sigil_agent_svids": 0, "sigil_agent_last_sync_timestamp_seconds": float64(sync.Unix()), "sigil_agent_agent_svid_expiry_seconds": 0,
+			"sigil_agent_svids": 0, "sigil_agent_last_sync_timestamp_seconds": float64(sync.Unix()), "sigil_agent_agent_svid_expiry_seconds": 0, "sigil_agent_jwt_svids": 0, "sigil_agent_jwt_svids_served_until_seconds": 0,
 		}},
 	}
 	for _, tc := range cases {
@@ -109,6 +110,16 @@ func TestReadiness(t *testing.T) {
 	if !ok || !strings.HasPrefix(detail, "degraded:") || !strings.Contains(detail, since.UTC().Format(time.RFC3339)) ||
 		!strings.Contains(detail, expiry.UTC().Format(time.RFC3339)) || !strings.Contains(detail, "48h0m0s") || !strings.Contains(detail, "connection refused") {
 		t.Fatalf("degraded: %v %q", ok, detail)
+	}
+	if !strings.Contains(detail, "no cached JWT-SVID") {
+		t.Fatalf("degraded without JWT-SVIDs: %q", detail)
+	}
+	// The JWT-SVIDs a degraded agent still serves, and until when.
+	jwtUntil := now.Add(4 * time.Minute)
+	_, detail = readiness(manager.Status{State: manager.StateDegraded, DegradedSince: since, SVIDs: 2, EarliestSVIDExpiry: expiry,
+		JWTSVIDs: 3, JWTSVIDsServedUntil: jwtUntil}, now)
+	if !strings.Contains(detail, "serving 3 cached JWT-SVIDs for their audiences only, the first until "+jwtUntil.UTC().Format(time.RFC3339)+" (4m0s); other audiences refused") {
+		t.Fatalf("degraded with JWT-SVIDs: %q", detail)
 	}
 	ok, detail = readiness(manager.Status{State: manager.StateExpired, DegradedSince: since}, now)
 	if ok || !strings.HasPrefix(detail, "expired:") {

@@ -459,16 +459,21 @@ func (k *JWTKey) JWTBundle(td spiffeid.TrustDomain) *jwtbundle.Bundle {
 // issued now and valid for ttl. It returns an error rather than failing a
 // test so that it can serve as a fake minter off the test goroutine.
 func (k *JWTKey) SignJWTSVID(id spiffeid.ID, audience []string, ttl time.Duration) (string, error) {
+	return k.SignJWTSVIDAt(id, audience, time.Now(), ttl)
+}
+
+// SignJWTSVIDAt is SignJWTSVID issued at iat (e.g. a fake clock's now)
+// instead of now; iat is truncated to the second, as JWT times are.
+func (k *JWTKey) SignJWTSVIDAt(id spiffeid.ID, audience []string, iat time.Time, ttl time.Duration) (string, error) {
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k.Key},
 		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", k.ID))
 	if err != nil {
 		return "", fmt.Errorf("testca: JWT signer: %w", err)
 	}
-	now := time.Now()
 	return jwt.Signed(signer).Claims(jwt.Claims{
 		Subject:  id.String(),
 		Audience: jwt.Audience(audience),
-		IssuedAt: jwt.NewNumericDate(now),
-		Expiry:   jwt.NewNumericDate(now.Add(ttl)),
+		IssuedAt: jwt.NewNumericDate(iat),
+		Expiry:   jwt.NewNumericDate(iat.Add(ttl)),
 	}).Serialize()
 }

@@ -23,6 +23,7 @@ type ServerConfig struct {
 	X509SVIDTTL time.Duration
 	CATTL       time.Duration
 	AgentTTL    time.Duration // agent_ttl
+	JWTIssuer   string        // jwt_issuer: the iss claim of JWT-SVIDs
 	LogLevel    string        // "DEBUG"
 	// MetricsPort, when set, enables the telemetry Prometheus exporter on
 	// 127.0.0.1:MetricsPort (MetricsURL).
@@ -121,6 +122,9 @@ func (c ServerConfig) HCL() string {
 	}
 	if c.AgentTTL > 0 {
 		fmt.Fprintf(&b, "    agent_ttl = %q\n", c.AgentTTL.String())
+	}
+	if c.JWTIssuer != "" {
+		fmt.Fprintf(&b, "    jwt_issuer = %q\n", c.JWTIssuer)
 	}
 	fmt.Fprintf(&b, "}\n\nplugins {\n")
 	if c.DataStore != nil {

@@ -5,6 +5,7 @@
 package telemetry
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -206,5 +207,58 @@ func TestServerMetricsMove(t *testing.T) {
 		equal("sigil_server_agents", 0, "banned", "false"),
 		equal("sigil_server_rpcs_total", 1, "service", agentSvc, "method", "BanAgent", "code", "OK"),
 		equal("sigil_server_sync_streams", 0),
+	))
+}
+
+// TestAgentMetricsMove: a workload's fetches move the agent's call,
+// attestor, sync and renewal metrics; the agent's state follows the
+// server going away and coming back.
+func TestAgentMetricsMove(t *testing.T) {
+	srv := testutil.StartServer(t, testutil.ServerConfig{})
+	cfg := testutil.AgentFor(t, srv, "/agent/m2", "")
+	cfg.MetricsPort = freePort(t)
+	agent := testutil.StartAgent(t, cfg)
+	url := agent.MetricsURL()
+	const wlSvc = "SpiffeWorkloadAPI"
+
+	waitMetrics(t, url, "the first sync", all(
+		equal("sigil_agent_connected", 1),
+		atLeast("sigil_agent_sync_duration_seconds", 1),
+		atLeast("sigil_agent_entries", 1), // the join token's node alias entry
+	))
+	before := scrape(t, url)
+
+	workload := srv.ID("/workload")
+	srv.Admin(t).CreateEntry(t, workload, srv.ID("/agent/m2"), uidSelector)
+	testutil.RequireSVID(t, agent.SocketAddr(), workload, wait)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if _, err := testutil.FetchX509SVIDs(ctx, agent.SocketAddr()); err != nil {
+		t.Fatal(err)
+	}
+	m := waitMetrics(t, url, "the workload's fetches", all(
+		atLeast("sigil_agent_rpcs_total", 2, "service", wlSvc, "method", "FetchX509SVID", "code", "OK"),
+		atLeast("sigil_agent_rpc_duration_seconds", 2, "service", wlSvc, "method", "FetchX509SVID"),
+		atLeast("sigil_agent_workload_attestor_duration_seconds", 2, "attestor", "unix"),
+		atLeast("sigil_agent_svid_renewals_total", before.Get("sigil_agent_svid_renewals_total", "kind", "workload", "result", "success")+1, "kind", "workload", "result", "success"),
+		atLeast("sigil_agent_svids", 2),
+		atLeast("sigil_agent_entries", 2),
+		atLeast("sigil_agent_sync_duration_seconds", before.Get("sigil_agent_sync_duration_seconds")+1), // the round that brought the entry
+	))
+	if e := m.Get("sigil_agent_workload_attestor_errors_total", "attestor", "unix"); e != 0 {
+		t.Errorf("unix attestor errors: %v", e)
+	}
+
+	// The server goes away: the agent is degraded, and back when it returns.
+	srv.Stop(t)
+	waitMetrics(t, url, "degraded", all(
+		equal("sigil_agent_connected", 0),
+		equal("sigil_agent_state", 1, "state", "degraded"),
+		atLeast("sigil_agent_degraded_since_seconds", 1),
+	))
+	srv.Start(t)
+	waitMetrics(t, url, "connected again", all(
+		equal("sigil_agent_state", 1, "state", "connected"),
+		equal("sigil_agent_degraded_since_seconds", 0),
 	))
 }

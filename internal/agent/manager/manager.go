@@ -185,7 +185,33 @@ type Config struct {
 	// agent) once per agent identity, when a session starts; "" reports
 	// nothing.
 	AgentVersion string
+	// Metrics is optional.
+	Metrics Metrics
 }
+
+// Metrics receives the manager's measurements (internal/telemetry's Agent
+// implements it).
+type Metrics interface {
+	// SyncRound is called after each sync round with the server (entries,
+	// bundles and the SVIDs due), with its duration and error.
+	SyncRound(d time.Duration, err error)
+	// SVIDRenewed is called for each SVID the agent had the server sign:
+	// kind "workload" (an entry's SVID, its first one included) or
+	// "agent" (the agent's own, renewed or re-attested); err is nil on
+	// success.
+	SVIDRenewed(kind string, err error)
+}
+
+// SVID kinds of Metrics.SVIDRenewed.
+const (
+	RenewalWorkload = "workload"
+	RenewalAgent    = "agent"
+)
+
+type noMetrics struct{}
+
+func (noMetrics) SyncRound(time.Duration, error) {}
+func (noMetrics) SVIDRenewed(string, error)      {}
 
 // State summarizes what the agent can do for its workloads.
 type State string
@@ -342,6 +368,9 @@ func New(cfg Config) (*Manager, error) {
 	cfg.RenewBefore = cache.WithMinAge(cfg.RenewBefore, cache.MinRotationAge)
 	if cfg.StateLogInterval <= 0 {
 		cfg.StateLogInterval = DefaultStateLogInterval
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = noMetrics{}
 	}
 	if cfg.SyncInterval <= 0 {
 		cfg.SyncInterval = DefaultSyncInterval

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,6 +64,8 @@ type agentOpts struct {
 	// keys, if set, keeps the agent SVID key (default: keys.NewDisk in
 	// dir/keys).
 	keys keys.Manager
+	// metrics, if set, receives the manager's measurements.
+	metrics manager.Metrics
 }
 
 // startAgent builds a cache (loaded from dir) and a manager and runs both.
@@ -115,6 +118,7 @@ func startAgent(t testing.TB, srv *testServer, dir string, o agentOpts) *testAge
 		MaxBackoff:         200 * time.Millisecond,
 		DialOptions:        o.dialOptions,
 		AgentVersion:       o.agentVersion,
+		Metrics:            o.metrics,
 	})
 	if err != nil {
 		t.Fatalf("manager.New: %v", err)
@@ -344,7 +348,8 @@ func TestAgentSVIDRenewal(t *testing.T) {
 	dir := t.TempDir()
 	wl0 := spiffeid.RequireFromPath(td, "/workload/rotating")
 	srv.createEntry(agentID, wl0.Path(), "3999")
-	a := startAgent(t, srv, dir, agentOpts{token: token, clock: clk})
+	metrics := &recordMetrics{}
+	a := startAgent(t, srv, dir, agentOpts{token: token, clock: clk, metrics: metrics})
 	before := a.waitIdentity("3999", wl0).SVID[0]
 	first := a.m.AgentSVID()
 
@@ -369,6 +374,11 @@ func TestAgentSVIDRenewal(t *testing.T) {
 	renewed := a.m.AgentSVID()
 	if renewed.ID != agentID {
 		t.Fatalf("renewed SVID is for %s", renewed.ID)
+	}
+	// The metrics saw the workload SVID signed twice, the agent SVID
+	// renewed, and the sync rounds.
+	if w, ag, rounds := metrics.counts(); w < 2 || ag != 1 || rounds < 1 {
+		t.Fatalf("metrics: %d workload SVIDs, %d agent renewals, %d sync rounds; want >= 2, 1, >= 1", w, ag, rounds)
 	}
 	if _, _, err := x509svid.Verify(renewed.Certificates, x509bundle.FromX509Authorities(td, srv.bundle()), x509svid.WithTime(clk.Now())); err != nil {
 		t.Fatalf("renewed agent SVID does not verify: %v", err)
@@ -639,4 +649,36 @@ func TestAgentKeyOfOtherDevice(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, cache.FileName)); !os.IsNotExist(err) {
 		t.Fatalf("the other device's workload cache is still on disk: %v", err)
 	}
+}
+
+// recordMetrics counts what the manager reports (manager.Metrics).
+type recordMetrics struct {
+	mu                      sync.Mutex
+	workload, agent, rounds int
+}
+
+func (r *recordMetrics) SyncRound(time.Duration, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rounds++
+}
+
+func (r *recordMetrics) SVIDRenewed(kind string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case err != nil:
+	case kind == manager.RenewalWorkload:
+		r.workload++
+	case kind == manager.RenewalAgent:
+		r.agent++
+	}
+}
+
+// counts returns the successful workload and agent renewals and the sync
+// rounds seen so far.
+func (r *recordMetrics) counts() (workload, agent, rounds int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.workload, r.agent, r.rounds
 }

@@ -327,6 +327,7 @@ func (m *Manager) renewAgent(ctx context.Context, cl *client.Client, id *identit
 		return m.reattest(ctx, id)
 	}
 	next, err := m.renew(ctx, cl, id)
+	m.cfg.Metrics.SVIDRenewed(RenewalAgent, err)
 	if err != nil {
 		return fmt.Errorf("renew agent SVID: %w", err)
 	}
@@ -343,6 +344,7 @@ func (m *Manager) renewAgent(ctx context.Context, cl *client.Client, id *identit
 // failures are retried.
 func (m *Manager) reattest(ctx context.Context, id *identity) error {
 	next, err := m.attest(ctx, m.serverBundle(), id)
+	m.cfg.Metrics.SVIDRenewed(RenewalAgent, err)
 	if err != nil {
 		if r, ok := client.ReattestationRefused(err); ok {
 			return &revocation{r: r}
@@ -396,9 +398,11 @@ func (m *Manager) knownEntries() client.KnownFunc {
 
 // applyRound stores a round's entries, then signs the SVIDs that are due
 // while refreshing bundles.
-func (m *Manager) applyRound(ctx context.Context, cl *client.Client, r *client.Round) error {
+func (m *Manager) applyRound(ctx context.Context, cl *client.Client, r *client.Round) (err error) {
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
+	start := time.Now()
+	defer func() { m.cfg.Metrics.SyncRound(time.Since(start), err) }()
 	if err := m.cache.SetEntries(r.Entries); err != nil {
 		m.log.Warn("Some synced entries were rejected by the cache", "error", err)
 	}
@@ -526,6 +530,7 @@ func (m *Manager) signDue(ctx context.Context, cl *client.Client) error {
 	results, err := cl.BatchNewX509SVID(ctx, reqs)
 	svids := make(map[string]*cache.X509SVID, len(results))
 	for i, r := range results {
+		m.cfg.Metrics.SVIDRenewed(RenewalWorkload, r.Err)
 		if r.Err != nil {
 			lvl := m.log.Warn
 			if status.Code(r.Err) == codes.NotFound {
@@ -535,6 +540,12 @@ func (m *Manager) signDue(ctx context.Context, cl *client.Client) error {
 			continue
 		}
 		svids[r.EntryID] = &cache.X509SVID{Chain: r.Chain, PrivateKey: keys[i]}
+	}
+	if err != nil {
+		// The batches that failed as a whole: their SVIDs were not signed.
+		for range len(due) - len(results) {
+			m.cfg.Metrics.SVIDRenewed(RenewalWorkload, err)
+		}
 	}
 	if len(svids) > 0 {
 		if serr := m.cache.SetX509SVIDs(svids); serr != nil {

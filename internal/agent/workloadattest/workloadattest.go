@@ -47,6 +47,17 @@ type Config struct {
 	Timeout time.Duration
 	// Log; nil discards.
 	Log *slog.Logger
+	// Metrics is optional.
+	Metrics Metrics
+}
+
+// Metrics receives the attestors' measurements (internal/telemetry's Agent
+// implements it).
+type Metrics interface {
+	// WorkloadAttestorDone is called when a plugin answers a call (also
+	// after the call's deadline), with its name, how long it took and its
+	// error.
+	WorkloadAttestorDone(plugin string, d time.Duration, err error)
 }
 
 // Set runs its plugins concurrently for each call. It is safe for
@@ -55,6 +66,7 @@ type Set struct {
 	plugins []Plugin
 	timeout time.Duration
 	log     *slog.Logger
+	metrics Metrics
 }
 
 // New validates cfg.
@@ -84,7 +96,7 @@ func New(cfg Config) (*Set, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Set{plugins: append([]Plugin(nil), cfg.Plugins...), timeout: cfg.Timeout, log: log}, nil
+	return &Set{plugins: append([]Plugin(nil), cfg.Plugins...), timeout: cfg.Timeout, log: log, metrics: cfg.Metrics}, nil
 }
 
 // Failure is one plugin's failure in a call.
@@ -150,8 +162,12 @@ func (s *Set) Attest(ctx context.Context, pid int32) ([]selector.Selector, error
 	results := make(chan result, len(s.plugins))
 	for i, p := range s.plugins {
 		go func() {
+			start := time.Now()
 			sels, err := p.Attestor.Attest(callCtx, pid)
 			results <- result{i: i, sels: sels, err: err}
+			if s.metrics != nil {
+				s.metrics.WorkloadAttestorDone(p.Name, time.Since(start), err)
+			}
 		}()
 	}
 	got := make([]*result, len(s.plugins))

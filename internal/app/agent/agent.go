@@ -127,6 +127,8 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 		plugins = append(plugins, workloadattest.Plugin{Name: name, Attestor: a})
 	}
 
+	reg := telemetry.NewRegistry(telemetry.AgentPrefix)
+	metrics := telemetry.NewAgent(reg)
 	c := cache.New(cache.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Clock: clk, Log: log.With("subsystem", "cache")})
 	if err := c.Load(); err != nil {
 		// Nothing of a file Load refuses is applied: start empty, as on a
@@ -148,11 +150,12 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 		// once less than max(half-life, target) is left.
 		AvailabilityTarget: cfg.AvailabilityTarget,
 		AgentVersion:       version.String(),
+		Metrics:            metrics,
 	})
 	if err != nil {
 		return nil, err
 	}
-	attestors, err := workloadattest.New(workloadattest.Config{Plugins: plugins, Log: log.With("subsystem", "workload_attestor")})
+	attestors, err := workloadattest.New(workloadattest.Config{Plugins: plugins, Log: log.With("subsystem", "workload_attestor"), Metrics: metrics})
 	if err != nil {
 		return nil, err
 	}
@@ -169,6 +172,7 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 		SocketPath: cfg.SocketPath,
 		Attestor:   attestors,
 		Services:   []endpoints.Service{wl},
+		Observer:   metrics,
 		Log:        log.With("subsystem", "endpoints"),
 	})
 	if err != nil {
@@ -182,8 +186,9 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	reg := telemetry.NewRegistry(telemetry.AgentPrefix)
 	registerStatusMetrics(reg, mgr.Status)
+	reg.GaugeFunc("sigil_agent_entries", "Registration entries the agent holds (its authorized entries, persisted in data_dir).",
+		func() float64 { return float64(len(c.Entries())) })
 	var exporter *telemetry.Exporter
 	if p := cfg.Telemetry.Prometheus; p != nil {
 		exporter, err = telemetry.NewExporter(telemetry.ExporterConfig{

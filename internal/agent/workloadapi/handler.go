@@ -139,15 +139,13 @@ func concatDER(certs []*x509.Certificate) []byte {
 }
 
 // bundlesFor returns the bundles a caller may see: ours plus the federated
-// bundles of its entries; for an identity-less caller with
-// AllowUnauthenticatedVerifiers, every bundle. ok is false when the caller
-// has no identity and is not allowed without one.
+// bundles of its entries. An identity-less caller with
+// AllowUnauthenticatedVerifiers federates with nothing: it gets ours only,
+// as in SPIRE (trusting a federated domain is a property of an entry). ok
+// is false when the caller has no identity and is not allowed without one.
 func (h *handler) bundlesFor(u *cache.WorkloadUpdate) (map[spiffeid.TrustDomain]*spiffebundle.Bundle, bool) {
-	if len(u.Entries) == 0 {
-		if !h.s.cfg.AllowUnauthenticatedVerifiers {
-			return nil, false
-		}
-		return h.s.cfg.Cache.Bundles(), true
+	if len(u.Entries) == 0 && !h.s.cfg.AllowUnauthenticatedVerifiers {
+		return nil, false
 	}
 	out := make(map[spiffeid.TrustDomain]*spiffebundle.Bundle, len(u.FederatedBundles)+1)
 	for td, b := range u.FederatedBundles {

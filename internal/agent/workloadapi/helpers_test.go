@@ -122,6 +122,8 @@ type envOpts struct {
 	// attestor replaces the unix attestor; log replaces the test logger.
 	attestor endpoints.Attestor
 	log      *slog.Logger
+	// unauthVerifiers sets AllowUnauthenticatedVerifiers.
+	unauthVerifiers bool
 }
 
 func uidSelector() selector.Selector {
@@ -173,6 +175,8 @@ func startEnv(t testing.TB, o envOpts) *env {
 		JWTMinter: m,
 		Log:       log,
 		Clock:     clk,
+
+		AllowUnauthenticatedVerifiers: o.unauthVerifiers,
 	})
 	if err != nil {
 		t.Fatal(err)

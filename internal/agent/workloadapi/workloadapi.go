@@ -47,8 +47,8 @@ type Config struct {
 	// Unavailable for cache misses.
 	JWTMinter JWTMinter
 	// AllowUnauthenticatedVerifiers lets callers without an identity use
-	// FetchX509Bundles, FetchJWTBundles and ValidateJWTSVID (with our
-	// bundle and every federated bundle), like SPIRE's
+	// FetchX509Bundles, FetchJWTBundles and ValidateJWTSVID with our
+	// bundle (no federated one: those come with entries), like SPIRE's
 	// allow_unauthenticated_verifiers.
 	AllowUnauthenticatedVerifiers bool
 	// IdentityWait; 0 means DefaultIdentityWait.

@@ -36,6 +36,9 @@ var (
 	ErrBundleInUse = errors.New("entries federate with the trust domain")
 	// ErrBanned is returned by AttestNode for a node that was banned.
 	ErrBanned = errors.New("banned")
+	// ErrInvalid is matched by the error of a write with a value no store
+	// can hold (text that is not UTF-8, or holds a NUL byte).
+	ErrInvalid = errors.New("invalid")
 )
 
 // NoFederatedBundleError is the error of an entry write (per entry for

@@ -17,6 +17,9 @@ func (s *Store) AttestNode(ctx context.Context, a *datastore.NodeAttestation) (*
 	if a == nil || a.Node == nil || a.Node.SPIFFEID == "" {
 		return nil, errors.New("attest node: SPIFFE ID is empty")
 	}
+	if err := checkNodeText(a.Node); err != nil {
+		return nil, fmt.Errorf("attest node: %w", err)
+	}
 	n := a.Node
 	if err := validateSelectors(n.Selectors); err != nil {
 		return nil, fmt.Errorf("attest node %q: %w", n.SPIFFEID, err)

@@ -67,6 +67,14 @@ func validateBundle(b *datastore.Bundle) error {
 	if b.TrustDomain == "" {
 		return errors.New("bundle trust domain is empty")
 	}
+	if err := checkText("bundle trust domain", b.TrustDomain); err != nil {
+		return err
+	}
+	for _, k := range b.JWTKeys {
+		if err := checkText("a JWT key ID", k.KeyID); err != nil {
+			return err
+		}
+	}
 	for i, a := range b.X509Authorities {
 		if len(a.ASN1) == 0 {
 			return fmt.Errorf("bundle %q: X.509 authority %d is empty", b.TrustDomain, i)
@@ -185,6 +193,9 @@ func (s *Store) CreateBundle(ctx context.Context, b *datastore.Bundle) (*datasto
 
 // GetBundle returns the bundle of the trust domain (ErrNotFound if absent).
 func (s *Store) GetBundle(ctx context.Context, trustDomain string) (*datastore.Bundle, error) {
+	if !isText(trustDomain) {
+		return nil, fmt.Errorf("bundle %s: %w", clip.Quote(trustDomain), datastore.ErrNotFound)
+	}
 	b, err := s.getBundle(ctx, s.r, trustDomain, "")
 	if err != nil {
 		return nil, fmt.Errorf("get bundle: %w", err)
@@ -208,7 +219,7 @@ func (s *Store) ListBundles(ctx context.Context, p datastore.Page) ([]*datastore
 	limit, largs := limitClause(p)
 	var out []*datastore.Bundle
 	err = scanRows(ctx, s.reader(ctx), s.q("SELECT trust_domain, data, sequence_number FROM bundles"+w.sql()+" ORDER BY trust_domain"+limit),
-		append(w.args, largs...), func(r *sql.Rows) error {
+		w.params(largs...), func(r *sql.Rows) error {
 			var td string
 			var data []byte
 			var seq int64
@@ -355,6 +366,9 @@ func hasJWTKey(ks []datastore.JWTKey, kid string) bool {
 // DeleteBundle deletes the bundle of the trust domain: ErrNotFound if
 // absent, ErrBundleInUse (changing nothing) while entries federate with it.
 func (s *Store) DeleteBundle(ctx context.Context, trustDomain string) error {
+	if !isText(trustDomain) {
+		return fmt.Errorf("delete bundle: bundle %s: %w", clip.Quote(trustDomain), datastore.ErrNotFound)
+	}
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		// Lock the bundle first (PostgreSQL): an entry write that checked
 		// it holds it FOR SHARE until it commits, so the count below sees
@@ -397,6 +411,9 @@ var ErrPruneWouldEmptyBundle = errors.New("pruning would leave the bundle withou
 // nothing, when that would leave a bundle that had X.509 authorities with
 // none. Authorities that do not parse as certificates are kept.
 func (s *Store) PruneBundle(ctx context.Context, trustDomain string, before time.Time) (bool, error) {
+	if !isText(trustDomain) {
+		return false, fmt.Errorf("prune bundle: bundle %s: %w", clip.Quote(trustDomain), datastore.ErrNotFound)
+	}
 	changed := false
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		changed = false

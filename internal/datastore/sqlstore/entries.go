@@ -48,6 +48,11 @@ func normalizeEntry(e *datastore.Entry) (*datastore.Entry, error) {
 			return nil, fmt.Errorf("entry selector: %w", err)
 		}
 	}
+	if err := errors.Join(checkText("entry ID", e.ID), checkText("entry SPIFFE ID", e.SPIFFEID), checkText("entry parent ID", e.ParentID),
+		checkText("entry hint", e.Hint), checkText("an entry DNS name", e.DNSNames...), checkText("a trust domain the entry federates with", e.FederatesWith...),
+		checkSelectorsText(e.Selectors)); err != nil {
+		return nil, err
+	}
 	for _, td := range e.FederatesWith {
 		if td == "" {
 			return nil, errors.New("entry federates with an empty trust domain")
@@ -354,6 +359,9 @@ func (ins *entryInserter) children(ctx context.Context, e *datastore.Entry) erro
 
 // GetEntry returns the entry with this ID.
 func (s *Store) GetEntry(ctx context.Context, id string) (*datastore.Entry, error) {
+	if !isText(id) {
+		return nil, fmt.Errorf("entry %s: %w", clip.Quote(id), datastore.ErrNotFound)
+	}
 	var out []*datastore.Entry
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		var err error
@@ -374,6 +382,7 @@ func (s *Store) GetEntry(ctx context.Context, id string) (*datastore.Entry, erro
 // absent from the result.
 func (s *Store) GetEntries(ctx context.Context, ids []string) (map[string]*datastore.Entry, error) {
 	out := make(map[string]*datastore.Entry, len(ids))
+	ids = slices.DeleteFunc(slices.Clone(ids), func(id string) bool { return !isText(id) }) // no such entries
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		for start := 0; start < len(ids); start += maxInArgs {
 			chunk := ids[start:min(start+maxInArgs, len(ids))]
@@ -552,7 +561,7 @@ func (s *Store) ListEntries(ctx context.Context, f datastore.EntryFilter, p data
 	var out []*datastore.Entry
 	err = s.readTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		out, err = s.loadEntries(ctx, tx, w.sql(), append(w.args, largs...), limit)
+		out, err = s.loadEntries(ctx, tx, w.sql(), w.params(largs...), limit)
 		return err
 	})
 	if err != nil {
@@ -573,7 +582,7 @@ func (s *Store) CountEntries(ctx context.Context, f datastore.EntryFilter) (int,
 		return 0, fmt.Errorf("count entries: %w", err)
 	}
 	var n int
-	if err := s.reader(ctx).QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM entries e"+w.sql()), w.args...).Scan(&n); err != nil {
+	if err := s.reader(ctx).QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM entries e"+w.sql()), w.params()...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count entries: %w", err)
 	}
 	return n, nil
@@ -584,6 +593,9 @@ func (s *Store) CountEntries(ctx context.Context, f datastore.EntryFilter) (int,
 func (s *Store) UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datastore.EntryMask) (*datastore.Entry, error) {
 	if e == nil || e.ID == "" {
 		return nil, errors.New("update entry: entry ID is empty")
+	}
+	if !isText(e.ID) {
+		return nil, fmt.Errorf("update entry: entry %s: %w", clip.Quote(e.ID), datastore.ErrNotFound)
 	}
 	if mask == nil {
 		mask = &datastore.EntryMask{SPIFFEID: true, ParentID: true, Selectors: true, X509SVIDTTL: true, JWTSVIDTTL: true,
@@ -749,6 +761,10 @@ func (s *Store) DeleteEntries(ctx context.Context, ids []string) ([]error, error
 		}
 		defer st.Close()
 		for i, id := range ids {
+			if !isText(id) {
+				errs[i] = fmt.Errorf("entry %s: %w", clip.Quote(id), datastore.ErrNotFound)
+				continue
+			}
 			res, err := st.ExecContext(ctx, id)
 			if err != nil {
 				return fmt.Errorf("delete entry %s: %w", clip.Quote(id), err)

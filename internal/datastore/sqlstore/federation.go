@@ -30,6 +30,10 @@ func validateRelationship(fr *datastore.FederationRelationship) error {
 	if fr.TrustDomain == "" {
 		return errors.New("trust domain is empty")
 	}
+	if err := errors.Join(checkText("trust domain", fr.TrustDomain), checkText("bundle endpoint URL", fr.BundleEndpointURL),
+		checkText("bundle endpoint profile", fr.Profile), checkText("endpoint SPIFFE ID", fr.EndpointSPIFFEID)); err != nil {
+		return err
+	}
 	if fr.BundleEndpointURL == "" {
 		return fmt.Errorf("relationship %s: bundle endpoint URL is empty", clip.Quote(fr.TrustDomain))
 	}
@@ -127,6 +131,9 @@ func (s *Store) CreateFederationRelationship(ctx context.Context, fr *datastore.
 // GetFederationRelationship returns the relationship with the trust domain
 // (ErrNotFound).
 func (s *Store) GetFederationRelationship(ctx context.Context, trustDomain string) (*datastore.FederationRelationship, error) {
+	if !isText(trustDomain) {
+		return nil, fmt.Errorf("federation relationship %s: %w", clip.Quote(trustDomain), datastore.ErrNotFound)
+	}
 	fr, err := s.getRelationship(ctx, s.r, trustDomain, "")
 	if err != nil {
 		return nil, fmt.Errorf("get federation relationship: %w", err)
@@ -150,7 +157,7 @@ func (s *Store) ListFederationRelationships(ctx context.Context, p datastore.Pag
 	limit, largs := limitClause(p)
 	var out []*datastore.FederationRelationship
 	err = scanRows(ctx, s.r, s.q("SELECT "+relationshipColumns+" FROM federation_relationships"+w.sql()+" ORDER BY trust_domain"+limit),
-		append(w.args, largs...), func(r *sql.Rows) error {
+		w.params(largs...), func(r *sql.Rows) error {
 			fr, err := scanRelationship(r)
 			if err != nil {
 				return err
@@ -222,6 +229,9 @@ func (s *Store) UpdateFederationRelationship(ctx context.Context, fr *datastore.
 // DeleteFederationRelationship deletes the relationship (ErrNotFound); the
 // bundle of the trust domain stays.
 func (s *Store) DeleteFederationRelationship(ctx context.Context, trustDomain string) error {
+	if !isText(trustDomain) {
+		return fmt.Errorf("delete federation relationship: federation relationship %s: %w", clip.Quote(trustDomain), datastore.ErrNotFound)
+	}
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, s.q("DELETE FROM federation_relationships WHERE trust_domain = ?"), trustDomain)
 		if err != nil {
@@ -247,6 +257,9 @@ func (s *Store) DeleteFederationRelationship(ctx context.Context, trustDomain st
 func (s *Store) SetBundleRefreshed(ctx context.Context, trustDomain string, t time.Time) error {
 	if trustDomain == "" {
 		return errors.New("set bundle refreshed: trust domain is empty")
+	}
+	if err := checkText("trust domain", trustDomain); err != nil {
+		return fmt.Errorf("set bundle refreshed: %w", err)
 	}
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, s.q("INSERT INTO bundle_refreshes (trust_domain, refreshed_at) VALUES (?, ?) ON CONFLICT (trust_domain) DO UPDATE SET refreshed_at = excluded.refreshed_at"),

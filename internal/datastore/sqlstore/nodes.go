@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
@@ -18,7 +19,13 @@ func validateSelectors(sels []selector.Selector) error {
 			return err
 		}
 	}
-	return nil
+	return checkSelectorsText(sels)
+}
+
+// checkNodeText checks the text fields of a node write.
+func checkNodeText(n *datastore.AttestedNode) error {
+	return errors.Join(checkText("node SPIFFE ID", n.SPIFFEID), checkText("node attestation type", n.AttestationType),
+		checkText("node serial", n.CertSerial, n.NewCertSerial), checkText("agent version", n.AgentVersion))
 }
 
 // CreateNode stores a newly attested node. When n.Selectors is non-empty
@@ -27,6 +34,9 @@ func validateSelectors(sels []selector.Selector) error {
 func (s *Store) CreateNode(ctx context.Context, n *datastore.AttestedNode) (*datastore.AttestedNode, error) {
 	if n == nil || n.SPIFFEID == "" {
 		return nil, errors.New("create node: SPIFFE ID is empty")
+	}
+	if err := checkNodeText(n); err != nil {
+		return nil, fmt.Errorf("create node: %w", err)
 	}
 	if err := validateSelectors(n.Selectors); err != nil {
 		return nil, fmt.Errorf("create node %q: %w", n.SPIFFEID, err)
@@ -72,6 +82,9 @@ new_cert_serial, new_cert_not_after, can_reattest, created_at, agent_version) VA
 
 // GetNode returns the node with its selectors.
 func (s *Store) GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error) {
+	if !isText(spiffeID) {
+		return nil, fmt.Errorf("node %s: %w", clip.Quote(spiffeID), datastore.ErrNotFound)
+	}
 	var out []*datastore.AttestedNode
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		var err error
@@ -192,7 +205,7 @@ func (s *Store) ListNodes(ctx context.Context, f datastore.NodeFilter, p datasto
 	var out []*datastore.AttestedNode
 	err = s.readTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		out, err = s.loadNodes(ctx, tx, w.sql(), append(w.args, largs...), limit)
+		out, err = s.loadNodes(ctx, tx, w.sql(), w.params(largs...), limit)
 		return err
 	})
 	if err != nil {
@@ -213,7 +226,7 @@ func (s *Store) CountNodes(ctx context.Context, f datastore.NodeFilter) (int, er
 		return 0, fmt.Errorf("count nodes: %w", err)
 	}
 	var n int
-	if err := s.reader(ctx).QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM attested_nodes n"+w.sql()), w.args...).Scan(&n); err != nil {
+	if err := s.reader(ctx).QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM attested_nodes n"+w.sql()), w.params()...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count nodes: %w", err)
 	}
 	return n, nil
@@ -224,6 +237,12 @@ func (s *Store) CountNodes(ctx context.Context, f datastore.NodeFilter) (int, er
 func (s *Store) UpdateNode(ctx context.Context, n *datastore.AttestedNode, mask *datastore.NodeMask) (*datastore.AttestedNode, error) {
 	if n == nil || n.SPIFFEID == "" {
 		return nil, errors.New("update node: SPIFFE ID is empty")
+	}
+	if !isText(n.SPIFFEID) {
+		return nil, fmt.Errorf("update node %s: %w", clip.Quote(n.SPIFFEID), datastore.ErrNotFound)
+	}
+	if err := checkNodeText(n); err != nil {
+		return nil, fmt.Errorf("update node: %w", err)
 	}
 	if mask == nil {
 		mask = &datastore.NodeMask{CertSerial: true, CertNotAfter: true, NewCertSerial: true, NewCertNotAfter: true, CanReattest: true, AgentVersion: true}
@@ -281,6 +300,12 @@ func (s *Store) RenewNode(ctx context.Context, spiffeID, serial string, notAfter
 	if serial == "" {
 		return nil, errors.New("renew node: serial is empty")
 	}
+	if err := checkText("serial", serial); err != nil {
+		return nil, fmt.Errorf("renew node: %w", err)
+	}
+	if !isText(spiffeID) {
+		return nil, fmt.Errorf("renew node %s: %w", clip.Quote(spiffeID), datastore.ErrNotFound)
+	}
 	var out *datastore.AttestedNode
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		// Locked until the commit: a concurrent ban is seen here or made
@@ -319,6 +344,9 @@ func (s *Store) PromoteNodeSerial(ctx context.Context, spiffeID, serial string) 
 	if serial == "" {
 		return nil, errors.New("promote node serial: serial is empty")
 	}
+	if !isText(spiffeID) || !isText(serial) {
+		return nil, fmt.Errorf("promote node serial: node %s has no such pending serial: %w", clip.Quote(spiffeID), datastore.ErrConflict)
+	}
 	var out *datastore.AttestedNode
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, s.q(`UPDATE attested_nodes SET cert_serial = new_cert_serial, cert_not_after = new_cert_not_after,
@@ -351,6 +379,9 @@ new_cert_serial = '', new_cert_not_after = 0 WHERE spiffe_id = ? AND new_cert_se
 // deleted. Deleting a join_token node also deletes its join token's alias
 // entries (deleteJoinTokenAliases), in the same transaction.
 func (s *Store) DeleteNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error) {
+	if !isText(spiffeID) {
+		return nil, fmt.Errorf("delete node: node %s: %w", clip.Quote(spiffeID), datastore.ErrNotFound)
+	}
 	var (
 		out     *datastore.AttestedNode
 		aliases []string
@@ -433,6 +464,9 @@ func (s *Store) deleteJoinTokenAliases(ctx context.Context, tx *sql.Tx, spiffeID
 func (s *Store) SetNodeSelectors(ctx context.Context, spiffeID string, sels []selector.Selector) error {
 	if spiffeID == "" {
 		return errors.New("set node selectors: SPIFFE ID is empty")
+	}
+	if err := checkText("node SPIFFE ID", spiffeID); err != nil {
+		return fmt.Errorf("set node selectors: %w", err)
 	}
 	if err := validateSelectors(sels); err != nil {
 		return fmt.Errorf("set node selectors of %q: %w", spiffeID, err)

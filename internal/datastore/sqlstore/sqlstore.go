@@ -604,7 +604,7 @@ func decodePageToken(tok string) (string, error) {
 	b, err := base64.RawURLEncoding.Strict().DecodeString(tok)
 	// The decoder skips '\r' and '\n': only the canonical encoding of a key
 	// is a token.
-	if err != nil || len(b) == 0 || encodePageToken(string(b)) != tok {
+	if err != nil || len(b) == 0 || encodePageToken(string(b)) != tok || !isText(string(b)) {
 		return "", fmt.Errorf("malformed page token: %w", ErrInvalidPage)
 	}
 	return string(b), nil

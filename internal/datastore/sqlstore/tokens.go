@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
 
@@ -103,6 +104,9 @@ func (s *Store) PruneJoinTokens(ctx context.Context, before time.Time) (int, err
 
 // GetCAJournal returns the CA journal blob stored under name.
 func (s *Store) GetCAJournal(ctx context.Context, name string) ([]byte, error) {
+	if !isText(name) {
+		return nil, fmt.Errorf("CA journal %s: %w", clip.Quote(name), datastore.ErrNotFound)
+	}
 	var data []byte
 	err := s.r.QueryRowContext(ctx, s.q("SELECT data FROM ca_journals WHERE name = ?"), name).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -118,6 +122,9 @@ func (s *Store) GetCAJournal(ctx context.Context, name string) ([]byte, error) {
 func (s *Store) SetCAJournal(ctx context.Context, name string, data []byte) error {
 	if name == "" {
 		return errors.New("set CA journal: name is empty")
+	}
+	if err := checkText("CA journal name", name); err != nil {
+		return fmt.Errorf("set CA journal: %w", err)
 	}
 	if data == nil {
 		data = []byte{}

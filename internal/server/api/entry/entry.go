@@ -401,6 +401,9 @@ func (s *Service) createResult(ctx context.Context, in *datastore.Entry, r datas
 		if errors.Is(r.Err, datastore.ErrNoFederatedBundle) {
 			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.InvalidArgument, "failed to create entry", noBundleCause(r.Err))}
 		}
+		if errors.Is(r.Err, datastore.ErrInvalid) {
+			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.InvalidArgument, "failed to create entry", r.Err)}
+		}
 		if !errors.Is(r.Err, datastore.ErrAlreadyExists) {
 			return &entryv1.BatchCreateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to create entry", r.Err)}
 		}
@@ -474,6 +477,8 @@ func (s *Service) updateOne(ctx context.Context, pe *types.Entry, inMask *types.
 		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.AlreadyExists, "failed to update entry", errors.New("similar entry already exists"))}
 	case errors.Is(err, datastore.ErrNoFederatedBundle):
 		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.InvalidArgument, "failed to update entry", noBundleCause(err))}
+	case errors.Is(err, datastore.ErrInvalid):
+		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.InvalidArgument, "failed to update entry", err)}
 	case err != nil:
 		s.log.Error("failed to update entry", "entry_id", e.ID, "error", err)
 		return &entryv1.BatchUpdateEntryResponse_Result{Status: apistatus.New(codes.Internal, "failed to update entry", err)}

@@ -915,3 +915,34 @@ func BenchmarkCreateToWatchRound(b *testing.B) {
 		}
 	}
 }
+
+// TestEntryHintNotText: a hint with a NUL byte (valid UTF-8, so gRPC lets
+// it through) is the entry's InvalidArgument, on create and update, and
+// fails no other entry of the batch (PostgreSQL's text cannot hold it).
+func TestEntryHintNotText(t *testing.T) {
+	e := newEnv(t, 0)
+	ctx := ctxFor(t, "")
+	bad := base()
+	bad.Hint = "a\x00b"
+	good := base()
+	good.SpiffeId.Path = "/other"
+	resp, err := e.client.BatchCreateEntry(ctx, &entryv1.BatchCreateEntryRequest{Entries: []*types.Entry{bad, good}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := codes.Code(resp.Results[0].Status.Code); c != codes.InvalidArgument {
+		t.Fatalf("create with a NUL in the hint: %v (%s), want InvalidArgument", c, resp.Results[0].Status.Message)
+	}
+	if c := codes.Code(resp.Results[1].Status.Code); c != codes.OK {
+		t.Fatalf("the valid entry of the batch: %v (%s)", c, resp.Results[1].Status.Message)
+	}
+	upd := resp.Results[1].Entry
+	upd.Hint = "\x00"
+	uresp, err := e.client.BatchUpdateEntry(ctx, &entryv1.BatchUpdateEntryRequest{Entries: []*types.Entry{upd}, InputMask: &types.EntryMask{Hint: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := codes.Code(uresp.Results[0].Status.Code); c != codes.InvalidArgument {
+		t.Fatalf("update to a NUL hint: %v (%s), want InvalidArgument", c, uresp.Results[0].Status.Message)
+	}
+}

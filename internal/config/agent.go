@@ -58,6 +58,11 @@ type Agent struct {
 	// AvailabilityTarget is 0 (unset) or at least MinAvailabilityTarget.
 	AvailabilityTarget time.Duration
 
+	// AllowedForeignJWTClaims is SPIRE's allowed_foreign_jwt_claims: the
+	// claims, beyond sub, aud and exp, the Workload API's ValidateJWTSVID
+	// returns for a JWT-SVID of another trust domain.
+	AllowedForeignJWTClaims []string
+
 	HealthChecks HealthChecks
 	Telemetry    Telemetry
 
@@ -106,7 +111,7 @@ func DefaultAgent() *Agent {
 var (
 	unsupportedAgent = map[string]bool{
 		"admin_socket_path": true, "retry_bootstrap": true, "allow_unauthenticated_verifiers": true,
-		"allowed_foreign_jwt_claims": true, "authorized_delegates": true,
+		"authorized_delegates":        true,
 		"workload_x509_svid_key_type": true, "x509_svid_cache_max_size": true,
 		"jwt_svid_cache_max_size": true, "experimental": true, "trust_bundle_unix_socket": true,
 		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
@@ -201,6 +206,7 @@ func (d *decoder) agentSection(b *block, a *Agent) {
 	b.str("log_format", &a.LogFormat)
 	b.str("log_file", &a.LogFile)
 	b.duration("availability_target", &a.AvailabilityTarget)
+	b.strings("allowed_foreign_jwt_claims", &a.AllowedForeignJWTClaims)
 	d.filesystemDelivery(b, a)
 }
 

@@ -3,7 +3,9 @@ package config
 import (
 	"errors"
 	"flag"
+	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +24,7 @@ const fullAgentConf = `agent {
     log_format = "json"
     log_file = "/var/log/sigil-agent.log"
     availability_target = "48h"
+    allowed_foreign_jwt_claims = ["iat", "iss"]
 }
 
 plugins {
@@ -73,25 +76,26 @@ func TestParseAgentFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Agent{
-		Path:               "agent.conf",
-		ServerAddress:      "spire-server.example.org",
-		ServerPort:         8081,
-		SocketPath:         "/run/sigil/agent.sock",
-		DataDir:            "/var/lib/sigil/agent",
-		TrustBundlePath:    "/etc/sigil/bootstrap.crt",
-		TrustBundleFormat:  "spiffe",
-		JoinToken:          "2b8e2c7a-1c3b-4a8e-9d0f-0e6b1d2a3c4f",
-		LogLevel:           "warn",
-		LogFormat:          "json",
-		LogFile:            "/var/log/sigil-agent.log",
-		AvailabilityTarget: 48 * time.Hour,
-		HealthChecks:       HealthChecks{ListenerEnabled: true, BindAddress: "localhost", BindPort: 8082, LivePath: "/live", ReadyPath: "/ready"},
+		Path:                    "agent.conf",
+		ServerAddress:           "spire-server.example.org",
+		ServerPort:              8081,
+		SocketPath:              "/run/sigil/agent.sock",
+		DataDir:                 "/var/lib/sigil/agent",
+		TrustBundlePath:         "/etc/sigil/bootstrap.crt",
+		TrustBundleFormat:       "spiffe",
+		JoinToken:               "2b8e2c7a-1c3b-4a8e-9d0f-0e6b1d2a3c4f",
+		LogLevel:                "warn",
+		LogFormat:               "json",
+		LogFile:                 "/var/log/sigil-agent.log",
+		AvailabilityTarget:      48 * time.Hour,
+		AllowedForeignJWTClaims: []string{"iat", "iss"},
+		HealthChecks:            HealthChecks{ListenerEnabled: true, BindAddress: "localhost", BindPort: 8082, LivePath: "/live", ReadyPath: "/ready"},
 	}
 	if a.TrustDomain.Name() != "example.org" {
 		t.Errorf("TrustDomain = %q", a.TrustDomain)
 	}
 	want.TrustDomain = a.TrustDomain
-	wantPlugins(t, a.Plugins, `NodeAttestor "join_token" agent.conf:17`, `KeyManager "disk" agent.conf:20`, `WorkloadAttestor "unix" agent.conf:25`)
+	wantPlugins(t, a.Plugins, `NodeAttestor "join_token" agent.conf:18`, `KeyManager "disk" agent.conf:21`, `WorkloadAttestor "unix" agent.conf:26`)
 	want.Plugins = a.Plugins
 	if !reflect.DeepEqual(a, want) {
 		t.Errorf("got  %+v\nwant %+v", a, want)
@@ -288,5 +292,26 @@ func TestParseAgentJSON(t *testing.T) {
 	var dir string
 	if d := a.Plugins[1].Data(); !d.String("directory", &dir) || dir != "./data" {
 		t.Errorf("KeyManager plugin_data directory = %q", dir)
+	}
+}
+
+// TestExampleConfAllowedForeignJWTClaims: the commented
+// allowed_foreign_jwt_claims of conf/agent/agent.conf parses when
+// uncommented.
+func TestExampleConfAllowedForeignJWTClaims(t *testing.T) {
+	src, err := os.ReadFile("../../conf/agent/agent.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const old = "    # allowed_foreign_jwt_claims = ["
+	if !strings.Contains(string(src), old) {
+		t.Fatalf("conf/agent/agent.conf has no %q", old)
+	}
+	a, err := ParseAgent("agent.conf", []byte(strings.Replace(string(src), old, "    allowed_foreign_jwt_claims = [", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(a.AllowedForeignJWTClaims, []string{"iat", "iss"}) {
+		t.Errorf("AllowedForeignJWTClaims = %q", a.AllowedForeignJWTClaims)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -111,7 +113,7 @@ func (h *handler) composeX509SVIDResponse(u *cache.WorkloadUpdate) (*workloadpb.
 	if u.Bundle != nil {
 		own = h.der.bundle(u.Bundle.TrustDomain(), u.Bundle.X509Authorities())
 	}
-	for _, id := range u.Identities {
+	for _, id := range uniqueHints(h.s.log, u.Identities, func(i cache.Identity) *cache.Entry { return i.Entry }) {
 		chain, key, err := h.der.svid(id)
 		if err != nil {
 			return nil, err
@@ -242,13 +244,24 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDReque
 		return nil, err
 	}
 
+	// Entries in serving order (the default first), one per hint (as for
+	// X509-SVIDs), then the requested SPIFFE ID (as SPIRE: an entry left
+	// out for its hint is not served by SPIFFE ID either); one token per
+	// SPIFFE ID and hint, since two entries of one SPIFFE ID would get the
+	// same token.
+	type served struct {
+		id   spiffeid.ID
+		hint string
+	}
 	resp := &workloadpb.JWTSVIDResponse{}
-	seen := make(map[spiffeid.ID]bool)
-	for _, e := range h.s.cfg.Cache.MatchingEntries(set) {
-		if (!want.IsZero() && e.SPIFFEID != want) || seen[e.SPIFFEID] {
+	seen := make(map[served]bool)
+	entries := uniqueHints(h.s.log, h.s.cfg.Cache.MatchingEntries(set), func(e *cache.Entry) *cache.Entry { return e })
+	for _, e := range entries {
+		k := served{e.SPIFFEID, e.Hint}
+		if (!want.IsZero() && e.SPIFFEID != want) || seen[k] {
 			continue
 		}
-		seen[e.SPIFFEID] = true
+		seen[k] = true
 		token, err := h.jwtSVID(ctx, e, req.Audience)
 		if err != nil {
 			h.s.log.Warn("Cannot obtain JWT-SVID", "pid", cred.PID, "spiffe_id", e.SPIFFEID.String(), "error", err)
@@ -290,6 +303,45 @@ func (h *handler) jwtSVID(ctx context.Context, e *cache.Entry, audience []string
 	return token, nil
 }
 
+// uniqueHints keeps, of the items (in serving order) whose entries share a
+// non-empty hint, the first: the oldest entry, then the smallest entry ID,
+// as SPIRE keeps. The SPIFFE Workload API requires a hint to be unique in
+// a response.
+func uniqueHints[T any](log *slog.Logger, items []T, entry func(T) *cache.Entry) []T {
+	var (
+		out   []T
+		hints map[string]string // hint -> entry ID kept
+	)
+	for i, it := range items {
+		e := entry(it)
+		if e.Hint == "" {
+			if out != nil {
+				out = append(out, it)
+			}
+			continue
+		}
+		if hints == nil {
+			hints = make(map[string]string)
+		}
+		if kept, dup := hints[e.Hint]; dup {
+			if out == nil {
+				out = slices.Clone(items[:i])
+			}
+			log.Warn("Ignoring an entry whose hint an older entry of the caller has", "entry_id", e.ID,
+				"hint", e.Hint, "kept_entry_id", kept)
+			continue
+		}
+		hints[e.Hint] = e.ID
+		if out != nil {
+			out = append(out, it)
+		}
+	}
+	if out == nil {
+		return items
+	}
+	return out
+}
+
 func (h *handler) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJWTSVIDRequest) (*workloadpb.ValidateJWTSVIDResponse, error) {
 	if req.Audience == "" {
 		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
@@ -301,12 +353,16 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJ
 	if err != nil {
 		return nil, err
 	}
-	bundles, ok := h.bundlesFor(h.s.cfg.Cache.FetchWorkloadUpdate(set))
-	if !ok {
-		return nil, errNoIdentity
-	}
+	// The keys of our trust domain and of the trust domains the caller's
+	// entries federate with; a caller without an identity may validate
+	// JWT-SVIDs of our trust domain (as SPIRE, whose workload updates
+	// always carry our bundle).
+	u := h.s.cfg.Cache.FetchWorkloadUpdate(set)
 	jb := jwtbundle.NewSet()
-	for td, b := range bundles {
+	if u.Bundle != nil {
+		jb.Add(jwtbundle.FromJWTAuthorities(u.Bundle.TrustDomain(), u.Bundle.JWTAuthorities()))
+	}
+	for td, b := range u.FederatedBundles {
 		jb.Add(jwtbundle.FromJWTAuthorities(td, b.JWTAuthorities()))
 	}
 	svid, err := jwtsvid.ParseAndValidate(req.Svid, jb, []string{req.Audience})
@@ -317,11 +373,29 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJ
 		h.s.log.Debug("JWT-SVID validation failed", "pid", cred.PID, "error", msg)
 		return nil, status.Error(codes.InvalidArgument, msg)
 	}
-	claims, err := claimsStruct(svid.Claims)
+	claims, err := claimsStruct(h.responseClaims(svid))
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "convert claims: %v", err)
 	}
 	return &workloadpb.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+}
+
+// responseClaims are the claims ValidateJWTSVID returns, as SPIRE returns
+// them: aud always a list; for a JWT-SVID of another trust domain only sub,
+// aud, exp and the claims AllowedForeignJWTClaims names.
+func (h *handler) responseClaims(svid *jwtsvid.SVID) map[string]any {
+	out := make(map[string]any, len(svid.Claims))
+	foreign := svid.ID.TrustDomain() != h.s.cfg.Cache.TrustDomain()
+	for k, v := range svid.Claims {
+		if foreign && k != "sub" && k != "aud" && k != "exp" && !slices.Contains(h.s.cfg.AllowedForeignJWTClaims, k) {
+			continue
+		}
+		out[k] = v
+	}
+	if aud, ok := out["aud"].(string); ok {
+		out["aud"] = []string{aud}
+	}
+	return out
 }
 
 // maxValidateErrLen bounds the text of a ValidateJWTSVID refusal.

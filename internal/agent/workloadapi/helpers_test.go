@@ -124,6 +124,8 @@ type envOpts struct {
 	log      *slog.Logger
 	// unauthVerifiers sets AllowUnauthenticatedVerifiers.
 	unauthVerifiers bool
+	// allowedForeignClaims is the Workload API's AllowedForeignJWTClaims.
+	allowedForeignClaims []string
 }
 
 func uidSelector() selector.Selector {
@@ -177,6 +179,7 @@ func startEnv(t testing.TB, o envOpts) *env {
 		Clock:     clk,
 
 		AllowUnauthenticatedVerifiers: o.unauthVerifiers,
+		AllowedForeignJWTClaims:       o.allowedForeignClaims,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -51,6 +51,10 @@ type Config struct {
 	// bundle (no federated one: those come with entries), like SPIRE's
 	// allow_unauthenticated_verifiers.
 	AllowUnauthenticatedVerifiers bool
+	// AllowedForeignJWTClaims are the claims, beyond sub, aud and exp,
+	// that ValidateJWTSVID returns for a JWT-SVID of another trust domain
+	// (SPIRE's allowed_foreign_jwt_claims); the others are left out.
+	AllowedForeignJWTClaims []string
 	// IdentityWait; 0 means DefaultIdentityWait.
 	IdentityWait time.Duration
 	Log          *slog.Logger

@@ -160,10 +160,11 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 		return nil, err
 	}
 	wl, err := workloadapi.New(workloadapi.Config{
-		Cache:     c,
-		JWTMinter: mgr,
-		Log:       log.With("subsystem", "workload_api"),
-		Clock:     clk,
+		Cache:                   c,
+		JWTMinter:               mgr,
+		AllowedForeignJWTClaims: cfg.AllowedForeignJWTClaims,
+		Log:                     log.With("subsystem", "workload_api"),
+		Clock:                   clk,
 	})
 	if err != nil {
 		return nil, err

@@ -44,7 +44,18 @@ var backends = []backend{
 	{
 		name: "postgres",
 		config: func(t *testing.T) Config {
-			return Config{DatabaseType: "postgres", ConnectionString: pgtest.NewDatabase(t)}
+			c := pgtest.Shared(t)
+			// A copy of a database migrated once: the migrations are
+			// tested by TestMigrationVersioning on it and by
+			// TestPostgresReadReplica on empty ones.
+			tmpl := c.Template(t, "sqlstore", func(conn string) error {
+				s, err := Open(context.Background(), Config{DatabaseType: "postgres", ConnectionString: conn})
+				if err != nil {
+					return err
+				}
+				return s.Close()
+			})
+			return Config{DatabaseType: "postgres", ConnectionString: c.ConnString(c.CreateDatabase(t, tmpl))}
 		},
 		failInserts: func(table string) string {
 			return "CREATE FUNCTION fail_" + table + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$; " +

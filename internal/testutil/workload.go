@@ -216,3 +216,22 @@ func StreamEnd[T any](stream grpc.ServerStreamingClient[T]) error {
 		}
 	}
 }
+
+// WorkloadAPIClient is a raw Workload API client on the unix socket at
+// socketPath (closed on cleanup), for tests that must see exactly what an
+// agent sends (go-spiffe's client retries, and skips a repeated hint).
+// Calls need WorkloadAPIContext's header.
+func WorkloadAPIClient(t testing.TB, socketPath string) workloadpb.SpiffeWorkloadAPIClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return workloadpb.NewSpiffeWorkloadAPIClient(conn)
+}
+
+// WorkloadAPIContext adds the Workload API's security header to ctx.
+func WorkloadAPIContext(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
+}

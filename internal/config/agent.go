@@ -63,6 +63,10 @@ type Agent struct {
 	// returns for a JWT-SVID of another trust domain.
 	AllowedForeignJWTClaims []string
 
+	// JWTSVIDCacheMaxSize is SPIRE's jwt_svid_cache_max_size: how many
+	// JWT-SVIDs the agent keeps (and persists); 0 is the default, 1000.
+	JWTSVIDCacheMaxSize int
+
 	HealthChecks HealthChecks
 	Telemetry    Telemetry
 
@@ -113,7 +117,7 @@ var (
 		"admin_socket_path": true, "retry_bootstrap": true, "allow_unauthenticated_verifiers": true,
 		"authorized_delegates":        true,
 		"workload_x509_svid_key_type": true, "x509_svid_cache_max_size": true,
-		"jwt_svid_cache_max_size": true, "experimental": true, "trust_bundle_unix_socket": true,
+		"experimental": true, "trust_bundle_unix_socket": true,
 		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
 		"profiling_freq": true, "profiling_names": true,
 		"sds": true, // Envoy SDS is not implemented yet
@@ -207,6 +211,10 @@ func (d *decoder) agentSection(b *block, a *Agent) {
 	b.str("log_file", &a.LogFile)
 	b.duration("availability_target", &a.AvailabilityTarget)
 	b.strings("allowed_foreign_jwt_claims", &a.AllowedForeignJWTClaims)
+	var jwtMax int64
+	if b.integer("jwt_svid_cache_max_size", &jwtMax) {
+		a.JWTSVIDCacheMaxSize = int(min(max(jwtMax, -1), 1<<31))
+	}
 	d.filesystemDelivery(b, a)
 }
 
@@ -351,6 +359,9 @@ func (a *Agent) Validate() error {
 		case u.Scheme != "https" || u.Host == "":
 			add(fmt.Errorf("trust_bundle_url %q must be an https:// URL", a.TrustBundleURL))
 		}
+	}
+	if a.JWTSVIDCacheMaxSize < 0 {
+		add(errors.New("jwt_svid_cache_max_size must not be negative"))
 	}
 	if a.AvailabilityTarget != 0 && a.AvailabilityTarget < MinAvailabilityTarget {
 		add(fmt.Errorf("availability_target must be at least %s, got %s", MinAvailabilityTarget, a.AvailabilityTarget))

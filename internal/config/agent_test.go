@@ -25,6 +25,7 @@ const fullAgentConf = `agent {
     log_file = "/var/log/sigil-agent.log"
     availability_target = "48h"
     allowed_foreign_jwt_claims = ["iat", "iss"]
+    jwt_svid_cache_max_size = 500
 }
 
 plugins {
@@ -89,13 +90,14 @@ func TestParseAgentFull(t *testing.T) {
 		LogFile:                 "/var/log/sigil-agent.log",
 		AvailabilityTarget:      48 * time.Hour,
 		AllowedForeignJWTClaims: []string{"iat", "iss"},
+		JWTSVIDCacheMaxSize:     500,
 		HealthChecks:            HealthChecks{ListenerEnabled: true, BindAddress: "localhost", BindPort: 8082, LivePath: "/live", ReadyPath: "/ready"},
 	}
 	if a.TrustDomain.Name() != "example.org" {
 		t.Errorf("TrustDomain = %q", a.TrustDomain)
 	}
 	want.TrustDomain = a.TrustDomain
-	wantPlugins(t, a.Plugins, `NodeAttestor "join_token" agent.conf:18`, `KeyManager "disk" agent.conf:21`, `WorkloadAttestor "unix" agent.conf:26`)
+	wantPlugins(t, a.Plugins, `NodeAttestor "join_token" agent.conf:19`, `KeyManager "disk" agent.conf:22`, `WorkloadAttestor "unix" agent.conf:27`)
 	want.Plugins = a.Plugins
 	if !reflect.DeepEqual(a, want) {
 		t.Errorf("got  %+v\nwant %+v", a, want)
@@ -155,6 +157,9 @@ func TestAgentUnknownConfiguration(t *testing.T) {
 		{"bad trust domain",
 			strings.Replace(agentConfWith("", ""), `"example.org"`, `"Example.ORG"`, 1),
 			[]string{`agent.conf:4: invalid trust_domain "Example.ORG"`}},
+		{"negative jwt_svid_cache_max_size",
+			agentConfWith("    jwt_svid_cache_max_size = -1\n", ""),
+			[]string{"jwt_svid_cache_max_size must not be negative"}},
 		{"bad availability_target",
 			agentConfWith("    availability_target = \"2 days\"\n", ""),
 			[]string{`agent.conf:6: invalid value for "availability_target"`, "not a duration"}},

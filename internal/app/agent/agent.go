@@ -129,7 +129,8 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 
 	reg := telemetry.NewRegistry(telemetry.AgentPrefix)
 	metrics := telemetry.NewAgent(reg)
-	c := cache.New(cache.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Clock: clk, Log: log.With("subsystem", "cache")})
+	c := cache.New(cache.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Clock: clk, Log: log.With("subsystem", "cache"),
+		MaxJWTSVIDs: cfg.JWTSVIDCacheMaxSize})
 	if err := c.Load(); err != nil {
 		// Nothing of a file Load refuses is applied: start empty, as on a
 		// first start; the server resends the entries and SVIDs.

@@ -109,6 +109,9 @@ func FuzzParseServer(f *testing.F) {
 		"plugins { Bogus \"x\" { plugin_cmd = \"/bin/sh\" } }",
 		"server { socket_path = <<EOF\n/run/x\nEOF\n}",
 		"server = [1, 2]",
+		serverConfWith(federationConf, ""),
+		"server { federation { federates_with = 1 bundle_endpoint { profile \"https_web\" { acme {} } } } }",
+		"server { federation { federates_with \"a.org\" { bundle_endpoint_profile \"https_spiffe\" = 1 } } }",
 		"[1]",
 		"",
 	)

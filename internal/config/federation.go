@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-spiffe/sigil/internal/clip"
 )
 
 // Bundle endpoint profiles (SPIFFE Federation), as SPIRE spells them in
@@ -76,13 +78,23 @@ type FederatesWith struct {
 	Pos Pos
 }
 
+// maxBundleEndpointURL bounds a bundle endpoint URL.
+const maxBundleEndpointURL = 2048
+
 // ParseBundleEndpointURL checks a bundle endpoint URL as SPIRE's API does:
 // it parses, uses https, names a host and carries no user information.
 func ParseBundleEndpointURL(s string) (*url.URL, error) {
+	if len(s) > maxBundleEndpointURL {
+		return nil, fmt.Errorf("bundle endpoint URL is longer than %d bytes", maxBundleEndpointURL)
+	}
 	u, err := url.Parse(s)
 	switch {
 	case err != nil:
-		return nil, fmt.Errorf("failed to parse bundle endpoint URL: %w", err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("failed to parse bundle endpoint URL %s: %w", clip.Quote(s), err)
 	case u.Scheme != "https":
 		return nil, errors.New("bundle endpoint URL must use the https scheme")
 	case u.Host == "":
@@ -102,7 +114,7 @@ func CheckEndpointSPIFFEID(td spiffeid.TrustDomain, id spiffeid.ID) error {
 		return errors.New("endpoint SPIFFE ID is required for the https_spiffe profile")
 	}
 	if !id.MemberOf(td) {
-		return fmt.Errorf("endpoint SPIFFE ID %q is not in trust domain %q: the https_spiffe endpoint of a trust domain is authenticated by that trust domain's bundle", id, td.Name())
+		return fmt.Errorf("endpoint SPIFFE ID %s is not in trust domain %s: the https_spiffe endpoint of a trust domain is authenticated by that trust domain's bundle", clip.Quote(id.String()), clip.Quote(td.Name()))
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +21,9 @@ type checked struct {
 	// holds resources (UpstreamAuthority "spire") it is an io.Closer.
 	upstream ca.UpstreamAuthority
 	tcpAddr  *net.TCPAddr
+	// bundleEndpoint is the federation bundle endpoint's address (nil
+	// without one).
+	bundleEndpoint *net.TCPAddr
 }
 
 func (c *checked) close() {
@@ -66,9 +68,6 @@ func preflight(ctx context.Context, cfg *config.Server, log *slog.Logger, clk cl
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Federation != nil {
-		return nil, errors.New("the federation section is not supported yet")
-	}
 	warnings, err := caConfig(cfg).Check()
 	if err != nil {
 		return nil, fmt.Errorf("CA: %w", err)
@@ -82,7 +81,11 @@ func preflight(ctx context.Context, cfg *config.Server, log *slog.Logger, clk cl
 	if err != nil {
 		return nil, fmt.Errorf("bind address: %w", err)
 	}
-	c := &checked{plugins: plugins, tcpAddr: tcpAddr}
+	beAddr, err := checkFederation(cfg, log, warn)
+	if err != nil {
+		return nil, err
+	}
+	c := &checked{plugins: plugins, tcpAddr: tcpAddr, bundleEndpoint: beAddr}
 	if u, ok := plugins.UpstreamAuthority(); ok {
 		// UpstreamAuthority "spire" is lazy: no I/O until the CA needs the
 		// upstream, so a nested server whose CA is still valid starts while

@@ -23,6 +23,7 @@ import (
 	bundleapi "github.com/sigil-spiffe/sigil/internal/server/api/bundle"
 	entryapi "github.com/sigil-spiffe/sigil/internal/server/api/entry"
 	svidapi "github.com/sigil-spiffe/sigil/internal/server/api/svid"
+	trustdomainapi "github.com/sigil-spiffe/sigil/internal/server/api/trustdomain"
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	servercatalog "github.com/sigil-spiffe/sigil/internal/catalog/server"
@@ -32,6 +33,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/healthcheck"
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
+	"github.com/sigil-spiffe/sigil/internal/server/federation"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
 	"github.com/sigil-spiffe/sigil/internal/server/trustbundle"
 	"github.com/sigil-spiffe/sigil/internal/telemetry"
@@ -62,6 +64,10 @@ type Server struct {
 	// telemetry.Prometheus is configured.
 	metrics  *telemetry.Registry
 	exporter *telemetry.Exporter
+	// fed refreshes the federated bundles; bundleEP is the bundle
+	// endpoint (nil without one).
+	fed      *federation.Manager
+	bundleEP *bundleEndpoint
 	// upstream is the UpstreamAuthority when it holds resources ("spire":
 	// the CA's Run drives it), nil otherwise; Run and Close release it.
 	upstream io.Closer
@@ -127,9 +133,17 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	// it when a bundle changed. Set once the CA exists, before anything
 	// runs.
 	var trust *trustbundle.Source
+	// The bundle endpoint serves what is stored, read again at once after
+	// a change (here or by another server).
+	hint := config.DefaultBundleEndpointRefreshHint
+	if cfg.Federation != nil && cfg.Federation.BundleEndpoint != nil {
+		hint = cfg.Federation.BundleEndpoint.RefreshHint
+	}
+	ownBundle := federation.NewOwnBundleSource(cfg.TrustDomain, ds, hint, clk)
 	cache := entrycache.New(entrycache.Config{Store: ds, Clock: clk, Log: log.With("subsystem", "entrycache"),
 		Metrics: metrics,
 		BundleChanged: func() {
+			ownBundle.Invalidate()
 			if trust != nil {
 				trust.Changed()
 			}
@@ -246,7 +260,26 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		return nil, err
 	}
 	entries := entryapi.New(entryapi.Config{Store: ds, Cache: cache, AgentValidator: agentCheck, TrustDomain: cfg.TrustDomain, Log: log, Clock: clk})
-	bundles := bundleapi.New(bundleapi.Config{Store: ds, Cache: cache, TrustDomain: cfg.TrustDomain, Log: log})
+	fedLog := log.With("subsystem", "federation")
+	fed, err := federation.NewManager(federation.ManagerConfig{
+		TrustDomain:    cfg.TrustDomain,
+		Store:          ds,
+		Static:         staticRelationships(cfg),
+		OnBundleChange: cache.BundleChanged,
+		Clock:          clk,
+		Log:            fedLog,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// A federated bundle set through the bundle API may be the bootstrap
+	// bundle a refresher waits for.
+	bundles := bundleapi.New(bundleapi.Config{Store: ds, Cache: bundleWrites{cache, fed}, TrustDomain: cfg.TrustDomain, Log: log})
+	trustDomains := trustdomainapi.New(trustdomainapi.Config{Store: ds, Refresher: fed, Cache: bundleWrites{cache, fed}, TrustDomain: cfg.TrustDomain, Log: log})
+	bundleEP, err := newBundleEndpoint(cfg, pre.bundleEndpoint, ownBundle, svid.Get, clk, fedLog.With("component", "bundle_endpoint"))
+	if err != nil {
+		return nil, err
+	}
 
 	ep, err := endpoints.New(endpoints.Config{
 		TCPAddr:     pre.tcpAddr,
@@ -266,6 +299,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 			svids.Register(g)
 			entries.Register(g)
 			bundles.Register(g)
+			trustDomains.Register(g)
 		},
 	})
 	if err != nil {
@@ -282,7 +316,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 			return nil, err
 		}
 	}
-	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, trust: trust, svid: svid, ep: ep, metrics: reg, exporter: exporter, lock: lock}
+	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, trust: trust, svid: svid, ep: ep, metrics: reg, exporter: exporter, fed: fed, bundleEP: bundleEP, lock: lock}
 	srv.upstream, _ = pre.upstream.(io.Closer)
 	return srv, nil
 }
@@ -314,6 +348,18 @@ func (s *Server) Ready() <-chan struct{} { return s.ep.Ready() }
 // TCPAddr is the agent endpoint's address (after Ready).
 func (s *Server) TCPAddr() net.Addr { return s.ep.TCPAddr() }
 
+// BundleEndpoint is the federation bundle endpoint (nil without one).
+func (s *Server) BundleEndpoint() *federation.Endpoint {
+	if s.bundleEP == nil {
+		return nil
+	}
+	return s.bundleEP.ep
+}
+
+// Federation is the federated bundles' refresher: each relationship's
+// status (for metrics).
+func (s *Server) Federation() *federation.Manager { return s.fed }
+
 // Run serves until ctx ends, then shuts everything down and closes the
 // datastore.
 func (s *Server) Run(ctx context.Context) error {
@@ -331,6 +377,13 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.prune(ctx) })
 	if s.exporter != nil {
 		g.Go(func() error { return s.exporter.Run(ctx) })
+	}
+	g.Go(func() error { return s.fed.Run(ctx) })
+	if s.bundleEP != nil {
+		g.Go(func() error { return s.bundleEP.ep.Run(ctx) })
+		if sc := s.bundleEP.servingCert; sc != nil {
+			g.Go(func() error { return sc.Run(ctx) })
+		}
 	}
 	if hc := s.cfg.HealthChecks; hc.ListenerEnabled {
 		g.Go(func() error { return s.serveHealth(ctx, hc) })

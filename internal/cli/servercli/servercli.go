@@ -1,8 +1,8 @@
 // Package servercli implements the administrative subcommands of
-// sigil-server (entry, agent, bundle, token, x509, jwt, healthcheck). Each
-// command talks to a running server over its admin unix socket with the
-// spire-api-sdk gRPC clients, so the same commands also work against a SPIRE
-// server, and their flags and output follow the SPIRE CLI.
+// sigil-server (entry, agent, bundle, federation, token, x509, jwt,
+// healthcheck). Each command talks to a running server over its admin unix
+// socket with the spire-api-sdk gRPC clients, so the same commands also work
+// against a SPIRE server, and their flags and output follow the SPIRE CLI.
 package servercli
 
 import (
@@ -89,6 +89,12 @@ func specs() []spec {
 		{name: "entry delete", synopsis: "Deletes registration entries", make: func() runner { return &entryDeleteCmd{} }},
 		{name: "entry show", synopsis: "Displays configured registration entries", make: func() runner { return &entryShowCmd{} }},
 		{name: "entry update", synopsis: "Updates registration entries", make: func() runner { return &entryUpdateCmd{} }},
+		{name: "federation create", synopsis: "Creates a dynamic federation relationship with a foreign trust domain", make: func() runner { return &federationCreateCmd{} }},
+		{name: "federation delete", synopsis: "Deletes a dynamic federation relationship", make: func() runner { return &federationDeleteCmd{} }},
+		{name: "federation list", synopsis: "Lists all dynamic federation relationships", make: func() runner { return &federationListCmd{} }},
+		{name: "federation refresh", synopsis: "Refreshes the bundle from the specified federated trust domain", make: func() runner { return &federationRefreshCmd{} }},
+		{name: "federation show", synopsis: "Shows a dynamic federation relationship", make: func() runner { return &federationShowCmd{} }},
+		{name: "federation update", synopsis: "Updates a dynamic federation relationship with a foreign trust domain", make: func() runner { return &federationUpdateCmd{} }},
 		{name: "healthcheck", synopsis: "Determines server health status", noOutput: true, make: func() runner { return &healthcheckCmd{} }},
 		{name: "jwt mint", synopsis: "Mints a JWT-SVID", make: func() runner { return &jwtMintCmd{} }},
 		{name: "token generate", synopsis: "Generates a join token", make: func() runner { return &tokenGenerateCmd{} }},

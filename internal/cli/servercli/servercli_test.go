@@ -190,7 +190,7 @@ func TestDispatch(t *testing.T) {
 		{args: nil, wantCode: ExitError, wantStderr: "Available commands are:"},
 		{args: []string{"-h"}, wantCode: ExitOK, wantStdout: "entry create"},
 		{args: []string{"frobnicate"}, wantCode: ExitUnknownCommand, wantStderr: `unknown command "frobnicate"`},
-		{args: []string{"frobnicate"}, wantCode: ExitUnknownCommand, wantStderr: "agent, bundle, dev, entry, healthcheck, jwt, run, token, validate, version, x509"},
+		{args: []string{"frobnicate"}, wantCode: ExitUnknownCommand, wantStderr: "agent, bundle, dev, entry, federation, healthcheck, jwt, run, token, validate, version, x509"},
 		{args: []string{"entry", "frob"}, wantCode: ExitUnknownCommand, wantStderr: "count, create, delete, show, update"},
 		{args: []string{"entry"}, wantCode: ExitError, wantStderr: "Subcommands:"},
 		{args: []string{"entry", "create", "-h"}, wantCode: ExitOK, wantStdout: "-spiffeID"},

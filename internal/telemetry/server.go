@@ -224,6 +224,25 @@ func (s *Server) FederationRefreshed(td string, at time.Time, err error) {
 	s.fedRefreshed.SetTime(at, td)
 }
 
+// FederationLastRefresh sets td's last-refresh gauge to at without
+// counting a refresh: the time kept across restarts, reported when td's
+// refresher starts, so the bundle's age stays known while its endpoint is
+// unreachable.
+func (s *Server) FederationLastRefresh(td string, at time.Time) {
+	if s == nil {
+		return
+	}
+	s.fedRefreshed.SetTime(at, td)
+}
+
+// FederationRemoved drops td's last-refresh series (no longer federated).
+func (s *Server) FederationRemoved(td string) {
+	if s == nil {
+		return
+	}
+	s.fedRefreshed.Delete(td)
+}
+
 // ServerState is what the server's state gauges report, read at every
 // scrape.
 type ServerState struct {

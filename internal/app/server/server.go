@@ -266,6 +266,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		Store:          ds,
 		Static:         staticRelationships(cfg),
 		OnBundleChange: cache.BundleChanged,
+		Metrics:        metrics,
 		Clock:          clk,
 		Log:            fedLog,
 	})

@@ -23,6 +23,8 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
+	"github.com/sigil-spiffe/sigil/internal/telemetry"
+	"github.com/sigil-spiffe/sigil/internal/telemetry/telemetrytest"
 	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
@@ -518,26 +520,50 @@ func TestRelationshipsFromStoreAndConfig(t *testing.T) {
 	}
 }
 
-// The last success survives a restart (the bundle's age is not reset).
+// The last success survives a restart (the bundle's age is not reset),
+// in the status and in the metrics.
 func TestLastSuccessSurvivesRestart(t *testing.T) {
 	p := newPeer(t, time.Second)
-	l := newLocal(t, []Relationship{spiffeRelationship(p)}, nil)
+	reg := telemetry.NewRegistry(telemetry.ServerPrefix)
+	l := &local{store: openStore(t)}
+	newManager := func() {
+		m, err := NewManager(ManagerConfig{TrustDomain: localTD, Store: l.store, Static: []Relationship{spiffeRelationship(p)},
+			Intervals: fastIntervals, Metrics: telemetry.NewServer(reg)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.m = m
+	}
+	newManager()
 	if _, err := l.store.SetBundle(context.Background(), p.bundle()); err != nil {
 		t.Fatal(err)
 	}
 	l.run(t)
 	eventually(t, "a refresh", func() bool { return !l.status(t, peerTD).LastSuccess.IsZero() })
+	first := l.status(t, peerTD).LastSuccess
 	l.stop()
 	p.stop()
-	m2, err := NewManager(ManagerConfig{TrustDomain: localTD, Store: l.store, Static: []Relationship{spiffeRelationship(p)}, Intervals: fastIntervals})
+
+	// A new registry and manager, as after a restart, the peer down.
+	reg = telemetry.NewRegistry(telemetry.ServerPrefix)
+	newManager()
+	l.run(t)
+	eventually(t, "a failure after the restart", func() bool { return l.status(t, peerTD).Failures > 0 })
+	if s := l.status(t, peerTD); s.LastSuccess.Unix() != first.Unix() {
+		t.Fatalf("last success across a restart: %v, want %v", s.LastSuccess, first)
+	}
+	samples, err := telemetrytest.ScrapeHandler(reg.Handler())
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.m = m2
-	l.run(t)
-	eventually(t, "a failure after the restart", func() bool { return l.status(t, peerTD).Failures > 0 })
-	if s := l.status(t, peerTD); s.LastSuccess.IsZero() {
-		t.Fatalf("last success forgotten across a restart: %+v", s)
+	if v := samples.Get("sigil_server_federation_bundle_last_refresh_timestamp_seconds", "trust_domain", "peer.test"); int64(v) != first.Unix() {
+		t.Errorf("last refresh gauge after a restart = %v, want %d", v, first.Unix())
+	}
+	if v := samples.Get("sigil_server_federation_bundle_refreshes_total", "trust_domain", "peer.test", "result", "error"); v < 1 {
+		t.Errorf("failed refreshes counted %v", v)
+	}
+	if v, ok := samples.Value("sigil_server_federation_bundle_refreshes_total", "trust_domain", "peer.test", "result", "success"); ok && v != 0 {
+		t.Errorf("the restored time counted as a refresh: %v", v)
 	}
 }
 

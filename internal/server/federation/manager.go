@@ -66,6 +66,18 @@ type Store interface {
 	BundleRefreshes(ctx context.Context) (map[string]time.Time, error)
 }
 
+// Metrics records refreshes (internal/telemetry's Server).
+type Metrics interface {
+	// FederationRefreshed records a fetch of td's bundle at at; err is its
+	// failure, nil on success.
+	FederationRefreshed(td string, at time.Time, err error)
+	// FederationLastRefresh reports td's last successful fetch known when
+	// its refresher starts (kept across restarts), counting nothing.
+	FederationLastRefresh(td string, at time.Time)
+	// FederationRemoved drops td's series: no longer federated.
+	FederationRemoved(td string)
+}
+
 // Intervals tune the schedule (zero fields: the package defaults).
 type Intervals struct {
 	Min, Max, Default, BackoffBase, Reload, FetchTimeout time.Duration
@@ -100,8 +112,10 @@ type ManagerConfig struct {
 	// roots (SSL_CERT_FILE / SSL_CERT_DIR apply).
 	WebPKIRoots *x509.CertPool
 	Intervals   Intervals
-	Clock       clock.Clock
-	Log         *slog.Logger
+	// Metrics may be nil.
+	Metrics Metrics
+	Clock   clock.Clock
+	Log     *slog.Logger
 }
 
 // Manager runs one refresher per relationship.
@@ -335,6 +349,9 @@ func (m *Manager) reconcile(ctx context.Context) {
 		case !ok && complete:
 			stop = append(stop, r)
 			delete(m.refreshers, td)
+			if m.cfg.Metrics != nil {
+				m.cfg.Metrics.FederationRemoved(td.Name())
+			}
 			m.log.Info("Trust domain no longer federated: its bundle is kept, no longer refreshed", "trust_domain", td.Name())
 		case ok && r.setRelationship(rel):
 			m.log.Info("Federation relationship changed", "trust_domain", td.Name(), "bundle_endpoint_url", clip.Cut(rel.BundleEndpointURL, 128), "profile", rel.Profile, "from_config", rel.FromConfig)
@@ -356,6 +373,9 @@ func (m *Manager) reconcile(ctx context.Context) {
 	for td, rel := range want {
 		r := newRefresher(m, rel, refreshed[td.Name()])
 		m.refreshers[td] = r
+		if last := refreshed[td.Name()]; !last.IsZero() && m.cfg.Metrics != nil {
+			m.cfg.Metrics.FederationLastRefresh(td.Name(), last)
+		}
 		r.start(ctx)
 		m.log.Info("Trust domain is now federated", "trust_domain", td.Name(), "bundle_endpoint_url", clip.Cut(rel.BundleEndpointURL, 128), "profile", rel.Profile, "from_config", rel.FromConfig)
 	}
@@ -575,6 +595,9 @@ func (r *refresher) attempt(ctx context.Context) (time.Duration, error) {
 	if err := m.cfg.Store.SetBundleRefreshed(ctx, td.Name(), now); err != nil && ctx.Err() == nil {
 		m.log.Warn("Could not record the time of a bundle refresh", "trust_domain", td.Name(), "error", err)
 	}
+	if m.cfg.Metrics != nil {
+		m.cfg.Metrics.FederationRefreshed(td.Name(), now, nil)
+	}
 	interval := r.interval(next)
 	r.mu.Lock()
 	if r.status.ConsecutiveFailures > 0 {
@@ -613,6 +636,9 @@ func (r *refresher) failed(rel Relationship, stored *datastore.Bundle, err error
 	m := r.m
 	now := m.clk.Now()
 	msg := clip.Cut(err.Error(), maxErrorLen)
+	if m.cfg.Metrics != nil {
+		m.cfg.Metrics.FederationRefreshed(rel.TrustDomain.Name(), now, err)
+	}
 	r.mu.Lock()
 	r.status.Failures++
 	r.status.ConsecutiveFailures++

@@ -146,8 +146,9 @@ func TestTwoServersFederate(t *testing.T) {
 	// endpoint.
 	for _, c := range []struct{ s, peer *fedServer }{{cloud, edge}, {edge, cloud}} {
 		waitFor(t, c.s.td.Name()+" refreshing "+c.peer.td.Name(), func() bool {
+			st, _ := c.s.srv.Srv.Federation().Status(c.peer.td)
 			fb := c.s.federatedBundle(t, c.peer.td)
-			return fb != nil && len(fb.JwtAuthorities) > 0 && fb.RefreshHint == 5
+			return !st.LastSuccess.IsZero() && fb != nil && len(fb.JwtAuthorities) > 0 && fb.RefreshHint == 5
 		})
 		st, ok := c.s.srv.Srv.Federation().Status(c.peer.td)
 		if !ok || st.LastSuccess.IsZero() || st.ConsecutiveFailures != 0 || st.Interval != 5*time.Second {

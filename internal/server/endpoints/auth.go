@@ -93,18 +93,39 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 			return err
 		}
 
-		// Attestation. Over TCP, the handler checks the credential in one
-		// of the source's check slots and does the expensive work in a
-		// server-wide work slot (rpccontext.Stages); nothing refuses it for
-		// its source. Failures are charged to the source, and once its
-		// budget is spent their answers are held back.
+		// Attestation. The whole exchange is bounded in time
+		// (ratelimit.Exchange): a client that stalls, whichever message it
+		// owes, is cut and its stream released. Over TCP, the handler
+		// checks the credential in one of the source's check slots and does
+		// the expensive work in a server-wide work slot
+		// (rpccontext.Stages); nothing refuses it for its source, unless
+		// too many of the source's exchanges are stalled mid-challenge.
+		// Failures are charged to the source, and once its budget is spent
+		// their answers are held back.
 		from, hasAddr := peerAddr(ctx)
 		addr := from.Addr()
+		xctx, endExchange := e.limiter.Exchange(ctx)
+		defer endExchange()
+		ws.ctx, ws.bounded = xctx, true
 		if t == tcpTransport && hasAddr {
-			ws.ctx = rpccontext.WithStages(ctx, stages{e: e, from: from})
+			ws.ctx = rpccontext.WithStages(xctx, stages{e: e, from: from, ws: ws})
 		}
 		err = handler(srv, ws)
+		endExchange()
+		timedOut := err != nil && errors.Is(context.Cause(xctx), ratelimit.ErrExchangeTimeout) && ss.Context().Err() == nil
+		if timedOut {
+			// Whatever the handler made of its cut stream: the client
+			// took too long. Logged as a failure, not charged (holding
+			// the answer back would keep the stream longer).
+			err = status.Errorf(codes.DeadlineExceeded, "attestation did not complete within %s", e.limiter.MaxExchange())
+		}
 		e.metrics.Attestation(ws.attType, attestationResult(err), time.Since(start))
+		if timedOut || ws.stalledRefusal {
+			// Cut, or refused because the source has too many exchanges
+			// stalled mid-challenge: logged like a failure, not charged.
+			e.failures.failed(ctx, t, addr, ws.attType, status.Convert(err).Message(), 0)
+			return err
+		}
 		if !isClientFailure(err) {
 			return err
 		}
@@ -125,11 +146,21 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 type stages struct {
 	e    *Endpoints
 	from netip.AddrPort
+	ws   *wrappedStream // notes a refusal by Await
 }
 
 func (s stages) Check(ctx context.Context) (func(), error) {
 	release, err := s.e.limiter.AcquireCheck(ctx, s.from)
 	if err != nil {
+		return nil, s.e.limited(attestationLimit, limitErr("rejecting request due to attestation rate limiting", err))
+	}
+	return release, nil
+}
+
+func (s stages) Await(context.Context) (func(), error) {
+	release, err := s.e.limiter.AwaitAnswer(s.from)
+	if err != nil {
+		s.ws.stalledRefusal = true
 		return nil, s.e.limited(attestationLimit, limitErr("rejecting request due to attestation rate limiting", err))
 	}
 	return release, nil
@@ -205,7 +236,8 @@ func limitErr(msg string, err error) error {
 // holds a work slot only while the handler works: from a received message
 // until the next send or receive, so a client that stalls mid-stream holds
 // no slot. It notes the attestation type of an AttestAgent call (for the
-// failure log).
+// failure log). When bounded, a receive also ends when ctx does (the
+// exchange's deadline), so the handler can return and release the stream.
 type wrappedStream struct {
 	grpc.ServerStream
 	ctx     context.Context
@@ -213,6 +245,14 @@ type wrappedStream struct {
 	release func()
 	attType string
 	ep      *Endpoints
+
+	bounded bool
+	// abandoned: a receive was left behind when ctx ended; the stream is
+	// not read again.
+	abandoned bool
+	// stalledRefusal: Await refused the call (its source has too many
+	// exchanges waiting on their clients).
+	stalledRefusal bool
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
@@ -231,7 +271,11 @@ func (w *wrappedStream) SendMsg(m any) error {
 
 func (w *wrappedStream) RecvMsg(m any) error {
 	w.releaseSlot()
-	if err := w.ServerStream.RecvMsg(m); err != nil {
+	recv := w.ServerStream.RecvMsg
+	if w.bounded {
+		recv = w.recvBounded
+	}
+	if err := recv(m); err != nil {
 		return err
 	}
 	if r, ok := m.(*agentv1.AttestAgentRequest); ok && w.attType == "" {
@@ -245,6 +289,39 @@ func (w *wrappedStream) RecvMsg(m any) error {
 		w.release = release
 	}
 	return nil
+}
+
+// recvBounded receives into m unless ctx ends first. gRPC's RecvMsg does
+// not follow a context derived from the stream's, so it runs on its own
+// goroutine; one left behind returns when the handler has returned and
+// gRPC ends the stream, and never touches m after that (the handler
+// drops m on error).
+func (w *wrappedStream) recvBounded(m any) error {
+	if w.abandoned {
+		return ctxStatus(w.ctx)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.ServerStream.RecvMsg(m) }()
+	select {
+	case err := <-done:
+		return err
+	case <-w.ctx.Done():
+		w.abandoned = true
+		return ctxStatus(w.ctx)
+	}
+}
+
+// ctxStatus is the status error of a done context: its cause when that is
+// a status (a stopping server), else DeadlineExceeded or Canceled.
+func ctxStatus(ctx context.Context) error {
+	cause := context.Cause(ctx)
+	if _, ok := status.FromError(cause); ok {
+		return cause
+	}
+	if errors.Is(cause, ratelimit.ErrExchangeTimeout) || errors.Is(cause, context.DeadlineExceeded) {
+		return status.Error(codes.DeadlineExceeded, "attestation exchange timed out")
+	}
+	return status.Error(codes.Canceled, "call canceled")
 }
 
 // peerAddr is the caller's TCP address (IPv4-mapped addresses unmapped).

@@ -1,6 +1,7 @@
 // Package ratelimit protects the server from abuse without punishing large
 // fleets, and never refuses a request because of its source when its
-// credential is valid.
+// credential is valid (unless the source keeps hundreds of attestations
+// stalled mid-challenge, see Exchange and AwaitAnswer below).
 //
 // Two mechanisms, each toggled by SPIRE's `ratelimit { attestation, signing }`:
 //
@@ -22,6 +23,16 @@
 //     signing work is capped server-wide (default 4 x CPUs slots each).
 //     Callers wait for a slot (at most MaxWait, and only while fewer than
 //     MaxWaiting are queued) instead of failing at once.
+//
+// Whatever the settings, one attestation exchange (an AttestAgent call,
+// from its first message to its answer, challenges included) lasts at most
+// MaxExchange (Exchange): a client that stalls (never sends its data, or
+// never answers a challenge) holds its stream, goroutine and memory no
+// longer. With the attestation limits on, a source may moreover have at
+// most MaxAwaiting exchanges waiting for their client's answer to a
+// challenge at once (AwaitAnswer); a further one is refused before its
+// challenge is sent. A valid agent answers within a round trip, so only
+// clients that stall fill that cap.
 //
 // Memory is bounded: a source is tracked only while it has calls in
 // progress or failures not yet forgiven, at most MaxTrackedAddrs idle ones
@@ -48,9 +59,14 @@ import (
 )
 
 // ErrLimited is wrapped by every error returned because of a limit. The API
-// layer maps it to codes.ResourceExhausted. Only the server-wide work gates
-// return it; the per-source attestation limits never refuse.
+// layer maps it to codes.ResourceExhausted. The server-wide work gates
+// return it, and AwaitAnswer for a source with MaxAwaiting exchanges
+// waiting on their clients; the other per-source limits never refuse.
 var ErrLimited = errors.New("rate limited")
+
+// ErrExchangeTimeout is the cause (context.Cause) of the end of an
+// exchange's context (Exchange) after MaxExchange.
+var ErrExchangeTimeout = errors.New("attestation exchange timed out")
 
 // Defaults for zero Config fields.
 const (
@@ -62,6 +78,12 @@ const (
 	DefaultMaxTrackedAddrs  = 100_000
 	DefaultMaxWait          = 30 * time.Second
 	DefaultMaxWaiting       = 4096
+	// DefaultMaxExchange is longer than an agent's own bound on an
+	// attestation (30 s for sigil-agent and spire-agent RPCs) plus the
+	// longest wait for a work slot, so a client that plays by the rules
+	// always ends first.
+	DefaultMaxExchange = 60 * time.Second
+	DefaultMaxAwaiting = 512
 )
 
 // Config configures a Limiter. Zero numeric fields take the defaults above;
@@ -92,7 +114,15 @@ type Config struct {
 	MaxConcurrent int
 	MaxWaiting    int
 	MaxWait       time.Duration
-	Clock         clock.Clock
+
+	// MaxExchange bounds one attestation exchange (Exchange), whether or
+	// not Attestation is set.
+	MaxExchange time.Duration
+	// MaxAwaiting bounds the exchanges of one source waiting for their
+	// client's answer to a challenge at once (AwaitAnswer).
+	MaxAwaiting int
+
+	Clock clock.Clock
 }
 
 // Limiter applies the limits. It is safe for concurrent use.
@@ -123,9 +153,11 @@ type source struct {
 	running int
 	lanes   map[netip.AddrPort]*lane
 	turns   list.List // of *lane with waiting calls
-	// busy counts calls waiting for or holding a check slot; a busy
-	// source is never dropped.
-	busy int
+	// busy counts calls waiting for or holding a check slot, and
+	// exchanges waiting for their client (awaiting); a busy source is
+	// never dropped.
+	busy     int
+	awaiting int
 }
 
 // lane is the queue of one connection's calls waiting for a check slot.
@@ -168,6 +200,12 @@ func New(cfg Config) *Limiter {
 	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = DefaultMaxWait
+	}
+	if cfg.MaxExchange <= 0 {
+		cfg.MaxExchange = DefaultMaxExchange
+	}
+	if cfg.MaxAwaiting <= 0 {
+		cfg.MaxAwaiting = DefaultMaxAwaiting
 	}
 	clk := clock.OrReal(cfg.Clock)
 	return &Limiter{
@@ -313,6 +351,62 @@ func (l *Limiter) grantLocked(s *source) {
 		w.granted = true
 		close(w.ready)
 	}
+}
+
+// Exchange bounds one attestation exchange: the returned context ends
+// MaxExchange after the call, with ErrExchangeTimeout as its cause, unless
+// cancel (which must be called once the exchange is over) ends it first.
+// It applies whatever the settings: a stalled client costs memory whether
+// or not its source is rate limited.
+func (l *Limiter) Exchange(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, real := l.clk.(clock.Real); real {
+		return context.WithTimeoutCause(ctx, l.cfg.MaxExchange, ErrExchangeTimeout)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	fire := l.clk.After(l.cfg.MaxExchange)
+	go func() {
+		select {
+		case <-fire:
+			cancel(ErrExchangeTimeout)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancel(context.Canceled) }
+}
+
+// MaxExchange is the bound Exchange puts on an exchange.
+func (l *Limiter) MaxExchange() time.Duration { return l.cfg.MaxExchange }
+
+// AwaitAnswer counts one exchange of peer's source as waiting for its
+// client's answer to a challenge, until release (to be called exactly
+// once, when the answer came or the exchange ended). With MaxAwaiting of
+// the source's exchanges waiting already it refuses at once (ErrLimited):
+// an agent answers within a round trip, so those are clients that stall.
+// With attestation limits disabled it never refuses.
+func (l *Limiter) AwaitAnswer(peer netip.AddrPort) (release func(), err error) {
+	if !l.cfg.Attestation {
+		return func() {}, nil
+	}
+	k := Source(peer.Addr())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.getLocked(k, l.clk.Now())
+	if s.awaiting >= l.cfg.MaxAwaiting {
+		l.dropIfIdleLocked(k, s, l.clk.Now())
+		return nil, fmt.Errorf("%w: %d attestations from this address await challenge answers", ErrLimited, s.awaiting)
+	}
+	s.awaiting++
+	s.busy++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			s.awaiting--
+			s.busy--
+			l.dropIfIdleLocked(k, s, l.clk.Now())
+			l.mu.Unlock()
+		})
+	}, nil
 }
 
 // AttestFailed charges one failed attestation to addr and returns how long

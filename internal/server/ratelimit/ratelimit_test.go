@@ -269,3 +269,80 @@ func (l *Limiter) busy(addr netip.Addr) int {
 	}
 	return 0
 }
+
+// TestExchange: an exchange's context ends MaxExchange after it opened,
+// with ErrExchangeTimeout as its cause, whether or not the attestation
+// limits are on; one cancelled first is not a timeout.
+func TestExchange(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		clk := clock.NewFake(time.Unix(0, 0))
+		l := New(Config{Attestation: on, MaxExchange: time.Minute, Clock: clk})
+		ctx, cancel := l.Exchange(context.Background())
+		done, cancelDone := l.Exchange(context.Background())
+		cancelDone()
+		clk.Add(time.Minute - time.Nanosecond)
+		if ctx.Err() != nil {
+			t.Fatalf("attestation %v: ended before MaxExchange", on)
+		}
+		clk.Add(time.Nanosecond)
+		<-ctx.Done()
+		if !errors.Is(context.Cause(ctx), ErrExchangeTimeout) {
+			t.Fatalf("attestation %v: cause %v", on, context.Cause(ctx))
+		}
+		cancel()
+		if errors.Is(context.Cause(done), ErrExchangeTimeout) {
+			t.Fatalf("attestation %v: an exchange cancelled first timed out", on)
+		}
+	}
+	// The real clock: a context deadline.
+	l := New(Config{MaxExchange: time.Hour})
+	ctx, cancel := l.Exchange(context.Background())
+	defer cancel()
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) < 59*time.Minute {
+		t.Fatalf("deadline %v, %v", d, ok)
+	}
+}
+
+// TestAwaitAnswer: a source may have MaxAwaiting exchanges waiting on
+// their clients; the next is refused at once (ErrLimited), other sources
+// are not, a release frees a place, and with the attestation limits off
+// nothing is counted.
+func TestAwaitAnswer(t *testing.T) {
+	clk := clock.NewFake(time.Unix(0, 0))
+	l := New(Config{Attestation: true, MaxAwaiting: 2, Clock: clk})
+	a := netip.MustParseAddrPort("192.0.2.1:1000")
+	var releases []func()
+	for range 2 {
+		r, err := l.AwaitAnswer(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, r)
+	}
+	// Another connection of the same source counts too.
+	if _, err := l.AwaitAnswer(netip.MustParseAddrPort("192.0.2.1:2000")); !errors.Is(err, ErrLimited) {
+		t.Fatalf("third: %v, want ErrLimited", err)
+	}
+	r, err := l.AwaitAnswer(netip.MustParseAddrPort("192.0.2.2:1000"))
+	if err != nil {
+		t.Fatalf("other source: %v", err)
+	}
+	r()
+	releases[0]()
+	releases[0]() // idempotent
+	if r, err = l.AwaitAnswer(a); err != nil {
+		t.Fatalf("after a release: %v", err)
+	}
+	r()
+	releases[1]()
+	if n := l.TrackedAddrs(); n != 0 {
+		t.Fatalf("%d sources tracked once nothing waits", n)
+	}
+
+	off := New(Config{MaxAwaiting: 1, Clock: clk})
+	for range 3 {
+		if _, err := off.AwaitAnswer(a); err != nil {
+			t.Fatalf("limits off: %v", err)
+		}
+	}
+}

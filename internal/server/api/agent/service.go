@@ -286,13 +286,17 @@ func (s *Service) changeAgent(ctx context.Context, pb *types.SPIFFEID, failed, d
 //  1. the credential is checked, cheaply and without consuming it (for a
 //     join token: its format, its hash, one indexed read), in one of the
 //     source's check slots, released while waiting for a challenge's
-//     answer;
+//     answer (a wait the source may have only so many of at once: see
+//     rpccontext.Stages.Await);
 //  2. only then, in a slot of expensive work: the CSR is parsed and its
 //     key checked against the CA's key policy, its signature verified, the
 //     SVID signed;
 //  3. one transaction consumes a single-use credential (join token) and
 //     records the node. A request that fails anywhere before its commit
 //     consumes nothing.
+//
+// The endpoints bound the whole exchange in time (ratelimit.Exchange): a
+// client that stalls is cut, whichever message it owes.
 func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 	ctx := stream.Context()
 	stages := rpccontext.StagesFrom(ctx)
@@ -408,6 +412,14 @@ func (s *Service) checkCredential(ctx context.Context, stream agentv1.Agent_Atte
 	challenge := func(ctx context.Context, ch []byte) ([]byte, error) {
 		(*release)()
 		*release = func() {}
+		// Waiting on the client, counted against its source's cap on
+		// exchanges that do (a client that never answers is cut by the
+		// endpoints' deadline on the whole exchange).
+		answered, err := stages.Await(ctx)
+		if err != nil {
+			return nil, &exchangeError{status: err}
+		}
+		defer answered()
 		if err := stream.Send(&agentv1.AttestAgentResponse{Step: &agentv1.AttestAgentResponse_Challenge{Challenge: ch}}); err != nil {
 			return nil, &exchangeError{code: codes.Internal, msg: "failed to send challenge to agent", cause: err}
 		}
@@ -415,6 +427,7 @@ func (s *Service) checkCredential(ctx context.Context, stream agentv1.Agent_Atte
 		if err != nil {
 			return nil, &exchangeError{code: codes.Internal, msg: "failed to receive challenge response from agent", cause: err}
 		}
+		answered()
 		resp, ok := r.GetStep().(*agentv1.AttestAgentRequest_ChallengeResponse)
 		if !ok {
 			return nil, &exchangeError{code: codes.InvalidArgument, msg: "expected a challenge response from agent"}

@@ -57,6 +57,11 @@ type Stages interface {
 	// signature check, signing, recording the node), taken only by callers
 	// whose credential checked out.
 	Work(ctx context.Context) (release func(), err error)
+	// Await is taken, holding no slot, while the handler waits for the
+	// client's answer to a challenge. It never waits: it refuses
+	// (ResourceExhausted) when too many calls of the caller's source are
+	// waiting on their clients already.
+	Await(ctx context.Context) (release func(), err error)
 }
 
 type stagesKey struct{}
@@ -78,3 +83,4 @@ type noStages struct{}
 
 func (noStages) Check(context.Context) (func(), error) { return func() {}, nil }
 func (noStages) Work(context.Context) (func(), error)  { return func() {}, nil }
+func (noStages) Await(context.Context) (func(), error) { return func() {}, nil }

@@ -250,3 +250,31 @@ func TestMinimalDeviceBuild(t *testing.T) {
 		t.Fatalf("go build -tags %s: %v\n%s", strings.Join(tags, ","), err, out)
 	}
 }
+
+// sdsProtos are the go-control-plane packages the agent may link: Envoy
+// SDS's service and message types and what they import. go-control-plane
+// is large (its cache, server and every other API); importing anything
+// else would grow the device binary.
+var sdsProtos = []string{
+	"github.com/envoyproxy/go-control-plane/envoy/annotations",
+	"github.com/envoyproxy/go-control-plane/envoy/config/core/v3",
+	"github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3",
+	"github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3",
+	"github.com/envoyproxy/go-control-plane/envoy/service/secret/v3",
+	"github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3",
+	"github.com/envoyproxy/go-control-plane/envoy/type/v3",
+}
+
+// TestAgentLinksOnlySDSProtos: of go-control-plane, the agent links the
+// SDS protos only (and does link them: SDS is built in).
+func TestAgentLinksOnlySDSProtos(t *testing.T) {
+	d := deps(t)
+	for _, dep := range d {
+		if under(dep, "github.com/envoyproxy/go-control-plane") && !slices.Contains(sdsProtos, dep) {
+			t.Errorf("sigil-agent links %s: only the SDS protos of go-control-plane are allowed", dep)
+		}
+	}
+	if !slices.Contains(d, "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3") {
+		t.Error("sigil-agent does not link the SDS service: the check would prove nothing")
+	}
+}

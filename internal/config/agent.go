@@ -70,6 +70,12 @@ type Agent struct {
 	HealthChecks HealthChecks
 	Telemetry    Telemetry
 
+	// SDS is agent.sds: the Envoy SDS API's resource names.
+	SDS SDS
+	// DisableSDSAPI is disable_sds_api: the agent socket serves no Envoy
+	// SDS (the Workload API only).
+	DisableSDSAPI bool
+
 	// Plugins are the enabled plugins of the plugins section, in file
 	// order, each with its plugin_data for the plugin to parse; the
 	// agent's catalog (internal/catalog/agent) knows which exist.
@@ -109,6 +115,7 @@ func DefaultAgent() *Agent {
 		LogLevel:          DefaultLogLevel,
 		LogFormat:         DefaultLogFormat,
 		HealthChecks:      defaultHealthChecks(),
+		SDS:               defaultSDS(),
 	}
 }
 
@@ -120,7 +127,6 @@ var (
 		"experimental": true, "trust_bundle_unix_socket": true,
 		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
 		"profiling_freq": true, "profiling_names": true,
-		"sds": true, // Envoy SDS is not implemented yet
 	}
 )
 
@@ -215,6 +221,8 @@ func (d *decoder) agentSection(b *block, a *Agent) {
 	if b.integer("jwt_svid_cache_max_size", &jwtMax) {
 		a.JWTSVIDCacheMaxSize = int(min(max(jwtMax, -1), 1<<31))
 	}
+	b.boolean("disable_sds_api", &a.DisableSDSAPI)
+	d.sds(b, &a.SDS)
 	d.filesystemDelivery(b, a)
 }
 
@@ -368,6 +376,7 @@ func (a *Agent) Validate() error {
 	}
 	add(a.HealthChecks.validate())
 	add(a.Telemetry.validate())
+	add(a.SDS.validate())
 
 	add(a.validateFilesystemDelivery())
 	return errors.Join(errs...)

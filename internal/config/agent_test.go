@@ -26,6 +26,13 @@ const fullAgentConf = `agent {
     availability_target = "48h"
     allowed_foreign_jwt_claims = ["iat", "iss"]
     jwt_svid_cache_max_size = 500
+    disable_sds_api = true
+    sds {
+        default_svid_name = "envoy-svid"
+        default_bundle_name = ""
+        default_all_bundles_name = "TRUST"
+        disable_spiffe_cert_validation = true
+    }
 }
 
 plugins {
@@ -92,12 +99,14 @@ func TestParseAgentFull(t *testing.T) {
 		AllowedForeignJWTClaims: []string{"iat", "iss"},
 		JWTSVIDCacheMaxSize:     500,
 		HealthChecks:            HealthChecks{ListenerEnabled: true, BindAddress: "localhost", BindPort: 8082, LivePath: "/live", ReadyPath: "/ready"},
+		SDS:                     SDS{DefaultSVIDName: "envoy-svid", DefaultBundleName: "ROOTCA", DefaultAllBundlesName: "TRUST", DisableSPIFFECertValidation: true},
+		DisableSDSAPI:           true,
 	}
 	if a.TrustDomain.Name() != "example.org" {
 		t.Errorf("TrustDomain = %q", a.TrustDomain)
 	}
 	want.TrustDomain = a.TrustDomain
-	wantPlugins(t, a.Plugins, `NodeAttestor "join_token" agent.conf:19`, `KeyManager "disk" agent.conf:22`, `WorkloadAttestor "unix" agent.conf:27`)
+	wantPlugins(t, a.Plugins, `NodeAttestor "join_token" agent.conf:26`, `KeyManager "disk" agent.conf:29`, `WorkloadAttestor "unix" agent.conf:34`)
 	want.Plugins = a.Plugins
 	if !reflect.DeepEqual(a, want) {
 		t.Errorf("got  %+v\nwant %+v", a, want)
@@ -122,6 +131,8 @@ func TestParseAgentDefaults(t *testing.T) {
 		{"health_checks", a.HealthChecks, HealthChecks{BindAddress: "localhost", BindPort: 80, LivePath: "/live", ReadyPath: "/ready"}},
 		{"join_token", a.JoinToken, ""},
 		{"insecure_bootstrap", a.InsecureBootstrap, false},
+		{"sds", a.SDS, SDS{DefaultSVIDName: "default", DefaultBundleName: "ROOTCA", DefaultAllBundlesName: "ALL"}},
+		{"disable_sds_api", a.DisableSDSAPI, false},
 	}
 	for _, c := range checks {
 		if !reflect.DeepEqual(c.got, c.want) {
@@ -142,9 +153,21 @@ func TestAgentUnknownConfiguration(t *testing.T) {
 		{"unsupported SPIRE agent key",
 			agentConfWith("    retry_bootstrap = true\n", ""),
 			[]string{`agent.conf:6: unsupported key "retry_bootstrap" in agent block`}},
-		{"sds is not implemented",
-			agentConfWith("    sds {\n      default_svid_name = \"x\"\n    }\n", ""),
-			[]string{`agent.conf:6: unsupported block "sds" in agent block`}},
+		{"unknown key in sds",
+			agentConfWith("    sds {\n      default_svid = \"x\"\n    }\n", ""),
+			[]string{`agent.conf:7: unknown key "default_svid" in sds block`}},
+		{"sds name not a string",
+			agentConfWith("    sds {\n      default_bundle_name = [\"x\"]\n    }\n", ""),
+			[]string{`agent.conf:7: invalid value for "default_bundle_name" in sds block: expected a string`}},
+		{"sds name too long",
+			agentConfWith("    sds {\n      default_svid_name = \""+strings.Repeat("n", 256)+"\"\n    }\n", ""),
+			[]string{`agent.conf:7: invalid value for "default_svid_name" in sds block: longer than 255 bytes`}},
+		{"sds validation not a bool",
+			agentConfWith("    sds {\n      disable_spiffe_cert_validation = \"yes\"\n    }\n", ""),
+			[]string{`agent.conf:7: invalid value for "disable_spiffe_cert_validation" in sds block: expected a bool`}},
+		{"sds as a key",
+			agentConfWith("    sds = \"on\"\n", ""),
+			[]string{`agent.conf:6: invalid value for "sds" in agent block: expected a block`}},
 		{"server block in an agent file",
 			agentConfWith("", "server {\n  trust_domain = \"example.org\"\n}\n"),
 			[]string{`agent.conf:15: unknown block "server" in top level`}},

@@ -17,6 +17,8 @@
 //     harness;
 //   - serverstack: the hand-wired server stack, the documented exception to
 //     inproc for tests that need hooks the app does not expose.
+//   - DialSDS, EnvoyNode, SDSRequest/SDSAck, DecodeSecrets: the Envoy side
+//     of the agent's SDS (go-control-plane's generated client).
 //
 // Import it only from _test.go files (and test helpers).
 package testutil

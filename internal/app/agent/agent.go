@@ -1,7 +1,7 @@
 // Package agent assembles sigil-agent: the workload cache (persisted in
 // data_dir), the server-facing manager (attestation, push sync, renewal),
 // the workload attestors and the agent socket's endpoints serving the
-// Workload API, run under one errgroup. The
+// Workload API and Envoy SDS, run under one errgroup. The
 // plugins (node attestor, key manager, workload attestors) are whatever
 // the configuration declares, built by the agent's catalog
 // (internal/catalog/agent): nothing here knows an individual plugin.
@@ -28,6 +28,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/agent/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/agent/fsdelivery"
 	"github.com/sigil-spiffe/sigil/internal/agent/manager"
+	"github.com/sigil-spiffe/sigil/internal/agent/sds"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadapi"
 	"github.com/sigil-spiffe/sigil/internal/agent/workloadattest"
 	agentcatalog "github.com/sigil-spiffe/sigil/internal/catalog/agent"
@@ -170,10 +171,29 @@ func New(ctx context.Context, cfg *config.Agent, log *slog.Logger, opts Options)
 	if err != nil {
 		return nil, err
 	}
+	services := []endpoints.Service{wl}
+	if !cfg.DisableSDSAPI {
+		for _, w := range cfg.SDS.Warnings() {
+			log.Warn(w)
+		}
+		sdsAPI, err := sds.New(sds.Config{
+			Cache:                       c,
+			DefaultSVIDName:             cfg.SDS.DefaultSVIDName,
+			DefaultBundleName:           cfg.SDS.DefaultBundleName,
+			DefaultAllBundlesName:       cfg.SDS.DefaultAllBundlesName,
+			DisableSPIFFECertValidation: cfg.SDS.DisableSPIFFECertValidation,
+			Log:                         log.With("subsystem", "sds"),
+			Clock:                       clk,
+		})
+		if err != nil {
+			return nil, err
+		}
+		services = append(services, sdsAPI)
+	}
 	ep, err := endpoints.New(endpoints.Config{
 		SocketPath: cfg.SocketPath,
 		Attestor:   attestors,
-		Services:   []endpoints.Service{wl},
+		Services:   services,
 		Observer:   metrics,
 		Log:        log.With("subsystem", "endpoints"),
 	})

@@ -11,8 +11,6 @@ import (
 	"strconv"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/agent/endpoints"
+	"github.com/sigil-spiffe/sigil/internal/agent/sds/sdspb"
 	"github.com/sigil-spiffe/sigil/internal/clip"
 )
 
@@ -33,7 +32,7 @@ const maxDetailLen = 256
 
 // checkRequest validates what a request asks for and returns its names,
 // distinct, in order.
-func checkRequest(req *discoveryv3.DiscoveryRequest) ([]string, error) {
+func checkRequest(req *sdspb.DiscoveryRequest) ([]string, error) {
 	if t := req.GetTypeUrl(); t != "" && t != SecretTypeURL {
 		return nil, status.Errorf(codes.InvalidArgument, "type_url %s is not %s", clip.Quote(t), SecretTypeURL)
 	}
@@ -64,7 +63,7 @@ func checkRequest(req *discoveryv3.DiscoveryRequest) ([]string, error) {
 var errNoNames = status.Error(codes.InvalidArgument, "resource_names is empty: SDS secrets are requested by name")
 
 // FetchSecrets answers one request, with no version or nonce.
-func (h *handler) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
+func (h *handler) FetchSecrets(ctx context.Context, req *sdspb.DiscoveryRequest) (*sdspb.DiscoveryResponse, error) {
 	s := h.s
 	names, err := checkRequest(req)
 	if err != nil {
@@ -89,12 +88,12 @@ func (h *handler) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRe
 		s.log.Warn("Refused SDS fetch", "pid", caller.Cred.PID, "error", err)
 		return nil, err
 	}
-	return &discoveryv3.DiscoveryResponse{TypeUrl: SecretTypeURL, Resources: secrets}, nil
+	return &sdspb.DiscoveryResponse{TypeUrl: SecretTypeURL, Resources: secrets}, nil
 }
 
 // StreamSecrets serves one state-of-the-world SDS stream (see the package
 // documentation).
-func (h *handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
+func (h *handler) StreamSecrets(stream grpc.BidiStreamingServer[sdspb.DiscoveryRequest, sdspb.DiscoveryResponse]) error {
 	s := h.s
 	ctx := stream.Context()
 	caller, err := endpoints.Attest(ctx)
@@ -110,7 +109,7 @@ func (h *handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 
 	// The receiver ends when the stream does (Recv fails once the handler
 	// returned) or, having read a request, when the handler is gone.
-	reqs := make(chan *discoveryv3.DiscoveryRequest)
+	reqs := make(chan *sdspb.DiscoveryRequest)
 	recvErr := make(chan error, 1)
 	done := make(chan struct{})
 	defer close(done)
@@ -179,7 +178,7 @@ func (h *handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 			continue
 		}
 		st.version++
-		resp := &discoveryv3.DiscoveryResponse{
+		resp := &sdspb.DiscoveryResponse{
 			VersionInfo: strconv.FormatUint(st.version, 10),
 			Resources:   secrets,
 			TypeUrl:     SecretTypeURL,
@@ -199,7 +198,7 @@ type streamState struct {
 	// subscribed names (empty after an unsubscription).
 	subscribed bool
 	names      []string
-	node       *corev3.Node
+	node       *sdspb.Node
 	spiffe     bool
 
 	// upd is the caller's latest state; ready once the first response
@@ -236,7 +235,7 @@ func complete(u *cache.WorkloadUpdate) bool {
 // stream must answer it: its first request and any that changes the names
 // or how validation contexts are built. Acknowledgements, rejections
 // (NACKs) and stale requests are not answered.
-func (st *streamState) request(s *Service, log *slog.Logger, req *discoveryv3.DiscoveryRequest) (bool, error) {
+func (st *streamState) request(s *Service, log *slog.Logger, req *sdspb.DiscoveryRequest) (bool, error) {
 	names, err := checkRequest(req)
 	if err != nil {
 		return false, err

@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -18,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
+	"github.com/sigil-spiffe/sigil/internal/agent/sds/sdspb"
 	"github.com/sigil-spiffe/sigil/internal/clip"
 )
 
@@ -33,9 +32,19 @@ const disableValidationKey = "disable_spiffe_cert_validation"
 // stream can tell whether anything changed.
 var marshal = proto.MarshalOptions{Deterministic: true}
 
+// pack is anypb.New with Envoy's type URL (the message's own full name is
+// sdspb's).
+func pack(typeURL string, m proto.Message) (*anypb.Any, error) {
+	b, err := marshal.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return &anypb.Any{TypeUrl: typeURL, Value: b}, nil
+}
+
 // checkNode refuses an Envoy node SDS cannot answer: one whose build
 // version has no version.
-func checkNode(n *corev3.Node) error {
+func checkNode(n *sdspb.Node) error {
 	if bv := n.GetUserAgentBuildVersion(); bv != nil && bv.GetVersion() == nil {
 		return status.Error(codes.InvalidArgument, "node.user_agent_build_version has no version")
 	}
@@ -47,7 +56,7 @@ func checkNode(n *corev3.Node) error {
 // disabled (by configuration, overridden by the node's metadata) and the
 // node is not an Envoy of 1.17 or older (one without a build version is
 // taken as recent). The node must have passed checkNode.
-func (s *Service) useSPIFFEValidator(n *corev3.Node) bool {
+func (s *Service) useSPIFFEValidator(n *sdspb.Node) bool {
 	disabled := s.cfg.DisableSPIFFECertValidation
 	if v, ok := n.GetMetadata().GetFields()[disableValidationKey]; ok {
 		// A value of another type, or a string that is no bool, is
@@ -95,7 +104,7 @@ func (s *Service) secrets(names []string, spiffe bool, u *cache.WorkloadUpdate) 
 	var unknown []string
 	for _, name := range names {
 		var (
-			secret *tlsv3.Secret
+			secret *sdspb.Secret
 			err    error
 		)
 		// The bundle names first, then the identities, as SPIRE: a
@@ -126,8 +135,8 @@ func (s *Service) secrets(names []string, spiffe bool, u *cache.WorkloadUpdate) 
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "build secret %s: %v", clip.Quote(name), err)
 		}
-		a := &anypb.Any{}
-		if err := anypb.MarshalFrom(a, secret, marshal); err != nil {
+		a, err := pack(SecretTypeURL, secret)
+		if err != nil {
 			return nil, status.Errorf(codes.Internal, "marshal secret %s: %v", clip.Quote(name), err)
 		}
 		out = append(out, a)
@@ -159,46 +168,46 @@ func quoteNames(names []string) string {
 // validationContext is a validation context secret for bundles: Envoy's
 // SPIFFE certificate validator with one trust domain per bundle (sorted by
 // name), or a trusted_ca of the one bundle's X.509 authorities.
-func validationContext(name string, spiffe bool, bundles []*spiffebundle.Bundle) (*tlsv3.Secret, error) {
-	vc := &tlsv3.CertificateValidationContext{}
+func validationContext(name string, spiffe bool, bundles []*spiffebundle.Bundle) (*sdspb.Secret, error) {
+	vc := &sdspb.CertificateValidationContext{}
 	if spiffe {
 		sort.Slice(bundles, func(i, j int) bool { return bundles[i].TrustDomain().Compare(bundles[j].TrustDomain()) < 0 })
-		cfg := &tlsv3.SPIFFECertValidatorConfig{}
+		cfg := &sdspb.SPIFFECertValidatorConfig{}
 		for _, b := range bundles {
-			cfg.TrustDomains = append(cfg.TrustDomains, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{
+			cfg.TrustDomains = append(cfg.TrustDomains, &sdspb.SPIFFECertValidatorConfig_TrustDomain{
 				Name:        b.TrustDomain().Name(),
 				TrustBundle: inline(pemCerts(b.X509Authorities())),
 			})
 		}
-		tc := &anypb.Any{}
-		if err := anypb.MarshalFrom(tc, cfg, marshal); err != nil {
+		tc, err := pack(spiffeValidatorConfigTypeURL, cfg)
+		if err != nil {
 			return nil, err
 		}
-		vc.CustomValidatorConfig = &corev3.TypedExtensionConfig{Name: spiffeValidatorName, TypedConfig: tc}
+		vc.CustomValidatorConfig = &sdspb.TypedExtensionConfig{Name: spiffeValidatorName, TypedConfig: tc}
 	} else {
 		if len(bundles) != 1 {
 			return nil, fmt.Errorf("a trusted_ca holds one trust domain, not %d", len(bundles))
 		}
 		vc.TrustedCa = inline(pemCerts(bundles[0].X509Authorities()))
 	}
-	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc}}, nil
+	return &sdspb.Secret{Name: name, Type: &sdspb.Secret_ValidationContext{ValidationContext: vc}}, nil
 }
 
 // tlsCertificate is the TLS certificate secret of an identity: its chain
 // (leaf first) and its key (PKCS#8), PEM.
-func tlsCertificate(name string, id *cache.Identity) (*tlsv3.Secret, error) {
+func tlsCertificate(name string, id *cache.Identity) (*sdspb.Secret, error) {
 	key, err := x509.MarshalPKCS8PrivateKey(id.PrivateKey)
 	if err != nil {
 		return nil, fmt.Errorf("private key of %s: %w", id.Entry.SPIFFEID, err)
 	}
-	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+	return &sdspb.Secret{Name: name, Type: &sdspb.Secret_TlsCertificate{TlsCertificate: &sdspb.TlsCertificate{
 		CertificateChain: inline(pemCerts(id.SVID)),
 		PrivateKey:       inline(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})),
 	}}}, nil
 }
 
-func inline(b []byte) *corev3.DataSource {
-	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+func inline(b []byte) *sdspb.DataSource {
+	return &sdspb.DataSource{Specifier: &sdspb.DataSource_InlineBytes{InlineBytes: b}}
 }
 
 func pemCerts(certs []*x509.Certificate) []byte {

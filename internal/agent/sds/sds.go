@@ -1,5 +1,6 @@
 // Package sds is Envoy's Secret Discovery Service (envoy.service.secret.v3,
-// go-control-plane's protos), a service of the agent socket
+// Envoy's SDS v3 wire format: the messages of sdspb, generated from
+// go-control-plane's descriptors), a service of the agent socket
 // (internal/agent/endpoints), answering as SPIRE's agent does.
 //
 // # Resources
@@ -70,7 +71,6 @@ import (
 	"log/slog"
 	"time"
 
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"google.golang.org/grpc"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
@@ -85,9 +85,6 @@ const (
 	// MaxNameLen bounds one name: the longest SPIFFE ID.
 	MaxNameLen = 2048
 )
-
-// SecretTypeURL is the type of every resource SDS serves.
-const SecretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 // DefaultIdentityWait bounds how long a stream's first response waits for
 // the agent's trust bundle and the caller's SVIDs.
@@ -141,13 +138,12 @@ func New(cfg Config) (*Service, error) {
 
 // Register registers SDS on the agent's gRPC server.
 func (s *Service) Register(r grpc.ServiceRegistrar) {
-	secretv3.RegisterSecretDiscoveryServiceServer(r, &handler{s: s})
+	r.RegisterService(&serviceDesc, &handler{s: s})
 }
 
-// handler implements secretv3.SecretDiscoveryServiceServer.
+// handler serves serviceDesc.
 type handler struct {
-	secretv3.UnimplementedSecretDiscoveryServiceServer
 	s *Service
 }
 
-var _ secretv3.SecretDiscoveryServiceServer = (*handler)(nil)
+var _ secretServer = (*handler)(nil)

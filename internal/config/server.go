@@ -59,6 +59,9 @@ type Server struct {
 	// Federation is server.federation (nil when absent).
 	Federation *Federation
 	Telemetry  Telemetry
+	// AuditLogEnabled is server.audit_log_enabled: one log line per API
+	// call (SPIRE's audit log).
+	AuditLogEnabled bool
 
 	// Plugins are the enabled plugins of the plugins section, in file
 	// order, each with its plugin_data for the plugin to parse. Which
@@ -103,7 +106,7 @@ func defaultCASubject() pkix.Name {
 var (
 	unsupportedTopLevel = map[string]bool{}
 	unsupportedServer   = map[string]bool{
-		"admin_ids": true, "audit_log_enabled": true, "experimental": true,
+		"admin_ids": true, "experimental": true,
 		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
 		"profiling_freq": true, "profiling_names": true, "prune_attested_nodes_expired_for": true,
 		"prune_tofu_nodes": true, "proxy_protocol_trusted_cidrs": true, "disable_jwt_svids": true,
@@ -188,6 +191,7 @@ func (d *decoder) serverSection(b *block, s *Server) {
 	s.CAKeyType = d.keyType(b, "ca_key_type", s.CAKeyType)
 	s.JWTKeyType = d.keyType(b, "jwt_key_type", s.CAKeyType)
 	b.str("jwt_issuer", &s.JWTIssuer)
+	b.boolean("audit_log_enabled", &s.AuditLogEnabled)
 
 	if cs := b.sub("ca_subject", "ca_subject block"); cs != nil {
 		var subj pkix.Name

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"strings"
 	"testing"
 )
 
@@ -54,5 +56,82 @@ func TestTelemetryRefused(t *testing.T) {
 			_, err := ParseServer("server.conf", []byte(serverConfWith("", tc.tail)))
 			wantErr(t, err, "server.conf", tc.want)
 		})
+	}
+}
+
+func TestAuditLogEnabled(t *testing.T) {
+	s, err := ParseServer("server.conf", []byte(serverConfWith("", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.AuditLogEnabled {
+		t.Fatal("audit_log_enabled defaults to true")
+	}
+	s, err = ParseServer("server.conf", []byte(serverConfWith("    audit_log_enabled = true\n", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.AuditLogEnabled {
+		t.Fatal("audit_log_enabled = true not read")
+	}
+	_, err = ParseServer("server.conf", []byte(serverConfWith("    audit_log_enabled = \"yes\"\n", "")))
+	wantErr(t, err, `server.conf:4: invalid value for "audit_log_enabled" in server block: expected a bool`)
+	// The agent has no audit log (as SPIRE).
+	_, err = ParseAgent("agent.conf", []byte(agentConfWith("    audit_log_enabled = true\n", "")))
+	wantErr(t, err, `agent.conf:`, `"audit_log_enabled" in agent block`)
+}
+
+// uncommentTelemetry uncomments conf's commented telemetry block and
+// audit_log_enabled line.
+func uncommentTelemetry(t *testing.T, src string) string {
+	t.Helper()
+	lines := strings.Split(src, "\n")
+	in, found := false, false
+	for i, l := range lines {
+		trimmed := strings.TrimSpace(l)
+		switch {
+		case trimmed == "# telemetry {":
+			in, found = true, true
+		case strings.HasPrefix(trimmed, "# audit_log_enabled"):
+			lines[i] = strings.Replace(l, "# ", "", 1)
+			continue
+		}
+		if in {
+			lines[i] = strings.Replace(l, "# ", "", 1)
+			if trimmed == "# }" && !strings.HasPrefix(l, " ") {
+				in = false
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no commented telemetry block")
+	}
+	return strings.Join(lines, "\n")
+}
+
+// The example configurations' commented telemetry (and audit log) settings
+// parse when uncommented.
+func TestExampleConfTelemetry(t *testing.T) {
+	src, err := os.ReadFile("../../conf/server/server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ParseServer("server.conf", []byte(uncommentTelemetry(t, string(src))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Telemetry.Prometheus == nil || s.Telemetry.Prometheus.Port != 9988 || !s.AuditLogEnabled {
+		t.Fatalf("server: telemetry %+v, audit %v", s.Telemetry.Prometheus, s.AuditLogEnabled)
+	}
+	src, err = os.ReadFile("../../conf/agent/agent.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ParseAgent("agent.conf", []byte(uncommentTelemetry(t, string(src))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Telemetry.Prometheus == nil || a.Telemetry.Prometheus.Port != 9989 {
+		t.Fatalf("agent: telemetry %+v", a.Telemetry.Prometheus)
 	}
 }

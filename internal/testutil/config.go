@@ -28,6 +28,8 @@ type ServerConfig struct {
 	// MetricsPort, when set, enables the telemetry Prometheus exporter on
 	// 127.0.0.1:MetricsPort (MetricsURL).
 	MetricsPort int
+	// AuditLog sets audit_log_enabled = true.
+	AuditLog bool
 	// DataStore replaces the default DataStore "sql" on SQLite in DataDir,
 	// e.g. pgtest.DataStore (PostgreSQL); nil keeps SQLite.
 	DataStore *Plugin
@@ -122,6 +124,9 @@ func (c ServerConfig) HCL() string {
 	}
 	if c.AgentTTL > 0 {
 		fmt.Fprintf(&b, "    agent_ttl = %q\n", c.AgentTTL.String())
+	}
+	if c.AuditLog {
+		fmt.Fprintf(&b, "    audit_log_enabled = true\n")
 	}
 	if c.JWTIssuer != "" {
 		fmt.Fprintf(&b, "    jwt_issuer = %q\n", c.JWTIssuer)

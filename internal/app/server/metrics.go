@@ -3,12 +3,15 @@ package server
 import (
 	"context"
 	"crypto/x509"
+	"log/slog"
 
 	"github.com/sigil-spiffe/sigil/internal/ca"
 	servercatalog "github.com/sigil-spiffe/sigil/internal/catalog/server"
+	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/datastore/dsmetrics"
 	agentapi "github.com/sigil-spiffe/sigil/internal/server/api/agent"
 	svidapi "github.com/sigil-spiffe/sigil/internal/server/api/svid"
+	"github.com/sigil-spiffe/sigil/internal/server/audit"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
 	"github.com/sigil-spiffe/sigil/internal/telemetry"
 )
@@ -68,6 +71,15 @@ func (s agentSigner) SignX509SVID(ctx context.Context, p ca.X509SVIDParams) ([]*
 		s.m.SVIDSigned(telemetry.SVIDKindAgent)
 	}
 	return chain, err
+}
+
+// auditLog is the audit logger when audit_log_enabled (SPIRE: to the
+// server's log), else nil.
+func auditLog(cfg *config.Server, log *slog.Logger) *audit.Logger {
+	if !cfg.AuditLogEnabled {
+		return nil
+	}
+	return audit.New(log)
 }
 
 // serverState reads the state gauges from memory: the entry cache and the

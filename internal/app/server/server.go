@@ -295,6 +295,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		Log:       log.With("subsystem", "endpoints"),
 		Clock:     clk,
 		Metrics:   metrics,
+		Audit:     auditLog(cfg, log),
 		Register: func(g *grpc.Server) {
 			agents.Register(g)
 			svids.Register(g)

@@ -39,6 +39,7 @@ func (e *Endpoints) unaryInterceptor(t transport) grpc.UnaryServerInterceptor {
 			}
 			e.logCall(ctx, info.FullMethod, start, err)
 			e.metrics.RPC(info.FullMethod, status.Code(err).String(), time.Since(start))
+			e.auditCall(ctx, t, info.FullMethod, req, resp, err)
 		}()
 		ctx, r, err := e.authorize(ctx, t, info.FullMethod)
 		if err != nil {
@@ -63,6 +64,7 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
 		ctx := ss.Context()
+		var ws *wrappedStream
 		defer func() {
 			if r := recover(); r != nil {
 				e.log.Error("Panic in RPC handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
@@ -73,6 +75,7 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 			}
 			e.logCall(ctx, info.FullMethod, start, err)
 			e.metrics.RPC(info.FullMethod, status.Code(err).String(), time.Since(start))
+			e.auditCall(ctx, t, info.FullMethod, ws.request(), ws.response(), err)
 		}()
 		ctx, r, err := e.authorize(ctx, t, info.FullMethod)
 		if err != nil {
@@ -83,7 +86,7 @@ func (e *Endpoints) streamInterceptor(t transport, shutdown context.Context) grp
 		defer cancel(nil)
 		stopFollowing := context.AfterFunc(shutdown, func() { cancel(context.Cause(shutdown)) })
 		defer stopFollowing()
-		ws := &wrappedStream{ServerStream: ss, ctx: ctx, ep: e}
+		ws = &wrappedStream{ServerStream: ss, ctx: ctx, ep: e}
 		if r.limit != attestLimit {
 			if t == tcpTransport && r.limit == signLimit {
 				ws.acquire = e.limiter.AcquireSign
@@ -253,6 +256,28 @@ type wrappedStream struct {
 	// stalledRefusal: Await refused the call (its source has too many
 	// exchanges waiting on their clients).
 	stalledRefusal bool
+	// firstReq and attestResp are what the audit log reads (kept only
+	// when it is enabled): the first message received, the last
+	// AttestAgentResponse sent.
+	firstReq   any
+	attestResp *agentv1.AttestAgentResponse
+}
+
+// request is the stream's first message, for the audit log (nil if none,
+// or w nil: the call was refused before it began).
+func (w *wrappedStream) request() any {
+	if w == nil {
+		return nil
+	}
+	return w.firstReq
+}
+
+// response is the last AttestAgentResponse sent, for the audit log.
+func (w *wrappedStream) response() any {
+	if w == nil || w.attestResp == nil {
+		return nil
+	}
+	return w.attestResp
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
@@ -266,6 +291,9 @@ func (w *wrappedStream) releaseSlot() {
 
 func (w *wrappedStream) SendMsg(m any) error {
 	w.releaseSlot()
+	if r, ok := m.(*agentv1.AttestAgentResponse); ok && w.ep.audit != nil {
+		w.attestResp = r
+	}
 	return w.ServerStream.SendMsg(m)
 }
 
@@ -280,6 +308,9 @@ func (w *wrappedStream) RecvMsg(m any) error {
 	}
 	if r, ok := m.(*agentv1.AttestAgentRequest); ok && w.attType == "" {
 		w.attType = r.GetParams().GetData().GetType()
+	}
+	if w.firstReq == nil && w.ep.audit != nil {
+		w.firstReq = m
 	}
 	if w.acquire != nil {
 		release, err := w.acquire(w.ctx)

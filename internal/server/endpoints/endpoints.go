@@ -30,6 +30,8 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
+	"github.com/sigil-spiffe/sigil/internal/peercred"
+	"github.com/sigil-spiffe/sigil/internal/server/audit"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
 	"github.com/sigil-spiffe/sigil/internal/unixsock"
 )
@@ -114,6 +116,10 @@ type Config struct {
 	Clock     clock.Clock
 	// Metrics is optional.
 	Metrics Metrics
+	// Audit, when set, writes the audit log (audit_log_enabled): one line
+	// per API call (per item of a batch). The admin socket then also reads
+	// its callers' credentials (uid, gid, executable).
+	Audit *audit.Logger
 	// Register registers the API services on each server (TCP and socket).
 	Register func(*grpc.Server)
 
@@ -138,6 +144,7 @@ type Endpoints struct {
 	failures *failureLog
 	agents   *AgentValidator
 	metrics  Metrics
+	audit    *audit.Logger
 
 	ready   chan struct{}
 	mu      sync.Mutex
@@ -198,6 +205,7 @@ func New(cfg Config) (*Endpoints, error) {
 		failures: newFailureLog(log, rl.Clock),
 		agents:   agents,
 		metrics:  metrics,
+		audit:    cfg.Audit,
 		ready:    make(chan struct{}),
 	}, nil
 }
@@ -255,11 +263,16 @@ func (e *Endpoints) Run(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: e.cfg.KeepaliveTime, Timeout: e.cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: e.cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 	)
-	udsSrv := grpc.NewServer(
+	udsOpts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(e.unaryInterceptor(localTransport)),
 		grpc.ChainStreamInterceptor(e.streamInterceptor(localTransport, shutdownCtx)),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
-	)
+	}
+	if e.audit != nil {
+		// The audit log names local callers by their credentials.
+		udsOpts = append(udsOpts, grpc.Creds(peercred.NewCredentials()))
+	}
+	udsSrv := grpc.NewServer(udsOpts...)
 	e.cfg.Register(tcpSrv)
 	e.cfg.Register(udsSrv)
 	hs := health.NewServer()

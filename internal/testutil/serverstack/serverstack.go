@@ -73,7 +73,7 @@ type Options struct {
 	// RateLimit configures the endpoints' limiter (with its Clock).
 	RateLimit ratelimit.Config
 	// Endpoints carries the endpoints' keepalive and graceful-stop settings
-	// and their Metrics (the other fields are ignored).
+	// and their Metrics and Audit (the other fields are ignored).
 	Endpoints endpoints.Config
 	// NoCacheRun leaves the entry cache's Run loop off: journal events are
 	// then applied only by Sync or by the cache's read-your-writes path.
@@ -222,6 +222,7 @@ func (s *Stack) Start(tb testing.TB) {
 		Log:         s.log,
 		Clock:       s.opts.Clock,
 		Metrics:     o.Metrics,
+		Audit:       o.Audit,
 
 		KeepaliveTime:       o.KeepaliveTime,
 		KeepaliveTimeout:    o.KeepaliveTimeout,

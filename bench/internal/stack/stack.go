@@ -1,4 +1,4 @@
-// Package stack assembles a real Sigil server (SQLite, disk keys) and
+// Package stack assembles a real Sigil server (SQLite or PostgreSQL, disk keys) and
 // agents for the end-to-end benchmarks, in-process (internal/testutil/inproc)
 // or as processes (internal/testutil): the admin API is driven with
 // testutil.Admin over the server's unix socket, agents attest with join
@@ -36,6 +36,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
+	"github.com/sigil-spiffe/sigil/internal/testutil/pgtest"
 )
 
 // TrustDomain is the benchmarks' trust domain.
@@ -67,7 +68,10 @@ type Server struct {
 // limits at their defaults, until cleanup.
 // BENCH_SQLITE_SYNCHRONOUS, when set, is the datastore's
 // sqlite_synchronous ("full", the default, or "normal"), to compare the
-// two in one binary.
+// two in one binary. BENCH_DATASTORE=postgres puts the datastore on a
+// PostgreSQL cluster of its own instead (pgtest, with PostgreSQL's durable
+// defaults: fsync and synchronous_commit on, as SQLite's FULL), to
+// compare the backends in one binary.
 func StartServer(tb testing.TB, plugins ...config.Plugin) *Server {
 	tb.Helper()
 	dir := testutil.ShortTempDir(tb)
@@ -76,7 +80,15 @@ func StartServer(tb testing.TB, plugins ...config.Plugin) *Server {
 		tb.Fatal(err)
 	}
 	cfg := inproc.ServerConfig(TrustDomain, filepath.Join(dir, "server"), filepath.Join(dir, "server.sock"), port)
-	cfg.SetPlugin(inproc.SQLDataStore(cfg.DataDir, os.Getenv("BENCH_SQLITE_SYNCHRONOUS")))
+	switch ds := os.Getenv("BENCH_DATASTORE"); ds {
+	case "", "sqlite", "sqlite3":
+		cfg.SetPlugin(inproc.SQLDataStore(cfg.DataDir, os.Getenv("BENCH_SQLITE_SYNCHRONOUS")))
+	case "postgres":
+		c := pgtest.Start(tb, pgtest.Options{Durable: true})
+		cfg.SetPlugin(config.NewPlugin("DataStore", "sql", map[string]any{"database_type": "postgres", "connection_string": c.NewDatabase(tb)}))
+	default:
+		tb.Fatalf("BENCH_DATASTORE=%q: want sqlite or postgres", ds)
+	}
 	for _, p := range plugins {
 		cfg.SetPlugin(p)
 	}

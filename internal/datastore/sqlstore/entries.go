@@ -170,11 +170,6 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 		if err != nil {
 			return err
 		}
-		ins, err := newEntryInserter(ctx, s, tx)
-		if err != nil {
-			return err
-		}
-		defer ins.close()
 		// First, in input order, what conflicts with a stored entry or an
 		// earlier one of the batch (the first of two duplicates wins).
 		var winners []int
@@ -202,13 +197,17 @@ func (s *Store) CreateEntries(ctx context.Context, entries []*datastore.Entry) (
 		// batches naming the same entries (on PostgreSQL) wait for each
 		// other in one order instead of deadlocking.
 		slices.SortStableFunc(winners, func(a, b int) int { return strings.Compare(prepared[a].key, prepared[b].key) })
+		batch := make([]*preparedEntry, len(winners))
+		for j, i := range winners {
+			batch[j] = prepared[i]
+		}
+		inserted, err := s.insertEntries(ctx, tx, batch)
+		if err != nil {
+			return err
+		}
 		for _, i := range winners {
 			p := prepared[i]
-			inserted, err := ins.insert(ctx, p.e, p.key)
-			if err != nil {
-				return fmt.Errorf("create entry %s: %w", clip.Quote(p.e.ID), err)
-			}
-			if !inserted {
+			if !inserted[p.e.ID] {
 				// Another writer committed the ID or the duplicate
 				// meanwhile (PostgreSQL; SQLite writers are serialized).
 				results[i].Err = s.conflictError(ctx, tx, p)
@@ -267,64 +266,157 @@ func (s *Store) existing(ctx context.Context, q queryer, query string, vals []st
 	return out, nil
 }
 
-// entryInserter holds the prepared statements that write one entry, its
-// child rows and its creation event.
-type entryInserter struct {
-	entry, sel, dns, fed, event *sql.Stmt
-	now                         int64
+// insertEntries writes the entries, in order, with ON CONFLICT DO NOTHING
+// (an entry whose ID or duplicate key a concurrent writer took is skipped,
+// not an error), then the child rows and creation event of those written
+// (on PostgreSQL a few multi-row statements for the whole batch, not
+// several per entry: see insertRows). It returns the IDs written.
+func (s *Store) insertEntries(ctx context.Context, tx *sql.Tx, ps []*preparedEntry) (map[string]bool, error) {
+	inserted := make(map[string]bool, len(ps))
+	rows := make([][]any, len(ps))
+	for i, p := range ps {
+		e := p.e
+		rows[i] = []any{e.ID, e.SPIFFEID, e.ParentID, p.key, e.X509SVIDTTL, e.JWTSVIDTTL,
+			e.Admin, e.Downstream, e.Hint, e.StoreSVID, e.ExpiresAt, e.CreatedAt, e.RevisionNumber}
+	}
+	written, err := s.insertRows(ctx, tx, "entries (id, spiffe_id, parent_id, dup_key, x509_svid_ttl, jwt_svid_ttl, admin, downstream, hint, store_svid, expires_at, created_at, revision)",
+		rows, true)
+	if err != nil {
+		return nil, fmt.Errorf("insert entries: %w", err)
+	}
+	for i, ok := range written {
+		if ok {
+			inserted[ps[i].e.ID] = true
+		}
+	}
+	var sels, dns, feds, events [][]any
+	now := s.now()
+	for _, p := range ps {
+		e := p.e
+		if !inserted[e.ID] {
+			continue
+		}
+		for _, sel := range e.Selectors {
+			sels = append(sels, []any{e.ID, sel.Type, sel.Value})
+		}
+		for i, name := range e.DNSNames {
+			dns = append(dns, []any{e.ID, i, name})
+		}
+		for _, td := range e.FederatesWith {
+			feds = append(feds, []any{e.ID, td})
+		}
+		events = append(events, []any{e.ID, int(datastore.EntryCreated), now})
+	}
+	for _, t := range []struct {
+		table string
+		rows  [][]any
+	}{
+		{"entry_selectors (entry_id, type, value)", sels},
+		{"entry_dns_names (entry_id, pos, name)", dns},
+		{"entry_federates_with (entry_id, trust_domain)", feds},
+		{"entry_events (entry_id, kind, created_at)", events},
+	} {
+		if _, err := s.insertRows(ctx, tx, t.table, t.rows, false); err != nil {
+			return nil, fmt.Errorf("insert into %s: %w", t.table, err)
+		}
+	}
+	return inserted, nil
 }
 
-func newEntryInserter(ctx context.Context, s *Store, tx *sql.Tx) (*entryInserter, error) {
-	ins := &entryInserter{now: s.now()}
-	var err error
-	prep := func(q string) *sql.Stmt {
+// maxInsertParams bounds the parameters of one multi-row INSERT (SQLite
+// allows 32766, PostgreSQL 65535).
+const maxInsertParams = 4000
+
+// insertRows inserts rows (all of one width) with INSERT INTO <into>
+// VALUES .... With skipConflicts, a row that would violate a unique
+// constraint is skipped (ON CONFLICT DO NOTHING) and written[i] reports
+// whether row i was; the first column of into must then be a text key
+// unique within rows. PostgreSQL gets as few multi-row statements as
+// maxInsertParams allows (each statement is a round trip to the server);
+// SQLite, in process, one prepared single-row statement executed per row
+// (cheaper there than parsing a long statement per batch).
+func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, into string, rows [][]any, skipConflicts bool) (written []bool, err error) {
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	if skipConflicts {
+		written = make([]bool, len(rows))
+	}
+	width := len(rows[0])
+	tuple := "(" + placeholders(width) + ")"
+	suffix := ""
+	if skipConflicts {
+		suffix = " ON CONFLICT DO NOTHING"
+	}
+	if !s.dialect.multiRowInsert {
+		st, err := tx.PrepareContext(ctx, s.q("INSERT INTO "+into+" VALUES "+tuple+suffix))
 		if err != nil {
+			return nil, err
+		}
+		defer st.Close()
+		for i, r := range rows {
+			res, err := st.ExecContext(ctx, r...)
+			if err != nil {
+				return nil, err
+			}
+			if skipConflicts {
+				n, err := res.RowsAffected()
+				if err != nil {
+					return nil, err
+				}
+				written[i] = n == 1
+			}
+		}
+		return written, nil
+	}
+	var got map[string]bool
+	if skipConflicts {
+		key, _, _ := strings.Cut(into[strings.IndexByte(into, '(')+1:], ",")
+		suffix += " RETURNING " + strings.TrimSpace(key)
+		got = make(map[string]bool, len(rows))
+	}
+	for _, c := range chunks(len(rows), max(1, maxInsertParams/width)) {
+		part := rows[c[0]:c[1]]
+		var b strings.Builder
+		b.Grow(len(into) + 20 + len(part)*(len(tuple)+2) + len(suffix))
+		b.WriteString("INSERT INTO ")
+		b.WriteString(into)
+		b.WriteString(" VALUES ")
+		args := make([]any, 0, len(part)*width)
+		for i, r := range part {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(tuple)
+			args = append(args, r...)
+		}
+		b.WriteString(suffix)
+		q := s.q(b.String())
+		if !skipConflicts {
+			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		err := scanRows(ctx, tx, q, args, func(r *sql.Rows) error {
+			var k string
+			if err := r.Scan(&k); err != nil {
+				return err
+			}
+			got[k] = true
 			return nil
-		}
-		var st *sql.Stmt
-		st, err = tx.PrepareContext(ctx, s.q(q))
-		return st
-	}
-	// ON CONFLICT DO NOTHING: an entry a concurrent writer took (ID or
-	// duplicate key) is that entry's ErrAlreadyExists, not the batch's
-	// failure.
-	ins.entry = prep(`INSERT INTO entries (id, spiffe_id, parent_id, dup_key, x509_svid_ttl, jwt_svid_ttl, admin, downstream, hint, store_svid, expires_at, created_at, revision)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
-	ins.sel = prep("INSERT INTO entry_selectors (entry_id, type, value) VALUES (?, ?, ?)")
-	ins.dns = prep("INSERT INTO entry_dns_names (entry_id, pos, name) VALUES (?, ?, ?)")
-	ins.fed = prep("INSERT INTO entry_federates_with (entry_id, trust_domain) VALUES (?, ?)")
-	ins.event = prep("INSERT INTO entry_events (entry_id, kind, created_at) VALUES (?, ?, ?)")
-	if err != nil {
-		ins.close()
-		return nil, fmt.Errorf("prepare statements: %w", err)
-	}
-	return ins, nil
-}
-
-func (ins *entryInserter) close() {
-	for _, st := range []*sql.Stmt{ins.entry, ins.sel, ins.dns, ins.fed, ins.event} {
-		if st != nil {
-			st.Close()
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
-}
-
-// insert writes the entry, its child rows and its event; inserted is false
-// (and nothing written) when the ID or the duplicate key is taken.
-func (ins *entryInserter) insert(ctx context.Context, e *datastore.Entry, key string) (inserted bool, err error) {
-	res, err := ins.entry.ExecContext(ctx, e.ID, e.SPIFFEID, e.ParentID, key, e.X509SVIDTTL, e.JWTSVIDTTL,
-		e.Admin, e.Downstream, e.Hint, e.StoreSVID, e.ExpiresAt, e.CreatedAt, e.RevisionNumber)
-	if err != nil {
-		return false, err
+	for i, r := range rows {
+		if skipConflicts {
+			k, _ := r[0].(string)
+			written[i] = got[k]
+		}
 	}
-	if n, err := res.RowsAffected(); err != nil || n == 0 {
-		return false, err
-	}
-	if err := ins.children(ctx, e); err != nil {
-		return false, err
-	}
-	_, err = ins.event.ExecContext(ctx, e.ID, int(datastore.EntryCreated), ins.now)
-	return err == nil, err
+	return written, nil
 }
 
 // conflictError is the ErrAlreadyExists of an entry whose insert found its
@@ -336,25 +428,6 @@ func (s *Store) conflictError(ctx context.Context, tx *sql.Tx, p *preparedEntry)
 		return fmt.Errorf("entry %s: ID in use: %w", clip.Quote(p.e.ID), datastore.ErrAlreadyExists)
 	}
 	return fmt.Errorf("entry with SPIFFE ID %s, parent %s and these selectors: %w", clip.Quote(p.e.SPIFFEID), clip.Quote(p.e.ParentID), datastore.ErrAlreadyExists)
-}
-
-func (ins *entryInserter) children(ctx context.Context, e *datastore.Entry) error {
-	for _, sel := range e.Selectors {
-		if _, err := ins.sel.ExecContext(ctx, e.ID, sel.Type, sel.Value); err != nil {
-			return err
-		}
-	}
-	for i, name := range e.DNSNames {
-		if _, err := ins.dns.ExecContext(ctx, e.ID, i, name); err != nil {
-			return err
-		}
-	}
-	for _, td := range e.FederatesWith {
-		if _, err := ins.fed.ExecContext(ctx, e.ID, td); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // GetEntry returns the entry with this ID.

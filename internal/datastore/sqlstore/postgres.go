@@ -85,6 +85,7 @@ var postgresDialect = dialect{
 )`,
 	lockMigrations: fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", migrationLockKey),
 	advisoryLock:   "SELECT pg_advisory_xact_lock(?)",
+	multiRowInsert: true,
 	code: func(err error) string {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) {

@@ -416,6 +416,8 @@ type dialect struct {
 	// lockMigrations, when set, runs first in every migration transaction
 	// so that servers starting at once migrate one at a time.
 	lockMigrations string
+	// multiRowInsert makes insertRows send many rows per INSERT.
+	multiRowInsert bool
 	// advisoryLock, when set, takes a lock named by one int64 argument
 	// until the end of the transaction.
 	advisoryLock string

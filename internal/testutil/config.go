@@ -37,6 +37,9 @@ type ServerConfig struct {
 	// (DataStore "sql", KeyManager "disk", NodeAttestor "join_token"),
 	// e.g. a NodeAttestor "x509pop".
 	Plugins []Plugin
+	// BundleEndpoint and FederatesWith render server.federation.
+	BundleEndpoint *BundleEndpoint
+	FederatesWith  []FederatesWith
 }
 
 // Plugin is a plugin block of a configuration a test renders:
@@ -131,6 +134,7 @@ func (c ServerConfig) HCL() string {
 	if c.JWTIssuer != "" {
 		fmt.Fprintf(&b, "    jwt_issuer = %q\n", c.JWTIssuer)
 	}
+	b.WriteString(c.federationHCL())
 	fmt.Fprintf(&b, "}\n\nplugins {\n")
 	if c.DataStore != nil {
 		b.WriteString(c.DataStore.HCL())

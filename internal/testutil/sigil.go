@@ -24,6 +24,9 @@ type Server struct {
 	ConfigPath string
 	// Wrap prefixes the command line (e.g. to run in a network namespace).
 	Wrap []string
+	// Env is added to the process's environment (e.g. SSL_CERT_FILE: the
+	// Web PKI roots of https_web federation).
+	Env  []string
 	Proc *Process
 
 	name  string // process name: sigil-server or spire-server
@@ -79,7 +82,7 @@ func (s *Server) StartProcess(t testing.TB) *Process {
 		t.Fatal("testutil: server already running")
 	}
 	s.Proc = Start(t, Command{
-		Name: s.name, Path: s.bin, Wrap: s.Wrap,
+		Name: s.name, Path: s.bin, Wrap: s.Wrap, Env: s.Env,
 		Args:    []string{"run", "-config", s.ConfigPath},
 		LogPath: filepath.Join(s.Config.DataDir, "server.log"),
 	})

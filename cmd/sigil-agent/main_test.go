@@ -133,16 +133,36 @@ func TestPluginErrors(t *testing.T) {
 		name     string
 		old, new string // the edit of a valid file
 		wantErr  string // {conf}:{line} is the file and the line of new
+		// offset is added to {line}: the error is on that line of new.
+		offset int
 	}{
 		{"unknown plugin", `WorkloadAttestor "unix" {`, `WorkloadAttestor "docker" {`,
-			`{conf}:{line}: unknown plugin WorkloadAttestor "docker": Sigil's built-in WorkloadAttestor plugins are: `},
+			`{conf}:{line}: unknown plugin WorkloadAttestor "docker": Sigil's built-in WorkloadAttestor plugins are: `, 0},
 		{"unknown plugin_data key", "discover_workload_path = false", "discover_path = true",
-			`{conf}:{line}: unknown key "discover_path" in plugin_data of plugin WorkloadAttestor "unix"`},
+			`{conf}:{line}: unknown key "discover_path" in plugin_data of plugin WorkloadAttestor "unix"`, 0},
 		{"plugin_data value of the wrong type", "discover_workload_path = false", `discover_workload_path = "yes"`,
-			`{conf}:{line}: invalid value for "discover_workload_path" in plugin_data of plugin WorkloadAttestor "unix": expected a bool`},
+			`{conf}:{line}: invalid value for "discover_workload_path" in plugin_data of plugin WorkloadAttestor "unix": expected a bool`, 0},
 		{"unsupported plugin type", `NodeAttestor "join_token" {`, `SVIDStore "gcp_secretmanager" {}
     NodeAttestor "join_token" {`,
-			`{conf}:{line}: unsupported plugin type SVIDStore (plugin SVIDStore "gcp_secretmanager")`},
+			`{conf}:{line}: unsupported plugin type SVIDStore (plugin SVIDStore "gcp_secretmanager")`, 0},
+		// Files and directories plugins read or create: checked by the
+		// parse, so validate reports them with their line ({dir} is the
+		// test's directory, {data} data_dir).
+		{"KeyManager disk directory a file", `directory = "{data}/keys"`, `directory = "{conf}"`,
+			`{conf}:{line}: plugin KeyManager "disk": directory: {conf} is not a directory`, 0},
+		{"KeyManager tpm directory under a file", `KeyManager "disk" {
+        plugin_data {
+            directory = "{data}/keys"`, `KeyManager "tpm" {
+        plugin_data {
+            directory = "{conf}/keys"`,
+			`{conf}:{line}: plugin KeyManager "tpm": directory: {conf}/keys cannot be created: {conf} is not a directory`, 2},
+		{"missing x509pop certificate", `NodeAttestor "join_token" {
+        plugin_data {}`, `NodeAttestor "x509pop" {
+        plugin_data {
+            certificate_path = "{dir}/device.crt"
+            private_key_path = "{dir}/device.key"
+        }`,
+			`{conf}:{line}: plugin NodeAttestor "x509pop": `, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -152,16 +172,18 @@ func TestPluginErrors(t *testing.T) {
 				TrustDomain: "example.org", ServerAddress: "127.0.0.1", ServerPort: 1, DataDir: dataDir,
 				SocketPath: filepath.Join(dataDir, "api.sock"), TrustBundlePath: filepath.Join(dir, "bootstrap.crt"), LogLevel: "INFO",
 			}.HCL()
-			at := strings.Index(src, tc.old)
+			paths := strings.NewReplacer("{conf}", conf, "{dir}", dir, "{data}", dataDir)
+			old := paths.Replace(tc.old)
+			at := strings.Index(src, old)
 			if at < 0 {
-				t.Fatalf("%q is not in the configuration", tc.old)
+				t.Fatalf("%q is not in the configuration", old)
 			}
-			line := 1 + strings.Count(src[:at], "\n")
-			src = src[:at] + tc.new + src[at+len(tc.old):]
+			line := 1 + strings.Count(src[:at], "\n") + tc.offset
+			src = src[:at] + paths.Replace(tc.new) + src[at+len(old):]
 			if err := os.WriteFile(conf, []byte(src), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			want := strings.NewReplacer("{conf}", conf, "{line}", strconv.Itoa(line)).Replace(tc.wantErr)
+			want := strings.NewReplacer("{line}", strconv.Itoa(line)).Replace(paths.Replace(tc.wantErr))
 			vcode, vout, verr := runCmd(t, "validate", "-config", conf)
 			if vcode != 1 || vout != "" || !strings.Contains(verr, want) {
 				t.Fatalf("validate: exit %d, stdout %q, stderr %q; want exit 1 and an error containing %q", vcode, vout, verr, want)

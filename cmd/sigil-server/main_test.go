@@ -125,16 +125,34 @@ func TestValidateMakesRunsChecks(t *testing.T) {
 		{"unknown plugin type", func(s string) string {
 			return strings.Replace(s, "plugins {\n", "plugins {\n    Notifier \"k8sbundle\" {}\n", 1)
 		}, `{conf}:12: unsupported plugin type Notifier (plugin Notifier "k8sbundle")`},
+		// Files and directories plugins read or create: checked by the
+		// parse, so validate reports them with their line ({dir} is the
+		// test's directory, where the file is {conf}).
+		{"missing tpm ek_ca_path", func(s string) string {
+			return withPlugin(s, `NodeAttestor "tpm"`, `ek_ca_path = "{dir}/tpm-ek-cas"`)
+		}, `{conf}:14: plugin NodeAttestor "tpm": ek_ca_path: stat {dir}/tpm-ek-cas: no such file or directory`},
+		{"tpm ek_hash_path not a directory", func(s string) string {
+			return withPlugin(s, `NodeAttestor "tpm"`, `ek_hash_path = "{conf}"`)
+		}, `{conf}:14: plugin NodeAttestor "tpm": ek_hash_path {conf} is not a directory`},
+		{"missing x509pop ca_bundle_path", func(s string) string {
+			return withPlugin(s, `NodeAttestor "x509pop"`, `ca_bundle_path = "{dir}/device-ca.crt"`)
+		}, `{conf}:14: plugin NodeAttestor "x509pop": CA bundle: `},
+		{"KeyManager disk keys_path a file (SPIRE's)", func(s string) string {
+			i := strings.Index(s, "keys_path = ")
+			j := i + strings.Index(s[i:], "\n")
+			return s[:i] + `keys_path = "{conf}"` + s[j:]
+		}, `{conf}:20: plugin KeyManager "disk": keys_path: {conf} is not a directory`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			dataDir := filepath.Join(dir, "data")
 			conf := filepath.Join(dir, "server.conf")
-			src := tc.edit(serverConf(dataDir, 0))
+			r := strings.NewReplacer("{conf}", conf, "{dir}", dir)
+			src := r.Replace(tc.edit(serverConf(dataDir, 0)))
 			if err := os.WriteFile(conf, []byte(src), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			wantErr := strings.ReplaceAll(tc.wantErr, "{conf}", conf)
+			wantErr := r.Replace(tc.wantErr)
 			vcode, vout, verr := runCmd(t, "validate", "-config", conf, "-logFormat", "json")
 			if vcode != 1 || vout != "" || !strings.Contains(verr, wantErr) {
 				t.Fatalf("validate: exit %d, stdout %q, stderr %q; want exit 1 and an error containing %q", vcode, vout, verr, wantErr)
@@ -151,6 +169,12 @@ func TestValidateMakesRunsChecks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withPlugin adds plugin (`Type "name"`) with one plugin_data line at the
+// start of src's plugins section: the line is line 14.
+func withPlugin(src, plugin, line string) string {
+	return strings.Replace(src, "plugins {\n", "plugins {\n    "+plugin+" {\n        plugin_data {\n            "+line+"\n        }\n    }\n", 1)
 }
 
 func TestValidateWarnsAndAccepts(t *testing.T) {

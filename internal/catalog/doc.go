@@ -25,9 +25,16 @@
 // getters (String, Int, Port, Bool, Duration, Strings, Ints, Block), names
 // the SPIRE keys it knowingly lacks with Unsupported, checks values with
 // Errorf (which names the key's file:line) and returns Done's error, which
-// adds every key it did not read. Next to it, a constructor taking that
-// configuration and what the catalog passes (the binary's Deps types: trust
-// domain, datastore, clock, log).
+// adds every key it did not read. The parse is where file-backed options
+// are checked: it reads the files and directories its plugin_data names
+// (or, for one the plugin creates, checks it can be), with the very
+// function the constructor uses, and reports a problem on the key's line,
+// so that `validate`, which parses but builds nothing, refuses what start-up
+// would (x509pop's CA bundles and device files, tpm's ek_ca_path and
+// ek_hash_path, the key managers' directories). It never creates or
+// changes anything. Next to it, a constructor taking that configuration
+// and what the catalog passes (the binary's Deps types: trust domain,
+// datastore, clock, log).
 //
 // Second, one file per plugin in the binary's catalog registers the two
 // from init, under the build tag that can leave it out of a binary,

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // Disk keeps one PKCS#8 PEM file per key ID in a directory. Files are 0600
@@ -34,6 +35,9 @@ func NewDisk(dir string) (*Disk, error) {
 	if dir == "" {
 		return nil, errors.New("disk key manager: empty directory")
 	}
+	if err := CheckDir(dir); err != nil {
+		return nil, fmt.Errorf("disk key manager: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("disk key manager: create %s: %w", dir, err)
 	}
@@ -50,6 +54,32 @@ func NewDisk(dir string) (*Disk, error) {
 		}
 	}
 	return &Disk{dir: dir, cache: make(map[string]crypto.Signer)}, nil
+}
+
+// CheckDir makes, without creating anything, the check a key manager
+// keeping its files in dir makes before it creates dir: dir is a
+// directory, or it does not exist and its nearest existing ancestor is a
+// directory. The plugins' configuration parsers run it, so that validate
+// reports what start-up would fail on.
+func CheckDir(dir string) error {
+	for p := filepath.Clean(dir); ; {
+		fi, err := os.Stat(p)
+		switch {
+		case err == nil && fi.IsDir():
+			return nil
+		case err == nil && p == filepath.Clean(dir):
+			return fmt.Errorf("%s is not a directory", dir)
+		case err == nil:
+			return fmt.Errorf("%s cannot be created: %s is not a directory", dir, p)
+		case !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR):
+			return err
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return nil
+		}
+		p = parent
+	}
 }
 
 // Dir returns the key directory.

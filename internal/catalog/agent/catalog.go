@@ -206,7 +206,9 @@ func (c Configured[D, T]) Build(ctx context.Context, deps D) (T, error) {
 
 // Plugins are the plugins a configuration declares, checked against the
 // catalog and with their plugin_data parsed: nothing is built, opened or
-// read yet.
+// created yet (a parse reads the files its plugin_data names to check
+// them, as x509pop its device certificate and key, so that validate
+// reports what run would: see the package doc of internal/catalog).
 type Plugins struct {
 	nodeAttestor      Configured[NodeAttestorDeps, NodeAttestor]
 	keyManager        Configured[KeyManagerDeps, KeyManager]
@@ -214,7 +216,7 @@ type Plugins struct {
 }
 
 // Parse checks the plugins cfg declares against the catalog and parses
-// each one's plugin_data. It does no I/O. The error lists every problem,
+// each one's plugin_data; it builds nothing (see Plugins). The error lists every problem,
 // each with its file:line (or the file, for a missing plugin).
 func Parse(cfg *config.Agent) (*Plugins, error) {
 	p := &Plugins{}

@@ -180,15 +180,28 @@ func TestJoinTokenWithoutToken(t *testing.T) {
 	}
 }
 
-// TestBuildErrorsNameThePlugin: a build failure names the plugin.
+// TestBuildErrorsNameThePlugin: a directory the key manager could not
+// create is refused by the parse, with its line (so by validate); a build
+// failure names the plugin.
 func TestBuildErrorsNameThePlugin(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "file")
 	if err := writeFile(file); err != nil {
 		t.Fatal(err)
 	}
-	src := strings.Replace(confWith(""), `KeyManager "memory" {}`, "KeyManager \"disk\" {\n        plugin_data {\n            directory = \""+file+"\"\n        }\n    }", 1)
-	p, err := parse(t, src)
+	conf := func(dir string) string {
+		return strings.Replace(confWith(""), `KeyManager "memory" {}`, "KeyManager \"disk\" {\n        plugin_data {\n            directory = \""+dir+"\"\n        }\n    }", 1)
+	}
+	for _, dir := range []string{file, filepath.Join(file, "keys")} {
+		_, err := parse(t, conf(dir))
+		wantErr(t, err, `agent.conf:11: plugin KeyManager "disk": directory: `, "is not a directory")
+	}
+
+	dir := filepath.Join(t.TempDir(), "keys")
+	p, err := parse(t, conf(dir))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFile(dir); err != nil { // after the parse
 		t.Fatal(err)
 	}
 	_, err = p.KeyManager().Build(context.Background(), agentcatalog.KeyManagerDeps{})

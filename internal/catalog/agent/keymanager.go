@@ -29,6 +29,8 @@ func parseDiskKeyManager(d *config.PluginData) (diskKeyManager, error) {
 	d.String("directory", &c.Directory)
 	if c.Directory == "" {
 		d.Errorf("directory", "directory must be configured")
+	} else if err := keys.CheckDir(c.Directory); err != nil {
+		d.Errorf("directory", "directory: %v", err)
 	}
 	return c, d.Done()
 }

@@ -212,9 +212,11 @@ func (c Configured[D, T]) Build(ctx context.Context, deps D) (T, error) {
 }
 
 // Plugins are the plugins a configuration declares, checked against the
-// catalog and with their plugin_data parsed: nothing is built or opened
-// yet (a parse may read a file its plugin_data names to check it, as
-// x509pop does its CA bundles, so that validate reports what run would).
+// catalog and with their plugin_data parsed: nothing is built, opened or
+// created yet (a parse reads the files its plugin_data names to check
+// them, as x509pop its CA bundles and tpm its EK directories, so that
+// validate reports what run would: see the package doc of
+// internal/catalog).
 type Plugins struct {
 	dataStore     Configured[DataStoreDeps, DataStore]
 	keyManager    Configured[KeyManagerDeps, keys.Manager]

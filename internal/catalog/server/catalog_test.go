@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -14,6 +15,7 @@ import (
 	servercatalog "github.com/sigil-spiffe/sigil/internal/catalog/server"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/keys"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // confWith is a valid 13-line server.conf; tail follows it (from line 14).
@@ -348,6 +350,19 @@ func TestREADMEServerPlugins(t *testing.T) {
 		t.Fatal("no hcl block in the Server plugins section")
 	}
 	block, _, _ = strings.Cut(block, "```")
+	// The directories it names are read by the parse: made here.
+	dir := t.TempDir()
+	block = regexp.MustCompile(`(?m)^(\s*)(ek_ca_path|ek_hash_path) = "[^"]*"`).ReplaceAllStringFunc(block, func(l string) string {
+		key, _, _ := strings.Cut(strings.TrimSpace(l), " ")
+		p := filepath.Join(dir, key)
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if key == "ek_ca_path" {
+			testca.WriteCertsPEM(t, filepath.Join(p, "ca.pem"), testca.New(t).Cert)
+		}
+		return strings.Replace(l, l[strings.Index(l, `"`):], strconv.Quote(p), 1)
+	})
 	if _, err := parse(t, confWith(block)); err != nil {
 		t.Errorf("README block: %v", err)
 	}

@@ -31,6 +31,10 @@ func parseDiskKeyManager(d *config.PluginData) (diskKeyManager, error) {
 	d.String("keys_path", &c.KeysPath)
 	if c.KeysPath == "" {
 		d.Errorf("keys_path", "keys_path must be configured")
+	} else if err := keys.CheckDir(c.KeysPath); err != nil {
+		// Also what a SPIRE configuration whose keys_path names its
+		// JSON file, kept, gets.
+		d.Errorf("keys_path", "keys_path: %v (Sigil keeps one file per key in this directory; SPIRE's keys_path names a file)", err)
 	}
 	return c, d.Done()
 }

@@ -5,6 +5,7 @@ package server_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	servercatalog "github.com/sigil-spiffe/sigil/internal/catalog/server"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // TestTPMNodeAttestorInCatalog: NodeAttestor "tpm" parses its plugin_data
@@ -33,12 +35,23 @@ func TestTPMNodeAttestorInCatalog(t *testing.T) {
 	_, err = parse(t, confWith("plugins {\n  NodeAttestor \"tpm\" {\n    plugin_data {\n      pcr_selection = [24]\n    }\n  }\n}\n"))
 	wantErr(t, err, `server.conf:17: plugin NodeAttestor "tpm": PCR 24`)
 
-	p, err = parse(t, confWith("plugins {\n  NodeAttestor \"tpm\" {\n    plugin_data {\n      ek_hash_path = \"/nonexistent/hashes\"\n    }\n  }\n}\n"))
-	if err != nil {
-		t.Fatal(err)
+	// The directories it names are checked by the parse (so by validate),
+	// with their line.
+	_, err = parse(t, confWith("plugins {\n  NodeAttestor \"tpm\" {\n    plugin_data {\n      ek_hash_path = \"/nonexistent/hashes\"\n      ek_ca_path = \"/nonexistent/cas\"\n    }\n  }\n}\n"))
+	wantErr(t, err, `server.conf:17: plugin NodeAttestor "tpm": ek_hash_path: stat /nonexistent/hashes: no such file or directory`,
+		`server.conf:18: plugin NodeAttestor "tpm": ek_ca_path: stat /nonexistent/cas: no such file or directory`)
+}
+
+// tpmDirs makes, under the working directory, the EK CA directory (with a
+// CA certificate) and the EK hash directory at the paths given.
+func tpmDirs(t *testing.T, caDir, hashDir string) {
+	t.Helper()
+	for _, d := range []string{caDir, hashDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
 	}
-	_, err = p.NodeAttestors(context.Background(), servercatalog.NodeAttestorDeps{TrustDomain: td})
-	wantErr(t, err, `NodeAttestor "tpm"`, "/nonexistent/hashes")
+	testca.WriteCertsPEM(t, filepath.Join(caDir, "manufacturer.pem"), testca.New(t).Cert)
 }
 
 // TestTPMExampleConf: the commented NodeAttestor "tpm" of
@@ -49,6 +62,9 @@ func TestTPMExampleConf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Its directories, relative to the working directory as in the file.
+	t.Chdir(t.TempDir())
+	tpmDirs(t, "conf/server/tpm-ek-cas", "conf/server/tpm-ek-hashes")
 	lines := strings.Split(string(src), "\n")
 	start := slices.Index(lines, `    # NodeAttestor "tpm" {`)
 	if start < 0 {

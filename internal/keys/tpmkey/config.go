@@ -1,6 +1,9 @@
 package tpmkey
 
-import "github.com/sigil-spiffe/sigil/internal/config"
+import (
+	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/keys"
+)
 
 // ParseConfig reads the plugin_data of the agent's KeyManager "tpm":
 // directory (required: where the TPM-wrapped keys are kept) and tpm_path
@@ -11,6 +14,8 @@ func ParseConfig(d *config.PluginData) (Config, error) {
 	d.String("tpm_path", &c.TPMPath)
 	if c.Directory == "" {
 		d.Errorf("", "directory must be configured")
+	} else if err := keys.CheckDir(c.Directory); err != nil {
+		d.Errorf("directory", "directory: %v", err)
 	}
 	return c, d.Done()
 }

@@ -81,6 +81,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Directory == "" {
 		return nil, errors.New("tpm key manager: directory is required")
 	}
+	if err := keys.CheckDir(cfg.Directory); err != nil {
+		return nil, fmt.Errorf("tpm key manager: %w", err)
+	}
 	if err := os.MkdirAll(cfg.Directory, 0o700); err != nil {
 		return nil, fmt.Errorf("tpm key manager: %w", err)
 	}

@@ -141,12 +141,8 @@ func NewServer(td spiffeid.TrustDomain, cfg ServerConfig) (*Server, error) {
 		s.allowed[i][v] = true
 	}
 	if s.hashDir != "" {
-		fi, err := os.Stat(s.hashDir)
-		if err != nil {
-			return nil, fmt.Errorf("NodeAttestor %q: ek_hash_path: %w", Type, err)
-		}
-		if !fi.IsDir() {
-			return nil, fmt.Errorf("NodeAttestor %q: ek_hash_path %s is not a directory", Type, s.hashDir)
+		if err := checkHashDir(s.hashDir); err != nil {
+			return nil, fmt.Errorf("NodeAttestor %q: %w", Type, err)
 		}
 	}
 	if s.caPath != "" {
@@ -155,6 +151,31 @@ func NewServer(td spiffeid.TrustDomain, cfg ServerConfig) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// checkDirs makes NewServer's checks of the directories the configuration
+// names, for ParseServerConfig: ek_ca_path must be a directory holding at
+// least one certificate, ek_hash_path a directory.
+func (c *ServerConfig) checkDirs() (caErr, hashErr error) {
+	if c.EKCAPath != "" {
+		_, caErr = (&Server{caPath: c.EKCAPath}).roots()
+	}
+	if c.EKHashPath != "" {
+		hashErr = checkHashDir(c.EKHashPath)
+	}
+	return caErr, hashErr
+}
+
+// checkHashDir checks that ek_hash_path is a directory.
+func checkHashDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("ek_hash_path: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("ek_hash_path %s is not a directory", dir)
+	}
+	return nil
 }
 
 // Type returns the attestation type.

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -78,5 +79,50 @@ func TestPostgresDataStoreUnreachable(t *testing.T) {
 	wantErr(t, err, `DataStore "sql"`, "host=127.0.0.1 port=1 dbname=sigil user=sigil")
 	if strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("error %q repeats the password", err)
+	}
+}
+
+// TestPostgresExampleConf: the commented PostgreSQL DataStore of
+// conf/server/server.conf, uncommented with every optional setting in
+// place of the SQLite one, parses (validate's check: no connection).
+func TestPostgresExampleConf(t *testing.T) {
+	src, err := os.ReadFile("../../../conf/server/server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(src), "\n")
+	start := slices.Index(lines, `    # DataStore "sql" {`)
+	sqlite := slices.Index(lines, `    DataStore "sql" {`)
+	if start < 0 || sqlite < 0 {
+		t.Fatal(`no DataStore "sql" and commented PostgreSQL alternative in conf/server/server.conf`)
+	}
+	for i := start; ; i++ {
+		l := lines[i]
+		if !strings.HasPrefix(l, "    #") {
+			t.Fatalf("the commented block ends without its closing brace at line %d", i+1)
+		}
+		l = "    " + strings.TrimPrefix(strings.TrimPrefix(l, "    #"), " ")
+		if strings.HasPrefix(strings.TrimSpace(l), "# ") && strings.Contains(l, " = ") {
+			l = strings.Replace(l, "# ", "", 1)
+		}
+		lines[i] = l
+		if l == "    }" {
+			break
+		}
+	}
+	end := sqlite + slices.Index(lines[sqlite:], "    }")
+	lines = slices.Delete(lines, sqlite, end+1)
+	conf := strings.Join(lines, "\n")
+	for _, k := range []string{`database_type = "postgres"`, "ro_connection_string = ", "max_open_conns = ", "max_idle_conns = ", "conn_max_lifetime = "} {
+		if !strings.Contains(conf, "\n            "+k) {
+			t.Errorf("%s is not set in the uncommented block", k)
+		}
+	}
+	p, err := parse(t, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(p.Names(), ", "), `DataStore "sql"`) {
+		t.Fatalf("plugins %s", strings.Join(p.Names(), ", "))
 	}
 }

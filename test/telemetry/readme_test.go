@@ -62,34 +62,44 @@ func readmeMetrics(t *testing.T) map[string][]string {
 // TestReadmeListsEveryMetric: every metric either binary registers is in
 // the README's Metrics tables with its labels, and every metric listed
 // there exists.
-func TestReadmeListsEveryMetric(t *testing.T) {
+// registered returns the metrics sigil-server and sigil-agent register, by
+// name, from an in-process server and agent.
+func registered(t *testing.T) map[string]telemetry.Desc {
+	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	dir := testutil.ShortTempDir(t)
 	srv := inproc.RunServer(t, inproc.ServerConfig(td, filepath.Join(dir, "s"), filepath.Join(dir, "s.sock"), 0), nil, serverapp.Options{})
 	agent := srv.StartAgent(t, filepath.Join(dir, "a"), spiffeid.RequireFromPath(td, "/agent"), nil, agentapp.Options{})
-
-	documented := readmeMetrics(t)
-	registered := map[string][]string{}
+	out := map[string]telemetry.Desc{}
 	for _, reg := range []*telemetry.Registry{srv.Srv.Metrics(), agent.A.Metrics()} {
 		for _, d := range reg.Metrics() {
-			registered[d.Name] = d.Labels
+			out[d.Name] = d
 		}
 	}
-	for name, labels := range registered {
+	return out
+}
+
+// TestReadmeListsEveryMetric: every metric either binary registers is in
+// the README's Metrics tables with its labels, and every metric listed
+// there exists.
+func TestReadmeListsEveryMetric(t *testing.T) {
+	documented := readmeMetrics(t)
+	reg := registered(t)
+	for name, d := range reg {
 		doc, ok := documented[name]
 		if !ok {
 			t.Errorf("README's Metrics section does not list %s", name)
 			continue
 		}
-		a, b := slices.Clone(labels), slices.Clone(doc)
+		a, b := slices.Clone(d.Labels), slices.Clone(doc)
 		slices.Sort(a)
 		slices.Sort(b)
 		if !slices.Equal(a, b) {
-			t.Errorf("README lists %s{%s}, registered with labels %v", name, strings.Join(doc, ","), labels)
+			t.Errorf("README lists %s{%s}, registered with labels %v", name, strings.Join(doc, ","), d.Labels)
 		}
 	}
 	for name := range documented {
-		if _, ok := registered[name]; !ok {
+		if _, ok := reg[name]; !ok {
 			t.Errorf("README lists %s, which no binary registers", name)
 		}
 	}

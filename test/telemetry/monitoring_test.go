@@ -133,12 +133,12 @@ func metricNames(expr string) []string {
 func TestMetricNamesOfExpressions(t *testing.T) {
 	for expr, want := range map[string]string{
 		`up{job="x"} == 0`: "up",
-		`sum by (instance, job) (rate(a_total{x="}"}[5m])) > 0.1`:                              "a_total",
-		`histogram_quantile(0.95, sum by (le) (rate(h_bucket[$__rate_interval])))`:             "h_bucket",
-		`count(c == 0) > 0.5 * count(c)`:                                                       "c c",
-		`x > 0 and (x - time()) < (x - y) / 12`:                                                "x x x y",
-		`sum without (a) (m) unless on (b) group_left (c) n offset 5m`:                         "m n",
-		`label_replace(m, "dst", "$1", "src", "(.*)") or vector(1e3)`:                          "m",
+		`sum by (instance, job) (rate(a_total{x="}"}[5m])) > 0.1`:                             "a_total",
+		`histogram_quantile(0.95, sum by (le) (rate(h_bucket[$__rate_interval])))`:            "h_bucket",
+		`count(c == 0) > 0.5 * count(c)`:                                                      "c c",
+		`x > 0 and (x - time()) < (x - y) / 12`:                                               "x x x y",
+		`sum without (a) (m) unless on (b) group_left (c) n offset 5m`:                        "m n",
+		`label_replace(m, "dst", "$1", "src", "(.*)") or vector(1e3)`:                         "m",
 		"max by (kind) ((time() - sigil_server_ca_issued_timestamp_seconds{i=~\"$server\"}))": "sigil_server_ca_issued_timestamp_seconds",
 	} {
 		if got := strings.Join(metricNames(expr), " "); got != want {

@@ -483,11 +483,15 @@ func (c *Cluster) Template(t testing.TB, key string, init func(connString string
 }
 
 // shortTempRoot is the system temporary directory, or /tmp when that path
-// is long (the socket path must fit in 108 bytes).
+// is long (the socket path must fit in 108 bytes) or when running as root
+// (the cluster runs as postgres, who must reach the directory: a TMPDIR
+// under /root would not do).
 func shortTempRoot() string {
 	d := os.TempDir()
-	if len(d) > 40 {
-		return "/tmp"
+	if len(d) > 40 || os.Geteuid() == 0 {
+		if fi, err := os.Stat("/tmp"); err == nil && fi.IsDir() {
+			return "/tmp"
+		}
 	}
 	return d
 }

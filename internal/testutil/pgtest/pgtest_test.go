@@ -65,3 +65,22 @@ func TestOwnCluster(t *testing.T) {
 		t.Fatalf("cluster directory %s left behind: %v", dir, err)
 	}
 }
+
+// TestPrivateTMPDIR: as root, a TMPDIR the postgres user cannot reach
+// (under a 0700 directory) does not stop the cluster.
+func TestPrivateTMPDIR(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root runs the cluster as another user")
+	}
+	// Short, so that the length rule does not pick /tmp anyway.
+	private, err := os.MkdirTemp("/tmp", "p") // 0700
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(private) })
+	t.Setenv("TMPDIR", private)
+	c := pgtest.Start(t, pgtest.Options{})
+	if err := c.Exec(context.Background(), "postgres", "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}

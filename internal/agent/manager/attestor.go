@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -35,4 +36,40 @@ type SingleUseAttestor interface {
 	// and, when it can tell, the agent ID it attests as (zero otherwise):
 	// a persisted SVID with that ID means the credential was used.
 	Credential(td spiffeid.TrustDomain) (agentID spiffeid.ID, ok bool)
+}
+
+// localError is a failure on this host, not the server's: the node
+// attestor could not start or answer an attestation (its device
+// certificate is gone, its TPM unreachable) or the key manager could not
+// make the agent key. The manager retries it like an unreachable server,
+// but says which plugin failed (Status.FailedPlugin, the logs, the ready
+// text).
+type localError struct {
+	// plugin is the plugin type and, when known, its name:
+	// `NodeAttestor "x509pop"`, `KeyManager`.
+	plugin string
+	kind   string // NodeAttestor or KeyManager
+	err    error
+}
+
+func (e *localError) Error() string { return e.plugin + " failed on this host: " + e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
+func attestorFailed(name string, err error) *localError {
+	return &localError{plugin: fmt.Sprintf("NodeAttestor %q", name), kind: "NodeAttestor", err: err}
+}
+
+// localSession marks the failures of a session's answers as local ones,
+// unless the exchange was cancelled (the server went away meanwhile).
+type localSession struct {
+	node.Session
+	name string
+}
+
+func (s localSession) Respond(ctx context.Context, challenge []byte) ([]byte, error) {
+	answer, err := s.Session.Respond(ctx, challenge)
+	if err != nil && ctx.Err() == nil {
+		return nil, attestorFailed(s.name, err)
+	}
+	return answer, err
 }

@@ -126,7 +126,11 @@ func svidWithSigner(chain []*x509.Certificate, key crypto.Signer) (*x509svid.SVI
 func (m *Manager) newAgentKey(ctx context.Context, keyID string) (crypto.Signer, []byte, error) {
 	key, err := m.cfg.Keys.GenerateKey(ctx, keyID, keys.ECP256)
 	if err != nil {
-		return nil, nil, fmt.Errorf("generate agent key: %w", err)
+		err = fmt.Errorf("generate agent key: %w", err)
+		if ctx.Err() == nil {
+			err = &localError{plugin: "KeyManager", kind: "KeyManager", err: err}
+		}
+		return nil, nil, err
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
@@ -165,14 +169,17 @@ func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate, prev *
 	defer func() { _ = cl.Close() }()
 	sess, err := m.cfg.Attestor.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("NodeAttestor %q: %w", m.cfg.Attestor.Type(), err)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("NodeAttestor %q: %w", m.cfg.Attestor.Type(), err)
+		}
+		return nil, attestorFailed(m.cfg.Attestor.Type(), err)
 	}
 	defer func() {
 		if err := sess.Close(); err != nil {
 			m.log.Warn("Failed to close the node attestation session", "node_attestor", m.cfg.Attestor.Type(), "error", err)
 		}
 	}()
-	res, err := cl.AttestAgent(ctx, m.cfg.Attestor.Type(), sess, csr)
+	res, err := cl.AttestAgent(ctx, m.cfg.Attestor.Type(), localSession{Session: sess, name: m.cfg.Attestor.Type()}, csr)
 	if err != nil {
 		return nil, err
 	}

@@ -21,7 +21,11 @@
 //
 // Status reports a State: connected; degraded (server unreachable, cached
 // SVIDs still served, with the earliest expiry); expired (nothing valid
-// left to serve); revoked (the server refused the agent). Run logs the
+// left to serve); revoked (the server refused the agent). When the agent
+// is degraded or expired because a plugin failed on this host (the node
+// attestor could not attest, the key manager could not make the agent
+// key) rather than because of the server, Status.FailedPlugin names it and
+// the logs say so. Run logs the
 // transitions (WARN degraded, ERROR expired, ERROR revoked, INFO back to
 // connected) and repeats a degraded, expired or revoked state every
 // StateLogInterval. With AvailabilityTarget (SPIRE's availability_target)
@@ -268,6 +272,12 @@ type Status struct {
 	LastSync time.Time
 	// LastError describes why the manager is degraded.
 	LastError string
+	// FailedPlugin is set while the agent is not connected because a
+	// plugin failed on this host, not the server: the node attestor (a
+	// device certificate gone, a TPM unreachable) or the key manager,
+	// `NodeAttestor "x509pop"` or `KeyManager`; LastError says how. Empty
+	// when the server is unreachable or failing (or refused the agent).
+	FailedPlugin string
 	// LastErrorAt is when the last session or connection attempt failed.
 	LastErrorAt time.Time
 	// AgentID is the agent's SPIFFE ID; zero before attestation.
@@ -520,7 +530,7 @@ func (m *Manager) setConnected(server string) {
 	m.status.Server = server
 	m.status.Connected = true
 	m.status.DegradedSince = time.Time{}
-	m.status.LastError = ""
+	m.status.LastError, m.status.FailedPlugin = "", ""
 	// A revocation ends once the server has authorized a new set for the
 	// re-attested agent (the cache's ends with it, in SetEntries).
 	m.status.RevokedAt, m.status.RevokedReason, m.status.Banned = time.Time{}, "", false
@@ -540,6 +550,10 @@ func (m *Manager) setDegraded(err error) {
 	m.status.WatchMode = false
 	m.status.LastError = err.Error()
 	m.status.LastErrorAt = m.clk.Now()
+	m.status.FailedPlugin = ""
+	if le := (*localError)(nil); errors.As(err, &le) {
+		m.status.FailedPlugin = le.plugin
+	}
 	m.attempted = true
 	m.notifyStatus()
 }

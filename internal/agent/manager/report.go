@@ -22,7 +22,8 @@ func (m *Manager) reportState(ctx context.Context) {
 	changes, stop := m.cache.Watch()
 	defer stop()
 	var (
-		last       State // last state logged; "" before the first
+		last       State  // last state logged; "" before the first
+		lastPlugin string // and its FailedPlugin
 		lastSince  time.Time
 		lastLogged time.Time
 		timer      <-chan time.Time
@@ -35,9 +36,12 @@ func (m *Manager) reportState(ctx context.Context) {
 		attempted := m.attempted
 		m.mu.RUnlock()
 		if attempted {
-			if st.State != last {
+			// A change of cause (the server, or a plugin of this host)
+			// is logged like a change of state.
+			causeChanged := st.FailedPlugin != lastPlugin && (st.State == StateDegraded || st.State == StateExpired)
+			if st.State != last || causeChanged {
 				m.logTransition(last, lastSince, st, now)
-				last, lastLogged = st.State, now
+				last, lastPlugin, lastLogged = st.State, st.FailedPlugin, now
 			} else if st.State != StateConnected && now.Sub(lastLogged) >= m.cfg.StateLogInterval {
 				m.logReminder(st, now)
 				lastLogged = now
@@ -86,13 +90,21 @@ func (m *Manager) logTransition(from State, fromSince time.Time, st Status, now 
 		m.log.Info("Agent state: connected; the server is reachable again, no longer serving from cache only",
 			"state", st.State, "previous_state", from, "degraded_for", now.Sub(fromSince).Round(time.Second))
 	case StateDegraded:
-		m.log.Warn("Agent state: degraded; the server is unreachable, serving cached SVIDs until they expire (JWT-SVIDs only for audiences already fetched)",
-			"state", st.State, "degraded_since", st.DegradedSince, "earliest_svid_expiry", st.EarliestSVIDExpiry,
+		msg := "Agent state: degraded; the server is unreachable, serving cached SVIDs until they expire (JWT-SVIDs only for audiences already fetched)"
+		if st.FailedPlugin != "" {
+			msg = "Agent state: degraded; a plugin fails on this host (not the server), serving cached SVIDs until they expire (JWT-SVIDs only for audiences already fetched)"
+		}
+		m.log.Warn(msg,
+			"state", st.State, pluginAttr(st), "degraded_since", st.DegradedSince, "earliest_svid_expiry", st.EarliestSVIDExpiry,
 			"expires_in", st.EarliestSVIDExpiry.Sub(now).Round(time.Second), "svids", st.SVIDs, "jwt_svids", st.JWTSVIDs,
 			"agent_svid_expires_at", st.AgentSVIDExpiresAt, fedAttr(st, now), "error", st.LastError)
 	case StateExpired:
-		m.log.Error("Agent state: expired; no valid SVID is left to serve and the server is unreachable: workloads get no identity until it is back",
-			"state", st.State, "degraded_since", st.DegradedSince, "agent_svid_expires_at", st.AgentSVIDExpiresAt, "error", st.LastError)
+		msg := "Agent state: expired; no valid SVID is left to serve and the server is unreachable: workloads get no identity until it is back"
+		if st.FailedPlugin != "" {
+			msg = "Agent state: expired; no valid SVID is left to serve and a plugin fails on this host (not the server): workloads get no identity until it works again"
+		}
+		m.log.Error(msg,
+			"state", st.State, pluginAttr(st), "degraded_since", st.DegradedSince, "agent_svid_expires_at", st.AgentSVIDExpiresAt, "error", st.LastError)
 	case StateRevoked:
 		// revoke logged the refusal, with its reason and what comes next.
 	}
@@ -102,12 +114,12 @@ func (m *Manager) logReminder(st Status, now time.Time) {
 	switch st.State {
 	case StateDegraded:
 		m.log.Warn("Agent state: still degraded, serving cached SVIDs",
-			"state", st.State, "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
+			"state", st.State, pluginAttr(st), "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
 			"earliest_svid_expiry", st.EarliestSVIDExpiry, "expires_in", st.EarliestSVIDExpiry.Sub(now).Round(time.Second),
 			"svids", st.SVIDs, "jwt_svids", st.JWTSVIDs, fedAttr(st, now), "error", st.LastError)
 	case StateExpired:
 		m.log.Error("Agent state: still expired, no valid SVID to serve",
-			"state", st.State, "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
+			"state", st.State, pluginAttr(st), "degraded_since", st.DegradedSince, "degraded_for", now.Sub(st.DegradedSince).Round(time.Second),
 			"error", st.LastError)
 	case StateRevoked:
 		m.log.Error("Agent state: still revoked by the server, serving no identity",
@@ -154,6 +166,16 @@ func (m *Manager) forgetShortLived(keep map[string]struct{}) {
 			delete(m.shortWarned, k)
 		}
 	}
+}
+
+// pluginAttr names the plugin of this host that fails (FailedPlugin) as a
+// log attribute; an empty attribute (which slog leaves out) when the
+// server is the cause.
+func pluginAttr(st Status) slog.Attr {
+	if st.FailedPlugin == "" {
+		return slog.Attr{}
+	}
+	return slog.String("failed_plugin", st.FailedPlugin)
 }
 
 // fedAttr is the federated bundles' ages as a log attribute; an empty

@@ -106,11 +106,24 @@ func (m *Manager) Run(ctx context.Context) error {
 				if now := m.clk.Now(); err.Error() != lastLogged || now.Sub(lastLoggedAt) >= failureLogInterval {
 					lvl, lastLogged, lastLoggedAt = m.log.Warn, err.Error(), now
 				}
-				msg := "Server session ended; serving from cache and retrying"
-				if m.Status().State == StateRevoked {
-					msg = "Attesting again failed; the agent stays revoked and retries"
+				revoked := m.Status().State == StateRevoked
+				if le := (*localError)(nil); errors.As(err, &le) {
+					// Not the server: say which plugin failed, and how.
+					msg := "Could not attest: the node attestor failed on this host (not the server); serving from cache and retrying"
+					switch {
+					case le.kind == "KeyManager":
+						msg = "Could not make the agent key: the key manager failed on this host (not the server); serving from cache and retrying"
+					case revoked:
+						msg = "Attesting again failed on this host (the node attestor, not the server); the agent stays revoked and retries"
+					}
+					lvl(msg, "failed_plugin", le.plugin, "retry_in", delay, "error", le.err)
+				} else {
+					msg := "Server session ended; serving from cache and retrying"
+					if revoked {
+						msg = "Attesting again failed; the agent stays revoked and retries"
+					}
+					lvl(msg, "servers", m.servers.String(), "retry_in", delay, "error", err)
 				}
-				lvl(msg, "servers", m.servers.String(), "retry_in", delay, "error", err)
 			}
 		}
 		select {

@@ -85,13 +85,22 @@ func readiness(st manager.Status, now time.Time) (bool, string) {
 		if t := st.FederatedBundlesText(now); t != "" {
 			fed = "; federated bundles: " + t
 		}
-		return true, fmt.Sprintf("degraded: server unreachable since %s; serving %d cached SVIDs, earliest expiry %s (%s); %s%s; last error: %s",
-			st.DegradedSince.UTC().Format(time.RFC3339), st.SVIDs, st.EarliestSVIDExpiry.UTC().Format(time.RFC3339),
+		return true, fmt.Sprintf("degraded: %s since %s; serving %d cached SVIDs, earliest expiry %s (%s); %s%s; last error: %s",
+			cause(st), st.DegradedSince.UTC().Format(time.RFC3339), st.SVIDs, st.EarliestSVIDExpiry.UTC().Format(time.RFC3339),
 			st.EarliestSVIDExpiry.Sub(now).Round(time.Second), offlineJWTs(st, now), fed, st.LastError)
 	default:
-		return false, fmt.Sprintf("expired: no valid SVID left to serve; server unreachable since %s; last error: %s",
-			st.DegradedSince.UTC().Format(time.RFC3339), st.LastError)
+		return false, fmt.Sprintf("expired: no valid SVID left to serve; %s since %s; last error: %s",
+			cause(st), st.DegradedSince.UTC().Format(time.RFC3339), st.LastError)
 	}
+}
+
+// cause says why a degraded or expired agent is not connected: its server,
+// or a plugin failing on this host.
+func cause(st manager.Status) string {
+	if st.FailedPlugin != "" {
+		return st.FailedPlugin + " failing on this host (not the server)"
+	}
+	return "server unreachable"
 }
 
 // offlineJWTs says which JWT-SVIDs a degraded agent serves: only cached

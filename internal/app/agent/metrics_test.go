@@ -122,8 +122,19 @@ func TestReadiness(t *testing.T) {
 		t.Fatalf("degraded with JWT-SVIDs: %q", detail)
 	}
 	ok, detail = readiness(manager.Status{State: manager.StateExpired, DegradedSince: since}, now)
-	if ok || !strings.HasPrefix(detail, "expired:") {
+	if ok || !strings.HasPrefix(detail, "expired:") || !strings.Contains(detail, "; server unreachable since ") {
 		t.Fatalf("expired: %v %q", ok, detail)
+	}
+	// A plugin failing on this host is named instead of the server.
+	const local = `NodeAttestor "x509pop" failing on this host (not the server) since `
+	ok, detail = readiness(manager.Status{State: manager.StateDegraded, DegradedSince: since, SVIDs: 2, EarliestSVIDExpiry: expiry,
+		FailedPlugin: `NodeAttestor "x509pop"`, LastError: "read /etc/device.crt: no such file or directory"}, now)
+	if !ok || !strings.HasPrefix(detail, "degraded: "+local+since.UTC().Format(time.RFC3339)) || strings.Contains(detail, "server unreachable") {
+		t.Fatalf("degraded, local: %v %q", ok, detail)
+	}
+	ok, detail = readiness(manager.Status{State: manager.StateExpired, DegradedSince: since, FailedPlugin: `NodeAttestor "x509pop"`}, now)
+	if ok || !strings.HasPrefix(detail, "expired: no valid SVID left to serve; "+local) || strings.Contains(detail, "server unreachable") {
+		t.Fatalf("expired, local: %v %q", ok, detail)
 	}
 	ok, detail = readiness(manager.Status{State: manager.StateRevoked, RevokedAt: since, RevokedReason: "AGENT_NOT_ATTESTED",
 		LastError: `the server refused the agent (AGENT_NOT_ATTESTED): agent "x" is not attested`}, now)

@@ -10,11 +10,22 @@ import (
 	"testing"
 )
 
+// omitted are, per omit tag, the packages and third-party modules besides
+// internal/attest/node/<name> that only that plugin needs, and that a
+// build with the tag must leave out of sigil-server: nothing of go-tpm
+// without the TPM (its attestor, the tpm key manager of the dev command's
+// agent, tpmdev), whichever path (the server's catalog, the agent's
+// catalog linked by `sigil-server dev`, the selector types of the CLI's
+// entry checks) would bring it.
+var omitted = map[string][]string{
+	"tpm": {"github.com/sigil-spiffe/sigil/internal/keys/tpmkey", "github.com/sigil-spiffe/sigil/internal/tpmdev", "github.com/google/go-tpm"},
+}
+
 // TestOmitTagsLeaveAttestorsOut: every plugin file of the server's catalog
 // with a `//go:build !sigil_omit_<name>` line is left out by that tag, and
-// with it the plugin's package (internal/attest/node/<name>): a device or
-// minimal build links none of its code. Without the tags the packages are
-// linked, so the check can fail.
+// with it the plugin's package (internal/attest/node/<name>) and what only
+// it needs (omitted): a device or minimal build links none of its code.
+// Without the tags the packages are linked, so the check can fail.
 func TestOmitTagsLeaveAttestorsOut(t *testing.T) {
 	files, err := filepath.Glob("../../internal/catalog/server/*.go")
 	if err != nil {
@@ -46,19 +57,32 @@ func TestOmitTagsLeaveAttestorsOut(t *testing.T) {
 		}
 		return strings.Fields(string(out))
 	}
+	under := func(dep, pkg string) bool { return dep == pkg || strings.HasPrefix(dep, pkg+"/") }
 	full := deps("")
 	var omit []string
 	for _, n := range names {
 		omit = append(omit, "sigil_omit_"+n)
-		if !slices.Contains(full, prefix+n) {
-			t.Errorf("the default build does not link %s", prefix+n)
-		}
-	}
-	for _, dep := range deps(strings.Join(omit, ",")) {
-		for _, n := range names {
-			if dep == prefix+n || strings.HasPrefix(dep, prefix+n+"/") {
-				t.Errorf("built with -tags %s, sigil-server still links %s", strings.Join(omit, ","), dep)
+		for _, pkg := range append([]string{prefix + n}, omitted[n]...) {
+			if !slices.ContainsFunc(full, func(d string) bool { return under(d, pkg) }) {
+				t.Errorf("the default build does not link %s: the check would prove nothing", pkg)
 			}
 		}
 	}
+	// Each tag alone, and all of them.
+	check := func(tags []string, names []string) {
+		t.Helper()
+		for _, dep := range deps(strings.Join(tags, ",")) {
+			for _, n := range names {
+				for _, pkg := range append([]string{prefix + n}, omitted[n]...) {
+					if under(dep, pkg) {
+						t.Errorf("built with -tags %s, sigil-server still links %s", strings.Join(tags, ","), dep)
+					}
+				}
+			}
+		}
+	}
+	for i, n := range names {
+		check(omit[i:i+1], []string{n})
+	}
+	check(omit, names)
 }

@@ -7,12 +7,14 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	svidv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/svid/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
+	"github.com/sigil-spiffe/sigil/internal/telemetry/telemetrytest"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
@@ -30,7 +33,8 @@ import (
 // writes them, with the syntax variants SPIRE accepts (plugin_data as an
 // assignment, ca_subject as an object, ports as numbers), using only what
 // Sigil implements. %[1]s is the data_dir, %[2]d the port, %[3]d the
-// health port, %[4]s the directory of the upstream CA's files.
+// health port, %[4]s the directory of the upstream CA's files, %[5]d the
+// Prometheus exporter's port.
 const spireStyleServerConf = `
 server {
     bind_address = "127.0.0.1"
@@ -47,6 +51,7 @@ server {
     ca_key_type = "ec-p384"
     jwt_key_type = "rsa-2048"
     jwt_issuer = "https://oidc.example.org"
+    audit_log_enabled = true
     ca_subject = {
         country = ["DE"],
         organization = ["Interop"],
@@ -86,6 +91,13 @@ health_checks {
     bind_port = "%[3]d"
     live_path = "/live"
     ready_path = "/ready"
+}
+
+telemetry {
+    Prometheus {
+        host = "127.0.0.1"
+        port = %[5]d
+    }
 }
 `
 
@@ -166,6 +178,11 @@ type serverOutcome struct {
 	IntermediateSubject  string
 	BundleJWTKeyIsRSA    bool
 	X509SVIDVerifiesRoot bool
+	// MetricsServed: the telemetry Prometheus exporter answers in a format
+	// the Prometheus parser reads. MintJWTAudit is the audit line of the
+	// MintJWTSVID call (the fields both write, normalized).
+	MetricsServed bool
+	MintJWTAudit  string
 }
 
 // TestSPIREConfigBothWays: a server.conf and an agent.conf in SPIRE's
@@ -197,7 +214,11 @@ func TestSPIREConfigBothWays(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		conf := fmt.Sprintf(spireStyleServerConf, srv.Config.DataDir, srv.Config.BindPort, health, upstreamDir)
+		metrics, err := testutil.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conf := fmt.Sprintf(spireStyleServerConf, srv.Config.DataDir, srv.Config.BindPort, health, upstreamDir, metrics)
 		if err := os.WriteFile(srv.ConfigPath, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +226,9 @@ func TestSPIREConfigBothWays(t *testing.T) {
 			validate(t, bin, srv.Config.DataDir, srv.ConfigPath)
 		}
 		srv.Start(t)
-		outcomes[impl.name] = observeServer(t, srv, health, upstream)
+		o := observeServer(t, srv, health, upstream)
+		o.MetricsServed, o.MintJWTAudit = observeTelemetry(t, srv, metrics)
+		outcomes[impl.name] = o
 		if impl.name == "sigil-server" {
 			sigil = srv
 		}
@@ -388,4 +411,40 @@ func observeServer(t *testing.T, srv *testutil.Server, healthPort int, upstream 
 	o.JWTIssuer = claims.Issuer
 	o.JWTTTL = time.Until(claims.Expiry.Time()).Round(time.Minute)
 	return o
+}
+
+// observeTelemetry scrapes the server's Prometheus exporter with the
+// Prometheus parser and returns the audit line of observeServer's
+// MintJWTSVID call (a JSON log line), as "key=value ..." over the fields
+// both implementations write.
+func observeTelemetry(t *testing.T, srv *testutil.Server, metricsPort int) (served bool, audit string) {
+	t.Helper()
+	if _, err := telemetrytest.Scrape(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)); err != nil {
+		t.Errorf("%s: metrics: %v", srv.Name(), err)
+	} else {
+		served = true
+	}
+	keys := []string{"type", "msg", "service", "method", "status", "spiffe_id", "audience", "ttl"}
+	err := testutil.Poll(deadline, 50*time.Millisecond, func() (bool, error) {
+		for _, line := range strings.Split(srv.Proc.Logs(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) != nil || m["type"] != "audit" || m["method"] != "MintJWTSVID" {
+				continue
+			}
+			var parts []string
+			for _, k := range keys {
+				parts = append(parts, fmt.Sprintf("%s=%v", k, m[k]))
+			}
+			if _, ok := m["caller_uid"]; !ok {
+				parts = append(parts, "no caller_uid")
+			}
+			audit = strings.Join(parts, " ")
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Errorf("%s: no audit line for MintJWTSVID: %v", srv.Name(), err)
+	}
+	return served, audit
 }

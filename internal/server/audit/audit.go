@@ -20,7 +20,6 @@ package audit
 import (
 	"context"
 	"log/slog"
-	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
@@ -169,4 +168,4 @@ func list(key string, vs []string) slog.Attr {
 // server is a field the server produced (an issued SVID's SPIFFE ID).
 func server(key, v string) slog.Attr { return slog.String(key, v) }
 
-func i32(key string, v int32) slog.Attr { return slog.String(key, strconv.FormatInt(int64(v), 10)) }
+func i32(key string, v int32) slog.Attr { return slog.Int64(key, int64(v)) }

@@ -18,6 +18,10 @@ import (
 
 // meteredStore wraps the datastore so every operation is timed
 // (dsmetrics); a store that is not a sqlstore is returned as is.
+//
+// "*dsmetrics.Store does not implement DataStore (missing method X)"
+// here means sqlstore gained a method: run
+// go generate ./internal/datastore/dsmetrics.
 func meteredStore(ds servercatalog.DataStore, m *telemetry.Server) servercatalog.DataStore {
 	if in, ok := ds.(dsmetrics.Inner); ok && m != nil {
 		return dsmetrics.Wrap(in, m)

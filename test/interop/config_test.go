@@ -294,7 +294,8 @@ func TestSPIREConfigBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	for _, f := range []string{"conf/server/server.conf", "conf/agent/agent.conf"} {
+	confs := []string{"conf/server/server.conf", "conf/agent/agent.conf", "conf/federation/cloud.conf", "conf/federation/edge.conf"}
+	for _, f := range confs {
 		b, err := os.ReadFile(filepath.Join(root, f))
 		if err != nil {
 			t.Fatal(err)
@@ -312,6 +313,8 @@ func TestSPIREConfigBothWays(t *testing.T) {
 	for _, c := range []struct{ bin, conf string }{
 		{spireServer, "conf/server/server.conf"}, {sigilServer, "conf/server/server.conf"},
 		{spireAgent, "conf/agent/agent.conf"}, {sigilAgent, "conf/agent/agent.conf"},
+		{spireServer, "conf/federation/cloud.conf"}, {sigilServer, "conf/federation/cloud.conf"},
+		{spireServer, "conf/federation/edge.conf"}, {sigilServer, "conf/federation/edge.conf"},
 	} {
 		validate(t, c.bin, dir, c.conf)
 	}

@@ -6,6 +6,7 @@ package cliutil
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -189,14 +190,48 @@ func DescribeError(err error, hint func(*status.Status) string) string {
 	return strings.Replace(err.Error(), se.Error(), friendly, 1)
 }
 
-// MarshalJSON encodes m as protojson with proto field names and unpopulated
-// fields, like SPIRE's "-output json".
+// MarshalJSON encodes m as SPIRE's "-output json" does: protojson with
+// proto field names and unpopulated fields, then without null values (an
+// unset message field is left out, not null), re-encoded with sorted keys.
 func MarshalJSON(m proto.Message) ([]byte, error) {
 	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encoding JSON output: %w", err)
 	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return nil, fmt.Errorf("encoding JSON output: %w", err)
+	}
+	b, err = json.Marshal(dropNulls(v))
+	if err != nil {
+		return nil, fmt.Errorf("encoding JSON output: %w", err)
+	}
 	return b, nil
+}
+
+// dropNulls removes null object members and list items, recursively.
+func dropNulls(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if e == nil {
+				delete(x, k)
+				continue
+			}
+			x[k] = dropNulls(e)
+		}
+	case []any:
+		out := make([]any, 0, len(x))
+		for _, e := range x {
+			if e != nil {
+				out = append(out, dropNulls(e))
+			}
+		}
+		return out
+	}
+	return v
 }
 
 // PrintJSON writes m to w as MarshalJSON encodes it, then a newline.

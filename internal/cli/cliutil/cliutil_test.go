@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -128,5 +129,27 @@ func TestPrintUsageSortsAllLists(t *testing.T) {
 	out := b.String()
 	if !strings.HasPrefix(out, "Usage: sigil-x <command>") || !strings.Contains(out, "    api    API\n    run    Runs\n") {
 		t.Errorf("usage:\n%s", out)
+	}
+}
+
+// SPIRE's -output json leaves unset message fields out (its printer drops
+// nulls): a relationship without a bundle has no trust_domain_bundle key.
+func TestMarshalJSONDropsNulls(t *testing.T) {
+	b, err := MarshalJSON(&types.FederationRelationship{TrustDomain: "web.org", BundleEndpointUrl: "https://web.org",
+		BundleEndpointProfile: &types.FederationRelationship_HttpsWeb{HttpsWeb: &types.HTTPSWebProfile{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `{"bundle_endpoint_url":"https://web.org","https_web":{},"trust_domain":"web.org"}`
+	if string(b) != want {
+		t.Fatalf("MarshalJSON = %s, want %s", b, want)
+	}
+	// Unpopulated scalars and lists stay, as in SPIRE's.
+	b, err = MarshalJSON(&types.Bundle{TrustDomain: "x.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"x509_authorities":[]`) || !strings.Contains(string(b), `"refresh_hint":"0"`) {
+		t.Fatalf("MarshalJSON = %s", b)
 	}
 }

@@ -111,10 +111,12 @@ func (m *Manager) Run(ctx context.Context) error {
 					// Not the server: say which plugin failed, and how.
 					msg := "Could not attest: the node attestor failed on this host (not the server); serving from cache and retrying"
 					switch {
-					case le.kind == "KeyManager":
-						msg = "Could not make the agent key: the key manager failed on this host (not the server); serving from cache and retrying"
+					case revoked && le.kind == "KeyManager":
+						msg = "Attesting again failed on this host (the key manager, not the server); the agent stays revoked and retries"
 					case revoked:
 						msg = "Attesting again failed on this host (the node attestor, not the server); the agent stays revoked and retries"
+					case le.kind == "KeyManager":
+						msg = "Could not make the agent key: the key manager failed on this host (not the server); serving from cache and retrying"
 					}
 					lvl(msg, "failed_plugin", le.plugin, "retry_in", delay, "error", le.err)
 				} else {

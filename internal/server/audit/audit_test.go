@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
 
 	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	svidv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/svid/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc/codes"
@@ -99,5 +102,27 @@ func TestNoSecretsAndBoundedValues(t *testing.T) {
 	// Health checks are not audited.
 	if got := lines(t, Call{FullMethod: "/grpc.health.v1.Health/Check"}); len(got) != 0 {
 		t.Errorf("health check audited: %v", got)
+	}
+}
+
+// BenchmarkBatchCreateEntry is the audit of a 100-entry BatchCreateEntry
+// (100 JSON lines).
+func BenchmarkBatchCreateEntry(b *testing.B) {
+	req := &entryv1.BatchCreateEntryRequest{}
+	resp := &entryv1.BatchCreateEntryResponse{}
+	for i := range 100 {
+		req.Entries = append(req.Entries, &types.Entry{
+			SpiffeId:  &types.SPIFFEID{TrustDomain: "example.org", Path: fmt.Sprintf("/workload/%d", i)},
+			ParentId:  &types.SPIFFEID{TrustDomain: "example.org", Path: "/agent/a1"},
+			Selectors: []*types.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", 1000+i)}},
+		})
+		resp.Results = append(resp.Results, &entryv1.BatchCreateEntryResponse_Result{Status: &types.Status{}, Entry: &types.Entry{Id: fmt.Sprintf("id-%d", i)}})
+	}
+	l := New(slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	c := Call{FullMethod: "/spire.api.server.entry.v1.Entry/BatchCreateEntry", Caller: Caller{Local: true, HasCred: true, Path: "/usr/bin/sigil-server"}, Request: req, Response: resp}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		l.Log(ctx, c)
 	}
 }

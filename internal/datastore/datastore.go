@@ -8,6 +8,7 @@ package datastore
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/sigil-spiffe/sigil/internal/clip"
@@ -417,6 +418,35 @@ type CAJournalLister interface {
 	// ListCAJournals returns every journal, by name (an empty map when
 	// there is none).
 	ListCAJournals(ctx context.Context) (map[string][]byte, error)
+}
+
+// Change says which journals a committed write appended to (entry, node,
+// bundle events). A store that notifies (sqlstore's OnChange) reports
+// every commit that appended to one, so a follower of the journals never
+// depends on its callers to tell it about their writes.
+type Change uint8
+
+// Journals a Change names.
+const (
+	ChangeEntries Change = 1 << iota
+	ChangeNodes
+	ChangeBundles
+	// ChangeAll is reported when the store cannot tell which (a
+	// notification it could not parse, or may have missed).
+	ChangeAll = ChangeEntries | ChangeNodes | ChangeBundles
+)
+
+func (c Change) String() string {
+	var parts []string
+	for _, k := range []struct {
+		c    Change
+		name string
+	}{{ChangeEntries, "entries"}, {ChangeNodes, "nodes"}, {ChangeBundles, "bundles"}} {
+		if c&k.c != 0 {
+			parts = append(parts, k.name)
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // DataStore is everything a store offers. Components take the narrower

@@ -39,6 +39,13 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/telemetry"
 )
 
+// changeFeed is the datastore's change notification (sqlstore.Store):
+// the entry cache subscribes to it (OnChange), and Listen, a component,
+// delivers the commits of other servers on PostgreSQL.
+type changeFeed interface {
+	Listen(ctx context.Context) error
+}
+
 // caWithBundle is the CA as the SVID API sees it: a downstream server is
 // handed the trust domain's whole bundle (every server's CA), as SPIRE
 // does, not only this server's.
@@ -133,6 +140,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	// it when a bundle changed. Set once the CA exists, before anything
 	// runs.
 	var trust *trustbundle.Source
+	var fedMgr *federation.Manager
 	// The bundle endpoint serves what is stored, read again at once after
 	// a change (here or by another server).
 	hint := config.DefaultBundleEndpointRefreshHint
@@ -147,11 +155,16 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 			if trust != nil {
 				trust.Changed()
 			}
+			if fedMgr != nil {
+				fedMgr.BundlesChanged()
+			}
 		}})
 	caCfg := caConfig(cfg)
 	caCfg.Keys, caCfg.Journal, caCfg.Bundles = km, ds, ds
 	caCfg.Upstream = pre.upstream
-	caCfg.Clock, caCfg.Log, caCfg.OnBundleChange = clk, log.With("subsystem", "ca"), cache.BundleChanged
+	// The CA's bundle writes reach the cache (and trust) through the
+	// store's notification, as every other write.
+	caCfg.Clock, caCfg.Log = clk, log.With("subsystem", "ca")
 	// This server's own CA journal in the datastore (each server sharing
 	// it has its own): recorded in data_dir, else claimed now and recorded
 	// once the CA is initialized.
@@ -242,7 +255,6 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		CA:          agentSigner{m, metrics},
 		AgentTTL:    cfg.AgentTTL,
 		Attestors:   nodeAttestors(attestors),
-		Cache:       cache,
 		Clock:       clk,
 		Log:         log,
 	})
@@ -274,8 +286,9 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		return nil, err
 	}
 	// A federated bundle set through the bundle API may be the bootstrap
-	// bundle a refresher waits for.
-	bundles := bundleapi.New(bundleapi.Config{Store: ds, Cache: bundleWrites{cache, fed}, TrustDomain: cfg.TrustDomain, Log: log})
+	// bundle a refresher waits for: the cache tells it (bundleChanged).
+	fedMgr = fed
+	bundles := bundleapi.New(bundleapi.Config{Store: ds, TrustDomain: cfg.TrustDomain, Log: log})
 	trustDomains := trustdomainapi.New(trustdomainapi.Config{Store: ds, Refresher: fed, Cache: bundleWrites{cache, fed}, TrustDomain: cfg.TrustDomain, Log: log})
 	bundleEP, err := newBundleEndpoint(cfg, pre.bundleEndpoint, ownBundle, svid.Get, clk, fedLog.With("component", "bundle_endpoint"))
 	if err != nil {
@@ -374,6 +387,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.ca.Run(ctx) })
 	g.Go(func() error { return s.cache.Run(ctx) })
 	g.Go(func() error { return s.trust.Run(ctx) })
+	if feed, ok := s.ds.(changeFeed); ok {
+		g.Go(func() error { return feed.Listen(ctx) })
+	}
 	g.Go(func() error { return s.svid.Run(ctx) })
 	g.Go(func() error { return s.ep.Run(ctx) })
 	g.Go(func() error { return s.prune(ctx) })
@@ -421,7 +437,6 @@ func (s *Server) prune(ctx context.Context) error {
 			s.log.Warn("Could not prune registration entries", "error", err)
 		} else if n > 0 {
 			s.log.Info("Pruned expired registration entries", "count", n)
-			s.cache.Poke()
 		}
 	}
 }

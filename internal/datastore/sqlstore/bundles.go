@@ -161,6 +161,7 @@ func cloneBundle(b *datastore.Bundle) *datastore.Bundle {
 }
 
 func (s *Store) bundleEvent(ctx context.Context, tx *sql.Tx, td string) error {
+	s.journaled(tx, datastore.ChangeBundles)
 	if _, err := tx.ExecContext(ctx, s.q("INSERT INTO bundle_events (trust_domain, created_at) VALUES (?, ?)"), td, s.now()); err != nil {
 		return fmt.Errorf("record bundle event: %w", err)
 	}

@@ -307,6 +307,9 @@ func (s *Store) insertEntries(ctx context.Context, tx *sql.Tx, ps []*preparedEnt
 		}
 		events = append(events, []any{e.ID, int(datastore.EntryCreated), now})
 	}
+	if len(events) > 0 {
+		s.journaled(tx, datastore.ChangeEntries)
+	}
 	for _, t := range []struct {
 		table string
 		rows  [][]any
@@ -817,6 +820,7 @@ func (s *Store) replaceChildren(ctx context.Context, tx *sql.Tx, table, id strin
 }
 
 func (s *Store) entryEvent(ctx context.Context, tx *sql.Tx, id string, kind datastore.EntryEventKind) error {
+	s.journaled(tx, datastore.ChangeEntries)
 	if _, err := tx.ExecContext(ctx, s.q("INSERT INTO entry_events (entry_id, kind, created_at) VALUES (?, ?, ?)"), id, int(kind), s.now()); err != nil {
 		return fmt.Errorf("record entry event: %w", err)
 	}

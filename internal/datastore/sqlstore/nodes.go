@@ -512,6 +512,7 @@ func (s *Store) replaceNodeSelectors(ctx context.Context, tx *sql.Tx, spiffeID s
 }
 
 func (s *Store) nodeEvent(ctx context.Context, tx *sql.Tx, spiffeID string) error {
+	s.journaled(tx, datastore.ChangeNodes)
 	if _, err := tx.ExecContext(ctx, s.q("INSERT INTO node_events (spiffe_id, created_at) VALUES (?, ?)"), spiffeID, s.now()); err != nil {
 		return fmt.Errorf("record node event: %w", err)
 	}

@@ -171,8 +171,24 @@ func (s *Store) openPostgres(ctx context.Context, cfg Config) error {
 		s.ro = r
 		s.log.Info("Datastore read replica configured", "target", pgTarget(rc))
 	}
+	s.listenCfg = listenConfig(wc)
 	s.log.Info("Datastore opened", "type", "postgres", "target", pgTarget(wc), "server_version", version)
 	return nil
+}
+
+// listenConfig is the configuration of Listen's dedicated connection.
+func listenConfig(pc *pgx.ConnConfig) *pgx.ConnConfig {
+	pc = pc.Copy()
+	if pc.RuntimeParams == nil {
+		pc.RuntimeParams = map[string]string{}
+	}
+	if _, ok := pc.RuntimeParams["application_name"]; !ok {
+		pc.RuntimeParams["application_name"] = "sigil-server-listener"
+	}
+	if pc.ConnectTimeout == 0 {
+		pc.ConnectTimeout = defaultConnectTimeout
+	}
+	return pc
 }
 
 func openPGPool(pc *pgx.ConnConfig, cfg Config) *sql.DB {

@@ -42,6 +42,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
@@ -114,6 +115,11 @@ type Store struct {
 	dialect dialect
 	log     *slog.Logger
 	clock   clock.Clock
+	// notify tracks journal appends and calls the OnChange functions
+	// (notify.go); listenCfg is the PostgreSQL connection Listen uses, nil
+	// for SQLite.
+	notify    notifier
+	listenCfg *pgx.ConnConfig
 }
 
 var _ datastore.DataStore = (*Store)(nil)
@@ -536,11 +542,19 @@ func (s *Store) writeTxOnce(ctx context.Context, fn func(tx *sql.Tx) error) (err
 			_ = tx.Rollback()
 		}
 	}()
+	defer s.takeJournaled(tx) // a failed transaction's marks
 	if err = fn(tx); err != nil {
+		return err
+	}
+	changed, err := s.notifyInTx(ctx, tx)
+	if err != nil {
 		return err
 	}
 	if err = tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
+	}
+	if changed != 0 {
+		s.changed(changed)
 	}
 	return nil
 }

@@ -18,10 +18,12 @@ import (
 )
 
 // NodeCache answers node lookups from memory (internal/server/entrycache's
-// Cache). GetNode must see this server's node writes once Poke has been
-// called after them (read-your-writes), and returns datastore.ErrNotFound
-// for a node that does not exist; any other error makes the validator read
-// the store instead.
+// Cache). GetNode must see this server's node writes once they returned
+// (read-your-writes: the store notifies the cache), and returns
+// datastore.ErrNotFound for a node that does not exist; any other error
+// makes the validator read the store instead. Poke asks it to catch up
+// with the store now (the validator found it behind another server's
+// write).
 type NodeCache interface {
 	GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error)
 	Poke()
@@ -36,7 +38,8 @@ type AgentValidatorConfig struct {
 	// instead of the datastore (no SQLite read per RPC). Its consistency
 	// is the validator's: a ban or deletion made on this server is
 	// effective for the next RPC, one made by another server sharing the
-	// database within the cache's poll interval.
+	// database once the cache learns of it (PostgreSQL notifications: at
+	// once; else within the cache's poll interval).
 	Cache NodeCache
 	Log   *slog.Logger
 	Clock clock.Clock
@@ -54,7 +57,7 @@ type AgentValidatorConfig struct {
 // With a Cache, the check reads the node from memory. The datastore is read
 // only to confirm a denial (see current) and on the first use of a renewed
 // SVID (the NewCertSerial to CertSerial promotion), which reads and writes
-// it, then pokes the cache so the next call sees the promoted record.
+// it; the store's notification brings the cache up to date.
 type AgentValidator struct {
 	nodes NodeStore
 	cache NodeCache
@@ -136,7 +139,8 @@ func (v *AgentValidator) authorize(ctx context.Context, id spiffeid.ID, svid *x5
 			return err
 		}
 		if node.CertSerial == svid.SerialNumber.String() {
-			v.cache.Poke() // promoted meanwhile (another call or server)
+			// Promoted meanwhile (another call or server); the cache
+			// catches up by the store's notification or its poll.
 			return nil
 		}
 	}
@@ -146,9 +150,6 @@ func (v *AgentValidator) authorize(ctx context.Context, id spiffeid.ID, svid *x5
 	_, err = v.nodes.PromoteNodeSerial(ctx, sid, node.NewCertSerial)
 	switch {
 	case errors.Is(err, datastore.ErrConflict):
-		if v.cache != nil {
-			v.cache.Poke()
-		}
 		_, err := v.check(ctx, id, svid, v.nodes.GetNode)
 		if err == nil {
 			return nil // another call promoted it meanwhile
@@ -157,9 +158,6 @@ func (v *AgentValidator) authorize(ctx context.Context, id spiffeid.ID, svid *x5
 	case err != nil:
 		v.log.Warn("Unable to activate the new agent SVID", "agent_id", sid, "error", err)
 		return status.Error(codes.Internal, "unable to activate the new agent SVID")
-	}
-	if v.cache != nil {
-		v.cache.Poke()
 	}
 	v.log.Debug("Activated renewed agent SVID", "agent_id", sid, "serial", node.NewCertSerial)
 	return nil

@@ -110,6 +110,18 @@ func newHarness(t *testing.T, opts harnessOpts) *harness {
 	return h
 }
 
+// otherServer opens the harness's datastore as another server sharing the
+// database would (its writes do not notify this server's cache).
+func (h *harness) otherServer(t *testing.T) *sqlstore.Store {
+	t.Helper()
+	s, err := sqlstore.Open(context.Background(), sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: h.dsPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func newKey(t *testing.T) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

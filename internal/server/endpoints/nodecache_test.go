@@ -82,8 +82,9 @@ func TestDeleteIsEffectiveOnNextRPC(t *testing.T) {
 }
 
 // TestBanByAnotherServer: a ban written to the shared database by another
-// server (no Poke here) takes effect once the cache applies the node
-// journal (its poll). Until then the cached record is used, which shows the
+// server (another store on the database: no notification reaches this
+// server's cache) takes effect once the cache applies the node journal
+// (its poll). Until then the cached record is used, which shows the
 // check does not read the datastore on every RPC.
 func TestBanByAnotherServer(t *testing.T) {
 	h := newHarness(t, harnessOpts{noCacheRun: true})
@@ -93,7 +94,7 @@ func TestBanByAnotherServer(t *testing.T) {
 	if err := newX509(t, c, wl.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.ds.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: svid.ID.String()}, &datastore.NodeMask{CertSerial: true, NewCertSerial: true}); err != nil {
+	if _, err := h.otherServer(t).UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: svid.ID.String()}, &datastore.NodeMask{CertSerial: true, NewCertSerial: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := newX509(t, c, wl.ID); err != nil {
@@ -155,7 +156,7 @@ func TestRenewedSVIDAcceptedAfterPromotion(t *testing.T) {
 }
 
 // TestRenewalByAnotherServer: an agent renewed on another server (its new
-// serial written to the shared database, no Poke here) presents the new
+// serial written to the shared database by another store) presents the new
 // SVID at once: the cache's record would refuse it, so the denial is
 // confirmed on the datastore, which accepts (and the SVID is promoted).
 func TestRenewalByAnotherServer(t *testing.T) {
@@ -167,7 +168,7 @@ func TestRenewalByAnotherServer(t *testing.T) {
 	}
 	renewed := h.mintSVID(svid.ID) // as the other server's RenewAgent would sign
 	leaf := renewed.Certificates[0]
-	if _, err := h.ds.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: svid.ID.String(), NewCertSerial: leaf.SerialNumber.String(), NewCertNotAfter: leaf.NotAfter.Unix()},
+	if _, err := h.otherServer(t).UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: svid.ID.String(), NewCertSerial: leaf.SerialNumber.String(), NewCertNotAfter: leaf.NotAfter.Unix()},
 		&datastore.NodeMask{NewCertSerial: true, NewCertNotAfter: true}); err != nil {
 		t.Fatal(err)
 	}

@@ -20,35 +20,41 @@
 //
 // Load reads everything once. Afterwards the cache follows the store's entry
 // and node journals (ListEntryEvents / ListNodeEvents): each event makes it
-// re-read that entry or node. Run applies new events when Poke is called (a
-// write happened on this server) and every PollInterval (writes made by
-// other servers sharing the database). Event IDs that are skipped (a
-// transaction that committed later than a newer one, possible on
-// PostgreSQL, whose sequences commit out of order) are re-checked on every
-// poll for GapTimeout (one read per run of nearby IDs). Load, which starts from the
-// highest committed ID, also treats the IDs missing among the last
-// LoadGapWindow below it as skipped: a write in flight while the cache
-// loads (its ID lower, its commit later) is applied when it commits. When
-// the Store also implements BundleJournal, a bundle write seen there
-// (including one made by another server, in any commit order) wakes every
-// subscriber, like BundleChanged.
+// re-read that entry or node. The store notifies, callers don't poke: a
+// Store that implements ChangeNotifier (sqlstore does) calls Poke after
+// every committed write that appended to a journal, before the write
+// returns, and, on PostgreSQL, for the commits of other servers sharing the
+// database (LISTEN/NOTIFY, see sqlstore.Store.Listen). Run applies new
+// events on every Poke and every PollInterval, the fallback for
+// notifications missed and for stores that cannot notify across processes
+// (SQLite). Event IDs that are skipped (a transaction that committed later
+// than a newer one, possible on PostgreSQL, whose sequences commit out of
+// order) are re-checked on every application for GapTimeout (one read per
+// run of nearby IDs); the late commit's own notification brings it. Load,
+// which starts from the highest committed ID, also treats the IDs missing
+// among the last LoadGapWindow below it as skipped: a write in flight while
+// the cache loads (its ID lower, its commit later) is applied when it
+// commits. When the Store also implements BundleJournal, a bundle write
+// seen there (including one made by another server, in any commit order)
+// wakes every subscriber, like BundleChanged.
 //
 // # Node consistency (the agent check)
 //
 // GetNode is read-your-writes for this server's node writes: every node
 // create, update, delete or ban writes a node journal event in the same
-// transaction, and the writer calls Poke after committing. Poke counts; a
-// GetNode that finds pokes not yet covered by a node-journal application
-// applies the journal itself (under the same lock as Run, so at most one
-// store read for a burst of callers) before answering. So a ban or delete
-// made through this server's API is effective for the very next RPC, with
-// or without Run. Node writes made by other servers sharing the database
-// are seen within PollInterval (plus one poll's duration), as SPIRE's agent
-// authorization cache; until then an agent banned or deleted elsewhere may
-// still be accepted here. A node missing from memory (attested an instant
-// ago, possibly elsewhere) is read from the store, not cached. If a journal
-// application fails, GetNode returns the error (callers fall back to the
-// store) and retries on the next call.
+// transaction, and the store pokes the cache after committing. Poke
+// counts; a GetNode that finds pokes not yet covered by a node-journal
+// application applies the journal itself (under the same lock as Run, so
+// at most one store read for a burst of callers) before answering. So a
+// ban or delete made through this server is effective for the very next
+// RPC, with or without Run. Node writes made by other servers sharing the
+// database are seen as soon as their notification arrives (then also by
+// the next GetNode), else within PollInterval (plus one poll's duration),
+// as SPIRE's agent authorization cache; until then an agent banned or
+// deleted elsewhere may still be accepted here. A node missing from memory
+// (attested an instant ago, possibly elsewhere) is read from the store,
+// not cached. If a journal application fails, GetNode returns the error
+// (callers fall back to the store) and retries on the next call.
 //
 // # Subscriptions
 //
@@ -114,6 +120,15 @@ type Store interface {
 	ListNodes(ctx context.Context, f datastore.NodeFilter, p datastore.Page) ([]*datastore.AttestedNode, string, error)
 	ListNodeEvents(ctx context.Context, after int64, limit int) ([]datastore.NodeEvent, error)
 	LastNodeEventID(ctx context.Context) (int64, error)
+}
+
+// ChangeNotifier is optionally implemented by the Store (sqlstore does):
+// it calls fn after every committed write that appended to a journal,
+// before the write returns, and for the commits of other servers it
+// learns of (PostgreSQL notifications). New subscribes the cache (as
+// Poke): the store notifies, callers don't poke.
+type ChangeNotifier interface {
+	OnChange(fn func(datastore.Change))
 }
 
 // BundleJournal is optionally implemented by the Store (sqlstore does):
@@ -220,7 +235,7 @@ func New(cfg Config) *Cache {
 	if poll <= 0 {
 		poll = defaultPollInterval
 	}
-	return &Cache{
+	c := &Cache{
 		store:      cfg.Store,
 		clk:        clock.OrReal(cfg.Clock),
 		log:        log,
@@ -234,6 +249,10 @@ func New(cfg Config) *Cache {
 		reach:      make(map[string]map[string]struct{}),
 		metrics:    cfg.Metrics,
 	}
+	if n, ok := cfg.Store.(ChangeNotifier); ok {
+		n.OnChange(func(datastore.Change) { c.Poke() })
+	}
+	return c
 }
 
 // Load reads all entries and nodes and replaces the cache contents. It
@@ -380,10 +399,11 @@ func (c *Cache) Run(ctx context.Context) error {
 	}
 }
 
-// Poke tells the cache that a local write happened (call it after the
-// write committed): Run applies new journal events now, and the next
-// GetNode applies the node journal itself first if Run has not yet. It
-// never blocks.
+// Poke tells the cache that the journals moved (the store calls it after
+// every committed journal write, see ChangeNotifier; a caller that finds
+// the cache behind may too): Run applies new journal events now, and the
+// next GetNode applies the node journal itself first if Run has not yet.
+// It never blocks.
 func (c *Cache) Poke() {
 	c.pokedAt.CompareAndSwap(0, c.clk.Now().UnixNano())
 	c.pokes.Add(1)
@@ -995,13 +1015,14 @@ func (st *state) reaches(agent string, sels []selector.Selector, target string, 
 // in memory is read from the store (and not cached); datastore.ErrNotFound
 // when it does not exist there either. ErrNotLoaded before the first Load.
 //
-// Consistency: a write made on this server and followed by Poke (the agent
-// API's attestation, renewal, ban and delete do) is seen by every GetNode
-// that starts after Poke returned: when Run has not applied it yet, GetNode
-// applies the node journal itself before answering. Writes made by other
-// servers sharing the database are seen within PollInterval (plus the time
-// of one poll), as SPIRE's agent authorization cache; a node attested on
-// another server is found at once through the store read on a miss.
+// Consistency: a write made on this server (the store pokes the cache
+// before the write returns) is seen by every GetNode that starts after the
+// write returned: when Run has not applied it yet, GetNode applies the node
+// journal itself before answering. Writes made by other servers sharing
+// the database are seen once their notification arrives (PostgreSQL), else
+// within PollInterval (plus the time of one poll), as SPIRE's agent
+// authorization cache; a node attested on another server is found at once
+// through the store read on a miss.
 func (c *Cache) GetNode(ctx context.Context, spiffeID string) (*datastore.AttestedNode, error) {
 	if want := c.pokes.Load(); want > c.nodePokes.Load() {
 		if err := c.syncNodesAfterPoke(ctx, want); err != nil {

@@ -23,9 +23,16 @@ var t0 = time.Unix(1_800_000_000, 0)
 
 func openStore(t *testing.T, clk clock.Clock) *sqlstore.Store {
 	t.Helper()
+	return openStoreFile(t, filepath.Join(t.TempDir(), "ds.sqlite3"), clk)
+}
+
+// openStoreFile opens the SQLite datastore at path (another server's
+// store, when path is a fixture's).
+func openStoreFile(t *testing.T, path string, clk clock.Clock) *sqlstore.Store {
+	t.Helper()
 	st, err := sqlstore.Open(context.Background(), sqlstore.Config{
 		DatabaseType:     "sqlite3",
-		ConnectionString: filepath.Join(t.TempDir(), "ds.sqlite3"),
+		ConnectionString: path,
 		Clock:            clk,
 	})
 	if err != nil {
@@ -51,14 +58,16 @@ func mustID(s string) spiffeid.ID { return spiffeid.RequireFromString(s) }
 
 type fixture struct {
 	st    *sqlstore.Store
+	path  string // st's file
 	cache *entrycache.Cache
 	clk   *clock.Fake
 }
 
 func newFixture(t *testing.T) *fixture {
 	clk := clock.NewFake(t0)
-	st := openStore(t, clk)
-	return &fixture{st: st, clk: clk, cache: entrycache.New(entrycache.Config{Store: st, Clock: clk})}
+	path := filepath.Join(t.TempDir(), "ds.sqlite3")
+	st := openStoreFile(t, path, clk)
+	return &fixture{st: st, path: path, clk: clk, cache: entrycache.New(entrycache.Config{Store: st, Clock: clk})}
 }
 
 func (f *fixture) create(t *testing.T, es ...*datastore.Entry) []*datastore.Entry {

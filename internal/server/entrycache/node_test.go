@@ -209,3 +209,81 @@ func TestAuthorizedEntryMatchesAuthorizedEntries(t *testing.T) {
 		})
 	}
 }
+
+// TestStoreNotifiesCache: the store tells the cache of every committed
+// write, with no caller poking it: a ban or delete written to the store is
+// seen by the very next GetNode (no Run, no Sync), and with Run a new entry
+// wakes its agent's subscription at once (the poll is an hour). A write of
+// another server (another store on the database, which does not notify
+// this cache) is seen only when the journal is applied.
+func TestStoreNotifiesCache(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	c := entrycache.New(entrycache.Config{Store: f.st, Clock: f.clk, PollInterval: time.Hour})
+	a1, a2 := td+"/spire/agent/a1", td+"/spire/agent/a2"
+	f.node(t, a1)
+	f.node(t, a2)
+	if err := c.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: a1}, &datastore.NodeMask{CertSerial: true, NewCertSerial: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n := getNode(t, c, a1); !n.Banned() {
+		t.Fatalf("the next GetNode after a ban: %+v, want banned", n)
+	}
+	if _, err := f.st.DeleteNode(ctx, a1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetNode(ctx, a1); !errors.Is(err, datastore.ErrNotFound) {
+		t.Fatalf("the next GetNode after a delete: %v, want ErrNotFound", err)
+	}
+
+	other := openStoreFile(t, f.path, f.clk)
+	if _, err := other.UpdateNode(ctx, &datastore.AttestedNode{SPIFFEID: a2}, &datastore.NodeMask{CertSerial: true, NewCertSerial: true}); err != nil {
+		t.Fatal(err)
+	}
+	if getNode(t, c, a2).Banned() {
+		t.Fatal("another server's ban was seen before the journal was applied: the cache is not being used")
+	}
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !getNode(t, c, a2).Banned() {
+		t.Fatal("another server's ban not seen after Sync")
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	agent := mustID(td + "/spire/agent/a3")
+	ch, unsub := c.Subscribe(agent)
+	defer unsub()
+	if _, err := c.AuthorizedEntries(ctx, agent); err != nil {
+		t.Fatal(err)
+	}
+	drain(ch)
+	f.create(t, entry("", td+"/w", agent.String(), "unix:uid:1"))
+	select {
+	case <-ch:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a new entry did not wake its agent")
+	}
+	es, err := c.AuthorizedEntries(ctx, agent)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("after the wake: %v, %v; want the new entry", es, err)
+	}
+}
+
+func drain(ch <-chan struct{}) {
+	select {
+	case <-ch:
+	default:
+	}
+}

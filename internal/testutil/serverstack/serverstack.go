@@ -158,7 +158,7 @@ func New(tb testing.TB, opts Options) *Stack {
 	}
 	attestors := map[string]agentapi.NodeAttestor{jointoken.Type: jt}
 	maps.Copy(attestors, opts.Attestors)
-	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: m, AgentTTL: agentTTL, Cache: cache, Clock: agentClock, Log: log, Attestors: attestors})
+	agentSvc, err := agentapi.New(agentapi.Config{TrustDomain: td, Store: ds, CA: m, AgentTTL: agentTTL, Clock: agentClock, Log: log, Attestors: attestors})
 	if err != nil {
 		tb.Fatalf("agent service: %v", err)
 	}
@@ -173,7 +173,7 @@ func New(tb testing.TB, opts Options) *Stack {
 		tb.Fatalf("agent validator: %v", err)
 	}
 	entrySvc := entryapi.New(entryapi.Config{Store: ds, Cache: cache, AgentValidator: validator, TrustDomain: td, Log: log, EntryPageSize: opts.EntryPageSize, Clock: opts.Clock})
-	bundleSvc := bundleapi.New(bundleapi.Config{Store: ds, Cache: cache, TrustDomain: td, Log: log})
+	bundleSvc := bundleapi.New(bundleapi.Config{Store: ds, TrustDomain: td, Log: log})
 
 	// The server SVID, signed once (it does not rotate here).
 	serverKey := testca.NewECKey(tb)

@@ -79,11 +79,6 @@ type SingleUseAttestor interface {
 	JoinTokenHash(payload []byte) [32]byte
 }
 
-// EntryCache is told about node changes so authorization data is refreshed.
-type EntryCache interface {
-	Poke()
-}
-
 // Config configures the service.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
@@ -99,7 +94,6 @@ type Config struct {
 	// AgentIDAsSelector adds the selector spiffe_id:<agent ID> to every
 	// attested node (SPIRE's experimental agent_spiffe_id_as_selector).
 	AgentIDAsSelector bool
-	Cache             EntryCache // optional
 	Clock             clock.Clock
 	Log               *slog.Logger
 }
@@ -114,7 +108,6 @@ type Service struct {
 	agentTTL  time.Duration
 	attestors map[string]NodeAttestor
 	idAsSel   bool
-	cache     EntryCache
 	clk       clock.Clock
 	log       *slog.Logger
 }
@@ -146,7 +139,6 @@ func New(cfg Config) (*Service, error) {
 		agentTTL:  cfg.AgentTTL,
 		attestors: cfg.Attestors,
 		idAsSel:   cfg.AgentIDAsSelector,
-		cache:     cfg.Cache,
 		clk:       clk,
 		log:       log.With("service", "agent.v1"),
 	}, nil
@@ -154,12 +146,6 @@ func New(cfg Config) (*Service, error) {
 
 // Register registers the service on s.
 func (s *Service) Register(r grpc.ServiceRegistrar) { agentv1.RegisterAgentServer(r, s) }
-
-func (s *Service) poke() {
-	if s.cache != nil {
-		s.cache.Poke()
-	}
-}
 
 // CountAgents counts agents matching the filter.
 func (s *Service) CountAgents(ctx context.Context, req *agentv1.CountAgentsRequest) (*agentv1.CountAgentsResponse, error) {
@@ -250,7 +236,7 @@ func (s *Service) BanAgent(ctx context.Context, req *agentv1.BanAgentRequest) (*
 }
 
 // changeAgent applies change to the stored node of the agent pb names,
-// then pokes the entry cache and logs done. A missing node is NotFound;
+// then logs done (the store tells the entry cache). A missing node is NotFound;
 // another failure is Internal, described by failed.
 func (s *Service) changeAgent(ctx context.Context, pb *types.SPIFFEID, failed, done string, change func(id string) error) (*emptyResp, error) {
 	id, err := s.agentIDFromProto(pb)
@@ -264,7 +250,6 @@ func (s *Service) changeAgent(ctx context.Context, pb *types.SPIFFEID, failed, d
 	case err != nil:
 		return nil, s.err(ctx, codes.Internal, failed, err)
 	}
-	s.poke()
 	s.log.InfoContext(ctx, done, "spiffe_id", id.String())
 	return &emptyResp{}, nil
 }
@@ -366,7 +351,6 @@ func (s *Service) AttestAgent(stream agentv1.Agent_AttestAgentServer) error {
 		return s.err(ctx, codes.Internal, "failed to record attested agent", err)
 	}
 	releaseWork()
-	s.poke()
 
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		log = log.With("address", p.Addr.String())
@@ -560,7 +544,6 @@ func (s *Service) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequest
 	case err != nil:
 		return nil, s.err(ctx, codes.Internal, "failed to update agent", err)
 	}
-	s.poke()
 	s.log.InfoContext(ctx, "Renewed agent SVID", "agent_id", caller.ID.String())
 	return &agentv1.RenewAgentResponse{Svid: x509SVIDToProto(caller.ID, chain)}, nil
 }
@@ -647,7 +630,6 @@ func (s *Service) CreateJoinToken(ctx context.Context, req *agentv1.CreateJoinTo
 			}
 			return nil, s.err(ctx, codes.Internal, "failed to create join token registration entry", err)
 		}
-		s.poke()
 	}
 	s.log.InfoContext(ctx, "Join token created", "expires_at", expiry.Unix(), "with_alias", !aliasID.IsZero())
 	return &types.JoinToken{Value: token, ExpiresAt: expiry.Unix()}, nil

@@ -57,16 +57,9 @@ type Store interface {
 	DeleteEntries(ctx context.Context, ids []string) ([]error, error)
 }
 
-// Cache is told about changes (entrycache.Cache).
-type Cache interface {
-	BundleChanged()
-	Poke()
-}
-
 // Config configures the service.
 type Config struct {
 	Store       Store
-	Cache       Cache
 	TrustDomain spiffeid.TrustDomain
 	Log         *slog.Logger
 }
@@ -76,7 +69,6 @@ type Service struct {
 	bundlev1.UnimplementedBundleServer
 
 	store Store
-	cache Cache
 	td    spiffeid.TrustDomain
 	log   *slog.Logger
 }
@@ -87,7 +79,7 @@ func New(cfg Config) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: cfg.Store, cache: cfg.Cache, td: cfg.TrustDomain, log: log.With("service", "bundle")}
+	return &Service{store: cfg.Store, td: cfg.TrustDomain, log: log.With("service", "bundle")}
 }
 
 // Register registers the service on g.
@@ -102,12 +94,6 @@ func masked(b *datastore.Bundle, mask *types.BundleMask) *types.Bundle {
 	out := convert.BundleToProto(b)
 	convert.ApplyBundleMask(out, mask)
 	return out
-}
-
-func (s *Service) changed() {
-	if s.cache != nil {
-		s.cache.BundleChanged()
-	}
 }
 
 // CountBundles counts all bundles, ours included.
@@ -155,7 +141,6 @@ func (s *Service) AppendBundle(ctx context.Context, req *bundlev1.AppendBundleRe
 	if err != nil {
 		return nil, s.makeErr(codes.Internal, "failed to append bundle", err)
 	}
-	s.changed()
 	s.log.Info("bundle appended", "trust_domain", s.td.Name(), "x509_authorities", len(x509s), "jwt_authorities", len(jwts))
 	return masked(b, req.OutputMask), nil
 }
@@ -174,7 +159,6 @@ func (s *Service) PublishJWTAuthority(ctx context.Context, req *bundlev1.Publish
 	if err != nil {
 		return nil, s.makeErr(codes.Internal, "failed to publish JWT key", err)
 	}
-	s.changed()
 	s.log.Info("JWT authority published", "key_id", key.KeyID)
 	return &bundlev1.PublishJWTAuthorityResponse{JwtAuthorities: convert.JWTKeysToProto(b.JWTKeys)}, nil
 }
@@ -260,23 +244,18 @@ func (s *Service) BatchCreateFederatedBundle(ctx context.Context, req *bundlev1.
 
 // writeBatch writes each of the bundles with one, answering a result for
 // each (made by result from its status and, when written, the bundle masked
-// by mask), and announces a change when any was written.
+// by mask). The store tells the entry cache what changed.
 func writeBatch[R any](s *Service, bundles []*types.Bundle, mask *types.BundleMask,
 	one func(*types.Bundle) (*types.Status, *datastore.Bundle),
 	result func(*types.Status, *types.Bundle) R) []R {
 	var out []R
-	changed := false
 	for _, pb := range bundles {
 		st, b := one(pb)
 		var shown *types.Bundle
 		if b != nil {
 			shown = masked(b, mask)
-			changed = true
 		}
 		out = append(out, result(st, shown))
-	}
-	if changed {
-		s.changed()
 	}
 	return out
 }
@@ -421,74 +400,62 @@ func (s *Service) BatchDeleteFederatedBundle(ctx context.Context, req *bundlev1.
 		return nil, s.makeErr(codes.InvalidArgument, "failed to parse deletion mode", fmt.Errorf("unknown deletion mode %d", req.Mode))
 	}
 	resp := &bundlev1.BatchDeleteFederatedBundleResponse{}
-	changed, entriesChanged := false, false
 	for _, name := range req.TrustDomains {
-		st, entryWrites := s.deleteOne(ctx, name, req.Mode)
-		if st.Code == int32(codes.OK) {
-			changed = true
-		}
-		entriesChanged = entriesChanged || entryWrites
+		st := s.deleteOne(ctx, name, req.Mode)
 		resp.Results = append(resp.Results, &bundlev1.BatchDeleteFederatedBundleResponse_Result{Status: st, TrustDomain: name})
-	}
-	if entriesChanged && s.cache != nil {
-		s.cache.Poke()
-	}
-	if changed {
-		s.changed()
 	}
 	return resp, nil
 }
 
-func (s *Service) deleteOne(ctx context.Context, name string, mode bundlev1.BatchDeleteFederatedBundleRequest_Mode) (_ *types.Status, entryWrites bool) {
+func (s *Service) deleteOne(ctx context.Context, name string, mode bundlev1.BatchDeleteFederatedBundleRequest_Mode) *types.Status {
 	td, err := convert.TrustDomainFromNameOrID(name)
 	if err != nil {
-		return apistatus.New(codes.InvalidArgument, "malformed trust domain", err), false
+		return apistatus.New(codes.InvalidArgument, "malformed trust domain", err)
 	}
 	if td == s.td {
-		return apistatus.New(codes.InvalidArgument, "removing the bundle for the server trust domain is not allowed", nil), false
+		return apistatus.New(codes.InvalidArgument, "removing the bundle for the server trust domain is not allowed", nil)
 	}
 	if _, err := s.store.GetBundle(ctx, td.Name()); err != nil {
 		if errors.Is(err, datastore.ErrNotFound) {
-			return apistatus.New(codes.NotFound, "bundle not found", nil), false
+			return apistatus.New(codes.NotFound, "bundle not found", nil)
 		}
-		return apistatus.New(codes.Internal, "failed to fetch bundle", err), false
+		return apistatus.New(codes.Internal, "failed to fetch bundle", err)
 	}
 	filter := datastore.EntryFilter{ByFederatesWith: []string{td.Name()}, FederatesMatch: datastore.MatchAny}
 	switch mode {
 	case bundlev1.BatchDeleteFederatedBundleRequest_RESTRICT:
 		n, err := s.store.CountEntries(ctx, filter)
 		if err != nil {
-			return apistatus.New(codes.Internal, "failed to delete federated bundle", err), false
+			return apistatus.New(codes.Internal, "failed to delete federated bundle", err)
 		}
 		if n > 0 {
 			return apistatus.New(codes.FailedPrecondition, "failed to delete federated bundle",
-				fmt.Errorf("cannot delete bundle; federated with %d registration entries", n)), false
+				fmt.Errorf("cannot delete bundle; federated with %d registration entries", n))
 		}
 	case bundlev1.BatchDeleteFederatedBundleRequest_DELETE, bundlev1.BatchDeleteFederatedBundleRequest_DISSOCIATE:
 		entries, _, err := s.store.ListEntries(ctx, filter, datastore.Page{})
 		if err != nil {
-			return apistatus.New(codes.Internal, "failed to delete federated bundle", err), false
+			return apistatus.New(codes.Internal, "failed to delete federated bundle", err)
 		}
 		if len(entries) > 0 {
-			entryWrites = true
 			if err := s.detachEntries(ctx, td.Name(), entries, mode); err != nil {
-				return apistatus.New(codes.Internal, "failed to delete federated bundle", err), true
+				return apistatus.New(codes.Internal, "failed to delete federated bundle", err)
 			}
 		}
 	}
 	if err := s.store.DeleteBundle(ctx, td.Name()); err != nil {
 		if errors.Is(err, datastore.ErrNotFound) {
-			return apistatus.New(codes.NotFound, "bundle not found", nil), entryWrites
+			return apistatus.New(codes.NotFound, "bundle not found", nil)
 		}
 		if errors.Is(err, datastore.ErrBundleInUse) {
 			// An entry federating with it was written meanwhile.
 			return apistatus.New(codes.FailedPrecondition, "failed to delete federated bundle",
-				errors.New("cannot delete bundle; registration entries federate with it")), entryWrites
+				errors.New("cannot delete bundle; registration entries federate with it"))
 		}
-		return apistatus.New(codes.Internal, "failed to delete federated bundle", err), entryWrites
+		return apistatus.New(codes.Internal, "failed to delete federated bundle", err)
 	}
 	s.log.Info("federated bundle deleted", "trust_domain", td.Name(), "mode", mode.String())
-	return apistatus.OK(), entryWrites
+	return apistatus.OK()
 }
 
 func (s *Service) detachEntries(ctx context.Context, td string, entries []*datastore.Entry, mode bundlev1.BatchDeleteFederatedBundleRequest_Mode) error {

@@ -52,7 +52,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	wake, unsub := cache.Subscribe(spiffeid.RequireFromString("spiffe://example.org/spire/agent/watcher"))
-	svc := bundle.New(bundle.Config{Store: st, Cache: cache, TrustDomain: td})
+	svc := bundle.New(bundle.Config{Store: st, TrustDomain: td})
 	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		return h(rpccontext.WithCaller(ctx, rpccontext.Caller{Local: true, Admin: true}), req)
 	}))
@@ -76,8 +76,14 @@ func newEnv(t *testing.T) *env {
 	return &env{st: st, cache: cache, client: bundlev1.NewBundleClient(conn), wake: wake}
 }
 
-// woken reports (and clears) whether subscribers were signalled.
-func (e *env) woken() bool {
+// woken reports (and clears) whether subscribers were signalled once
+// the cache applied what the store's journals hold (as its Run does when
+// the store notifies it).
+func (e *env) woken(t *testing.T) bool {
+	t.Helper()
+	if err := e.cache.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-e.wake:
 		return true
@@ -112,7 +118,7 @@ func (e *env) ownBundle(t *testing.T) *datastore.Bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.woken()
+	e.woken(t)
 	return b
 }
 
@@ -157,7 +163,7 @@ func TestOwnBundle(t *testing.T) {
 			t.Errorf("AppendBundle(%v) = %v, want InvalidArgument %q", bad.req, err, bad.msg)
 		}
 	}
-	if e.woken() {
+	if e.woken(t) {
 		t.Error("failed appends woke subscribers")
 	}
 
@@ -169,7 +175,7 @@ func TestOwnBundle(t *testing.T) {
 	if len(got.X509Authorities) != 2 || len(got.JwtAuthorities) != 1 || got.JwtAuthorities[0].KeyId != "k1" || got.SequenceNumber <= stored.SequenceNumber {
 		t.Errorf("AppendBundle = %v", got)
 	}
-	if !e.woken() {
+	if !e.woken(t) {
 		t.Error("AppendBundle did not wake subscribers")
 	}
 
@@ -188,7 +194,7 @@ func TestOwnBundle(t *testing.T) {
 	if !slices.Equal(kids, []string{"k1", "k2"}) {
 		t.Errorf("PublishJWTAuthority returned %v", kids)
 	}
-	if !e.woken() {
+	if !e.woken(t) {
 		t.Error("PublishJWTAuthority did not wake subscribers")
 	}
 }
@@ -235,7 +241,7 @@ func TestFederatedBundles(t *testing.T) {
 	if cr.Results[5].Bundle.TrustDomain != "b.org" {
 		t.Errorf("spiffe:// form not normalized: %v", cr.Results[5].Bundle.TrustDomain)
 	}
-	if !e.woken() {
+	if !e.woken(t) {
 		t.Error("create did not wake subscribers")
 	}
 
@@ -305,7 +311,7 @@ func TestFederatedBundles(t *testing.T) {
 	if !slices.Equal(sr.Results[1].Bundle.X509Authorities[0].Asn1, newB.X509Authorities[0].Asn1) {
 		t.Error("set did not replace b.org")
 	}
-	if !e.woken() {
+	if !e.woken(t) {
 		t.Error("update/set did not wake subscribers")
 	}
 }
@@ -319,7 +325,7 @@ func TestDeleteFederatedBundle(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	e.woken()
+	e.woken(t)
 	mkEntry := func(path string, fw ...string) *datastore.Entry {
 		return &datastore.Entry{SPIFFEID: "spiffe://example.org" + path, ParentID: "spiffe://example.org/spire/agent/x",
 			Selectors: []selector.Selector{{Type: "unix", Value: "uid:1"}}, FederatesWith: fw}
@@ -329,6 +335,7 @@ func TestDeleteFederatedBundle(t *testing.T) {
 		t.Fatal(err, res)
 	}
 	faID, fbID := res[0].Entry.ID, res[1].Entry.ID
+	e.woken(t) // the entries' own wake
 
 	del := func(mode bundlev1.BatchDeleteFederatedBundleRequest_Mode, tds ...string) []*bundlev1.BatchDeleteFederatedBundleResponse_Result {
 		t.Helper()
@@ -348,7 +355,7 @@ func TestDeleteFederatedBundle(t *testing.T) {
 	if _, err := e.st.GetBundle(ctx, "a.org"); err != nil {
 		t.Errorf("RESTRICT deleted the bundle: %v", err)
 	}
-	if e.woken() {
+	if e.woken(t) {
 		t.Error("refused deletes woke subscribers")
 	}
 
@@ -362,7 +369,7 @@ func TestDeleteFederatedBundle(t *testing.T) {
 	if !slices.Equal(fa.FederatesWith, []string{"c.org"}) {
 		t.Errorf("after DISSOCIATE entry federates with %v", fa.FederatesWith)
 	}
-	if !e.woken() {
+	if !e.woken(t) {
 		t.Error("delete did not wake subscribers")
 	}
 

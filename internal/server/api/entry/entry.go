@@ -113,7 +113,6 @@ type Store interface {
 type Cache interface {
 	AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*datastore.Entry, error)
 	Subscribe(agentID spiffeid.ID) (<-chan struct{}, func())
-	Poke()
 }
 
 // AgentValidator re-checks that an agent may still act as one with the
@@ -389,7 +388,6 @@ func (s *Service) BatchCreateEntry(ctx context.Context, req *entryv1.BatchCreate
 		}
 	}
 	if created > 0 {
-		s.cache.Poke()
 		s.log.Info("entries created", "count", created)
 	}
 	return &entryv1.BatchCreateEntryResponse{Results: results}, nil
@@ -455,7 +453,6 @@ func (s *Service) BatchUpdateEntry(ctx context.Context, req *entryv1.BatchUpdate
 		results = append(results, r)
 	}
 	if updated > 0 {
-		s.cache.Poke()
 		s.log.Info("entries updated", "count", updated)
 	}
 	return &entryv1.BatchUpdateEntryResponse{Results: results}, nil
@@ -539,7 +536,6 @@ func (s *Service) BatchDeleteEntry(ctx context.Context, req *entryv1.BatchDelete
 		}
 	}
 	if deleted > 0 {
-		s.cache.Poke()
 		s.log.Info("entries deleted", "count", deleted)
 	}
 	return &entryv1.BatchDeleteEntryResponse{Results: results}, nil

@@ -48,6 +48,8 @@ type Inner interface {
 	ListFederationRelationships(ctx context.Context, a1 datastore.Page) (r0 []*datastore.FederationRelationship, r1 string, err error)
 	ListNodeEvents(ctx context.Context, a1 int64, a2 int) (r0 []datastore.NodeEvent, err error)
 	ListNodes(ctx context.Context, a1 datastore.NodeFilter, a2 datastore.Page) (r0 []*datastore.AttestedNode, r1 string, err error)
+	Listen(ctx context.Context) (err error)
+	OnChange(a0 func(datastore.Change))
 	PoolStats() (r0 sql.DBStats)
 	PromoteNodeSerial(ctx context.Context, a1 string, a2 string) (r0 *datastore.AttestedNode, err error)
 	PruneBundle(ctx context.Context, a1 string, a2 time.Time) (r0 bool, err error)
@@ -312,6 +314,16 @@ func (s *Store) ListNodes(ctx context.Context, a1 datastore.NodeFilter, a2 datas
 	defer s.observe("ListNodes", time.Now(), &err)
 	r0, r1, err = s.inner.ListNodes(ctx, a1, a2)
 	return r0, r1, err
+}
+
+// Listen is sqlstore.Store's, observed.
+func (s *Store) Listen(ctx context.Context) (err error) {
+	return s.inner.Listen(ctx)
+}
+
+// OnChange is sqlstore.Store's, observed.
+func (s *Store) OnChange(a0 func(datastore.Change)) {
+	s.inner.OnChange(a0)
 }
 
 // PoolStats is sqlstore.Store's, observed.

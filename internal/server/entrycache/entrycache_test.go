@@ -251,17 +251,16 @@ func TestRunAppliesPokes(t *testing.T) {
 	// Real clock for Run's poll timer; PollInterval long so the poke is
 	// what delivers the change.
 	c := entrycache.New(entrycache.Config{Store: f.st, Clock: f.clk, PollInterval: time.Hour})
+	agent := mustID(td + "/spire/agent/a1")
+	sig, unsub := c.Subscribe(agent) // before Run, so the load's wake is not missed
+	defer unsub()
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	agent := mustID(td + "/spire/agent/a1")
-	sig, unsub := c.Subscribe(agent)
-	defer unsub()
 	<-sig // the load wakes everyone
 	if _, err := c.AuthorizedEntries(ctx, agent); err != nil {
 		t.Fatal(err)
 	}
-	f.create(t, entry("new", td+"/w/new", td+"/spire/agent/a1", "unix:uid:99"))
-	c.Poke()
+	f.create(t, entry("new", td+"/w/new", td+"/spire/agent/a1", "unix:uid:99")) // the store pokes
 	<-sig
 	if got := authorized(t, c, agent.String()); !slices.Contains(got, "new") {
 		t.Errorf("after poke: %v lacks the new entry", got)

@@ -37,8 +37,9 @@ func (m *recordMetrics) last(t *testing.T) syncRecord {
 	return m.got[len(m.got)-1]
 }
 
-// A sync reports when it ran and, after a Poke, how long the poked write
-// waited; a sync with nothing poked reports no pending write. Counts
+// A sync reports when it ran and, after a Poke (the store's, for every
+// write), how long the poked write waited; a sync with nothing poked
+// reports no pending write. Counts
 // follows entries, nodes and bans.
 func TestSyncMetricsAndCounts(t *testing.T) {
 	f := newFixture(t)
@@ -54,7 +55,6 @@ func TestSyncMetricsAndCounts(t *testing.T) {
 	f.node(t, "spiffe://example.org/agent/1")
 	f.node(t, "spiffe://example.org/agent/2")
 	f.create(t, entry("", td+"/w1", td+"/agent/1", "unix:uid:1"), entry("", td+"/w2", td+"/agent/1", "unix:uid:2"))
-	c.Poke()
 	f.clk.Add(3 * time.Second)
 	if err := c.Sync(ctx); err != nil {
 		t.Fatal(err)
@@ -70,6 +70,12 @@ func TestSyncMetricsAndCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.clk.Add(time.Second)
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := m.last(t); !r.pending || r.lag != time.Second {
+		t.Fatalf("after the ban: %+v, want pending, lag 1s", r)
+	}
 	if err := c.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}

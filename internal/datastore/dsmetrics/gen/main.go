@@ -33,6 +33,10 @@ func main() {
 	}
 }
 
+// notOperation names the methods with a context and an error that are not
+// datastore operations to measure.
+var notOperation = map[string]bool{"Listen": true}
+
 var (
 	ctxType = reflect.TypeFor[context.Context]()
 	errType = reflect.TypeFor[error]()
@@ -77,9 +81,14 @@ func generate() ([]byte, error) {
 		sig := fmt.Sprintf("%s(%s) (%s)", m.Name, strings.Join(params, ", "), strings.Join(results, ", "))
 		fmt.Fprintf(&iface, "\t%s\n", sig)
 		fmt.Fprintf(&methods, "// %s is sqlstore.Store's, observed.\nfunc (s *Store) %s {\n", m.Name, sig)
-		if !hasCtx || !lastErr {
-			// Not a datastore operation (Close, accessors): passed through.
-			fmt.Fprintf(&methods, "\treturn s.inner.%s(%s)\n}\n\n", m.Name, strings.Join(args, ", "))
+		if !hasCtx || !lastErr || notOperation[m.Name] {
+			// Not a datastore operation (Close, accessors, the change
+			// listener that runs for the store's lifetime): passed through.
+			ret := "return "
+			if mt.NumOut() == 0 {
+				ret = ""
+			}
+			fmt.Fprintf(&methods, "\t%ss.inner.%s(%s)\n}\n\n", ret, m.Name, strings.Join(args, ", "))
 			continue
 		}
 		fmt.Fprintf(&methods, "\tdefer s.observe(%q, time.Now(), &err)\n", m.Name)
@@ -124,6 +133,25 @@ func typeString(t reflect.Type, imports map[string]bool) string {
 	case reflect.Interface:
 		if t.NumMethod() == 0 {
 			return "any"
+		}
+	case reflect.Func:
+		if !t.IsVariadic() {
+			var in, out []string
+			for i := 0; i < t.NumIn(); i++ {
+				in = append(in, typeString(t.In(i), imports))
+			}
+			for i := 0; i < t.NumOut(); i++ {
+				out = append(out, typeString(t.Out(i), imports))
+			}
+			s := "func(" + strings.Join(in, ", ") + ")"
+			switch len(out) {
+			case 0:
+			case 1:
+				s += " " + out[0]
+			default:
+				s += " (" + strings.Join(out, ", ") + ")"
+			}
+			return s
 		}
 	}
 	panic(fmt.Sprintf("gen: cannot render type %s", t))

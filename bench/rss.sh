@@ -10,6 +10,11 @@
 #
 #   bench/rss.sh                      # ~10 s settle + 30 s idle window + builds
 #   IDLE=10 CPU_WINDOW=30 SKIP_SIZES=1 bench/rss.sh
+#   AGENT_BIN=/tmp/sigil-agent-before SKIP_SIZES=1 bench/rss.sh   # measure a prebuilt agent
+#
+# AGENT_BIN runs that sigil-agent binary instead of the tree's (the server
+# is still built from the tree): before/after comparisons of one change
+# build both agents once and alternate runs of this script between them.
 #
 # Everything it starts is stopped on exit (trap); the temp dir is removed.
 set -euo pipefail
@@ -74,6 +79,9 @@ BIN=$WORK/bin
 mkdir -p "$BIN"
 # Pure Go, as shipped to devices (no libc mapped). Extra flags via GOFLAGS.
 CGO_ENABLED=0 go build -o "$BIN/" ./cmd/sigil-server ./cmd/sigil-agent || die "build failed"
+if [ -n "${AGENT_BIN:-}" ]; then
+	cp "$AGENT_BIN" "$BIN/sigil-agent" || die "cannot copy AGENT_BIN $AGENT_BIN"
+fi
 
 TD=example.org
 SDIR=$WORK/server

@@ -16,12 +16,14 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-spiffe/sigil/internal/config"
+	"github.com/sigil-spiffe/sigil/internal/telemetry/telemetrytest"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
 // TestSDSOnTheAgentSocket: the agent socket serves Envoy SDS next to the
-// Workload API (health says so for each), unless disable_sds_api; equal
-// bundle names are logged as SPIRE warns about them.
+// Workload API (health says so for each), unless disable_sds_api; its
+// calls are counted in sigil_agent_rpcs_total; equal bundle names are
+// logged as SPIRE warns about them.
 func TestSDSOnTheAgentSocket(t *testing.T) {
 	const sdsService = "envoy.service.secret.v3.SecretDiscoveryService"
 	for _, disable := range []bool{false, true} {
@@ -69,6 +71,19 @@ func TestSDSOnTheAgentSocket(t *testing.T) {
 			t.Errorf("disable_sds_api: health of SDS %v, %v; want NotFound", r, err)
 		case !disable && (err != nil || r.Status != healthpb.HealthCheckResponse_SERVING):
 			t.Errorf("health of SDS %v, %v; want SERVING", r, err)
+		}
+		// An SDS call (Unavailable: this agent never attested) is counted.
+		_, err = testutil.DialSDS(t, "unix://"+cfg.SocketPath).FetchSecrets(context.Background(), testutil.SDSRequest(testutil.EnvoyNode(1, 34), "ROOTCA"))
+		samples, serr := telemetrytest.ScrapeHandler(a.Metrics().Handler())
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		labels := []string{"service", sdsService, "method", "FetchSecrets", "code", status.Code(err).String()}
+		switch n := samples.Get("sigil_agent_rpcs_total", labels...); {
+		case disable && status.Code(err) != codes.Unimplemented:
+			t.Errorf("disable_sds_api: FetchSecrets %v, want Unimplemented", err)
+		case !disable && (status.Code(err) != codes.Unavailable || n != 1):
+			t.Errorf("FetchSecrets %v, counted %v times %v", err, n, samples.Series("sigil_agent_rpcs_total"))
 		}
 		if warned := strings.Contains(logs.String(), "default_bundle_name and default_all_bundles_name are both"); warned == disable {
 			t.Errorf("disable_sds_api=%v: the equal names warning logged: %v", disable, warned)

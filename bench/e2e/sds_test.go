@@ -31,6 +31,8 @@ import (
 //     first response: what an Envoy waits for a listener's secrets. The
 //     caller is attested on every stream.
 //   - FetchSecrets-proc: the same names with the unary FetchSecrets.
+//   - WorkloadAPIFetchX509SVID-proc: the baseline, a warm go-spiffe
+//     client's FetchX509SVID on the same agent (BenchmarkWorkloadAPI's).
 //   - RotationPush-proc: an entry change (its DNS names, through the admin
 //     API) until the open SDS stream receives the new certificate: server
 //     commit, push to the agent, new key, CSR, signing, cache, SDS push.
@@ -83,6 +85,14 @@ func BenchmarkSDS(b *testing.B) {
 			return err
 		})
 	})
+	// The baseline: the Workload API's FetchX509SVID on the same agent
+	// (attestation and an answer from the cache, as the SDS calls).
+	wl, err := workloadapi.New(context.Background(), workloadapi.WithAddr(agent.Socket))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer wl.Close()
+	b.Run("WorkloadAPIFetchX509SVID-proc", func(b *testing.B) { benchFetchX509SVID(b, wl, id, agent.Pid) })
 	b.Run("RotationPush-proc", func(b *testing.B) {
 		benchRotationPush(b, srv, client, agent, entryIDs[0], id)
 	})

@@ -165,7 +165,10 @@ func telemetryHCL(port int) string {
 type AgentConfig struct {
 	TrustDomain     string // "example.org"
 	ServerAddress   string // "127.0.0.1"
-	ServerPort      int    // required
+	ServerPort      int    // required unless ServerAddresses is set
+	// ServerAddresses, when set, is written as server_addresses (host:port
+	// each: several servers) instead of server_address.
+	ServerAddresses []string
 	DataDir         string // required; absolute
 	SocketPath      string // DataDir/api.sock
 	TrustBundlePath string // required (PEM)
@@ -202,11 +205,11 @@ func (c *AgentConfig) defaults() error {
 	if c.TrustDomain == "" {
 		c.TrustDomain = "example.org"
 	}
-	if c.ServerAddress == "" {
+	if c.ServerAddress == "" && len(c.ServerAddresses) == 0 {
 		c.ServerAddress = "127.0.0.1"
 	}
-	if c.DataDir == "" || c.ServerPort == 0 || c.TrustBundlePath == "" {
-		return fmt.Errorf("testutil: AgentConfig needs DataDir, ServerPort and TrustBundlePath")
+	if c.DataDir == "" || (c.ServerPort == 0 && len(c.ServerAddresses) == 0) || c.TrustBundlePath == "" {
+		return fmt.Errorf("testutil: AgentConfig needs DataDir, ServerPort (or ServerAddresses) and TrustBundlePath")
 	}
 	if c.SocketPath == "" {
 		c.SocketPath = filepath.Join(c.DataDir, "api.sock")
@@ -221,7 +224,18 @@ func (c *AgentConfig) defaults() error {
 func (c AgentConfig) HCL() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "agent {\n")
-	fmt.Fprintf(&b, "    server_address = %q\n    server_port = \"%d\"\n", c.ServerAddress, c.ServerPort)
+	if len(c.ServerAddresses) > 0 {
+		q := make([]string, len(c.ServerAddresses))
+		for i, a := range c.ServerAddresses {
+			q[i] = strconv.Quote(a)
+		}
+		fmt.Fprintf(&b, "    server_addresses = [%s]\n", strings.Join(q, ", "))
+		if c.ServerPort != 0 {
+			fmt.Fprintf(&b, "    server_port = \"%d\"\n", c.ServerPort)
+		}
+	} else {
+		fmt.Fprintf(&b, "    server_address = %q\n    server_port = \"%d\"\n", c.ServerAddress, c.ServerPort)
+	}
 	fmt.Fprintf(&b, "    socket_path = %q\n    trust_domain = %q\n    data_dir = %q\n", c.SocketPath, c.TrustDomain, c.DataDir)
 	fmt.Fprintf(&b, "    trust_bundle_path = %q\n    trust_bundle_format = \"pem\"\n", c.TrustBundlePath)
 	if c.JoinToken != "" {

@@ -21,11 +21,6 @@ const td = "spiffe://example.org"
 
 var t0 = time.Unix(1_800_000_000, 0)
 
-func openStore(t *testing.T, clk clock.Clock) *sqlstore.Store {
-	t.Helper()
-	return openStoreFile(t, filepath.Join(t.TempDir(), "ds.sqlite3"), clk)
-}
-
 // openStoreFile opens the SQLite datastore at path (another server's
 // store, when path is a fixture's).
 func openStoreFile(t *testing.T, path string, clk clock.Clock) *sqlstore.Store {

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -47,10 +46,9 @@ type Endpoint struct {
 	log     *slog.Logger
 	handler http.Handler
 
-	ready    chan struct{}
-	mu       sync.Mutex
-	addr     net.Addr
-	requests atomic.Uint64
+	ready chan struct{}
+	mu    sync.Mutex
+	addr  net.Addr
 }
 
 // NewEndpoint checks cfg and builds the handler; Run serves.
@@ -84,12 +82,13 @@ func (e *Endpoint) Addr() net.Addr {
 	return e.addr
 }
 
-// Requests counts the bundle requests answered (any status).
-func (e *Endpoint) Requests() uint64 { return e.requests.Load() }
-
-// ServeHTTP answers GET / with the bundle.
+// ServeHTTP answers GET / with the bundle, then closes the connection
+// (over HTTP/2: GOAWAY). Peers fetch every few minutes, each time on a new
+// connection (go-spiffe's FetchBundle and SPIRE make a new transport per
+// fetch), so a kept-alive connection would only sit idle, an open file
+// and goroutines on both sides, until a timeout.
 func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	e.requests.Add(1)
+	w.Header().Set("Connection", "close")
 	if r.URL.Path != "/" {
 		http.NotFound(w, r)
 		return

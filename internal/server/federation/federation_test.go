@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
 	"github.com/sigil-spiffe/sigil/internal/telemetry"
@@ -177,6 +180,10 @@ func TestEndpointServesSPIFFEBundle(t *testing.T) {
 	}
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type = %q", ct)
+	}
+	// The connection is not kept idle after the answer.
+	if !resp.Close {
+		t.Error("the endpoint kept the connection open after answering")
 	}
 	// SPIRE's answers elsewhere.
 	for path, want := range map[string]int{"/other": http.StatusNotFound, "/keys": http.StatusNotFound} {
@@ -666,4 +673,108 @@ func TestSameContent(t *testing.T) {
 	if err != nil || !back.Equal(sb) {
 		t.Errorf("round trip: %v, %v", back, err)
 	}
+}
+
+// A trust domain cut off from its peer for days (on a fake clock): the
+// last bundle stays, an attempt is made at least once per refresh
+// interval, the status and the metric say how old the bundle is, and the
+// log does not get a line per attempt. The link back, the next attempt
+// refreshes it.
+func TestCutOffForDays(t *testing.T) {
+	p := newPeer(t, time.Hour)
+	clk := clock.NewFake(time.Now())
+	reg := telemetry.NewRegistry(telemetry.ServerPrefix)
+	var logs syncBuffer
+	l := &local{store: openStore(t)}
+	m, err := NewManager(ManagerConfig{TrustDomain: localTD, Store: l.store, Static: []Relationship{spiffeRelationship(p)},
+		Intervals: Intervals{Reload: 1000 * time.Hour}, Metrics: telemetry.NewServer(reg), Clock: clk,
+		Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.m = m
+	if _, err := l.store.SetBundle(context.Background(), p.bundle()); err != nil {
+		t.Fatal(err)
+	}
+	l.run(t)
+	eventually(t, "a first refresh", func() bool { return !l.status(t, peerTD).LastSuccess.IsZero() })
+	refreshed := l.status(t, peerTD).LastSuccess
+	kept := l.bundle(t, peerTD)
+	p.stop()
+
+	// advance moves the fake clock to the next scheduled attempt and waits
+	// for it to be made. The fake clock's timers: the manager's reload
+	// (never due here) and the refresher's next attempt.
+	advance := func() Status {
+		t.Helper()
+		before := l.status(t, peerTD)
+		eventually(t, "the next attempt scheduled", func() bool { return clk.Waiters() == 2 })
+		next := l.status(t, peerTD).NextAttempt
+		clk.Set(next)
+		var after Status
+		eventually(t, "the attempt made", func() bool {
+			after = l.status(t, peerTD)
+			return after.Attempts > before.Attempts && after.NextAttempt.After(next)
+		})
+		return after
+	}
+	start := clk.Now()
+	for clk.Now().Sub(start) < 3*24*time.Hour {
+		prev := l.status(t, peerTD)
+		st := advance()
+		if gap := st.LastAttempt.Sub(prev.LastAttempt); gap > time.Hour {
+			t.Fatalf("%v between two attempts, more than the refresh interval (1h)", gap)
+		}
+	}
+	st := l.status(t, peerTD)
+	age, ok := st.BundleAge()
+	if !ok || age < 3*24*time.Hour || !st.LastSuccess.Equal(refreshed) || st.ConsecutiveFailures < 72 {
+		t.Fatalf("after three days cut off: age %v, %+v", age, st)
+	}
+	if b := l.bundle(t, peerTD); b.SequenceNumber != kept.SequenceNumber {
+		t.Fatalf("the bundle changed while cut off: %+v", b)
+	}
+	samples, err := telemetrytest.ScrapeHandler(reg.Handler())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := samples.Get("sigil_server_federation_bundle_last_refresh_timestamp_seconds", "trust_domain", "peer.test"); int64(v) != refreshed.Unix() {
+		t.Errorf("last refresh gauge %v, want %d (3 days ago)", v, refreshed.Unix())
+	}
+	if n := strings.Count(logs.String(), "Could not refresh a federated bundle"); n == 0 || n > st.ConsecutiveFailures/10+2 {
+		t.Errorf("%d warnings for %d failed attempts", n, st.ConsecutiveFailures)
+	}
+	oldest := 0
+	for _, m := range regexp.MustCompile(`bundle_age=(\d+)h`).FindAllStringSubmatch(logs.String(), -1) {
+		h, _ := strconv.Atoi(m[1])
+		oldest = max(oldest, h)
+	}
+	if oldest < 60 {
+		t.Errorf("no warning says the bundle is days old (oldest bundle_age %dh)", oldest)
+	}
+
+	// The link is back: the next attempt refreshes.
+	p.start()
+	st = advance()
+	if st.ConsecutiveFailures != 0 || !st.LastSuccess.After(refreshed) {
+		t.Fatalf("after the link came back: %+v", st)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

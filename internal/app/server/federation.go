@@ -38,11 +38,13 @@ func checkFederation(cfg *config.Server, log *slog.Logger, warn bool) (*net.TCPA
 	return addr, nil
 }
 
+// warnFederation logs what SPIRE warns about in a federation section (run
+// logs it at start, validate prints it).
 func warnFederation(cfg *config.Server, log *slog.Logger) {
-	be := cfg.Federation.BundleEndpoint
-	if be == nil {
+	if cfg.Federation == nil || cfg.Federation.BundleEndpoint == nil {
 		return
 	}
+	be := cfg.Federation.BundleEndpoint
 	if be.ProfileDefaulted {
 		log.Warn("Bundle endpoint is configured but has no profile set, using https_spiffe as default; please configure a profile explicitly")
 	}

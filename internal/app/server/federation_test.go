@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -200,3 +201,28 @@ func TestFederationExampleConfs(t *testing.T) {
 		}
 	}
 }
+
+// A bundle endpoint without a profile runs as https_spiffe with SPIRE's
+// warning, at run as at validate.
+func TestRunWarnsDefaultedProfile(t *testing.T) {
+	s := newFedServer(t, "cloud.test")
+	s.cfg.Federation.BundleEndpoint.ProfileDefaulted = true
+	var logs strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	srv := inproc.RunServer(t, s.cfg, log, server.Options{})
+	srv.StopT(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), "Bundle endpoint is configured but has no profile set, using https_spiffe as default") {
+		t.Fatalf("no warning in:\n%s", logs.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

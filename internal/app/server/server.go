@@ -95,6 +95,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	if err != nil {
 		return nil, err
 	}
+	warnFederation(cfg, log)
 	defer func() {
 		if err != nil {
 			pre.close()

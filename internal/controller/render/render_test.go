@@ -197,9 +197,9 @@ func TestStaticEntryAndFederation(t *testing.T) {
 		t.Fatalf("federation %+v, %v", f, err)
 	}
 	for spec, want := range map[*v1alpha1.ClusterFederatedTrustDomainSpec]string{
-		{TrustDomain: "p.org", BundleEndpointURL: "http://p.org", BundleEndpointProfile: v1alpha1.BundleEndpointProfile{Type: "https_web"}}:             "spec.bundleEndpointURL: scheme must be https",
-		{TrustDomain: "p.org", BundleEndpointURL: "https://u:p@p.org", BundleEndpointProfile: v1alpha1.BundleEndpointProfile{Type: "https_web"}}:       "spec.bundleEndpointURL: must not contain user info",
-		{TrustDomain: "p.org", BundleEndpointURL: "https://p.org", BundleEndpointProfile: v1alpha1.BundleEndpointProfile{Type: "https_spiffe"}}:        "spec.bundleEndpointProfile.endpointSPIFFEID: ",
+		{TrustDomain: "p.org", BundleEndpointURL: "http://p.org", BundleEndpointProfile: v1alpha1.BundleEndpointProfile{Type: "https_web"}}:                          "spec.bundleEndpointURL: scheme must be https",
+		{TrustDomain: "p.org", BundleEndpointURL: "https://u:p@p.org", BundleEndpointProfile: v1alpha1.BundleEndpointProfile{Type: "https_web"}}:                     "spec.bundleEndpointURL: must not contain user info",
+		{TrustDomain: "p.org", BundleEndpointURL: "https://p.org", BundleEndpointProfile: v1alpha1.BundleEndpointProfile{Type: "https_spiffe"}}:                      "spec.bundleEndpointProfile.endpointSPIFFEID: ",
 		{TrustDomain: "p.org", BundleEndpointURL: "https://p.org", BundleEndpointProfile: v1alpha1.BundleEndpointProfile{Type: "https_web"}, TrustDomainBundle: "{"}: "spec.trustDomainBundle: ",
 	} {
 		if _, err := FederatedTrustDomain(spec); err == nil || !strings.HasPrefix(err.Error(), want) {

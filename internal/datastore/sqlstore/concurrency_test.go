@@ -3,11 +3,14 @@ package sqlstore
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sigil-spiffe/sigil/internal/datastore"
 )
@@ -365,5 +368,90 @@ func (x suite) TestConcurrentJournals(t *testing.T) {
 	}
 	if len(seen) != writes {
 		t.Fatalf("events name %d entries, want %d", len(seen), writes)
+	}
+}
+
+// TestWriteTxRetries: a transaction failing with a deadlock, a
+// serialization failure or a racing unique violation runs again from the
+// start (PostgreSQL); a unique violation that persists is ErrAlreadyExists
+// after maxWriteAttempts runs; other errors are not retried. On SQLite
+// nothing is retried (its writers are serialized).
+func (x suite) TestWriteTxRetries(t *testing.T) {
+	f := x.newFixture(t)
+	s, ctx := f.store, context.Background()
+	fail := func(code string) error { return fmt.Errorf("statement: %w", &pgconn.PgError{Code: code, Message: "injected"}) }
+	for _, code := range []string{pgDeadlockDetected, pgSerializationFailure, pgUniqueViolation} {
+		runs := 0
+		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			runs++
+			if runs < 3 {
+				return fail(code)
+			}
+			return nil
+		})
+		switch {
+		case x.name == "sqlite3" && (runs != 1 || err == nil):
+			t.Errorf("%s on SQLite: %d runs, %v; want one run and the error", code, runs, err)
+		case x.name == "postgres" && (runs != 3 || err != nil):
+			t.Errorf("%s: %d runs, %v; want a success at the third run", code, runs, err)
+		}
+	}
+	runs := 0
+	err := s.writeTx(ctx, func(tx *sql.Tx) error { runs++; return fail(pgUniqueViolation) })
+	if x.name == "postgres" && (runs != maxWriteAttempts || !errors.Is(err, datastore.ErrAlreadyExists)) {
+		t.Errorf("a unique violation every time: %d runs, %v; want %d runs and ErrAlreadyExists", runs, err, maxWriteAttempts)
+	}
+	runs = 0
+	err = s.writeTx(ctx, func(tx *sql.Tx) error { runs++; return fail("23503") })
+	if runs != 1 || err == nil {
+		t.Errorf("a foreign key violation: %d runs, %v; want one run and the error", runs, err)
+	}
+	// A real PostgreSQL deadlock: two transactions lock two rows in
+	// opposite orders; the one PostgreSQL aborts runs again and both end
+	// committed.
+	if x.name != "postgres" {
+		return
+	}
+	if err := s.SetCAJournal(ctx, "a", []byte("0")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetCAJournal(ctx, "b", []byte("0")); err != nil {
+		t.Fatal(err)
+	}
+	other := f.open(t)
+	var first sync.WaitGroup
+	first.Add(2)
+	var mu sync.Mutex
+	runsBy := map[string]int{}
+	lockBoth := func(st *Store, name, one, two string) error {
+		return st.writeTx(ctx, func(tx *sql.Tx) error {
+			mu.Lock()
+			runsBy[name]++
+			n := runsBy[name]
+			mu.Unlock()
+			if _, err := tx.ExecContext(ctx, "UPDATE ca_journals SET data = '\\x01' WHERE name = $1", one); err != nil {
+				return err
+			}
+			if n == 1 {
+				first.Done() // both hold their first row before asking for the second
+				first.Wait()
+			}
+			_, err := tx.ExecContext(ctx, "UPDATE ca_journals SET data = '\\x02' WHERE name = $1", two)
+			return err
+		})
+	}
+	errs := make([]error, 2)
+	together(2, func(i int) {
+		if i == 0 {
+			errs[i] = lockBoth(s, "ab", "a", "b")
+		} else {
+			errs[i] = lockBoth(other, "ba", "b", "a")
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("deadlocked transactions: %v", err)
+	}
+	if runsBy["ab"]+runsBy["ba"] != 3 {
+		t.Fatalf("runs %v: want one of the two run again after PostgreSQL broke the deadlock", runsBy)
 	}
 }

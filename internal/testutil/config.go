@@ -163,9 +163,9 @@ func telemetryHCL(port int) string {
 
 // AgentConfig is the part of a sigil-agent configuration tests vary.
 type AgentConfig struct {
-	TrustDomain     string // "example.org"
-	ServerAddress   string // "127.0.0.1"
-	ServerPort      int    // required unless ServerAddresses is set
+	TrustDomain   string // "example.org"
+	ServerAddress string // "127.0.0.1"
+	ServerPort    int    // required unless ServerAddresses is set
 	// ServerAddresses, when set, is written as server_addresses (host:port
 	// each: several servers) instead of server_address.
 	ServerAddresses []string

@@ -379,7 +379,9 @@ func (x suite) TestConcurrentJournals(t *testing.T) {
 func (x suite) TestWriteTxRetries(t *testing.T) {
 	f := x.newFixture(t)
 	s, ctx := f.store, context.Background()
-	fail := func(code string) error { return fmt.Errorf("statement: %w", &pgconn.PgError{Code: code, Message: "injected"}) }
+	fail := func(code string) error {
+		return fmt.Errorf("statement: %w", &pgconn.PgError{Code: code, Message: "injected"})
+	}
 	for _, code := range []string{pgDeadlockDetected, pgSerializationFailure, pgUniqueViolation} {
 		runs := 0
 		err := s.writeTx(ctx, func(tx *sql.Tx) error {

@@ -41,6 +41,7 @@ var forbidden = []string{
 var documented = map[string][]string{
 	"sigil_omit_tpm":     {module + "internal/attest/node/tpm", module + "internal/keys/tpmkey", module + "internal/tpmdev", "github.com/google/go-tpm"},
 	"sigil_omit_x509pop": {module + "internal/attest/node/x509pop"},
+	"sigil_omit_docker":  {module + "internal/attest/workload/docker"},
 }
 
 func under(dep, pkg string) bool { return dep == pkg || strings.HasPrefix(dep, pkg+"/") }

@@ -136,8 +136,8 @@ func TestPluginErrors(t *testing.T) {
 		// offset is added to {line}: the error is on that line of new.
 		offset int
 	}{
-		{"unknown plugin", `WorkloadAttestor "unix" {`, `WorkloadAttestor "docker" {`,
-			`{conf}:{line}: unknown plugin WorkloadAttestor "docker": Sigil's built-in WorkloadAttestor plugins are: `, 0},
+		{"unknown plugin", `WorkloadAttestor "unix" {`, `WorkloadAttestor "windows" {`,
+			`{conf}:{line}: unknown plugin WorkloadAttestor "windows": Sigil's built-in WorkloadAttestor plugins are: `, 0},
 		{"unknown plugin_data key", "discover_workload_path = false", "discover_path = true",
 			`{conf}:{line}: unknown key "discover_path" in plugin_data of plugin WorkloadAttestor "unix"`, 0},
 		{"plugin_data value of the wrong type", "discover_workload_path = false", `discover_workload_path = "yes"`,

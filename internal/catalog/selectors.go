@@ -13,14 +13,18 @@ import (
 // its workload and node attestor plugins) for which Sigil has no attestor
 // yet.
 var (
-	plannedWorkload = []string{"docker", "k8s", "systemd", "windows"}
+	plannedWorkload = []string{"k8s", "systemd", "windows"}
 	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_psat", "k8s_sat", "sshpop", "tpm_devid"}
 )
 
 // omittable lists the selector types of attestors a build tag can leave
-// out (sigil_omit_<name>): without its file (selectors_<name>.go), such a
-// type is accepted like a planned one.
-var omittable = []string{"tpm", "x509pop"}
+// out (sigil_omit_<name>), with their plugin type: without its file
+// (selectors_<name>.go), such a type is accepted like a planned one.
+var omittable = []struct{ typ, plugin string }{
+	{"docker", "WorkloadAttestor"},
+	{"tpm", "NodeAttestor"},
+	{"x509pop", "NodeAttestor"},
+}
 
 // optionalKinds are the selector kinds of the attestors this build has,
 // added by the tagged files selectors_<name>.go.
@@ -33,9 +37,9 @@ func Selectors() *selector.Registry {
 	for _, k := range optionalKinds {
 		kinds = append(kinds, k()...)
 	}
-	for _, t := range omittable {
-		if !slices.ContainsFunc(kinds, func(k selector.Kind) bool { return k.Type == t }) {
-			kinds = append(kinds, selector.Kind{Type: t, Producer: fmt.Sprintf("NodeAttestor %q (left out of this build)", t)})
+	for _, o := range omittable {
+		if !slices.ContainsFunc(kinds, func(k selector.Kind) bool { return k.Type == o.typ }) {
+			kinds = append(kinds, selector.Kind{Type: o.typ, Producer: fmt.Sprintf("%s %q (left out of this build)", o.plugin, o.typ)})
 		}
 	}
 	for _, t := range plannedWorkload {

@@ -19,7 +19,7 @@ func TestSelectors(t *testing.T) {
 	}
 	// Sigil's own types, checked; SPIRE's others, accepted as they are.
 	for _, s := range []string{"unix:uid:1000", "spiffe_id:spiffe://example.org/spire/agent/join_token/abc",
-		"k8s:ns:default", "k8s_psat:cluster:c1", "docker:label:app:web", "systemd:id:web.service",
+		"k8s:ns:default", "k8s_psat:cluster:c1", "docker:label:app:web", "docker:env:A=b", "docker:image_id:nginx:1.27", "systemd:id:web.service",
 		"x509pop:subject:cn:node1", "tpm:pub_hash:" + strings.Repeat("ab", 32), "tpm:pcr:sha256:7:" + strings.Repeat("0", 64), "aws_iid:tag:role:web", "gcp_iit:project-id:p",
 		"azure_msi:tenant:t"} {
 		if err := check(s); err != nil {
@@ -27,15 +27,18 @@ func TestSelectors(t *testing.T) {
 		}
 	}
 	for s, want := range map[string]string{
-		"unix:uidd:5":                "must start with one of",
-		"unix:uid:abc":               "is not a numeric id",
-		"unix:gid:-1":                "is not a numeric id",
-		"join_token:abc":             "gives an agent no selectors",
-		"spiffe_id:not-an-id":        "is not a SPIFFE ID",
-		"x509pop:cn:node1":           "must start with one of ca:, san:, serialnumber:, subject:",
-		"x509pop:ca:fingerprint:ABC": "is not a SHA-1 fingerprint",
-		"tpm:pub_hash:ab":            "64 hex digits",
-		"tpm:pcr:sha1:7:ab":          "only the SHA-256 bank",
+		"unix:uidd:5":                     "must start with one of",
+		"unix:uid:abc":                    "is not a numeric id",
+		"unix:gid:-1":                     "is not a numeric id",
+		"join_token:abc":                  "gives an agent no selectors",
+		"spiffe_id:not-an-id":             "is not a SPIFFE ID",
+		"x509pop:cn:node1":                "must start with one of ca:, san:, serialnumber:, subject:",
+		"x509pop:ca:fingerprint:ABC":      "is not a SHA-1 fingerprint",
+		"tpm:pub_hash:ab":                 "64 hex digits",
+		"tpm:pcr:sha1:7:ab":               "only the SHA-256 bank",
+		"docker:labels:a:b":               "must start with one of env:, image_config_digest:, image_id:, label:",
+		"docker:label:nocolon":            "is not <key>:<value>",
+		"docker:image_config_digest:9f86": "is not an image ID",
 	} {
 		if k, _ := r.Lookup(strings.SplitN(s, ":", 2)[0]); strings.Contains(k.Producer, "left out of this build") {
 			continue // built with sigil_omit_<type>: accepted unchecked

@@ -63,8 +63,8 @@ func TestParseRefuses(t *testing.T) {
 		want []string
 	}{
 		{"unknown plugin",
-			confWith("plugins {\n  WorkloadAttestor \"docker\" {}\n}\n"),
-			[]string{`agent.conf:16: unknown plugin WorkloadAttestor "docker": Sigil's built-in WorkloadAttestor plugins are: unix`}},
+			confWith("plugins {\n  WorkloadAttestor \"windows\" {}\n}\n"),
+			[]string{`agent.conf:16: unknown plugin WorkloadAttestor "windows": Sigil's built-in WorkloadAttestor plugins are: `, "unix"}},
 		{"unknown NodeAttestor",
 			strings.Replace(base, `NodeAttestor "join_token" {}`, `NodeAttestor "aws_iid" {}`, 1),
 			[]string{`agent.conf:8: unknown plugin NodeAttestor "aws_iid": Sigil's built-in NodeAttestor plugins are: `, "join_token",
@@ -98,7 +98,7 @@ func TestParseRefuses(t *testing.T) {
 			[]string{`agent.conf: exactly one KeyManager plugin must be configured: KeyManager "disk" or KeyManager "memory"`}},
 		{"no WorkloadAttestor",
 			strings.Replace(base, "WorkloadAttestor \"unix\" {\n        plugin_data {\n        }\n    }", "", 1),
-			[]string{`agent.conf: at least one WorkloadAttestor plugin must be configured: WorkloadAttestor "unix"`}},
+			[]string{`agent.conf: at least one WorkloadAttestor plugin must be configured: WorkloadAttestor `, `WorkloadAttestor "unix"`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -110,9 +110,9 @@ func TestParseRefuses(t *testing.T) {
 
 // TestParseReportsEveryError: one run names every problem of the section.
 func TestParseReportsEveryError(t *testing.T) {
-	src := strings.Replace(confWith("plugins {\n  WorkloadAttestor \"docker\" {}\n  Cache \"redis\" {}\n}\n"), `KeyManager "memory" {}`, `KeyManager "disk" {}`, 1)
+	src := strings.Replace(confWith("plugins {\n  WorkloadAttestor \"windows\" {}\n  Cache \"redis\" {}\n}\n"), `KeyManager "memory" {}`, `KeyManager "disk" {}`, 1)
 	_, err := parse(t, src)
-	wantErr(t, err, `agent.conf:9: plugin KeyManager "disk": directory must be configured`, `agent.conf:16: unknown plugin WorkloadAttestor "docker"`,
+	wantErr(t, err, `agent.conf:9: plugin KeyManager "disk": directory must be configured`, `agent.conf:16: unknown plugin WorkloadAttestor "windows"`,
 		`agent.conf:17: unknown plugin type "Cache"`)
 }
 
@@ -293,4 +293,39 @@ func TestJoinTokenNeedsJoinTokenAttestor(t *testing.T) {
 	if strings.Contains(err.Error(), "tok\"") {
 		t.Errorf("the error quotes the token: %v", err)
 	}
+}
+
+// uncomment returns src with the commented-out plugin block whose first
+// line is "    # "+header uncommented (one level of "# ": comments inside
+// the block stay comments), and the active block starting "    "+replace
+// removed (none when replace is ""); it fails the test if either is
+// missing.
+func uncomment(t *testing.T, src, header, replace string) string {
+	t.Helper()
+	lines := strings.Split(src, "\n")
+	var out []string
+	in, found, removing, removed := false, false, false, replace == ""
+	for _, l := range lines {
+		switch {
+		case !in && l == "    # "+header:
+			in, found = true, true
+			out = append(out, "    "+header)
+		case in:
+			if !strings.HasPrefix(l, "    # ") && l != "    #" {
+				t.Fatalf("commented block %q ends without its closing brace at %q", header, l)
+			}
+			out = append(out, "    "+strings.TrimPrefix(strings.TrimPrefix(l, "    #"), " "))
+			in = l != "    # }"
+		case !removing && replace != "" && l == "    "+replace:
+			removing, removed = true, true
+		case removing:
+			removing = l != "    }"
+		default:
+			out = append(out, l)
+		}
+	}
+	if !found || !removed {
+		t.Fatalf("%q (found %v) or %q (found %v) missing", header, found, replace, removed)
+	}
+	return strings.Join(out, "\n")
 }

@@ -45,40 +45,6 @@ func TestTPMPluginsInCatalog(t *testing.T) {
 	wantErr(t, err, `agent.conf:10: unknown key "ek_ca_path" in plugin_data of plugin NodeAttestor "tpm"`)
 }
 
-// uncomment returns src with the commented-out plugin block whose first
-// line is "    # "+header uncommented (one level of "# ": comments inside
-// the block stay comments), and the active block starting "    "+replace
-// removed; it fails the test if either is missing.
-func uncomment(t *testing.T, src, header, replace string) string {
-	t.Helper()
-	lines := strings.Split(src, "\n")
-	var out []string
-	in, found, removing, removed := false, false, false, false
-	for _, l := range lines {
-		switch {
-		case !in && l == "    # "+header:
-			in, found = true, true
-			out = append(out, "    "+header)
-		case in:
-			if !strings.HasPrefix(l, "    # ") && l != "    #" {
-				t.Fatalf("commented block %q ends without its closing brace at %q", header, l)
-			}
-			out = append(out, "    "+strings.TrimPrefix(strings.TrimPrefix(l, "    #"), " "))
-			in = l != "    # }"
-		case !removing && l == "    "+replace:
-			removing, removed = true, true
-		case removing:
-			removing = l != "    }"
-		default:
-			out = append(out, l)
-		}
-	}
-	if !found || !removed {
-		t.Fatalf("%q (found %v) or %q (found %v) missing", header, found, replace, removed)
-	}
-	return strings.Join(out, "\n")
-}
-
 // TestTPMExampleConf: the commented NodeAttestor "tpm" and KeyManager
 // "tpm" of conf/agent/agent.conf parse when uncommented in place of
 // join_token and disk.

@@ -6,7 +6,7 @@
 #
 #   bench/run.sh > results.md            # everything, -count 5 (~10-15 min on 2 idle cores)
 #   COUNT=3 QUICK=1 bench/run.sh         # shorter benchtimes, for a smoke run
-#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest rss)
+#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest federation rss)
 #   SKIP=partition bench/run.sh          # all but these
 #
 # Raw `go test` output is kept in $OUT (printed at the end). Progress goes to
@@ -100,6 +100,11 @@ if want tpm; then
 	run e2e-tpm-start bench/e2e '^BenchmarkTPMAgentStart$' "$(bt 100x 20x)"
 fi
 want attest && run attest bench/attest . "$(bt 300x 100x)"
+if want federation; then
+	run federation-endpoint bench/federation '^BenchmarkBundleEndpoint$' "$(bt 10x 2x)"
+	# Each scheduled iteration waits for the peer's refresh (hint 5s).
+	run federation-rotation bench/federation '^BenchmarkRotationToFederatedWorkload$' "$(bt 20x 5x)" "$(bt 3 1)"
+fi
 
 echo "load average after the Go benchmarks: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

@@ -9,8 +9,10 @@ import (
 
 // Unreachable reports whether err (or an error it wraps) means the call
 // never got an answer from the server: Unavailable (no connection, the
-// server stopping) or DeadlineExceeded (no answer in time). A server that
-// answered, even with an error, was reachable.
+// server stopping), DeadlineExceeded (no answer in time) or Canceled (the
+// agent closed the connection under the call as its session with the
+// server ended). A server that answered, even with an error, was
+// reachable. Callers whose own context can be canceled check it first.
 func Unreachable(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true
@@ -19,5 +21,9 @@ func Unreachable(err error) bool {
 	if !ok {
 		return false
 	}
-	return st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		return true
+	}
+	return false
 }

@@ -20,6 +20,8 @@ func TestUnreachable(t *testing.T) {
 		{status.Error(codes.Unavailable, "connection refused"), true},
 		{fmt.Errorf("new JWT-SVID: %w", status.Error(codes.DeadlineExceeded, "timeout")), true},
 		{fmt.Errorf("call: %w", context.DeadlineExceeded), true},
+		// The session ended and the agent closed the connection under the call.
+		{fmt.Errorf("new JWT-SVID: %w", status.Error(codes.Canceled, "grpc: the client connection is closing")), true},
 		{status.Error(codes.NotFound, "entry not found"), false},
 		{status.Error(codes.PermissionDenied, "denied"), false},
 		{errors.New("response carries no token"), false},

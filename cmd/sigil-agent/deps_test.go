@@ -32,6 +32,10 @@ var forbidden = []string{
 	// only the server renders agent IDs.
 	module + "internal/attest/node/agentpath",
 	"github.com/Masterminds",
+	// k8s_psat's kubeconfig reader and its YAML decoder: only the server
+	// reads kubeconfig files (the agent half sends a token).
+	module + "internal/kubeapi/kubeconfig",
+	"gopkg.in/yaml.v3",
 }
 
 // documented are the omit tags of the README's device build, with the
@@ -42,6 +46,9 @@ var documented = map[string][]string{
 	"sigil_omit_tpm":     {module + "internal/attest/node/tpm", module + "internal/keys/tpmkey", module + "internal/tpmdev", "github.com/google/go-tpm"},
 	"sigil_omit_x509pop": {module + "internal/attest/node/x509pop"},
 	"sigil_omit_docker":  {module + "internal/attest/workload/docker"},
+	// k8s_psat's package holds the server half too, with its API client
+	// (kubeapi; the kubeconfig reader is the server's, forbidden above).
+	"sigil_omit_k8s_psat": {module + "internal/attest/node/k8spsat", module + "internal/kubeapi"},
 }
 
 func under(dep, pkg string) bool { return dep == pkg || strings.HasPrefix(dep, pkg+"/") }

@@ -18,14 +18,39 @@ import (
 // catalog linked by `sigil-server dev`, the selector types of the CLI's
 // entry checks) would bring it.
 var omitted = map[string][]string{
-	"tpm": {"github.com/sigil-spiffe/sigil/internal/keys/tpmkey", "github.com/sigil-spiffe/sigil/internal/tpmdev", "github.com/google/go-tpm"},
+	"tpm":      {"github.com/sigil-spiffe/sigil/internal/keys/tpmkey", "github.com/sigil-spiffe/sigil/internal/tpmdev", "github.com/google/go-tpm"},
+	"k8s_psat": {"github.com/sigil-spiffe/sigil/internal/kubeapi", "gopkg.in/yaml.v3"},
+}
+
+// TestServerLinksNoKubernetesClient: sigil-server talks to Kubernetes API
+// servers (k8s_psat's TokenReview, pods, nodes) with internal/kubeapi,
+// net/http and JSON, and links no Kubernetes client library (client-go,
+// apimachinery, the API types): they would triple its compile time for
+// three requests. The check holds for the default build, which links
+// kubeapi (so the check can fail if kubeapi grew such an import).
+func TestServerLinksNoKubernetesClient(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps: %v\n%s", err, out)
+	}
+	deps := strings.Fields(string(out))
+	if !slices.Contains(deps, "github.com/sigil-spiffe/sigil/internal/kubeapi") {
+		t.Fatal("sigil-server does not link internal/kubeapi: the check would prove little")
+	}
+	for _, d := range deps {
+		for _, f := range []string{"k8s.io", "sigs.k8s.io"} {
+			if d == f || strings.HasPrefix(d, f+"/") {
+				t.Errorf("sigil-server links %s", d)
+			}
+		}
+	}
 }
 
 // TestOmitTagsLeaveAttestorsOut: every plugin file of the server's catalog
 // with a `//go:build !sigil_omit_<name>` line is left out by that tag, and
-// with it the plugin's package (internal/attest/node/<name>) and what only
-// it needs (omitted): a device or minimal build links none of its code.
-// Without the tags the packages are linked, so the check can fail.
+// with it the plugin's package (internal/attest/node/<name without
+// underscores>: k8s_psat's is k8spsat) and what only it needs (omitted):
+// a device or minimal build links none of its code. Without the tags the packages are linked, so the check can fail.
 func TestOmitTagsLeaveAttestorsOut(t *testing.T) {
 	files, err := filepath.Glob("../../internal/catalog/server/*.go")
 	if err != nil {
@@ -62,7 +87,7 @@ func TestOmitTagsLeaveAttestorsOut(t *testing.T) {
 	var omit []string
 	for _, n := range names {
 		omit = append(omit, "sigil_omit_"+n)
-		for _, pkg := range append([]string{prefix + n}, omitted[n]...) {
+		for _, pkg := range append([]string{prefix + strings.ReplaceAll(n, "_", "")}, omitted[n]...) {
 			if !slices.ContainsFunc(full, func(d string) bool { return under(d, pkg) }) {
 				t.Errorf("the default build does not link %s: the check would prove nothing", pkg)
 			}
@@ -73,7 +98,7 @@ func TestOmitTagsLeaveAttestorsOut(t *testing.T) {
 		t.Helper()
 		for _, dep := range deps(strings.Join(tags, ",")) {
 			for _, n := range names {
-				for _, pkg := range append([]string{prefix + n}, omitted[n]...) {
+				for _, pkg := range append([]string{prefix + strings.ReplaceAll(n, "_", "")}, omitted[n]...) {
 					if under(dep, pkg) {
 						t.Errorf("built with -tags %s, sigil-server still links %s", strings.Join(tags, ","), dep)
 					}

@@ -14,7 +14,7 @@ import (
 // yet.
 var (
 	plannedWorkload = []string{"k8s", "systemd", "windows"}
-	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_psat", "k8s_sat", "sshpop", "tpm_devid"}
+	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_sat", "sshpop", "tpm_devid"}
 )
 
 // omittable lists the selector types of attestors a build tag can leave
@@ -22,6 +22,7 @@ var (
 // (selectors_<name>.go), such a type is accepted like a planned one.
 var omittable = []struct{ typ, plugin string }{
 	{"docker", "WorkloadAttestor"},
+	{"k8s_psat", "NodeAttestor"},
 	{"tpm", "NodeAttestor"},
 	{"x509pop", "NodeAttestor"},
 }

@@ -44,7 +44,9 @@ type ServerConfig struct {
 
 // Plugin is a plugin block of a configuration a test renders:
 // Type "Name" { plugin_data { ... } }. Data values are strings, []string,
-// ints, []int or bools, written as HCL in key order.
+// ints, []int, bools or map[string]any (a nested object, such as
+// k8s_psat's clusters = { "name" = { ... } }), written as HCL in key
+// order.
 type Plugin struct {
 	Type string
 	Name string
@@ -55,35 +57,58 @@ type Plugin struct {
 func (p Plugin) HCL() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "    %s %q {\n        plugin_data {\n", p.Type, p.Name)
-	keys := make([]string, 0, len(p.Data))
-	for k := range p.Data {
+	writeHCL(&b, p.Data, "            ")
+	fmt.Fprintf(&b, "        }\n    }\n")
+	return b.String()
+}
+
+// writeHCL writes data's keys in order, one per line, at indent.
+func writeHCL(b *strings.Builder, data map[string]any, indent string) {
+	keys := make([]string, 0, len(data))
+	for k := range data {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		switch v := p.Data[k].(type) {
+		key := k
+		if !hclIdent(k) {
+			key = strconv.Quote(k)
+		}
+		switch v := data[k].(type) {
 		case string:
-			fmt.Fprintf(&b, "            %s = %q\n", k, v)
+			fmt.Fprintf(b, "%s%s = %q\n", indent, key, v)
 		case []string:
 			q := make([]string, len(v))
 			for i, s := range v {
 				q[i] = strconv.Quote(s)
 			}
-			fmt.Fprintf(&b, "            %s = [%s]\n", k, strings.Join(q, ", "))
+			fmt.Fprintf(b, "%s%s = [%s]\n", indent, key, strings.Join(q, ", "))
 		case int, bool:
-			fmt.Fprintf(&b, "            %s = %v\n", k, v)
+			fmt.Fprintf(b, "%s%s = %v\n", indent, key, v)
 		case []int:
 			q := make([]string, len(v))
 			for i, n := range v {
 				q[i] = strconv.Itoa(n)
 			}
-			fmt.Fprintf(&b, "            %s = [%s]\n", k, strings.Join(q, ", "))
+			fmt.Fprintf(b, "%s%s = [%s]\n", indent, key, strings.Join(q, ", "))
+		case map[string]any:
+			fmt.Fprintf(b, "%s%s = {\n", indent, key)
+			writeHCL(b, v, indent+"    ")
+			fmt.Fprintf(b, "%s}\n", indent)
 		default:
 			panic(fmt.Sprintf("testutil: plugin_data %q has a value of type %T", k, v))
 		}
 	}
-	fmt.Fprintf(&b, "        }\n    }\n")
-	return b.String()
+}
+
+// hclIdent reports whether s can be written unquoted as an HCL key.
+func hclIdent(s string) bool {
+	for i, r := range s {
+		if !(r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func (c *ServerConfig) defaults() error {

@@ -27,9 +27,11 @@ import (
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
 	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/kubetest"
 )
 
-func TestMain(m *testing.M) { os.Exit(testutil.Main(m)) }
+// The Kubernetes API server (kubetest) starts only for the tests that ask.
+func TestMain(m *testing.M) { os.Exit(kubetest.Main(m, testutil.Cleanup)) }
 
 // deadline bounds waits for things that take milliseconds against Sigil
 // and up to a few SPIRE sync periods (5 s) against SPIRE; tests never

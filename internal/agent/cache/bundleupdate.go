@@ -26,7 +26,9 @@ type BundleUpdate struct {
 
 // SetBundleRefreshed is SetBundle for a bundle that its trust domain's
 // server last refreshed at refreshedAt (as our server reports it): that
-// becomes its update time, whether or not its content changed. A
+// becomes its update time, whether or not its content changed, except
+// that new content reported with a refresh time no newer than the previous
+// content's is current as of now (the report lags the content). A
 // refreshedAt after the cache clock's now (clock skew) counts as now; a
 // zero one makes it SetBundle. Only a content change notifies
 // subscribers; a new update time alone is persisted.
@@ -62,8 +64,11 @@ func (c *Cache) SetBundleRefreshed(b *spiffebundle.Bundle, refreshedAt time.Time
 		}
 		return nil
 	}
+	// New content: its reported refresh time, unless that is no newer
+	// than the previous content's (the server's record lags the bundle it
+	// serves, e.g. a bundle set by hand): then it is current as of now.
 	at := refreshedAt
-	if at.IsZero() {
+	if old, ok := c.bundles[td]; at.IsZero() || (ok && !at.After(old.updatedAt)) {
 		at = now
 	}
 	c.bundles[td] = &bundleRecord{bundle: b.Clone(), gen: c.nextGen(), updatedAt: at}

@@ -151,3 +151,34 @@ func TestBundleUpdateTimeUnknownInOldFile(t *testing.T) {
 		t.Fatalf("after a sync: updated at %s, want %s", got, clk.Now())
 	}
 }
+
+// TestNewBundleWithStaleRefreshTime: new content reported with the
+// previous content's refresh time (the server's record lagging the bundle
+// it serves) is current as of its arrival, not as old as the previous one.
+func TestNewBundleWithStaleRefreshTime(t *testing.T) {
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	c := newCache(t, "", clk)
+	partner := newCA(t, fedTD)
+	refreshed := clk.Now().Add(-time.Hour)
+	if err := c.SetBundleRefreshed(partner.bundle(fedTD), refreshed); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Minute)
+	rotated := partner.bundle(fedTD)
+	rotated.AddX509Authority(newCA(t, fedTD).Cert)
+	if err := c.SetBundleRefreshed(rotated, refreshed); err != nil {
+		t.Fatal(err)
+	}
+	if got := updates(c)[fedTD]; !got.Equal(clk.Now()) {
+		t.Fatalf("new content with the old refresh time: updated at %s, want its arrival %s", got, clk.Now())
+	}
+	// A newer report still wins.
+	clk.Add(time.Minute)
+	later := clk.Now().Add(-10 * time.Second)
+	if err := c.SetBundleRefreshed(partner.bundle(fedTD), later); err != nil {
+		t.Fatal(err)
+	}
+	if got := updates(c)[fedTD]; !got.Equal(later) {
+		t.Fatalf("new content with a newer refresh time: updated at %s, want %s", got, later)
+	}
+}

@@ -587,13 +587,15 @@ func (r *refresher) attempt(ctx context.Context) (time.Duration, error) {
 		}
 		m.log.Info("Federated bundle updated", "trust_domain", td.Name(), "sequence_number", written.SequenceNumber,
 			"x509_authorities", len(written.X509Authorities), "jwt_authorities", len(written.JWTKeys))
-		if m.cfg.OnBundleChange != nil {
-			m.cfg.OnBundleChange()
-		}
 	}
 	now := m.clk.Now()
 	if err := m.cfg.Store.SetBundleRefreshed(ctx, td.Name(), now); err != nil && ctx.Err() == nil {
 		m.log.Warn("Could not record the time of a bundle refresh", "trust_domain", td.Name(), "error", err)
+	}
+	// Agents are told once the refresh time is recorded: the bundle API
+	// sends it with the bundle they fetch when woken.
+	if changed && m.cfg.OnBundleChange != nil {
+		m.cfg.OnBundleChange()
 	}
 	if m.cfg.Metrics != nil {
 		m.cfg.Metrics.FederationRefreshed(td.Name(), now, nil)

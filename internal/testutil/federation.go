@@ -17,9 +17,10 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/fedstatus"
 )
 
-// BundleEndpoint is the federation.bundle_endpoint of a ServerConfig, on
-// 127.0.0.1.
+// BundleEndpoint is the federation.bundle_endpoint of a ServerConfig.
 type BundleEndpoint struct {
+	// Address is where it listens (and URL's host); "" is 127.0.0.1.
+	Address     string
 	Port        int           // required
 	RefreshHint time.Duration // refresh_hint; 0 leaves the server's default
 	// CertFile and KeyFile, when set, make it profile "https_web" with this
@@ -29,7 +30,14 @@ type BundleEndpoint struct {
 
 // URL is the endpoint's https URL.
 func (e BundleEndpoint) URL() string {
-	return "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(e.Port))
+	return "https://" + net.JoinHostPort(e.address(), strconv.Itoa(e.Port))
+}
+
+func (e BundleEndpoint) address() string {
+	if e.Address == "" {
+		return "127.0.0.1"
+	}
+	return e.Address
 }
 
 // FederatesWith is a federates_with block of a ServerConfig.
@@ -49,7 +57,7 @@ func (c ServerConfig) federationHCL() string {
 	var b strings.Builder
 	b.WriteString("    federation {\n")
 	if e := c.BundleEndpoint; e != nil {
-		fmt.Fprintf(&b, "        bundle_endpoint {\n            address = \"127.0.0.1\"\n            port = %d\n", e.Port)
+		fmt.Fprintf(&b, "        bundle_endpoint {\n            address = %q\n            port = %d\n", e.address(), e.Port)
 		if e.RefreshHint > 0 {
 			fmt.Fprintf(&b, "            refresh_hint = %q\n", e.RefreshHint.String())
 		}

@@ -1,12 +1,19 @@
 package testutil
 
 import (
+	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Partition is a pair of network namespaces joined by a veth pair: the
@@ -140,4 +147,73 @@ func (p *Partition) ip(t testing.TB, args ...string) {
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
+}
+
+// DialIn dials a TCP address from inside the network namespace ns (e.g. an
+// agent's health listener bound to 127.0.0.1 there): the socket is made
+// by a thread switched into ns and back, and works from any goroutine
+// after (a socket stays in the namespace it was made in).
+//
+// The thread must be switched back rather than left to exit: processes
+// started by the test (Start) get SIGKILL when the thread that forked them
+// exits (Pdeathsig is per thread), and any thread may have forked one.
+func DialIn(ctx context.Context, ns, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := dialInThread(ctx, ns, addr)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+// dialInThread dials from ns on the calling goroutine's thread, locked
+// meanwhile, and unlocks it once it is back in its own namespace. If it
+// could not switch back, the thread stays locked and exits with the
+// goroutine, so nothing else ever runs in ns (rare).
+func dialInThread(ctx context.Context, ns, addr string) (net.Conn, error) {
+	runtime.LockOSThread()
+	c, restored, err := dialIn(ctx, ns, addr)
+	if restored {
+		runtime.UnlockOSThread()
+	}
+	return c, err
+}
+
+// dialIn runs on a locked thread: it switches the thread into ns, dials,
+// and switches back; restored is false only if switching back failed.
+func dialIn(ctx context.Context, ns, addr string) (c net.Conn, restored bool, err error) {
+	self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		return nil, true, err
+	}
+	defer self.Close()
+	target, err := os.Open("/var/run/netns/" + ns)
+	if err != nil {
+		return nil, true, err
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		return nil, true, fmt.Errorf("setns %s: %w", ns, err)
+	}
+	c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if rerr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); rerr != nil {
+		if c != nil {
+			_ = c.Close()
+		}
+		return nil, false, fmt.Errorf("setns back from %s: %w", ns, rerr)
+	}
+	return c, true, err
+}
+
+// HTTPClientIn is an HTTP client whose connections are made inside the
+// network namespace ns (DialIn).
+func HTTPClientIn(ns string) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return DialIn(ctx, ns, addr) },
+	}}
 }

@@ -79,7 +79,7 @@ func Start(t testing.TB, c Command) *Process {
 	t.Cleanup(func() {
 		p.Kill()
 		if t.Failed() {
-			t.Logf("---- %s log (%s) ----\n%s", p.Name, p.LogPath, tail(p.Logs(), 150))
+			t.Logf("---- %s log (%s) ----\n%s", p.Name, p.LogPath, tail(p.Logs(), 300))
 		}
 	})
 	return p
@@ -118,8 +118,15 @@ func (p *Process) Stop() error {
 	case <-p.done:
 		return p.err
 	case <-time.After(StopTimeout):
+		// A Go process dumps its goroutines on SIGQUIT (into its log):
+		// what it was stuck on.
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(2 * time.Second):
+		}
 		p.Kill()
-		return fmt.Errorf("%s did not stop within %v after SIGTERM; killed", p.Name, StopTimeout)
+		return fmt.Errorf("%s did not stop within %v after SIGTERM; killed after SIGQUIT (goroutine dump in %s)", p.Name, StopTimeout, p.LogPath)
 	}
 }
 

@@ -34,6 +34,17 @@ type domain struct {
 	srv   *testutil.Server
 	agent *testutil.Agent
 	app   spiffeid.ID
+	// ns is the network namespace server and agent run in ("": the
+	// host's).
+	ns string
+}
+
+// wrap is the command prefix running a process in d's namespace.
+func (d *domain) wrap() []string {
+	if d.ns == "" {
+		return nil
+	}
+	return []string{"ip", "netns", "exec", d.ns}
 }
 
 func (d *domain) td() spiffeid.TrustDomain { return d.srv.TrustDomain() }
@@ -49,8 +60,10 @@ func (d *domain) bundleCerts(t *testing.T) []*x509.Certificate { return d.srv.Ad
 // https_spiffe: cloud through its configuration (bootstrapped with bundle
 // set), edge through the trustdomain API (bootstrapped with the
 // relationship), as an operator does each. cloudCfg may set more of
-// cloud's configuration.
-func newDomains(t *testing.T, cloudCfg testutil.ServerConfig) (cloud, edge *domain) {
+// cloud's configuration. With a partition, cloud runs in its server
+// namespace and edge in its device namespace, each server and bundle
+// endpoint on its namespace's address.
+func newDomains(t *testing.T, cloudCfg testutil.ServerConfig, p *testutil.Partition) (cloud, edge *domain) {
 	t.Helper()
 	cloudPort, err := testutil.FreePort()
 	if err != nil {
@@ -65,8 +78,15 @@ func newDomains(t *testing.T, cloudCfg testutil.ServerConfig) (cloud, edge *doma
 	edgeCfg := testutil.ServerConfig{TrustDomain: edgeTD.Name(), BundleEndpoint: &testutil.BundleEndpoint{Port: edgePort, RefreshHint: refreshHint}}
 	cloudCfg.FederatesWith = append(cloudCfg.FederatesWith, testutil.FederatesWith{TrustDomain: edgeTD.Name(), URL: edgeCfg.BundleEndpoint.URL(),
 		EndpointSPIFFEID: "spiffe://edge.test/spire/server"})
-	cloud = &domain{srv: testutil.NewServer(t, cloudCfg)}
-	edge = &domain{srv: testutil.StartServer(t, edgeCfg)}
+	cloud, edge = &domain{}, &domain{}
+	if p != nil {
+		cloud.ns, edge.ns = p.ServerNS, p.AgentNS
+		cloudCfg.BindAddress, cloudCfg.BundleEndpoint.Address = p.ServerIP, p.ServerIP
+		edgeCfg.BindAddress, edgeCfg.BundleEndpoint.Address = p.AgentIP, p.AgentIP
+		cloudCfg.FederatesWith[len(cloudCfg.FederatesWith)-1].URL = edgeCfg.BundleEndpoint.URL()
+	}
+	cloud.srv = testutil.NewServer(t, cloudCfg, cloud.wrap()...)
+	edge.srv = testutil.StartServer(t, edgeCfg, edge.wrap()...)
 	return cloud, edge
 }
 
@@ -93,7 +113,12 @@ func startDomains(t *testing.T, cloud, edge *domain) {
 		TrustDomainBundle:     &types.Bundle{TrustDomain: cloudTD.Name(), X509Authorities: roots},
 	})
 	for _, d := range []struct{ self, peer *domain }{{cloud, edge}, {edge, cloud}} {
-		d.self.agent = testutil.StartAgent(t, testutil.AgentFor(t, d.self.srv, "/agent", ""))
+		cfg := testutil.AgentFor(t, d.self.srv, "/agent", "")
+		var err error
+		if cfg.HealthPort, err = testutil.FreePort(); err != nil {
+			t.Fatal(err)
+		}
+		d.self.agent = testutil.StartAgent(t, cfg, d.self.wrap()...)
 		d.self.app = d.self.srv.ID("/app")
 		e, err := adminclient.NewEntry(d.self.app, d.self.srv.ID("/agent"), uidSelector)
 		if err != nil {
@@ -210,7 +235,7 @@ func TestTwoTrustDomains(t *testing.T) {
 		Port: partnerPort, RefreshHint: refreshHint,
 		CertFile: testca.WriteCertsPEM(t, filepath.Join(dir, "web.crt"), cert), KeyFile: testca.WriteKeyPEM(t, filepath.Join(dir, "web.key"), key)}})
 
-	cloud, edge := newDomains(t, testutil.ServerConfig{})
+	cloud, edge := newDomains(t, testutil.ServerConfig{}, nil)
 	cloud.srv.Env = []string{"SSL_CERT_FILE=" + testca.WriteCertsPEM(t, filepath.Join(dir, "roots.pem"), webRoot.Cert)}
 	startDomains(t, cloud, edge)
 	cloud.srv.Admin(t).CreateFederationRelationship(t, &types.FederationRelationship{
@@ -272,10 +297,11 @@ func TestTwoTrustDomains(t *testing.T) {
 // completing mTLS across the rotation.
 func TestCARotationReachesFederatedWorkloads(t *testing.T) {
 	t.Parallel()
-	cloud, edge := newDomains(t, testutil.ServerConfig{CATTL: time.Minute, X509SVIDTTL: 10 * time.Second})
+	cloud, edge := newDomains(t, testutil.ServerConfig{CATTL: time.Minute, X509SVIDTTL: 10 * time.Second}, nil)
 	startDomains(t, cloud, edge)
 	cloudSrc, edgeSrc := cloud.source(t), edge.source(t)
 	expectMutualTLS(t, cloud, edge, cloudSrc, edgeSrc)
+	expectJWTAcross(t, cloud, edge)
 	first := cloud.bundleCerts(t)
 	if len(first) != 1 {
 		t.Fatalf("cloud's bundle has %d authorities at start", len(first))
@@ -313,4 +339,6 @@ func TestCARotationReachesFederatedWorkloads(t *testing.T) {
 		t.Fatalf("cloud's workload never got an SVID of the new CA: %v", err)
 	}
 	expectMutualTLS(t, cloud, edge, cloudSrc, edgeSrc)
+	// cloud's JWT key rotates with its CA: its new tokens validate at edge.
+	expectJWTAcross(t, cloud, edge)
 }

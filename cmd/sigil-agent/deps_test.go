@@ -36,6 +36,10 @@ var forbidden = []string{
 	// reads kubeconfig files (the agent half sends a token).
 	module + "internal/kubeapi/kubeconfig",
 	"gopkg.in/yaml.v3",
+	// The systemd workload attestor speaks D-Bus itself (+60 KiB); the
+	// library, a test dependency (internal/testutil/fakesystemd), costs
+	// +280 KiB.
+	"github.com/godbus",
 }
 
 // documented are the omit tags of the README's device build, with the
@@ -49,6 +53,7 @@ var documented = map[string][]string{
 	// k8s_psat's package holds the server half too, with its API client
 	// (kubeapi; the kubeconfig reader is the server's, forbidden above).
 	"sigil_omit_k8s_psat": {module + "internal/attest/node/k8spsat", module + "internal/kubeapi"},
+	"sigil_omit_systemd":  {module + "internal/attest/workload/systemd"},
 }
 
 func under(dep, pkg string) bool { return dep == pkg || strings.HasPrefix(dep, pkg+"/") }

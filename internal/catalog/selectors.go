@@ -13,7 +13,7 @@ import (
 // its workload and node attestor plugins) for which Sigil has no attestor
 // yet.
 var (
-	plannedWorkload = []string{"k8s", "systemd", "windows"}
+	plannedWorkload = []string{"k8s", "windows"}
 	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_sat", "sshpop", "tpm_devid"}
 )
 
@@ -23,6 +23,7 @@ var (
 var omittable = []struct{ typ, plugin string }{
 	{"docker", "WorkloadAttestor"},
 	{"k8s_psat", "NodeAttestor"},
+	{"systemd", "WorkloadAttestor"},
 	{"tpm", "NodeAttestor"},
 	{"x509pop", "NodeAttestor"},
 }

@@ -20,6 +20,7 @@ func TestSelectors(t *testing.T) {
 	// Sigil's own types, checked; SPIRE's others, accepted as they are.
 	for _, s := range []string{"unix:uid:1000", "spiffe_id:spiffe://example.org/spire/agent/join_token/abc",
 		"k8s:ns:default", "k8s_psat:cluster:c1", "docker:label:app:web", "docker:env:A=b", "docker:image_id:nginx:1.27", "systemd:id:web.service",
+		"systemd:fragment_path:/lib/systemd/system/web.service", "systemd:fragment_path:",
 		"x509pop:subject:cn:node1", "tpm:pub_hash:" + strings.Repeat("ab", 32), "tpm:pcr:sha256:7:" + strings.Repeat("0", 64), "aws_iid:tag:role:web", "gcp_iit:project-id:p",
 		"azure_msi:tenant:t"} {
 		if err := check(s); err != nil {
@@ -39,6 +40,9 @@ func TestSelectors(t *testing.T) {
 		"docker:labels:a:b":               "must start with one of env:, image_config_digest:, image_id:, label:",
 		"docker:label:nocolon":            "is not <key>:<value>",
 		"docker:image_config_digest:9f86": "is not an image ID",
+		"systemd:unit:web.service":        "must start with id: or fragment_path:",
+		"systemd:id:":                     "is not a unit name",
+		"systemd:fragment_path:web":       "is not an absolute path",
 	} {
 		if k, _ := r.Lookup(strings.SplitN(s, ":", 2)[0]); strings.Contains(k.Producer, "left out of this build") {
 			continue // built with sigil_omit_<type>: accepted unchecked

@@ -6,7 +6,7 @@
 #
 #   bench/run.sh > results.md            # everything, -count 5 (~10-15 min on 2 idle cores)
 #   COUNT=3 QUICK=1 bench/run.sh         # shorter benchtimes, for a smoke run
-#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest federation rss)
+#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest federation ha rss)
 #   SKIP=partition bench/run.sh          # all but these
 #
 # Raw `go test` output is kept in $OUT (printed at the end). Progress goes to
@@ -104,6 +104,12 @@ if want federation; then
 	run federation-endpoint bench/federation '^BenchmarkBundleEndpoint$' "$(bt 10x 2x)"
 	# Each scheduled iteration waits for the peer's refresh (hint 5s).
 	run federation-rotation bench/federation '^BenchmarkRotationToFederatedWorkload$' "$(bt 20x 5x)" "$(bt 3 1)"
+fi
+if want ha; then
+	run ha-writes bench/ha '^BenchmarkHAEntryWrites$' "$(bt 2000x 300x)"
+	run ha-propagation bench/ha '^BenchmarkHAEntryToWorkload$' "$(bt 60x 20x)"
+	run ha-ban bench/ha '^BenchmarkHABan$' "$(bt 60x 20x)"
+	run ha-failover bench/ha '^BenchmarkHAFailover$' "$(bt 10x 3x)"
 fi
 
 echo "load average after the Go benchmarks: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -74,25 +74,43 @@ type Server struct {
 // compare the backends in one binary.
 func StartServer(tb testing.TB, plugins ...config.Plugin) *Server {
 	tb.Helper()
+	var ds config.Plugin
+	switch name := os.Getenv("BENCH_DATASTORE"); name {
+	case "", "sqlite", "sqlite3":
+	case "postgres":
+		ds = PostgresDataStore(tb, pgtest.Start(tb, pgtest.Options{Durable: true}))
+	default:
+		tb.Fatalf("BENCH_DATASTORE=%q: want sqlite or postgres", name)
+	}
+	return StartServerWith(tb, ds, serverapp.Options{}, plugins...)
+}
+
+// PostgresDataStore is DataStore "sql" on a new database of cluster c.
+func PostgresDataStore(tb testing.TB, c *pgtest.Cluster) config.Plugin {
+	tb.Helper()
+	return config.NewPlugin("DataStore", "sql", map[string]any{"database_type": "postgres", "connection_string": c.NewDatabase(tb)})
+}
+
+// StartServerWith is StartServer with the DataStore ds (the zero Plugin:
+// SQLite in the server's data dir, as StartServer) and the app's options
+// opts. Servers given one ds share its database (HA).
+func StartServerWith(tb testing.TB, ds config.Plugin, opts serverapp.Options, plugins ...config.Plugin) *Server {
+	tb.Helper()
 	dir := testutil.ShortTempDir(tb)
 	port, err := testutil.FreePort()
 	if err != nil {
 		tb.Fatal(err)
 	}
 	cfg := inproc.ServerConfig(TrustDomain, filepath.Join(dir, "server"), filepath.Join(dir, "server.sock"), port)
-	switch ds := os.Getenv("BENCH_DATASTORE"); ds {
-	case "", "sqlite", "sqlite3":
+	if ds.Type == "" {
 		cfg.SetPlugin(inproc.SQLDataStore(cfg.DataDir, os.Getenv("BENCH_SQLITE_SYNCHRONOUS")))
-	case "postgres":
-		c := pgtest.Start(tb, pgtest.Options{Durable: true})
-		cfg.SetPlugin(config.NewPlugin("DataStore", "sql", map[string]any{"database_type": "postgres", "connection_string": c.NewDatabase(tb)}))
-	default:
-		tb.Fatalf("BENCH_DATASTORE=%q: want sqlite or postgres", ds)
+	} else {
+		cfg.SetPlugin(ds)
 	}
 	for _, p := range plugins {
 		cfg.SetPlugin(p)
 	}
-	srv, err := inproc.StartServer(cfg, Logger(), serverapp.Options{})
+	srv, err := inproc.StartServer(cfg, Logger(), opts)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -78,6 +78,8 @@ type Server struct {
 	// upstream is the UpstreamAuthority when it holds resources ("spire":
 	// the CA's Run drives it), nil otherwise; Run and Close release it.
 	upstream io.Closer
+	// noListen is Options.NoChangeListener.
+	noListen bool
 	// lock is data_dir's, held from New until Run returns (or Close).
 	lock *datadir.Lock
 }
@@ -85,6 +87,10 @@ type Server struct {
 // Options are test and embedding hooks; the zero value is production.
 type Options struct {
 	Clock clock.Clock
+	// NoChangeListener leaves the datastore's change listener (PostgreSQL
+	// LISTEN/NOTIFY) off: other servers' writes are then seen by polling
+	// only. For benchmarks measuring that fallback.
+	NoChangeListener bool
 }
 
 // New opens the datastore, loads or creates the CA and builds every
@@ -333,6 +339,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 		}
 	}
 	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, trust: trust, svid: svid, ep: ep, metrics: reg, exporter: exporter, fed: fed, bundleEP: bundleEP, lock: lock}
+	srv.noListen = opts.NoChangeListener
 	srv.upstream, _ = pre.upstream.(io.Closer)
 	return srv, nil
 }
@@ -388,7 +395,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.ca.Run(ctx) })
 	g.Go(func() error { return s.cache.Run(ctx) })
 	g.Go(func() error { return s.trust.Run(ctx) })
-	if feed, ok := s.ds.(changeFeed); ok {
+	if feed, ok := s.ds.(changeFeed); ok && !s.noListen {
 		g.Go(func() error { return feed.Listen(ctx) })
 	}
 	g.Go(func() error { return s.svid.Run(ctx) })

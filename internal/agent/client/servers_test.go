@@ -103,3 +103,23 @@ func TestServersSpreadAgents(t *testing.T) {
 		t.Errorf("24 agents: %d on the first server, %d on the second; want both used", onA, onB)
 	}
 }
+
+// TestServersSkipUntrustedServer: a server whose certificate the agent's
+// bundle does not trust (one that joined after the agent's bootstrap
+// bundle was exported) is passed over like a dead one.
+func TestServersSkipUntrustedServer(t *testing.T) {
+	s := &challengeServer{}
+	live := serveChallenges(t, s)
+	stranger := serveChallenges(t, &challengeServer{}) // its own CA
+	for _, list := range [][]string{{stranger, live}, {live, stranger}} {
+		for range 4 {
+			servers, err := client.NewServers(list)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := attestThrough(t, servers, s); err != nil {
+				t.Fatalf("list %q: %v", list, err)
+			}
+		}
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/datadir"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // sharedConfig is testConfig with the datastore at db, shared by servers.
@@ -112,6 +113,25 @@ func TestServersShareOneDatabase(t *testing.T) {
 	}
 }
 
+// servedChain returns the certificate chain the server at addr presents.
+func servedChain(t *testing.T, addr string) []*x509.Certificate {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only reading the chain
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates
+}
+
+func pool(certs ...*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p
+}
+
 // servingCA returns the authority of bundle that signed the X509-SVID the
 // server at addr presents.
 func servingCA(t *testing.T, addr string, bundle []*x509.Certificate) *x509.Certificate {
@@ -129,4 +149,47 @@ func servingCA(t *testing.T, addr string, bundle []*x509.Certificate) *x509.Cert
 	}
 	t.Fatalf("the server at %s presents an SVID no authority of the bundle signed", addr)
 	return nil
+}
+
+// TestServersShareOneUpstream: two servers on one datastore with one
+// UpstreamAuthority "disk" each get their own intermediate CA from it; the
+// bundle holds only the upstream root, and each server's SVIDs verify
+// with it.
+func TestServersShareOneUpstream(t *testing.T) {
+	dir := testutil.ShortTempDir(t)
+	root := testca.New(t, testca.TrustDomain(td))
+	upstream := map[string]any{
+		"cert_file_path": testca.WriteCertsPEM(t, filepath.Join(dir, "upstream.crt"), root.Cert),
+		"key_file_path":  testca.WriteKeyPEM(t, filepath.Join(dir, "upstream.key"), root.Key),
+	}
+	db := filepath.Join(dir, "shared.sqlite3")
+	var addrs []string
+	var first *inproc.Server
+	for range 2 {
+		cfg := sharedConfig(t, db)
+		cfg.SetPlugin(config.NewPlugin("UpstreamAuthority", "disk", upstream))
+		srv := inproc.RunServer(t, cfg, nil, server.Options{})
+		if first == nil {
+			first = srv
+		}
+		addrs = append(addrs, srv.Addr())
+	}
+	bundle := first.Admin(t).BundleCerts(t)
+	if len(bundle) != 1 || !bundle[0].Equal(root.Cert) {
+		t.Fatalf("bundle: %d authorities, want the upstream root only", len(bundle))
+	}
+	var issuers []*x509.Certificate
+	for _, addr := range addrs {
+		chain := servedChain(t, addr)
+		if len(chain) < 2 {
+			t.Fatalf("the server at %s presents no intermediate", addr)
+		}
+		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool(root.Cert), Intermediates: pool(chain[1:]...), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			t.Fatalf("the SVID of the server at %s does not verify with the upstream root: %v", addr, err)
+		}
+		issuers = append(issuers, chain[1])
+	}
+	if issuers[0].Equal(issuers[1]) {
+		t.Fatal("both servers sign with the same intermediate")
+	}
 }

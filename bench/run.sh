@@ -53,13 +53,17 @@ run() {
 	local cmd=(go test "./$pkg" -run '^$' -bench "$bench" -benchtime "$benchtime" -count "$count" -timeout 20m)
 	local quoted
 	quoted=$(shellquote "${cmd[@]}")
-	CMDS+=("$quoted")
+	[[ " ${CMDS[*]} " == *" $quoted "* ]] || CMDS+=("$quoted")
 	log "$quoted"
-	if ! "${cmd[@]}" >>"$OUT/$name.txt" 2>&1; then
+	local status=0
+	"${cmd[@]}" >"$OUT/$name.run" 2>&1 || status=$?
+	# A name run in several rounds appends each round's output.
+	cat "$OUT/$name.run" >>"$OUT/$name.txt"
+	cat "$OUT/$name.run" >>"$OUT/all.txt"
+	if [ "$status" != 0 ]; then
 		FAILED+=("$name")
 		log "FAILED: $name (see $OUT/$name.txt)"
 	fi
-	cat "$OUT/$name.txt" >>"$OUT/all.txt"
 }
 
 # Machine info first: the figures mean little without it.
@@ -106,10 +110,15 @@ if want federation; then
 	run federation-rotation bench/federation '^BenchmarkRotationToFederatedWorkload$' "$(bt 20x 5x)" "$(bt 3 1)"
 fi
 if want ha; then
-	run ha-writes bench/ha '^BenchmarkHAEntryWrites$' "$(bt 2000x 300x)"
-	run ha-propagation bench/ha '^BenchmarkHAEntryToWorkload$' "$(bt 60x 20x)"
-	run ha-ban bench/ha '^BenchmarkHABan$' "$(bt 60x 20x)"
-	run ha-failover bench/ha '^BenchmarkHAFailover$' "$(bt 10x 3x)"
+	# Alternated rounds (-count 1 each, COUNT times): every round runs each
+	# variant and its baseline (two servers / one, notify / poll-only)
+	# back to back, so a change of load hits both alike.
+	for _ in $(seq 1 "$COUNT"); do
+		run ha-writes bench/ha '^BenchmarkHAEntryWrites$' "$(bt 2000x 300x)" 1
+		run ha-propagation bench/ha '^BenchmarkHAEntryToWorkload$' "$(bt 60x 20x)" 1
+		run ha-ban bench/ha '^BenchmarkHABan$' "$(bt 60x 20x)" 1
+		run ha-failover bench/ha '^BenchmarkHAFailover$' "$(bt 10x 3x)" 1
+	done
 fi
 
 echo "load average after the Go benchmarks: $(cut -d' ' -f1-3 /proc/loadavg)"

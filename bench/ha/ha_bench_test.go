@@ -57,7 +57,7 @@ const (
 var uidSel = fmt.Sprintf("uid:%d", os.Getuid())
 
 // haEnv is two in-process servers on one PostgreSQL database and the
-// simulated agents.
+// simulated agents (one server, b == a, for the single-server baseline).
 type haEnv struct {
 	a, b   *stack.Server
 	agents []simAgent
@@ -70,14 +70,22 @@ type simAgent struct {
 }
 
 func newHAEnv(b *testing.B, opts serverapp.Options) *haEnv {
+	return newEnv(b, opts, 2)
+}
+
+// newEnv starts servers (1 or 2) on one new PostgreSQL database.
+func newEnv(b *testing.B, opts serverapp.Options, servers int) *haEnv {
 	b.Helper()
 	pg := pgtest.Start(b, pgtest.Options{Durable: true})
 	ds := stack.PostgresDataStore(b, pg)
 	e := &haEnv{a: stack.StartServerWith(b, ds, opts)}
-	e.b = stack.StartServerWith(b, ds, opts)
+	e.b = e.a
+	if servers == 2 {
+		e.b = stack.StartServerWith(b, ds, opts)
+	}
 	bundle := e.a.BundleCerts(b)
-	if len(bundle) != 2 {
-		b.Fatalf("the bundle holds %d authorities, want both servers'", len(bundle))
+	if len(bundle) != servers {
+		b.Fatalf("the bundle holds %d authorities, want %d (one per server)", len(bundle), servers)
 	}
 	for i := range simAgents {
 		srv := e.a
@@ -124,9 +132,19 @@ func newHAEnv(b *testing.B, opts serverapp.Options) *haEnv {
 // BenchmarkHAEntryWrites measures entries created per second through both
 // servers at once: 4 writers, two per server, single-entry BatchCreateEntry
 // calls for random simulated agents (every write is a round on one of the
-// open streams, on either server).
+// open streams, on either server). /one-server is the baseline: the same
+// writers and simulated agents on one server of the same database.
 func BenchmarkHAEntryWrites(b *testing.B) {
-	e := newHAEnv(b, serverapp.Options{})
+	for _, c := range []struct {
+		name    string
+		servers int
+	}{{"two-servers", 2}, {"one-server", 1}} {
+		b.Run(c.name, func(b *testing.B) { benchEntryWrites(b, c.servers) })
+	}
+}
+
+func benchEntryWrites(b *testing.B, servers int) {
+	e := newEnv(b, serverapp.Options{}, servers)
 	const writers = 4
 	var seq atomic.Int64
 	ctx := context.Background()

@@ -132,6 +132,14 @@ type EntryEvent struct {
 	Kind    EntryEventKind
 }
 
+// JournalHorizons say how far each change journal (entry, node, bundle
+// events) has been pruned: every event ID up to a horizon is gone, and a
+// follower whose position is below it may have missed changes (0: nothing
+// pruned yet).
+type JournalHorizons struct {
+	Entry, Node, Bundle int64
+}
+
 // EntryStore stores registration entries.
 type EntryStore interface {
 	// CreateEntries creates the entries in one transaction where possible;
@@ -155,7 +163,8 @@ type EntryStore interface {
 	// ListEntryEvents returns journal events with ID > after, oldest first,
 	// at most limit (0 = no limit).
 	ListEntryEvents(ctx context.Context, after int64, limit int) ([]EntryEvent, error)
-	// LastEntryEventID returns the highest event ID (0 if none).
+	// LastEntryEventID returns the highest event ID (0 if none), pruned
+	// ones included.
 	LastEntryEventID(ctx context.Context) (int64, error)
 }
 

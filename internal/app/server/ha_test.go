@@ -16,8 +16,10 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
 	"github.com/sigil-spiffe/sigil/internal/app/server"
+	"github.com/sigil-spiffe/sigil/internal/clock"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/datadir"
+	"github.com/sigil-spiffe/sigil/internal/datastore/sqlstore"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/inproc"
 	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
@@ -191,5 +193,48 @@ func TestServersShareOneUpstream(t *testing.T) {
 	}
 	if issuers[0].Equal(issuers[1]) {
 		t.Fatal("both servers sign with the same intermediate")
+	}
+}
+
+// TestServerPrunesJournals: a running server prunes the change journals
+// (they grew forever: nothing called PruneEvents): an hour after an
+// entry's creation its events are gone and the journal's horizon
+// recorded, while the entry itself stays.
+func TestServerPrunesJournals(t *testing.T) {
+	db := filepath.Join(testutil.ShortTempDir(t), "shared.sqlite3")
+	clk := clock.NewFake(time.Now().Truncate(time.Second))
+	srv := inproc.RunServer(t, sharedConfig(t, db), nil, server.Options{Clock: clk})
+	id := spiffeid.RequireFromPath(td, "/w")
+	srv.Admin(t).CreateEntry(t, id, spiffeid.RequireFromPath(td, "/agent"), "unix:uid:1")
+	// The test reads the journal through a store of its own, as another
+	// server would.
+	ctx := context.Background()
+	st, err := sqlstore.Open(ctx, sqlstore.Config{DatabaseType: "sqlite3", ConnectionString: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if evs, err := st.ListEntryEvents(ctx, 0, 0); err != nil || len(evs) == 0 {
+		t.Fatalf("entry events after a creation: %v, %v", evs, err)
+	}
+	// A minute of the server's time per poll: how many pass before a
+	// prune round runs depends on the machine's load, so only a real-time
+	// timeout bounds the wait.
+	start := clk.Now()
+	if err := testutil.Poll(time.Minute, 5*time.Millisecond, func() (bool, error) {
+		evs, err := st.ListEntryEvents(ctx, 0, 0)
+		if err != nil || len(evs) == 0 {
+			return err == nil, err
+		}
+		clk.Add(time.Minute)
+		return false, nil
+	}); err != nil {
+		t.Fatalf("the entry journal still holds events %s after they were written: %v", clk.Now().Sub(start), err)
+	}
+	if h, err := st.JournalHorizons(ctx); err != nil || h.Entry == 0 {
+		t.Fatalf("JournalHorizons = %+v, %v", h, err)
+	}
+	if es := srv.Admin(t).ListEntries(t); len(es) != 1 || es[0].GetSpiffeId().GetPath() != "/w" {
+		t.Fatalf("entries after the prune: %v", es)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -34,6 +33,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
 	"github.com/sigil-spiffe/sigil/internal/server/federation"
+	"github.com/sigil-spiffe/sigil/internal/server/prune"
 	"github.com/sigil-spiffe/sigil/internal/server/ratelimit"
 	"github.com/sigil-spiffe/sigil/internal/server/trustbundle"
 	"github.com/sigil-spiffe/sigil/internal/telemetry"
@@ -78,6 +78,8 @@ type Server struct {
 	// upstream is the UpstreamAuthority when it holds resources ("spire":
 	// the CA's Run drives it), nil otherwise; Run and Close release it.
 	upstream io.Closer
+	// pruner deletes expired tokens and entries and old journal events.
+	pruner *prune.Pruner
 	// noListen is Options.NoChangeListener.
 	noListen bool
 	// lock is data_dir's, held from New until Run returns (or Close).
@@ -338,7 +340,8 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 			return nil, err
 		}
 	}
-	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, trust: trust, svid: svid, ep: ep, metrics: reg, exporter: exporter, fed: fed, bundleEP: bundleEP, lock: lock}
+	pruner := prune.New(prune.Config{Store: ds, Clock: clk, Log: log.With("subsystem", "prune")})
+	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, trust: trust, svid: svid, ep: ep, metrics: reg, exporter: exporter, fed: fed, bundleEP: bundleEP, pruner: pruner, lock: lock}
 	srv.noListen = opts.NoChangeListener
 	srv.upstream, _ = pre.upstream.(io.Closer)
 	return srv, nil
@@ -400,7 +403,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return s.svid.Run(ctx) })
 	g.Go(func() error { return s.ep.Run(ctx) })
-	g.Go(func() error { return s.prune(ctx) })
+	g.Go(func() error { return s.pruner.Run(ctx) })
 	if s.exporter != nil {
 		g.Go(func() error { return s.exporter.Run(ctx) })
 	}
@@ -425,28 +428,6 @@ func (s *Server) Close() error {
 		_ = s.upstream.Close()
 	}
 	return s.ds.Close()
-}
-
-// prune removes expired join tokens and registration entries every minute.
-func (s *Server) prune(ctx context.Context) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-s.clk.After(time.Minute):
-		}
-		now := s.clk.Now()
-		if n, err := s.ds.PruneJoinTokens(ctx, now); err != nil {
-			s.log.Warn("Could not prune join tokens", "error", err)
-		} else if n > 0 {
-			s.log.Debug("Pruned expired join tokens", "count", n)
-		}
-		if n, err := s.ds.PruneEntries(ctx, now); err != nil {
-			s.log.Warn("Could not prune registration entries", "error", err)
-		} else if n > 0 {
-			s.log.Info("Pruned expired registration entries", "count", n)
-		}
-	}
 }
 
 // serveHealth is SPIRE's health_checks listener: live while running, ready

@@ -77,6 +77,9 @@ type DataStore interface {
 	datastore.DataStore
 	PruneJoinTokens(ctx context.Context, before time.Time) (int, error)
 	PruneEntries(ctx context.Context, before time.Time) (int, error)
+	// PruneEvents deletes the change journals' events created before t
+	// and records how far each journal was pruned (its horizon).
+	PruneEvents(ctx context.Context, before time.Time) (int, error)
 }
 
 // NodeAttestor is the server half of a node attestor (see package

@@ -37,6 +37,7 @@ type Inner interface {
 	GetFederationRelationship(ctx context.Context, a1 string) (r0 *datastore.FederationRelationship, err error)
 	GetJoinToken(ctx context.Context, a1 [32]uint8) (r0 *datastore.JoinToken, err error)
 	GetNode(ctx context.Context, a1 string) (r0 *datastore.AttestedNode, err error)
+	JournalHorizons(ctx context.Context) (r0 datastore.JournalHorizons, err error)
 	LastBundleEventID(ctx context.Context) (r0 int64, err error)
 	LastEntryEventID(ctx context.Context) (r0 int64, err error)
 	LastNodeEventID(ctx context.Context) (r0 int64, err error)
@@ -236,6 +237,13 @@ func (s *Store) GetJoinToken(ctx context.Context, a1 [32]uint8) (r0 *datastore.J
 func (s *Store) GetNode(ctx context.Context, a1 string) (r0 *datastore.AttestedNode, err error) {
 	defer s.observe("GetNode", time.Now(), &err)
 	r0, err = s.inner.GetNode(ctx, a1)
+	return r0, err
+}
+
+// JournalHorizons is sqlstore.Store's, observed.
+func (s *Store) JournalHorizons(ctx context.Context) (r0 datastore.JournalHorizons, err error) {
+	defer s.observe("JournalHorizons", time.Now(), &err)
+	r0, err = s.inner.JournalHorizons(ctx)
 	return r0, err
 }
 

@@ -499,7 +499,8 @@ func (s *Store) ListBundleEvents(ctx context.Context, after int64, limit int) ([
 	return out, nil
 }
 
-// LastBundleEventID returns the highest bundle event ID (0 if none).
+// LastBundleEventID returns the highest bundle event ID (0 if none), pruned
+// ones included.
 func (s *Store) LastBundleEventID(ctx context.Context) (int64, error) {
 	return s.lastEventID(ctx, "bundle_events")
 }

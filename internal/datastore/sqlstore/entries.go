@@ -927,40 +927,123 @@ func (s *Store) ListEntryEvents(ctx context.Context, after int64, limit int) ([]
 	return out, nil
 }
 
-// LastEntryEventID returns the highest entry event ID (0 if none).
+// LastEntryEventID returns the highest entry event ID (0 if none), pruned
+// ones included.
 func (s *Store) LastEntryEventID(ctx context.Context) (int64, error) {
 	return s.lastEventID(ctx, "entry_events")
 }
 
 func (s *Store) lastEventID(ctx context.Context, table string) (int64, error) {
+	// The pruned horizon too: a journal pruned empty keeps its position
+	// (IDs are never reused), so a follower loading then does not start
+	// again from 0.
 	var v sql.NullInt64
-	if err := s.r.QueryRowContext(ctx, "SELECT MAX(id) FROM "+table).Scan(&v); err != nil {
+	err := s.r.QueryRowContext(ctx, s.q("SELECT MAX(x) FROM (SELECT MAX(id) AS x FROM "+table+
+		" UNION ALL SELECT pruned_through AS x FROM journal_horizons WHERE journal = ?) AS t"), table).Scan(&v)
+	if err != nil {
 		return 0, fmt.Errorf("last event of %s: %w", strings.TrimSuffix(table, "s"), err)
 	}
 	return v.Int64, nil
 }
 
-// PruneEvents deletes entry, node and bundle events created before t
-// (servers that fell that far behind do a full reload instead).
+// journalTables are the change journals, in JournalHorizons' order.
+var journalTables = [...]string{"entry_events", "node_events", "bundle_events"}
+
+// pruneBatch bounds the events one PruneEvents transaction deletes from a
+// journal: a journal that grew for long is pruned in many short
+// transactions, not one that holds the write lock (SQLite: every writer)
+// for long.
+var pruneBatch int64 = 10000
+
+// PruneEvents deletes the journal events (entry, node and bundle) created
+// before t, oldest first, and returns how many it deleted. Journals are
+// pruned by ID: every event at or below the highest ID created before t
+// goes (one with a lower ID that committed after t too), and that ID is
+// recorded as the journal's horizon (JournalHorizons), so a follower
+// whose position is below it, or that still waits for a skipped ID at or
+// below it, knows it may have missed changes and reloads in full.
 func (s *Store) PruneEvents(ctx context.Context, before time.Time) (int, error) {
-	var n int64
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		n = 0
-		for _, table := range []string{"entry_events", "node_events", "bundle_events"} {
-			res, err := tx.ExecContext(ctx, s.q("DELETE FROM "+table+" WHERE created_at < ?"), cutoff(before))
+	total := 0
+	for _, table := range journalTables {
+		n, err := s.pruneJournal(ctx, table, cutoff(before))
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("prune events: %w", err)
+		}
+	}
+	return total, nil
+}
+
+// pruneJournal deletes the events of table at or below the highest ID
+// created before the unix time before, pruneBatch at a time, moving the
+// journal's horizon with each batch.
+func (s *Store) pruneJournal(ctx context.Context, table string, before int64) (int, error) {
+	var hi sql.NullInt64
+	if err := s.w.QueryRowContext(ctx, s.q("SELECT MAX(id) FROM "+table+" WHERE created_at < ?"), before).Scan(&hi); err != nil {
+		return 0, fmt.Errorf("%s: %w", table, err)
+	}
+	if !hi.Valid {
+		return 0, nil
+	}
+	total := 0
+	for {
+		var n int
+		done := true
+		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			n, done = 0, true
+			var lo sql.NullInt64
+			if err := tx.QueryRowContext(ctx, "SELECT MIN(id) FROM "+table).Scan(&lo); err != nil {
+				return err
+			}
+			upTo := hi.Int64
+			if lo.Valid && lo.Int64+pruneBatch-1 < upTo {
+				upTo, done = lo.Int64+pruneBatch-1, false
+			}
+			res, err := tx.ExecContext(ctx, s.q("DELETE FROM "+table+" WHERE id <= ?"), upTo)
 			if err != nil {
-				return fmt.Errorf("prune %s: %w", table, err)
+				return err
 			}
 			c, err := res.RowsAffected()
 			if err != nil {
 				return err
 			}
-			n += c
+			n = int(c)
+			// Another server pruning at once may have gone further.
+			_, err = tx.ExecContext(ctx, s.q("UPDATE journal_horizons SET pruned_through = ? WHERE journal = ? AND pruned_through < ?"), upTo, table, upTo)
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("%s: %w", table, err)
+		}
+		total += n
+		if done {
+			return total, nil
+		}
+	}
+}
+
+// JournalHorizons returns how far each journal has been pruned: every
+// event ID up to the horizon is gone (0: none pruned).
+func (s *Store) JournalHorizons(ctx context.Context) (datastore.JournalHorizons, error) {
+	var h datastore.JournalHorizons
+	err := scanRows(ctx, s.r, "SELECT journal, pruned_through FROM journal_horizons", nil, func(r *sql.Rows) error {
+		var journal string
+		var id int64
+		if err := r.Scan(&journal, &id); err != nil {
+			return err
+		}
+		switch journal {
+		case "entry_events":
+			h.Entry = id
+		case "node_events":
+			h.Node = id
+		case "bundle_events":
+			h.Bundle = id
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("prune events: %w", err)
+		return h, fmt.Errorf("read journal horizons: %w", err)
 	}
-	return int(n), nil
+	return h, nil
 }

@@ -543,7 +543,8 @@ func (s *Store) ListNodeEvents(ctx context.Context, after int64, limit int) ([]d
 	return out, nil
 }
 
-// LastNodeEventID returns the highest node event ID (0 if none).
+// LastNodeEventID returns the highest node event ID (0 if none), pruned
+// ones included.
 func (s *Store) LastNodeEventID(ctx context.Context) (int64, error) {
 	return s.lastEventID(ctx, "node_events")
 }

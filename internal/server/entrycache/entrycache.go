@@ -38,6 +38,18 @@
 // seen there (including one made by another server, in any commit order)
 // wakes every subscriber, like BundleChanged.
 //
+// # Pruned journals
+//
+// Journals are pruned (the server's prune loop deletes events older than
+// its retention). When the Store implements PrunedJournals, the cache
+// checks the journals' horizons (every event ID up to one is gone) at
+// least every PollInterval, and on every application while it waits for
+// skipped IDs: a cache whose position was below a horizon, or that waits
+// for a skipped ID at or below one, may have missed events that were
+// pruned before it read them (a server stopped or cut off from the
+// database for longer than the retention) and reloads in full instead.
+// Load does not wait for IDs at or below the horizon.
+//
 // # Node consistency (the agent check)
 //
 // GetNode is read-your-writes for this server's node writes: every node
@@ -131,6 +143,12 @@ type ChangeNotifier interface {
 	OnChange(fn func(datastore.Change))
 }
 
+// PrunedJournals is optionally implemented by the Store (sqlstore does):
+// how far each journal has been pruned.
+type PrunedJournals interface {
+	JournalHorizons(ctx context.Context) (datastore.JournalHorizons, error)
+}
+
 // BundleJournal is optionally implemented by the Store (sqlstore does):
 // a new bundle event means a bundle changed, possibly on another server
 // sharing the database, and every subscriber is woken.
@@ -202,6 +220,10 @@ type Cache struct {
 	subMu        sync.Mutex
 	subs         map[string]map[*subscriber]struct{}
 	reach        map[string]map[string]struct{}
+
+	// horizonAt is when the pruned horizons were last checked (the zero
+	// time: at the next application). Guarded by applyMu.
+	horizonAt time.Time
 }
 
 type subscriber struct{ ch chan struct{} }
@@ -282,19 +304,26 @@ func (c *Cache) loadLocked(ctx context.Context) error {
 			return fmt.Errorf("entry cache: reading bundle journal position: %w", err)
 		}
 	}
+	// IDs at or below a horizon are pruned, not in flight.
+	var h datastore.JournalHorizons
+	if pj, ok := c.store.(PrunedJournals); ok {
+		if h, err = pj.JournalHorizons(ctx); err != nil {
+			return fmt.Errorf("entry cache: reading the journals' pruned horizons: %w", err)
+		}
+	}
 	// Before reading the entries and nodes: an ID missing now may commit
 	// any time after, and is then applied as a found gap (one that commits
 	// before the listings below is applied twice, harmlessly).
-	entryGaps, err := missingBelow(ctx, lastE, c.store.ListEntryEvents, func(ev datastore.EntryEvent) int64 { return ev.ID })
+	entryGaps, err := missingBelow(ctx, h.Entry, lastE, c.store.ListEntryEvents, func(ev datastore.EntryEvent) int64 { return ev.ID })
 	if err != nil {
 		return fmt.Errorf("entry cache: reading the entry journal: %w", err)
 	}
-	nodeGaps, err := missingBelow(ctx, lastN, c.store.ListNodeEvents, func(ev datastore.NodeEvent) int64 { return ev.ID })
+	nodeGaps, err := missingBelow(ctx, h.Node, lastN, c.store.ListNodeEvents, func(ev datastore.NodeEvent) int64 { return ev.ID })
 	if err != nil {
 		return fmt.Errorf("entry cache: reading the node journal: %w", err)
 	}
 	if hasBJ {
-		if bundleGaps, err = missingBelow(ctx, lastB, bj.ListBundleEvents, func(ev datastore.BundleEvent) int64 { return ev.ID }); err != nil {
+		if bundleGaps, err = missingBelow(ctx, h.Bundle, lastB, bj.ListBundleEvents, func(ev datastore.BundleEvent) int64 { return ev.ID }); err != nil {
 			return fmt.Errorf("entry cache: reading the bundle journal: %w", err)
 		}
 	}
@@ -349,11 +378,11 @@ func resetGaps(gaps map[int64]time.Time, ids []int64, now time.Time) {
 	}
 }
 
-// missingBelow lists the IDs in (last-LoadGapWindow, last] that have no
-// event (yet).
-func missingBelow[E any](ctx context.Context, last int64,
+// missingBelow lists the IDs in (last-LoadGapWindow, last] above the
+// pruned horizon that have no event (yet).
+func missingBelow[E any](ctx context.Context, horizon, last int64,
 	list func(ctx context.Context, after int64, limit int) ([]E, error), id func(E) int64) ([]int64, error) {
-	from := max(0, last-LoadGapWindow)
+	from := max(0, horizon, last-LoadGapWindow)
 	if from >= last {
 		return nil, nil
 	}
@@ -457,6 +486,9 @@ func (c *Cache) sync(ctx context.Context, pokes uint64) error {
 	if !loaded {
 		return c.loadLocked(ctx)
 	}
+	c.mu.RLock()
+	before := positions{c.lastEntryEv, c.lastNodeEv, c.lastBundleEv}
+	c.mu.RUnlock()
 	if err := c.syncEntries(ctx); err != nil {
 		if errors.Is(err, errReload) {
 			c.log.Warn("entry cache: too many skipped entry events, reloading")
@@ -472,7 +504,69 @@ func (c *Cache) sync(ctx context.Context, pokes uint64) error {
 		return err
 	}
 	c.nodePokes.Store(pokes)
-	return c.syncBundles(ctx)
+	if err := c.syncBundles(ctx); err != nil {
+		return err
+	}
+	return c.checkHorizons(ctx, before)
+}
+
+// positions are the cache's journal positions.
+type positions struct{ entry, node, bundle int64 }
+
+// checkHorizons reloads the cache when journal events it had not applied
+// may have been pruned before it read them: a journal's pruned horizon
+// above the position its last read started from (before), or at or above
+// a skipped ID it still waits for. It reads the horizons while skipped
+// IDs are tracked, and otherwise once per PollInterval (a cache that fell
+// behind and finds no newer event). Called with applyMu held, after the
+// journals were read.
+func (c *Cache) checkHorizons(ctx context.Context, before positions) error {
+	pj, ok := c.store.(PrunedJournals)
+	if !ok {
+		return nil
+	}
+	_, hasBJ := c.store.(BundleJournal)
+	now := c.clk.Now()
+	c.mu.RLock()
+	waiting := len(c.entryGaps) > 0 || len(c.nodeGaps) > 0 || len(c.bundleGaps) > 0
+	c.mu.RUnlock()
+	if !waiting && !c.horizonAt.IsZero() && now.Sub(c.horizonAt) < c.poll {
+		return nil
+	}
+	h, err := pj.JournalHorizons(ctx)
+	if err != nil {
+		return fmt.Errorf("entry cache: reading the journals' pruned horizons: %w", err)
+	}
+	c.horizonAt = now
+	c.mu.RLock()
+	entries := before.entry < h.Entry || gapAtOrBelow(c.entryGaps, h.Entry)
+	nodes := before.node < h.Node || gapAtOrBelow(c.nodeGaps, h.Node)
+	bundles := hasBJ && (before.bundle < h.Bundle || gapAtOrBelow(c.bundleGaps, h.Bundle))
+	c.mu.RUnlock()
+	if !entries && !nodes && !bundles {
+		return nil
+	}
+	c.log.Warn("entry cache: journal events not applied yet were pruned (this server fell behind by more than the retention); reloading",
+		"entry_position", before.entry, "entry_horizon", h.Entry, "node_position", before.node, "node_horizon", h.Node,
+		"bundle_position", before.bundle, "bundle_horizon", h.Bundle)
+	if err := c.loadLocked(ctx); err != nil {
+		return err
+	}
+	if bundles {
+		c.BundleChanged()
+	}
+	return nil
+}
+
+// gapAtOrBelow reports whether a skipped ID in gaps is at or below
+// horizon. Called with mu held.
+func gapAtOrBelow(gaps map[int64]time.Time, horizon int64) bool {
+	for g := range gaps {
+		if g <= horizon {
+			return true
+		}
+	}
+	return false
 }
 
 // syncNodesAfterPoke applies the node journal unless an application that

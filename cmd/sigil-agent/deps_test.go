@@ -54,6 +54,7 @@ var documented = map[string][]string{
 	// (kubeapi; the kubeconfig reader is the server's, forbidden above).
 	"sigil_omit_k8s_psat": {module + "internal/attest/node/k8spsat", module + "internal/kubeapi"},
 	"sigil_omit_systemd":  {module + "internal/attest/workload/systemd"},
+	"sigil_omit_k8s":      {module + "internal/attest/workload/k8s"},
 }
 
 func under(dep, pkg string) bool { return dep == pkg || strings.HasPrefix(dep, pkg+"/") }

@@ -13,7 +13,7 @@ import (
 // its workload and node attestor plugins) for which Sigil has no attestor
 // yet.
 var (
-	plannedWorkload = []string{"k8s", "windows"}
+	plannedWorkload = []string{"windows"}
 	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_sat", "sshpop", "tpm_devid"}
 )
 
@@ -22,6 +22,7 @@ var (
 // (selectors_<name>.go), such a type is accepted like a planned one.
 var omittable = []struct{ typ, plugin string }{
 	{"docker", "WorkloadAttestor"},
+	{"k8s", "WorkloadAttestor"},
 	{"k8s_psat", "NodeAttestor"},
 	{"systemd", "WorkloadAttestor"},
 	{"tpm", "NodeAttestor"},

@@ -19,7 +19,7 @@ func TestSelectors(t *testing.T) {
 	}
 	// Sigil's own types, checked; SPIRE's others, accepted as they are.
 	for _, s := range []string{"unix:uid:1000", "spiffe_id:spiffe://example.org/spire/agent/join_token/abc",
-		"k8s:ns:default", "k8s_psat:cluster:c1", "docker:label:app:web", "docker:env:A=b", "docker:image_id:nginx:1.27", "systemd:id:web.service",
+		"k8s:ns:default", "k8s:pod-label:app:", "k8s:pod-owner:ReplicaSet:web-5d4f8", "k8s:pod-image-count:2", "k8s:container-image:nginx:1.27", "k8s_psat:cluster:c1", "docker:label:app:web", "docker:env:A=b", "docker:image_id:nginx:1.27", "systemd:id:web.service",
 		"systemd:fragment_path:/lib/systemd/system/web.service", "systemd:fragment_path:",
 		"x509pop:subject:cn:node1", "tpm:pub_hash:" + strings.Repeat("ab", 32), "tpm:pcr:sha256:7:" + strings.Repeat("0", 64), "aws_iid:tag:role:web", "gcp_iit:project-id:p",
 		"azure_msi:tenant:t"} {
@@ -43,6 +43,10 @@ func TestSelectors(t *testing.T) {
 		"systemd:unit:web.service":        "must start with id: or fragment_path:",
 		"systemd:id:":                     "is not a unit name",
 		"systemd:fragment_path:web":       "is not an absolute path",
+		"k8s:namespace:default":           "must start with one of container-image:, container-name:",
+		"k8s:pod-label:nocolon":           "is not <key>:<value>",
+		"k8s:pod-image-count:two":         "is not a number of containers",
+		"k8s:ns:":                         `needs a value after "ns:"`,
 	} {
 		if k, _ := r.Lookup(strings.SplitN(s, ":", 2)[0]); strings.Contains(k.Producer, "left out of this build") {
 			continue // built with sigil_omit_<type>: accepted unchecked

@@ -223,10 +223,8 @@ func TestBuiltIns(t *testing.T) {
 	}
 }
 
-// TestSPIREQuickstartAgent: spire-agent's quickstart agent.conf runs as is;
-// a plugin Sigil lacks is named with its line instead of being ignored.
-func TestSPIREQuickstartAgent(t *testing.T) {
-	const quickstart = `agent {
+// quickstart is the agent.conf of SPIRE's quickstart.
+const quickstart = `agent {
     data_dir = "./.data"
     log_level = "DEBUG"
     server_address = "127.0.0.1"
@@ -252,17 +250,21 @@ plugins {
     }
 }
 `
+
+// TestSPIREQuickstartAgent: spire-agent's quickstart agent.conf runs as is;
+// a plugin Sigil lacks is named with its line instead of being ignored.
+func TestSPIREQuickstartAgent(t *testing.T) {
 	if _, err := parse(t, quickstart); err != nil {
 		t.Fatalf("SPIRE quickstart agent.conf: %v", err)
 	}
-	withK8s := strings.Replace(quickstart, `    WorkloadAttestor "unix" {`, `    WorkloadAttestor "k8s" {
+	// With the k8s attestor: k8s_test.go.
+	withWindows := strings.Replace(quickstart, `    WorkloadAttestor "unix" {`, `    WorkloadAttestor "windows" {
         plugin_data {
-            kubelet_read_only_port = "10255"
         }
     }
     WorkloadAttestor "unix" {`, 1)
-	_, err := parse(t, withK8s)
-	wantErr(t, err, `agent.conf:21: unknown plugin WorkloadAttestor "k8s"`)
+	_, err := parse(t, withWindows)
+	wantErr(t, err, `agent.conf:21: unknown plugin WorkloadAttestor "windows"`)
 }
 
 // TestExampleConf: conf/agent/agent.conf parses against the catalog.

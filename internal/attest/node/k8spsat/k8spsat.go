@@ -13,7 +13,11 @@
 //	        the user must be system:serviceaccount:<ns>:<sa> with
 //	        "<ns>:<sa>" in service_account_allow_list, the token bound to
 //	        a pod (its name and UID in the review's extra);
-//	        GET the pod (same UID), then GET its node (spec.nodeName).
+//	        GET the pod (same UID), then GET its node (spec.nodeName);
+//	        when the token names its node (Kubernetes 1.30 and later),
+//	        the pod must be on it and the node must have its UID (a
+//	        node created again under the name is not the token's; SPIRE
+//	        does not check this).
 //
 // The agent ID is spiffe://<trust domain>/spire/agent/k8s_psat/<cluster>/<node UID>
 // (…/<cluster>/pod/<pod UID> with use_pod_uid_for_agent_id), and the
@@ -72,4 +76,8 @@ type attestationData struct {
 const (
 	extraPodName = "authentication.kubernetes.io/pod-name"
 	extraPodUID  = "authentication.kubernetes.io/pod-uid"
+	// The node the pod was on when the kubelet requested the token
+	// (Kubernetes 1.30 and later; absent from older API servers' tokens).
+	extraNodeName = "authentication.kubernetes.io/node-name"
+	extraNodeUID  = "authentication.kubernetes.io/node-uid"
 )

@@ -1,12 +1,22 @@
 package k8spsat
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,6 +318,91 @@ func TestAttestPodOrNodeGone(t *testing.T) {
 	c.kube.Delete(t, "/api/v1/nodes/"+c.node.Name())
 	_, err = attest(t, s, "prod", tok)
 	if !errors.Is(err, ErrNotBound) || !strings.Contains(err.Error(), "has no node") {
+		t.Fatalf("deleted node: %v, want ErrNotBound", err)
+	}
+	// A node created again under the name (another UID) is not the one
+	// the token was issued on.
+	again := c.kube.Node(t, kubetest.NodeSpec{Name: c.node.Name()})
+	res, err := attest(t, s, "prod", tok)
+	if !errors.Is(err, ErrNotBound) || !strings.Contains(err.Error(), "not the one the token was issued on") {
+		t.Fatalf("node %s created again (UID %s): %v, %v; want ErrNotBound", again.Name(), again.UID(), res, err)
+	}
+	t.Log(err)
+}
+
+// TestAttestOlderAPIServer: an API server older than Kubernetes 1.30
+// names no node in its token reviews (the user's extra has only the pod):
+// attestation works the same, without the check of the node against the
+// token's. The older server is the real one behind a proxy that removes
+// the node from TokenReview answers.
+func TestAttestOlderAPIServer(t *testing.T) {
+	c := newCluster(t)
+	target, err := url.Parse(c.kube.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stripped atomic.Int32
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.Transport = c.kube.HTTPClient().Transport
+	proxy.ModifyResponse = func(r *http.Response) error {
+		if !strings.HasSuffix(r.Request.URL.Path, "/tokenreviews") || r.StatusCode != http.StatusCreated {
+			return nil
+		}
+		var review map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&review); err != nil {
+			return err
+		}
+		r.Body.Close()
+		if extra, ok := review["status"].(map[string]any)["user"].(map[string]any)["extra"].(map[string]any); ok {
+			if _, ok := extra[extraNodeName]; ok {
+				stripped.Add(1)
+			}
+			delete(extra, extraNodeName)
+			delete(extra, extraNodeUID)
+		}
+		b, err := json.Marshal(review)
+		if err != nil {
+			return err
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		r.ContentLength = int64(len(b))
+		r.Header.Set("Content-Length", strconv.Itoa(len(b)))
+		return nil
+	}
+	ts := httptest.NewTLSServer(proxy)
+	defer ts.Close()
+	// The kubeconfig: the proxy's address and certificate, the server's
+	// service account's token.
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "proxy-ca.crt")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok := c.kube.TokenRequest(t, c.ns, "sigil-server", kubetest.TokenOptions{})
+	kc := filepath.Join(dir, "kubeconfig")
+	text := "current-context: c\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n" +
+		"clusters: [{name: c, cluster: {server: '" + ts.URL + "', certificate-authority: " + ca + "}}]\n" +
+		"users: [{name: u, user: {token: " + tok + "}}]\n"
+	if err := os.WriteFile(kc, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := c.server(t, func(cc *ClusterConfig) { cc.KubeConfigFile = kc })
+	res, err := attest(t, s, "prod", c.token(t, c.pod, "spire-server"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stripped.Load() == 0 {
+		t.Fatal("the proxy removed no node from a token review: the test proves nothing")
+	}
+	if want := "spiffe://example.org/spire/agent/k8s_psat/prod/" + c.node.UID(); res.AgentID.String() != want {
+		t.Errorf("agent ID %s, want %s", res.AgentID, want)
+	}
+	if got := values(res.Selectors); !slices.Contains(got, "agent_node_uid:"+c.node.UID()) || !slices.Contains(got, "agent_node_label:topology.kubernetes.io/zone:eu-1") {
+		t.Errorf("selectors %q", got)
+	}
+	// A deleted node is still refused.
+	c.kube.Delete(t, "/api/v1/nodes/"+c.node.Name())
+	if _, err := attest(t, s, "prod", c.token(t, c.pod, "spire-server")); !errors.Is(err, ErrNotBound) || !strings.Contains(err.Error(), "has no node") {
 		t.Fatalf("deleted node: %v, want ErrNotBound", err)
 	}
 }

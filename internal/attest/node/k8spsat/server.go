@@ -254,26 +254,38 @@ func (c *cluster) attest(ctx context.Context, td spiffeid.TrustDomain, token str
 	if podName == "" || podUID == "" {
 		return nil, fmt.Errorf("%w: cluster %s: the token of %s is bound to no pod (a projected service account token is)", ErrNotBound, clip.Quote(c.name), clip.Quote(ns+":"+sa))
 	}
-	pod, err := c.api.GetPod(ctx, ns, podName)
+	// The token names its node on Kubernetes 1.30 and later (older API
+	// servers' do not): then the pod must be on it, and the node must be
+	// the one of that name the token was issued on.
+	tokenNode, tokenNodeUID := one(review.User.Extra[extraNodeName]), one(review.User.Extra[extraNodeUID])
+	pod, podErr := c.api.GetPod(ctx, ns, podName)
 	switch {
-	case kubeapi.IsNotFound(err):
+	case kubeapi.IsNotFound(podErr):
 		return nil, fmt.Errorf("%w: cluster %s has no pod %s", ErrNotBound, clip.Quote(c.name), clip.Quote(ns+"/"+podName))
-	case err != nil:
-		return nil, fmt.Errorf("k8s_psat: cluster %s: %w", clip.Quote(c.name), err)
+	case podErr != nil:
+		return nil, fmt.Errorf("k8s_psat: cluster %s: %w", clip.Quote(c.name), podErr)
 	case pod.Metadata.UID != podUID:
 		return nil, fmt.Errorf("%w: cluster %s: the pod %s is not the one the token is bound to (UID %s, not %s)",
 			ErrNotBound, clip.Quote(c.name), clip.Quote(ns+"/"+podName), clip.Quote(pod.Metadata.UID), clip.Quote(podUID))
 	case pod.Spec.NodeName == "":
 		return nil, fmt.Errorf("%w: cluster %s: the pod %s is not scheduled on a node", ErrNotBound, clip.Quote(c.name), clip.Quote(ns+"/"+podName))
+	case tokenNode != "" && pod.Spec.NodeName != tokenNode:
+		return nil, fmt.Errorf("%w: cluster %s: the pod %s is on node %s, the token was issued on %s",
+			ErrNotBound, clip.Quote(c.name), clip.Quote(ns+"/"+podName), clip.Quote(pod.Spec.NodeName), clip.Quote(tokenNode))
 	}
-	nd, err := c.api.GetNode(ctx, pod.Spec.NodeName)
+	nd, ndErr := c.api.GetNode(ctx, pod.Spec.NodeName)
 	switch {
-	case kubeapi.IsNotFound(err):
+	case kubeapi.IsNotFound(ndErr):
 		return nil, fmt.Errorf("%w: cluster %s has no node %s (of pod %s)", ErrNotBound, clip.Quote(c.name), clip.Quote(pod.Spec.NodeName), clip.Quote(ns+"/"+podName))
-	case err != nil:
-		return nil, fmt.Errorf("k8s_psat: cluster %s: %w", clip.Quote(c.name), err)
+	case ndErr != nil:
+		return nil, fmt.Errorf("k8s_psat: cluster %s: %w", clip.Quote(c.name), ndErr)
 	case nd.Metadata.UID == "":
 		return nil, fmt.Errorf("k8s_psat: cluster %s: node %s has no UID", clip.Quote(c.name), clip.Quote(pod.Spec.NodeName))
+	case tokenNodeUID != "" && nd.Metadata.UID != tokenNodeUID:
+		// A node deleted and created again under its name: the token
+		// was issued on the one that is gone.
+		return nil, fmt.Errorf("%w: cluster %s: node %s is not the one the token was issued on (UID %s, not %s)",
+			ErrNotBound, clip.Quote(c.name), clip.Quote(pod.Spec.NodeName), clip.Quote(nd.Metadata.UID), clip.Quote(tokenNodeUID))
 	}
 
 	var id spiffeid.ID

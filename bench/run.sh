@@ -92,6 +92,7 @@ if want e2e; then
 	run e2e-attestation bench/e2e '^BenchmarkAttestation$' "$(bt 300x 100x)"
 	run e2e-first-svid bench/e2e '^BenchmarkAgentFirstSVID$' "$(bt 100x 20x)"
 	run e2e-sds bench/e2e '^BenchmarkSDS$' "$(bt 300x 50x)"
+	run e2e-attestors bench/e2e '^BenchmarkWorkloadAttestors$' "$(bt 2s 300ms)"
 fi
 # The other engineers' packages, with the flags their headers document.
 want datastore && run datastore bench/datastore . "$(bt 10000x 1000x)"

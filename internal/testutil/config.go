@@ -208,7 +208,10 @@ type AgentConfig struct {
 	KeyManager *Plugin
 	// DiscoverWorkloadPath adds unix:path selectors (and unix:sha256).
 	DiscoverWorkloadPath bool
-	LogLevel             string // "DEBUG"
+	// WorkloadAttestors are added after WorkloadAttestor "unix" (e.g. a
+	// WorkloadAttestor "docker").
+	WorkloadAttestors []Plugin
+	LogLevel          string // "DEBUG"
 	// HealthPort, when set, enables the health_checks listener on
 	// 127.0.0.1:HealthPort (/live, /ready, /metrics).
 	HealthPort int
@@ -281,7 +284,11 @@ func (c AgentConfig) HCL() string {
 	} else {
 		fmt.Fprintf(&b, "    KeyManager \"disk\" {\n        plugin_data {\n            directory = %q\n        }\n    }\n", filepath.Join(c.DataDir, "keys"))
 	}
-	fmt.Fprintf(&b, "    WorkloadAttestor \"unix\" {\n        plugin_data {\n            discover_workload_path = %t\n        }\n    }\n}\n", c.DiscoverWorkloadPath)
+	fmt.Fprintf(&b, "    WorkloadAttestor \"unix\" {\n        plugin_data {\n            discover_workload_path = %t\n        }\n    }\n", c.DiscoverWorkloadPath)
+	for _, p := range c.WorkloadAttestors {
+		b.WriteString(p.HCL())
+	}
+	b.WriteString("}\n")
 	if c.HealthPort != 0 {
 		fmt.Fprintf(&b, "\nhealth_checks {\n    listener_enabled = true\n    bind_address = \"127.0.0.1\"\n    bind_port = \"%d\"\n}\n", c.HealthPort)
 	} else {

@@ -47,6 +47,21 @@ func BuildReleaseAgent(tb testing.TB) string {
 // GOMAXPROCS (the benchmark process keeps its own).
 func (s *Server) StartAgentProcess(tb testing.TB, token string) *AgentProcess {
 	tb.Helper()
+	return s.StartAgentProcessWith(tb, token, AgentOptions{})
+}
+
+// AgentOptions add to StartAgentProcess's agent.
+type AgentOptions struct {
+	// WorkloadAttestors run beside WorkloadAttestor "unix".
+	WorkloadAttestors []testutil.Plugin
+	// Env is added to the agent's environment ("KEY=value").
+	Env []string
+}
+
+// StartAgentProcessWith is StartAgentProcess with more workload
+// attestors and environment.
+func (s *Server) StartAgentProcessWith(tb testing.TB, token string, opts AgentOptions) *AgentProcess {
+	tb.Helper()
 	bin := BuildReleaseAgent(tb)
 	dir := testutil.ShortTempDir(tb)
 	host, port, err := net.SplitHostPort(s.Addr)
@@ -66,12 +81,14 @@ func (s *Server) StartAgentProcess(tb testing.TB, token string) *AgentProcess {
 		TrustBundlePath: s.WriteBundlePEM(tb, filepath.Join(dir, "bundle.pem")),
 		JoinToken:       token,
 		LogLevel:        "INFO",
+
+		WorkloadAttestors: opts.WorkloadAttestors,
 	}
 	confPath := filepath.Join(dir, "agent.conf")
 	if err := os.WriteFile(confPath, []byte(cfg.HCL()), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	var env []string
+	env := append([]string(nil), opts.Env...)
 	if v := os.Getenv("BENCH_AGENT_GOMAXPROCS"); v != "" {
 		env = append(env, "GOMAXPROCS="+v)
 	}

@@ -350,3 +350,34 @@ func TestValidContainerID(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAttest is one attestation of a workload in a container: its
+// cgroup file and the container's init's read, one GET
+// /containers/{id}/json from the fake engine (in this process) over its
+// unix socket on a kept-alive connection, the selectors.
+func BenchmarkAttest(b *testing.B) {
+	d := fakedocker.Start(b)
+	d.Add(webContainer())
+	cgroups := map[int]string{
+		workload: "0::/system.slice/docker-" + ctrID + ".scope/system.slice/app.service\n",
+		ctrInit:  scope(ctrID),
+	}
+	dir := b.TempDir()
+	for pid, content := range cgroups {
+		p := filepath.Join(dir, strconv.Itoa(pid))
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(p, "cgroup"), []byte(content), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	a := New(Config{SocketPath: d.URL(), ProcDir: dir})
+	defer a.Close()
+	ctx := context.Background()
+	for b.Loop() {
+		if sels, err := a.Attest(ctx, workload); err != nil || len(sels) != 8 {
+			b.Fatal(sels, err)
+		}
+	}
+}

@@ -283,3 +283,23 @@ func TestParseConfig(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// BenchmarkAttest is one attestation through the bus: GetUnitByPID, then
+// the two Properties.Get at once, on a pooled connection (the fake
+// systemd answers in this process; dbus-daemon is its own).
+func BenchmarkAttest(b *testing.B) {
+	bus := fakesystemd.Start(b)
+	sd := bus.Serve(b)
+	sd.Set(os.Getpid(), fakesystemd.Unit{ID: "bench.service", FragmentPath: "/etc/systemd/system/bench.service"})
+	a, err := systemd.New(systemd.Config{BusAddress: bus.Address})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	ctx := context.Background()
+	for b.Loop() {
+		if sels, err := a.Attest(ctx, int32(os.Getpid())); err != nil || len(sels) != 2 {
+			b.Fatal(sels, err)
+		}
+	}
+}

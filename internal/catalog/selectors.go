@@ -14,13 +14,14 @@ import (
 // yet.
 var (
 	plannedWorkload = []string{"windows"}
-	plannedNode     = []string{"aws_iid", "azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_sat", "sshpop", "tpm_devid"}
+	plannedNode     = []string{"azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_sat", "sshpop", "tpm_devid"}
 )
 
 // omittable lists the selector types of attestors a build tag can leave
 // out (sigil_omit_<name>), with their plugin type: without its file
 // (selectors_<name>.go), such a type is accepted like a planned one.
 var omittable = []struct{ typ, plugin string }{
+	{"aws_iid", "NodeAttestor"},
 	{"docker", "WorkloadAttestor"},
 	{"k8s", "WorkloadAttestor"},
 	{"k8s_psat", "NodeAttestor"},

@@ -6,7 +6,7 @@
 #
 #   bench/run.sh > results.md            # everything, -count 5 (~10-15 min on 2 idle cores)
 #   COUNT=3 QUICK=1 bench/run.sh         # shorter benchtimes, for a smoke run
-#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest federation ha rss)
+#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest federation ha k8spsat rss)
 #   SKIP=partition bench/run.sh          # all but these
 #
 # Raw `go test` output is kept in $OUT (printed at the end). Progress goes to
@@ -105,6 +105,8 @@ if want tpm; then
 	run e2e-tpm-start bench/e2e '^BenchmarkTPMAgentStart$' "$(bt 100x 20x)"
 fi
 want attest && run attest bench/attest . "$(bt 300x 100x)"
+# A real kube-apiserver (tools/kube/build.sh); without it the benchmark skips.
+want k8spsat && run k8spsat bench/k8spsat . "$(bt 200x 30x)"
 if want federation; then
 	run federation-endpoint bench/federation '^BenchmarkBundleEndpoint$' "$(bt 10x 2x)"
 	# Each scheduled iteration waits for the peer's refresh (hint 5s).

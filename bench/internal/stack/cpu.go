@@ -79,3 +79,34 @@ func RunqueueWait() time.Duration {
 	}
 	return time.Duration(total)
 }
+
+// Memory is a process's resident set size now and at its peak, in bytes.
+type Memory struct {
+	RSS, PeakRSS int64
+}
+
+// ProcessMemory reads VmRSS and VmHWM (the peak RSS since the process
+// started) from /proc/<pid>/status.
+func ProcessMemory(pid int) (Memory, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return Memory{}, fmt.Errorf("read process memory: %w", err)
+	}
+	var m Memory
+	for line := range strings.Lines(string(data)) {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok || (key != "VmRSS" && key != "VmHWM") {
+			continue
+		}
+		var kb int64
+		if _, err := fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(val), " kB"), &kb); err != nil {
+			return Memory{}, fmt.Errorf("malformed /proc/%d/status %s: %w", pid, key, err)
+		}
+		if key == "VmRSS" {
+			m.RSS = kb << 10
+		} else {
+			m.PeakRSS = kb << 10
+		}
+	}
+	return m, nil
+}

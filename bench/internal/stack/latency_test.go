@@ -2,6 +2,7 @@ package stack
 
 import (
 	"os"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -50,3 +51,23 @@ func TestProcessCPUTime(t *testing.T) {
 }
 
 func pidSelf() int { return os.Getpid() }
+
+func TestProcessMemory(t *testing.T) {
+	// Touch 32 MiB so the peak is well above zero; the peak is at least
+	// the current RSS.
+	buf := make([]byte, 32<<20)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	m, err := ProcessMemory(pidSelf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.RSS < 32<<20 || m.PeakRSS < m.RSS {
+		t.Fatalf("ProcessMemory(self) = %+v, want RSS >= 32 MiB <= PeakRSS", m)
+	}
+	runtime.KeepAlive(buf)
+	if _, err := ProcessMemory(-1); err == nil {
+		t.Fatal("ProcessMemory(-1): want an error")
+	}
+}

@@ -1,0 +1,106 @@
+package fleet
+
+import (
+	"context"
+	"flag"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/sigil-spiffe/sigil/bench/internal/stack"
+	"github.com/sigil-spiffe/sigil/internal/testutil"
+)
+
+// TestMain removes the server binary testutil builds.
+func TestMain(m *testing.M) { os.Exit(testutil.Main(m)) }
+
+var (
+	flagAgents      = flag.Int("fleet.agents", 0, "TestFleet: simulated agents (0 skips TestFleet)")
+	flagEntries     = flag.Int("fleet.entries", 10, "TestFleet: entries per agent")
+	flagShared      = flag.Int("fleet.shared", 0, "TestFleet: entries shared by every agent (one node alias per agent)")
+	flagConcurrency = flag.Int("fleet.concurrency", 256, "TestFleet: agents attesting, syncing or renewing at once")
+	flagChurn       = flag.Float64("fleet.churn", 20, "TestFleet: entry operations per second once synced (create, update, delete in turn)")
+	flagChurnFor    = flag.Duration("fleet.churnfor", 10*time.Second, "TestFleet: how long the churn runs")
+	flagRenew       = flag.Bool("fleet.renew", true, "TestFleet: renew every agent SVID and entry SVID once")
+	flagServer      = flag.String("fleet.server", "sigil", "TestFleet: sigil (a sigil-server process), inproc (in this process, for -cpuprofile) or spire (spire-server of "+testutil.SPIREBinEnv+")")
+)
+
+// TestFleet runs the simulator at the scale its flags give, e.g.
+//
+//	go test ./bench/fleet -run TestFleet -timeout 60m -v -args -fleet.agents 10000
+//
+// and logs the report.
+func TestFleet(t *testing.T) {
+	if *flagAgents <= 0 {
+		t.Skip("-fleet.agents not set")
+	}
+	cfg := Config{
+		Agents: *flagAgents, EntriesPerAgent: *flagEntries, SharedEntries: *flagShared,
+		Concurrency: *flagConcurrency, Churn: *flagChurn, ChurnFor: *flagChurnFor, Renew: *flagRenew,
+	}
+	rep := run(t, *flagServer, cfg)
+	t.Logf("fleet report (%s server):\n%s", *flagServer, rep.Markdown())
+}
+
+// TestFleetSmoke is the simulator's short run in CI, so it cannot rot: 200
+// agents with 3 entries each and 2 shared, a little churn, one renewal,
+// against a sigil-server process. Every agent must attest and sync, every
+// change must reach its agent, and nothing may fail.
+func TestFleetSmoke(t *testing.T) {
+	cfg := Config{
+		Agents: 200, EntriesPerAgent: 3, SharedEntries: 2, Concurrency: 32,
+		Churn: 30, ChurnFor: 500 * time.Millisecond, Renew: true,
+	}
+	rep := run(t, "sigil", cfg)
+	t.Logf("fleet report:\n%s", rep.Markdown())
+	if n := rep.ErrorCount(); n > 0 {
+		t.Errorf("%d errors: %v", n, rep.Errors)
+	}
+	if !rep.Watch {
+		t.Error("the server never confirmed watch mode")
+	}
+	if rep.SyncLat.Len() != cfg.Agents {
+		t.Errorf("%d agents synced, want %d", rep.SyncLat.Len(), cfg.Agents)
+	}
+	if rep.ChurnOps == 0 || rep.ChurnLost > 0 {
+		t.Errorf("churn: %d operations, %d never seen by their agent", rep.ChurnOps, rep.ChurnLost)
+	}
+	if rep.PeakRSS == 0 || rep.SyncCPU == 0 {
+		t.Errorf("server not measured: peak RSS %d, sync CPU %v", rep.PeakRSS, rep.SyncCPU)
+	}
+}
+
+// run starts the server kind ("sigil", "inproc" or "spire") and runs cfg
+// against it.
+func run(t *testing.T, kind string, cfg Config) *Report {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	switch kind {
+	case "sigil", "spire":
+		scfg := testutil.ServerConfig{TrustDomain: stack.TrustDomain.Name(), LogLevel: "INFO"}
+		var srv *testutil.Server
+		if kind == "spire" {
+			srv = testutil.StartSPIREServer(t, scfg)
+		} else {
+			srv = testutil.StartServer(t, scfg)
+		}
+		t.Cleanup(func() { _ = srv.Proc.Stop() })
+		admin := srv.Admin(t)
+		cfg.Addr, cfg.Admin, cfg.ServerPid = srv.Addr(), admin.Client, srv.Proc.Pid()
+		cfg.Bundle = admin.BundleCerts(t)
+	case "inproc":
+		srv := stack.StartServer(t)
+		cfg.Addr, cfg.Admin = srv.Addr, srv.Client
+		cfg.Bundle = srv.BundleCerts(t)
+	default:
+		t.Fatalf("-fleet.server %q: want sigil, inproc or spire", kind)
+	}
+	cfg.TrustDomain = stack.TrustDomain
+	cfg.Progress = t.Logf
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, rep.Markdown())
+	}
+	return rep
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"os"
+	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ var (
 	flagChurn       = flag.Float64("fleet.churn", 20, "TestFleet: entry operations per second once synced (create, update, delete in turn)")
 	flagChurnFor    = flag.Duration("fleet.churnfor", 10*time.Second, "TestFleet: how long the churn runs")
 	flagRenew       = flag.Bool("fleet.renew", true, "TestFleet: renew every agent SVID and entry SVID once")
+	flagHeap        = flag.String("fleet.heapprofile", "", "TestFleet: write a heap profile here once every agent synced (with -fleet.server inproc: the server's and the simulator's heap)")
 	flagServer      = flag.String("fleet.server", "sigil", "TestFleet: sigil (a sigil-server process), inproc (in this process, for -cpuprofile) or spire (spire-server of "+testutil.SPIREBinEnv+")")
 )
 
@@ -37,6 +40,23 @@ func TestFleet(t *testing.T) {
 	cfg := Config{
 		Agents: *flagAgents, EntriesPerAgent: *flagEntries, SharedEntries: *flagShared,
 		Concurrency: *flagConcurrency, Churn: *flagChurn, ChurnFor: *flagChurnFor, Renew: *flagRenew,
+	}
+	if *flagHeap != "" {
+		cfg.AfterSync = func() {
+			runtime.GC()
+			f, err := os.Create(*flagHeap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if g, err := os.Create(*flagHeap + ".goroutines"); err == nil {
+				_ = pprof.Lookup("goroutine").WriteTo(g, 1)
+				g.Close()
+			}
+			if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	rep := run(t, *flagServer, cfg)
 	t.Logf("fleet report (%s server):\n%s", *flagServer, rep.Markdown())

@@ -68,6 +68,9 @@ type Config struct {
 	PollInterval time.Duration
 	// DialOptions are added to every agent's connection.
 	DialOptions []grpc.DialOption
+	// AfterSync, when set, runs once every agent has synced, its watch
+	// stream open (e.g. to write a heap profile of an in-process server).
+	AfterSync func()
 	// Progress, when set, receives a line per phase.
 	Progress func(format string, args ...any)
 }
@@ -274,6 +277,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.SimCPU = stack.CPUTime() - sim0
 	rep.RSSSynced = s.rss()
+	if cfg.AfterSync != nil {
+		cfg.AfterSync()
+	}
 	for _, a := range s.agents {
 		a.mu.Lock()
 		rep.Watch = rep.Watch || a.pushed

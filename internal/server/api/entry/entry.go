@@ -16,12 +16,14 @@
 //  1. The client sends a first request with output_mask (ids must be empty;
 //     the mask, when set, must include revision_number).
 //  2. If the agent is authorized for at most EntryPageSize entries (default
-//     500), the server sends them all in one response (entries set,
-//     more=false) and ends the stream.
+//     500) that encode within EntryPageBytes (default 1 MiB), the server
+//     sends them all in one response (entries set, more=false) and ends the
+//     stream.
 //  3. Otherwise the server sends entry_revisions (id, revision_number,
 //     created_at) in pages of EntryPageSize, more=true on all but the last.
 //  4. The client sends requests with the ids it wants in full. Each request
-//     is answered with entries pages of at most EntryPageSize (more=true on
+//     is answered with entries pages of at most EntryPageSize entries and
+//     EntryPageBytes (an entry larger than that alone) (more=true on
 //     all but the last; a request naming no known id gets one empty
 //     response with more=false). Unknown ids are skipped.
 //  5. The stream ends when the client closes its send side.
@@ -81,6 +83,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sigil-spiffe/sigil/internal/clock"
@@ -93,6 +97,11 @@ import (
 const (
 	// DefaultEntryPageSize is SPIRE's sync page size.
 	DefaultEntryPageSize = 500
+	// MaxEntryPageBytes bounds the encoded entries of one sync response, so
+	// that no page comes near gRPC's default 4 MiB receive limit, which
+	// sigil-agent and spire-agent keep: 500 entries of 10 kB (forty long DNS
+	// names each) would be 5 MB. An entry larger than this is sent alone.
+	MaxEntryPageBytes = 1 << 20
 	// SyncModeHeader is the metadata key selecting the sync mode.
 	SyncModeHeader = "sigil-sync"
 	// SyncModeWatch is the SyncModeHeader value turning on watch mode.
@@ -135,19 +144,23 @@ type Config struct {
 	Clock          clock.Clock
 	// EntryPageSize is the sync page size (default DefaultEntryPageSize).
 	EntryPageSize int
+	// EntryPageBytes bounds the encoded entries of one sync response
+	// (default MaxEntryPageBytes).
+	EntryPageBytes int
 }
 
 // Service implements entryv1.EntryServer.
 type Service struct {
 	entryv1.UnimplementedEntryServer
 
-	store    Store
-	cache    Cache
-	agents   AgentValidator
-	td       spiffeid.TrustDomain
-	log      *slog.Logger
-	clk      clock.Clock
-	pageSize int
+	store     Store
+	cache     Cache
+	agents    AgentValidator
+	td        spiffeid.TrustDomain
+	log       *slog.Logger
+	clk       clock.Clock
+	pageSize  int
+	pageBytes int
 }
 
 // New returns the service.
@@ -160,14 +173,19 @@ func New(cfg Config) *Service {
 	if ps <= 0 {
 		ps = DefaultEntryPageSize
 	}
+	pb := cfg.EntryPageBytes
+	if pb <= 0 {
+		pb = MaxEntryPageBytes
+	}
 	return &Service{
-		store:    cfg.Store,
-		cache:    cfg.Cache,
-		agents:   cfg.AgentValidator,
-		td:       cfg.TrustDomain,
-		log:      log.With("service", "entry"),
-		clk:      clock.OrReal(cfg.Clock),
-		pageSize: ps,
+		store:     cfg.Store,
+		cache:     cfg.Cache,
+		agents:    cfg.AgentValidator,
+		td:        cfg.TrustDomain,
+		log:       log.With("service", "entry"),
+		clk:       clock.OrReal(cfg.Clock),
+		pageSize:  ps,
+		pageBytes: pb,
 	}
 }
 
@@ -773,7 +791,10 @@ func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorized
 }
 
 // syncRound sends the agent's authorized entries in full when they fit in
-// one page, else their revisions in pages. It returns the entries (sorted
+// one page (at most pageSize entries and pageBytes encoded), else their
+// revisions in pages (as SPIRE's server does for more than a page of
+// entries: SPIRE's agent reads a complete list as one message, and follows
+// revisions whatever their number). It returns the entries (sorted
 // by ID, for id requests) and whether revisions were sent. A pending
 // signal on sig is drained first: this round covers it.
 func (s *Service) syncRound(ctx context.Context, stream entryv1.Entry_SyncAuthorizedEntriesServer, agent spiffeid.ID, mask *types.EntryMask, sig <-chan struct{}) ([]*types.Entry, bool, error) {
@@ -787,7 +808,7 @@ func (s *Service) syncRound(ctx context.Context, stream entryv1.Entry_SyncAuthor
 	if err != nil {
 		return nil, false, err
 	}
-	if len(entries) <= s.pageSize {
+	if len(entries) <= s.pageSize && s.fits(entries) {
 		return entries, false, stream.Send(&entryv1.SyncAuthorizedEntriesResponse{Entries: entries})
 	}
 	for i := 0; i < len(entries); i += s.pageSize {
@@ -803,25 +824,50 @@ func (s *Service) syncRound(ctx context.Context, stream entryv1.Entry_SyncAuthor
 	return entries, true, nil
 }
 
+// fits reports whether entries encode within pageBytes (as one response's
+// entries field).
+func (s *Service) fits(entries []*types.Entry) bool {
+	n := 0
+	for _, e := range entries {
+		if n += entryWireSize(e); n > s.pageBytes {
+			return false
+		}
+	}
+	return true
+}
+
+// entryWireSize is the bytes an entry adds to a response: its encoding
+// plus the field's tag and length prefix.
+func entryWireSize(e *types.Entry) int {
+	n := proto.Size(e)
+	return n + protowire.SizeTag(1) + protowire.SizeVarint(uint64(n))
+}
+
 // sendRequested pages back the requested entries found in entries (sorted
-// by ID); the last page has more=false (an empty page when none match).
+// by ID): at most pageSize entries and pageBytes encoded per page (an
+// entry larger than that alone); the last page has more=false (an empty
+// page when none match).
 func (s *Service) sendRequested(stream entryv1.Entry_SyncAuthorizedEntriesServer, entries []*types.Entry, ids []string) error {
 	ids = slices.Clone(ids)
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
 	page := make([]*types.Entry, 0, min(len(ids), s.pageSize))
+	bytes := 0
 	for _, id := range ids {
 		i, found := slices.BinarySearchFunc(entries, id, func(e *types.Entry, id string) int { return strings.Compare(e.Id, id) })
 		if !found {
 			continue
 		}
-		if len(page) == s.pageSize {
+		size := entryWireSize(entries[i])
+		if len(page) == s.pageSize || (len(page) > 0 && bytes+size > s.pageBytes) {
 			if err := stream.Send(&entryv1.SyncAuthorizedEntriesResponse{Entries: page, More: true}); err != nil {
 				return err
 			}
 			page = make([]*types.Entry, 0, s.pageSize)
+			bytes = 0
 		}
 		page = append(page, entries[i])
+		bytes += size
 	}
 	return stream.Send(&entryv1.SyncAuthorizedEntriesResponse{Entries: page})
 }

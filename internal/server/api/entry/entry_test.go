@@ -946,3 +946,114 @@ func TestEntryHintNotText(t *testing.T) {
 		t.Fatalf("update to a NUL hint: %v (%s), want InvalidArgument", c, uresp.Results[0].Status.Message)
 	}
 }
+
+// bigEntries creates n entries under agent whose DNS names make each about
+// size bytes on the wire, and returns their IDs.
+func bigEntries(t *testing.T, e *env, agent string, n, size int) []string {
+	t.Helper()
+	label := strings.Repeat("a", 60)
+	var ids []string
+	for start := 0; start < n; start += 100 {
+		var batch []*types.Entry
+		for i := start; i < min(start+100, n); i++ {
+			en := &types.Entry{
+				SpiffeId:  pid("/big/" + strconv.Itoa(i)),
+				ParentId:  pid(strings.TrimPrefix(agent, "spiffe://example.org")),
+				Selectors: []*types.Selector{sel("unix", "uid:"+strconv.Itoa(i))},
+			}
+			for j := 0; j*200 < size; j++ {
+				en.DnsNames = append(en.DnsNames, label+"."+label+"."+label+"."+strconv.Itoa(j)+".example.org")
+			}
+			batch = append(batch, en)
+		}
+		for _, en := range e.mustCreate(t, batch...) {
+			ids = append(ids, en.Id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// spireSync runs one sync round the way SPIRE's agent does (a complete list
+// in one message, or revisions pages, then id requests of the first page's
+// size answered in pages until more=false) and returns the entry IDs.
+// Every response must decode within the client's default 4 MiB limit.
+func spireSync(t *testing.T, stream entryv1.Entry_SyncAuthorizedEntriesClient) []string {
+	t.Helper()
+	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("first response: %v", err)
+	}
+	var got []string
+	if len(resp.EntryRevisions) == 0 {
+		for _, en := range resp.Entries {
+			got = append(got, en.Id)
+		}
+		return got
+	}
+	pageSize := len(resp.EntryRevisions)
+	var need []string
+	for {
+		for _, r := range resp.EntryRevisions {
+			need = append(need, r.Id)
+		}
+		if !resp.More {
+			break
+		}
+		if resp, err = stream.Recv(); err != nil {
+			t.Fatalf("revisions page: %v", err)
+		}
+	}
+	for len(need) > 0 {
+		n := min(len(need), pageSize)
+		if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{Ids: need[:n]}); err != nil {
+			t.Fatal(err)
+		}
+		need = need[n:]
+		ids, _ := recvEntries(t, stream)
+		got = append(got, ids...)
+	}
+	return got
+}
+
+// An agent's entries may encode to far more than gRPC's 4 MiB message
+// limit: sync pages them by bytes too, both as one complete list (300
+// entries of 15 kB: 4.5 MB, under the 500-entry page) and as the answers to
+// id requests (700 entries of 10 kB: 500 requested at once, 5 MB), in
+// SPIRE's mode and in watch mode. Before the byte bound, the client failed
+// with ResourceExhausted ("received message larger than max").
+func TestSyncPagesLargeEntriesByBytes(t *testing.T) {
+	e := newEnv(t, 0)
+	want1 := bigEntries(t, e, agent1, 300, 15_000)
+	want2 := bigEntries(t, e, agent2, 700, 10_000)
+	for _, agent := range []struct {
+		id   string
+		want []string
+	}{{agent1, want1}, {agent2, want2}} {
+		t.Run(strings.TrimPrefix(agent.id, "spiffe://example.org/spire/agent/")+"/spire", func(t *testing.T) {
+			stream, err := e.client.SyncAuthorizedEntries(ctxFor(t, agent.id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := spireSync(t, stream)
+			slices.Sort(got)
+			if !slices.Equal(got, agent.want) {
+				t.Fatalf("synced %d entries, want %d", len(got), len(agent.want))
+			}
+		})
+		t.Run(strings.TrimPrefix(agent.id, "spiffe://example.org/spire/agent/")+"/watch", func(t *testing.T) {
+			stream, err := e.client.SyncAuthorizedEntries(watchCtx(t, agent.id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := spireSync(t, stream)
+			slices.Sort(got)
+			if !slices.Equal(got, agent.want) {
+				t.Fatalf("synced %d entries, want %d", len(got), len(agent.want))
+			}
+		})
+	}
+}

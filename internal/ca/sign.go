@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -181,7 +182,7 @@ func (m *Manager) SignX509SVID(ctx context.Context, p X509SVIDParams) ([]*x509.C
 		SubjectKeyId:          skid,
 		AuthorityKeyId:        ca.cert.SubjectKeyId,
 	}
-	leaf, err := m.issue(tmpl, ca, p.PublicKey)
+	leaf, err := m.issueLeaf(tmpl, ca, p.PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign X509-SVID for %s: %w", p.SPIFFEID, err)
 	}
@@ -190,6 +191,20 @@ func (m *Manager) SignX509SVID(ctx context.Context, p X509SVIDParams) ([]*x509.C
 
 func (m *Manager) issue(tmpl *x509.Certificate, ca *x509CA, pub crypto.PublicKey) (*x509.Certificate, error) {
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.signer)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+// issueLeaf is issue for an SVID: signed once (createLeaf) when the CA key
+// is an in-memory ECDSA key.
+func (m *Manager) issueLeaf(tmpl *x509.Certificate, ca *x509CA, pub crypto.PublicKey) (*x509.Certificate, error) {
+	key, ok := ca.signer.(*ecdsa.PrivateKey)
+	if !ok || !leafSupported(tmpl) {
+		return m.issue(tmpl, ca, pub)
+	}
+	der, err := createLeaf(tmpl, ca.cert, pub, key)
 	if err != nil {
 		return nil, err
 	}

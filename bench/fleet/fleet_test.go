@@ -24,6 +24,7 @@ var (
 	flagChurn       = flag.Float64("fleet.churn", 20, "TestFleet: entry operations per second once synced (create, update, delete in turn)")
 	flagChurnFor    = flag.Duration("fleet.churnfor", 10*time.Second, "TestFleet: how long the churn runs")
 	flagRenew       = flag.Bool("fleet.renew", true, "TestFleet: renew every agent SVID and entry SVID once")
+	flagKeyPerAgent = flag.Bool("fleet.keyperagent", false, "TestFleet: one key for all of an agent's CSRs (less simulator CPU; the same server work)")
 	flagHeap        = flag.String("fleet.heapprofile", "", "TestFleet: write a heap profile here once every agent synced (with -fleet.server inproc: the server's and the simulator's heap)")
 	flagServer      = flag.String("fleet.server", "sigil", "TestFleet: sigil (a sigil-server process), inproc (in this process, for -cpuprofile) or spire (spire-server of "+testutil.SPIREBinEnv+")")
 )
@@ -40,6 +41,7 @@ func TestFleet(t *testing.T) {
 	cfg := Config{
 		Agents: *flagAgents, EntriesPerAgent: *flagEntries, SharedEntries: *flagShared,
 		Concurrency: *flagConcurrency, Churn: *flagChurn, ChurnFor: *flagChurnFor, Renew: *flagRenew,
+		KeyPerAgent: *flagKeyPerAgent,
 	}
 	if *flagHeap != "" {
 		cfg.AfterSync = func() {

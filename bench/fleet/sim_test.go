@@ -66,6 +66,11 @@ type Config struct {
 	// PollInterval is the sync interval against a server that does not
 	// push (SPIRE; its agent's default is 5 s).
 	PollInterval time.Duration
+	// KeyPerAgent makes each agent sign every CSR of a round with one key
+	// (a real agent makes a key per entry): the server's work is the same
+	// (a CSR to verify, an SVID to sign per entry), the simulator's, which
+	// shares the machine, is a fraction.
+	KeyPerAgent bool
 	// DialOptions are added to every agent's connection.
 	DialOptions []grpc.DialOption
 	// AfterSync, when set, runs once every agent has synced, its watch
@@ -95,6 +100,7 @@ type Report struct {
 	EntryLat, EntrySVID stack.Latencies
 	ChurnOps, ChurnLost int
 	Watch               bool // the server pushed (watch mode)
+	KeyPerAgent         bool
 	Retries             int64
 	Errors              map[string]int
 	// Load average (1 min) before and after.
@@ -205,7 +211,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Progress == nil {
 		cfg.Progress = func(string, ...any) {}
 	}
-	s := &sim{cfg: cfg, errs: map[string]int{}, rep: &Report{Agents: cfg.Agents}}
+	s := &sim{cfg: cfg, errs: map[string]int{}, rep: &Report{Agents: cfg.Agents, KeyPerAgent: cfg.KeyPerAgent}}
 	rep := s.rep
 	rep.LoadBefore = loadAvg()
 	ctx, cancel := context.WithCancel(ctx)
@@ -683,10 +689,13 @@ func (s *sim) sign(ctx context.Context, a *agent, c *client.Client, entries []*c
 		return nil
 	}
 	reqs := make([]client.X509SVIDRequest, len(entries))
+	var csr []byte
 	for i, e := range entries {
-		_, csr, err := newCSR()
-		if err != nil {
-			return err
+		if csr == nil || !s.cfg.KeyPerAgent {
+			var err error
+			if _, csr, err = newCSR(); err != nil {
+				return err
+			}
 		}
 		reqs[i] = client.X509SVIDRequest{EntryID: e.ID, CSR: csr}
 	}
@@ -900,7 +909,7 @@ func (r *Report) Markdown() string {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
 	sec := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
 	mb := func(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
-	fmt.Fprintf(&b, "agents %d, entries %d (watch mode: %v), load %s -> %s\n", r.Agents, r.Entries, r.Watch, r.LoadBefore, r.LoadAfter)
+	fmt.Fprintf(&b, "agents %d, entries %d (watch mode: %v, key per agent: %v), load %s -> %s\n", r.Agents, r.Entries, r.Watch, r.KeyPerAgent, r.LoadBefore, r.LoadAfter)
 	fmt.Fprintf(&b, "setup %s (server CPU %s)\n", sec(r.Setup), sec(r.SetupCPU))
 	fmt.Fprintf(&b, "attestation %s (server CPU %s; per agent p50 %s p99 %s)\n", sec(r.Attest), sec(r.AttestCPU), ms(r.AttestLat.Percentile(50)), ms(r.AttestLat.Percentile(99)))
 	fmt.Fprintf(&b, "sync %s (server CPU %s; per agent p50 %s p99 %s)\n", sec(r.Sync), sec(r.SyncCPU), ms(r.SyncLat.Percentile(50)), ms(r.SyncLat.Percentile(99)))

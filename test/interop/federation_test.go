@@ -3,16 +3,22 @@ package interop
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
+	localauthorityv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/localauthority/v1"
 	trustdomainv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/trustdomain/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
@@ -40,7 +46,7 @@ func TestFederationWithSPIRE(t *testing.T) {
 	}
 	sigilTD, spireTD := spiffeid.RequireTrustDomainFromString("cloud.test"), spiffeid.RequireTrustDomainFromString("edge.test")
 	sigilEP := &testutil.BundleEndpoint{Port: sigilPort, RefreshHint: 5 * time.Second}
-	spireEP := &testutil.BundleEndpoint{Port: spirePort, RefreshHint: time.Minute}
+	spireEP := &testutil.BundleEndpoint{Port: spirePort, RefreshHint: 5 * time.Second}
 	sigil := testutil.StartServer(t, testutil.ServerConfig{TrustDomain: sigilTD.Name(), BundleEndpoint: sigilEP,
 		FederatesWith: []testutil.FederatesWith{{TrustDomain: spireTD.Name(), URL: spireEP.URL(), EndpointSPIFFEID: "spiffe://edge.test/spire/server"}}})
 	spire := testutil.StartSPIREServer(t, testutil.ServerConfig{TrustDomain: spireTD.Name(), BundleEndpoint: spireEP,
@@ -70,7 +76,7 @@ func TestFederationWithSPIRE(t *testing.T) {
 	for _, p := range []struct {
 		holder, owner *testutil.Server
 		hint          int64
-	}{{sigil, spire, 60}, {spire, sigil, 5}} {
+	}{{sigil, spire, 5}, {spire, sigil, 5}} {
 		own, err := p.owner.Admin(t).Bundle.GetBundle(ctx, &bundlev1.GetBundleRequest{})
 		if err != nil {
 			t.Fatal(err)
@@ -86,34 +92,169 @@ func TestFederationWithSPIRE(t *testing.T) {
 		}
 	}
 
-	// A workload in each trust domain, federating with the other.
-	sigilAgent := testutil.StartAgent(t, testutil.AgentFor(t, sigil, "/node", ""))
-	spireAgent := testutil.StartSPIREAgent(t, testutil.AgentFor(t, spire, "/node", ""))
-	sigilApp, spireApp := sigil.ID("/app"), spire.ID("/app")
+	// In each trust domain a workload behind a sigil-agent and one behind
+	// a spire-agent, each entry federating with the other domain: each
+	// server hands its federated bundle to both kinds of agent.
+	var sigilSide, spireSide []*fedWorkload
 	for _, r := range []struct {
 		srv      *testutil.Server
-		app      spiffeid.ID
 		federate spiffeid.TrustDomain
-	}{{sigil, sigilApp, spireTD}, {spire, spireApp, sigilTD}} {
-		e, err := adminclient.NewEntry(r.app, r.srv.ID("/node"), uidSelector)
-		if err != nil {
-			t.Fatal(err)
+		side     *[]*fedWorkload
+	}{{sigil, spireTD, &sigilSide}, {spire, sigilTD, &spireSide}} {
+		for _, kind := range []string{"sigil-agent", "spire-agent"} {
+			node := r.srv.ID("/node/" + kind)
+			w := &fedWorkload{name: kind + " of " + r.srv.Name(), td: r.srv.TrustDomain(), id: r.srv.ID("/app/" + kind)}
+			cfg := testutil.AgentFor(t, r.srv, node.Path(), "")
+			if kind == "sigil-agent" {
+				w.agent = testutil.StartAgent(t, cfg)
+			} else {
+				w.agent = testutil.StartSPIREAgent(t, cfg)
+			}
+			e, err := adminclient.NewEntry(w.id, node, uidSelector)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.FederatesWith = []string{r.federate.Name()}
+			r.srv.Admin(t).CreateEntries(t, e)
+			w.src = testutil.NewX509Source(t, w.agent.SocketAddr(), testutil.PickID(w.id))
+			*r.side = append(*r.side, w)
 		}
-		e.FederatesWith = []string{r.federate.Name()}
-		r.srv.Admin(t).CreateEntries(t, e)
 	}
-	sigilSrc := testutil.NewX509Source(t, sigilAgent.SocketAddr(), testutil.PickID(sigilApp))
-	spireSrc := testutil.NewX509Source(t, spireAgent.SocketAddr(), testutil.PickID(spireApp))
-	var last error
-	if err := testutil.Poll(deadline, 100*time.Millisecond, func() (bool, error) {
-		last = workloadMTLS(sigilSrc, spireSrc, sigilTD, spireTD)
-		if last == nil {
-			last = workloadMTLS(spireSrc, sigilSrc, spireTD, sigilTD)
+	expectFederatedWorkloads(t, sigilSide, spireSide)
+
+	// spire-server rotates its X.509 CA (localauthority prepare, activate,
+	// taint and revoke the old one): sigil-server follows through its
+	// https_spiffe refresher with no step on the Sigil side, and its
+	// workloads get the new root, then lose the old one.
+	la := localauthorityv1.NewLocalAuthorityClient(spire.Admin(t).Conn)
+	before := spire.Admin(t).BundleCerts(t)
+	if len(before) != 1 {
+		t.Fatalf("spire-server publishes %d X.509 authorities at start, want 1", len(before))
+	}
+	old, err := la.GetX509AuthorityState(ctx, &localauthorityv1.GetX509AuthorityStateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prepared, err := la.PrepareX509Authority(ctx, &localauthorityv1.PrepareX509AuthorityRequest{})
+	if err != nil {
+		t.Fatalf("spire-server localauthority x509 prepare: %v", err)
+	}
+	var next *x509.Certificate
+	for _, c := range spire.Admin(t).BundleCerts(t) {
+		if !c.Equal(before[0]) {
+			next = c
 		}
-		return last == nil, nil
-	}); err != nil {
-		t.Fatalf("mTLS between a sigil-agent workload of %s and a spire-agent workload of %s: %v (last: %v)", sigilTD, spireTD, err, last)
 	}
+	if next == nil {
+		t.Fatal("spire-server publishes no new X.509 authority after prepare")
+	}
+	waitSigilWorkloads(t, sigilSide, spireTD, "the prepared spire-server CA", func(roots []*x509.Certificate) bool { return containsCert(roots, next) })
+	if _, err := la.ActivateX509Authority(ctx, &localauthorityv1.ActivateX509AuthorityRequest{AuthorityId: prepared.GetPreparedAuthority().GetAuthorityId()}); err != nil {
+		t.Fatalf("spire-server localauthority x509 activate: %v", err)
+	}
+	oldID := old.GetActive().GetAuthorityId()
+	if _, err := la.TaintX509Authority(ctx, &localauthorityv1.TaintX509AuthorityRequest{AuthorityId: oldID}); err != nil {
+		t.Fatalf("spire-server localauthority x509 taint: %v", err)
+	}
+	// As SPIRE's rotation procedure says, the old authority is revoked
+	// once every agent rotated its workloads' SVIDs off the tainted one:
+	// a spire-agent and a sigil-agent alike.
+	onlyNext := x509bundle.FromX509Authorities(spireTD, []*x509.Certificate{next})
+	for _, w := range spireSide {
+		var last error
+		if err := testutil.Poll(deadline, 100*time.Millisecond, func() (bool, error) {
+			var svid *x509svid.SVID
+			if svid, last = w.src.GetX509SVID(); last == nil {
+				_, _, last = x509svid.Verify(svid.Certificates, onlyNext)
+			}
+			return last == nil, nil
+		}); err != nil {
+			t.Fatalf("the %s workload's SVID after spire-server tainted its old CA: not signed by the new one: %v (last: %v)", w.name, err, last)
+		}
+	}
+	if _, err := la.RevokeX509Authority(ctx, &localauthorityv1.RevokeX509AuthorityRequest{AuthorityId: oldID}); err != nil {
+		t.Fatalf("spire-server localauthority x509 revoke: %v", err)
+	}
+	waitSigilWorkloads(t, sigilSide, spireTD, "the revoked spire-server CA gone", func(roots []*x509.Certificate) bool {
+		return containsCert(roots, next) && !containsCert(roots, before[0])
+	})
+	st := sigil.Admin(t).WaitFederationRefreshed(t, spireTD.Name(), time.Now(), deadline)
+	t.Logf("sigil-server follows spire-server's rotated CA: last refresh %s, %d consecutive failures", st.LastSuccess.Format(time.RFC3339), st.ConsecutiveFailures)
+	expectFederatedWorkloads(t, sigilSide, spireSide)
+}
+
+// fedWorkload is a go-spiffe workload behind an agent of either kind.
+type fedWorkload struct {
+	name  string
+	td    spiffeid.TrustDomain
+	id    spiffeid.ID
+	agent *testutil.Agent
+	src   *workloadapi.X509Source
+}
+
+// expectFederatedWorkloads: every workload of one side completes mTLS with
+// every workload of the other, both ways, each authorizing the other by
+// trust domain, and a JWT-SVID of each validates through the other's
+// agent (ValidateJWTSVID for an entry federating with its domain).
+func expectFederatedWorkloads(t *testing.T, as, bs []*fedWorkload) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	aud := "interop-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	for _, a := range as {
+		for _, b := range bs {
+			var last error
+			if err := testutil.Poll(deadline, 100*time.Millisecond, func() (bool, error) {
+				last = workloadMTLS(a.src, b.src, a.td, b.td)
+				if last == nil {
+					last = workloadMTLS(b.src, a.src, b.td, a.td)
+				}
+				return last == nil, nil
+			}); err != nil {
+				t.Fatalf("mTLS between the %s workload and the %s workload: %v (last: %v)", a.name, b.name, err, last)
+			}
+			for _, p := range [][2]*fedWorkload{{a, b}, {b, a}} {
+				from, to := p[0], p[1]
+				token, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud, Subject: from.id}, workloadapi.WithAddr(from.agent.SocketAddr()))
+				if err != nil {
+					t.Fatalf("JWT-SVID of the %s workload: %v", from.name, err)
+				}
+				var got *jwtsvid.SVID
+				if err := testutil.Poll(deadline, 100*time.Millisecond, func() (bool, error) {
+					got, last = workloadapi.ValidateJWTSVID(ctx, token.Marshal(), aud, workloadapi.WithAddr(to.agent.SocketAddr()))
+					return last == nil, nil
+				}); err != nil {
+					t.Fatalf("the %s validating a JWT-SVID of the %s workload: %v (last: %v)", to.name, from.name, err, last)
+				}
+				if got.ID != from.id {
+					t.Fatalf("the %s validated %s, want %s", to.name, got.ID, from.id)
+				}
+			}
+		}
+	}
+}
+
+// waitSigilWorkloads waits until every workload's X.509 bundle of td
+// satisfies ok.
+func waitSigilWorkloads(t *testing.T, ws []*fedWorkload, td spiffeid.TrustDomain, what string, ok func([]*x509.Certificate) bool) {
+	t.Helper()
+	for _, w := range ws {
+		if err := testutil.Poll(deadline, 100*time.Millisecond, func() (bool, error) {
+			b, err := w.src.GetX509BundleForTrustDomain(td)
+			return err == nil && ok(b.X509Authorities()), nil
+		}); err != nil {
+			t.Fatalf("the %s workload's bundle of %s: %s: %v", w.name, td, what, err)
+		}
+	}
+}
+
+func containsCert(cs []*x509.Certificate, c *x509.Certificate) bool {
+	for _, x := range cs {
+		if x.Equal(c) {
+			return true
+		}
+	}
+	return false
 }
 
 // sameAuthorities reports whether two bundles hold the same X.509

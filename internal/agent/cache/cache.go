@@ -130,6 +130,9 @@ type svidRecord struct {
 	key      crypto.Signer
 	revision int64 // revision of the entry the SVID was set for
 	gen      uint64
+	// tainted: signed by an authority the server marked tainted
+	// (TaintX509SVIDs): due for renewal now.
+	tainted bool
 }
 
 func (s *svidRecord) notAfter() time.Time { return s.chain[0].NotAfter }
@@ -384,7 +387,7 @@ func (c *Cache) NeedsSVID(now time.Time, due RenewalPolicy) []*Entry {
 	var out []*Entry
 	for id, r := range c.entries {
 		s, ok := c.svids[id]
-		if !ok || !now.Before(s.notAfter()) || s.revision != r.entry.RevisionNumber ||
+		if !ok || !now.Before(s.notAfter()) || s.revision != r.entry.RevisionNumber || s.tainted ||
 			due(now, s.chain[0].NotBefore, s.notAfter()) {
 			out = append(out, r.entry)
 		}

@@ -22,22 +22,60 @@ import (
 // bundle for the trust domain.
 var ErrBundleNotFound = errors.New("bundle not found")
 
-// GetBundle returns the bundle of the agent's own trust domain.
-func (c *Client) GetBundle(ctx context.Context) (*spiffebundle.Bundle, error) {
+// GetBundle returns the bundle of the agent's own trust domain and the
+// authorities in it the server marks tainted.
+func (c *Client) GetBundle(ctx context.Context) (*spiffebundle.Bundle, Taints, error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	b, err := c.bundle.GetBundle(ctx, &bundlev1.GetBundleRequest{})
 	if err != nil {
-		return nil, fmt.Errorf("get bundle: %w", err)
+		return nil, Taints{}, fmt.Errorf("get bundle: %w", err)
 	}
 	out, err := BundleFromProto(b)
 	if err != nil {
-		return nil, fmt.Errorf("get bundle: %w", err)
+		return nil, Taints{}, fmt.Errorf("get bundle: %w", err)
 	}
 	if out.TrustDomain() != c.cfg.TrustDomain {
-		return nil, fmt.Errorf("get bundle: server returned the bundle of %q, want %q", out.TrustDomain(), c.cfg.TrustDomain)
+		return nil, Taints{}, fmt.Errorf("get bundle: server returned the bundle of %q, want %q", out.TrustDomain(), c.cfg.TrustDomain)
 	}
-	return out, nil
+	return out, TaintsFromProto(b), nil
+}
+
+// Taints are the authorities of a bundle its server marks tainted
+// (tainted_key: SPIRE's "localauthority … taint", the step before the
+// authority is revoked and removed): agents move the SVIDs they hold off
+// them, as SPIRE's agent does. Tainted authorities stay trusted until
+// they are removed from the bundle.
+type Taints struct {
+	X509 []*x509.Certificate
+	// JWT holds the key IDs of tainted JWT authorities.
+	JWT map[string]struct{}
+}
+
+// Empty reports whether no authority is tainted.
+func (t Taints) Empty() bool { return len(t.X509) == 0 && len(t.JWT) == 0 }
+
+// TaintsFromProto returns the tainted authorities of b, skipping those
+// that do not parse (BundleFromProto refuses them).
+func TaintsFromProto(b *types.Bundle) Taints {
+	var t Taints
+	for _, a := range b.GetX509Authorities() {
+		if !a.GetTainted() {
+			continue
+		}
+		if cert, err := x509.ParseCertificate(a.GetAsn1()); err == nil {
+			t.X509 = append(t.X509, cert)
+		}
+	}
+	for _, k := range b.GetJwtAuthorities() {
+		if k.GetTainted() && k.GetKeyId() != "" {
+			if t.JWT == nil {
+				t.JWT = make(map[string]struct{})
+			}
+			t.JWT[k.GetKeyId()] = struct{}{}
+		}
+	}
+	return t
 }
 
 // RefreshedAtHeader is the GetFederatedBundle response header in which

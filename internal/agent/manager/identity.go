@@ -202,7 +202,7 @@ func (m *Manager) attest(ctx context.Context, bundle []*x509.Certificate, prev *
 		if err != nil {
 			return nil, err
 		}
-		b, err := bcl.GetBundle(ctx)
+		b, _, err := bcl.GetBundle(ctx)
 		_ = bcl.Close()
 		if err != nil {
 			return nil, fmt.Errorf("bootstrap bundle: %w", err)

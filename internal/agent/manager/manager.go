@@ -333,7 +333,14 @@ type Manager struct {
 	syncMu sync.Mutex
 	// kick wakes the session loop to re-arm its rotation timer.
 	kick chan struct{}
-	jwt  singleflight.Group
+	// renewNow asks the session loop to renew the agent SVID now: its
+	// authority was tainted (see processTaints).
+	renewNow chan struct{}
+	// taintsSeen are the tainted authorities already processed (X.509 by
+	// DER, JWT by key ID), so each taint is acted on once per process.
+	// Only syncBundles uses it (under syncMu).
+	taintsSeen map[string]struct{}
+	jwt        singleflight.Group
 
 	// statusChanged wakes the state reporter; attempted is set once the
 	// first connection attempt has finished (before that, not being
@@ -403,12 +410,14 @@ func New(cfg Config) (*Manager, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &Manager{
-		cfg:     cfg,
-		servers: servers,
-		log:     log,
-		clk:     clock.OrReal(cfg.Clock),
-		cache:   cfg.Cache,
-		kick:    make(chan struct{}, 1),
+		cfg:        cfg,
+		servers:    servers,
+		log:        log,
+		clk:        clock.OrReal(cfg.Clock),
+		cache:      cfg.Cache,
+		kick:       make(chan struct{}, 1),
+		renewNow:   make(chan struct{}, 1),
+		taintsSeen: make(map[string]struct{}),
 
 		statusChanged: make(chan struct{}, 1),
 		shortWarned:   make(map[string]struct{}),

@@ -229,6 +229,9 @@ func (m *Manager) session(ctx context.Context) (err error) {
 			rotate = m.rotationTimer()
 		case <-renew:
 			return m.renewAgent(ctx, cl, id)
+		case <-m.renewNow:
+			m.log.Info("Renewing the agent SVID: the server tainted its authority", "spiffe_id", id.svid.ID.String())
+			return m.renewAgent(ctx, cl, id)
 		}
 	}
 }
@@ -423,9 +426,14 @@ func (m *Manager) applyRound(ctx context.Context, cl *client.Client, r *client.R
 	}
 	var wg sync.WaitGroup
 	var bundleErr error
-	wg.Go(func() { bundleErr = m.syncBundles(ctx, cl, r.Entries) })
+	var tainted int
+	wg.Go(func() { tainted, bundleErr = m.syncBundles(ctx, cl, r.Entries) })
 	svidErr := m.signDue(ctx, cl)
 	wg.Wait()
+	if tainted > 0 && svidErr == nil {
+		// SVIDs of a newly tainted authority: renewed now.
+		svidErr = m.signDue(ctx, cl)
+	}
 	if err := errors.Join(bundleErr, svidErr); err != nil {
 		return err
 	}
@@ -450,16 +458,19 @@ func (m *Manager) rotate(ctx context.Context, cl *client.Client) error {
 }
 
 // syncBundles fetches our bundle and those of the trust domains the
-// entries federate with, and drops federated bundles no entry needs.
-func (m *Manager) syncBundles(ctx context.Context, cl *client.Client, entries []*cache.Entry) error {
-	own, err := cl.GetBundle(ctx)
+// entries federate with, and drops federated bundles no entry needs. It
+// returns how many cached X509-SVIDs it marked for renewal because the
+// server newly tainted their authority (processTaints).
+func (m *Manager) syncBundles(ctx context.Context, cl *client.Client, entries []*cache.Entry) (int, error) {
+	own, taints, err := cl.GetBundle(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := m.cache.SetBundle(own); err != nil {
-		return fmt.Errorf("cache bundle: %w", err)
+		return 0, fmt.Errorf("cache bundle: %w", err)
 	}
 	m.updateServerBundle(own)
+	tainted := m.processTaints(taints)
 
 	want := make(map[spiffeid.TrustDomain]struct{})
 	for _, e := range entries {
@@ -476,10 +487,10 @@ func (m *Manager) syncBundles(ctx context.Context, cl *client.Client, entries []
 			continue
 		}
 		if err != nil {
-			return err
+			return tainted, err
 		}
 		if err := m.cache.SetBundleRefreshed(b, refreshedAt); err != nil {
-			return fmt.Errorf("cache federated bundle: %w", err)
+			return tainted, fmt.Errorf("cache federated bundle: %w", err)
 		}
 	}
 	for td := range m.cache.Bundles() {
@@ -489,7 +500,48 @@ func (m *Manager) syncBundles(ctx context.Context, cl *client.Client, entries []
 			}
 		}
 	}
-	return nil
+	return tainted, nil
+}
+
+// processTaints acts once on each authority the server newly marks
+// tainted, as SPIRE's agent does: cached X509-SVIDs it signed are renewed
+// (the count is returned), the agent SVID too if it signed it (the session
+// renews it now), and cached JWT-SVIDs signed with a tainted key are
+// dropped so the next request mints one with the current key.
+func (m *Manager) processTaints(t client.Taints) int {
+	var x509New []*x509.Certificate
+	for _, c := range t.X509 {
+		if _, ok := m.taintsSeen["x509:"+string(c.Raw)]; !ok {
+			m.taintsSeen["x509:"+string(c.Raw)] = struct{}{}
+			x509New = append(x509New, c)
+		}
+	}
+	jwtNew := make(map[string]struct{})
+	for kid := range t.JWT {
+		if _, ok := m.taintsSeen["jwt:"+kid]; !ok {
+			m.taintsSeen["jwt:"+kid] = struct{}{}
+			jwtNew[kid] = struct{}{}
+		}
+	}
+	n := 0
+	if len(x509New) > 0 {
+		n = m.cache.TaintX509SVIDs(x509New)
+		agent := false
+		if id := m.identity(); id != nil && cache.SignedBy(id.svid.Certificates, x509New, m.clk.Now()) {
+			agent = true
+			select {
+			case m.renewNow <- struct{}{}:
+			default:
+			}
+		}
+		m.log.Info("The server tainted X.509 authorities: renewing the SVIDs they signed", "authorities", len(x509New),
+			"workload_svids", n, "agent_svid", agent)
+	}
+	if len(jwtNew) > 0 {
+		dropped := m.cache.DropJWTSVIDsSignedBy(jwtNew)
+		m.log.Info("The server tainted JWT authorities: dropped the cached JWT-SVIDs they signed", "authorities", len(jwtNew), "jwt_svids", dropped)
+	}
+	return n
 }
 
 // updateServerBundle adopts and persists our trust domain's authorities

@@ -162,6 +162,9 @@ type Agent struct {
 	// Args are extra command-line flags after "run -config F" (e.g.
 	// -joinToken), used by every start.
 	Args []string
+	// Env is added to the agent's environment by every start ("KEY=value",
+	// e.g. DBUS_SYSTEM_BUS_ADDRESS).
+	Env  []string
 	Proc *Process
 
 	name string // process name: sigil-agent or spire-agent
@@ -254,7 +257,7 @@ func (a *Agent) StartProcess(t testing.TB) *Process {
 	}
 	writeFile(t, a.ConfigPath, a.Config.HCL())
 	a.Proc = Start(t, Command{
-		Name: a.name, Path: a.bin, Wrap: a.Wrap,
+		Name: a.name, Path: a.bin, Wrap: a.Wrap, Env: a.Env,
 		Args:    append([]string{"run", "-config", a.ConfigPath}, a.Args...),
 		LogPath: filepath.Join(a.Config.DataDir, "agent.log"),
 	})

@@ -49,6 +49,7 @@ var forbidden = []string{
 	"github.com/Azure",
 	"golang.org/x/oauth2",
 	module + "internal/attest/node/awsiid/awsapi",
+	module + "internal/attest/node/gcpiit/computeapi",
 }
 
 // documented are the omit tags of the README's device build, with the
@@ -65,6 +66,7 @@ var documented = map[string][]string{
 	"sigil_omit_systemd":  {module + "internal/attest/workload/systemd"},
 	"sigil_omit_k8s":      {module + "internal/attest/workload/k8s"},
 	"sigil_omit_aws_iid":  {module + "internal/attest/node/awsiid"},
+	"sigil_omit_gcp_iit":  {module + "internal/attest/node/gcpiit"},
 }
 
 func under(dep, pkg string) bool { return dep == pkg || strings.HasPrefix(dep, pkg+"/") }

@@ -22,6 +22,9 @@ var omitted = map[string][]string{
 	"k8s_psat": {"github.com/sigil-spiffe/sigil/internal/kubeapi", "gopkg.in/yaml.v3"},
 	// The AWS SDK, which only aws_iid's server half (awsiid/awsapi) uses.
 	"aws_iid": {"github.com/aws"},
+	// Google credentials (oauth2/google and the metadata client), which
+	// only gcp_iit's Compute API client (gcpiit/computeapi) uses.
+	"gcp_iit": {"golang.org/x/oauth2/google", "cloud.google.com/go/compute/metadata"},
 }
 
 // TestServerLinksNoKubernetesClient: sigil-server talks to Kubernetes API

@@ -14,7 +14,7 @@ import (
 // yet.
 var (
 	plannedWorkload = []string{"windows"}
-	plannedNode     = []string{"azure_imds", "azure_msi", "gcp_iit", "http_challenge", "k8s_sat", "sshpop", "tpm_devid"}
+	plannedNode     = []string{"azure_imds", "azure_msi", "http_challenge", "k8s_sat", "sshpop", "tpm_devid"}
 )
 
 // omittable lists the selector types of attestors a build tag can leave
@@ -23,6 +23,7 @@ var (
 var omittable = []struct{ typ, plugin string }{
 	{"aws_iid", "NodeAttestor"},
 	{"docker", "WorkloadAttestor"},
+	{"gcp_iit", "NodeAttestor"},
 	{"k8s", "WorkloadAttestor"},
 	{"k8s_psat", "NodeAttestor"},
 	{"systemd", "WorkloadAttestor"},

@@ -107,6 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer admin.Close()
 	opts.Controller.Entries = admin.Entry
 	opts.Controller.TrustDomains = trustdomainv1.NewTrustDomainClient(admin.Conn)
+	opts.Controller.Bundle = admin
 	opts.Controller.Log = log
 	log.Info("Starting", "version", version.String(), "trust_domain", fc.TrustDomain, "cluster", fc.ClusterName,
 		"cluster_domain", opts.Controller.Reconcile.ClusterDomain, "server_socket", fc.SocketPath(), "leader_election", opts.LeaderElection)

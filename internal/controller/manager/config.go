@@ -43,6 +43,10 @@ type FileConfig struct {
 	EntryIDPrefix         string          `json:"entryIDPrefix,omitempty"`
 	Reconcile             *ReconcileFlags `json:"reconcile,omitempty"`
 
+	// TrustBundleConfigMap (a Sigil extension) publishes the server's
+	// trust bundle (PEM) into a ConfigMap for agents to bootstrap from.
+	TrustBundleConfigMap *TrustBundleConfigMap `json:"trustBundleConfigMap,omitempty"`
+
 	LeaderElection *LeaderElection `json:"leaderElection,omitempty"`
 	Health         *Health         `json:"health,omitempty"`
 	Metrics        *Metrics        `json:"metrics,omitempty"`
@@ -63,6 +67,13 @@ type ReconcileFlags struct {
 	ClusterSPIFFEIDs             bool `json:"clusterSPIFFEIDs"`
 	ClusterFederatedTrustDomains bool `json:"clusterFederatedTrustDomains"`
 	ClusterStaticEntries         bool `json:"clusterStaticEntries"`
+}
+
+// TrustBundleConfigMap is where the trust bundle is published.
+type TrustBundleConfigMap struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Key       string `json:"key,omitempty"` // default bundle.crt
 }
 
 // LeaderElection is controller-runtime's leader election section.
@@ -181,6 +192,9 @@ func (c *FileConfig) Check() error {
 	}
 	if len(c.ClusterSPIFFEIDLabelSelector) > 0 || c.FilterByClassName {
 		bad("clusterSPIFFEIDLabelSelector and filterByClassName are not supported: className alone selects the resources")
+	}
+	if b := c.TrustBundleConfigMap; b != nil && (b.Namespace == "" || b.Name == "") {
+		bad("trustBundleConfigMap needs namespace and name")
 	}
 	if le := c.LeaderElection; le != nil {
 		switch le.ResourceLock {

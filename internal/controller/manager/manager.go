@@ -55,6 +55,10 @@ type Config struct {
 	Entries      reconcile.EntryAPI
 	TrustDomains reconcile.TrustDomainAPI
 	Log          *slog.Logger
+	// BundleConfigMap, if set (Name not empty), is where the server's
+	// trust bundle is published at each run, from Bundle.
+	BundleConfigMap BundleConfigMap
+	Bundle          BundleSource
 	// OnSync, if set, is called after each run (tests, benchmarks).
 	OnSync func(reconcile.Result, error)
 }
@@ -75,6 +79,7 @@ func Scheme() (*runtime.Scheme, error) {
 type Controller struct {
 	cfg      Config
 	client   client.Client
+	reader   client.Reader // uncached
 	recorder recorder.EventRecorder
 	trigger  chan struct{}
 
@@ -94,6 +99,7 @@ func Add(ctx context.Context, mgr ctrlmanager.Manager, cfg Config) (*Controller,
 	c := &Controller{
 		cfg:      cfg,
 		client:   mgr.GetClient(),
+		reader:   mgr.GetAPIReader(),
 		recorder: mgr.GetEventRecorder("sigil-controller"),
 		trigger:  make(chan struct{}, 1),
 		reported: map[types.UID]map[string]bool{},
@@ -283,6 +289,11 @@ func (c *Controller) reconcile(ctx context.Context) (reconcile.Result, error) {
 		}
 		for _, o := range owners {
 			c.reportFederation(ctx, o, err)
+		}
+	}
+	if c.cfg.BundleConfigMap.Name != "" {
+		if err := c.publishBundle(ctx); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return res, errors.Join(errs...)

@@ -796,3 +796,44 @@ func TestLeaderElection(t *testing.T) {
 		t.Fatal("the entry appeared but the second controller never reported a run")
 	}
 }
+
+// trustBundleConfigMap: the leader publishes the server's bundle (PEM)
+// into the ConfigMap agents bootstrap from, and puts it back when it is
+// changed behind its back.
+func TestTrustBundleConfigMap(t *testing.T) {
+	e := newEnv(t, envOptions{noController: true})
+	ns := e.namespace(nil)
+	syncs, _ := e.startController(func(o *Options) {
+		o.Controller.BundleConfigMap = BundleConfigMap{Namespace: ns, Name: "spire-bundle", Key: "bundle.crt"}
+		o.Controller.Bundle = e.admin.Client
+		o.Controller.GCInterval = 100 * time.Millisecond // the ConfigMap is not watched: the GC runs repair it
+	})
+	want := string(e.admin.BundlePEM(t))
+	get := func() string {
+		var cm corev1.ConfigMap
+		if err := e.client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "spire-bundle"}, &cm); err != nil {
+			if apierrors.IsNotFound(err) {
+				return ""
+			}
+			t.Fatal(err)
+		}
+		return cm.Data["bundle.crt"]
+	}
+	if err := testutil.Poll(waitFor, 10*time.Millisecond, func() (bool, error) { return get() == want, nil }); err != nil {
+		t.Fatalf("ConfigMap bundle %q, want the server's %q: %v", get(), want, err)
+	}
+	var cm corev1.ConfigMap
+	if err := e.client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "spire-bundle"}, &cm); err != nil {
+		t.Fatal(err)
+	}
+	cm.Data["bundle.crt"] = "stale"
+	if err := e.client.Update(context.Background(), &cm); err != nil {
+		t.Fatal(err)
+	}
+	if err := testutil.Poll(waitFor, 10*time.Millisecond, func() (bool, error) { return get() == want, nil }); err != nil {
+		t.Fatalf("ConfigMap not repaired: %v", err)
+	}
+	if len(syncs) == 0 {
+		t.Error("no run reported")
+	}
+}

@@ -63,6 +63,12 @@ func (c *FileConfig) OptionsFrom(rc *rest.Config) (Options, error) {
 		Rest:             rc,
 		LeaderElectionID: DefaultLeaderElectionID,
 	}
+	if b := c.TrustBundleConfigMap; b != nil {
+		o.Controller.BundleConfigMap = BundleConfigMap{Namespace: b.Namespace, Name: b.Name, Key: b.Key}
+		if o.Controller.BundleConfigMap.Key == "" {
+			o.Controller.BundleConfigMap.Key = "bundle.crt"
+		}
+	}
 	if le := c.LeaderElection; le != nil {
 		o.LeaderElection = le.LeaderElect
 		if le.ResourceName != "" {
@@ -92,7 +98,8 @@ func durationPtr(d time.Duration) *time.Duration {
 // when the manager cannot start or loses its lease (the process should
 // exit and restart, as controller-runtime requires).
 func Run(ctx context.Context, o Options) error {
-	if o.Controller.Entries == nil || (o.Controller.ClusterFederatedTrustDomains && o.Controller.TrustDomains == nil) {
+	if o.Controller.Entries == nil || (o.Controller.ClusterFederatedTrustDomains && o.Controller.TrustDomains == nil) ||
+		(o.Controller.BundleConfigMap.Name != "" && o.Controller.Bundle == nil) {
 		return errors.New("controller: no server API clients")
 	}
 	log := o.Controller.Log

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,15 +27,36 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
 
-// TestFederationWithSPIRE: a sigil-server (cloud.test) and a spire-server
-// (edge.test) federate with each other through their bundle endpoints
-// (https_spiffe, each authenticated by its server's SVID
-// spiffe://<td>/spire/server), from the same kind of configuration, each
-// bootstrapped with the other's X.509 authorities only: each then holds
-// the other's whole bundle (JWT keys and refresh hint, from the endpoint).
-// A workload of each, behind a sigil-agent and a spire-agent, completes
-// go-spiffe mTLS with the other's, authorizing it by trust domain.
-func TestFederationWithSPIRE(t *testing.T) {
+var sigilTD, spireTD = spiffeid.RequireTrustDomainFromString("cloud.test"), spiffeid.RequireTrustDomainFromString("edge.test")
+
+// spireFederation is a sigil-server (cloud.test) and a spire-server
+// (edge.test) federated with each other, and in each trust domain a
+// workload behind a sigil-agent and one behind a spire-agent.
+type spireFederation struct {
+	sigil, spire         *testutil.Server
+	sigilSide, spireSide []*fedWorkload
+}
+
+// federateWithSPIRE: a sigil-server (cloud.test, sigilCfg plus the
+// federation) and a spire-server (edge.test) federate with each other
+// through their bundle endpoints (https_spiffe, each authenticated by its
+// server's SVID spiffe://<td>/spire/server), from the same kind of
+// configuration, each bootstrapped with the other's X.509 authorities
+// only: each then holds the other's whole bundle (JWT keys and refresh
+// hint, from the endpoint). In each trust domain a workload behind a
+// sigil-agent and one behind a spire-agent (each server hands its
+// federated bundle to both kinds of agent) complete go-spiffe mTLS with
+// every workload of the other domain, authorizing it by trust domain, and
+// their JWT-SVIDs validate through the other domain's agents.
+//
+// spireByAPI creates spire-server's relationship through its trustdomain
+// API with sigil-server's bundle (as `spire-server federation create
+// -trustDomainBundlePath`) instead of its configuration file: its first
+// fetch then succeeds and it polls at sigil-server's refresh hint from the
+// start, where a configured relationship without a bundle is retried a
+// minute after its first failure, RefreshBundle notwithstanding.
+func federateWithSPIRE(t *testing.T, sigilCfg testutil.ServerConfig, spireByAPI bool) *spireFederation {
+	t.Helper()
 	testutil.SPIREBinaries(t)
 	sigilPort, err := testutil.FreePort()
 	if err != nil {
@@ -44,13 +66,17 @@ func TestFederationWithSPIRE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sigilTD, spireTD := spiffeid.RequireTrustDomainFromString("cloud.test"), spiffeid.RequireTrustDomainFromString("edge.test")
 	sigilEP := &testutil.BundleEndpoint{Port: sigilPort, RefreshHint: 5 * time.Second}
 	spireEP := &testutil.BundleEndpoint{Port: spirePort, RefreshHint: 5 * time.Second}
-	sigil := testutil.StartServer(t, testutil.ServerConfig{TrustDomain: sigilTD.Name(), BundleEndpoint: sigilEP,
-		FederatesWith: []testutil.FederatesWith{{TrustDomain: spireTD.Name(), URL: spireEP.URL(), EndpointSPIFFEID: "spiffe://edge.test/spire/server"}}})
-	spire := testutil.StartSPIREServer(t, testutil.ServerConfig{TrustDomain: spireTD.Name(), BundleEndpoint: spireEP,
-		FederatesWith: []testutil.FederatesWith{{TrustDomain: sigilTD.Name(), URL: sigilEP.URL(), EndpointSPIFFEID: "spiffe://cloud.test/spire/server"}}})
+	sigilCfg.TrustDomain, sigilCfg.BundleEndpoint = sigilTD.Name(), sigilEP
+	sigilCfg.FederatesWith = []testutil.FederatesWith{{TrustDomain: spireTD.Name(), URL: spireEP.URL(), EndpointSPIFFEID: "spiffe://edge.test/spire/server"}}
+	sigil := testutil.StartServer(t, sigilCfg)
+	spireCfg := testutil.ServerConfig{TrustDomain: spireTD.Name(), BundleEndpoint: spireEP}
+	toSigil := testutil.FederatesWith{TrustDomain: sigilTD.Name(), URL: sigilEP.URL(), EndpointSPIFFEID: "spiffe://cloud.test/spire/server"}
+	if !spireByAPI {
+		spireCfg.FederatesWith = []testutil.FederatesWith{toSigil}
+	}
+	spire := testutil.StartSPIREServer(t, spireCfg)
 
 	// Bootstrap: each gets the other's X.509 authorities (bundle set).
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
@@ -59,6 +85,16 @@ func TestFederationWithSPIRE(t *testing.T) {
 		b, err := p.from.Admin(t).SPIFFEBundle(ctx)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if p.to == spire && spireByAPI {
+			roots := make([]*types.X509Certificate, 0, len(b.X509Authorities()))
+			for _, c := range b.X509Authorities() {
+				roots = append(roots, &types.X509Certificate{Asn1: c.Raw})
+			}
+			spire.Admin(t).CreateFederationRelationship(t, &types.FederationRelationship{TrustDomain: toSigil.TrustDomain, BundleEndpointUrl: toSigil.URL,
+				BundleEndpointProfile: &types.FederationRelationship_HttpsSpiffe{HttpsSpiffe: &types.HTTPSSPIFFEProfile{EndpointSpiffeId: toSigil.EndpointSPIFFEID}},
+				TrustDomainBundle:     &types.Bundle{TrustDomain: toSigil.TrustDomain, X509Authorities: roots}})
+			continue
 		}
 		p.to.Admin(t).SetFederatedBundle(t, spiffebundle.FromX509Authorities(b.TrustDomain(), b.X509Authorities()))
 	}
@@ -93,8 +129,7 @@ func TestFederationWithSPIRE(t *testing.T) {
 	}
 
 	// In each trust domain a workload behind a sigil-agent and one behind
-	// a spire-agent, each entry federating with the other domain: each
-	// server hands its federated bundle to both kinds of agent.
+	// a spire-agent, each entry federating with the other domain.
 	var sigilSide, spireSide []*fedWorkload
 	for _, r := range []struct {
 		srv      *testutil.Server
@@ -121,11 +156,22 @@ func TestFederationWithSPIRE(t *testing.T) {
 		}
 	}
 	expectFederatedWorkloads(t, sigilSide, spireSide)
+	return &spireFederation{sigil: sigil, spire: spire, sigilSide: sigilSide, spireSide: spireSide}
+}
 
-	// spire-server rotates its X.509 CA (localauthority prepare, activate,
-	// taint and revoke the old one): sigil-server follows through its
-	// https_spiffe refresher with no step on the Sigil side, and its
-	// workloads get the new root, then lose the old one.
+// TestFederationWithSPIRE: federateWithSPIRE, then spire-server rotates its
+// X.509 CA (localauthority prepare, activate, taint, revoke once every
+// agent moved off it): sigil-server follows through its https_spiffe
+// refresher with no step on the Sigil side, and its workloads get the new
+// root, then lose the old one; workloads of both domains still complete
+// mTLS and validate each other's JWT-SVIDs.
+func TestFederationWithSPIRE(t *testing.T) {
+	f := federateWithSPIRE(t, testutil.ServerConfig{}, false)
+	sigil, spire, sigilSide, spireSide := f.sigil, f.spire, f.sigilSide, f.spireSide
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+
+	// spire-server rotates its X.509 CA.
 	la := localauthorityv1.NewLocalAuthorityClient(spire.Admin(t).Conn)
 	before := spire.Admin(t).BundleCerts(t)
 	if len(before) != 1 {
@@ -181,6 +227,75 @@ func TestFederationWithSPIRE(t *testing.T) {
 	st := sigil.Admin(t).WaitFederationRefreshed(t, spireTD.Name(), time.Now(), deadline)
 	t.Logf("sigil-server follows spire-server's rotated CA: last refresh %s, %d consecutive failures", st.LastSuccess.Format(time.RFC3339), st.ConsecutiveFailures)
 	expectFederatedWorkloads(t, sigilSide, spireSide)
+}
+
+// TestSPIREFollowsSigilCARotation: federateWithSPIRE with a sigil-server
+// whose CA lives a minute, so it rotates during the test (next CA
+// published, then activated: SVIDs, the bundle endpoint's SVID and JWT
+// keys move to it): spire-server follows through its https_spiffe
+// refresher with no step on the SPIRE side, and the workloads of its
+// agents get the new root before the sigil-side workloads present SVIDs
+// of the new CA; mTLS and JWT-SVIDs across keep working.
+func TestSPIREFollowsSigilCARotation(t *testing.T) {
+	f := federateWithSPIRE(t, testutil.ServerConfig{CATTL: time.Minute, X509SVIDTTL: 10 * time.Second}, true)
+	first := f.sigil.Admin(t).BundleCerts(t)
+	if len(first) != 1 {
+		t.Fatalf("sigil-server publishes %d X.509 authorities at start, want 1", len(first))
+	}
+	var next *x509.Certificate
+	if err := testutil.Poll(2*time.Minute, 100*time.Millisecond, func() (bool, error) {
+		for _, c := range f.sigil.Admin(t).BundleCerts(t) {
+			if !c.Equal(first[0]) {
+				next = c
+			}
+		}
+		return next != nil, nil
+	}); err != nil {
+		t.Fatalf("sigil-server's CA did not rotate: %v", err)
+	}
+	waitSigilWorkloads(t, f.spireSide, sigilTD, "sigil-server's next CA", func(roots []*x509.Certificate) bool { return containsCert(roots, next) })
+	onlyNext := x509bundle.FromX509Authorities(sigilTD, []*x509.Certificate{next})
+	for _, w := range f.sigilSide {
+		var last error
+		if err := testutil.Poll(2*time.Minute, 100*time.Millisecond, func() (bool, error) {
+			var svid *x509svid.SVID
+			if svid, last = w.src.GetX509SVID(); last == nil {
+				_, _, last = x509svid.Verify(svid.Certificates, onlyNext)
+			}
+			return last == nil, nil
+		}); err != nil {
+			t.Fatalf("the %s workload never got an SVID of sigil-server's next CA: %v (last: %v)", w.name, err, last)
+		}
+	}
+	// Once sigil-server's bundle endpoint presents an SVID of the new CA,
+	// spire-server still authenticates it (RefreshBundle, as
+	// `spire-server federation refresh`, fails when the fetch does).
+	var last error
+	if err := testutil.Poll(2*time.Minute, 200*time.Millisecond, func() (bool, error) {
+		last = endpointSignedBy(f.sigil.Config.BundleEndpoint.URL(), onlyNext)
+		return last == nil, nil
+	}); err != nil {
+		t.Fatalf("sigil-server's bundle endpoint never presented an SVID of its next CA: %v (last: %v)", err, last)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	if _, err := f.spire.Admin(t).TrustDomainClient().RefreshBundle(ctx, &trustdomainv1.RefreshBundleRequest{TrustDomain: sigilTD.Name()}); err != nil {
+		t.Fatalf("spire-server refreshing %s's bundle from the endpoint's new SVID: %v", sigilTD, err)
+	}
+	expectFederatedWorkloads(t, f.sigilSide, f.spireSide)
+}
+
+// endpointSignedBy checks that the https_spiffe bundle endpoint at url
+// presents an SVID that verifies against b.
+func endpointSignedBy(url string, b *x509bundle.Bundle) error {
+	host := strings.TrimPrefix(url, "https://")
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: deadline}, "tcp", host, &tls.Config{InsecureSkipVerify: true}) // #nosec G402 -- verified below against b
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, _, err = x509svid.Verify(conn.ConnectionState().PeerCertificates, b)
+	return err
 }
 
 // fedWorkload is a go-spiffe workload behind an agent of either kind.

@@ -655,6 +655,7 @@ func TestAgentKeyOfOtherDevice(t *testing.T) {
 type recordMetrics struct {
 	mu                      sync.Mutex
 	workload, agent, rounds int
+	agentFailed             int
 }
 
 func (r *recordMetrics) SyncRound(time.Duration, error) {
@@ -668,6 +669,9 @@ func (r *recordMetrics) SVIDRenewed(kind string, err error) {
 	defer r.mu.Unlock()
 	switch {
 	case err != nil:
+		if kind == manager.RenewalAgent {
+			r.agentFailed++
+		}
 	case kind == manager.RenewalWorkload:
 		r.workload++
 	case kind == manager.RenewalAgent:
@@ -681,4 +685,11 @@ func (r *recordMetrics) counts() (workload, agent, rounds int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.workload, r.agent, r.rounds
+}
+
+// agentFailures returns the failed agent SVID renewals seen so far.
+func (r *recordMetrics) agentFailures() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.agentFailed
 }

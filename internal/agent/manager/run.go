@@ -341,6 +341,12 @@ func (m *Manager) spentCredential() bool {
 // said the attestor can repeat its proof (reattestable), else with
 // RenewAgent over the authenticated connection cl.
 func (m *Manager) renewAgent(ctx context.Context, cl *client.Client, id *identity) error {
+	// The session's identity predates the roots its syncs added to the
+	// trust bundle (updateServerBundle), such as a next CA that may sign
+	// the new SVID: renew against the bundle as it is now.
+	if cur := m.identity(); cur != nil && cur.svid == id.svid {
+		id = cur
+	}
 	if id.reattestable && m.single == nil {
 		return m.reattest(ctx, id)
 	}

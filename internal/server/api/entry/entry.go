@@ -15,8 +15,8 @@
 //
 //  1. The client sends a first request with output_mask (ids must be empty;
 //     the mask, when set, must include revision_number).
-//  2. If the agent is authorized for at most EntryPageSize entries (default
-//     500) that encode within EntryPageBytes (default 1 MiB), the server
+//  2. If the agent is authorized for at most EntryPageSize entries
+//     (default 500) that encode within EntryPageBytes (default 1 MiB), the server
 //     sends them all in one response (entries set, more=false) and ends the
 //     stream.
 //  3. Otherwise the server sends entry_revisions (id, revision_number,

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
+	"github.com/sigil-spiffe/sigil/internal/attest/node/jwtkeys"
 	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
@@ -46,6 +47,14 @@ const Leeway = time.Minute
 
 // computeTimeout bounds the Compute API call of one attestation.
 const computeTimeout = 20 * time.Second
+
+// DefaultCertificatesURL is where Google publishes the certificates of the
+// keys that sign identity tokens (SPIRE's URL).
+const DefaultCertificatesURL = "https://www.googleapis.com/oauth2/v1/certs"
+
+// defaultKeysTTL: how long Google's keys are used when the answer says
+// nothing about it.
+const defaultKeysTTL = 5 * time.Minute
 
 // DefaultMaxMetadataValueSize is SPIRE's max_metadata_value_size.
 const DefaultMaxMetadataValueSize = 128
@@ -130,7 +139,7 @@ type Server struct {
 	td      spiffeid.TrustDomain
 	tmpl    PathTemplate
 	compute Compute
-	keys    *keySet
+	keys    *jwtkeys.Set
 	now     func() time.Time
 }
 
@@ -204,7 +213,17 @@ func NewServer(cfg ServerConfig, opts ServerOptions) (*Server, error) {
 	}
 	return &Server{
 		cfg: cfg, td: opts.TrustDomain, tmpl: tmpl, compute: opts.Compute, now: now,
-		keys: &keySet{url: cfg.CertificatesURL, client: client, now: now},
+		keys: jwtkeys.New(func(ctx context.Context) (map[string]any, time.Duration, error) {
+			body, h, err := jwtkeys.Get(ctx, client, cfg.CertificatesURL)
+			if err != nil {
+				return nil, 0, fmt.Errorf("google certificates: %w", err)
+			}
+			keys, err := jwtkeys.Parse(body)
+			if err != nil {
+				return nil, 0, fmt.Errorf("google certificates: %s: %w", cfg.CertificatesURL, err)
+			}
+			return keys, jwtkeys.TTL(h, now(), defaultKeysTTL), nil
+		}, now),
 	}, nil
 }
 
@@ -233,9 +252,9 @@ func (s *Server) Verify(ctx context.Context, payload []byte) (*ComputeEngine, st
 	if len(tok.Headers) != 1 {
 		return nil, "", fmt.Errorf("%w: gcp_iit: the identity token has %d signatures", node.ErrInvalid, len(tok.Headers))
 	}
-	key, err := s.keys.key(ctx, tok.Headers[0].KeyID)
+	key, err := s.keys.Key(ctx, tok.Headers[0].KeyID)
 	switch {
-	case errors.Is(err, errUnknownKey):
+	case errors.Is(err, jwtkeys.ErrUnknownKey):
 		return nil, "", fmt.Errorf("%w: the token is signed with %v, not one of Google's keys", ErrBadSignature, err)
 	case err != nil:
 		return nil, "", fmt.Errorf("gcp_iit: %w", err)

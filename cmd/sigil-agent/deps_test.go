@@ -42,7 +42,7 @@ var forbidden = []string{
 	"github.com/godbus",
 	// Cloud SDKs: the cloud node attestors' agent halves are plain HTTP;
 	// their server halves' API clients live in packages only the server
-	// links (awsiid/awsapi).
+	// links (awsiid/awsapi, gcpiit/computeapi, azuremsi/armapi).
 	"github.com/aws",
 	"cloud.google.com",
 	"google.golang.org/api",
@@ -50,6 +50,7 @@ var forbidden = []string{
 	"golang.org/x/oauth2",
 	module + "internal/attest/node/awsiid/awsapi",
 	module + "internal/attest/node/gcpiit/computeapi",
+	module + "internal/attest/node/azuremsi/armapi",
 }
 
 // documented are the omit tags of the README's device build, with the
@@ -62,11 +63,12 @@ var documented = map[string][]string{
 	"sigil_omit_docker":  {module + "internal/attest/workload/docker"},
 	// k8s_psat's package holds the server half too, with its API client
 	// (kubeapi; the kubeconfig reader is the server's, forbidden above).
-	"sigil_omit_k8s_psat": {module + "internal/attest/node/k8spsat", module + "internal/kubeapi"},
-	"sigil_omit_systemd":  {module + "internal/attest/workload/systemd"},
-	"sigil_omit_k8s":      {module + "internal/attest/workload/k8s"},
-	"sigil_omit_aws_iid":  {module + "internal/attest/node/awsiid"},
-	"sigil_omit_gcp_iit":  {module + "internal/attest/node/gcpiit"},
+	"sigil_omit_k8s_psat":  {module + "internal/attest/node/k8spsat", module + "internal/kubeapi"},
+	"sigil_omit_systemd":   {module + "internal/attest/workload/systemd"},
+	"sigil_omit_k8s":       {module + "internal/attest/workload/k8s"},
+	"sigil_omit_aws_iid":   {module + "internal/attest/node/awsiid"},
+	"sigil_omit_gcp_iit":   {module + "internal/attest/node/gcpiit"},
+	"sigil_omit_azure_msi": {module + "internal/attest/node/azuremsi"},
 }
 
 func under(dep, pkg string) bool { return dep == pkg || strings.HasPrefix(dep, pkg+"/") }

@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -40,6 +41,10 @@ type Options struct {
 	ReadOnly bool
 	// Token is the bearer token the secure port accepts ("" accepts none).
 	Token string
+	// Authenticate, when set, decides on bearer tokens instead of Token,
+	// as the kubelet's webhook authentication asks the API server's
+	// TokenReview.
+	Authenticate func(token string) bool
 	// ClientCA, when set, is the CA of the client certificates the secure
 	// port accepts.
 	ClientCA *x509.Certificate
@@ -159,9 +164,9 @@ func (k *Kubelet) serve(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	how := k.authenticate(r)
 	k.mu.Lock()
 	k.n++
-	how := k.authenticate(r)
 	k.auth = append(k.auth, how)
 	if how == "refused" {
 		k.mu.Unlock()
@@ -189,19 +194,26 @@ func (k *Kubelet) serve(w http.ResponseWriter, r *http.Request) {
 
 // authenticate is the kubelet's authentication of a secure-port request.
 func (k *Kubelet) authenticate(r *http.Request) string {
-	if k.opts.ReadOnly {
+	k.mu.Lock()
+	opts := k.opts
+	k.mu.Unlock()
+	if opts.ReadOnly {
 		return "anonymous"
 	}
 	if h := r.Header.Get("Authorization"); h != "" {
-		if k.opts.Token != "" && h == "Bearer "+k.opts.Token {
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		switch {
+		case ok && opts.Authenticate != nil && opts.Authenticate(tok):
+			return "token"
+		case ok && opts.Authenticate == nil && opts.Token != "" && tok == opts.Token:
 			return "token"
 		}
 		return "refused"
 	}
-	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && k.opts.ClientCA != nil {
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && opts.ClientCA != nil {
 		return "cert"
 	}
-	if k.opts.Anonymous {
+	if opts.Anonymous {
 		return "anonymous"
 	}
 	return "refused"

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -208,5 +209,37 @@ func TestFederationJSON(t *testing.T) {
 	}
 	if len(cfg.Federation.FederatesWith) != 1 || cfg.Federation.FederatesWith[0].EndpointSPIFFEID.String() != "spiffe://peer.test/spire/server" {
 		t.Errorf("federates_with = %+v", cfg.Federation.FederatesWith)
+	}
+}
+
+// TestFederationREADMEExample: the https_web example of README.md
+// ("Federation between trust domains") parses as it is printed, with
+// every key taken (an unknown one would be an error).
+func TestFederationREADMEExample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(readme)
+	i := strings.Index(s, "\n### Federation between trust domains\n")
+	if i < 0 {
+		t.Fatal("README.md has no Federation section")
+	}
+	s = s[i:]
+	start := strings.Index(s, "```hcl\nserver {\n")
+	if start < 0 {
+		t.Fatal("the Federation section has no hcl example")
+	}
+	s = s[start+len("```hcl\nserver {\n"):]
+	s = s[:strings.Index(s, "\n```")]
+	s = strings.TrimSuffix(strings.TrimRight(s, "\n"), "}")
+	cfg, err := ParseServer("README.md", []byte(serverConfWith(s, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	be, fw := cfg.Federation.BundleEndpoint, cfg.Federation.FederatesWith
+	if be.Profile != ProfileHTTPSWeb || be.ServingCertFile == nil || be.Port != 443 || len(fw) != 1 || fw[0].Profile != ProfileHTTPSWeb ||
+		fw[0].TrustDomain.Name() != "partner.example" {
+		t.Fatalf("README example: bundle endpoint %+v, federates_with %+v", be, fw)
 	}
 }

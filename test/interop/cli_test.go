@@ -428,6 +428,8 @@ func cliSteps() []cliStep {
 			return []string{"bundle", "set", "-id", "spiffe://other.org", "-format", "spiffe", "-path", e.file("other.json", other.jwks)}
 		}},
 		{args: fixed("bundle", "set", "-id", "spiffe://third.org"), stdin: func(*cliEnv) []byte { return other.pem }},
+		{args: fixed("bundle", "count")},
+		{args: fixed("bundle", "count", "-output", "json"), json: true},
 		{args: fixed("bundle", "list", "-format", "spiffe"), differs: seqDiffers, tolerate: noSequence},
 		{args: fixed("bundle", "list", "-output", "json"), json: true, differs: seqDiffers, tolerate: noSequence},
 		{args: fixed("bundle", "list", "-id", "spiffe://other.org", "-output", "json"), json: true, differs: seqDiffers, tolerate: noSequence},

@@ -366,3 +366,28 @@ func (c *bundleDeleteCmd) run(ctx context.Context, s *session) error {
 	s.printf("bundle deleted.\n")
 	return nil
 }
+
+// ---- bundle count ----
+
+// bundleCountCmd counts the bundles the server holds, its own included,
+// as spire-server's "bundle count".
+type bundleCountCmd struct{}
+
+func (*bundleCountCmd) flags(*flag.FlagSet) {}
+
+func (*bundleCountCmd) run(ctx context.Context, s *session) error {
+	client, err := s.bundleClient()
+	if err != nil {
+		return err
+	}
+	resp, err := client.CountBundles(ctx, &bundlev1.CountBundlesRequest{})
+	if err != nil {
+		return fmt.Errorf("counting bundles: %w", err)
+	}
+	if s.json() {
+		return s.printJSON(resp)
+	}
+	n := int(resp.GetCount())
+	s.printf("%d %s\n", n, plural(n, "bundle", "bundles"))
+	return nil
+}

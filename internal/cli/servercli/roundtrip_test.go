@@ -279,6 +279,13 @@ func TestRoundTripBundlesAndMint(t *testing.T) {
 	if _, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString("other.org"), []byte(out)); err != nil {
 		t.Errorf("bundle list -id -format spiffe: %v\n%s", err, out)
 	}
+	// Ours and other.org's, as spire-server's bundle count says it.
+	if out = srv.cli(t, "bundle", "count"); out != "2 bundles\n" {
+		t.Errorf("bundle count: %q", out)
+	}
+	if out = srv.cli(t, "bundle", "count", "-output", "json"); strings.TrimSpace(out) != `{"count":2}` {
+		t.Errorf("bundle count -output json: %q", out)
+	}
 	if out = srv.cli(t, "bundle", "delete", "-id", "spiffe://other.org"); out != "bundle deleted.\n" {
 		t.Errorf("bundle delete: %q", out)
 	}

@@ -80,6 +80,7 @@ func specs() []spec {
 		{name: "agent evict", synopsis: "Evicts an attested agent given its SPIFFE ID", make: func() runner { return &agentEvictCmd{} }},
 		{name: "agent list", synopsis: "Lists attested agents and their SPIFFE IDs", make: func() runner { return &agentListCmd{} }},
 		{name: "agent show", synopsis: "Shows the details of an attested agent given its SPIFFE ID", make: func() runner { return &agentShowCmd{} }},
+		{name: "bundle count", synopsis: "Count bundles", make: func() runner { return &bundleCountCmd{} }},
 		{name: "bundle delete", synopsis: "Deletes bundle data", make: func() runner { return &bundleDeleteCmd{} }},
 		{name: "bundle list", synopsis: "Lists federated bundle data", make: func() runner { return &bundleListCmd{} }},
 		{name: "bundle set", synopsis: "Creates or updates federated bundle data", make: func() runner { return &bundleSetCmd{} }},

@@ -6,7 +6,7 @@
 #
 #   bench/run.sh > results.md            # everything, -count 5 (~10-15 min on 2 idle cores)
 #   COUNT=3 QUICK=1 bench/run.sh         # shorter benchtimes, for a smoke run
-#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest federation ha k8spsat rss)
+#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest federation ha k8spsat controller rss)
 #   SKIP=partition bench/run.sh          # all but these
 #
 # Raw `go test` output is kept in $OUT (printed at the end). Progress goes to
@@ -107,6 +107,9 @@ fi
 want attest && run attest bench/attest . "$(bt 300x 100x)"
 # A real kube-apiserver (tools/kube/build.sh); without it the benchmark skips.
 want k8spsat && run k8spsat bench/k8spsat . "$(bt 200x 30x)"
+# sigil-controller: 1,000 pods -> entries (it lives with the controller's
+# tests: only internal/controller may link controller-runtime).
+want controller && run controller internal/controller/manager Controller1000Pods "$(bt 3x 1x)"
 if want federation; then
 	run federation-endpoint bench/federation '^BenchmarkBundleEndpoint$' "$(bt 10x 2x)"
 	# Each scheduled iteration waits for the peer's refresh (hint 5s).

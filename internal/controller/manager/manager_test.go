@@ -60,7 +60,7 @@ var crdOnce struct {
 	err error
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	t.Helper()
 	s := kubetest.Shared(t)
 	rc := &rest.Config{Host: s.URL, BearerToken: s.Token, TLSClientConfig: rest.TLSClientConfig{CAData: s.CAPEM}, QPS: 500, Burst: 1000}

@@ -18,6 +18,10 @@ var kubeClients = []string{
 	module + "internal/controller",
 }
 
+// crdsPkg is free for all: it embeds the CRD manifests and imports nothing
+// of Kubernetes (tests apply the CRDs from it).
+const crdsPkg = module + "internal/controller/crds"
+
 // controllerPkgs may link them.
 var controllerPkgs = []string{module + "cmd/sigil-controller", module + "internal/controller"}
 
@@ -48,6 +52,9 @@ func TestOnlyTheControllerLinksKubeClients(t *testing.T) {
 			mine = mine || under(pkg, c)
 		}
 		for _, dep := range f[1:] {
+			if dep == crdsPkg {
+				continue
+			}
 			for _, k := range kubeClients {
 				if !under(dep, k) {
 					continue
@@ -57,6 +64,16 @@ func TestOnlyTheControllerLinksKubeClients(t *testing.T) {
 					continue
 				}
 				t.Errorf("%s links %s (only sigil-controller may link %s)", f[0], dep, k)
+			}
+		}
+	}
+	// crds itself must stay free of Kubernetes code for that.
+	for _, line := range lines {
+		if f := strings.Fields(line); f[0] == crdsPkg {
+			for _, dep := range f[1:] {
+				if under(dep, "k8s.io") || under(dep, "sigs.k8s.io") {
+					t.Errorf("%s links %s: it must import nothing of Kubernetes", crdsPkg, dep)
+				}
 			}
 		}
 	}

@@ -242,6 +242,12 @@ func (s *session) describe(err error) string {
 	return cliutil.DescribeError(err, func(st *status.Status) string {
 		switch st.Code() {
 		case codes.Unavailable:
+			if !connectionFailure(st.Message()) {
+				// The agent answered: it cannot serve this now (its
+				// server unreachable with nothing cached, no attestor
+				// answered, not attested yet), which its message says.
+				return fmt.Sprintf("%s (code: %s, from the agent at %q)", st.Message(), st.Code(), s.socketPath)
+			}
 			return fmt.Sprintf("agent unavailable at %q: %s (is the agent running? use -socketPath to point at its socket)", s.socketPath, st.Message())
 		case codes.PermissionDenied:
 			return fmt.Sprintf("%s (code: %s; no registration entry matches this process: check the entry's selectors and parent)", st.Message(), st.Code())
@@ -250,6 +256,18 @@ func (s *session) describe(err error) string {
 		}
 		return ""
 	})
+}
+
+// connectionFailure tells whether an Unavailable status was made by gRPC on
+// this side (no connection to the socket, or the connection lost) rather
+// than sent by the agent.
+func connectionFailure(msg string) bool {
+	for _, m := range []string{"connection error", "transport", "error reading from server", "connection closed", "name resolver"} {
+		if strings.Contains(msg, m) {
+			return true
+		}
+	}
+	return false
 }
 
 // commaFlag accepts comma-separated values and can be repeated.

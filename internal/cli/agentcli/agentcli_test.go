@@ -78,6 +78,8 @@ type fakeWorkloadAPI struct {
 	p    *pki
 	t    *testing.T
 	deny bool
+	// jwtErr, when set, is FetchJWTSVID's answer.
+	jwtErr error
 	// updates is sent on the X.509 stream after the first response (watch).
 	updates chan *workload.X509SVIDResponse
 }
@@ -145,6 +147,9 @@ func (f *fakeWorkloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVI
 	}
 	if req.SpiffeId != "" && req.SpiffeId != webID.String() {
 		return nil, status.Error(codes.PermissionDenied, "no identity issued")
+	}
+	if f.jwtErr != nil {
+		return nil, f.jwtErr
 	}
 	return &workload.JWTSVIDResponse{Svids: []*workload.JWTSVID{{SpiffeId: webID.String(), Svid: f.p.token(f.t, req.Audience...)}}}, nil
 }
@@ -368,6 +373,32 @@ func TestFetchJWT(t *testing.T) {
 	code, _, errOut = run(t, "api", "fetch", "jwt", "-audience", "db", "-spiffeID", "spiffe://example.org/other", "-socketPath", a.socket)
 	if code != 1 || !strings.Contains(errOut, "code: PermissionDenied") || !strings.Contains(errOut, "no registration entry matches") {
 		t.Errorf("foreign spiffeID: %d %q", code, errOut)
+	}
+}
+
+// TestUnavailableFromTheAgent: an Unavailable the agent sends (its server
+// unreachable and no cached JWT-SVID) is shown as the agent's answer, not as
+// an agent that cannot be reached; a socket nobody answers on still is.
+func TestUnavailableFromTheAgent(t *testing.T) {
+	a := startAgent(t, true)
+	a.fake.jwtErr = status.Error(codes.Unavailable, `server unreachable; no cached JWT-SVID for audience "b" of spiffe://example.org/web`)
+	code, _, errOut := run(t, "api", "fetch", "jwt", "-audience", "b", "-socketPath", a.socket)
+	if code != 1 || !strings.Contains(errOut, `server unreachable; no cached JWT-SVID for audience "b"`) ||
+		!strings.Contains(errOut, "code: Unavailable, from the agent at") || strings.Contains(errOut, "is the agent running") {
+		t.Errorf("agent's Unavailable: %d %q", code, errOut)
+	}
+
+	// A socket file left behind, nobody listening.
+	stale := filepath.Join(t.TempDir(), "stale.sock")
+	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis.SetUnlinkOnClose(false)
+	_ = lis.Close()
+	code, _, errOut = run(t, "api", "fetch", "jwt", "-audience", "b", "-timeout", "10s", "-socketPath", stale)
+	if code != 1 || !strings.Contains(errOut, "agent unavailable at") || !strings.Contains(errOut, "is the agent running") {
+		t.Errorf("stale socket: %d %q", code, errOut)
 	}
 }
 

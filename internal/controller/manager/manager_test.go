@@ -19,6 +19,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	trustdomainv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/trustdomain/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	corev1 "k8s.io/api/core/v1"
@@ -483,7 +484,15 @@ func TestClusterSPIFFEIDPodsToEntries(t *testing.T) {
 	}
 	e.waitEntries("pod relabelled", func(m map[string]*types.Entry) bool { return len(m) == 1 && m[id(pods[2].Name)] != nil })
 
+	// The node deleted: its pods' entries go (they have no parent any more).
+	e.delete(node)
+	e.waitEntries("node deleted", func(m map[string]*types.Entry) bool { return len(m) == 0 })
+	e.readyWhere(csid, metav1.ConditionFalse, func() bool { return csid.Status.Stats.PodEntryRenderFailures == 1 })
+
 	// The resource deleted: its entries go.
+	other2 := e.node()
+	e.pod(ns, "web-late", other2.Name, map[string]string{"app": "web"})
+	e.waitEntries("pod on a new node", func(m map[string]*types.Entry) bool { return m[id("web-late")] != nil })
 	e.delete(csid)
 	e.waitEntries("ClusterSPIFFEID deleted", func(m map[string]*types.Entry) bool { return len(m) == 0 })
 }
@@ -836,4 +845,39 @@ func TestTrustBundleConfigMap(t *testing.T) {
 	if len(syncs) == 0 {
 		t.Error("no run reported")
 	}
+}
+
+// Entries deleted or changed behind the controller's back are put back by
+// the next GC run (every gcInterval, untriggered).
+func TestEntriesRepairedByGC(t *testing.T) {
+	e := newEnv(t, envOptions{noController: true})
+	e.startController(func(o *Options) { o.Controller.GCInterval = 200 * time.Millisecond })
+	node := e.node()
+	ns := e.namespace(nil)
+	e.csid(v1alpha1.ClusterSPIFFEIDSpec{
+		SPIFFEIDTemplate:  "spiffe://{{ .TrustDomain }}/pod/{{ .PodMeta.Name }}",
+		NamespaceSelector: &v1alpha1.NamespaceSelector{MatchNames: []string{ns}},
+		TTL:               v1alpha1.Duration{Duration: time.Hour},
+	})
+	e.pod(ns, "a", node.Name, nil)
+	got := e.waitEntries("entry", func(m map[string]*types.Entry) bool { return m["spiffe://example.org/pod/a"] != nil })
+	en := got["spiffe://example.org/pod/a"]
+
+	// Changed: the TTL is put back.
+	en.X509SvidTtl = 60
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := e.admin.Entry.BatchUpdateEntry(ctx, &entryv1.BatchUpdateEntryRequest{Entries: []*types.Entry{en}}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitEntries("TTL restored", func(m map[string]*types.Entry) bool {
+		x := m["spiffe://example.org/pod/a"]
+		return x != nil && x.X509SvidTtl == 3600
+	})
+	// Deleted: created again.
+	e.admin.DeleteEntries(t, en.Id)
+	e.waitEntries("entry re-created", func(m map[string]*types.Entry) bool {
+		x := m["spiffe://example.org/pod/a"]
+		return x != nil && x.Id != en.Id
+	})
 }

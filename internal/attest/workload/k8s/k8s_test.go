@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -465,4 +466,95 @@ func TestLegacyLocate(t *testing.T) {
 	if !errors.Is(err, cgroup.ErrConflict) {
 		t.Fatalf("error %v", err)
 	}
+}
+
+// benchPod is a pod as a kubelet lists it, with what a Deployment's pod
+// usually carries (labels, an owner, two containers with environment,
+// mounts, resources and probes, conditions).
+func benchPod(i int) corev1.Pod {
+	uid := fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i)
+	cid := fmt.Sprintf("%064x", i+1)
+	p := fakekubelet.Pod("shop", fmt.Sprintf("web-5d4f8-%05d", i), uid, "node-1", "web-sa",
+		fakekubelet.Running("web", webImage, webImageID, cid),
+		fakekubelet.Running("envoy", sideImage, sideID, fmt.Sprintf("%064x", i+1<<32)))
+	p.Labels = map[string]string{"app": "web", "tier": "front", "pod-template-hash": "5d4f8"}
+	p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d4f8", UID: "rs-uid-1"}}
+	for j := range p.Spec.Containers {
+		c := &p.Spec.Containers[j]
+		for k := range 8 {
+			c.Env = append(c.Env, corev1.EnvVar{Name: fmt.Sprintf("SETTING_%d", k), Value: "value-of-the-setting"})
+		}
+		c.VolumeMounts = []corev1.VolumeMount{{Name: "spiffe-workload-api", MountPath: "/spiffe-workload-api", ReadOnly: true}}
+		c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}}
+		c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready"}}, PeriodSeconds: 10}
+	}
+	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}, {Type: corev1.PodScheduled, Status: corev1.ConditionTrue}}
+	p.Status.PodIP, p.Status.HostIP = "10.0.0.1", "192.0.2.10"
+	return p
+}
+
+// BenchmarkAttest is one attestation of a process in a pod's container:
+// its cgroup file read and located, the pod found in the kubelet's list,
+// the selectors. "cached": the default poll_retry_interval (500 ms), so
+// calls in a burst share one GET /pods; "get-pods-N": every call asks the
+// kubelet (in this process, HTTPS on a kept-alive connection) for a list
+// of N pods and decodes it (110 is the kubelet's default maximum).
+func BenchmarkAttest(b *testing.B) {
+	for _, tc := range []struct {
+		name     string
+		pods     int
+		interval time.Duration
+	}{{"cached", 30, 0}, {"get-pods-30", 30, time.Nanosecond}, {"get-pods-110", 110, time.Nanosecond}} {
+		b.Run(tc.name, func(b *testing.B) {
+			pods := []corev1.Pod{webPod()}
+			for i := range tc.pods - 1 {
+				pods = append(pods, benchPod(i+1))
+			}
+			k := fakekubelet.Start(b, fakekubelet.Options{Token: token})
+			k.SetPods(pods...)
+			tokenPath := filepath.Join(b.TempDir(), "token")
+			if err := os.WriteFile(tokenPath, []byte(token), 0o600); err != nil {
+				b.Fatal(err)
+			}
+			a, err := New(Config{Port: k.Port, KubeletCAPath: k.CAPath, TokenPath: tokenPath, NewLocator: true,
+				ProcDir: fixtures + "k8s-v2-systemd-containerd", PollRetryInterval: tc.interval, Getenv: func(string) string { return "" }})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer a.Close()
+			ctx := context.Background()
+			before := k.Requests()
+			for b.Loop() {
+				if sels, err := a.Attest(ctx, pid); err != nil || len(sels) != 20 {
+					b.Fatal(len(sels), err)
+				}
+			}
+			b.ReportMetric(float64(k.Requests()-before)/float64(b.N), "gets/op")
+			b.ReportMetric(float64(len(podListJSONOf(b, pods)))/1024, "list-KiB")
+		})
+	}
+	// The agent's share of get-pods-110: decoding the answer alone.
+	b.Run("decode-110", func(b *testing.B) {
+		pods := []corev1.Pod{webPod()}
+		for i := range 109 {
+			pods = append(pods, benchPod(i+1))
+		}
+		data := podListJSONOf(b, pods)
+		for b.Loop() {
+			var l podListJSON
+			if err := json.Unmarshal(data, &l); err != nil || len(l.Items) != 110 {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(len(data))/1024, "list-KiB")
+	})
+}
+
+// podListJSONOf is the kubelet's answer listing pods.
+func podListJSONOf(b *testing.B, pods []corev1.Pod) []byte {
+	data, err := json.Marshal(corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"}, Items: pods})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return data
 }

@@ -6,7 +6,7 @@
 #
 #   bench/run.sh > results.md            # everything, -count 5 (~10-15 min on 2 idle cores)
 #   COUNT=3 QUICK=1 bench/run.sh         # shorter benchtimes, for a smoke run
-#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest federation ha k8spsat controller rss)
+#   ONLY=e2e,rss bench/run.sh            # only these (e2e datastore ca nested partition tpm attest federation ha k8spsat controller cloud rss)
 #   SKIP=partition bench/run.sh          # all but these
 #
 # Raw `go test` output is kept in $OUT (printed at the end). Progress goes to
@@ -105,6 +105,17 @@ if want tpm; then
 	run e2e-tpm-start bench/e2e '^BenchmarkTPMAgentStart$' "$(bt 100x 20x)"
 fi
 want attest && run attest bench/attest . "$(bt 300x 100x)"
+# Cloud node attestors: end to end against join_token of the same run, and
+# the server's signature check alone (real AWS document; fake Google and
+# Azure AD tokens), in alternated rounds.
+if want cloud; then
+	for _ in $(seq "$COUNT"); do
+		run cloud-attestation bench/e2e '^BenchmarkCloudAttestation$' "$(bt 300x 50x)" 1
+		run cloud-verify-aws internal/attest/node/awsiid '^BenchmarkVerify$' "$(bt 2000x 200x)" 1
+		run cloud-verify-gcp internal/attest/node/gcpiit '^BenchmarkVerify$' "$(bt 2000x 200x)" 1
+		run cloud-verify-azure internal/attest/node/azuremsi '^BenchmarkVerify$' "$(bt 2000x 200x)" 1
+	done
+fi
 # A real kube-apiserver (tools/kube/build.sh); without it the benchmark skips.
 want k8spsat && run k8spsat bench/k8spsat . "$(bt 200x 30x)"
 # sigil-controller: 1,000 pods -> entries (it lives with the controller's

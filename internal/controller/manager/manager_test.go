@@ -770,8 +770,10 @@ func TestLeaderElection(t *testing.T) {
 	lease := kubetest.Name("lease")
 	elect := func(o *Options) {
 		o.LeaderElection, o.LeaderElectionID, o.LeaderElectionNamespace = true, lease, leaseNS
-		// Short periods keep the takeover quick; nothing below waits on them.
-		o.LeaseDuration, o.RenewDeadline, o.RetryPeriod = 4*time.Second, 3*time.Second, 200*time.Millisecond
+		// The leader releases the Lease when it stops, so the other takes
+		// over at its next retry; the renew deadline is long enough that a
+		// loaded machine does not make the leader lose it.
+		o.LeaseDuration, o.RenewDeadline, o.RetryPeriod = 15*time.Second, 10*time.Second, 200*time.Millisecond
 	}
 	syncsA, stopA := e.startController(elect)
 	select {

@@ -62,7 +62,10 @@ func (c ServerConfig) federationHCL() string {
 			fmt.Fprintf(&b, "            refresh_hint = %q\n", e.RefreshHint.String())
 		}
 		if e.CertFile != "" {
-			fmt.Fprintf(&b, "            profile \"https_web\" {\n                serving_cert_file {\n                    cert_file_path = %q\n                    key_file_path = %q\n                }\n            }\n", e.CertFile, e.KeyFile)
+			// file_sync_interval: spire-server 1.15.3 refuses to start
+			// without it ("time: invalid duration"), though SPIRE documents
+			// a default; Sigil's default is the same 1h.
+			fmt.Fprintf(&b, "            profile \"https_web\" {\n                serving_cert_file {\n                    cert_file_path = %q\n                    key_file_path = %q\n                    file_sync_interval = \"1h\"\n                }\n            }\n", e.CertFile, e.KeyFile)
 		} else {
 			b.WriteString("            profile \"https_spiffe\" {}\n")
 		}

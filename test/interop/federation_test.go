@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"io"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/adminclient"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 var sigilTD, spireTD = spiffeid.RequireTrustDomainFromString("cloud.test"), spiffeid.RequireTrustDomainFromString("edge.test")
@@ -434,4 +436,53 @@ func workloadMTLS(server, client *workloadapi.X509Source, serverTD, clientTD spi
 		return io.ErrUnexpectedEOF
 	}
 	return nil
+}
+
+// TestFederationWithSPIREOverWebPKI: a sigil-server and a spire-server
+// federate both ways with profile https_web: each bundle endpoint serves a
+// certificate of a test Web PKI (serving_cert_file), which the other
+// server trusts as its system roots (SSL_CERT_FILE), with no bootstrap
+// bundle. Each then holds the other's whole bundle, as its endpoint
+// serves it.
+func TestFederationWithSPIREOverWebPKI(t *testing.T) {
+	testutil.SPIREBinaries(t)
+	webRoot := testca.New(t, testca.Subject("Sigil interop Web PKI root"))
+	dir := testutil.ShortTempDir(t)
+	cert, key := webRoot.Leaf(t, testca.DNSNames("localhost"), testca.ExtKeyUsage(x509.ExtKeyUsageServerAuth),
+		testca.Template(func(c *x509.Certificate) { c.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)} }))
+	certFile, keyFile := testca.WriteCertsPEM(t, filepath.Join(dir, "web.crt"), cert), testca.WriteKeyPEM(t, filepath.Join(dir, "web.key"), key)
+	roots := "SSL_CERT_FILE=" + testca.WriteCertsPEM(t, filepath.Join(dir, "roots.pem"), webRoot.Cert)
+	endpoint := func() *testutil.BundleEndpoint {
+		port, err := testutil.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &testutil.BundleEndpoint{Port: port, RefreshHint: 5 * time.Second, CertFile: certFile, KeyFile: keyFile}
+	}
+	sigilEP, spireEP := endpoint(), endpoint()
+	sigil := testutil.NewServer(t, testutil.ServerConfig{TrustDomain: sigilTD.Name(), BundleEndpoint: sigilEP,
+		FederatesWith: []testutil.FederatesWith{{TrustDomain: spireTD.Name(), URL: spireEP.URL()}}})
+	sigil.Env = []string{roots}
+	sigil.Start(t)
+	spire := testutil.NewSPIREServer(t, testutil.ServerConfig{TrustDomain: spireTD.Name(), BundleEndpoint: spireEP,
+		FederatesWith: []testutil.FederatesWith{{TrustDomain: sigilTD.Name(), URL: sigilEP.URL()}}})
+	spire.Env = []string{roots}
+	spire.Start(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	for _, p := range []struct{ holder, owner *testutil.Server }{{sigil, spire}, {spire, sigil}} {
+		var own, fb *types.Bundle
+		if err := testutil.Poll(deadline, 200*time.Millisecond, func() (bool, error) {
+			var err error
+			if own, err = p.owner.Admin(t).Bundle.GetBundle(ctx, &bundlev1.GetBundleRequest{}); err != nil {
+				return false, err
+			}
+			fb, err = p.holder.Admin(t).Bundle.GetFederatedBundle(ctx, &bundlev1.GetFederatedBundleRequest{TrustDomain: p.owner.Config.TrustDomain})
+			return err == nil && sameAuthorities(own, fb) && len(fb.JwtAuthorities) == len(own.JwtAuthorities) && fb.RefreshHint == 5, nil
+		}); err != nil {
+			t.Fatalf("%s never held %s's bundle over https_web: %v (has %v)\n%s", p.holder.Name(), p.owner.Name(), err, fb, p.holder.Proc.Logs())
+		}
+	}
+	sigil.Admin(t).WaitFederationRefreshed(t, spireTD.Name(), time.Time{}, deadline)
 }

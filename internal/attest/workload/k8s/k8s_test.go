@@ -558,3 +558,52 @@ func podListJSONOf(b *testing.B, pods []corev1.Pod) []byte {
 	}
 	return data
 }
+
+// FuzzPodList: whatever the kubelet answers, decoding and matching do not
+// panic, and selectors come only with a pod whose status lists the
+// container (or, with disable_container_selectors, the pod the cgroups
+// named), carrying that pod's UID.
+func FuzzPodList(f *testing.F) {
+	data, err := json.Marshal(corev1.PodList{Items: []corev1.Pod{webPod(), otherPod()}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data, pod1, false)
+	f.Add(data, "", true)
+	f.Add([]byte(`{"items":[{"metadata":{"uid":"u"},"status":{"containerStatuses":[{"containerID":"x://`+idB+`"}]}},{"status":{"initContainerStatuses":[{"containerID":"://`+idB+`"}]}}]}`), "", false)
+	f.Add([]byte(`{"items":null}`), pod1, true)
+	f.Fuzz(func(t *testing.T, data []byte, podUID string, podOnly bool) {
+		var l podListJSON
+		if json.Unmarshal(data, &l) != nil {
+			return
+		}
+		list := newPodList(1, time.Now(), l.Items)
+		a := &Attestor{cfg: Config{DisableContainerSelectors: podOnly}}
+		sels, err := a.match(list, where{podUID: podUID, containerID: idB})
+		if err != nil || sels == nil {
+			return
+		}
+		var uid string
+		for _, s := range sels {
+			if s.Type != Type {
+				t.Fatalf("selector %v", s)
+			}
+			if v, ok := strings.CutPrefix(s.Value, "pod-uid:"); ok {
+				uid = v
+			}
+		}
+		if podUID != "" && uid != podUID {
+			t.Fatalf("cgroups named pod %q, selectors are of %q", podUID, uid)
+		}
+		found := false
+		for i := range list.pods {
+			p := &list.pods[i]
+			if p.Metadata.UID == uid && (p.container(idB) != nil || podOnly && podUID != "") {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("selectors %v for no pod listing the container", sels)
+		}
+	})
+}

@@ -238,6 +238,18 @@ type podList struct {
 	byUID   map[string]*pod
 }
 
+// newPodList indexes pods by UID (a pod without one is only found by
+// searching all).
+func newPodList(version uint64, started time.Time, pods []pod) *podList {
+	list := &podList{version: version, started: started, pods: pods, byUID: make(map[string]*pod, len(pods))}
+	for i := range pods {
+		if uid := pods[i].Metadata.UID; uid != "" {
+			list.byUID[uid] = &list.pods[i]
+		}
+	}
+	return list
+}
+
 // call is one GET /pods in flight.
 type call struct {
 	done chan struct{}
@@ -333,12 +345,7 @@ func (l *lister) run(c *call, started time.Time) {
 		if l.cur != nil {
 			v = l.cur.version + 1
 		}
-		list := &podList{version: v, started: started, pods: pods, byUID: make(map[string]*pod, len(pods))}
-		for i := range pods {
-			if uid := pods[i].Metadata.UID; uid != "" {
-				list.byUID[uid] = &list.pods[i]
-			}
-		}
+		list := newPodList(v, started, pods)
 		l.cur, c.list = list, list
 	}
 	close(c.done)

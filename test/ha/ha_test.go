@@ -9,16 +9,22 @@ package ha
 
 import (
 	"context"
+	"database/sql"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib" // "pgx" driver, to count the servers' connections
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
+	"github.com/sigil-spiffe/sigil/internal/adminclient"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/pgtest"
 )
@@ -266,5 +272,130 @@ func waitFetches(t *testing.T, n *atomic.Int64, want int64) {
 	t.Helper()
 	if err := testutil.Poll(deadline, 10*time.Millisecond, func() (bool, error) { return n.Load() >= want, nil }); err != nil {
 		t.Fatalf("the workload made %d fetches, want %d", n.Load(), want)
+	}
+}
+
+// TestFederationSharedAcrossServers: a federation relationship created
+// through A is the database's: B refreshes the peer's bundle from its
+// bundle endpoint too (its relationships are read again every 10 s), and
+// a workload whose agent is on B gets that bundle.
+func TestFederationSharedAcrossServers(t *testing.T) {
+	port, err := testutil.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := testutil.StartServer(t, testutil.ServerConfig{TrustDomain: "peer.test", BundleEndpoint: &testutil.BundleEndpoint{Port: port}})
+	a, b := pair(t)
+	var roots []*types.X509Certificate
+	for _, c := range peer.Admin(t).BundleCerts(t) {
+		roots = append(roots, &types.X509Certificate{Asn1: c.Raw})
+	}
+	created := time.Now()
+	a.Admin(t).CreateFederationRelationship(t, &types.FederationRelationship{
+		TrustDomain: "peer.test", BundleEndpointUrl: peer.Config.BundleEndpoint.URL(),
+		BundleEndpointProfile: &types.FederationRelationship_HttpsSpiffe{HttpsSpiffe: &types.HTTPSSPIFFEProfile{EndpointSpiffeId: peer.ID("/spire/server").String()}},
+		TrustDomainBundle:     &types.Bundle{TrustDomain: "peer.test", X509Authorities: roots},
+	})
+	b.Admin(t).WaitFederationRefreshed(t, "peer.test", created, deadline)
+
+	agentID := b.ID("/agent/fed")
+	ag := testutil.StartAgent(t, agentOn(t, a.Admin(t).CreateJoinToken(t, agentID), b))
+	e, err := adminclient.NewEntry(b.ID("/fed-workload"), agentID, uidSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.FederatesWith = []string{"peer.test"}
+	a.Admin(t).CreateEntries(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	err = testutil.Poll(deadline, 20*time.Millisecond, func() (bool, error) {
+		c, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(ag.SocketAddr()))
+		if err != nil {
+			return false, nil
+		}
+		_, ok := c.Bundles.Get(spiffeid.RequireTrustDomainFromString("peer.test"))
+		return ok, nil
+	})
+	if err != nil {
+		t.Fatalf("the workload of an agent on B got no peer.test bundle: %v", err)
+	}
+}
+
+// TestConnectionsPerServer: what README's "PostgreSQL connections" counts
+// on: a server holds at most max_open_conns connections to the database
+// plus the one its listener holds, however many API calls it serves at
+// once (the others wait for a connection; none fails).
+func TestConnectionsPerServer(t *testing.T) {
+	const maxOpen = 2
+	ds := pgtest.DataStore(t)
+	ds.Data["max_open_conns"] = maxOpen
+	db, err := sql.Open("pgx", ds.Data["connection_string"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	a := testutil.StartServer(t, testutil.ServerConfig{DataStore: ds})
+	b := testutil.StartServer(t, testutil.ServerConfig{DataStore: ds})
+
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	// The servers' connections to this database, sampled until the calls
+	// are done (the sampler's own left out).
+	var peak atomic.Int64
+	sampled := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			var n int64
+			if err := db.QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").Scan(&n); err != nil {
+				sampled <- err
+				return
+			}
+			if n > peak.Load() {
+				peak.Store(n)
+			}
+			select {
+			case <-done:
+				return
+			default:
+			}
+		}
+	}()
+	const callers, calls = 16, 10
+	errs := make(chan error, callers*calls)
+	var wg sync.WaitGroup
+	for c := range callers {
+		srv := []*testutil.Server{a, b}[c%2]
+		admin := srv.Admin(t)
+		wg.Go(func() {
+			for i := range calls {
+				e, err := adminclient.NewEntry(srv.ID(fmt.Sprintf("/c%d/%d", c, i)), srv.ID("/agent"), uidSelector)
+				if err == nil {
+					_, err = admin.Client.CreateEntries(ctx, e)
+				}
+				if err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(done)
+	if err := <-sampled; err != nil {
+		t.Fatal(err)
+	}
+	close(errs)
+	for err := range errs {
+		t.Errorf("a call failed while the pool was full: %v", err)
+	}
+	if n := len(a.Admin(t).ListEntries(t)); n != callers*calls {
+		t.Fatalf("%d entries, want %d", n, callers*calls)
+	}
+	if p := peak.Load(); p > 2*(maxOpen+1) {
+		t.Fatalf("the two servers held %d connections to the database at once, want at most 2 x (max_open_conns + 1) = %d", p, 2*(maxOpen+1))
+	} else {
+		t.Logf("peak: %d connections (2 servers, max_open_conns = %d)", p, maxOpen)
 	}
 }

@@ -67,6 +67,15 @@ func StartServer(t testing.TB, cfg ServerConfig, wrap ...string) *Server {
 	return s
 }
 
+// WriteConfig replaces the configuration file with hcl (a configuration
+// written by hand, e.g. the README's), for the next Start. Config keeps
+// what the helpers use (socket path, port, data dir, trust domain): hcl
+// must agree with it.
+func (s *Server) WriteConfig(t testing.TB, hcl string) {
+	t.Helper()
+	writeFile(t, s.ConfigPath, hcl)
+}
+
 // Start (re)starts the server process from ConfigPath and waits for it.
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
@@ -164,7 +173,11 @@ type Agent struct {
 	Args []string
 	// Env is added to the agent's environment by every start ("KEY=value",
 	// e.g. DBUS_SYSTEM_BUS_ADDRESS).
-	Env  []string
+	Env []string
+	// HCL, when set, is written to ConfigPath instead of Config's
+	// rendering (a configuration written by hand, e.g. the README's);
+	// Config keeps what the helpers use (socket path, data dir).
+	HCL  string
 	Proc *Process
 
 	name string // process name: sigil-agent or spire-agent
@@ -255,7 +268,11 @@ func (a *Agent) StartProcess(t testing.TB) *Process {
 	if a.Proc != nil && !a.Proc.Exited() {
 		t.Fatal("testutil: agent already running")
 	}
-	writeFile(t, a.ConfigPath, a.Config.HCL())
+	hcl := a.HCL
+	if hcl == "" {
+		hcl = a.Config.HCL()
+	}
+	writeFile(t, a.ConfigPath, hcl)
 	a.Proc = Start(t, Command{
 		Name: a.name, Path: a.bin, Wrap: a.Wrap, Env: a.Env,
 		Args:    append([]string{"run", "-config", a.ConfigPath}, a.Args...),

@@ -73,6 +73,7 @@ func TestFederatedLinkCut(t *testing.T) {
 	t.Logf("during the cut the edge agent reports cloud.test's bundle as fetched %s before the cut", cutAt.Sub(time.Unix(int64(during), 0)).Round(time.Second))
 
 	p.Heal(t)
+	healed := time.Now()
 	recovered := func(what string, cond func() bool) {
 		t.Helper()
 		if err := testutil.Poll(recoverDeadline, 50*time.Millisecond, func() (bool, error) { return cond(), nil }); err != nil {
@@ -81,6 +82,7 @@ func TestFederatedLinkCut(t *testing.T) {
 	}
 	recovered("the root cloud.test added during the cut in the edge workload's bundle", func() bool { return hasCert(bundleOf(edgeSrc, cloudTD), cloudExtra) })
 	recovered("the root edge.test added during the cut in the cloud workload's bundle", func() bool { return hasCert(bundleOf(cloudSrc, edgeTD), edgeExtra) })
+	t.Logf("after the link came back, the roots added during the cut were at both workloads in %s (refresh hint %s)", time.Since(healed).Round(time.Millisecond), refreshHint)
 	recovered("the edge agent reporting a fetch of cloud.test's bundle after the cut", func() bool {
 		return edge.bundleUpdated(t, cloudTD) > float64(cutAt.Unix())
 	})

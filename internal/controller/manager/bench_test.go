@@ -20,7 +20,7 @@ package manager
 //
 // and the time from the first create to the last entry written (all-ms),
 // then from the ClusterSPIFFEID's deletion until its 1,000 entries are
-// gone (gc-ms).
+// gone (gc-ms). BenchmarkController1000PodsToAgent adds the agent.
 
 import (
 	"context"
@@ -42,6 +42,7 @@ import (
 	ctrlcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	agentapp "github.com/sigil-spiffe/sigil/internal/app/agent"
 	serverapp "github.com/sigil-spiffe/sigil/internal/app/server"
 	"github.com/sigil-spiffe/sigil/internal/controller/api/v1alpha1"
 	"github.com/sigil-spiffe/sigil/internal/controller/reconcile"
@@ -99,8 +100,16 @@ func pct(d []time.Duration, p float64) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-func BenchmarkController1000Pods(b *testing.B) {
-	const pods, nodes, creators = 1000, 10, 8
+func BenchmarkController1000Pods(b *testing.B) { benchPods(b, 10, false) }
+
+// BenchmarkController1000PodsToAgent is the same with the 1,000 pods on one
+// node whose agent (an in-process sigil-agent, their parent through
+// parentIDTemplate) receives their SVIDs: agent-ms is from the first create request until
+// the agent serves all 1,000 X509-SVIDs.
+func BenchmarkController1000PodsToAgent(b *testing.B) { benchPods(b, 1, true) }
+
+func benchPods(b *testing.B, nodes int, withAgent bool) {
+	const pods, creators = 1000, 8
 	k := newCluster(b)
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	dir := testutil.ShortTempDir(b)
@@ -110,6 +119,14 @@ func BenchmarkController1000Pods(b *testing.B) {
 	written := &stamps{at: map[string]time.Time{}}
 	class := kubetest.Name("bench")
 	fc := &FileConfig{ClusterName: "demo", TrustDomain: "example.org", ClusterDomain: "cluster.local", ClassName: class}
+	var agent *inproc.Agent
+	if withAgent {
+		// A join-token agent (a k8s_psat agent ID cannot be a join token's)
+		// is made the pods' parent with parentIDTemplate.
+		token := admin.CreateJoinToken(b, spiffeid.ID{})
+		fc.ParentIDTemplate = admin.JoinTokenAgentID(token).String()
+		agent = inproc.RunAgent(b, srv.AgentConfig(b, filepath.Join(dir, "agent"), token), nil, agentapp.Options{})
+	}
 	opts, err := fc.OptionsFrom(k.rest)
 	if err != nil {
 		b.Fatal(err)
@@ -159,6 +176,8 @@ func BenchmarkController1000Pods(b *testing.B) {
 		}
 		nodeNames = append(nodeNames, n.Name)
 	}
+	svids := func() int { return agent.A.Status().SVIDs }
+	var toAgent []time.Duration
 
 	var entryLat, watchLat []time.Duration
 	var all, gc []time.Duration
@@ -231,6 +250,12 @@ func BenchmarkController1000Pods(b *testing.B) {
 			b.Fatalf("entries not all written: %v", err)
 		}
 		all = append(all, last.Sub(first))
+		if withAgent {
+			if err := testutil.Poll(5*time.Minute, 5*time.Millisecond, func() (bool, error) { return svids() >= pods, nil }); err != nil {
+				b.Fatalf("the agent serves %d SVIDs: %v", svids(), err)
+			}
+			toAgent = append(toAgent, time.Since(first))
+		}
 		for j := range pods {
 			name := fmt.Sprintf("p%04d", j)
 			s, _ := started.get(name)
@@ -254,6 +279,13 @@ func BenchmarkController1000Pods(b *testing.B) {
 			b.Fatal(err)
 		}
 		gc = append(gc, time.Since(gcStart))
+		if withAgent {
+			b.StopTimer()
+			if err := testutil.Poll(5*time.Minute, 10*time.Millisecond, func() (bool, error) { return svids() == 0, nil }); err != nil {
+				b.Fatalf("the agent still serves %d SVIDs: %v", svids(), err)
+			}
+			b.StartTimer()
+		}
 	}
 	b.StopTimer()
 	b.ReportMetric(ms(pct(entryLat, 0.5)), "entry-p50-ms")
@@ -265,4 +297,7 @@ func BenchmarkController1000Pods(b *testing.B) {
 	}
 	b.ReportMetric(ms(pct(all, 0.5)), "all-ms")
 	b.ReportMetric(ms(pct(gc, 0.5)), "gc-ms")
+	if withAgent {
+		b.ReportMetric(ms(pct(toAgent, 0.5)), "agent-ms")
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -31,6 +32,7 @@ type Azure struct {
 	// Key signs the tokens, under KeyID.
 	Key   *rsa.PrivateKey
 	KeyID string
+	cert  *x509.Certificate // Key's certificate, in the JWKS's x5c
 	api   *httptest.Server
 
 	mu     sync.Mutex
@@ -80,6 +82,7 @@ func NewAzure(tb testing.TB) *Azure {
 		tb: tb, Key: RSAKey(tb, "azure-ad", 2048), KeyID: "fake-azure-ad-key-1",
 		apps: map[string]azureApp{}, tokens: map[string]string{}, calls: map[string]int{},
 	}
+	a.cert = selfSigned(tb, a.Key, "accounts.accesscontrol.windows.net")
 	a.api = httptest.NewServer(http.HandlerFunc(a.serveAPI))
 	tb.Cleanup(a.api.Close)
 	return a
@@ -170,22 +173,28 @@ func (vm *AzureVM) ID() string {
 // its metadata service issues it (Azure AD v1 claims).
 func (a *Azure) Token(tb testing.TB, vm *AzureVM, resource string) string {
 	tb.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: vm.Key},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", vm.KeyID).WithHeader("x5t", vm.KeyID))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	iat := time.Now().Add(vm.Issued)
-	iss := "https://sts.windows.net/" + vm.Tenant + "/"
-	tok, err := jwt.Signed(signer).Claims(map[string]any{
-		"aud": resource, "iss": iss, "idp": iss, "iat": iat.Unix(), "nbf": iat.Unix(), "exp": iat.Add(24 * time.Hour).Unix(),
-		"aio": "E2ZgYJg", "appid": newGUID(), "appidacr": "2", "idtyp": "app", "oid": vm.PrincipalID, "sub": vm.PrincipalID,
-		"tid": vm.Tenant, "uti": "x7Kq", "ver": "1.0", "xms_mirid": vm.ID(), "rh": "0.AX",
-	}).Serialize()
+	tok, err := vm.token(resource)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return tok
+}
+
+// token is Token for the metadata service's handler (no testing.TB
+// outside the test's goroutine).
+func (vm *AzureVM) token(resource string) (string, error) {
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: vm.Key},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", vm.KeyID).WithHeader("x5t", vm.KeyID))
+	if err != nil {
+		return "", err
+	}
+	iat := time.Now().Add(vm.Issued)
+	iss := "https://sts.windows.net/" + vm.Tenant + "/"
+	return jwt.Signed(signer).Claims(map[string]any{
+		"aud": resource, "iss": iss, "idp": iss, "iat": iat.Unix(), "nbf": iat.Unix(), "exp": iat.Add(24 * time.Hour).Unix(),
+		"aio": "E2ZgYJg", "appid": newGUID(), "appidacr": "2", "idtyp": "app", "oid": vm.PrincipalID, "sub": vm.PrincipalID,
+		"tid": vm.Tenant, "uti": "x7Kq", "ver": "1.0", "xms_mirid": vm.ID(), "rh": "0.AX",
+	}).Serialize()
 }
 
 // serveIMDS is a VM's metadata service: managed identity tokens and the
@@ -209,7 +218,11 @@ func (a *Azure) serveIMDS(vm *AzureVM, w http.ResponseWriter, r *http.Request) {
 			_ = json.NewEncoder(w).Encode(map[string]string{"error": "invalid_request", "error_description": "Required query variable 'resource' is missing"})
 			return
 		}
-		tok := a.Token(a.tb, vm, res)
+		tok, err := vm.token(res)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
 		a.mu.Lock()
 		a.tokens[tok] = vm.Subscription
 		a.mu.Unlock()
@@ -253,7 +266,7 @@ func (a *Azure) serveAPI(w http.ResponseWriter, r *http.Request) {
 		})
 	case p == "/common/discovery/v2.0/keys":
 		a.count("keys")
-		cert := selfSigned(a.tb, a.Key, "accounts.accesscontrol.windows.net")
+		cert := a.cert
 		t := sha1.Sum(cert.Raw)
 		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []map[string]any{{
 			"kty": "RSA", "use": "sig", "kid": a.KeyID, "x5t": base64.RawURLEncoding.EncodeToString(t[:]),

@@ -33,6 +33,7 @@ type GCP struct {
 	// Key signs identity tokens, under KeyID.
 	Key   *rsa.PrivateKey
 	KeyID string
+	cert  *x509.Certificate // Key's certificate, as Google publishes it
 	api   *httptest.Server
 
 	// SAKey is the server's service account key (ServiceAccountFile).
@@ -83,6 +84,7 @@ func NewGCP(tb testing.TB) *GCP {
 		SAKey: RSAKey(tb, "gcp-sa", 2048), SAEmail: "sigil-server@sigil-test-project.iam.gserviceaccount.com",
 		tokens: map[string]bool{}, calls: map[string]int{},
 	}
+	g.cert = selfSigned(tb, g.Key, "fake-google-key-1.accounts.google.com")
 	g.api = httptest.NewServer(http.HandlerFunc(g.serveAPI))
 	tb.Cleanup(g.api.Close)
 	return g
@@ -178,10 +180,20 @@ func (i *GCPInstance) MetadataHost() string { return strings.TrimPrefix(i.md.URL
 // (format=full), signed with the instance's key.
 func (i *GCPInstance) IdentityToken(tb testing.TB, audience string) string {
 	tb.Helper()
+	tok, err := i.identityToken(audience)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+// identityToken is IdentityToken for the metadata server's handler (no
+// testing.TB outside the test's goroutine).
+func (i *GCPInstance) identityToken(audience string) (string, error) {
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: i.Key},
 		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", i.KeyID))
 	if err != nil {
-		tb.Fatal(err)
+		return "", err
 	}
 	ttl := i.TokenTTL
 	if ttl == 0 {
@@ -197,11 +209,7 @@ func (i *GCPInstance) IdentityToken(tb testing.TB, audience string) string {
 			"project_id": i.Project, "project_number": i.ProjectNumber, "zone": i.Zone,
 		}},
 	}
-	tok, err := jwt.Signed(signer).Claims(claims).Serialize()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tok
+	return jwt.Signed(signer).Claims(claims).Serialize()
 }
 
 var reIdentityPath = regexp.MustCompile(`^/computeMetadata/v1/instance/service-accounts/([^/]+)/identity$`)
@@ -228,7 +236,11 @@ func (g *GCP) serveMetadata(i *GCPInstance, w http.ResponseWriter, r *http.Reque
 		http.Error(w, "non-empty audience parameter required", http.StatusBadRequest)
 		return
 	}
-	tok := i.IdentityToken(g.tb, aud)
+	tok, err := i.identityToken(aud)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
 	if r.URL.Query().Get("format") != "full" {
 		// format=standard: no google claim (the fake re-signs without it).
 		tok = g.standardToken(i, aud)
@@ -284,8 +296,7 @@ func (g *GCP) serveCerts(w http.ResponseWriter, jwks bool) {
 		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &g.Key.PublicKey, KeyID: g.KeyID, Algorithm: "RS256", Use: "sig"}}})
 		return
 	}
-	cert := selfSigned(g.tb, g.Key, "fake-google-key-1.accounts.google.com")
-	_ = json.NewEncoder(w).Encode(map[string]string{g.KeyID: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))})
+	_ = json.NewEncoder(w).Encode(map[string]string{g.KeyID: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: g.cert.Raw}))})
 }
 
 // serveToken is the OAuth 2.0 token endpoint for the JWT bearer grant

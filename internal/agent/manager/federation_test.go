@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/cache"
 	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
@@ -41,4 +42,26 @@ func TestFederatedBundleRefreshTime(t *testing.T) {
 		got := a.m.Status().FederatedBundles
 		return len(got) == 1 && got[0].UpdatedAt.Equal(refreshed)
 	})
+}
+
+// TestFirstSVIDCarriesFederatedBundles: a new entry's first X509-SVID
+// reaches its workloads together with the bundles of the trust domains it
+// federates with, even when fetching a bundle takes longer than signing.
+func TestFirstSVIDCarriesFederatedBundles(t *testing.T) {
+	srv := newTestServer(t, serverOpts{})
+	token, agentID := srv.createToken()
+	fed := spiffeid.RequireTrustDomainFromString("fed.example")
+	srv.setFederatedBundle(fed.Name(), testca.SelfSigned(t, testca.Subject("federated root")))
+	srv.createEntry(agentID, "/workload/fed", "2001", fed.Name())
+	slowFederated := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == "/spire.api.server.bundle.v1.Bundle/GetFederatedBundle" {
+			time.Sleep(300 * time.Millisecond)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	a := startAgent(t, srv, t.TempDir(), agentOpts{token: token, dialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(slowFederated)}})
+	u := a.waitUpdate("2001", func(u *cache.WorkloadUpdate) bool { return len(u.Identities) > 0 })
+	if u.FederatedBundles[fed] == nil {
+		t.Fatalf("the first update with an X509-SVID has no bundle of %s", fed)
+	}
 }

@@ -430,15 +430,22 @@ func (m *Manager) applyRound(ctx context.Context, cl *client.Client, r *client.R
 	if err := m.cache.SetEntries(r.Entries); err != nil {
 		m.log.Warn("Some synced entries were rejected by the cache", "error", err)
 	}
-	var wg sync.WaitGroup
+	// Bundles are fetched while the SVIDs are signed, but the SVIDs are
+	// stored only once the bundles are: a workload's first response for a
+	// new entry then carries the bundles of the trust domains it federates
+	// with, not an SVID without them.
+	bundlesDone := make(chan struct{})
 	var bundleErr error
 	var tainted int
-	wg.Go(func() { tainted, bundleErr = m.syncBundles(ctx, cl, r.Entries) })
-	svidErr := m.signDue(ctx, cl)
-	wg.Wait()
+	go func() {
+		defer close(bundlesDone)
+		tainted, bundleErr = m.syncBundles(ctx, cl, r.Entries)
+	}()
+	svidErr := m.signDue(ctx, cl, bundlesDone)
+	<-bundlesDone
 	if tainted > 0 && svidErr == nil {
 		// SVIDs of a newly tainted authority: renewed now.
-		svidErr = m.signDue(ctx, cl)
+		svidErr = m.signDue(ctx, cl, nil)
 	}
 	if err := errors.Join(bundleErr, svidErr); err != nil {
 		return err
@@ -460,7 +467,7 @@ func (m *Manager) wake() {
 func (m *Manager) rotate(ctx context.Context, cl *client.Client) error {
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
-	return m.signDue(ctx, cl)
+	return m.signDue(ctx, cl, nil)
 }
 
 // syncBundles fetches our bundle and those of the trust domains the
@@ -577,8 +584,9 @@ func sameCerts(a, b []*x509.Certificate) bool {
 }
 
 // signDue generates a key and CSR for every entry needing an SVID, has
-// them signed in batches and stores the results.
-func (m *Manager) signDue(ctx context.Context, cl *client.Client) error {
+// them signed in batches and stores the results (once storeAfter, when
+// given, is closed).
+func (m *Manager) signDue(ctx context.Context, cl *client.Client, storeAfter <-chan struct{}) error {
 	due := m.cache.NeedsSVID(m.clk.Now(), m.cfg.RenewBefore)
 	if len(due) == 0 {
 		return nil
@@ -621,6 +629,9 @@ func (m *Manager) signDue(ctx context.Context, cl *client.Client) error {
 		}
 	}
 	if len(svids) > 0 {
+		if storeAfter != nil {
+			<-storeAfter
+		}
 		if serr := m.cache.SetX509SVIDs(svids); serr != nil {
 			m.log.Warn("Some SVIDs were rejected by the cache", "error", serr)
 		}

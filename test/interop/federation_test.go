@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -229,6 +230,55 @@ func TestFederationWithSPIRE(t *testing.T) {
 	st := sigil.Admin(t).WaitFederationRefreshed(t, spireTD.Name(), time.Now(), deadline)
 	t.Logf("sigil-server follows spire-server's rotated CA: last refresh %s, %d consecutive failures", st.LastSuccess.Format(time.RFC3339), st.ConsecutiveFailures)
 	expectFederatedWorkloads(t, sigilSide, spireSide)
+
+	// spire-server rotates its JWT key and taints the old one: both of its
+	// agents stop serving their cached JWT-SVIDs signed with it (a fresh
+	// one for the same audience has the new key), long before those reach
+	// half their lifetime.
+	cached := map[*fedWorkload]string{}
+	for _, w := range spireSide {
+		cached[w] = jwtKeyID(t, w, "taint-check")
+	}
+	oldJWT, err := la.GetJWTAuthorityState(ctx, &localauthorityv1.GetJWTAuthorityStateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	preparedJWT, err := la.PrepareJWTAuthority(ctx, &localauthorityv1.PrepareJWTAuthorityRequest{})
+	if err != nil {
+		t.Fatalf("spire-server localauthority jwt prepare: %v", err)
+	}
+	if _, err := la.ActivateJWTAuthority(ctx, &localauthorityv1.ActivateJWTAuthorityRequest{AuthorityId: preparedJWT.GetPreparedAuthority().GetAuthorityId()}); err != nil {
+		t.Fatalf("spire-server localauthority jwt activate: %v", err)
+	}
+	if _, err := la.TaintJWTAuthority(ctx, &localauthorityv1.TaintJWTAuthorityRequest{AuthorityId: oldJWT.GetActive().GetAuthorityId()}); err != nil {
+		t.Fatalf("spire-server localauthority jwt taint: %v", err)
+	}
+	for _, w := range spireSide {
+		var kid string
+		if err := testutil.Poll(deadline, 200*time.Millisecond, func() (bool, error) {
+			kid = jwtKeyID(t, w, "taint-check")
+			return kid != cached[w], nil
+		}); err != nil {
+			t.Fatalf("the %s still serves a JWT-SVID signed with the tainted key %q: %v", w.name, kid, err)
+		}
+	}
+	expectFederatedWorkloads(t, sigilSide, spireSide)
+}
+
+// jwtKeyID is the key ID of the JWT-SVID w's agent serves w for audience.
+func jwtKeyID(t *testing.T, w *fedWorkload, audience string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	svid, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience, Subject: w.id}, workloadapi.WithAddr(w.agent.SocketAddr()))
+	if err != nil {
+		t.Fatalf("JWT-SVID of the %s workload: %v", w.name, err)
+	}
+	tok, err := jose.ParseSignedCompact(svid.Marshal(), []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.RS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.Signatures[0].Header.KeyID
 }
 
 // TestSPIREFollowsSigilCARotation: federateWithSPIRE with a sigil-server

@@ -251,6 +251,53 @@ func TestREADMERunBlock(t *testing.T) {
 	}
 }
 
+// TestX509popConfExamplesUseREADMEPKI: the files the commented x509pop
+// blocks of conf/server/server.conf and conf/agent/agent.conf name are the
+// ones the README's device PKI block writes (-out, -keyout), so those
+// blocks work uncommented after it.
+func TestX509popConfExamplesUseREADMEPKI(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pki, ok := strings.Cut(string(readme), "```sh\nmkdir -p .data/pki\n")
+	if !ok {
+		t.Fatal("README.md has no device PKI block (```sh, then mkdir -p .data/pki)")
+	}
+	pki, _, _ = strings.Cut(pki, "```")
+	written := map[string]bool{}
+	for _, f := range strings.Fields(pki) {
+		if strings.HasPrefix(f, ".data/pki/") {
+			written["./"+f] = true
+		}
+	}
+	for conf, keys := range map[string][]string{
+		"../../conf/server/server.conf": {"ca_bundle_path"},
+		"../../conf/agent/agent.conf":   {"private_key_path", "certificate_path"},
+	} {
+		b, err := os.ReadFile(conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, block, ok := strings.Cut(string(b), `    # NodeAttestor "x509pop" {`)
+		if !ok {
+			t.Fatalf("%s: no commented NodeAttestor \"x509pop\" block", conf)
+		}
+		block, _, _ = strings.Cut(block, "\n    # }\n")
+		for _, key := range keys {
+			_, v, ok := strings.Cut(block, "#         "+key+" = \"")
+			if !ok {
+				t.Errorf("%s: the x509pop block sets no %s", conf, key)
+				continue
+			}
+			v, _, _ = strings.Cut(v, "\"")
+			if !written[v] {
+				t.Errorf("%s: x509pop %s = %q, which the README's device PKI block does not write (it writes %v)", conf, key, v, written)
+			}
+		}
+	}
+}
+
 // TestGitignoreCoversState: what the README and dev leave in the checkout
 // (./.data with the CA's private key, ./.sigil-dev, conf/bootstrap.crt,
 // bin/) is ignored by git, so it is never committed by accident.

@@ -24,6 +24,7 @@ var (
 	flagChurn       = flag.Float64("fleet.churn", 20, "TestFleet: entry operations per second once synced (create, update, delete in turn)")
 	flagChurnFor    = flag.Duration("fleet.churnfor", 10*time.Second, "TestFleet: how long the churn runs")
 	flagRenew       = flag.Bool("fleet.renew", true, "TestFleet: renew every agent SVID and entry SVID once")
+	flagStorm       = flag.Bool("fleet.storm", false, "TestFleet: at the end, restart the server with every agent connected and time their return")
 	flagKeyPerAgent = flag.Bool("fleet.keyperagent", false, "TestFleet: one key for all of an agent's CSRs (less simulator CPU; the same server work)")
 	flagHeap        = flag.String("fleet.heapprofile", "", "TestFleet: write a heap profile here once every agent synced (with -fleet.server inproc: the server's and the simulator's heap)")
 	flagServer      = flag.String("fleet.server", "sigil", "TestFleet: sigil (a sigil-server process), inproc (in this process, for -cpuprofile) or spire (spire-server of "+testutil.SPIREBinEnv+")")
@@ -41,7 +42,7 @@ func TestFleet(t *testing.T) {
 	cfg := Config{
 		Agents: *flagAgents, EntriesPerAgent: *flagEntries, SharedEntries: *flagShared,
 		Concurrency: *flagConcurrency, Churn: *flagChurn, ChurnFor: *flagChurnFor, Renew: *flagRenew,
-		KeyPerAgent: *flagKeyPerAgent,
+		KeyPerAgent: *flagKeyPerAgent, storm: *flagStorm,
 	}
 	if *flagHeap != "" {
 		cfg.AfterSync = func() {
@@ -65,13 +66,14 @@ func TestFleet(t *testing.T) {
 }
 
 // TestFleetSmoke is the simulator's short run in CI, so it cannot rot: 200
-// agents with 3 entries each and 2 shared, a little churn, one renewal,
-// against a sigil-server process. Every agent must attest and sync, every
-// change must reach its agent, and nothing may fail.
+// agents with 3 entries each and 2 shared, a little churn, one renewal and
+// a restart of the server, against a sigil-server process. Every agent must
+// attest and sync, every change must reach its agent, every agent must be
+// back on a watch stream after the restart, and nothing may fail.
 func TestFleetSmoke(t *testing.T) {
 	cfg := Config{
 		Agents: 200, EntriesPerAgent: 3, SharedEntries: 2, Concurrency: 32,
-		Churn: 30, ChurnFor: 500 * time.Millisecond, Renew: true,
+		Churn: 30, ChurnFor: 500 * time.Millisecond, Renew: true, storm: true,
 	}
 	rep := run(t, "sigil", cfg)
 	t.Logf("fleet report:\n%s", rep.Markdown())
@@ -87,13 +89,16 @@ func TestFleetSmoke(t *testing.T) {
 	if rep.ChurnOps == 0 || rep.ChurnLost > 0 {
 		t.Errorf("churn: %d operations, %d never seen by their agent", rep.ChurnOps, rep.ChurnLost)
 	}
+	if rep.StormNotBack > 0 || rep.StormLat.Len() != cfg.Agents {
+		t.Errorf("after the server's restart %d agents were not back on a watch stream", cfg.Agents-rep.StormLat.Len())
+	}
 	if rep.PeakRSS == 0 || rep.SyncCPU == 0 {
 		t.Errorf("server not measured: peak RSS %d, sync CPU %v", rep.PeakRSS, rep.SyncCPU)
 	}
 }
 
 // run starts the server kind ("sigil", "inproc" or "spire") and runs cfg
-// against it.
+// against it. With cfg.storm, Restart stops and starts the server process.
 func run(t *testing.T, kind string, cfg Config) *Report {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -111,6 +116,15 @@ func run(t *testing.T, kind string, cfg Config) *Report {
 		admin := srv.Admin(t)
 		cfg.Addr, cfg.Admin, cfg.ServerPid = srv.Addr(), admin.Client, srv.Proc.Pid()
 		cfg.Bundle = admin.BundleCerts(t)
+		if cfg.storm {
+			cfg.Restart = func() (int, error) {
+				if err := srv.Proc.Stop(); err != nil {
+					return 0, err
+				}
+				srv.Start(t)
+				return srv.Proc.Pid(), nil
+			}
+		}
 	case "inproc":
 		srv := stack.StartServer(t)
 		cfg.Addr, cfg.Admin = srv.Addr, srv.Client

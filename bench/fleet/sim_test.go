@@ -63,6 +63,12 @@ type Config struct {
 	// Renew renews every agent's SVID (RenewAgent, a new connection) and
 	// re-signs every entry SVID once, after the churn.
 	Renew bool
+	// Restart, when set, restarts the server once every agent has synced
+	// (and after the churn and renewal): the reconnect storm. It returns
+	// the new server's process ID. The run then waits until every agent
+	// has a round on a new stream, and probes the admin API meanwhile.
+	Restart func() (pid int, err error)
+	storm   bool // TestFleet: set Restart
 	// PollInterval is the sync interval against a server that does not
 	// push (SPIRE; its agent's default is 5 s).
 	PollInterval time.Duration
@@ -99,10 +105,19 @@ type Report struct {
 	// EntrySVID: create/update to the new SVID signed.
 	EntryLat, EntrySVID stack.Latencies
 	ChurnOps, ChurnLost int
-	Watch               bool // the server pushed (watch mode)
-	KeyPerAgent         bool
-	Retries             int64
-	Errors              map[string]int
+	// Storm: restart (stop to ready) and recovery (stop to the last agent
+	// back on a watch stream); per-agent recovery; server CPU from ready
+	// to recovered; the slowest admin API probe and failed probes.
+	StormRestart, StormRecovery time.Duration
+	StormLat                    stack.Latencies
+	StormCPU                    time.Duration
+	StormAdminMax               time.Duration
+	StormAdminFailed            int
+	StormNotBack                int
+	Watch                       bool // the server pushed (watch mode)
+	KeyPerAgent                 bool
+	Retries                     int64
+	Errors                      map[string]int
 	// Load average (1 min) before and after.
 	LoadBefore, LoadAfter string
 }
@@ -119,6 +134,7 @@ type agent struct {
 	entries map[string]*cache.Entry // last round, by entry ID
 	signed  map[string]int64        // entry ID -> revision of its SVID
 	pending []*expect
+	streams int           // watch streams that delivered a round (or polls)
 	synced  chan struct{} // closed after the first complete sync
 	syncErr error
 	polling bool
@@ -176,10 +192,12 @@ func retryable(err error) bool {
 	return c == codes.ResourceExhausted || c == codes.Unavailable
 }
 
-// backoff sleeps a jittered exponential delay for attempt (0-based).
+// backoff sleeps a jittered exponential delay for attempt (0-based), as
+// sigil-agent's manager does: 200 ms doubling to 30 s, each delay drawn
+// from [d/2, d].
 func backoff(ctx context.Context, attempt int) {
-	d := min(100*time.Millisecond<<min(attempt, 8), 10*time.Second)
-	d = d/2 + mrand.N(d)
+	d := min(200*time.Millisecond<<min(attempt, 8), 30*time.Second)
+	d = d/2 + mrand.N(d/2+1)
 	select {
 	case <-ctx.Done():
 	case <-time.After(d):
@@ -300,8 +318,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	if cfg.ServerPid > 0 {
-		hwm := s.hwm()
-		rep.PeakRSS = max(hwm, peak.Load())
+		rep.PeakRSS = max(s.hwm(), peak.Load())
+	}
+	if cfg.Restart != nil {
+		if err := s.storm(ctx); err != nil {
+			return rep, err
+		}
 	}
 	return rep, nil
 }
@@ -552,8 +574,15 @@ func (s *sim) watchLoop(ctx context.Context, a *agent) {
 		if polling {
 			err = s.poll(ctx, a, c)
 		} else {
+			first := true
 			err = c.WatchEntries(ctx, a.known, func(r *client.Round) error {
 				attempt = 0
+				if first {
+					first = false
+					a.mu.Lock()
+					a.streams++
+					a.mu.Unlock()
+				}
 				if err := s.onRound(ctx, a, r); err != nil {
 					return err
 				}
@@ -578,7 +607,7 @@ func (s *sim) watchLoop(ctx context.Context, a *agent) {
 		if renewed {
 			continue
 		}
-		if err != nil {
+		if err != nil && !retryable(err) {
 			s.fail("watch", err)
 		}
 		s.retry.Add(1)
@@ -608,6 +637,9 @@ func (s *sim) poll(ctx context.Context, a *agent, c *client.Client) error {
 		if err != nil {
 			return err
 		}
+		a.mu.Lock()
+		a.streams++
+		a.mu.Unlock()
 		if err := s.onRound(ctx, a, r); err != nil {
 			return err
 		}
@@ -890,6 +922,97 @@ func (s *sim) renew(ctx context.Context, a *agent) error {
 	return s.sign(ctx, a, c, entries)
 }
 
+// storm restarts the server with every agent connected and waits (at most
+// 10 minutes) until each has had a round on a new stream, probing the
+// admin API every 200 ms meanwhile.
+func (s *sim) storm(ctx context.Context) error {
+	before := make([]int, len(s.agents))
+	for i, a := range s.agents {
+		a.mu.Lock()
+		before[i] = a.streams
+		a.mu.Unlock()
+	}
+	type probe struct {
+		at  time.Time
+		d   time.Duration
+		err error
+	}
+	var probes []probe // written by the prober until probeDone
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	probeDone := make(chan struct{})
+	t0 := time.Now()
+	go func() {
+		defer close(probeDone)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-probeCtx.Done():
+				return
+			case <-t.C:
+			}
+			c, cancel := context.WithTimeout(probeCtx, 10*time.Second)
+			p0 := time.Now()
+			_, err := s.cfg.Admin.Entry.CountEntries(c, &entryv1.CountEntriesRequest{})
+			cancel()
+			if probeCtx.Err() != nil {
+				return
+			}
+			probes = append(probes, probe{p0, time.Since(p0), err})
+		}
+	}()
+	pid, err := s.cfg.Restart()
+	if err != nil {
+		stopProbe()
+		<-probeDone
+		return fmt.Errorf("restart: %w", err)
+	}
+	ready := time.Now()
+	s.mu.Lock()
+	s.rep.StormRestart = ready.Sub(t0)
+	s.mu.Unlock()
+	s.cfg.ServerPid = pid
+	cpu0 := s.serverCPU()
+	back := make([]bool, len(s.agents))
+	left := len(s.agents)
+	deadline := time.Now().Add(10 * time.Minute)
+	for left > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		now := time.Now()
+		for i, a := range s.agents {
+			if back[i] {
+				continue
+			}
+			a.mu.Lock()
+			n := a.streams
+			a.mu.Unlock()
+			if n > before[i] {
+				back[i] = true
+				left--
+				s.rep.StormLat.Add(now.Sub(t0))
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.rep.StormRecovery = time.Since(t0)
+	s.rep.StormCPU = s.serverCPU() - cpu0
+	s.rep.StormNotBack = left
+	stopProbe()
+	<-probeDone
+	// Probes while the server was down fail; count those sent once it
+	// was ready again.
+	for _, p := range probes {
+		if p.at.Before(ready) {
+			continue
+		}
+		if p.err != nil {
+			s.rep.StormAdminFailed++
+		}
+		s.rep.StormAdminMax = max(s.rep.StormAdminMax, p.d)
+	}
+	s.cfg.Progress("storm: restart %v, all back %v, not back %d", s.rep.StormRestart.Round(time.Millisecond), s.rep.StormRecovery.Round(time.Millisecond), left)
+	return nil
+}
+
 // loadAvg is the 1, 5 and 15 minute load averages.
 func loadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
@@ -921,6 +1044,11 @@ func (r *Report) Markdown() string {
 	}
 	if r.Renew > 0 {
 		fmt.Fprintf(&b, "renewal %s (server CPU %s)\n", sec(r.Renew), sec(r.RenewCPU))
+	}
+	if r.StormRecovery > 0 {
+		fmt.Fprintf(&b, "storm: restart %s, every agent back %s (per agent p50 %s p99 %s; not back %d); server CPU from ready %s; admin API slowest %s, failed %d\n",
+			sec(r.StormRestart), sec(r.StormRecovery), ms(r.StormLat.Percentile(50)), ms(r.StormLat.Percentile(99)), r.StormNotBack,
+			sec(r.StormCPU), ms(r.StormAdminMax), r.StormAdminFailed)
 	}
 	if r.RSSBefore > 0 {
 		fmt.Fprintf(&b, "server RSS: start %s, after setup %s, all synced %s, peak %s; per entry %.0f B, per connected agent %.1f kB\n",

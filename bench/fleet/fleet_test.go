@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
 	"github.com/sigil-spiffe/sigil/bench/internal/stack"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 )
@@ -106,6 +109,13 @@ func run(t *testing.T, kind string, cfg Config) *Report {
 	switch kind {
 	case "sigil", "spire":
 		scfg := testutil.ServerConfig{TrustDomain: stack.TrustDomain.Name(), LogLevel: "INFO"}
+		if kind == "sigil" {
+			port, err := testutil.FreePort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			scfg.MetricsPort = port
+		}
 		var srv *testutil.Server
 		if kind == "spire" {
 			srv = testutil.StartSPIREServer(t, scfg)
@@ -115,6 +125,9 @@ func run(t *testing.T, kind string, cfg Config) *Report {
 		t.Cleanup(func() { _ = srv.Proc.Stop() })
 		admin := srv.Admin(t)
 		cfg.Addr, cfg.Admin, cfg.ServerPid = srv.Addr(), admin.Client, srv.Proc.Pid()
+		if scfg.MetricsPort != 0 {
+			cfg.MetricsURL = srv.MetricsURL()
+		}
 		cfg.Bundle = admin.BundleCerts(t)
 		if cfg.storm {
 			cfg.Restart = func() (int, error) {
@@ -134,6 +147,12 @@ func run(t *testing.T, kind string, cfg Config) *Report {
 	}
 	cfg.TrustDomain = stack.TrustDomain
 	cfg.Progress = t.Logf
+	// The agents' keepalive pings (every 15 s, as sigil-agent's), but 60 s
+	// for the answer instead of 10 s: thousands of simulated agents share
+	// one process on a loaded machine, and at 10,000 the simulator itself
+	// was starved long enough to miss answers the server had sent, which
+	// a real agent on its own device does not.
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: time.Minute, PermitWithoutStream: true}))
 	rep, err := Run(ctx, cfg)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, rep.Markdown())

@@ -8,11 +8,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	mrand "math/rand/v2"
+	"net/http"
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,6 +43,10 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	Admin       *adminclient.Client
 	Bundle      []*x509.Certificate
+	// MetricsURL, when set, is the server's Prometheus endpoint: its Go
+	// heap and stack in use and goroutines are read after setup and once
+	// every agent synced.
+	MetricsURL string
 	// ServerPid is the server process, for its CPU time and RSS (0: not
 	// measured).
 	ServerPid int
@@ -98,6 +105,8 @@ type Report struct {
 	// Server RSS: peak over the run (VmHWM), after setup, after every
 	// agent synced (all streams open).
 	PeakRSS, RSSBefore, RSSSetup, RSSSynced int64
+	// The server's Go runtime (MetricsURL) after setup and all synced.
+	GoSetup, GoSynced goStats
 	// Per-agent latencies: attestation (token to SVID) and first sync
 	// (stream open to every SVID signed).
 	AttestLat, SyncLat stack.Latencies
@@ -292,6 +301,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return rep, err
 	}
 	rep.RSSSetup = s.rss()
+	rep.GoSetup = s.goStats()
 	sim0 := stack.CPUTime()
 	if err := phase("attestation", &rep.AttestCPU, &rep.Attest, func() error { return s.attestAll(ctx) }); err != nil {
 		return rep, err
@@ -301,6 +311,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.SimCPU = stack.CPUTime() - sim0
 	rep.RSSSynced = s.rss()
+	rep.GoSynced = s.goStats()
 	if cfg.AfterSync != nil {
 		cfg.AfterSync()
 	}
@@ -347,6 +358,49 @@ func (s *sim) rss() int64 {
 func (s *sim) hwm() int64 {
 	m, _ := stack.ProcessMemory(s.cfg.ServerPid)
 	return m.PeakRSS
+}
+
+// goStats is what the server's Go runtime reports.
+type goStats struct {
+	HeapInuse, StackInuse, Goroutines float64
+}
+
+// goStats scrapes go_memstats_heap_inuse_bytes,
+// go_memstats_stack_inuse_bytes and go_goroutines (zero without
+// MetricsURL or on failure).
+func (s *sim) goStats() goStats {
+	var g goStats
+	if s.cfg.MetricsURL == "" {
+		return g
+	}
+	resp, err := http.Get(s.cfg.MetricsURL)
+	if err != nil {
+		return g
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return g
+	}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "go_memstats_heap_inuse_bytes":
+			g.HeapInuse = v
+		case "go_memstats_stack_inuse_bytes":
+			g.StackInuse = v
+		case "go_goroutines":
+			g.Goroutines = v
+		}
+	}
+	return g
 }
 
 // parallel runs f for every agent, cfg.Concurrency at once.
@@ -1054,6 +1108,12 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "server RSS: start %s, after setup %s, all synced %s, peak %s; per entry %.0f B, per connected agent %.1f kB\n",
 			mb(r.RSSBefore), mb(r.RSSSetup), mb(r.RSSSynced), mb(r.PeakRSS),
 			float64(r.RSSSetup-r.RSSBefore)/float64(max(r.Entries, 1)), float64(r.RSSSynced-r.RSSSetup)/1e3/float64(max(r.Agents, 1)))
+	}
+	if r.GoSynced.HeapInuse > 0 {
+		n := float64(max(r.Agents, 1))
+		fmt.Fprintf(&b, "server Go runtime, after setup -> all synced: heap in use %.1f -> %.1f MB, stacks %.1f -> %.1f MB, goroutines %.0f -> %.0f; per connected agent: heap %.1f kB, stack %.1f kB, %.1f goroutines\n",
+			r.GoSetup.HeapInuse/1e6, r.GoSynced.HeapInuse/1e6, r.GoSetup.StackInuse/1e6, r.GoSynced.StackInuse/1e6, r.GoSetup.Goroutines, r.GoSynced.Goroutines,
+			(r.GoSynced.HeapInuse-r.GoSetup.HeapInuse)/1e3/n, (r.GoSynced.StackInuse-r.GoSetup.StackInuse)/1e3/n, (r.GoSynced.Goroutines-r.GoSetup.Goroutines)/n)
 	}
 	fmt.Fprintf(&b, "retries %d, errors %d\n", r.Retries, r.ErrorCount())
 	keys := make([]string, 0, len(r.Errors))

@@ -3,7 +3,9 @@ package fleet
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"testing"
@@ -132,7 +134,13 @@ func run(t *testing.T, kind string, cfg Config) *Report {
 		if cfg.storm {
 			cfg.Restart = func() (int, error) {
 				if err := srv.Proc.Stop(); err != nil {
-					return 0, err
+					// Too slow a stop is a finding, not the end of the
+					// run: keep the log (with its goroutine dump).
+					kept := filepath.Join(os.TempDir(), fmt.Sprintf("fleet-stop-%d.log", time.Now().UnixNano()))
+					if b, rerr := os.ReadFile(srv.Proc.LogPath); rerr == nil {
+						_ = os.WriteFile(kept, b, 0o600)
+					}
+					t.Logf("restart: %v (log kept in %s)", err, kept)
 				}
 				srv.Start(t)
 				return srv.Proc.Pid(), nil

@@ -126,6 +126,7 @@ type Report struct {
 	Watch                       bool // the server pushed (watch mode)
 	KeyPerAgent                 bool
 	Retries                     int64
+	RetryReasons                map[string]int
 	Errors                      map[string]int
 	// Load average (1 min) before and after.
 	LoadBefore, LoadAfter string
@@ -163,17 +164,31 @@ type sim struct {
 	agents []*agent
 	rep    *Report
 
-	mu     sync.Mutex
-	errs   map[string]int
-	retry  atomic.Int64
-	lat    sync.Mutex
-	churnN atomic.Int64
+	mu      sync.Mutex
+	errs    map[string]int
+	retries map[string]int
+	retry   atomic.Int64
+	lat     sync.Mutex
+	churnN  atomic.Int64
 }
 
 func (s *sim) fail(kind string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.errs[kind+": "+firstLine(err)]++
+}
+
+// retried counts a failure a real agent retries, by kind and message
+// (addresses cut off).
+func (s *sim) retried(kind string, err error) {
+	s.retry.Add(1)
+	m := firstLine(err)
+	if i := strings.Index(m, "127.0.0.1:"); i >= 0 {
+		m = m[:i]
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retries[kind+": "+m]++
 }
 
 func firstLine(err error) string {
@@ -221,7 +236,7 @@ func (s *sim) withRetry(ctx context.Context, f func() error) error {
 		if err == nil || !retryable(err) || attempt >= 20 || ctx.Err() != nil {
 			return err
 		}
-		s.retry.Add(1)
+		s.retried("call", err)
 		backoff(ctx, attempt)
 	}
 }
@@ -238,7 +253,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Progress == nil {
 		cfg.Progress = func(string, ...any) {}
 	}
-	s := &sim{cfg: cfg, errs: map[string]int{}, rep: &Report{Agents: cfg.Agents, KeyPerAgent: cfg.KeyPerAgent}}
+	s := &sim{cfg: cfg, errs: map[string]int{}, retries: map[string]int{}, rep: &Report{Agents: cfg.Agents, KeyPerAgent: cfg.KeyPerAgent}}
 	rep := s.rep
 	rep.LoadBefore = loadAvg()
 	ctx, cancel := context.WithCancel(ctx)
@@ -279,6 +294,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Retries = s.retry.Load()
 		s.mu.Lock()
 		rep.Errors = maps.Clone(s.errs)
+		rep.RetryReasons = maps.Clone(s.retries)
 		s.mu.Unlock()
 		rep.LoadAfter = loadAvg()
 	}()
@@ -661,10 +677,13 @@ func (s *sim) watchLoop(ctx context.Context, a *agent) {
 		if renewed {
 			continue
 		}
-		if err != nil && !retryable(err) {
-			s.fail("watch", err)
+		if err != nil {
+			if retryable(err) {
+				s.retried("watch", err)
+			} else {
+				s.fail("watch", err)
+			}
 		}
-		s.retry.Add(1)
 		backoff(ctx, attempt)
 		attempt++
 	}
@@ -1115,14 +1134,16 @@ func (r *Report) Markdown() string {
 			r.GoSetup.HeapInuse/1e6, r.GoSynced.HeapInuse/1e6, r.GoSetup.StackInuse/1e6, r.GoSynced.StackInuse/1e6, r.GoSetup.Goroutines, r.GoSynced.Goroutines,
 			(r.GoSynced.HeapInuse-r.GoSetup.HeapInuse)/1e3/n, (r.GoSynced.StackInuse-r.GoSetup.StackInuse)/1e3/n, (r.GoSynced.Goroutines-r.GoSetup.Goroutines)/n)
 	}
-	fmt.Fprintf(&b, "retries %d, errors %d\n", r.Retries, r.ErrorCount())
-	keys := make([]string, 0, len(r.Errors))
-	for k := range r.Errors {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(&b, "  %d x %s\n", r.Errors[k], k)
+	fmt.Fprintf(&b, "retries %d, errors %d (retries first)\n", r.Retries, r.ErrorCount())
+	for _, m := range []map[string]int{r.RetryReasons, r.Errors} {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(&b, "  %d x %s\n", m[k], k)
+		}
 	}
 	return b.String()
 }

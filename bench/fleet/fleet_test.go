@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/sigil-spiffe/sigil/bench/internal/stack"
@@ -29,6 +31,7 @@ var (
 	flagChurn       = flag.Float64("fleet.churn", 20, "TestFleet: entry operations per second once synced (create, update, delete in turn)")
 	flagChurnFor    = flag.Duration("fleet.churnfor", 10*time.Second, "TestFleet: how long the churn runs")
 	flagRenew       = flag.Bool("fleet.renew", true, "TestFleet: renew every agent SVID and entry SVID once")
+	flagKeepLog     = flag.String("fleet.keeplog", "", "TestFleet: copy the server's log here at the end")
 	flagStorm       = flag.Bool("fleet.storm", false, "TestFleet: at the end, restart the server with every agent connected and time their return")
 	flagKeyPerAgent = flag.Bool("fleet.keyperagent", false, "TestFleet: one key for all of an agent's CSRs (less simulator CPU; the same server work)")
 	flagHeap        = flag.String("fleet.heapprofile", "", "TestFleet: write a heap profile here once every agent synced (with -fleet.server inproc: the server's and the simulator's heap)")
@@ -102,6 +105,26 @@ func TestFleetSmoke(t *testing.T) {
 	}
 }
 
+// waitServing polls the server's admin socket until its health check says
+// SERVING.
+func waitServing(srv *testutil.Server, timeout time.Duration) error {
+	conn, err := grpc.NewClient("unix://"+srv.Config.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	return testutil.Poll(timeout, 50*time.Millisecond, func() (bool, error) {
+		if srv.Proc.Exited() {
+			return false, fmt.Errorf("%s exited: %v", srv.Name(), srv.Proc.Err())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, nil
+	})
+}
+
 // run starts the server kind ("sigil", "inproc" or "spire") and runs cfg
 // against it. With cfg.storm, Restart stops and starts the server process.
 func run(t *testing.T, kind string, cfg Config) *Report {
@@ -125,6 +148,13 @@ func run(t *testing.T, kind string, cfg Config) *Report {
 			srv = testutil.StartServer(t, scfg)
 		}
 		t.Cleanup(func() { _ = srv.Proc.Stop() })
+		if *flagKeepLog != "" {
+			t.Cleanup(func() { // before the data dir is removed
+				if b, err := os.ReadFile(srv.Proc.LogPath); err == nil {
+					_ = os.WriteFile(*flagKeepLog, b, 0o600)
+				}
+			})
+		}
 		admin := srv.Admin(t)
 		cfg.Addr, cfg.Admin, cfg.ServerPid = srv.Addr(), admin.Client, srv.Proc.Pid()
 		if scfg.MetricsPort != 0 {
@@ -142,7 +172,15 @@ func run(t *testing.T, kind string, cfg Config) *Report {
 					}
 					t.Logf("restart: %v (log kept in %s)", err, kept)
 				}
-				srv.Start(t)
+				// Ready (the admin socket's health check SERVING) may take
+				// longer than testutil's 30 s while every agent reconnects:
+				// wait up to 10 minutes, and say how long it took.
+				t0 := time.Now()
+				srv.StartProcess(t)
+				if err := waitServing(srv, 10*time.Minute); err != nil {
+					return 0, err
+				}
+				t.Logf("restart: ready %v after the start", time.Since(t0).Round(time.Millisecond))
 				return srv.Proc.Pid(), nil
 			}
 		}

@@ -939,6 +939,13 @@ func (s *sim) churn(ctx context.Context) error {
 			s.rep.ChurnOps = len(all)
 			mu.Unlock()
 			s.rep.ChurnLost = lost
+			// Changes not seen by now are lost for the latencies: seen
+			// later, they would only measure the wait above.
+			for _, a := range s.agents {
+				a.mu.Lock()
+				a.pending = nil
+				a.mu.Unlock()
+			}
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -1026,7 +1033,9 @@ func (s *sim) storm(ctx context.Context) error {
 			}
 			c, cancel := context.WithTimeout(probeCtx, 10*time.Second)
 			p0 := time.Now()
-			_, err := s.cfg.Admin.Entry.CountEntries(c, &entryv1.CountEntriesRequest{})
+			// WaitForReady: the admin client's own reconnection after the
+			// restart is not a failure of the server.
+			_, err := s.cfg.Admin.Entry.CountEntries(c, &entryv1.CountEntriesRequest{}, grpc.WaitForReady(true))
 			cancel()
 			if probeCtx.Err() != nil {
 				return

@@ -243,6 +243,32 @@ func (s *Server) FederationRemoved(td string) {
 	s.fedRefreshed.Delete(td)
 }
 
+// ObserveChangeListener registers
+// sigil_server_datastore_listener_connected, read from state at every
+// scrape: 1 while the datastore's change listener (PostgreSQL LISTEN: the
+// other servers' writes pushed to this one) holds its connection, 0 while
+// it reconnects and other servers' writes are seen by polling only; no
+// sample when the datastore has no listener (SQLite).
+func (s *Server) ObserveChangeListener(reg *Registry, state func() (listens, connected bool)) {
+	if s == nil || reg == nil {
+		return
+	}
+	const name = "sigil_server_datastore_listener_connected"
+	reg.GaugeSet([]Desc{
+		{Name: name, Help: "1 while the datastore change listener (PostgreSQL LISTEN: other servers' writes pushed to this one) is connected, 0 while other servers' writes are seen by polling only; absent on SQLite."},
+	}, func() map[string][]Sample {
+		listens, connected := state()
+		if !listens {
+			return nil
+		}
+		v := 0.0
+		if connected {
+			v = 1
+		}
+		return map[string][]Sample{name: {{Value: v}}}
+	})
+}
+
 // ServerState is what the server's state gauges report, read at every
 // scrape.
 type ServerState struct {

@@ -25,6 +25,7 @@ import (
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
 	"github.com/sigil-spiffe/sigil/internal/adminclient"
+	"github.com/sigil-spiffe/sigil/internal/telemetry/telemetrytest"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/pgtest"
 )
@@ -398,4 +399,68 @@ func TestConnectionsPerServer(t *testing.T) {
 	} else {
 		t.Logf("peak: %d connections (2 servers, max_open_conns = %d)", p, maxOpen)
 	}
+}
+
+// TestListenerMetric: sigil_server_datastore_listener_connected is 1 while
+// the server's change listener is connected, 0 while it cannot reconnect
+// (its connection terminated, the database refusing new connections), and
+// 1 again once it can: what the SigilServerChangeListenerDown alert reads.
+func TestListenerMetric(t *testing.T) {
+	ds := pgtest.DataStore(t)
+	port, err := testutil.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := testutil.StartServer(t, testutil.ServerConfig{DataStore: ds, MetricsPort: port})
+	var dbName string
+	for _, kv := range strings.Fields(ds.Data["connection_string"].(string)) {
+		if v, ok := strings.CutPrefix(kv, "dbname="); ok {
+			dbName = v
+		}
+	}
+	// The cluster's own database: the server's cannot be closed to new
+	// connections from a connection to it.
+	db, err := sql.Open("pgx", pgtest.Shared(t).ConnString("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	waitGauge := func(want float64) {
+		t.Helper()
+		var last float64
+		err := testutil.Poll(deadline, 20*time.Millisecond, func() (bool, error) {
+			m, err := telemetrytest.Scrape(srv.MetricsURL())
+			if err != nil {
+				return false, nil
+			}
+			v, ok := m.Value("sigil_server_datastore_listener_connected")
+			last = v
+			return ok && v == want, nil
+		})
+		if err != nil {
+			t.Fatalf("sigil_server_datastore_listener_connected = %v, want %v: %v", last, want, err)
+		}
+	}
+	waitGauge(1)
+
+	// No new connection to the database; the listener's terminated.
+	if _, err := db.Exec(fmt.Sprintf("ALTER DATABASE %q ALLOW_CONNECTIONS false", dbName)); err != nil {
+		t.Fatal(err)
+	}
+	allowed := false
+	allow := func() {
+		if !allowed {
+			allowed = true
+			if _, err := db.Exec(fmt.Sprintf("ALTER DATABASE %q ALLOW_CONNECTIONS true", dbName)); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer allow()
+	if _, err := db.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'", dbName); err != nil {
+		t.Fatal(err)
+	}
+	waitGauge(0)
+	allow()
+	waitGauge(1)
 }

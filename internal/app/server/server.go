@@ -46,6 +46,12 @@ type changeFeed interface {
 	Listen(ctx context.Context) error
 }
 
+// changeListener is the datastore's listener state (sqlstore), for the
+// listener gauge.
+type changeListener interface {
+	ChangeListener() (listens, connected bool)
+}
+
 // caWithBundle is the CA as the SVID API sees it: a downstream server is
 // handed the trust domain's whole bundle (every server's CA), as SPIRE
 // does, not only this server's.
@@ -331,6 +337,12 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 	}
 	metrics.SetAttestors(slices.Collect(maps.Keys(attestors)))
 	metrics.ObserveState(reg, serverState(cache, m))
+	metrics.ObserveChangeListener(reg, func() (bool, bool) {
+		if l, ok := ds.(changeListener); ok && !opts.NoChangeListener {
+			return l.ChangeListener()
+		}
+		return false, false
+	})
 	var exporter *telemetry.Exporter
 	if p := cfg.Telemetry.Prometheus; p != nil {
 		exporter, err = telemetry.NewExporter(telemetry.ExporterConfig{

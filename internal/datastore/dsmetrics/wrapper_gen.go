@@ -15,6 +15,7 @@ type Inner interface {
 	AppendBundle(ctx context.Context, a1 *datastore.Bundle) (r0 *datastore.Bundle, err error)
 	AttestNode(ctx context.Context, a1 *datastore.NodeAttestation) (r0 *datastore.AttestedNode, err error)
 	BundleRefreshes(ctx context.Context) (r0 map[string]time.Time, err error)
+	ChangeListener() (r0 bool, r1 bool)
 	Close() (err error)
 	ConsumeJoinToken(ctx context.Context, a1 [32]uint8) (r0 *datastore.JoinToken, err error)
 	CountBundles(ctx context.Context) (r0 int, err error)
@@ -88,6 +89,11 @@ func (s *Store) BundleRefreshes(ctx context.Context) (r0 map[string]time.Time, e
 	defer s.observe("BundleRefreshes", time.Now(), &err)
 	r0, err = s.inner.BundleRefreshes(ctx)
 	return r0, err
+}
+
+// ChangeListener is sqlstore.Store's, observed.
+func (s *Store) ChangeListener() (r0 bool, r1 bool) {
+	return s.inner.ChangeListener()
 }
 
 // Close is sqlstore.Store's, observed.

@@ -155,6 +155,14 @@ func (s *Store) Listen(ctx context.Context) error {
 	}
 }
 
+// ChangeListener reports whether the store has a change listener to run
+// (PostgreSQL: Listen) and whether Listen holds its connection now, with
+// LISTEN in effect. While it does not, other servers' writes are seen by
+// polling only.
+func (s *Store) ChangeListener() (listens, connected bool) {
+	return s.listenCfg != nil, s.listening.Load()
+}
+
 // listenOnce connects, listens and dispatches notifications until the
 // connection fails or ctx ends. connected reports whether LISTEN worked.
 func (s *Store) listenOnce(ctx context.Context) (connected bool, err error) {
@@ -171,6 +179,8 @@ func (s *Store) listenOnce(ctx context.Context) (connected bool, err error) {
 		return false, fmt.Errorf("LISTEN %s: %w", JournalChannel, err)
 	}
 	s.log.Debug("Datastore change listener connected", "channel", JournalChannel)
+	s.listening.Store(true)
+	defer s.listening.Store(false)
 	// Whatever was committed while not listening is only known to the
 	// journals: have them read.
 	s.changed(datastore.ChangeAll)

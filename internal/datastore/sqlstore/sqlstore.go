@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -120,6 +121,9 @@ type Store struct {
 	// for SQLite.
 	notify    notifier
 	listenCfg *pgx.ConnConfig
+	// listening is true while Listen holds its connection with LISTEN in
+	// effect.
+	listening atomic.Bool
 }
 
 var _ datastore.DataStore = (*Store)(nil)

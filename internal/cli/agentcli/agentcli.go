@@ -143,6 +143,8 @@ func runSpec(ctx context.Context, sp spec, args []string, stdout, stderr io.Writ
 	s := &session{stdout: stdout, stderr: stderr, output: "pretty"}
 	fs := cliutil.NewFlagSet(sp.name, sp.synopsis)
 	fs.StringVar(&s.socketPath, "socketPath", DefaultSocketPath, "Path to the SPIFFE Workload API socket")
+	var instance string
+	fs.StringVar(&instance, "instance", "", cliutil.InstanceUsage(cliutil.AgentSocketTemplateEnv))
 	if !sp.noOutput {
 		fs.StringVar(&s.output, "output", "pretty", "Desired output format (pretty, json)")
 	}
@@ -154,6 +156,11 @@ func runSpec(ctx context.Context, sp spec, args []string, stdout, stderr io.Writ
 		if err := cliutil.CheckOutput(s.output); err != nil {
 			return err
 		}
+		p, err := cliutil.ResolveSocketPath(s.socketPath, DefaultSocketPath, cliutil.AgentSocketTemplateEnv, instance)
+		if err != nil {
+			return err
+		}
+		s.socketPath = p
 		if sp.timeout && s.timeout <= 0 {
 			return errors.New("-timeout must be positive")
 		}

@@ -459,3 +459,23 @@ func TestRoundTripSPIREOutputs(t *testing.T) {
 		t.Errorf("minted SVID is not signed by the root CA: %v", err)
 	}
 }
+
+// TestRoundTripSocketFromEnvironment: without -socketPath the CLI finds the
+// server's socket as SPIRE's does: -instance in the template of
+// SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE, else SPIRE_SERVER_PRIVATE_SOCKET.
+func TestRoundTripSocketFromEnvironment(t *testing.T) {
+	srv := startServer(t)
+	dir, name := filepath.Split(srv.socket)
+	t.Setenv("SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE", dir+"%i")
+	t.Setenv("SPIRE_SERVER_PRIVATE_SOCKET", "")
+	if code, out, errOut := run(t, "bundle", "count", "-instance", name); code != 0 || out != "1 bundle\n" {
+		t.Errorf("bundle count -instance %s: exit %d, %q %q", name, code, out, errOut)
+	}
+	if code, _, errOut := run(t, "bundle", "count", "-instance", "nothing-there"); code != 1 || !strings.Contains(errOut, filepath.Join(dir, "nothing-there")) {
+		t.Errorf("bundle count -instance of no server: exit %d, %q", code, errOut)
+	}
+	t.Setenv("SPIRE_SERVER_PRIVATE_SOCKET", srv.socket)
+	if code, out, errOut := run(t, "bundle", "count"); code != 0 || out != "1 bundle\n" {
+		t.Errorf("bundle count with SPIRE_SERVER_PRIVATE_SOCKET: exit %d, %q %q", code, out, errOut)
+	}
+}

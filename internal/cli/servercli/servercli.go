@@ -162,8 +162,10 @@ func runSpec(ctx context.Context, sp *spec, args []string, stdout, stderr io.Wri
 	r := sp.make()
 	s := &session{stdout: stdout, stderr: stderr}
 	fs := cliutil.NewFlagSet(sp.name, sp.synopsis)
+	var instance string
 	if !sp.noSocket {
 		fs.StringVar(&s.socketPath, "socketPath", DefaultSocketPath, "Path to the SPIRE/Sigil server API socket")
+		fs.StringVar(&instance, "instance", "", cliutil.InstanceUsage(cliutil.ServerSocketTemplateEnv))
 	}
 	s.output = "pretty"
 	if !sp.noOutput {
@@ -174,6 +176,13 @@ func runSpec(ctx context.Context, sp *spec, args []string, stdout, stderr io.Wri
 		s.given = setFlags(fs)
 		if err := cliutil.CheckOutput(s.output); err != nil {
 			return err
+		}
+		if !sp.noSocket {
+			p, err := cliutil.ResolveSocketPath(s.socketPath, DefaultSocketPath, cliutil.ServerSocketTemplateEnv, instance)
+			if err != nil {
+				return err
+			}
+			s.socketPath = p
 		}
 		defer s.close()
 		return r.run(ctx, s)

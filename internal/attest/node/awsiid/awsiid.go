@@ -47,11 +47,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 )
 
 // Type is the attestation type, the plugin name and the selector type.
@@ -89,11 +89,11 @@ type Document struct {
 }
 
 var (
-	reAccountID  = regexp.MustCompile(`^[0-9]{12}$`)
-	reInstanceID = regexp.MustCompile(`^i-[0-9a-f]{8,32}$`)
-	reRegion     = regexp.MustCompile(`^[a-z]{2,4}(-[a-z0-9]+){2,3}$`)
-	reAZ         = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
-	reImageID    = regexp.MustCompile(`^[a-z]{3}-[0-9a-f]{8,32}$`)
+	reAccountID  = lazyre.New(`^[0-9]{12}$`)
+	reInstanceID = lazyre.New(`^i-[0-9a-f]{8,32}$`)
+	reRegion     = lazyre.New(`^[a-z]{2,4}(-[a-z0-9]+){2,3}$`)
+	reAZ         = lazyre.New(`^[a-z0-9-]{1,64}$`)
+	reImageID    = lazyre.New(`^[a-z]{3}-[0-9a-f]{8,32}$`)
 )
 
 // parseDocument decodes a signed document and checks the fields that end
@@ -104,7 +104,7 @@ func parseDocument(b []byte) (*Document, error) {
 		return nil, fmt.Errorf("%w: aws_iid: the instance identity document is not JSON: %s", node.ErrInvalid, clip.Cut(err.Error(), 100))
 	}
 	var errs []error
-	check := func(field, v string, re *regexp.Regexp) {
+	check := func(field, v string, re *lazyre.Regexp) {
 		if !re.MatchString(v) {
 			errs = append(errs, fmt.Errorf("%s %s", field, clip.Quote(v)))
 		}

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -203,7 +203,7 @@ func (c ServerConfig) Validate() error {
 }
 
 // reRoleName is an IAM role name (or path/name).
-var reRoleName = regexp.MustCompile(`^[\w+=,.@/-]{1,512}$`)
+var reRoleName = lazyre.New(`^[\w+=,.@/-]{1,512}$`)
 
 // PartitionOrDefault is the configured partition, "aws" by default.
 func (c ServerConfig) PartitionOrDefault() string {
@@ -437,7 +437,7 @@ func checkBlockDevice(inst *Instance) error {
 	return nil
 }
 
-var reInstanceProfileARN = regexp.MustCompile(`^arn:[a-z-]+:iam::[0-9]{12}:instance-profile[/:](.+)$`)
+var reInstanceProfileARN = lazyre.New(`^arn:[a-z-]+:iam::[0-9]{12}:instance-profile[/:](.+)$`)
 
 // instanceProfileName returns the name of an instance profile (the last
 // segment of its ARN's path).

@@ -35,10 +35,10 @@ package azuremsi
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -58,7 +58,7 @@ type attestationData struct {
 }
 
 // reGUID is an Azure tenant, principal or subscription ID.
-var reGUID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+var reGUID = lazyre.New(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // SelectorKind describes the node selectors of azure_msi attestation (as
 // SPIRE's), so an entry with a value Attest can never produce

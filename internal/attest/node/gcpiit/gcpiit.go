@@ -38,10 +38,10 @@ package gcpiit
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -67,10 +67,10 @@ type ComputeEngine struct {
 }
 
 var (
-	reProjectID    = regexp.MustCompile(`^([a-z0-9][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$`)
-	reZone         = regexp.MustCompile(`^[a-z]+-[a-z]+[0-9]+-[a-z]$`)
-	reInstanceID   = regexp.MustCompile(`^[0-9]{1,20}$`)
-	reInstanceName = regexp.MustCompile(`^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	reProjectID    = lazyre.New(`^([a-z0-9][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$`)
+	reZone         = lazyre.New(`^[a-z]+-[a-z]+[0-9]+-[a-z]$`)
+	reInstanceID   = lazyre.New(`^[0-9]{1,20}$`)
+	reInstanceName = lazyre.New(`^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$`)
 )
 
 // check validates the fields that end up in the agent ID, selectors and
@@ -78,7 +78,7 @@ var (
 func (c ComputeEngine) check() error {
 	for _, f := range []struct {
 		name, v string
-		re      *regexp.Regexp
+		re      *lazyre.Regexp
 	}{{"project_id", c.ProjectID, reProjectID}, {"zone", c.Zone, reZone}, {"instance_id", c.InstanceID, reInstanceID}, {"instance_name", c.InstanceName, reInstanceName}} {
 		if !f.re.MatchString(f.v) {
 			return fmt.Errorf("google.compute_engine.%s %s is not valid", f.name, clip.Quote(f.v))

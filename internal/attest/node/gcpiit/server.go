@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/attest/node/jwtkeys"
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -143,7 +143,7 @@ type Server struct {
 	now     func() time.Time
 }
 
-var reKey = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,128}$`)
+var reKey = lazyre.New(`^[a-zA-Z0-9_.-]{1,128}$`)
 
 // Validate checks the configuration.
 func (c ServerConfig) Validate() error {

@@ -7,11 +7,11 @@ import (
 	"log/slog"
 	"os"
 	"path"
-	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 )
 
 // Container is where Locate found a process.
@@ -63,10 +63,10 @@ type Locator struct {
 
 var (
 	// reContainerID: a container ID is a 64-hex-digit word.
-	reContainerID = regexp.MustCompile(`\b[[:xdigit:]]{64}\b`)
+	reContainerID = lazyre.New(`\b[[:xdigit:]]{64}\b`)
 	// rePodUID: "pod" and a UUID, its dashes as underscores under the
 	// systemd driver (kubepods-besteffort-pod<uid>.slice).
-	rePodUID = regexp.MustCompile(`\bpod([[:xdigit:]]{8}[-_][[:xdigit:]]{4}[-_][[:xdigit:]]{4}[-_][[:xdigit:]]{4}[-_][[:xdigit:]]{12})\b`)
+	rePodUID = lazyre.New(`\bpod([[:xdigit:]]{8}[-_][[:xdigit:]]{4}[-_][[:xdigit:]]{4}[-_][[:xdigit:]]{4}[-_][[:xdigit:]]{12})\b`)
 )
 
 // ErrConflict is wrapped by Locate's error when the process's cgroups name

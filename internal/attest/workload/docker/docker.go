@@ -47,7 +47,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,6 +56,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/cgroup"
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -240,8 +240,8 @@ func selectors(c *containerJSON) []selector.Selector {
 // rePodman and reUserUID find a Podman container's cgroup and, rootless,
 // its user (as SPIRE 1.15).
 var (
-	rePodman  = regexp.MustCompile(`(?:libpod-|/libpod/)`)
-	reUserUID = regexp.MustCompile(`/user-(\d+)\.slice/`)
+	rePodman  = lazyre.New(`(?:libpod-|/libpod/)`)
+	reUserUID = lazyre.New(`/user-(\d+)\.slice/`)
 )
 
 // socketFor is the engine to ask: Podman's for a libpod cgroup (the

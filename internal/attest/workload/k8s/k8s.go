@@ -45,7 +45,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,6 +52,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/attest/workload/cgroup"
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -350,11 +350,11 @@ var (
 	// A "pod<uid>" segment (the UID's groups may be separated by any
 	// punctuation), then any punctuation-separated words, then the
 	// container ID ending the path.
-	legacyPod = regexp.MustCompile(`[[:punct:]]pod([[:xdigit:]]{8}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{12})[[:punct:]](?:[[:^punct:]]+[[:punct:]])*([[:xdigit:]]{64})$`)
+	legacyPod = lazyre.New(`[[:punct:]]pod([[:xdigit:]]{8}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{12})[[:punct:]](?:[[:^punct:]]+[[:punct:]])*([[:xdigit:]]{64})$`)
 	// CRI-O (as KubeEdge runs it) names no pod: "crio-<id>" ending the
 	// path, in a path naming no pod.
-	legacyCRIO   = regexp.MustCompile(`crio[[:punct:]]([[:xdigit:]]{64})$`)
-	legacyAnyPod = regexp.MustCompile(`pod[[:xdigit:]]{8}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{12}[[:punct:]]`)
+	legacyCRIO   = lazyre.New(`crio[[:punct:]]([[:xdigit:]]{64})$`)
+	legacyAnyPod = lazyre.New(`pod[[:xdigit:]]{8}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{4}[[:punct:]]?[[:xdigit:]]{12}[[:punct:]]`)
 )
 
 // legacyLocate is SPIRE's legacy k8s locator: every cgroup path matching a

@@ -82,6 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	slog.SetDefault(log)
+	manager.SetProcessLoggers(log)
 	for _, w := range fc.Warnings() {
 		log.Warn(w)
 	}

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -38,7 +39,10 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/testutil/kubetest"
 )
 
-func TestMain(m *testing.M) { os.Exit(kubetest.Main(m)) }
+func TestMain(m *testing.M) {
+	manager.SetProcessLoggers(slog.New(slog.DiscardHandler)) // once, before any client logs
+	os.Exit(kubetest.Main(m))
+}
 
 const (
 	root      = "../../.."

@@ -45,7 +45,12 @@ import (
 
 // One etcd + kube-apiserver for the whole test binary; tests keep apart
 // by className, namespaces and unique names.
-func TestMain(m *testing.M) { os.Exit(kubetest.Main(m)) }
+func TestMain(m *testing.M) {
+	// Once, before any test: the libraries' process-wide loggers (their
+	// setters race with logging; each test keeps its controller's own log).
+	SetProcessLoggers(slog.New(slog.DiscardHandler))
+	os.Exit(kubetest.Main(m))
+}
 
 const waitFor = 30 * time.Second
 

@@ -86,6 +86,15 @@ func (c *FileConfig) OptionsFrom(rc *rest.Config) (Options, error) {
 	return o, nil
 }
 
+// SetProcessLoggers sends controller-runtime's and client-go's (klog)
+// process-wide logs to log. Call it once, before Run and before any client
+// exists: the setters are not safe while those libraries log.
+func SetProcessLoggers(log *slog.Logger) {
+	logger := logr.FromSlogHandler(log.Handler())
+	ctrllog.SetLogger(logger)
+	klog.SetLogger(logger)
+}
+
 func durationPtr(d time.Duration) *time.Duration {
 	if d <= 0 {
 		return nil
@@ -108,8 +117,6 @@ func Run(ctx context.Context, o Options) error {
 		o.Controller.Log = log
 	}
 	logger := logr.FromSlogHandler(log.Handler())
-	ctrllog.SetLogger(logger)
-	klog.SetLogger(logger) // client-go's own messages
 	scheme, err := Scheme()
 	if err != nil {
 		return err

@@ -1,315 +1,34 @@
 package awsiid
 
 import (
-	"bytes"
-	"crypto"
 	"crypto/rsa"
-	"crypto/subtle"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"errors"
 	"fmt"
 
-	_ "crypto/sha256" // the digests PKCS #7 signatures use
-	_ "crypto/sha512"
+	"github.com/sigil-spiffe/sigil/internal/attest/node/pkcs7"
 )
-
-// A PKCS #7 (RFC 2315) / CMS (RFC 5652) SignedData verifier, just what an
-// instance identity document's "rsa2048" signature needs: one signer, an
-// RSA PKCS #1 v1.5 signature with SHA-256, -384 or -512, with or without
-// signed attributes, and the signed content inside (not detached). AWS
-// encodes it in BER with indefinite lengths, so the input is first
-// re-encoded in DER (toDER).
-//
-// The signer's key is the one the caller trusts for the document's region:
-// certificates the message carries and the signer's issuer and serial
-// number are ignored, so a message cannot choose the key it is checked
-// with.
-
-var (
-	oidData          = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 1}
-	oidSignedData    = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 2}
-	oidContentType   = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 3}
-	oidMessageDigest = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 4}
-	oidRSA           = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 1}
-
-	digestOIDs = map[string]crypto.Hash{
-		"2.16.840.1.101.3.4.2.1": crypto.SHA256,
-		"2.16.840.1.101.3.4.2.2": crypto.SHA384,
-		"2.16.840.1.101.3.4.2.3": crypto.SHA512,
-	}
-	// rsaWithOIDs are the RSA signature algorithms that name their digest.
-	rsaWithOIDs = map[string]crypto.Hash{
-		"1.2.840.113549.1.1.11": crypto.SHA256,
-		"1.2.840.113549.1.1.12": crypto.SHA384,
-		"1.2.840.113549.1.1.13": crypto.SHA512,
-	}
-)
-
-type contentInfo struct {
-	ContentType asn1.ObjectIdentifier
-	Content     asn1.RawValue `asn1:"explicit,optional,tag:0"`
-}
-
-type signedData struct {
-	Version          int
-	DigestAlgorithms []pkix.AlgorithmIdentifier `asn1:"set"`
-	ContentInfo      contentInfo
-	Certificates     asn1.RawValue `asn1:"optional,tag:0"`
-	CRLs             asn1.RawValue `asn1:"optional,tag:1"`
-	SignerInfos      []signerInfo  `asn1:"set"`
-}
-
-type signerInfo struct {
-	Version            int
-	SignerID           asn1.RawValue
-	DigestAlgorithm    pkix.AlgorithmIdentifier
-	SignedAttributes   asn1.RawValue `asn1:"optional,tag:0"`
-	SignatureAlgorithm pkix.AlgorithmIdentifier
-	Signature          []byte
-	UnsignedAttributes asn1.RawValue `asn1:"optional,tag:1"`
-}
-
-type attribute struct {
-	Type   asn1.ObjectIdentifier
-	Values asn1.RawValue `asn1:"set"`
-}
 
 // errPKCS7 prefixes what is wrong with a message's structure.
-var errPKCS7 = errors.New("not a PKCS #7 SignedData of a document")
-
-// maxPKCS7Size bounds a decoded signature (AWS's are ~1.5 KiB).
-const maxPKCS7Size = 16 << 10
+var errPKCS7 = pkcs7.ErrMalformed
 
 // verifyPKCS7 checks that der is a SignedData whose one signature verifies
 // with key, and returns the signed content. Errors wrapping errPKCS7 are
 // malformed messages; others are signatures that do not verify.
+//
+// The key is the one the caller trusts for the document's region:
+// certificates the message carries and the signer's issuer and serial
+// number are ignored, so a message cannot choose the key it is checked
+// with.
 func verifyPKCS7(der []byte, key *rsa.PublicKey) ([]byte, error) {
-	if len(der) > maxPKCS7Size {
-		return nil, fmt.Errorf("%w: %d bytes, more than %d", errPKCS7, len(der), maxPKCS7Size)
-	}
-	der, err := toDER(der)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errPKCS7, err)
-	}
-	var ci contentInfo
-	if rest, err := asn1.Unmarshal(der, &ci); err != nil || len(rest) > 0 {
-		return nil, fmt.Errorf("%w: ContentInfo: %v", errPKCS7, errOr(err, "trailing data"))
-	}
-	if !ci.ContentType.Equal(oidSignedData) {
-		return nil, fmt.Errorf("%w: content type %s", errPKCS7, ci.ContentType)
-	}
-	var sd signedData
-	if rest, err := asn1.Unmarshal(ci.Content.Bytes, &sd); err != nil || len(rest) > 0 {
-		return nil, fmt.Errorf("%w: SignedData: %v", errPKCS7, errOr(err, "trailing data"))
-	}
-	if !sd.ContentInfo.ContentType.Equal(oidData) {
-		return nil, fmt.Errorf("%w: the signed content's type is %s, not data", errPKCS7, sd.ContentInfo.ContentType)
-	}
-	var content []byte
-	if rest, err := asn1.Unmarshal(sd.ContentInfo.Content.Bytes, &content); err != nil || len(rest) > 0 || len(sd.ContentInfo.Content.Bytes) == 0 {
-		return nil, fmt.Errorf("%w: no signed content (a detached signature?)", errPKCS7)
-	}
-	if len(sd.SignerInfos) != 1 {
-		return nil, fmt.Errorf("%w: %d signers, not one", errPKCS7, len(sd.SignerInfos))
-	}
-	si := sd.SignerInfos[0]
-	hash, ok := digestOIDs[si.DigestAlgorithm.Algorithm.String()]
-	if !ok {
-		return nil, fmt.Errorf("%w: digest algorithm %s (SHA-256, -384 or -512 expected)", errPKCS7, si.DigestAlgorithm.Algorithm)
-	}
-	switch alg := si.SignatureAlgorithm.Algorithm; {
-	case alg.Equal(oidRSA):
-	case rsaWithOIDs[alg.String()] == hash:
-	default:
-		return nil, fmt.Errorf("%w: signature algorithm %s with digest %s", errPKCS7, alg, si.DigestAlgorithm.Algorithm)
-	}
-	h := hash.New()
-	h.Write(content)
-	contentDigest := h.Sum(nil)
-
-	signed := contentDigest
-	if len(si.SignedAttributes.FullBytes) > 0 {
-		// The signature covers the attributes, encoded as a SET OF (the
-		// [0] IMPLICIT tag replaced), which must include the content's
-		// type and digest.
-		attrs := bytes.Clone(si.SignedAttributes.FullBytes)
-		attrs[0] = 0x31
-		var list []attribute
-		if rest, err := asn1.UnmarshalWithParams(attrs, &list, "set"); err != nil || len(rest) > 0 {
-			return nil, fmt.Errorf("%w: signed attributes: %v", errPKCS7, errOr(err, "trailing data"))
-		}
-		var sawType, sawDigest bool
-		for _, a := range list {
-			switch {
-			case a.Type.Equal(oidContentType):
-				var t asn1.ObjectIdentifier
-				if _, err := asn1.Unmarshal(a.Values.Bytes, &t); err != nil || !t.Equal(oidData) {
-					return nil, fmt.Errorf("%w: the content-type attribute is not data", errPKCS7)
-				}
-				sawType = true
-			case a.Type.Equal(oidMessageDigest):
-				var d []byte
-				if _, err := asn1.Unmarshal(a.Values.Bytes, &d); err != nil {
-					return nil, fmt.Errorf("%w: message-digest attribute: %v", errPKCS7, err)
-				}
-				if subtle.ConstantTimeCompare(d, contentDigest) != 1 {
-					return nil, errors.New("the message-digest attribute is not the digest of the signed content")
-				}
-				sawDigest = true
-			}
-		}
-		if !sawType || !sawDigest {
-			return nil, fmt.Errorf("%w: the signed attributes lack the content type or message digest", errPKCS7)
-		}
-		h := hash.New()
-		h.Write(attrs)
-		signed = h.Sum(nil)
-	}
-	if err := rsa.VerifyPKCS1v15(key, hash, signed, si.Signature); err != nil {
-		return nil, errors.New("the signature does not verify with the AWS certificate of the document's region")
-	}
-	return content, nil
-}
-
-func errOr(err error, msg string) error {
-	if err != nil {
-		return err
-	}
-	return errors.New(msg)
-}
-
-// maxBERDepth bounds the nesting of a BER message.
-const maxBERDepth = 16
-
-// toDER re-encodes BER as DER as far as SignedData needs it: definite
-// lengths everywhere, and constructed OCTET STRINGs (content streamed in
-// pieces) joined into one primitive OCTET STRING. A message already in DER
-// comes back unchanged.
-func toDER(ber []byte) ([]byte, error) {
-	out, rest, err := berElement(ber, 0)
+	m, err := pkcs7.Parse(der)
 	if err != nil {
 		return nil, err
 	}
-	if len(bytes.TrimRight(rest, "\x00")) > 0 {
-		return nil, errors.New("trailing data after the message")
-	}
-	return out, nil
-}
-
-// berElement converts the element at the start of b and returns it and
-// what follows it.
-func berElement(b []byte, depth int) (der, rest []byte, err error) {
-	if depth > maxBERDepth {
-		return nil, nil, errors.New("nested too deeply")
-	}
-	if len(b) < 2 {
-		return nil, nil, errors.New("truncated element")
-	}
-	// Identifier octets: one, or more for high tag numbers.
-	idLen := 1
-	if b[0]&0x1f == 0x1f {
-		for idLen < len(b) && b[idLen]&0x80 != 0 {
-			idLen++
-			if idLen > 4 {
-				return nil, nil, errors.New("tag number too large")
-			}
+	if err := m.Verify(key); err != nil {
+		if errors.Is(err, pkcs7.ErrMalformed) {
+			return nil, err
 		}
-		idLen++
+		return nil, fmt.Errorf("the signature does not verify with the AWS certificate of the document's region")
 	}
-	if idLen >= len(b) {
-		return nil, nil, errors.New("truncated element")
-	}
-	id := b[:idLen]
-	constructed := b[0]&0x20 != 0
-	lenByte := b[idLen]
-	body := b[idLen+1:]
-	var content []byte
-	var parts [][]byte // the children's DER, when constructed
-	switch {
-	case lenByte == 0x80: // indefinite: constructed only, ends with 00 00
-		if !constructed {
-			return nil, nil, errors.New("indefinite length on a primitive element")
-		}
-		for {
-			if len(body) < 2 {
-				return nil, nil, errors.New("missing end-of-contents")
-			}
-			if body[0] == 0 && body[1] == 0 {
-				rest = body[2:]
-				break
-			}
-			var kid []byte
-			kid, body, err = berElement(body, depth+1)
-			if err != nil {
-				return nil, nil, err
-			}
-			parts = append(parts, kid)
-		}
-	case lenByte&0x80 == 0:
-		n := int(lenByte)
-		if n > len(body) {
-			return nil, nil, errors.New("length beyond the data")
-		}
-		content, rest = body[:n], body[n:]
-	default:
-		k := int(lenByte & 0x7f)
-		if k > 3 || k > len(body) {
-			return nil, nil, errors.New("length too large")
-		}
-		n := 0
-		for _, c := range body[:k] {
-			n = n<<8 | int(c)
-		}
-		body = body[k:]
-		if n > len(body) {
-			return nil, nil, errors.New("length beyond the data")
-		}
-		content, rest = body[:n], body[n:]
-	}
-	if constructed && content != nil {
-		for len(content) > 0 {
-			var kid []byte
-			kid, content, err = berElement(content, depth+1)
-			if err != nil {
-				return nil, nil, err
-			}
-			parts = append(parts, kid)
-		}
-	}
-	if !constructed {
-		return encodeTLV(id, content), rest, nil
-	}
-	if len(id) == 1 && id[0] == 0x24 { // constructed OCTET STRING: join the pieces
-		var joined []byte
-		for _, p := range parts {
-			if p[0] != 0x04 {
-				return nil, nil, errors.New("a piece of an OCTET STRING is not an OCTET STRING")
-			}
-			var v asn1.RawValue
-			if _, err := asn1.Unmarshal(p, &v); err != nil {
-				return nil, nil, err
-			}
-			joined = append(joined, v.Bytes...)
-		}
-		return encodeTLV([]byte{0x04}, joined), rest, nil
-	}
-	return encodeTLV(id, bytes.Join(parts, nil)), rest, nil
-}
-
-// encodeTLV writes an element with a definite (minimal) length.
-func encodeTLV(id, content []byte) []byte {
-	n := len(content)
-	out := append([]byte(nil), id...)
-	switch {
-	case n < 0x80:
-		out = append(out, byte(n))
-	case n < 0x100:
-		out = append(out, 0x81, byte(n))
-	case n < 0x10000:
-		out = append(out, 0x82, byte(n>>8), byte(n))
-	default:
-		out = append(out, 0x83, byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(out, content...)
+	return m.Content, nil
 }

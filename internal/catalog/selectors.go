@@ -14,7 +14,7 @@ import (
 // yet.
 var (
 	plannedWorkload = []string{"windows"}
-	plannedNode     = []string{"azure_imds", "http_challenge", "k8s_sat", "sshpop", "tpm_devid"}
+	plannedNode     = []string{"http_challenge", "k8s_sat", "sshpop", "tpm_devid"}
 )
 
 // omittable lists the selector types of attestors a build tag can leave
@@ -22,6 +22,7 @@ var (
 // (selectors_<name>.go), such a type is accepted like a planned one.
 var omittable = []struct{ typ, plugin string }{
 	{"aws_iid", "NodeAttestor"},
+	{"azure_imds", "NodeAttestor"},
 	{"azure_msi", "NodeAttestor"},
 	{"docker", "WorkloadAttestor"},
 	{"gcp_iit", "NodeAttestor"},

@@ -22,7 +22,7 @@ func TestSelectors(t *testing.T) {
 		"k8s:ns:default", "k8s:pod-label:app:", "k8s:pod-owner:ReplicaSet:web-5d4f8", "k8s:pod-image-count:2", "k8s:container-image:nginx:1.27", "k8s_psat:cluster:c1", "docker:label:app:web", "docker:env:A=b", "docker:image_id:nginx:1.27", "systemd:id:web.service",
 		"systemd:fragment_path:/lib/systemd/system/web.service", "systemd:fragment_path:",
 		"x509pop:subject:cn:node1", "tpm:pub_hash:" + strings.Repeat("ab", 32), "tpm:pcr:sha256:7:" + strings.Repeat("0", 64), "aws_iid:tag:role:web", "gcp_iit:project-id:p",
-		"azure_msi:vm-name:rg:vm", "azure_imds:tenant:t"} {
+		"azure_msi:vm-name:rg:vm", "azure_imds:vm-name:vm", "azure_imds:vm-tag:env:", "azure_imds:virtual-network-subnet:vnet:default", "k8s_sat:cluster:c"} {
 		if err := check(s); err != nil {
 			t.Errorf("%s refused: %v", s, err)
 		}
@@ -49,6 +49,9 @@ func TestSelectors(t *testing.T) {
 		"k8s:ns:":                         `needs a value after "ns:"`,
 		"gcp_iit:label:nocolon":           "is not <key>:<value>",
 		"azure_msi:vm-name:vm":            "is not <resource group>:<VM name>",
+		"azure_imds:tenant:t":             "must start with one of network-security-group:",
+		"azure_imds:vm-name:rg:vm":        "is not a VM name",
+		"azure_imds:subscription-id:s":    "is not a subscription ID",
 	} {
 		if k, _ := r.Lookup(strings.SplitN(s, ":", 2)[0]); strings.Contains(k.Producer, "left out of this build") {
 			continue // built with sigil_omit_<type>: accepted unchecked

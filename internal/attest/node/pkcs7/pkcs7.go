@@ -82,6 +82,10 @@ type attribute struct {
 // errors of Verify are signatures that do not verify.
 var ErrMalformed = errors.New("not a PKCS #7 SignedData of a document")
 
+// ErrSignerCount: the message has no signer or more than one (wraps
+// ErrMalformed).
+var ErrSignerCount = fmt.Errorf("%w: not exactly one signer", ErrMalformed)
+
 // MaxSize bounds a decoded message.
 const MaxSize = 32 << 10
 
@@ -125,7 +129,7 @@ func Parse(der []byte) (*Message, error) {
 		return nil, fmt.Errorf("%w: no signed content (a detached signature?)", ErrMalformed)
 	}
 	if len(sd.SignerInfos) != 1 {
-		return nil, fmt.Errorf("%w: %d signers, not one", ErrMalformed, len(sd.SignerInfos))
+		return nil, fmt.Errorf("%w: %d signers", ErrSignerCount, len(sd.SignerInfos))
 	}
 	m := &Message{Content: content, si: sd.SignerInfos[0]}
 	if len(sd.Certificates.Bytes) > 0 {

@@ -1,7 +1,8 @@
-// Package armapi is the Azure side of the azure_msi server half: it
-// implements azuremsi.ResourceManager with Azure Resource Manager's REST API
-// (resources list filtered by identity/principalId, virtualMachines get,
-// networkInterfaces get) over net/http and JSON, authorized with a token
+// Package armapi is the Azure side of the azure_msi and azure_imds server
+// halves: it implements azuremsi.ResourceManager and
+// azureimds.ResourceManager with Azure Resource Manager's REST API
+// (resources list filtered by identity/principalId, virtualMachines and
+// scale sets' virtualMachines get and list, networkInterfaces get) over net/http and JSON, authorized with a token
 // of the tenant's app registration (client credentials grant at Azure AD)
 // or of the server's own managed identity (its instance metadata
 // service). No Azure SDK. Only sigil-server links it.
@@ -120,38 +121,48 @@ func (c *Client) VirtualMachine(ctx context.Context, t azuremsi.Tenant, principa
 		return nil, err
 	}
 	for _, ref := range props.Properties.NetworkProfile.NetworkInterfaces {
-		var nic struct {
-			Properties struct {
-				NetworkSecurityGroup *struct {
-					ID string `json:"id"`
-				} `json:"networkSecurityGroup"`
-				IPConfigurations []struct {
-					Properties struct {
-						Subnet *struct {
-							ID string `json:"id"`
-						} `json:"subnet"`
-					} `json:"properties"`
-				} `json:"ipConfigurations"`
-			} `json:"properties"`
-		}
 		if !strings.HasPrefix(ref.ID, "/subscriptions/") {
 			return nil, fmt.Errorf("resource Manager gave the network interface ID %s", clip.Quote(ref.ID))
 		}
-		if err := c.get(ctx, tok, c.management+escapePath(ref.ID)+"?api-version="+networkAPIVersion, &nic); err != nil {
+		in, err := c.networkInterface(ctx, tok, ref.ID)
+		if err != nil {
 			return nil, err
-		}
-		in := azuremsi.Interface{ID: ref.ID}
-		if g := nic.Properties.NetworkSecurityGroup; g != nil {
-			in.SecurityGroupID = g.ID
-		}
-		for _, ipc := range nic.Properties.IPConfigurations {
-			if s := ipc.Properties.Subnet; s != nil && s.ID != "" {
-				in.SubnetIDs = append(in.SubnetIDs, s.ID)
-			}
 		}
 		vm.Interfaces = append(vm.Interfaces, in)
 	}
 	return vm, nil
+}
+
+// networkInterface reads a network interface's security group and
+// subnets.
+func (c *Client) networkInterface(ctx context.Context, tok, id string) (azuremsi.Interface, error) {
+	var nic struct {
+		Properties struct {
+			NetworkSecurityGroup *struct {
+				ID string `json:"id"`
+			} `json:"networkSecurityGroup"`
+			IPConfigurations []struct {
+				Properties struct {
+					Subnet *struct {
+						ID string `json:"id"`
+					} `json:"subnet"`
+				} `json:"properties"`
+			} `json:"ipConfigurations"`
+		} `json:"properties"`
+	}
+	if err := c.get(ctx, tok, c.management+escapePath(id)+"?api-version="+networkAPIVersion, &nic); err != nil {
+		return azuremsi.Interface{}, err
+	}
+	in := azuremsi.Interface{ID: id}
+	if g := nic.Properties.NetworkSecurityGroup; g != nil {
+		in.SecurityGroupID = g.ID
+	}
+	for _, ipc := range nic.Properties.IPConfigurations {
+		if s := ipc.Properties.Subnet; s != nil && s.ID != "" {
+			in.SubnetIDs = append(in.SubnetIDs, s.ID)
+		}
+	}
+	return in, nil
 }
 
 // escapePath escapes each segment of a resource ID.

@@ -154,6 +154,19 @@ func (s *AWSSigner) SignPKCS7(doc []byte) string {
 // (RSA PKCS #1 v1.5, SHA-256, with signed attributes), naming cert as the
 // signer and carrying no certificate.
 func PKCS7SignedData(content []byte, key *rsa.PrivateKey, cert *x509.Certificate) []byte {
+	return PKCS7SignedDataBy(content, []PKCS7Signer{{Key: key, Cert: cert}}, nil)
+}
+
+// PKCS7Signer is one signer of PKCS7SignedDataBy: its key, and the
+// certificate its SignerInfo names (by issuer and serial number).
+type PKCS7Signer struct {
+	Key  *rsa.PrivateKey
+	Cert *x509.Certificate
+}
+
+// PKCS7SignedDataBy builds a DER PKCS #7 SignedData of content with one
+// SignerInfo per signer, carrying the certificates of bag in that order.
+func PKCS7SignedDataBy(content []byte, signers []PKCS7Signer, bag []*x509.Certificate) []byte {
 	oid := func(s ...int) asn1.ObjectIdentifier { return asn1.ObjectIdentifier(s) }
 	var (
 		oidData      = oid(1, 2, 840, 113549, 1, 7, 1)
@@ -185,7 +198,6 @@ func PKCS7SignedData(content []byte, key *rsa.PrivateKey, cert *x509.Certificate
 	sort.Slice(attrs, func(i, j int) bool { return bytes.Compare(attrs[i], attrs[j]) < 0 })
 	attrSet := must(asn1.Marshal(asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSet, IsCompound: true, Bytes: bytes.Join(attrs, nil)}))
 	attrDigest := sha256.Sum256(attrSet)
-	sig := must(rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, attrDigest[:]))
 	signedAttrs := bytes.Clone(attrSet)
 	signedAttrs[0] = 0xa0 // [0] IMPLICIT
 
@@ -193,18 +205,23 @@ func PKCS7SignedData(content []byte, key *rsa.PrivateKey, cert *x509.Certificate
 		Algorithm  asn1.ObjectIdentifier
 		Parameters asn1.RawValue `asn1:"optional"`
 	}
-	issuerSerial := must(asn1.Marshal(struct {
-		Issuer asn1.RawValue
-		Serial *big.Int
-	}{asn1.RawValue{FullBytes: cert.RawIssuer}, cert.SerialNumber}))
-	signer := must(asn1.Marshal(struct {
-		Version      int
-		IssuerSerial asn1.RawValue
-		Digest       algID
-		Attrs        asn1.RawValue
-		SigAlg       algID
-		Signature    []byte
-	}{1, asn1.RawValue{FullBytes: issuerSerial}, algID{Algorithm: oidSHA256}, asn1.RawValue{FullBytes: signedAttrs}, algID{Algorithm: oidRSASHA256}, sig}))
+	var infos [][]byte
+	for _, sg := range signers {
+		sig := must(rsa.SignPKCS1v15(rand.Reader, sg.Key, crypto.SHA256, attrDigest[:]))
+		issuerSerial := must(asn1.Marshal(struct {
+			Issuer asn1.RawValue
+			Serial *big.Int
+		}{asn1.RawValue{FullBytes: sg.Cert.RawIssuer}, sg.Cert.SerialNumber}))
+		infos = append(infos, must(asn1.Marshal(struct {
+			Version      int
+			IssuerSerial asn1.RawValue
+			Digest       algID
+			Attrs        asn1.RawValue
+			SigAlg       algID
+			Signature    []byte
+		}{1, asn1.RawValue{FullBytes: issuerSerial}, algID{Algorithm: oidSHA256}, asn1.RawValue{FullBytes: signedAttrs}, algID{Algorithm: oidRSASHA256}, sig})))
+	}
+	sort.Slice(infos, func(i, j int) bool { return bytes.Compare(infos[i], infos[j]) < 0 })
 	explicit0 := func(inner []byte) asn1.RawValue {
 		return asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: inner}
 	}
@@ -215,17 +232,20 @@ func PKCS7SignedData(content []byte, key *rsa.PrivateKey, cert *x509.Certificate
 		Type    asn1.ObjectIdentifier
 		Content asn1.RawValue
 	}
-	sd := must(asn1.Marshal(struct {
-		Version     int
-		Digests     asn1.RawValue
-		ContentInfo contentInfo
-		Signers     asn1.RawValue
-	}{
-		Version:     1,
-		Digests:     set(must(asn1.Marshal(algID{Algorithm: oidSHA256}))),
-		ContentInfo: contentInfo{oidData, explicit0(must(asn1.Marshal(content)))},
-		Signers:     set(signer),
-	}))
+	parts := [][]byte{
+		must(asn1.Marshal(1)),
+		must(asn1.Marshal(set(must(asn1.Marshal(algID{Algorithm: oidSHA256}))))),
+		must(asn1.Marshal(contentInfo{oidData, explicit0(must(asn1.Marshal(content)))})),
+	}
+	if len(bag) > 0 {
+		var raw []byte
+		for _, c := range bag {
+			raw = append(raw, c.Raw...)
+		}
+		parts = append(parts, must(asn1.Marshal(explicit0(raw)))) // [0] IMPLICIT SET OF Certificate
+	}
+	parts = append(parts, must(asn1.Marshal(set(bytes.Join(infos, nil)))))
+	sd := must(asn1.Marshal(asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSequence, IsCompound: true, Bytes: bytes.Join(parts, nil)}))
 	return must(asn1.Marshal(contentInfo{oidSigned, explicit0(sd)}))
 }
 

@@ -34,6 +34,10 @@ type Azure struct {
 	KeyID string
 	cert  *x509.Certificate // Key's certificate, in the JWKS's x5c
 	api   *httptest.Server
+	// IMDS is the PKI of the metadata services' attested documents: a
+	// test root (trusted through trust_bundle_path), an intermediate and
+	// the signing certificate of eastus.metadata.azure.com.
+	IMDS *AzurePKI
 
 	mu     sync.Mutex
 	vms    []*AzureVM
@@ -69,6 +73,11 @@ type AzureVM struct {
 	KeyID string
 	// Issued shifts its tokens' iat, nbf and exp (they live 24 hours).
 	Issued time.Duration
+	// VMID is its vmId (default: a new GUID), Location its location
+	// (default westeurope), Tags its tags, ScaleSet the name of its scale
+	// set ("": a standalone VM; default instance ID "0").
+	VMID, Location, ScaleSet, InstanceID string
+	Tags                                 map[string]string
 
 	imds *httptest.Server
 	// IMDSRequests counts the requests its metadata service answered.
@@ -83,6 +92,7 @@ func NewAzure(tb testing.TB) *Azure {
 		apps: map[string]azureApp{}, tokens: map[string]string{}, calls: map[string]int{},
 	}
 	a.cert = selfSigned(tb, a.Key, "accounts.accesscontrol.windows.net")
+	a.IMDS = NewAzurePKI(tb, "azure-imds", "eastus.metadata.azure.com")
 	a.api = httptest.NewServer(http.HandlerFunc(a.serveAPI))
 	tb.Cleanup(a.api.Close)
 	return a
@@ -153,6 +163,15 @@ func (a *Azure) AddVM(vm *AzureVM) *AzureVM {
 	if vm.Key == nil {
 		vm.Key, vm.KeyID = a.Key, a.KeyID
 	}
+	if vm.VMID == "" {
+		vm.VMID = newGUID()
+	}
+	if vm.Location == "" {
+		vm.Location = "westeurope"
+	}
+	if vm.InstanceID == "" {
+		vm.InstanceID = "0"
+	}
 	vm.imds = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { a.serveIMDS(vm, w, r) }))
 	a.tb.Cleanup(vm.imds.Close)
 	a.mu.Lock()
@@ -166,6 +185,9 @@ func (vm *AzureVM) IMDSURL() string { return vm.imds.URL }
 
 // ID is the VM's resource ID.
 func (vm *AzureVM) ID() string {
+	if vm.ScaleSet != "" {
+		return vm.scaleSetID() + "/virtualMachines/" + vm.InstanceID
+	}
 	return "/subscriptions/" + vm.Subscription + "/resourceGroups/" + vm.ResourceGroup + "/providers/Microsoft.Compute/virtualMachines/" + vm.Name
 }
 
@@ -235,8 +257,11 @@ func (a *Azure) serveIMDS(vm *AzureVM, w http.ResponseWriter, r *http.Request) {
 	case "/metadata/instance":
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		_ = json.NewEncoder(w).Encode(map[string]any{"compute": map[string]any{
-			"name": vm.Name, "subscriptionId": vm.Subscription, "resourceGroupName": vm.ResourceGroup, "location": "westeurope", "vmScaleSetName": "",
+			"name": vm.Name, "subscriptionId": vm.Subscription, "resourceGroupName": vm.ResourceGroup, "location": vm.Location, "vmScaleSetName": vm.ScaleSet,
+			"vmId": vm.VMID,
 		}})
+	case "/metadata/attested/document":
+		a.serveAttestedDocument(vm, w, r)
 	default:
 		http.NotFound(w, r)
 	}
@@ -276,6 +301,8 @@ func (a *Azure) serveAPI(w http.ResponseWriter, r *http.Request) {
 	case reARMToken.MatchString(p):
 		a.count("token")
 		a.serveAppToken(w, r, reARMToken.FindStringSubmatch(p)[1])
+	case reOpenIDConfig.MatchString(p):
+		a.serveTenantConfig(w, reOpenIDConfig.FindStringSubmatch(p)[1])
 	case strings.HasPrefix(p, "/subscriptions/"):
 		a.serveARM(w, r)
 	default:
@@ -374,10 +401,11 @@ func (a *Azure) serveARM(w http.ResponseWriter, r *http.Request) {
 			})
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"value": value})
+	case a.serveARMList(w, r, sub, live):
 	case reARMVM.MatchString(p):
 		a.count("virtualMachines")
 		m := reARMVM.FindStringSubmatch(p)
-		vm := live(func(vm *AzureVM) bool { return vm.ResourceGroup == m[2] && vm.Name == m[3] })
+		vm := live(func(vm *AzureVM) bool { return vm.ScaleSet == "" && vm.ResourceGroup == m[2] && vm.Name == m[3] })
 		if vm == nil {
 			armError(w, http.StatusNotFound, "ResourceNotFound", fmt.Sprintf("The Resource 'Microsoft.Compute/virtualMachines/%s' under resource group '%s' was not found.", m[3], m[2]))
 			return
@@ -391,20 +419,27 @@ func (a *Azure) serveARM(w http.ResponseWriter, r *http.Request) {
 	case reARMNIC.MatchString(p):
 		a.count("networkInterfaces")
 		m := reARMNIC.FindStringSubmatch(p)
-		vm := live(func(vm *AzureVM) bool { return vm.ResourceGroup == m[2] && vm.Name+"-nic" == m[3] })
+		vm := live(func(vm *AzureVM) bool { return vm.ScaleSet == "" && vm.ResourceGroup == m[2] && vm.Name+"-nic" == m[3] })
 		if vm == nil {
 			armError(w, http.StatusNotFound, "ResourceNotFound", "The Resource 'Microsoft.Network/networkInterfaces/"+m[3]+"' was not found.")
 			return
 		}
-		rg := "/subscriptions/" + vm.Subscription + "/resourceGroups/" + vm.ResourceGroup
+		_ = json.NewEncoder(w).Encode(vm.nic())
+	default:
+		armError(w, http.StatusNotFound, "InvalidResourceType", "The resource type could not be found.")
+	}
+}
+
+// nic is the VM's network interface, as Resource Manager gives it.
+func (vm *AzureVM) nic() map[string]any {
+	rg := "/subscriptions/" + vm.Subscription + "/resourceGroups/" + vm.ResourceGroup
+	{
 		props := map[string]any{"ipConfigurations": []map[string]any{{"name": "ipconfig1", "properties": map[string]any{
 			"privateIPAddress": "10.0.0.4", "subnet": map[string]string{"id": rg + "/providers/Microsoft.Network/virtualNetworks/" + vm.VNet + "/subnets/" + vm.Subnet},
 		}}}}
 		if vm.NSG != "" {
 			props["networkSecurityGroup"] = map[string]string{"id": rg + "/providers/Microsoft.Network/networkSecurityGroups/" + vm.NSG}
 		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"id": rg + "/providers/Microsoft.Network/networkInterfaces/" + m[3], "name": m[3], "properties": props})
-	default:
-		armError(w, http.StatusNotFound, "InvalidResourceType", "The resource type could not be found.")
+		return map[string]any{"id": vm.nicID(), "name": vm.Name + "-nic", "properties": props}
 	}
 }

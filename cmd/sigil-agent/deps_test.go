@@ -69,6 +69,9 @@ var documented = map[string][]string{
 	"sigil_omit_aws_iid":   {module + "internal/attest/node/awsiid"},
 	"sigil_omit_gcp_iit":   {module + "internal/attest/node/gcpiit"},
 	"sigil_omit_azure_msi": {module + "internal/attest/node/azuremsi"},
+	// azure_imds's package holds the server half too; PKCS #7 is the
+	// server halves' (aws_iid links it as well).
+	"sigil_omit_azure_imds": {module + "internal/attest/node/azureimds"},
 }
 
 func under(dep, pkg string) bool { return dep == pkg || strings.HasPrefix(dep, pkg+"/") }

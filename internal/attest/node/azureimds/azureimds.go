@@ -42,10 +42,10 @@ package azureimds
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -79,10 +79,10 @@ type Response struct {
 }
 
 // reGUID is an Azure tenant, subscription or VM ID.
-var reGUID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+var reGUID = lazyre.New(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // reVMSSName is Azure's rule for a scale set name.
-var reVMSSName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}[a-zA-Z0-9_]$|^[a-zA-Z0-9]$`)
+var reVMSSName = lazyre.New(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}[a-zA-Z0-9_]$|^[a-zA-Z0-9]$`)
 
 // SelectorKind describes the node selectors of azure_imds attestation (as
 // SPIRE's), so an entry with a value Attest can never produce is refused

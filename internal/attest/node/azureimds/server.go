@@ -14,7 +14,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -25,6 +24,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/attest/node/pkcs7"
 	"github.com/sigil-spiffe/sigil/internal/clip"
+	"github.com/sigil-spiffe/sigil/internal/lazyre"
 	"github.com/sigil-spiffe/sigil/internal/selector"
 )
 
@@ -278,8 +278,8 @@ func (s *Server) Check(ctx context.Context, nonce string, answer []byte) (*node.
 }
 
 var (
-	reNSGID    = regexp.MustCompile(`^/subscriptions/[^/]+/resourceGroups/([^/]+)/providers/Microsoft\.Network/networkSecurityGroups/([^/]+)$`)
-	reSubnetID = regexp.MustCompile(`^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Network/virtualNetworks/([^/]+)/subnets/([^/]+)$`)
+	reNSGID    = lazyre.New(`^/subscriptions/[^/]+/resourceGroups/([^/]+)/providers/Microsoft\.Network/networkSecurityGroups/([^/]+)$`)
+	reSubnetID = lazyre.New(`^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Network/virtualNetworks/([^/]+)/subnets/([^/]+)$`)
 )
 
 // selectors are SPIRE's azure_imds selectors of a VM.

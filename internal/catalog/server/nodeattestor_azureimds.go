@@ -19,7 +19,9 @@ import (
 func init() {
 	parse := func(text string) (azureimds.PathTemplate, error) { return agentpath.Parse(text) }
 	registerNodeAttestor(azureimds.Type,
-		func(d *config.PluginData) (azureimds.ServerConfig, error) { return azureimds.ParseServerConfig(d, parse) },
+		func(d *config.PluginData) (azureimds.ServerConfig, error) {
+			return azureimds.ParseServerConfig(d, parse)
+		},
 		func(_ context.Context, c azureimds.ServerConfig, d NodeAttestorDeps) (NodeAttestor, error) {
 			opts := azureimds.ServerOptions{TrustDomain: d.TrustDomain, ParseTemplate: parse, ARM: armapi.NewIMDS(c), Now: time.Now}
 			if d.Clock != nil {

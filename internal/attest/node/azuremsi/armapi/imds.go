@@ -108,7 +108,7 @@ func (c *Client) list(ctx context.Context, tok, next string, out any) error {
 		}
 		var l struct {
 			Value    []json.RawMessage `json:"value"`
-			NextLink string    `json:"nextLink"`
+			NextLink string            `json:"nextLink"`
 		}
 		if err := c.get(ctx, tok, next, &l); err != nil {
 			return err

@@ -832,13 +832,23 @@ func (s *sim) sign(ctx context.Context, a *agent, c *client.Client, entries []*c
 // second for cfg.ChurnFor, each against a random agent's entries, and
 // waits (at most 30 s) until every agent saw its change.
 func (s *sim) churn(ctx context.Context) error {
+	// made is an entry the churn created. Each operation waits for the
+	// previous one on the same entry to be seen by its agent (settled):
+	// an update or delete superseding a change not yet seen would leave
+	// that change unobservable.
 	type made struct {
-		a  *agent
-		id string
+		a    *agent
+		id   string
+		last *expect // the latest operation's expectation
+	}
+	settled := func(m *made) bool {
+		m.a.mu.Lock()
+		defer m.a.mu.Unlock()
+		return m.last.seen
 	}
 	var (
 		mu      sync.Mutex
-		created []made
+		created []*made
 		wg      sync.WaitGroup
 		all     []*expect
 	)
@@ -862,17 +872,24 @@ func (s *sim) churn(ctx context.Context) error {
 		case <-t.C:
 		}
 		mu.Lock()
-		var target made
+		var target *made
 		kind := op % 3
-		if kind != 0 && len(created) == 0 {
-			kind = 0
+		var ready []int // indexes of settled entries, oldest first
+		if kind != 0 {
+			for i, m := range created {
+				if settled(m) {
+					ready = append(ready, i)
+				}
+			}
 		}
-		switch kind {
-		case 1:
-			target = created[mrand.N(len(created))]
-		case 2:
-			target = created[0]
-			created = created[1:]
+		switch {
+		case kind == 0 || len(ready) == 0:
+			kind = 0
+		case kind == 1:
+			target = created[ready[mrand.N(len(ready))]]
+		case kind == 2:
+			target = created[ready[0]]
+			created = slices.Delete(created, ready[0], ready[0]+1)
 		}
 		mu.Unlock()
 		n := s.churnN.Add(1)
@@ -899,7 +916,7 @@ func (s *sim) churn(ctx context.Context) error {
 					return
 				}
 				mu.Lock()
-				created = append(created, made{a, ids[0]})
+				created = append(created, &made{a: a, id: ids[0], last: x})
 				mu.Unlock()
 			case 1: // update: a new selector value, so a new revision
 				val := fmt.Sprintf("uid:%d", 40000+n)
@@ -907,6 +924,9 @@ func (s *sim) churn(ctx context.Context) error {
 					e := a.entries[target.id]
 					return e != nil && len(e.Selectors) == 1 && e.Selectors[0].Type+":"+e.Selectors[0].Value == "unix:"+val
 				}}
+				mu.Lock()
+				target.last = x
+				mu.Unlock()
 				expectOn(target.a, x)
 				_, err := s.cfg.Admin.Entry.BatchUpdateEntry(ctx, &entryv1.BatchUpdateEntryRequest{
 					Entries:   []*types.Entry{{Id: target.id, Selectors: []*types.Selector{{Type: "unix", Value: val}}}},

@@ -42,7 +42,8 @@ var forbidden = []string{
 	"github.com/godbus",
 	// Cloud SDKs: the cloud node attestors' agent halves are plain HTTP;
 	// their server halves' API clients live in packages only the server
-	// links (awsiid/awsapi, gcpiit/computeapi, azuremsi/armapi).
+	// links (awsiid/awsapi, gcpiit/computeapi, azuremsi/armapi,
+	// azureimds/armimds, azurearm).
 	"github.com/aws",
 	"cloud.google.com",
 	"google.golang.org/api",
@@ -51,6 +52,11 @@ var forbidden = []string{
 	module + "internal/attest/node/awsiid/awsapi",
 	module + "internal/attest/node/gcpiit/computeapi",
 	module + "internal/attest/node/azuremsi/armapi",
+	module + "internal/attest/node/azureimds/armimds",
+	module + "internal/azurearm",
+	// PKCS #7 is verified by the server halves only; the agent links the
+	// package (aws_iid's and azure_imds's packages hold both halves) but
+	// none of its verification code (go tool nm).
 }
 
 // documented are the omit tags of the README's device build, with the

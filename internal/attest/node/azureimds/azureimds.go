@@ -37,7 +37,7 @@
 //
 // The agent half is plain HTTP (sigil-agent links no Azure SDK and no
 // PKCS #7 code); the server half reads Resource Manager with net/http
-// (armapi).
+// (armimds, internal/azurearm).
 package azureimds
 
 import (

@@ -15,7 +15,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
 	"github.com/sigil-spiffe/sigil/internal/attest/node/agentpath"
 	"github.com/sigil-spiffe/sigil/internal/attest/node/azureimds"
-	"github.com/sigil-spiffe/sigil/internal/attest/node/azuremsi/armapi"
+	"github.com/sigil-spiffe/sigil/internal/attest/node/azureimds/armimds"
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/testutil/cloudfake"
 )
@@ -35,7 +35,7 @@ func parse(t *testing.T, data map[string]any) azureimds.ServerConfig {
 
 func newServer(t *testing.T, cfg azureimds.ServerConfig) *azureimds.Server {
 	t.Helper()
-	s, err := azureimds.NewServer(cfg, azureimds.ServerOptions{TrustDomain: td, ParseTemplate: parseTemplate, ARM: armapi.NewIMDS(cfg)})
+	s, err := azureimds.NewServer(cfg, azureimds.ServerOptions{TrustDomain: td, ParseTemplate: parseTemplate, ARM: armimds.New(cfg)})
 	if err != nil {
 		t.Fatal(err)
 	}

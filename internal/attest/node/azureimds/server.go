@@ -108,7 +108,7 @@ type Credentials struct {
 	AppID, AppSecret string // "": the server's managed identity
 }
 
-// ResourceManager looks VMs up; armapi implements it. Errors wrapping
+// ResourceManager looks VMs up; armimds implements it. Errors wrapping
 // ErrNoSuchVM are refusals; others are failures.
 type ResourceManager interface {
 	// InstanceByVMID finds the VM of vmID in the subscription, in the

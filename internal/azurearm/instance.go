@@ -1,21 +1,24 @@
-package armapi
+package azurearm
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 
-	"github.com/sigil-spiffe/sigil/internal/attest/node/azureimds"
-	"github.com/sigil-spiffe/sigil/internal/attest/node/azuremsi"
 	"github.com/sigil-spiffe/sigil/internal/clip"
 )
 
-// NewIMDS returns a client for the azure_imds server half's endpoints.
-func NewIMDS(cfg azureimds.ServerConfig) *Client {
-	login, management, metadata := cfg.Endpoints()
-	return New(azuremsi.ServerConfig{LoginEndpoint: login, ManagementEndpoint: management, MetadataEndpoint: metadata})
+// ErrNotFound: Resource Manager lists no such VM (or scale set).
+var ErrNotFound = errors.New("not found")
+
+// Instance is a VM, or a scale set's VM, as Resource Manager lists it.
+type Instance struct {
+	ID, Name, ResourceGroup, Location string
+	Tags                              map[string]string
+	Interfaces                        []Interface
 }
 
 // armVM is a virtualMachines (or scale set virtualMachines) list item.
@@ -34,11 +37,12 @@ type armVM struct {
 	} `json:"properties"`
 }
 
-// InstanceByVMID implements azureimds.ResourceManager: the VM whose vmId
-// it is among the subscription's virtual machines, or among the VMs of the
-// scale set of that name, and its network interfaces.
-func (c *Client) InstanceByVMID(ctx context.Context, cr azureimds.Credentials, subscription, vmID, scaleSet string) (*azureimds.VM, error) {
-	tok, _, err := c.credentials(ctx, azuremsi.Tenant{ID: cr.TenantID, AppID: cr.AppID, AppSecret: cr.AppSecret, SubscriptionID: subscription})
+// InstanceByVMID finds the VM whose vmId it is among the subscription's
+// virtual machines (cr.SubscriptionID), or among the VMs of the scale set
+// of that name, with its network interfaces. Errors wrapping ErrNotFound
+// say it is not there.
+func (c *Client) InstanceByVMID(ctx context.Context, cr Credentials, vmID, scaleSet string) (*Instance, error) {
+	tok, subscription, err := c.Credentials(ctx, cr)
 	if err != nil {
 		return nil, err
 	}
@@ -49,7 +53,7 @@ func (c *Client) InstanceByVMID(ctx context.Context, cr azureimds.Credentials, s
 			ID   string `json:"id"`
 			Name string `json:"name"`
 		}
-		if err := c.list(ctx, tok, subPath+"/providers/Microsoft.Compute/virtualMachineScaleSets?api-version="+computeAPIVersion, &sets); err != nil {
+		if err := c.List(ctx, tok, subPath+"/providers/Microsoft.Compute/virtualMachineScaleSets?api-version="+computeAPIVersion, &sets); err != nil {
 			return nil, err
 		}
 		id := ""
@@ -59,12 +63,12 @@ func (c *Client) InstanceByVMID(ctx context.Context, cr azureimds.Credentials, s
 			}
 		}
 		if id == "" || !strings.HasPrefix(id, "/subscriptions/") {
-			return nil, fmt.Errorf("%w: subscription %s has no scale set %s", azureimds.ErrNoSuchVM, subscription, clip.Quote(scaleSet))
+			return nil, fmt.Errorf("%w: subscription %s has no scale set %s", ErrNotFound, subscription, clip.Quote(scaleSet))
 		}
-		list = c.management + escapePath(id) + "/virtualMachines?api-version=" + computeAPIVersion
+		list = c.management + EscapePath(id) + "/virtualMachines?api-version=" + computeAPIVersion
 	}
 	var vms []armVM
-	if err := c.list(ctx, tok, list, &vms); err != nil {
+	if err := c.List(ctx, tok, list, &vms); err != nil {
 		return nil, err
 	}
 	var found *armVM
@@ -78,29 +82,29 @@ func (c *Client) InstanceByVMID(ctx context.Context, cr azureimds.Credentials, s
 		if scaleSet != "" {
 			where = "scale set " + clip.Quote(scaleSet) + " of " + where
 		}
-		return nil, fmt.Errorf("%w: Resource Manager lists no VM %s in %s", azureimds.ErrNoSuchVM, vmID, where)
+		return nil, fmt.Errorf("%w: Resource Manager lists no VM %s in %s", ErrNotFound, vmID, where)
 	}
 	p := strings.Split(found.ID, "/")
 	if len(p) < 5 || p[3] != "resourceGroups" {
 		return nil, fmt.Errorf("resource Manager gave the VM ID %s", clip.Quote(found.ID))
 	}
-	vm := &azureimds.VM{ID: found.ID, Name: found.Name, ResourceGroup: p[4], Location: found.Location, Tags: found.Tags}
+	vm := &Instance{ID: found.ID, Name: found.Name, ResourceGroup: p[4], Location: found.Location, Tags: found.Tags}
 	for _, ref := range found.Properties.NetworkProfile.NetworkInterfaces {
 		if !strings.HasPrefix(ref.ID, "/subscriptions/") {
 			return nil, fmt.Errorf("resource Manager gave the network interface ID %s", clip.Quote(ref.ID))
 		}
-		nic, err := c.networkInterface(ctx, tok, ref.ID)
+		nic, err := c.NetworkInterface(ctx, tok, ref.ID)
 		if err != nil {
 			return nil, err
 		}
-		vm.Interfaces = append(vm.Interfaces, azureimds.Interface{SecurityGroupID: nic.SecurityGroupID, SubnetIDs: nic.SubnetIDs})
+		vm.Interfaces = append(vm.Interfaces, nic)
 	}
 	return vm, nil
 }
 
-// list GETs every page of a Resource Manager list into out (a pointer to
-// a slice).
-func (c *Client) list(ctx context.Context, tok, next string, out any) error {
+// List GETs every page of a Resource Manager list (following nextLink on
+// the same endpoint) into out, a pointer to a slice.
+func (c *Client) List(ctx context.Context, tok, next string, out any) error {
 	items := []string{}
 	for page := 0; next != ""; page++ {
 		if page == maxPages {
@@ -110,7 +114,7 @@ func (c *Client) list(ctx context.Context, tok, next string, out any) error {
 			Value    []json.RawMessage `json:"value"`
 			NextLink string            `json:"nextLink"`
 		}
-		if err := c.get(ctx, tok, next, &l); err != nil {
+		if err := c.Get(ctx, tok, next, &l); err != nil {
 			return err
 		}
 		for _, v := range l.Value {

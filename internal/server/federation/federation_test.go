@@ -362,15 +362,22 @@ func TestRefreshFollowsRotationAndOutage(t *testing.T) {
 	if !l.has(t, peerTD, next.Cert) {
 		t.Fatal("the new CA is missing")
 	}
-	if s := l.status(t, peerTD); s.ConsecutiveFailures != 0 || s.Updates < 3 {
+	// The status counts an update once the attempt that stored it ends.
+	eventually(t, "the rotation's updates counted", func() bool { return l.status(t, peerTD).Updates >= 3 })
+	if s := l.status(t, peerTD); s.ConsecutiveFailures != 0 {
 		t.Fatalf("status after the rotation: %+v", s)
 	}
 
 	// The peer goes away: the bundle stays, failures are reported.
 	kept := l.bundle(t, peerTD)
 	p.stop()
-	eventually(t, "failures reported", func() bool { return l.status(t, peerTD).ConsecutiveFailures >= 3 })
-	s := l.status(t, peerTD)
+	// Read between attempts: during one, LastAttempt is newer than the
+	// NextAttempt that started it.
+	var s Status
+	eventually(t, "failures reported", func() bool {
+		s = l.status(t, peerTD)
+		return s.ConsecutiveFailures >= 3 && s.NextAttempt.After(s.LastAttempt)
+	})
 	if s.LastError == "" || s.LastErrorAt.IsZero() || s.FailingSince.IsZero() || !s.NextAttempt.After(s.LastAttempt) {
 		t.Errorf("status while down: %+v", s)
 	}

@@ -9,6 +9,7 @@ package azurearm
 
 import (
 	"context"
+	"os"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -165,6 +166,10 @@ func armError(body []byte) string {
 // subscription (SubscriptionID; "" with the managed identity: its VM's).
 type Credentials struct {
 	TenantID, AppID, AppSecret, SubscriptionID string
+	// AssertionPath: the app authenticates with the JWT in this file (a
+	// client assertion, read again for each token: projected tokens
+	// rotate) instead of AppSecret.
+	AssertionPath string
 }
 
 // Interface is a network interface: its ID, its security group's ("" for
@@ -234,6 +239,19 @@ func (c *Client) appToken(ctx context.Context, t Credentials) (token, error) {
 	form := url.Values{
 		"grant_type": {"client_credentials"}, "client_id": {t.AppID}, "client_secret": {t.AppSecret},
 		"scope": {c.management + "/.default"},
+	}
+	if t.AssertionPath != "" {
+		b, err := os.ReadFile(t.AssertionPath)
+		if err != nil {
+			return token{}, fmt.Errorf("azure AD token for app %s of tenant %s: %w", t.AppID, t.TenantID, err)
+		}
+		jwt := strings.TrimSpace(string(b))
+		if strings.Count(jwt, ".") != 2 || strings.ContainsAny(jwt, " \n") {
+			return token{}, fmt.Errorf("azure AD token for app %s of tenant %s: %s does not hold a JWT", t.AppID, t.TenantID, t.AssertionPath)
+		}
+		form.Del("client_secret")
+		form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+		form.Set("client_assertion", jwt)
 	}
 	u := c.login + "/" + url.PathEscape(t.TenantID) + "/oauth2/v2.0/token"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(form.Encode()))

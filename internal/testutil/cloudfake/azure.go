@@ -48,6 +48,7 @@ type Azure struct {
 
 type azureApp struct {
 	tenant, secret string
+	assertion      string // a client assertion (JWT) instead of the secret
 	subscriptions  []string
 }
 
@@ -116,6 +117,15 @@ func (a *Azure) AddApp(tenant, appID, secret string, subscriptions ...string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.apps[appID] = azureApp{tenant: tenant, secret: secret, subscriptions: subscriptions}
+}
+
+// AddAppAssertion registers an app of tenant that authenticates with a
+// client assertion (federated credential), allowed to read the
+// subscriptions.
+func (a *Azure) AddAppAssertion(tenant, appID, assertion string, subscriptions ...string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.apps[appID] = azureApp{tenant: tenant, assertion: assertion, subscriptions: subscriptions}
 }
 
 // ServerPluginData is the server's plugin_data for the fake: one tenant
@@ -328,7 +338,12 @@ func (a *Azure) serveAppToken(w http.ResponseWriter, r *http.Request, tenant str
 		fail(http.StatusBadRequest, "unauthorized_client", "AADSTS700016: Application not found in the directory.")
 		return
 	}
-	if r.PostForm.Get("client_secret") != app.secret {
+	if as := r.PostForm.Get("client_assertion"); as != "" || app.assertion != "" {
+		if r.PostForm.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" || as != app.assertion {
+			fail(http.StatusUnauthorized, "invalid_client", "AADSTS700021: Client assertion application identifier doesn't match 'client_id' parameter.")
+			return
+		}
+	} else if r.PostForm.Get("client_secret") != app.secret {
 		fail(http.StatusUnauthorized, "invalid_client", "AADSTS7000215: Invalid client secret provided.")
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -192,7 +193,37 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
-// TestConfig: SPIRE's keys are read, token_auth and bad values refused.
+// TestTokenAuth: a tenant whose app authenticates with a client assertion
+// (token_auth): the server reads the JWT from token_path and Resource
+// Manager is read with the app's token; a wrong assertion fails the
+// attestation (the server's error, not a refusal).
+func TestTokenAuth(t *testing.T) {
+	az := cloudfake.NewAzure(t)
+	dir := t.TempDir()
+	const app, jwt = "0a1b2c3d-0000-4000-8000-00000000a003", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzaWdpbCJ9.c2lnbmF0dXJl"
+	az.AddAppAssertion(cloudfake.AzureTenant, app, jwt, cloudfake.AzureSubscription)
+	path := dir + "/azure-token"
+	if err := os.WriteFile(path, []byte(jwt+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := map[string]any{
+		"tenants":           map[string]any{cloudfake.AzureTenantDomain: map[string]any{"token_auth": map[string]any{"app_id": app, "token_path": path}}},
+		"trust_bundle_path": az.IMDS.WriteRoot(t, dir), "login_endpoint": az.URL(), "management_endpoint": az.URL(),
+	}
+	vm := az.AddVM(&cloudfake.AzureVM{Name: "tok-1"})
+	if _, err := attestVM(t, newServer(t, parse(t, data)), vm, cloudfake.AzureTenantDomain); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvdGhlciJ9.c2ln"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := attestVM(t, newServer(t, parse(t, data)), az.AddVM(&cloudfake.AzureVM{Name: "tok-2"}), cloudfake.AzureTenantDomain)
+	if err == nil || errors.Is(err, node.ErrRefused) || !strings.Contains(err.Error(), "AADSTS700021") {
+		t.Fatalf("wrong assertion: %v", err)
+	}
+}
+
+// TestConfig: SPIRE's keys are read, bad values refused.
 func TestConfig(t *testing.T) {
 	dir := t.TempDir()
 	az := cloudfake.NewAzure(t)
@@ -205,7 +236,8 @@ func TestConfig(t *testing.T) {
 		want string
 	}{
 		{map[string]any{}, "at least one tenant"},
-		{map[string]any{"tenants": map[string]any{"a.com": map[string]any{"token_auth": map[string]any{"app_id": "x", "token_path": "/t"}}}}, "token_auth is not supported"},
+		{map[string]any{"tenants": map[string]any{"a.com": map[string]any{"token_auth": map[string]any{"app_id": "x"}}}}, "token_auth needs app_id and token_path"},
+		{map[string]any{"tenants": map[string]any{"a.com": map[string]any{"token_auth": map[string]any{"app_id": "x", "token_path": "/t"}, "secret_auth": map[string]any{"app_id": "x", "app_secret": "s"}}}}, "mutually exclusive"},
 		{map[string]any{"tenants": map[string]any{"a.com": map[string]any{"secret_auth": map[string]any{"app_id": "x"}}}}, "needs app_id and app_secret"},
 		{map[string]any{"tenants": map[string]any{"a.com": map[string]any{"restrict_to_subscriptions": []string{"sub"}}}}, "is not a subscription ID"},
 		{map[string]any{"tenants": map[string]any{"a.com": map[string]any{}}, "trust_bundle_path": dir + "/none.pem"}, "none.pem"},

@@ -20,6 +20,9 @@ type Tenant struct {
 	// registration that reads the tenant's VMs; none: the server's own
 	// managed identity.
 	AppID, AppSecret string
+	// TokenPath (token_auth { app_id token_path }): the app authenticates
+	// with the JWT in this file (a client assertion) instead of a secret.
+	TokenPath string
 	// RestrictToSubscriptions (restrict_to_subscriptions): the only
 	// subscriptions allowed (none: any).
 	RestrictToSubscriptions []string
@@ -117,7 +120,8 @@ func LoadRoots(path string) ([]*x509.Certificate, error) {
 //	allowed_metadata_domains = ["metadata.azure.com"]
 //	trust_bundle_path = "<PEM file>"
 //
-// SPIRE's token_auth is refused (not supported yet). parseTemplate
+// or token_auth = { app_id = "<id>" token_path = "<JWT file>" } instead of
+// secret_auth. parseTemplate
 // (agentpath.Parse) checks agent_path_template.
 func ParseServerConfig(d *config.PluginData, parseTemplate func(string) (PathTemplate, error)) (ServerConfig, error) {
 	var c ServerConfig
@@ -135,8 +139,15 @@ func ParseServerConfig(d *config.PluginData, parseTemplate func(string) (PathTem
 					sa.Errorf("", "tenant %s: secret_auth needs app_id and app_secret", clip.Quote(dom))
 				}
 			}
-			if b.Has("token_auth") {
-				b.Errorf("token_auth", "tenant %s: token_auth is not supported by Sigil yet (use secret_auth or the server's managed identity)", clip.Quote(dom))
+			if ta := b.Block("token_auth"); ta != nil {
+				if t.AppID != "" {
+					ta.Errorf("", "tenant %s: secret_auth and token_auth are mutually exclusive", clip.Quote(dom))
+				}
+				ta.String("app_id", &t.AppID)
+				ta.String("token_path", &t.TokenPath)
+				if t.AppID == "" || t.TokenPath == "" {
+					ta.Errorf("", "tenant %s: token_auth needs app_id and token_path", clip.Quote(dom))
+				}
 			}
 			b.Strings("restrict_to_subscriptions", &t.RestrictToSubscriptions)
 			for i, s := range t.RestrictToSubscriptions {

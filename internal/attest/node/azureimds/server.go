@@ -106,6 +106,7 @@ type Interface struct {
 type Credentials struct {
 	TenantID         string
 	AppID, AppSecret string // "": the server's managed identity
+	TokenPath        string // the app's client assertion file, instead of AppSecret
 }
 
 // ResourceManager looks VMs up; armimds implements it. Errors wrapping
@@ -266,7 +267,7 @@ func (s *Server) Check(ctx context.Context, nonce string, answer []byte) (*node.
 	if err != nil {
 		return nil, fmt.Errorf("%w: agent ID for path %s: %w", ErrUnusableVM, clip.Quote(path), err)
 	}
-	vm, err := s.arm.InstanceByVMID(actx, Credentials{TenantID: tenantID, AppID: t.AppID, AppSecret: t.AppSecret}, sub, vmID, scaleSet)
+	vm, err := s.arm.InstanceByVMID(actx, Credentials{TenantID: tenantID, AppID: t.AppID, AppSecret: t.AppSecret, TokenPath: t.TokenPath}, sub, vmID, scaleSet)
 	if err != nil {
 		return nil, fmt.Errorf("azure_imds: VM %s of subscription %s: %w", vmID, sub, err)
 	}

@@ -24,7 +24,7 @@ func New(cfg azureimds.ServerConfig) *Client {
 
 // InstanceByVMID implements azureimds.ResourceManager.
 func (c *Client) InstanceByVMID(ctx context.Context, cr azureimds.Credentials, subscription, vmID, scaleSet string) (*azureimds.VM, error) {
-	in, err := c.c.InstanceByVMID(ctx, azurearm.Credentials{TenantID: cr.TenantID, AppID: cr.AppID, AppSecret: cr.AppSecret, SubscriptionID: subscription}, vmID, scaleSet)
+	in, err := c.c.InstanceByVMID(ctx, azurearm.Credentials{TenantID: cr.TenantID, AppID: cr.AppID, AppSecret: cr.AppSecret, AssertionPath: cr.TokenPath, SubscriptionID: subscription}, vmID, scaleSet)
 	if errors.Is(err, azurearm.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %w", azureimds.ErrNoSuchVM, err)
 	}

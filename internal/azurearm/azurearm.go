@@ -9,13 +9,13 @@ package azurearm
 
 import (
 	"context"
-	"os"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"

@@ -52,6 +52,12 @@ func mkCert(tb testing.TB, tmpl, parent *x509.Certificate, pub *rsa.PublicKey, s
 	return c
 }
 
+// IntermediateURL is the leaf's CA issuers URL (on www.microsoft.com, as
+// Azure's; tests route it to a server of their own).
+func (p *AzurePKI) IntermediateURL() string {
+	return "http://www.microsoft.com/pkiops/certs/" + strings.ReplaceAll(p.Intermediate.Subject.CommonName, " ", "%20") + ".crt"
+}
+
 // NewAzurePKI makes a hierarchy whose leaf names host (keys are the test
 // binary's, by name).
 func NewAzurePKI(tb testing.TB, name, host string) *AzurePKI {
@@ -69,6 +75,7 @@ func NewAzurePKI(tb testing.TB, name, host string) *AzurePKI {
 	p.Leaf = mkCert(tb, &x509.Certificate{
 		Subject: pkix.Name{CommonName: host}, DNSNames: []string{host}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IssuingCertificateURL: []string{p.IntermediateURL()},
 	}, p.Intermediate, &p.Key.PublicKey, p.InterKey)
 	return p
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -145,7 +147,7 @@ func TestRefusals(t *testing.T) {
 			Signers: []cloudfake.PKCS7Signer{{Key: evil.Key, Cert: good.Leaf}}},
 			want: azureimds.ErrBadSignature, msg: "does not verify"},
 		{name: "wrong signer first in the bag", doc: cloudfake.AzureDocument{
-			Signers: []cloudfake.PKCS7Signer{{Key: evil.Key, Cert: evil.Leaf}}, Bag: []*x509.Certificate{good.Leaf, good.Intermediate, evil.Leaf}},
+			Signers: []cloudfake.PKCS7Signer{{Key: evil.Key, Cert: evil.Leaf}}, Bag: []*x509.Certificate{good.Leaf, good.Intermediate, evil.Leaf, evil.Intermediate}},
 			want: azureimds.ErrBadSignature, msg: "unknown authority"},
 		{name: "extra signer", doc: cloudfake.AzureDocument{
 			Signers: []cloudfake.PKCS7Signer{{Key: good.Key, Cert: good.Leaf}, {Key: evil.Key, Cert: evil.Leaf}}, Bag: []*x509.Certificate{good.Leaf, good.Intermediate, evil.Leaf}},
@@ -250,5 +252,62 @@ func TestConfig(t *testing.T) {
 	}
 	if _, err := azureimds.ParseAgentConfig(config.NewPlugin("NodeAttestor", azureimds.Type, map[string]any{}).Data()); err == nil || !strings.Contains(err.Error(), "tenant_domain") {
 		t.Errorf("agent without tenant_domain: %v", err)
+	}
+}
+
+// routeTo sends the requests to www.microsoft.com to srv, and records the
+// hosts asked.
+type routeTo struct {
+	srv   *httptest.Server
+	hosts []string
+}
+
+func (r *routeTo) RoundTrip(req *http.Request) (*http.Response, error) {
+	r.hosts = append(r.hosts, req.URL.Host)
+	if req.URL.Host != "www.microsoft.com" {
+		return http.DefaultTransport.RoundTrip(req)
+	}
+	out := req.Clone(req.Context())
+	out.URL.Scheme, out.URL.Host = "http", strings.TrimPrefix(r.srv.URL, "http://")
+	return http.DefaultTransport.RoundTrip(out)
+}
+
+// TestIntermediateFetched: a document carrying only its signer's
+// certificate (as Azure's do) is verified with the intermediate fetched from
+// the certificate's CA issuers URL on www.microsoft.com; one that cannot be
+// fetched, or whose URL is on another host, is refused.
+func TestIntermediateFetched(t *testing.T) {
+	az := cloudfake.NewAzure(t)
+	serve := true
+	ca := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !serve || r.URL.EscapedPath() != strings.TrimPrefix(az.IMDS.IntermediateURL(), "http://www.microsoft.com") {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write(az.IMDS.Intermediate.Raw)
+	}))
+	defer ca.Close()
+	rt := &routeTo{srv: ca}
+	cfg := parse(t, az.IMDSServerPluginData(t, t.TempDir()))
+	s, err := azureimds.NewServer(cfg, azureimds.ServerOptions{TrustDomain: td, ParseTemplate: parseTemplate, ARM: armimds.New(cfg), HTTPClient: &http.Client{Transport: rt}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := az.AddVM(&cloudfake.AzureVM{Name: "web-1"})
+	const nonce = "n0nceN0nceN0nceN0nceN0nceN0nce12"
+	answer := func(o cloudfake.AzureDocument) []byte {
+		b, _ := json.Marshal(map[string]any{"document": az.AttestedDocument(vm, nonce, o), "metadata": map[string]any{"agentDomain": cloudfake.AzureTenantDomain}})
+		return b
+	}
+	leafOnly := cloudfake.AzureDocument{Bag: []*x509.Certificate{az.IMDS.Leaf}}
+	if _, err := s.Check(context.Background(), nonce, answer(leafOnly)); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(rt.hosts, "www.microsoft.com") {
+		t.Fatalf("no intermediate fetched from www.microsoft.com (requests to %q)", rt.hosts)
+	}
+	serve = false
+	if _, err := s.Check(context.Background(), nonce, answer(leafOnly)); !errors.Is(err, azureimds.ErrBadSignature) || !strings.Contains(err.Error(), "its intermediate") {
+		t.Fatalf("intermediate not found: %v", err)
 	}
 }

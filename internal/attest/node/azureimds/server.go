@@ -1,6 +1,7 @@
 package azureimds
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -404,6 +405,11 @@ func (s *Server) checkChain(ctx context.Context, cert *x509.Certificate, bag []*
 	var unknown x509.UnknownAuthorityError
 	if err == nil || !errors.As(err, &unknown) || len(cert.IssuingCertificateURL) == 0 {
 		return err
+	}
+	for _, c := range bag {
+		if c != cert && bytes.Equal(c.RawSubject, cert.RawIssuer) {
+			return err // the message carries its issuer: nothing to fetch
+		}
 	}
 	ic, ferr := s.fetchIntermediate(ctx, cert.IssuingCertificateURL[0])
 	if ferr != nil {

@@ -114,6 +114,7 @@ if want cloud; then
 		run cloud-verify-aws internal/attest/node/awsiid '^BenchmarkVerify$' "$(bt 2000x 200x)" 1
 		run cloud-verify-gcp internal/attest/node/gcpiit '^BenchmarkVerify$' "$(bt 2000x 200x)" 1
 		run cloud-verify-azure internal/attest/node/azuremsi '^BenchmarkVerify$' "$(bt 2000x 200x)" 1
+		run cloud-verify-azure-imds internal/attest/node/azureimds '^BenchmarkVerify$' "$(bt 2000x 200x)" 1
 	done
 fi
 # A real kube-apiserver (tools/kube/build.sh); without it the benchmark skips.

@@ -131,13 +131,7 @@ func benchRotationPush(b *testing.B, srv *stack.Server, client secretv3.SecretDi
 			sdsDNS <- dns
 		}
 	}()
-	wl, err := workloadapi.New(ctx, workloadapi.WithAddr(agent.Socket))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer wl.Close()
-	updates := make(chan *workloadapi.X509Context, 16)
-	go func() { _ = wl.WatchX509Context(ctx, &watcher{updates: updates}) }()
+	updates := stack.WatchX509(b, ctx, agent.Socket).Updates
 	wlDNS := func(u *workloadapi.X509Context) ([]string, bool) {
 		for _, s := range u.SVIDs {
 			if s.ID == id {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -183,41 +182,8 @@ func BenchmarkEntryToWorkload(b *testing.B) {
 	e := newEnv(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	updates := make(chan *workloadapi.X509Context, 16)
-	w := &watcher{updates: updates}
-	c, err := workloadapi.New(ctx, workloadapi.WithAddr(e.agent.Socket))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	watchDone := make(chan error, 1)
-	go func() { watchDone <- c.WatchX509Context(ctx, w) }()
-	// waitFor consumes updates until has(update) holds.
-	waitFor := func(has func(*workloadapi.X509Context) bool) error {
-		timeout := time.After(30 * time.Second)
-		for {
-			select {
-			case u := <-updates:
-				if has(u) {
-					return nil
-				}
-			case err := <-watchDone:
-				return fmt.Errorf("watch ended: %w", err)
-			case <-timeout:
-				return errors.New("no matching update after 30s")
-			}
-		}
-	}
-	contains := func(id spiffeid.ID) func(*workloadapi.X509Context) bool {
-		return func(u *workloadapi.X509Context) bool {
-			for _, s := range u.SVIDs {
-				if s.ID == id {
-					return true
-				}
-			}
-			return false
-		}
-	}
+	w := stack.WatchX509(b, ctx, e.agent.Socket)
+	waitFor, contains := w.WaitFor, stack.HasSVID
 	if err := waitFor(contains(e.id)); err != nil {
 		b.Fatal(err)
 	}
@@ -257,13 +223,6 @@ func reportCPU(b *testing.B, cpu0, wait0 time.Duration) {
 	b.ReportMetric(float64((stack.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
 	b.ReportMetric(float64((stack.RunqueueWait()-wait0).Microseconds())/float64(b.N), "runq-us/op")
 }
-
-type watcher struct {
-	updates chan<- *workloadapi.X509Context
-}
-
-func (w *watcher) OnX509ContextUpdate(u *workloadapi.X509Context) { w.updates <- u }
-func (w *watcher) OnX509ContextWatchError(error)                  {}
 
 // BenchmarkAgentStart measures an agent that attested before (agent SVID,
 // workload SVIDs and entries persisted in its data dir; the entry already

@@ -22,7 +22,6 @@ package ha
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -212,40 +211,8 @@ func benchEntryToWorkload(b *testing.B, opts serverapp.Options) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	updates := make(chan *workloadapi.X509Context, 16)
-	w := &watcher{updates: updates}
-	c, err := workloadapi.New(ctx, workloadapi.WithAddr(agent.Socket))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	watchDone := make(chan error, 1)
-	go func() { watchDone <- c.WatchX509Context(ctx, w) }()
-	waitFor := func(has func(*workloadapi.X509Context) bool) error {
-		timeout := time.After(30 * time.Second)
-		for {
-			select {
-			case u := <-updates:
-				if has(u) {
-					return nil
-				}
-			case err := <-watchDone:
-				return fmt.Errorf("watch ended: %w", err)
-			case <-timeout:
-				return errors.New("no matching update after 30s")
-			}
-		}
-	}
-	contains := func(id spiffeid.ID) func(*workloadapi.X509Context) bool {
-		return func(u *workloadapi.X509Context) bool {
-			for _, s := range u.SVIDs {
-				if s.ID == id {
-					return true
-				}
-			}
-			return false
-		}
-	}
+	w := stack.WatchX509(b, ctx, agent.Socket)
+	waitFor, contains := w.WaitFor, stack.HasSVID
 	if err := waitFor(contains(first)); err != nil {
 		b.Fatal(err)
 	}
@@ -353,13 +320,6 @@ func agentIDOf(b *testing.B, s *stack.Server, alias spiffeid.ID) spiffeid.ID {
 	b.Fatalf("no alias entry for %s", alias)
 	return spiffeid.ID{}
 }
-
-type watcher struct {
-	updates chan<- *workloadapi.X509Context
-}
-
-func (w *watcher) OnX509ContextUpdate(u *workloadapi.X509Context) { w.updates <- u }
-func (w *watcher) OnX509ContextWatchError(error)                  {}
 
 // BenchmarkHAFailover measures failover with real processes: two
 // sigil-servers on one PostgreSQL database and a sigil-agent that knows

@@ -2,9 +2,7 @@ package federation
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
-	"io"
 	"net"
 	"path/filepath"
 	"testing"
@@ -135,47 +133,9 @@ func startDomains(t *testing.T, cloud, edge *domain) {
 // each authorizing the other by trust domain with the bundles its Workload
 // API serves.
 func mtlsWorkloads(server, client *workloadapi.X509Source, serverTD, clientTD spiffeid.TrustDomain) error {
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(server, server, tlsconfig.AuthorizeMemberOf(clientTD)))
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	srvErr := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			srvErr <- err
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(deadline))
-		if err := c.(*tls.Conn).Handshake(); err != nil {
-			srvErr <- err
-			return
-		}
-		_, err = io.WriteString(c, "hello")
-		srvErr <- err
-	}()
-	d := net.Dialer{Timeout: deadline}
-	conn, err := tls.DialWithDialer(&d, "tcp", ln.Addr().String(), tlsconfig.MTLSClientConfig(client, client, tlsconfig.AuthorizeMemberOf(serverTD)))
-	if err != nil {
-		_ = ln.Close()
-		<-srvErr
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(deadline))
-	got, rerr := io.ReadAll(conn)
-	if err := <-srvErr; err != nil {
-		return err
-	}
-	if rerr != nil {
-		return rerr
-	}
-	if string(got) != "hello" {
-		return io.ErrUnexpectedEOF
-	}
-	return nil
+	return testutil.MTLSExchange(
+		tlsconfig.MTLSServerConfig(server, server, tlsconfig.AuthorizeMemberOf(clientTD)),
+		tlsconfig.MTLSClientConfig(client, client, tlsconfig.AuthorizeMemberOf(serverTD)), deadline)
 }
 
 // expectMutualTLS waits until the two domains' workloads complete mTLS

@@ -2,10 +2,8 @@ package federation
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -297,46 +295,9 @@ func expectMTLS(t *testing.T, src *workloadapi.X509Source, edge *peer, ours *x50
 // authorizing members of ours' trust domain. It returns the first error
 // of either side.
 func mtls(src *workloadapi.X509Source, peerSVID *x509svid.SVID, peerTD spiffeid.TrustDomain, ours *x509bundle.Bundle) error {
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeMemberOf(peerTD)))
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	srvErr := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			srvErr <- err
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(deadline))
-		if err := c.(*tls.Conn).Handshake(); err != nil {
-			srvErr <- err
-			return
-		}
-		_, err = io.WriteString(c, "hello")
-		srvErr <- err
-	}()
-	conn, err := tls.Dial("tcp", ln.Addr().String(), tlsconfig.MTLSClientConfig(peerSVID, ours, tlsconfig.AuthorizeMemberOf(ours.TrustDomain())))
-	if err != nil {
-		_ = ln.Close()
-		<-srvErr
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(deadline))
-	got, rerr := io.ReadAll(conn)
-	if err := <-srvErr; err != nil {
-		return err
-	}
-	if rerr != nil {
-		return rerr
-	}
-	if string(got) != "hello" {
-		return io.ErrUnexpectedEOF
-	}
-	return nil
+	return testutil.MTLSExchange(
+		tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeMemberOf(peerTD)),
+		tlsconfig.MTLSClientConfig(peerSVID, ours, tlsconfig.AuthorizeMemberOf(ours.TrustDomain())), deadline)
 }
 
 // watchX509 opens a go-spiffe X509 context watch on addr; every update

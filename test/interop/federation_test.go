@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"io"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -445,47 +444,9 @@ func sameAuthorities(a, b *types.Bundle) bool {
 // workloadMTLS is a go-spiffe mTLS exchange between two workloads, each
 // authorizing the other by trust domain.
 func workloadMTLS(server, client *workloadapi.X509Source, serverTD, clientTD spiffeid.TrustDomain) error {
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(server, server, tlsconfig.AuthorizeMemberOf(clientTD)))
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	done := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			done <- err
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(deadline))
-		if err := c.(*tls.Conn).Handshake(); err != nil {
-			done <- err
-			return
-		}
-		_, err = io.WriteString(c, "hello")
-		done <- err
-	}()
-	d := net.Dialer{Timeout: deadline}
-	conn, err := tls.DialWithDialer(&d, "tcp", ln.Addr().String(), tlsconfig.MTLSClientConfig(client, client, tlsconfig.AuthorizeMemberOf(serverTD)))
-	if err != nil {
-		_ = ln.Close()
-		<-done
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(deadline))
-	got, rerr := io.ReadAll(conn)
-	if err := <-done; err != nil {
-		return err
-	}
-	if rerr != nil {
-		return rerr
-	}
-	if string(got) != "hello" {
-		return io.ErrUnexpectedEOF
-	}
-	return nil
+	return testutil.MTLSExchange(
+		tlsconfig.MTLSServerConfig(server, server, tlsconfig.AuthorizeMemberOf(clientTD)),
+		tlsconfig.MTLSClientConfig(client, client, tlsconfig.AuthorizeMemberOf(serverTD)), deadline)
 }
 
 // TestFederationWithSPIREOverWebPKI: a sigil-server and a spire-server

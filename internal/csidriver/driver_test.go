@@ -39,6 +39,18 @@ func driver(t *testing.T, socketDir string) (csi.IdentityClient, csi.NodeClient)
 			t.Errorf("socket left behind: %v", err)
 		}
 	})
+	// kubelet dials once the socket is there (it watches the plugin
+	// directory); so does the test.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the CSI socket never accepted a connection: %v", err)
+		}
+	}
 	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

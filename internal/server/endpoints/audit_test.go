@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	agentv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/agent/v1"
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
@@ -34,9 +35,22 @@ func (c *auditCapture) Write(p []byte) (int, error) {
 	return c.buf.Write(p)
 }
 
-// take returns the audit lines written since the last take.
-func (c *auditCapture) take(t *testing.T) []map[string]any {
+// take returns the audit lines written since the last take. It waits (up
+// to 10 s) until there are at least min of them: a streaming call's line
+// is written when its handler returns, which may be after the client has
+// read the response.
+func (c *auditCapture) take(t *testing.T, min int) []map[string]any {
 	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		n := strings.Count(c.buf.String(), "\n")
+		c.mu.Unlock()
+		if n >= min || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []map[string]any
@@ -126,7 +140,7 @@ func TestAuditLog(t *testing.T) {
 
 	// A join token: its SPIFFE ID and TTL, never the token.
 	token := h.createToken(&agentv1.CreateJoinTokenRequest{Ttl: 600, AgentId: &types.SPIFFEID{TrustDomain: "example.org", Path: "/agent/a1"}})
-	line := only(t, capture.take(t))
+	line := only(t, capture.take(t, 1))
 	if strings.Contains(capture.text(), token) {
 		t.Fatal("the CreateJoinToken line holds the token")
 	}
@@ -140,12 +154,12 @@ func TestAuditLog(t *testing.T) {
 	// for join_token, holds the token: spent now, and public as every
 	// agent ID). A token never used stays out of the log.
 	unused := h.createToken(&agentv1.CreateJoinTokenRequest{Ttl: 600})
-	capture.take(t)
+	capture.take(t, 1)
 	svid, err := h.attest(h.anonConn(), token, newKey(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	line = only(t, capture.take(t))
+	line = only(t, capture.take(t, 1))
 	wantFields(t, line, map[string]string{"method": "AttestAgent", "status": "success", "node_attestor_type": "join_token", "agent_id": svid.ID.String()})
 	if _, ok := line["caller_addr"]; !ok {
 		t.Errorf("TCP call without caller_addr: %v", line)
@@ -153,7 +167,7 @@ func TestAuditLog(t *testing.T) {
 	// A refused one: the result, still without the token.
 	_, err = h.attest(h.anonConn(), "guessed-token-value", newKey(t))
 	requireCode(t, err, codes.InvalidArgument)
-	wantFields(t, only(t, capture.take(t)), map[string]string{"method": "AttestAgent", "status": "error", "status_code": "InvalidArgument", "node_attestor_type": "join_token"})
+	wantFields(t, only(t, capture.take(t, 1)), map[string]string{"method": "AttestAgent", "status": "error", "status_code": "InvalidArgument", "node_attestor_type": "join_token"})
 
 	// A batch: one line per entry, one request ID, each with its result.
 	entries := entryv1.NewEntryClient(h.localConn())
@@ -163,7 +177,7 @@ func TestAuditLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := capture.take(t)
+	lines := capture.take(t, 2)
 	if len(lines) != 2 || lines[0]["request_id"] != lines[1]["request_id"] {
 		t.Fatalf("batch of 2: %d lines %v", len(lines), lines)
 	}
@@ -181,7 +195,7 @@ func TestAuditLog(t *testing.T) {
 	if _, err := entries.BatchDeleteEntry(ctx, &entryv1.BatchDeleteEntryRequest{Ids: []string{id, "missing"}}); err != nil {
 		t.Fatal(err)
 	}
-	lines = capture.take(t)
+	lines = capture.take(t, 2)
 	if len(lines) != 2 {
 		t.Fatalf("delete batch: %d lines", len(lines))
 	}
@@ -194,7 +208,7 @@ func TestAuditLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantFields(t, only(t, capture.take(t)), map[string]string{"method": "MintJWTSVID", "spiffe_id": "spiffe://example.org/w2", "audience": "aud1,aud2", "ttl": "60", "status": "success"})
+	wantFields(t, only(t, capture.take(t, 1)), map[string]string{"method": "MintJWTSVID", "spiffe_id": "spiffe://example.org/w2", "audience": "aud1,aud2", "ttl": "60", "status": "success"})
 
 	// An agent's call: its SPIFFE ID; a call it may not make: refused,
 	// still identified.
@@ -202,18 +216,18 @@ func TestAuditLog(t *testing.T) {
 	if _, err := agentv1.NewAgentClient(agentConn).PostStatus(ctx, &agentv1.PostStatusRequest{AgentVersion: "9.9.9"}); err != nil {
 		t.Fatal(err)
 	}
-	wantFields(t, only(t, capture.take(t)), map[string]string{"method": "PostStatus", "caller_id": svid.ID.String(), "version": "9.9.9", "status": "success"})
+	wantFields(t, only(t, capture.take(t, 1)), map[string]string{"method": "PostStatus", "caller_id": svid.ID.String(), "version": "9.9.9", "status": "success"})
 	_, err = entryv1.NewEntryClient(agentConn).ListEntries(ctx, &entryv1.ListEntriesRequest{Filter: &entryv1.ListEntriesRequest_Filter{
 		BySpiffeId: &types.SPIFFEID{TrustDomain: "example.org", Path: "/w1"}}})
 	requireCode(t, err, codes.PermissionDenied)
-	wantFields(t, only(t, capture.take(t)), map[string]string{"method": "ListEntries", "caller_id": svid.ID.String(), "status": "error",
+	wantFields(t, only(t, capture.take(t, 1)), map[string]string{"method": "ListEntries", "caller_id": svid.ID.String(), "status": "error",
 		"status_code": "PermissionDenied", "by_spiffe_id": "spiffe://example.org/w1"})
 
 	// A ban.
 	if _, err := agentv1.NewAgentClient(h.localConn()).BanAgent(ctx, &agentv1.BanAgentRequest{Id: &types.SPIFFEID{TrustDomain: "example.org", Path: svid.ID.Path()}}); err != nil {
 		t.Fatal(err)
 	}
-	wantFields(t, only(t, capture.take(t)), with(local, map[string]string{"method": "BanAgent", "spiffe_id": svid.ID.String(), "status": "success"}))
+	wantFields(t, only(t, capture.take(t, 1)), with(local, map[string]string{"method": "BanAgent", "spiffe_id": svid.ID.String(), "status": "success"}))
 
 	// Never a secret, in any line written.
 	all := capture.text()

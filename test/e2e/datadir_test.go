@@ -241,6 +241,13 @@ func waitPersisted(t *testing.T, dataDir string, ok func(map[string]string) bool
 // churnEntries keeps n entries under parent, replacing the oldest with a
 // new one in a loop until ctx is done.
 func churnEntries(ctx context.Context, adm *testutil.Admin, parent spiffeid.ID, n int) error {
+	// ctx only stops the loop: each call runs to its end on its own
+	// context, so that once churnEntries has returned no write of it is
+	// still in flight (a call cancelled client-side may still commit on the
+	// server after the caller's next read).
+	call := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	}
 	var ids []string
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
@@ -255,10 +262,9 @@ func churnEntries(ctx context.Context, adm *testutil.Admin, parent spiffeid.ID, 
 		if err != nil {
 			return err
 		}
-		eid, err := adm.Client.CreateEntry(ctx, e)
-		if ctx.Err() != nil {
-			return nil
-		}
+		cctx, cancel := call()
+		eid, err := adm.Client.CreateEntry(cctx, e)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -266,10 +272,10 @@ func churnEntries(ctx context.Context, adm *testutil.Admin, parent spiffeid.ID, 
 		if len(ids) <= n {
 			continue
 		}
-		if err := adm.Client.DeleteEntries(ctx, ids[0]); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
+		cctx, cancel = call()
+		err = adm.Client.DeleteEntries(cctx, ids[0])
+		cancel()
+		if err != nil {
 			return err
 		}
 		ids = ids[1:]

@@ -54,6 +54,12 @@ var forbidden = []string{
 	module + "internal/attest/node/azuremsi/armapi",
 	module + "internal/attest/node/azureimds/armimds",
 	module + "internal/azurearm",
+	// profiling_* (net/http/pprof and the dumps, internal/profiling) is
+	// the server's only: it measured +499,712 bytes on the release build
+	// (15,405,218 -> 15,904,930, 2026-12-06), past the 15 MiB budget; the
+	// agent refuses the keys.
+	"net/http/pprof",
+	module + "internal/profiling",
 	// PKCS #7 is verified by the server halves only; the agent links the
 	// package (aws_iid's and azure_imds's packages hold both halves) but
 	// none of its verification code (go tool nm).

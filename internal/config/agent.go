@@ -125,8 +125,7 @@ var (
 		"authorized_delegates":        true,
 		"workload_x509_svid_key_type": true, "x509_svid_cache_max_size": true,
 		"experimental": true, "trust_bundle_unix_socket": true,
-		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
-		"profiling_freq": true, "profiling_names": true,
+		"log_source_location": true,
 	}
 )
 
@@ -224,6 +223,7 @@ func (d *decoder) agentSection(b *block, a *Agent) {
 	b.boolean("disable_sds_api", &a.DisableSDSAPI)
 	d.sds(b, &a.SDS)
 	d.filesystemDelivery(b, a)
+	d.agentProfilingRefusal(b)
 }
 
 // filesystemDelivery reads the repeatable `filesystem_delivery "<name>"`

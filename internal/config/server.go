@@ -62,6 +62,9 @@ type Server struct {
 	// AuditLogEnabled is server.audit_log_enabled: one log line per API
 	// call (SPIRE's audit log).
 	AuditLogEnabled bool
+	// Profiling is SPIRE's profiling_* keys: net/http/pprof on loopback
+	// and periodic profile dumps.
+	Profiling Profiling
 
 	// Plugins are the enabled plugins of the plugins section, in file
 	// order, each with its plugin_data for the plugin to parse. Which
@@ -107,8 +110,7 @@ var (
 	unsupportedTopLevel = map[string]bool{}
 	unsupportedServer   = map[string]bool{
 		"admin_ids": true, "experimental": true,
-		"log_source_location": true, "profiling_enabled": true, "profiling_port": true,
-		"profiling_freq": true, "profiling_names": true, "prune_attested_nodes_expired_for": true,
+		"log_source_location": true, "prune_attested_nodes_expired_for": true,
 		"prune_tofu_nodes": true, "proxy_protocol_trusted_cidrs": true, "disable_jwt_svids": true,
 		"use_legacy_downstream_x509_ca_ttl": true, "default_svid_ttl": true,
 	}
@@ -192,6 +194,7 @@ func (d *decoder) serverSection(b *block, s *Server) {
 	s.JWTKeyType = d.keyType(b, "jwt_key_type", s.CAKeyType)
 	b.str("jwt_issuer", &s.JWTIssuer)
 	b.boolean("audit_log_enabled", &s.AuditLogEnabled)
+	d.profiling(b, &s.Profiling)
 
 	if cs := b.sub("ca_subject", "ca_subject block"); cs != nil {
 		var subj pkix.Name
@@ -269,6 +272,7 @@ func (s *Server) Validate() error {
 	add(s.HealthChecks.validate())
 	add(s.Federation.validate(s.TrustDomain))
 	add(s.Telemetry.validate())
+	add(s.Profiling.validate())
 	return errors.Join(errs...)
 }
 

@@ -30,6 +30,13 @@ type ServerConfig struct {
 	MetricsPort int
 	// AuditLog sets audit_log_enabled = true.
 	AuditLog bool
+	// ProfilingPort and ProfilingFreq (seconds), when either is set,
+	// render profiling_enabled = true with them and ProfilingNames. The
+	// dumps go to .profiles in the process's working directory
+	// (Server.WorkDir).
+	ProfilingPort  int
+	ProfilingFreq  int
+	ProfilingNames []string
 	// DataStore replaces the default DataStore "sql" on SQLite in DataDir,
 	// e.g. pgtest.DataStore (PostgreSQL); nil keeps SQLite.
 	DataStore *Plugin
@@ -158,6 +165,22 @@ func (c ServerConfig) HCL() string {
 	}
 	if c.JWTIssuer != "" {
 		fmt.Fprintf(&b, "    jwt_issuer = %q\n", c.JWTIssuer)
+	}
+	if c.ProfilingPort > 0 || c.ProfilingFreq > 0 {
+		fmt.Fprintf(&b, "    profiling_enabled = true\n")
+		if c.ProfilingPort > 0 {
+			fmt.Fprintf(&b, "    profiling_port = %d\n", c.ProfilingPort)
+		}
+		if c.ProfilingFreq > 0 {
+			fmt.Fprintf(&b, "    profiling_freq = %d\n", c.ProfilingFreq)
+		}
+		if len(c.ProfilingNames) > 0 {
+			q := make([]string, len(c.ProfilingNames))
+			for i, n := range c.ProfilingNames {
+				q[i] = strconv.Quote(n)
+			}
+			fmt.Fprintf(&b, "    profiling_names = [%s]\n", strings.Join(q, ", "))
+		}
 	}
 	b.WriteString(c.federationHCL())
 	fmt.Fprintf(&b, "}\n\nplugins {\n")

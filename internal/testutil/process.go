@@ -21,6 +21,8 @@ type Command struct {
 	Args []string
 	// Env is added to the test's environment.
 	Env []string
+	// Dir is the working directory ("": the test's).
+	Dir string
 	// Wrap prefixes the command line, e.g. {"ip", "netns", "exec", ns}.
 	Wrap []string
 	// LogPath receives stdout and stderr (appended, so a restarted process
@@ -65,6 +67,7 @@ func Start(t testing.TB, c Command) *Process {
 	argv = append(argv, c.Args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), c.Env...)
+	cmd.Dir = c.Dir
 	cmd.Stdout, cmd.Stderr = f, f
 	// Die with the test binary even if it is killed before Cleanup runs.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

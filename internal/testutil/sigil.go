@@ -26,8 +26,10 @@ type Server struct {
 	Wrap []string
 	// Env is added to the process's environment (e.g. SSL_CERT_FILE: the
 	// Web PKI roots of https_web federation).
-	Env  []string
-	Proc *Process
+	Env []string
+	// WorkDir is the process's working directory ("": the test's).
+	WorkDir string
+	Proc    *Process
 
 	name  string // process name: sigil-server or spire-server
 	bin   string
@@ -91,7 +93,7 @@ func (s *Server) StartProcess(t testing.TB) *Process {
 		t.Fatal("testutil: server already running")
 	}
 	s.Proc = Start(t, Command{
-		Name: s.name, Path: s.bin, Wrap: s.Wrap, Env: s.Env,
+		Name: s.name, Path: s.bin, Wrap: s.Wrap, Env: s.Env, Dir: s.WorkDir,
 		Args:    []string{"run", "-config", s.ConfigPath},
 		LogPath: filepath.Join(s.Config.DataDir, "server.log"),
 	})

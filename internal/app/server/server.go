@@ -30,6 +30,7 @@ import (
 	"github.com/sigil-spiffe/sigil/internal/config"
 	"github.com/sigil-spiffe/sigil/internal/datadir"
 	"github.com/sigil-spiffe/sigil/internal/healthcheck"
+	"github.com/sigil-spiffe/sigil/internal/profiling"
 	"github.com/sigil-spiffe/sigil/internal/server/endpoints"
 	"github.com/sigil-spiffe/sigil/internal/server/entrycache"
 	"github.com/sigil-spiffe/sigil/internal/server/federation"
@@ -86,6 +87,9 @@ type Server struct {
 	upstream io.Closer
 	// pruner deletes expired tokens and entries and old journal events.
 	pruner *prune.Pruner
+	// profiler is profiling_enabled's pprof listener and dumps (nil when
+	// off).
+	profiler *profiling.Profiler
 	// noListen is Options.NoChangeListener.
 	noListen bool
 	// lock is data_dir's, held from New until Run returns (or Close).
@@ -99,6 +103,9 @@ type Options struct {
 	// LISTEN/NOTIFY) off: other servers' writes are then seen by polling
 	// only. For benchmarks measuring that fallback.
 	NoChangeListener bool
+	// ProfilingDir replaces where profiling_freq's dumps go (SPIRE's:
+	// .profiles in the working directory).
+	ProfilingDir string
 }
 
 // New opens the datastore, loads or creates the CA and builds every
@@ -352,8 +359,18 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger, opts Options
 			return nil, err
 		}
 	}
+	var profiler *profiling.Profiler
+	if p := cfg.Profiling; p.Enabled {
+		profiler, err = profiling.New(profiling.Config{
+			Listen: p.Port > 0, Port: p.Port, Freq: p.Freq, Names: p.Names,
+			Dir: opts.ProfilingDir, Tag: "server", Clock: clk, Log: log.With("subsystem", "profiling"),
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	pruner := prune.New(prune.Config{Store: ds, Clock: clk, Log: log.With("subsystem", "prune")})
-	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, trust: trust, svid: svid, ep: ep, metrics: reg, exporter: exporter, fed: fed, bundleEP: bundleEP, pruner: pruner, lock: lock}
+	srv := &Server{cfg: cfg, log: log, clk: clk, ds: ds, ca: m, cache: cache, trust: trust, svid: svid, ep: ep, metrics: reg, exporter: exporter, fed: fed, bundleEP: bundleEP, pruner: pruner, profiler: profiler, lock: lock}
 	srv.noListen = opts.NoChangeListener
 	srv.upstream, _ = pre.upstream.(io.Closer)
 	return srv, nil
@@ -378,6 +395,15 @@ func (s *Server) MetricsAddr() net.Addr {
 		return nil
 	}
 	return s.exporter.Addr()
+}
+
+// ProfilingAddr is the bound address of profiling_port's pprof listener
+// (nil when not configured or not yet listening).
+func (s *Server) ProfilingAddr() net.Addr {
+	if s.profiler == nil {
+		return nil
+	}
+	return s.profiler.Addr()
 }
 
 // Ready is closed once both listeners accept connections.
@@ -418,6 +444,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.pruner.Run(ctx) })
 	if s.exporter != nil {
 		g.Go(func() error { return s.exporter.Run(ctx) })
+	}
+	if s.profiler != nil {
+		g.Go(func() error { return s.profiler.Run(ctx) })
 	}
 	g.Go(func() error { return s.fed.Run(ctx) })
 	if s.bundleEP != nil {

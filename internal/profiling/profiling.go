@@ -159,7 +159,11 @@ func (p *Profiler) Run(ctx context.Context) error {
 		g.Go(func() error { return serve(ctx, ln) })
 	}
 	if d != nil {
-		p.log.Info("Writing profiles", "directory", p.cfg.Dir, "every", p.cfg.Freq.String(), "profiles", p.cfg.Names)
+		dir := p.cfg.Dir
+		if abs, err := filepath.Abs(dir); err == nil {
+			dir = abs // .profiles is relative to the working directory
+		}
+		p.log.Info("Writing profiles", "directory", dir, "every", p.cfg.Freq.String(), "profiles", p.cfg.Names)
 		g.Go(func() error { return d.run(ctx, p.clk, p.cfg.Freq) })
 	}
 	return g.Wait()

@@ -50,8 +50,14 @@ func TestServerProfiling(t *testing.T) {
 		t.Fatalf("GET /debug/pprof/heap: %s, %d bytes, %v", resp.Status, len(body), err)
 	}
 
-	// SPIRE's names: <yyyy-mm-dd_hhmmss>_server_<name>.pb.gz.
+	// SPIRE's names: <yyyy-mm-dd_hhmmss>_server_<name>.pb.gz, in
+	// .profiles of the working directory (logged as an absolute path).
 	dir := filepath.Join(work, ".profiles")
+	resolved, err := filepath.EvalSymlinks(work) // what the process's getcwd says
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Proc.WaitForLog(t, fmt.Sprintf("directory=%s ", filepath.Join(resolved, ".profiles")), 30*time.Second)
 	var files []string
 	if err := testutil.Poll(60*time.Second, 50*time.Millisecond, func() (bool, error) {
 		files = nil

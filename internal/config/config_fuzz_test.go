@@ -112,6 +112,8 @@ func FuzzParseServer(f *testing.F) {
 		serverConfWith(federationConf, ""),
 		"server { federation { federates_with = 1 bundle_endpoint { profile \"https_web\" { acme {} } } } }",
 		"server { federation { federates_with \"a.org\" { bundle_endpoint_profile \"https_spiffe\" = 1 } } }",
+		serverConfWith("    profiling_enabled = true\n    profiling_port = 6060\n    profiling_freq = 60\n    profiling_names = [\"heap\", \"cpu\"]\n", ""),
+		"server { profiling_enabled = true profiling_freq = -1 profiling_names = [\"x\", 1] }",
 		"[1]",
 		"",
 	)
@@ -130,6 +132,7 @@ func FuzzParseAgent(f *testing.F) {
 		"agent { server_port = 0x1F90 }",
 		"plugins { KeyManager \"disk\" { plugin_data = [] } }",
 		"agent { trust_domain = \"\\u0000\" }",
+		agentConfWith("    profiling_enabled = true\n    profiling_port = 6060\n", ""),
 		"",
 	)
 	f.Fuzz(func(t *testing.T, src []byte) {

@@ -130,6 +130,12 @@ func Dial(cfg Config) (*Client, error) {
 		// hanging: keepalive pings detect it within Time+Timeout so the
 		// manager reconnects instead of waiting on a dead stream.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// The connection is idle between sync rounds: no read buffer of
+		// gRPC's own (TLS already buffers whole records) and a write
+		// buffer taken from a pool per flush, not 2 x 32 KiB held for
+		// the connection's life.
+		grpc.WithReadBufferSize(0),
+		grpc.WithSharedWriteBuffer(true),
 	}
 	if cfg.Servers != nil {
 		opts = append(opts, grpc.WithResolvers(serversBuilder{cfg.Servers}))

@@ -44,6 +44,13 @@ func NewServer(t testing.TB, cfg ServerConfig, wrap ...string) *Server {
 	return newServer(t, "sigil-server", bin, cfg, wrap...)
 }
 
+// NewServerBin is NewServer with a sigil-server binary built elsewhere
+// (e.g. from another commit, to compare two builds in one benchmark run).
+func NewServerBin(t testing.TB, bin string, cfg ServerConfig, wrap ...string) *Server {
+	t.Helper()
+	return newServer(t, "sigil-server", bin, cfg, wrap...)
+}
+
 func newServer(t testing.TB, name, bin string, cfg ServerConfig, wrap ...string) *Server {
 	t.Helper()
 	if cfg.DataDir == "" {

@@ -513,4 +513,3 @@ func loadAvg() string {
 	}
 	return strings.Join(f[:3], " ")
 }
-

@@ -40,7 +40,7 @@ func (s *Store) AttestNode(ctx context.Context, a *datastore.NodeAttestation) (*
 		}
 		// Locked until the commit: a ban racing this attestation is
 		// either seen here (ErrBanned) or made after it.
-		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{n.SPIFFEID}, s.dialect.forUpdate)
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{n.SPIFFEID}, s.dialect.forUpdate, byIDs)
 		if err != nil {
 			return err
 		}

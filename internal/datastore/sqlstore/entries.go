@@ -441,7 +441,7 @@ func (s *Store) GetEntry(ctx context.Context, id string) (*datastore.Entry, erro
 	var out []*datastore.Entry
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		out, err = s.loadEntries(ctx, tx, " WHERE e.id = ?", []any{id}, "")
+		out, err = s.loadEntries(ctx, tx, " WHERE e.id = ?", []any{id}, "", byIDs)
 		return err
 	})
 	if err != nil {
@@ -466,7 +466,7 @@ func (s *Store) GetEntries(ctx context.Context, ids []string) (map[string]*datas
 			for i, id := range chunk {
 				args[i] = id
 			}
-			es, err := s.loadEntries(ctx, tx, " WHERE e.id IN ("+placeholders(len(chunk))+")", args, "")
+			es, err := s.loadEntries(ctx, tx, " WHERE e.id IN ("+placeholders(len(chunk))+")", args, "", byIDs)
 			if err != nil {
 				return err
 			}
@@ -483,8 +483,9 @@ func (s *Store) GetEntries(ctx context.Context, ids []string) (map[string]*datas
 }
 
 // loadEntries runs SELECT entryColumns FROM entries e <where> ORDER BY e.id
-// <limit> and loads the child rows of the result.
-func (s *Store) loadEntries(ctx context.Context, q queryer, where string, args []any, limit string) ([]*datastore.Entry, error) {
+// <limit> and loads the child rows of the result (see childRows for
+// span).
+func (s *Store) loadEntries(ctx context.Context, q queryer, where string, args []any, limit string, span childRows) ([]*datastore.Entry, error) {
 	rows, err := q.QueryContext(ctx, s.q("SELECT "+entryColumns+" FROM entries e"+where+" ORDER BY e.id"+limit), args...)
 	if err != nil {
 		return nil, fmt.Errorf("query entries: %w", err)
@@ -505,26 +506,59 @@ func (s *Store) loadEntries(ctx context.Context, q queryer, where string, args [
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("query entries: %w", err)
 	}
-	if err := s.loadEntryChildren(ctx, q, out); err != nil {
+	if err := s.loadEntryChildren(ctx, q, out, span); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
+// childRows says how the child rows (selectors, DNS names, trust domains)
+// of a batch of entries or nodes, sorted by ID, are found.
+type childRows int
+
+const (
+	// byIDs: IN lists of the batch's IDs.
+	byIDs childRows = iota
+	// bySpan: every child row whose ID is between the batch's first and
+	// last, one index range scan per table. Only for a batch that holds
+	// every entry (node) in that span: an unfiltered page read in the
+	// transaction the child rows are read in. It spares SQLite parsing
+	// and probing IN lists of a thousand IDs per table and page (most of
+	// a full load's time).
+	bySpan
+)
+
+// childWhere is the condition on column (an entry or node ID) selecting the
+// child rows of the sorted batch ids for span, with its arguments.
+func childWhere(column string, ids []string, span childRows) (string, []any) {
+	if span == bySpan {
+		return " WHERE " + column + " >= ? AND " + column + " <= ?", []any{ids[0], ids[len(ids)-1]}
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	return " WHERE " + column + " IN (" + placeholders(len(ids)) + ")", args
+}
+
 // loadEntryChildren fills selectors, DNS names and trust domains.
-func (s *Store) loadEntryChildren(ctx context.Context, q queryer, entries []*datastore.Entry) error {
+func (s *Store) loadEntryChildren(ctx context.Context, q queryer, entries []*datastore.Entry, span childRows) error {
 	byID := make(map[string]*datastore.Entry, len(entries))
 	for _, e := range entries {
 		byID[e.ID] = e
 	}
-	for _, c := range chunks(len(entries), maxInArgs) {
+	size := maxInArgs
+	if span == bySpan {
+		size = max(len(entries), 1)
+	}
+	for _, c := range chunks(len(entries), size) {
 		part := entries[c[0]:c[1]]
-		args := make([]any, len(part))
+		ids := make([]string, len(part))
 		for i, e := range part {
-			args[i] = e.ID
+			ids[i] = e.ID
 		}
-		in := "(" + placeholders(len(part)) + ")"
-		err := scanRows(ctx, q, s.q("SELECT entry_id, type, value FROM entry_selectors WHERE entry_id IN "+in), args, func(r *sql.Rows) error {
+		where, args := childWhere("entry_id", ids, span)
+		err := scanRows(ctx, q, s.q("SELECT entry_id, type, value FROM entry_selectors"+where), args, func(r *sql.Rows) error {
 			var id string
 			var sel selector.Selector
 			if err := r.Scan(&id, &sel.Type, &sel.Value); err != nil {
@@ -538,7 +572,7 @@ func (s *Store) loadEntryChildren(ctx context.Context, q queryer, entries []*dat
 		if err != nil {
 			return fmt.Errorf("load entry selectors: %w", err)
 		}
-		err = scanRows(ctx, q, s.q("SELECT entry_id, name FROM entry_dns_names WHERE entry_id IN "+in+" ORDER BY entry_id, pos"), args, func(r *sql.Rows) error {
+		err = scanRows(ctx, q, s.q("SELECT entry_id, name FROM entry_dns_names"+where+" ORDER BY entry_id, pos"), args, func(r *sql.Rows) error {
 			var id, name string
 			if err := r.Scan(&id, &name); err != nil {
 				return err
@@ -551,7 +585,7 @@ func (s *Store) loadEntryChildren(ctx context.Context, q queryer, entries []*dat
 		if err != nil {
 			return fmt.Errorf("load entry DNS names: %w", err)
 		}
-		err = scanRows(ctx, q, s.q("SELECT entry_id, trust_domain FROM entry_federates_with WHERE entry_id IN "+in), args, func(r *sql.Rows) error {
+		err = scanRows(ctx, q, s.q("SELECT entry_id, trust_domain FROM entry_federates_with"+where), args, func(r *sql.Rows) error {
 			var id, td string
 			if err := r.Scan(&id, &td); err != nil {
 				return err
@@ -630,6 +664,11 @@ func (s *Store) ListEntries(ctx context.Context, f datastore.EntryFilter, p data
 	if err != nil {
 		return nil, "", fmt.Errorf("list entries: %w", err)
 	}
+	// An unfiltered page holds every entry in its ID span.
+	span := byIDs
+	if len(w.conds) == 0 {
+		span = bySpan
+	}
 	if after != "" {
 		w.add("e.id > ?", after)
 	}
@@ -637,7 +676,7 @@ func (s *Store) ListEntries(ctx context.Context, f datastore.EntryFilter, p data
 	var out []*datastore.Entry
 	err = s.readTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		out, err = s.loadEntries(ctx, tx, w.sql(), w.params(largs...), limit)
+		out, err = s.loadEntries(ctx, tx, w.sql(), w.params(largs...), limit, span)
 		return err
 	})
 	if err != nil {
@@ -681,7 +720,7 @@ func (s *Store) UpdateEntry(ctx context.Context, e *datastore.Entry, mask *datas
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		// The row stays locked until the commit: concurrent updates of one
 		// entry take turns (no lost revision).
-		cur, err := s.loadEntries(ctx, tx, " WHERE e.id = ?", []any{e.ID}, s.dialect.forUpdate)
+		cur, err := s.loadEntries(ctx, tx, " WHERE e.id = ?", []any{e.ID}, s.dialect.forUpdate, byIDs)
 		if err != nil {
 			return err
 		}

@@ -698,3 +698,91 @@ func (x suite) TestDeleteBundleInUse(t *testing.T) {
 		t.Fatalf("DeleteBundle once no entry federates with it: %v", err)
 	}
 }
+
+// TestListPagesCarryChildren checks that every entry and node of an
+// unfiltered, paged listing (whose child rows are read by ID span) has
+// exactly the selectors, DNS names and trust domains a read by ID gives
+// it, for page boundaries falling anywhere, with node selectors set for
+// SPIFFE IDs that have no node row (within a page's span) left out.
+func (x suite) TestListPagesCarryChildren(t *testing.T) {
+	f := x.newFixture(t)
+	s, ctx := f.store, context.Background()
+	addBundles(t, s, "a.org", "b.org")
+	var in []*datastore.Entry
+	for i := range 17 {
+		e := &datastore.Entry{SPIFFEID: fmt.Sprintf("spiffe://td/w%d", i), ParentID: "spiffe://td/p",
+			Selectors: sels(fmt.Sprintf("unix:uid:%d", i))}
+		if i%2 == 0 {
+			e.Selectors = append(e.Selectors, sels("k8s:ns:a", fmt.Sprintf("k8s:sa:%d", i))...)
+			e.DNSNames = []string{fmt.Sprintf("w%d.example", i), "a.example"}
+		}
+		if i%3 == 0 {
+			e.FederatesWith = []string{"b.org", "a.org"}
+		}
+		in = append(in, e)
+	}
+	created := mustCreate(t, s, in...)
+	ids := make([]string, len(created))
+	for i, e := range created {
+		ids[i] = e.ID
+	}
+	byID, err := s.GetEntries(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 9 {
+		n := &datastore.AttestedNode{SPIFFEID: fmt.Sprintf("spiffe://td/agent/n%d", 2*i), AttestationType: "t", CertSerial: "1",
+			Selectors: sels(fmt.Sprintf("a:%d", i), "b:x")}
+		if _, err := s.CreateNode(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		// Selectors of an ID between two nodes, with no node row.
+		if err := s.SetNodeSelectors(ctx, fmt.Sprintf("spiffe://td/agent/n%d", 2*i+1), sels("orphan:1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, size := range []int{1, 2, 5, 16, 17, 100} {
+		tok, got := "", 0
+		for {
+			page, next, err := s.ListEntries(ctx, datastore.EntryFilter{}, datastore.Page{Size: size, Token: tok})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range page {
+				if !reflect.DeepEqual(e, byID[e.ID]) {
+					t.Fatalf("size %d: listed entry\n%+v\nread by ID\n%+v", size, e, byID[e.ID])
+				}
+			}
+			got += len(page)
+			if tok = next; tok == "" {
+				break
+			}
+		}
+		if got != len(in) {
+			t.Fatalf("size %d: listed %d entries, want %d", size, got, len(in))
+		}
+		tok, got = "", 0
+		for {
+			page, next, err := s.ListNodes(ctx, datastore.NodeFilter{}, datastore.Page{Size: size, Token: tok})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range page {
+				want, err := s.GetNode(ctx, n.SPIFFEID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !reflect.DeepEqual(n, want) {
+					t.Fatalf("size %d: listed node\n%+v\nread by ID\n%+v", size, n, want)
+				}
+			}
+			got += len(page)
+			if tok = next; tok == "" {
+				break
+			}
+		}
+		if got != 9 {
+			t.Fatalf("size %d: listed %d nodes, want 9", size, got)
+		}
+	}
+}

@@ -88,7 +88,7 @@ func (s *Store) GetNode(ctx context.Context, spiffeID string) (*datastore.Attest
 	var out []*datastore.AttestedNode
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		out, err = s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, "")
+		out, err = s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, "", byIDs)
 		return err
 	})
 	if err != nil {
@@ -100,7 +100,10 @@ func (s *Store) GetNode(ctx context.Context, spiffeID string) (*datastore.Attest
 	return out[0], nil
 }
 
-func (s *Store) loadNodes(ctx context.Context, q queryer, where string, args []any, limit string) ([]*datastore.AttestedNode, error) {
+// loadNodes runs SELECT nodeColumns FROM attested_nodes n <where> ORDER BY
+// n.spiffe_id <limit> and loads the selectors of the result (see childRows
+// for span).
+func (s *Store) loadNodes(ctx context.Context, q queryer, where string, args []any, limit string, span childRows) ([]*datastore.AttestedNode, error) {
 	var out []*datastore.AttestedNode
 	err := scanRows(ctx, q, s.q("SELECT "+nodeColumns+" FROM attested_nodes n"+where+" ORDER BY n.spiffe_id"+limit), args, func(r *sql.Rows) error {
 		n := new(datastore.AttestedNode)
@@ -118,13 +121,18 @@ func (s *Store) loadNodes(ctx context.Context, q queryer, where string, args []a
 	for _, n := range out {
 		byID[n.SPIFFEID] = n
 	}
-	for _, c := range chunks(len(out), maxInArgs) {
+	size := maxInArgs
+	if span == bySpan {
+		size = max(len(out), 1)
+	}
+	for _, c := range chunks(len(out), size) {
 		part := out[c[0]:c[1]]
-		args := make([]any, len(part))
+		ids := make([]string, len(part))
 		for i, n := range part {
-			args[i] = n.SPIFFEID
+			ids[i] = n.SPIFFEID
 		}
-		err := scanRows(ctx, q, s.q("SELECT spiffe_id, type, value FROM node_selectors WHERE spiffe_id IN ("+placeholders(len(part))+")"), args, func(r *sql.Rows) error {
+		where, args := childWhere("spiffe_id", ids, span)
+		err := scanRows(ctx, q, s.q("SELECT spiffe_id, type, value FROM node_selectors"+where), args, func(r *sql.Rows) error {
 			var id string
 			var sel selector.Selector
 			if err := r.Scan(&id, &sel.Type, &sel.Value); err != nil {
@@ -198,6 +206,11 @@ func (s *Store) ListNodes(ctx context.Context, f datastore.NodeFilter, p datasto
 	if err != nil {
 		return nil, "", fmt.Errorf("list nodes: %w", err)
 	}
+	// An unfiltered page holds every node in its SPIFFE ID span.
+	span := byIDs
+	if len(w.conds) == 0 {
+		span = bySpan
+	}
 	if after != "" {
 		w.add("n.spiffe_id > ?", after)
 	}
@@ -205,7 +218,7 @@ func (s *Store) ListNodes(ctx context.Context, f datastore.NodeFilter, p datasto
 	var out []*datastore.AttestedNode
 	err = s.readTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		out, err = s.loadNodes(ctx, tx, w.sql(), w.params(largs...), limit)
+		out, err = s.loadNodes(ctx, tx, w.sql(), w.params(largs...), limit, span)
 		return err
 	})
 	if err != nil {
@@ -251,7 +264,7 @@ func (s *Store) UpdateNode(ctx context.Context, n *datastore.AttestedNode, mask 
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		// Locked until the commit: a concurrent ban, renewal or
 		// re-attestation of the node waits for this one and then sees it.
-		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{n.SPIFFEID}, s.dialect.forUpdate)
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{n.SPIFFEID}, s.dialect.forUpdate, byIDs)
 		if err != nil {
 			return err
 		}
@@ -310,7 +323,7 @@ func (s *Store) RenewNode(ctx context.Context, spiffeID, serial string, notAfter
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		// Locked until the commit: a concurrent ban is seen here or made
 		// after this renewal (and then clears its serial too).
-		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, s.dialect.forUpdate)
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, s.dialect.forUpdate, byIDs)
 		if err != nil {
 			return err
 		}
@@ -362,7 +375,7 @@ new_cert_serial = '', new_cert_not_after = 0 WHERE spiffe_id = ? AND new_cert_se
 		if err := s.nodeEvent(ctx, tx, spiffeID); err != nil {
 			return err
 		}
-		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, "")
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, "", byIDs)
 		if err != nil {
 			return err
 		}
@@ -388,7 +401,7 @@ func (s *Store) DeleteNode(ctx context.Context, spiffeID string) (*datastore.Att
 	)
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		aliases = nil
-		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, s.dialect.forUpdate)
+		cur, err := s.loadNodes(ctx, tx, " WHERE n.spiffe_id = ?", []any{spiffeID}, s.dialect.forUpdate, byIDs)
 		if err != nil {
 			return err
 		}

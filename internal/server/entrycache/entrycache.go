@@ -121,7 +121,10 @@ const (
 // ErrNotLoaded is returned by queries made before the first Load.
 var ErrNotLoaded = errors.New("entry cache not loaded")
 
-// Store is the part of the datastore the cache reads.
+// Store is the part of the datastore the cache reads. The entries and
+// nodes it returns become the cache's (it may make their equal strings
+// share memory): each call must return values of its own, as sqlstore's
+// do.
 type Store interface {
 	ListEntries(ctx context.Context, f datastore.EntryFilter, p datastore.Page) ([]*datastore.Entry, string, error)
 	GetEntry(ctx context.Context, id string) (*datastore.Entry, error)
@@ -230,9 +233,9 @@ type subscriber struct{ ch chan struct{} }
 
 type state struct {
 	entries    map[string]*datastore.Entry
-	byParent   map[string]map[string]*datastore.Entry
-	bySPIFFEID map[string]map[string]*datastore.Entry
-	aliasBySel map[selector.Selector]map[string]*datastore.Entry
+	byParent   map[string]entrySet
+	bySPIFFEID map[string]entrySet
+	aliasBySel map[selector.Selector]entrySet
 	// nodes holds every attested node (private copies: selectors cloned).
 	nodes map[string]*datastore.AttestedNode
 }
@@ -240,9 +243,9 @@ type state struct {
 func newState() *state {
 	return &state{
 		entries:    make(map[string]*datastore.Entry),
-		byParent:   make(map[string]map[string]*datastore.Entry),
-		bySPIFFEID: make(map[string]map[string]*datastore.Entry),
-		aliasBySel: make(map[selector.Selector]map[string]*datastore.Entry),
+		byParent:   make(map[string]entrySet),
+		bySPIFFEID: make(map[string]entrySet),
+		aliasBySel: make(map[selector.Selector]entrySet),
 		nodes:      make(map[string]*datastore.AttestedNode),
 	}
 }
@@ -901,9 +904,18 @@ func isAlias(e *datastore.Entry) bool {
 	return i >= 0 && rest[i:] == serverPath
 }
 
+// putEntry adds e (an entry of the cache's own: see Store) to the
+// indexes. Its ParentID is made to share the memory of its siblings'
+// (an agent's entries name it as parent, each in a string of its own
+// when read from the store).
 func (st *state) putEntry(e *datastore.Entry) {
 	st.entries[e.ID] = e
-	addIdx(st.byParent, e.ParentID, e)
+	siblings := st.byParent[e.ParentID]
+	if sib := siblings.any(); sib != nil {
+		e.ParentID = sib.ParentID
+	}
+	siblings.put(e)
+	st.byParent[e.ParentID] = siblings
 	addIdx(st.bySPIFFEID, e.SPIFFEID, e)
 	if isAlias(e) {
 		for _, s := range e.Selectors {
@@ -920,23 +932,6 @@ func (st *state) removeEntry(e *datastore.Entry) {
 		for _, s := range e.Selectors {
 			delIdx(st.aliasBySel, s, e.ID)
 		}
-	}
-}
-
-func addIdx[K comparable](m map[K]map[string]*datastore.Entry, k K, e *datastore.Entry) {
-	inner := m[k]
-	if inner == nil {
-		inner = make(map[string]*datastore.Entry)
-		m[k] = inner
-	}
-	inner[e.ID] = e
-}
-
-func delIdx[K comparable](m map[K]map[string]*datastore.Entry, k K, id string) {
-	inner := m[k]
-	delete(inner, id)
-	if len(inner) == 0 {
-		delete(m, k)
 	}
 }
 
@@ -963,11 +958,11 @@ func (c *Cache) AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*
 		nodeSet := selector.NewSet(sels...)
 		checked := make(map[string]struct{})
 		for _, s := range sels {
-			for id, e := range st.aliasBySel[s] {
-				if _, ok := checked[id]; ok {
+			for e := range st.aliasBySel[s].all() {
+				if _, ok := checked[e.ID]; ok {
 					continue
 				}
-				checked[id] = struct{}{}
+				checked[e.ID] = struct{}{}
 				if !live(e, now) || !nodeSet.ContainsAll(e.Selectors) {
 					continue
 				}
@@ -980,7 +975,7 @@ func (c *Cache) AuthorizedEntries(ctx context.Context, agentID spiffeid.ID) ([]*
 	}
 	var out []*datastore.Entry
 	for i := 0; i < len(queue); i++ {
-		for _, e := range st.byParent[queue[i]] {
+		for e := range st.byParent[queue[i]].all() {
 			if !live(e, now) {
 				continue
 			}
@@ -1083,7 +1078,7 @@ func (st *state) reaches(agent string, sels []selector.Selector, target string, 
 		if id == agent {
 			return true
 		}
-		for _, e := range st.bySPIFFEID[id] {
+		for e := range st.bySPIFFEID[id].all() {
 			if !live(e, now) {
 				continue
 			}
@@ -1172,7 +1167,7 @@ func (c *Cache) AdminAndDownstream(ctx context.Context, id spiffeid.ID) (admin, 
 		return false, false, ErrNotLoaded
 	}
 	now := c.clk.Now().Unix()
-	for _, e := range c.st.bySPIFFEID[id.String()] {
+	for e := range c.st.bySPIFFEID[id.String()].all() {
 		if e.ExpiresAt != 0 && e.ExpiresAt <= now {
 			continue
 		}

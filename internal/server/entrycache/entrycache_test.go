@@ -443,3 +443,68 @@ func BenchmarkAuthorizedEntries(b *testing.B) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestLargeIndexSets exercises index sets larger than the small-set form:
+// an agent parenting 40 entries, 20 alias entries sharing a selector and
+// 20 entries sharing one SPIFFE ID (found by AuthorizedEntry's walk back
+// and by AdminAndDownstream), loaded and then shrunk through the journal.
+func TestLargeIndexSets(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	a1 := td + "/spire/agent/a1"
+	f.node(t, a1, "a:1")
+	var es []*datastore.Entry
+	var direct []string
+	for i := range 40 {
+		id := "d" + strconv.Itoa(i)
+		es = append(es, entry(id, td+"/w/d"+strconv.Itoa(i), a1, "unix:uid:"+strconv.Itoa(i)))
+		direct = append(direct, id)
+	}
+	for i := range 20 {
+		es = append(es, entry("alias"+strconv.Itoa(i), td+"/alias/"+strconv.Itoa(i), td+"/spire/server", "a:1", "n:"+strconv.Itoa(i)))
+		es = append(es, entry("shared"+strconv.Itoa(i), td+"/w/shared", td+"/spire/agent/a2", "unix:uid:"+strconv.Itoa(i)))
+	}
+	es = append(es, &datastore.Entry{ID: "admin", SPIFFEID: td + "/w/shared", ParentID: td + "/alias/one", Selectors: sels("unix:uid:99"), Admin: true})
+	es = append(es, entry("one", td+"/alias/one", td+"/spire/server", "a:1"))
+	f.create(t, es...)
+	if err := f.cache.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Sorted(slices.Values(append(slices.Clone(direct), "admin")))
+	if got := authorized(t, f.cache, a1); !slices.Equal(got, want) {
+		t.Fatalf("loaded: got %v, want %v", got, want)
+	}
+	if e, err := f.cache.AuthorizedEntry(ctx, mustID(a1), "admin"); err != nil || e == nil {
+		t.Fatalf("AuthorizedEntry(admin) = %v, %v", e, err)
+	}
+	if admin, _, err := f.cache.AdminAndDownstream(ctx, mustID(td+"/w/shared")); err != nil || !admin {
+		t.Fatalf("AdminAndDownstream = %v, %v", admin, err)
+	}
+	// Shrink every set below the small-set form, and move one entry.
+	var del []string
+	for i := range 36 {
+		del = append(del, "d"+strconv.Itoa(i))
+	}
+	for i := range 19 {
+		del = append(del, "shared"+strconv.Itoa(i))
+	}
+	del = append(del, "admin")
+	if _, err := f.st.DeleteEntries(ctx, del); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.UpdateEntry(ctx, &datastore.Entry{ID: "shared19", ParentID: a1}, &datastore.EntryMask{ParentID: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.cache.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := authorized(t, f.cache, a1), []string{"d36", "d37", "d38", "d39", "shared19"}; !slices.Equal(got, want) {
+		t.Fatalf("after deletes: got %v, want %v", got, want)
+	}
+	if admin, _, err := f.cache.AdminAndDownstream(ctx, mustID(td+"/w/shared")); err != nil || admin {
+		t.Fatalf("AdminAndDownstream after deleting the admin entry = %v, %v", admin, err)
+	}
+	if e, err := f.cache.AuthorizedEntry(ctx, mustID(a1), "d0"); err != nil || e != nil {
+		t.Fatalf("AuthorizedEntry(deleted d0) = %v, %v", e, err)
+	}
+}

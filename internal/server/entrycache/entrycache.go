@@ -240,13 +240,16 @@ type state struct {
 	nodes map[string]*datastore.AttestedNode
 }
 
-func newState() *state {
+// newState returns an empty state sized for about this many entries and
+// nodes (most entries have a SPIFFE ID of their own; most parents are
+// agents).
+func newState(entries, nodes int) *state {
 	return &state{
-		entries:    make(map[string]*datastore.Entry),
-		byParent:   make(map[string]entrySet),
-		bySPIFFEID: make(map[string]entrySet),
+		entries:    make(map[string]*datastore.Entry, entries),
+		byParent:   make(map[string]entrySet, nodes),
+		bySPIFFEID: make(map[string]entrySet, entries),
 		aliasBySel: make(map[selector.Selector]entrySet),
-		nodes:      make(map[string]*datastore.AttestedNode),
+		nodes:      make(map[string]*datastore.AttestedNode, nodes),
 	}
 }
 
@@ -330,34 +333,18 @@ func (c *Cache) loadLocked(ctx context.Context) error {
 			return fmt.Errorf("entry cache: reading the bundle journal: %w", err)
 		}
 	}
-	st := newState()
-	token := ""
-	for {
-		entries, next, err := c.store.ListEntries(ctx, datastore.EntryFilter{}, datastore.Page{Size: loadPageSize, Token: token})
-		if err != nil {
-			return fmt.Errorf("entry cache: listing entries: %w", err)
-		}
-		for _, e := range entries {
-			st.putEntry(e)
-		}
-		if next == "" || len(entries) == 0 {
-			break
-		}
-		token = next
+	st := newState(c.sizeHint(ctx))
+	err = listAll(ctx, func(ctx context.Context, token string) ([]*datastore.Entry, string, error) {
+		return c.store.ListEntries(ctx, datastore.EntryFilter{}, datastore.Page{Size: loadPageSize, Token: token})
+	}, st.putEntry)
+	if err != nil {
+		return fmt.Errorf("entry cache: listing entries: %w", err)
 	}
-	token = ""
-	for {
-		nodes, next, err := c.store.ListNodes(ctx, datastore.NodeFilter{}, datastore.Page{Size: loadPageSize, Token: token})
-		if err != nil {
-			return fmt.Errorf("entry cache: listing nodes: %w", err)
-		}
-		for _, n := range nodes {
-			st.nodes[n.SPIFFEID] = cloneNode(n)
-		}
-		if next == "" || len(nodes) == 0 {
-			break
-		}
-		token = next
+	err = listAll(ctx, func(ctx context.Context, token string) ([]*datastore.AttestedNode, string, error) {
+		return c.store.ListNodes(ctx, datastore.NodeFilter{}, datastore.Page{Size: loadPageSize, Token: token})
+	}, func(n *datastore.AttestedNode) { st.nodes[n.SPIFFEID] = cloneNode(n) })
+	if err != nil {
+		return fmt.Errorf("entry cache: listing nodes: %w", err)
 	}
 	c.mu.Lock()
 	c.st = st
@@ -371,6 +358,71 @@ func (c *Cache) loadLocked(ctx context.Context) error {
 	c.log.Debug("entry cache loaded", "entries", len(st.entries), "nodes", len(st.nodes))
 	c.wakeAll()
 	return nil
+}
+
+// listAll calls add for every item of a paged listing, in order. The next
+// page is read (by a goroutine that ends before listAll returns) while add
+// indexes the previous one: reading (decoding rows) and indexing take
+// about as long each, and a load is the server's start-up.
+func listAll[T any](ctx context.Context, list func(ctx context.Context, token string) ([]T, string, error), add func(T)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pages := make(chan []T, 1)
+	var listErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(pages)
+		token := ""
+		for {
+			items, next, err := list(ctx, token)
+			if err != nil {
+				listErr = err
+				return
+			}
+			select {
+			case pages <- items:
+			case <-ctx.Done():
+				listErr = ctx.Err()
+				return
+			}
+			if next == "" || len(items) == 0 {
+				return
+			}
+			token = next
+		}
+	}()
+	for items := range pages {
+		for _, it := range items {
+			add(it)
+		}
+	}
+	<-done
+	return listErr
+}
+
+// sizeHint is how many entries and nodes a load should size its maps for:
+// the current state's counts on a reload, else the store's counts when it
+// can tell them (sqlstore can, by an index scan), else 0. Growing maps of
+// a million keys step by step cost about a tenth of a load.
+func (c *Cache) sizeHint(ctx context.Context) (entries, nodes int) {
+	c.mu.RLock()
+	st := c.st
+	c.mu.RUnlock()
+	if st != nil {
+		return len(st.entries), len(st.nodes)
+	}
+	counter, ok := c.store.(interface {
+		CountEntries(ctx context.Context, f datastore.EntryFilter) (int, error)
+		CountNodes(ctx context.Context, f datastore.NodeFilter) (int, error)
+	})
+	if !ok {
+		return 0, 0
+	}
+	// Errors only lose the hint: the listing that follows reports them.
+	entries, _ = counter.CountEntries(ctx, datastore.EntryFilter{})
+	nodes, _ = counter.CountNodes(ctx, datastore.NodeFilter{})
+	return max(entries, 0), max(nodes, 0)
 }
 
 // resetGaps makes ids, skipped as of now, the only tracked gaps.

@@ -287,3 +287,54 @@ func drain(ch <-chan struct{}) {
 	default:
 	}
 }
+
+// pageFailStore fails ListEntries from its second page on while fail is
+// set.
+type pageFailStore struct {
+	entrycache.Store
+	fail bool
+}
+
+var errPage = errors.New("injected page failure")
+
+func (s *pageFailStore) ListEntries(ctx context.Context, f datastore.EntryFilter, p datastore.Page) ([]*datastore.Entry, string, error) {
+	if s.fail && p.Token != "" {
+		return nil, "", errPage
+	}
+	return s.Store.ListEntries(ctx, f, p)
+}
+
+// TestLoadFailsOnAPageError checks that a listing error on a later page
+// (read while the previous page is indexed) fails Load with that error and
+// leaves the loaded state in place.
+func TestLoadFailsOnAPageError(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	agent := td + "/spire/agent/a1"
+	f.node(t, agent)
+	var es []*datastore.Entry
+	for i := range 2500 {
+		es = append(es, entry(fmt.Sprintf("e%04d", i), fmt.Sprintf("%s/w/%d", td, i), agent, "unix:uid:1"))
+	}
+	f.create(t, es[:1500]...)
+	st := &pageFailStore{Store: f.st}
+	c := entrycache.New(entrycache.Config{Store: st, Clock: f.clk})
+	if err := c.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.create(t, es[1500:]...)
+	st.fail = true
+	if err := c.Load(ctx); !errors.Is(err, errPage) {
+		t.Fatalf("Load = %v, want the page error", err)
+	}
+	if got := authorized(t, c, agent); len(got) != 1500 {
+		t.Fatalf("after the failed load: %d entries authorized, want the 1500 loaded before", len(got))
+	}
+	st.fail = false
+	if err := c.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := authorized(t, c, agent); len(got) != 2500 {
+		t.Fatalf("after a good load: %d entries authorized, want 2500", len(got))
+	}
+}

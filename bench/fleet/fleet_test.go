@@ -36,6 +36,7 @@ var (
 	flagStorm       = flag.Bool("fleet.storm", false, "TestFleet: at the end, restart the server with every agent connected and time their return")
 	flagKeyPerAgent = flag.Bool("fleet.keyperagent", false, "TestFleet: one key for all of an agent's CSRs (less simulator CPU; the same server work)")
 	flagHeap        = flag.String("fleet.heapprofile", "", "TestFleet: write a heap profile here once every agent synced (with -fleet.server inproc: the server's and the simulator's heap)")
+	flagStormCPU    = flag.Float64("fleet.stormcpu", 0, "TestFleet with -fleet.storm: confine the restarted server to this many CPUs (a cgroup; root), as on a machine busy with other work")
 	flagServer      = flag.String("fleet.server", "sigil", "TestFleet: sigil (a sigil-server process), inproc (in this process, for -cpuprofile) or spire (spire-server of "+testutil.SPIREBinEnv+")")
 )
 
@@ -181,6 +182,14 @@ func run(t *testing.T, kind string, cfg Config) *Report {
 				// wait up to 10 minutes, and say how long it took.
 				t0 := time.Now()
 				srv.StartProcess(t)
+				if *flagStormCPU > 0 {
+					release, err := confineCPU(srv.Proc.Pid(), *flagStormCPU, fmt.Sprintf("sigil-fleet-%d", os.Getpid()))
+					if err != nil {
+						return 0, err
+					}
+					t.Cleanup(func() { _ = srv.Proc.Stop(); release() })
+					t.Logf("restart: the server is confined to %v CPUs", *flagStormCPU)
+				}
 				if err := waitServing(srv, 10*time.Minute); err != nil {
 					return 0, err
 				}

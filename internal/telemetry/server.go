@@ -161,7 +161,8 @@ func (s *Server) Attestation(attestationType, result string, d time.Duration) {
 }
 
 // RateLimited records a request refused by a rate limit ("attestation" or
-// "signing"), endpoints.Metrics.
+// "signing") or a connection shed before its TLS handshake ("handshake"),
+// endpoints.Metrics.
 func (s *Server) RateLimited(limit string) {
 	if s == nil {
 		return

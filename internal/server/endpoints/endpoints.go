@@ -87,7 +87,9 @@ type Metrics interface {
 	// server could not complete it, a rate limit, the client went away).
 	Attestation(attestationType, result string, d time.Duration)
 	// RateLimited is called when a rate limit refuses a request
-	// (ResourceExhausted): limit is "attestation" or "signing".
+	// (ResourceExhausted): limit is "attestation" or "signing"; or when the
+	// TCP listener closes a connection before its TLS handshake
+	// ("handshake", see handshakeGate).
 	RateLimited(limit string)
 	// FailureHeld is called when a failed attestation's answer is held
 	// back (its source exceeded its failure budget).
@@ -133,6 +135,12 @@ type Config struct {
 	// GracefulStopTimeout bounds the wait for running calls when stopping
 	// (0 means DefaultGracefulStopTimeout); what still runs is then cut.
 	GracefulStopTimeout time.Duration
+	// HandshakeSlots TLS handshakes are computed at once on the TCP
+	// listener; a connection whose ClientHello waited HandshakeWait for a
+	// slot is closed, and its client retries (0 means
+	// DefaultHandshakeSlots and DefaultHandshakeWait; see handshakeGate).
+	HandshakeSlots int
+	HandshakeWait  time.Duration
 }
 
 // Endpoints runs the TCP and unix socket gRPC servers.
@@ -252,8 +260,9 @@ func (e *Endpoints) Run(ctx context.Context) error {
 	shutdownCtx, shutdown := context.WithCancelCause(context.Background())
 	defer shutdown(ErrShuttingDown)
 
+	gate := newHandshakeGate(e.cfg.HandshakeSlots, e.cfg.HandshakeWait, func() { e.metrics.RateLimited("handshake") })
 	tcpSrv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(e.tlsConfig())),
+		grpc.Creds(gatedCreds{credentials.NewTLS(e.tlsConfig()), gate}),
 		grpc.ChainUnaryInterceptor(e.unaryInterceptor(tcpTransport)),
 		grpc.ChainStreamInterceptor(e.streamInterceptor(tcpTransport, shutdownCtx)),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),

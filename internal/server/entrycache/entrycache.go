@@ -77,9 +77,11 @@
 // AuthorizedEntries call, and an entry change wakes only the agents for
 // which the entry's old or new parent is in that set (alias entry changes
 // wake the agents whose node selectors match the alias; node changes wake
-// that agent). An agent with no recorded set is always woken. False wakes
-// are possible; missed wakes are not, provided the agent calls
-// AuthorizedEntries after subscribing.
+// that agent). An agent with no recorded set is always woken. The entry
+// changes of one journal application are matched against the subscribers
+// in one pass (not one pass per change). False wakes are possible; missed
+// wakes are not, provided the agent calls AuthorizedEntries after
+// subscribing.
 package entrycache
 
 import (
@@ -852,13 +854,15 @@ func (r *journalRead[T]) updateGaps(gaps map[int64]time.Time, now time.Time) (to
 // followJournal brings the cache up to date with one journal: it reads
 // past *last (re-checking the skipped IDs in gaps) with readJournal, then,
 // under the write lock, applies each update with apply (which adds the
-// agents to wake), moves *last and updates gaps, and wakes the agents.
-// Called with applyMu held; *last and gaps are guarded by mu.
+// agents to wake), calls finish (when not nil: it adds the agents to wake
+// for the whole batch), moves *last and updates gaps, and wakes the
+// agents. Called with applyMu held; *last and gaps are guarded by mu.
 func followJournal[E, T any](ctx context.Context, c *Cache, kind string, last *int64, gaps map[int64]time.Time,
 	list func(ctx context.Context, after int64, limit int) ([]E, error),
 	event func(E) (int64, string),
 	getMany func(ctx context.Context, ids []string) (map[string]T, error),
-	apply func(u journalUpdate[T], wake map[string]struct{})) error {
+	apply func(u journalUpdate[T], wake map[string]struct{}),
+	finish func(wake map[string]struct{})) error {
 	c.mu.RLock()
 	from := *last
 	skipped := gapIDs(gaps)
@@ -875,6 +879,9 @@ func followJournal[E, T any](ctx context.Context, c *Cache, kind string, last *i
 	for _, u := range r.updates {
 		apply(u, wake)
 	}
+	if finish != nil {
+		finish(wake)
+	}
 	*last = r.last
 	tooMany := r.updateGaps(gaps, now)
 	c.mu.Unlock()
@@ -886,11 +893,14 @@ func followJournal[E, T any](ctx context.Context, c *Cache, kind string, last *i
 }
 
 // syncEntries reads new entry events and the entries they name, then
-// applies them under the write lock. Called with applyMu held.
+// applies them under the write lock. The agents to wake are found in one
+// pass over the subscribers for the whole batch (collectEntryWakes).
+// Called with applyMu held.
 func (c *Cache) syncEntries(ctx context.Context) error {
+	var ch entryChanges
 	return followJournal(ctx, c, "entry", &c.lastEntryEv, c.entryGaps, c.store.ListEntryEvents,
 		func(ev datastore.EntryEvent) (int64, string) { return ev.ID, ev.EntryID }, c.store.GetEntries,
-		func(u journalUpdate[*datastore.Entry], wake map[string]struct{}) {
+		func(u journalUpdate[*datastore.Entry], _ map[string]struct{}) {
 			old := c.st.entries[u.id]
 			if old != nil {
 				c.st.removeEntry(old)
@@ -898,8 +908,10 @@ func (c *Cache) syncEntries(ctx context.Context) error {
 			if u.val != nil {
 				c.st.putEntry(u.val)
 			}
-			c.collectEntryWakes(wake, old, u.val)
-		})
+			ch.add(old)
+			ch.add(u.val)
+		},
+		func(wake map[string]struct{}) { c.collectEntryWakes(wake, &ch) })
 }
 
 // syncNodes reads new node events and the nodes they name, then applies
@@ -914,37 +926,80 @@ func (c *Cache) syncNodes(ctx context.Context) error {
 				c.st.nodes[u.id] = cloneNode(u.val)
 			}
 			wake[u.id] = struct{}{}
-		})
+		}, nil)
+}
+
+// entryChanges is what a batch of entry changes may affect: the parent IDs
+// of the old and new versions of every changed entry, and the changed
+// versions that are node alias entries.
+type entryChanges struct {
+	parents map[string]struct{}
+	aliases []*datastore.Entry
+}
+
+// add records e, one version (old or new, nil: none) of a changed entry.
+func (ch *entryChanges) add(e *datastore.Entry) {
+	if e == nil {
+		return
+	}
+	if ch.parents == nil {
+		ch.parents = make(map[string]struct{})
+	}
+	ch.parents[e.ParentID] = struct{}{}
+	if isAlias(e) {
+		ch.aliases = append(ch.aliases, e)
+	}
 }
 
 // collectEntryWakes adds to wake the subscribed agents whose authorized set
-// may change because old became new. Called with c.mu held for writing.
-func (c *Cache) collectEntryWakes(wake map[string]struct{}, old, new *datastore.Entry) {
+// may change because of the batch of entry changes ch: the agents with no
+// recorded reach, those whose reach holds the parent of a changed entry's
+// old or new version, and those whose node selectors match a changed alias
+// entry. One pass over the subscribers for the whole batch, no per-agent
+// memory beyond the reach. Called with c.mu held for writing.
+func (c *Cache) collectEntryWakes(wake map[string]struct{}, ch *entryChanges) {
+	if len(ch.parents) == 0 {
+		return
+	}
 	c.subMu.Lock()
 	defer c.subMu.Unlock()
-	for _, e := range []*datastore.Entry{old, new} {
-		if e == nil {
+	for agent := range c.subs {
+		if _, ok := wake[agent]; ok {
 			continue
 		}
-		alias := isAlias(e)
-		for agent := range c.subs {
-			if _, ok := wake[agent]; ok {
-				continue
-			}
-			r, ok := c.reach[agent]
-			if !ok {
+		r, ok := c.reach[agent]
+		if !ok || intersects(r, ch.parents) {
+			wake[agent] = struct{}{}
+			continue
+		}
+		if len(ch.aliases) == 0 {
+			continue
+		}
+		sels := c.st.nodeSelectors(agent)
+		if len(sels) == 0 {
+			continue // matches no alias entry
+		}
+		nodeSet := selector.NewSet(sels...)
+		for _, e := range ch.aliases {
+			if nodeSet.ContainsAll(e.Selectors) {
 				wake[agent] = struct{}{}
-				continue
-			}
-			if _, ok := r[e.ParentID]; ok {
-				wake[agent] = struct{}{}
-				continue
-			}
-			if alias && selector.NewSet(c.st.nodeSelectors(agent)...).ContainsAll(e.Selectors) {
-				wake[agent] = struct{}{}
+				break
 			}
 		}
 	}
+}
+
+// intersects reports whether a and b share a key, iterating the smaller.
+func intersects(a, b map[string]struct{}) bool {
+	if len(a) > len(b) {
+		a, b = b, a
+	}
+	for k := range a {
+		if _, ok := b[k]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 func isAlias(e *datastore.Entry) bool {

@@ -30,6 +30,10 @@ type ServerConfig struct {
 	MetricsPort int
 	// AuditLog sets audit_log_enabled = true.
 	AuditLog bool
+	// NoAttestationRateLimit renders ratelimit { attestation = false }:
+	// spire-server's default limit (per source address) would hold a
+	// fleet simulated from one address to a few attestations a second.
+	NoAttestationRateLimit bool
 	// ProfilingPort and ProfilingFreq (seconds), when either is set,
 	// render profiling_enabled = true with them and ProfilingNames. The
 	// dumps go to .profiles in the process's working directory
@@ -159,6 +163,9 @@ func (c ServerConfig) HCL() string {
 	}
 	if c.AgentTTL > 0 {
 		fmt.Fprintf(&b, "    agent_ttl = %q\n", c.AgentTTL.String())
+	}
+	if c.NoAttestationRateLimit {
+		fmt.Fprintf(&b, "    ratelimit {\n        attestation = false\n    }\n")
 	}
 	if c.AuditLog {
 		fmt.Fprintf(&b, "    audit_log_enabled = true\n")

@@ -130,12 +130,10 @@ func Dial(cfg Config) (*Client, error) {
 		// hanging: keepalive pings detect it within Time+Timeout so the
 		// manager reconnects instead of waiting on a dead stream.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		// The connection is idle between sync rounds: no read buffer of
-		// gRPC's own (TLS already buffers whole records) and a write
-		// buffer taken from a pool per flush, not 2 x 32 KiB held for
-		// the connection's life.
+		// No read buffer of gRPC's own (32 KiB held for the connection's
+		// life): TLS already buffers whole records, as on the server's
+		// agent port. (gRPC pools write buffers by default.)
 		grpc.WithReadBufferSize(0),
-		grpc.WithSharedWriteBuffer(true),
 	}
 	if cfg.Servers != nil {
 		opts = append(opts, grpc.WithResolvers(serversBuilder{cfg.Servers}))

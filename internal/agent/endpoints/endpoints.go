@@ -122,10 +122,6 @@ func (e *Endpoints) Run(ctx context.Context) error {
 		grpc.Creds(peercred.NewCredentials()),
 		grpc.ChainUnaryInterceptor(mw.unary),
 		grpc.ChainStreamInterceptor(mw.stream),
-		// Workloads hold their watch streams open and idle: the 32 KiB
-		// write buffer is pooled per flush rather than held by each
-		// connection.
-		grpc.SharedWriteBuffer(true),
 	)
 	for _, s := range e.cfg.Services {
 		s.Register(srv)

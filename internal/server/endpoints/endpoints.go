@@ -274,12 +274,6 @@ func (e *Endpoints) Run(ctx context.Context) error {
 		// a connection open for its watch stream: at 1,000 agents this
 		// is 30 % of the server's RSS (bench/RESULTS.md, "Fleet scale").
 		grpc.ReadBufferSize(0),
-		// The write buffer (32 KiB) is taken from a pool for each flush
-		// and given back after it, instead of being held by every
-		// connection for its life: an agent's watch stream is idle almost
-		// all the time. ×0.74 RSS per connected agent at 1,000 agents
-		// (bench/RESULTS.md, "Fleet scale").
-		grpc.SharedWriteBuffer(true),
 		// See DefaultKeepaliveTime.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: e.cfg.KeepaliveTime, Timeout: e.cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: e.cfg.KeepaliveMinTime, PermitWithoutStream: true}),

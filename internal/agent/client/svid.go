@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -41,13 +42,39 @@ func (c *Client) BatchNewX509SVID(ctx context.Context, reqs []X509SVIDRequest) (
 	results := make([]X509SVIDResult, 0, len(reqs))
 	for start := 0; start < len(reqs); start += MaxX509SVIDBatch {
 		batch := reqs[start:min(start+MaxX509SVIDBatch, len(reqs))]
-		res, err := c.batchNewX509SVID(ctx, batch)
+		res, err := c.batchOrHalves(ctx, batch)
 		results = append(results, res...)
 		if err != nil {
 			return results, err
 		}
 	}
 	return results, nil
+}
+
+// batchOrHalves sends batch in one call, or, when the answer is larger
+// than the client accepts (gRPC's 4 MiB receive limit: SVIDs with many
+// DNS names, a long chain from a nested server), again in two halves,
+// each split the same way. A batch of one that is still too large fails.
+func (c *Client) batchOrHalves(ctx context.Context, batch []X509SVIDRequest) ([]X509SVIDResult, error) {
+	res, err := c.batchNewX509SVID(ctx, batch)
+	if err == nil || len(batch) == 1 || !answerTooLarge(err) {
+		return res, err
+	}
+	c.log.Debug("X509-SVID batch answer too large; sending it in halves", "csrs", len(batch))
+	half := len(batch) / 2
+	first, err := c.batchOrHalves(ctx, batch[:half])
+	if err != nil {
+		return first, err
+	}
+	second, err := c.batchOrHalves(ctx, batch[half:])
+	return append(first, second...), err
+}
+
+// answerTooLarge reports whether err is gRPC refusing a received message
+// over its size limit.
+func answerTooLarge(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "larger than max")
 }
 
 func (c *Client) batchNewX509SVID(ctx context.Context, batch []X509SVIDRequest) ([]X509SVIDResult, error) {

@@ -12,9 +12,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	grpcbackoff "google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/sigil-spiffe/sigil/bench/internal/stack"
@@ -107,29 +104,6 @@ func TestFleetSmoke(t *testing.T) {
 	}
 }
 
-// waitServing polls the server's admin socket until its health check says
-// SERVING.
-func waitServing(srv *testutil.Server, timeout time.Duration) error {
-	// Reconnect at once: gRPC's default backoff (1 s growing to 2 min)
-	// would add its own wait to the time to ready.
-	conn, err := grpc.NewClient("unix://"+srv.Config.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1, MaxDelay: 20 * time.Millisecond}, MinConnectTimeout: time.Second}))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	hc := healthpb.NewHealthClient(conn)
-	return testutil.Poll(timeout, 50*time.Millisecond, func() (bool, error) {
-		if srv.Proc.Exited() {
-			return false, fmt.Errorf("%s exited: %v", srv.Name(), srv.Proc.Err())
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, nil
-	})
-}
-
 // run starts the server kind ("sigil", "inproc" or "spire") and runs cfg
 // against it. With cfg.storm, Restart stops and starts the server process.
 func run(t *testing.T, kind string, cfg Config) *Report {
@@ -192,7 +166,7 @@ func run(t *testing.T, kind string, cfg Config) *Report {
 					t.Cleanup(func() { _ = srv.Proc.Stop(); release() })
 					t.Logf("restart: the server is confined to %v CPUs", *flagStormCPU)
 				}
-				if err := waitServing(srv, 10*time.Minute); err != nil {
+				if err := stack.WaitServing(srv, 10*time.Minute, 20*time.Millisecond); err != nil {
 					return 0, err
 				}
 				t.Logf("restart: ready %v after the start", time.Since(t0).Round(time.Millisecond))

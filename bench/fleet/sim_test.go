@@ -12,7 +12,6 @@ import (
 	"maps"
 	mrand "math/rand/v2"
 	"net/http"
-	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -255,7 +254,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	s := &sim{cfg: cfg, errs: map[string]int{}, retries: map[string]int{}, rep: &Report{Agents: cfg.Agents, KeyPerAgent: cfg.KeyPerAgent}}
 	rep := s.rep
-	rep.LoadBefore = loadAvg()
+	rep.LoadBefore = stack.LoadAvg()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -296,7 +295,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Errors = maps.Clone(s.errs)
 		rep.RetryReasons = maps.Clone(s.retries)
 		s.mu.Unlock()
-		rep.LoadAfter = loadAvg()
+		rep.LoadAfter = stack.LoadAvg()
 	}()
 
 	phase := func(name string, cpu *time.Duration, wall *time.Duration, f func() error) error {
@@ -1113,19 +1112,6 @@ func (s *sim) storm(ctx context.Context) error {
 	}
 	s.cfg.Progress("storm: restart %v, all back %v, not back %d", s.rep.StormRestart.Round(time.Millisecond), s.rep.StormRecovery.Round(time.Millisecond), left)
 	return nil
-}
-
-// loadAvg is the 1, 5 and 15 minute load averages.
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 // Markdown renders the report as a table row set.

@@ -20,10 +20,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
-	"google.golang.org/grpc"
-	grpcbackoff "google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sigil-spiffe/sigil/bench/internal/stack"
 	"github.com/sigil-spiffe/sigil/internal/adminclient"
@@ -213,7 +209,7 @@ func (d *dataset) newProbe(t *testing.T) {
 	srv := newServer(t, "", d.serverConfig(t))
 	srv.StartProcess(t)
 	defer srv.Stop(t)
-	if err := waitServing(srv, time.Hour); err != nil {
+	if err := stack.WaitServing(srv, time.Hour, 5*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	admin := srv.Admin(t)
@@ -398,7 +394,7 @@ func median(rs []result) result {
 		HWM:     med(func(r result) int64 { return r.HWM }),
 		RSS:     med(func(r result) int64 { return r.RSS }),
 		CPU:     time.Duration(med(func(r result) int64 { return int64(r.CPU) })),
-		Load:    loadAvg(),
+		Load:    stack.LoadAvg(),
 	}
 }
 
@@ -437,7 +433,7 @@ func (d *dataset) measure(t *testing.T, bin string, keepLog bool) result {
 		t.Fatal(err)
 	}
 	r.Listen = time.Since(t0)
-	if err := waitServing(srv, time.Hour); err != nil {
+	if err := stack.WaitServing(srv, time.Hour, 5*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	r.Serving = time.Since(t0)
@@ -475,41 +471,6 @@ func (d *dataset) measure(t *testing.T, bin string, keepLog bool) result {
 	}
 	r.HWM, r.RSS = m.PeakRSS, m.RSS
 	r.CPU, _ = stack.ProcessCPUTime(proc.Pid())
-	r.Load = loadAvg()
+	r.Load = stack.LoadAvg()
 	return r
-}
-
-// waitServing polls the server's admin socket until its health check says
-// SERVING, reconnecting at once (gRPC's default backoff would add its own
-// wait to the time measured).
-func waitServing(srv *testutil.Server, timeout time.Duration) error {
-	conn, err := grpc.NewClient("unix://"+srv.Config.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1, MaxDelay: 5 * time.Millisecond}, MinConnectTimeout: time.Second}))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	hc := healthpb.NewHealthClient(conn)
-	return testutil.Poll(timeout, 5*time.Millisecond, func() (bool, error) {
-		if srv.Proc.Exited() {
-			return false, fmt.Errorf("%s exited: %v", srv.Name(), srv.Proc.Err())
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, nil
-	})
-}
-
-// loadAvg is the 1, 5 and 15 minute load averages.
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }

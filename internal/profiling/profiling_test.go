@@ -207,10 +207,10 @@ func TestPeriodicDumps(t *testing.T) {
 	if p.Addr() != nil {
 		t.Errorf("a listener without Listen: %v", p.Addr())
 	}
-	checkMode(t, dir, 0o700)
+	testutil.CheckMode(t, dir, 0o700)
 	// cpu and trace record from the start.
 	for _, f := range []string{"server_current_cpu_profile", "server_current_trace_profile"} {
-		checkMode(t, filepath.Join(dir, f), 0o600)
+		testutil.CheckMode(t, filepath.Join(dir, f), 0o600)
 	}
 
 	var want []string
@@ -228,7 +228,7 @@ func TestPeriodicDumps(t *testing.T) {
 	}
 	for _, f := range want {
 		path := filepath.Join(dir, f)
-		checkMode(t, path, 0o600)
+		testutil.CheckMode(t, path, 0o600)
 		b, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
@@ -289,17 +289,6 @@ func waitFiles(t *testing.T, dir string, names []string) {
 	}
 }
 
-func checkMode(t *testing.T, path string, want os.FileMode) {
-	t.Helper()
-	fi, err := os.Lstat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := fi.Mode().Perm(); got != want {
-		t.Errorf("%s: mode %#o, want %#o", path, got, want)
-	}
-}
-
 // An existing dump directory is tightened to 0700; a symlink or a file in
 // its place is refused.
 func TestDumpDirectory(t *testing.T) {
@@ -318,7 +307,7 @@ func TestDumpDirectory(t *testing.T) {
 	if err := start(t, p)(); err != nil {
 		t.Fatal(err)
 	}
-	checkMode(t, loose, 0o700)
+	testutil.CheckMode(t, loose, 0o700)
 
 	link := filepath.Join(base, "link")
 	if err := os.Symlink(loose, link); err != nil {

@@ -78,24 +78,13 @@ func TestServerProfiling(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("%s holds %v, want a heap, goroutine and cpu dump", dir, files)
 	}
-	checkPerm(t, dir, 0o700)
+	testutil.CheckMode(t, dir, 0o700)
 	for _, f := range files {
-		checkPerm(t, filepath.Join(dir, f), 0o600)
+		testutil.CheckMode(t, filepath.Join(dir, f), 0o600)
 	}
 
 	s.Stop(t)
 	if _, err := os.Stat(filepath.Join(dir, "server_current_cpu_profile")); !os.IsNotExist(err) {
 		t.Errorf("the unfinished CPU recording is left after stop: %v", err)
-	}
-}
-
-func checkPerm(t *testing.T, path string, want os.FileMode) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := fi.Mode().Perm(); got != want {
-		t.Errorf("%s: mode %#o, want %#o", path, got, want)
 	}
 }

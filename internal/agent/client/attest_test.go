@@ -146,16 +146,24 @@ func serveChallenges(t *testing.T, s *challengeServer) string {
 		s.ca = testca.New(t, testca.TrustDomain(td))
 	}
 	s.t = t
-	serverSVID := s.ca.SVID(t, client.ServerID(td))
 	if s.seen == nil {
 		s.seen = make(chan string, 100)
 	}
+	return serveTLS(t, s.ca, func(srv *grpc.Server) { agentv1.RegisterAgentServer(srv, s) })
+}
+
+// serveTLS serves the services register adds over TLS on loopback, as
+// spiffe://<ca's trust domain>/spire/server with an SVID of ca, until the
+// test ends, and returns the address.
+func serveTLS(t *testing.T, ca *testca.CA, register func(*grpc.Server)) string {
+	t.Helper()
+	serverSVID := ca.SVID(t, client.ServerID(ca.TD))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: testca.DER(serverSVID.Certificates...), PrivateKey: serverSVID.PrivateKey}}})))
-	agentv1.RegisterAgentServer(srv, s)
+	register(srv)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	return lis.Addr().String()

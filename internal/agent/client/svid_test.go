@@ -2,9 +2,7 @@ package client_test
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -14,7 +12,6 @@ import (
 	svidv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/svid/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
 	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
@@ -61,16 +58,8 @@ func TestBatchNewX509SVIDSplitsAnswersTooLarge(t *testing.T) {
 		t.Fatalf("a batch answer of %d bytes would fit: the test proves nothing", n)
 	}
 
-	serverSVID := ca.SVID(t, client.ServerID(td))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: testca.DER(serverSVID.Certificates...), PrivateKey: serverSVID.PrivateKey}}})))
-	svidv1.RegisterSVIDServer(gs, srv)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	cl, err := client.Dial(client.Config{Addr: lis.Addr().String(), TrustDomain: td, Bundle: ca.Roots})
+	addr := serveTLS(t, ca, func(gs *grpc.Server) { svidv1.RegisterSVIDServer(gs, srv) })
+	cl, err := client.Dial(client.Config{Addr: addr, TrustDomain: td, Bundle: ca.Roots})
 	if err != nil {
 		t.Fatal(err)
 	}

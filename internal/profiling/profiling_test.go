@@ -127,23 +127,6 @@ func TestPprofOverHTTP(t *testing.T) {
 	}
 }
 
-func get(t *testing.T, url string) []byte {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s: %.200s", url, resp.Status, b)
-	}
-	return b
-}
-
 // A long /debug/pprof/profile request does not hold up the stop.
 func TestStopCutsLongProfileRequest(t *testing.T) {
 	p, err := New(Config{Listen: true, Port: freePort(t)})
@@ -344,4 +327,13 @@ func TestNewRejects(t *testing.T) {
 			t.Errorf("New(%+v): %v, want %q", c.cfg, err, c.want)
 		}
 	}
+}
+
+func get(t *testing.T, url string) []byte {
+	t.Helper()
+	code, b := testutil.Get(t, nil, url)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s: %d: %.200s", url, code, b)
+	}
+	return b
 }

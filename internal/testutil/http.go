@@ -31,3 +31,22 @@ func WaitHTTP(t testing.TB, url string, code int, prefix string, timeout time.Du
 	}
 	return last
 }
+
+// Get fetches url with c (http.DefaultClient when nil) and returns the
+// status code and body; a failed request or read fails the test.
+func Get(t testing.TB, c *http.Client, url string) (int, []byte) {
+	t.Helper()
+	if c == nil {
+		c = http.DefaultClient
+	}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}

@@ -3,7 +3,6 @@ package oidc_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -97,25 +96,18 @@ func start(t *testing.T, conf string, log *logs) *oidcapp.Provider {
 	return p
 }
 
-func fetch(t *testing.T, c *http.Client, url string) (int, string) {
-	t.Helper()
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
-}
-
 // TestUnixSocketAndFileSource: behind a proxy on a unix socket (0777),
 // with keys from a SPIFFE bundle file: discovery answers for the
 // configured domain, /keys serves the file's keys and follows the file;
 // the health checks say ready once keys were read; a second provider on
 // the same live socket is refused.
+// fetch is testutil.Get with the body as text.
+func fetch(t *testing.T, c *http.Client, url string) (int, string) {
+	t.Helper()
+	code, b := testutil.Get(t, c, url)
+	return code, string(b)
+}
+
 func TestUnixSocketAndFileSource(t *testing.T) {
 	dir := testutil.ShortTempDir(t)
 	sock := filepath.Join(dir, "run", "oidc.sock")

@@ -739,9 +739,15 @@ func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorized
 		return s.syncRound(ctx, stream, agent, mask, sig)
 	}
 
+	// entries is the round's list, kept only while a revisions round
+	// waits for the client's id requests: an idle stream holds none of
+	// it (thousands of streams stay open between changes).
 	entries, awaitingEnd, err := round()
 	if err != nil {
 		return err
+	}
+	if !awaitingEnd {
+		entries = nil
 	}
 	for {
 		if awaitingEnd {
@@ -754,6 +760,7 @@ func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorized
 				}
 				if len(req.Ids) == 0 {
 					awaitingEnd = false
+					entries = nil
 				}
 			case <-expired:
 				expired = nil
@@ -773,13 +780,22 @@ func (s *Service) watch(ctx context.Context, stream entryv1.Entry_SyncAuthorized
 			if err != nil {
 				return err
 			}
+			if !awaitingEnd {
+				entries = nil
+			}
 		case <-expired:
 			expired = nil
 			if err := s.revalidate(ctx, caller); err != nil {
 				return err
 			}
 		case req := <-reqs:
-			if err := s.sendRequested(stream, entries, req.Ids); err != nil {
+			// Ids outside a revisions round: answered from the
+			// agent's authorized entries as they are now.
+			current, err := s.authorized(ctx, agent, mask)
+			if err != nil {
+				return err
+			}
+			if err := s.sendRequested(stream, current, req.Ids); err != nil {
 				return err
 			}
 		case err := <-recvErr:

@@ -835,6 +835,36 @@ func TestSyncWatchFull(t *testing.T) {
 	}
 }
 
+// Ids asked for between rounds (after a full round, which keeps no list
+// on the stream) are answered from the agent's authorized entries as they
+// are then: an entry created since the round is found, one never
+// authorized is not.
+func TestSyncWatchIdsBetweenRounds(t *testing.T) {
+	e := newEnv(t, 0)
+	names := authWorld(t, e)
+	stream, err := e.client.SyncAuthorizedEntries(watchCtx(t, agent2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fullRound(t, stream, names); len(got) != 2 {
+		t.Fatalf("round 1 = %v", got)
+	}
+	created := e.mustCreate(t, mk("/w/new", "/spire/agent/a2", nil, "", false, sel("unix", "uid:9")))
+	// The creation's own round, full (the page limit is off here).
+	if got := fullRound(t, stream, names); len(got) != 3 {
+		t.Fatalf("round 2 = %v", got)
+	}
+	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{Ids: []string{created[0].Id, "unknown"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := recvEntries(t, stream); !slices.Equal(got, []string{created[0].Id}) {
+		t.Fatalf("ids between rounds: %v, want [%s]", got, created[0].Id)
+	}
+}
+
 func TestSyncWatchRevisions(t *testing.T) {
 	e := newEnv(t, 2)
 	names := authWorld(t, e)

@@ -45,6 +45,7 @@ import (
 	"github.com/sigil-spiffe/sigil/bench/internal/stack"
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
 	"github.com/sigil-spiffe/sigil/internal/testutil"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // TestMain removes the sigil-server binary the benchmarks build. Run with
@@ -110,7 +111,7 @@ func benchAttest(b *testing.B, streams int) {
 			b.Fatal(err)
 		}
 		tokens[i] = resp.Value
-		csrs[i] = newCSR(b)
+		_, csrs[i] = testca.CSR(b)
 	}
 
 	var answered atomic.Int64
@@ -326,17 +327,4 @@ func badAttempt(ctx context.Context, agents agentv1.AgentClient, token string, c
 	}
 	_, err = stream.Recv()
 	return err
-}
-
-func newCSR(b *testing.B) []byte {
-	b.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		b.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return der
 }

@@ -2,9 +2,6 @@ package fleet
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -539,15 +536,6 @@ func (s *sim) dial(svid *x509svid.SVID) (*client.Client, error) {
 	return client.Dial(cfg)
 }
 
-func newCSR() (*ecdsa.PrivateKey, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	return key, csr, err
-}
-
 // attestAll attests every agent with its join token, each on its own
 // connection (as an agent does), then dials its mTLS connection.
 func (s *sim) attestAll(ctx context.Context) error {
@@ -570,7 +558,7 @@ func (s *sim) attestAll(ctx context.Context) error {
 }
 
 func (s *sim) attest(ctx context.Context, a *agent) error {
-	key, csr, err := newCSR()
+	key, csr, err := stack.NewCSR()
 	if err != nil {
 		return err
 	}
@@ -797,7 +785,7 @@ func (s *sim) sign(ctx context.Context, a *agent, c *client.Client, entries []*c
 	for i, e := range entries {
 		if csr == nil || !s.cfg.KeyPerAgent {
 			var err error
-			if _, csr, err = newCSR(); err != nil {
+			if _, csr, err = stack.NewCSR(); err != nil {
 				return err
 			}
 		}
@@ -989,7 +977,7 @@ func (s *sim) renewAll(ctx context.Context) error {
 }
 
 func (s *sim) renew(ctx context.Context, a *agent) error {
-	key, csr, err := newCSR()
+	key, csr, err := stack.NewCSR()
 	if err != nil {
 		return err
 	}

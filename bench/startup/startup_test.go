@@ -2,9 +2,6 @@ package startup
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
 	"flag"
@@ -334,18 +331,9 @@ func (d *dataset) bulk(t *testing.T) {
 	t.Logf("datastore: %d entries, %d agents, written in %v", ne, nn, time.Since(t0).Round(time.Second))
 }
 
-func newCSR() (*ecdsa.PrivateKey, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	return key, csr, err
-}
-
 // attest attests a new agent with a join token and returns its SVID.
 func attest(ctx context.Context, addr string, bundle []*x509.Certificate, id spiffeid.ID, token string) (*x509svid.SVID, error) {
-	key, csr, err := newCSR()
+	key, csr, err := stack.NewCSR()
 	if err != nil {
 		return nil, err
 	}

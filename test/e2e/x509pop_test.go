@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"strings"
 	"testing"
 
@@ -56,14 +54,14 @@ func (r responder) Respond(ctx context.Context, ch []byte) ([]byte, error) {
 func TestX509PoPOverGRPC(t *testing.T) {
 	ca := testutil.NewDeviceCA(t, testutil.ShortTempDir(t))
 	srv := testutil.StartServer(t, testutil.ServerConfig{Plugins: []testutil.Plugin{ca.ServerPlugin()}})
-	roots := parsePEM(t, srv.Admin(t).BundlePEM(t))
+	roots := testca.ParseCertsPEM(t, srv.Admin(t).BundlePEM(t))
 	c, err := client.Dial(client.Config{Addr: srv.Addr(), TrustDomain: srv.TrustDomain(), Bundle: func() []*x509.Certificate { return roots }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	ctx := context.Background()
-	csr := newCSR(t)
+	csr := csrOf(t)
 	attest := func(r client.Responder) (*client.Attestation, error) {
 		return c.AttestAgent(ctx, x509pop.Type, r, csr)
 	}
@@ -126,28 +124,9 @@ func TestX509PoPOverGRPC(t *testing.T) {
 	}
 }
 
-func parsePEM(t *testing.T, b []byte) []*x509.Certificate {
+// csrOf is a certificate request of a new key.
+func csrOf(t *testing.T) []byte {
 	t.Helper()
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return out
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c)
-	}
-}
-
-func newCSR(t *testing.T) []byte {
-	t.Helper()
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, testca.NewECKey(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, csr := testca.CSR(t)
 	return csr
 }

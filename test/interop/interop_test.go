@@ -11,8 +11,6 @@ package interop
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"os"
 	"os/exec"
 	"strconv"
@@ -28,6 +26,7 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/testutil"
 	"github.com/sigil-spiffe/sigil/internal/testutil/kubetest"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // The Kubernetes API server (kubetest) starts only for the tests that ask.
@@ -80,7 +79,7 @@ func checkWorkload(t *testing.T, srv *testutil.Server, agent *testutil.Agent, id
 		t.Fatal(err)
 	}
 	want := map[string]bool{}
-	for _, c := range parsePEMCerts(t, srv.Admin(t).BundlePEM(t)) {
+	for _, c := range testca.ParseCertsPEM(t, srv.Admin(t).BundlePEM(t)) {
 		want[string(c.Raw)] = true
 	}
 	for _, c := range served.X509Authorities() {
@@ -114,23 +113,6 @@ func checkWorkload(t *testing.T, srv *testutil.Server, agent *testutil.Agent, id
 	// The Workload API's own validation (ValidateJWTSVID) agrees.
 	if _, err := client.ValidateJWTSVID(ctx, jwt.Marshal(), "interop"); err != nil {
 		t.Fatalf("%s: ValidateJWTSVID: %v", agent.Name(), err)
-	}
-}
-
-func parsePEMCerts(t *testing.T, pemBytes []byte) []*x509.Certificate {
-	t.Helper()
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, pemBytes = pem.Decode(pemBytes)
-		if b == nil {
-			return out
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c)
 	}
 }
 

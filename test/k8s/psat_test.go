@@ -7,9 +7,7 @@ package k8s
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"os"
 	"path/filepath"
 	"slices"
@@ -175,14 +173,14 @@ func TestPSATAgent(t *testing.T) {
 func TestPSATOverGRPC(t *testing.T) {
 	c := newPSATCluster(t)
 	srv := testutil.StartServer(t, testutil.ServerConfig{Plugins: []testutil.Plugin{c.serverPlugin()}})
-	roots := parsePEM(t, srv.Admin(t).BundlePEM(t))
+	roots := testca.ParseCertsPEM(t, srv.Admin(t).BundlePEM(t))
 	cl, err := client.Dial(client.Config{Addr: srv.Addr(), TrustDomain: srv.TrustDomain(), Bundle: func() []*x509.Certificate { return roots }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
 	ctx := context.Background()
-	csr := newCSR(t)
+	csr := csrOf(t)
 	attest := func(cluster, token string) (*client.Attestation, error) {
 		path := filepath.Join(t.TempDir(), "token")
 		if err := os.WriteFile(path, []byte(token), 0o600); err != nil {
@@ -228,28 +226,9 @@ func TestPSATOverGRPC(t *testing.T) {
 	expect("deleted pod", err, codes.PermissionDenied, "")
 }
 
-func parsePEM(t *testing.T, b []byte) []*x509.Certificate {
+// csrOf is a certificate request of a new key.
+func csrOf(t *testing.T) []byte {
 	t.Helper()
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return out
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c)
-	}
-}
-
-func newCSR(t *testing.T) []byte {
-	t.Helper()
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, testca.NewECKey(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, csr := testca.CSR(t)
 	return csr
 }

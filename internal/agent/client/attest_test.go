@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -169,16 +168,6 @@ func serveTLS(t *testing.T, ca *testca.CA, register func(*grpc.Server)) string {
 	return lis.Addr().String()
 }
 
-func newCSR(t *testing.T) (*ecdsa.PrivateKey, []byte) {
-	t.Helper()
-	k := testca.NewECKey(t)
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k, csr
-}
-
 func drain(ch chan string) []string {
 	var out []string
 	for {
@@ -197,7 +186,7 @@ func drain(ch chan string) []string {
 func TestAttestAgentChallenges(t *testing.T) {
 	s := &challengeServer{challenges: [][]byte{[]byte("first"), []byte("second")}}
 	cl := startChallengeServer(t, s)
-	key, csr := newCSR(t)
+	key, csr := testca.CSR(t)
 	r := &reverser{}
 	a, err := cl.AttestAgent(context.Background(), "test_cr", r, csr)
 	if err != nil {
@@ -222,7 +211,7 @@ func TestAttestAgentChallenges(t *testing.T) {
 func TestAttestAgentNoChallenge(t *testing.T) {
 	s := &challengeServer{}
 	cl := startChallengeServer(t, s)
-	_, csr := newCSR(t)
+	_, csr := testca.CSR(t)
 	r := &reverser{failWith: errors.New("must not be called")}
 	if _, err := cl.AttestAgent(context.Background(), "test_cr", r, csr); err != nil {
 		t.Fatalf("AttestAgent: %v", err)
@@ -235,7 +224,7 @@ func TestAttestAgentNoChallenge(t *testing.T) {
 func TestAttestAgentSessionFails(t *testing.T) {
 	s := &challengeServer{challenges: [][]byte{[]byte("x")}}
 	cl := startChallengeServer(t, s)
-	_, csr := newCSR(t)
+	_, csr := testca.CSR(t)
 	boom := errors.New("TPM unavailable")
 	_, err := cl.AttestAgent(context.Background(), "test_cr", &reverser{failWith: boom}, csr)
 	if !errors.Is(err, boom) {
@@ -267,7 +256,7 @@ func TestAttestAgentSessionFails(t *testing.T) {
 func TestAttestAgentRefused(t *testing.T) {
 	s := &challengeServer{challenges: [][]byte{[]byte("x")}, refuse: status.Error(codes.PermissionDenied, "failed to attest: certificate revoked")}
 	cl := startChallengeServer(t, s)
-	_, csr := newCSR(t)
+	_, csr := testca.CSR(t)
 	_, err := cl.AttestAgent(context.Background(), "test_cr", &reverser{}, csr)
 	msg, refused := client.AttestationRefused(err)
 	if !refused || msg != "failed to attest: certificate revoked" {
@@ -280,7 +269,7 @@ func TestAttestAgentRefused(t *testing.T) {
 func TestAttestAgentEndlessChallenges(t *testing.T) {
 	s := &challengeServer{endless: true}
 	cl := startChallengeServer(t, s)
-	_, csr := newCSR(t)
+	_, csr := testca.CSR(t)
 	r := &reverser{}
 	_, err := cl.AttestAgent(context.Background(), "test_cr", r, csr)
 	if err == nil {
@@ -296,7 +285,7 @@ func TestAttestAgentEndlessChallenges(t *testing.T) {
 func TestAttestJoinTokenRefusesChallenge(t *testing.T) {
 	s := &challengeServer{typ: "join_token", payload: "tok", challenges: [][]byte{[]byte("x")}}
 	cl := startChallengeServer(t, s)
-	_, csr := newCSR(t)
+	_, csr := testca.CSR(t)
 	_, err := cl.AttestJoinToken(context.Background(), "tok", csr)
 	if err == nil {
 		t.Fatal("AttestJoinToken answered a challenge")

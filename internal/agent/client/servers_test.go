@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/sigil-spiffe/sigil/internal/agent/client"
+	"github.com/sigil-spiffe/sigil/internal/testutil/testca"
 )
 
 // deadAddr is a loopback address nothing listens on.
@@ -27,7 +28,7 @@ func attestThrough(t *testing.T, servers *client.Servers, s *challengeServer) er
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	_, csr := newCSR(t)
+	_, csr := testca.CSR(t)
 	_, err = cl.AttestAgent(context.Background(), "test_cr", &reverser{}, csr)
 	return err
 }

@@ -65,7 +65,7 @@ func TestBatchNewX509SVIDSplitsAnswersTooLarge(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = cl.Close() })
 
-	_, csr := newCSR(t)
+	_, csr := testca.CSR(t)
 	reqs := make([]client.X509SVIDRequest, client.MaxX509SVIDBatch+3)
 	for i := range reqs {
 		reqs[i] = client.X509SVIDRequest{EntryID: fmt.Sprintf("entry-%04d", i), CSR: csr}

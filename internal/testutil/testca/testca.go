@@ -398,6 +398,40 @@ func CertsPEM(certs ...*x509.Certificate) []byte {
 	return out
 }
 
+// ParseCertsPEM decodes the CERTIFICATE blocks of concatenated PEM (other
+// blocks are skipped).
+func ParseCertsPEM(tb testing.TB, b []byte) []*x509.Certificate {
+	tb.Helper()
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return out
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			tb.Fatalf("testca: parse certificate: %v", err)
+		}
+		out = append(out, c)
+	}
+}
+
+// CSR is a new P-256 key and a certificate request signed with it (no
+// subject: an X509-SVID's CSR, whose identity the server sets).
+func CSR(tb testing.TB) (*ecdsa.PrivateKey, []byte) {
+	tb.Helper()
+	key := NewECKey(tb)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		tb.Fatalf("testca: create CSR: %v", err)
+	}
+	return key, der
+}
+
 // KeyPEM encodes a private key as a PKCS#8 PEM PRIVATE KEY block.
 func KeyPEM(tb testing.TB, key crypto.Signer) []byte {
 	tb.Helper()

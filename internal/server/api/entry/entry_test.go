@@ -787,16 +787,24 @@ func fullRound(t testing.TB, stream entryv1.Entry_SyncAuthorizedEntriesClient, n
 	return paths(names, resp.Entries)
 }
 
-func TestSyncWatchFull(t *testing.T) {
-	e := newEnv(t, 0)
-	names := authWorld(t, e)
-	stream, err := e.client.SyncAuthorizedEntries(watchCtx(t, agent2))
+// openWatch opens a watch-mode sync stream as agent and sends its first
+// request.
+func openWatch(t *testing.T, e *env, agent string) entryv1.Entry_SyncAuthorizedEntriesClient {
+	t.Helper()
+	stream, err := e.client.SyncAuthorizedEntries(watchCtx(t, agent))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{}); err != nil {
 		t.Fatal(err)
 	}
+	return stream
+}
+
+func TestSyncWatchFull(t *testing.T) {
+	e := newEnv(t, 0)
+	names := authWorld(t, e)
+	stream := openWatch(t, e, agent2)
 	if got, want := fullRound(t, stream, names), []string{"/w/agent2", "/w/via-cluster"}; !slices.Equal(got, want) {
 		t.Fatalf("round 1 = %v, want %v", got, want)
 	}
@@ -842,13 +850,7 @@ func TestSyncWatchFull(t *testing.T) {
 func TestSyncWatchIdsBetweenRounds(t *testing.T) {
 	e := newEnv(t, 0)
 	names := authWorld(t, e)
-	stream, err := e.client.SyncAuthorizedEntries(watchCtx(t, agent2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{}); err != nil {
-		t.Fatal(err)
-	}
+	stream := openWatch(t, e, agent2)
 	if got := fullRound(t, stream, names); len(got) != 2 {
 		t.Fatalf("round 1 = %v", got)
 	}
@@ -868,13 +870,7 @@ func TestSyncWatchIdsBetweenRounds(t *testing.T) {
 func TestSyncWatchRevisions(t *testing.T) {
 	e := newEnv(t, 2)
 	names := authWorld(t, e)
-	stream, err := e.client.SyncAuthorizedEntries(watchCtx(t, agent2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&entryv1.SyncAuthorizedEntriesRequest{}); err != nil {
-		t.Fatal(err)
-	}
+	stream := openWatch(t, e, agent2)
 	// 2 entries fit in one page: a full round.
 	if got := fullRound(t, stream, names); len(got) != 2 {
 		t.Fatalf("round 1 = %v", got)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/sigil-spiffe/sigil/internal/clip"
 	"github.com/sigil-spiffe/sigil/internal/config"
+
+	"github.com/sigil-spiffe/sigil/internal/attest/node"
 )
 
 // Tenant is one tenant of tenants { "<tenant domain>" { ... } }.
@@ -186,7 +188,7 @@ func ParseServerConfig(d *config.PluginData, parseTemplate func(string) (PathTem
 	d.String("metadata_endpoint", &c.MetadataEndpoint)
 	for _, e := range []struct{ key, v string }{{"login_endpoint", c.LoginEndpoint}, {"management_endpoint", c.ManagementEndpoint}, {"metadata_endpoint", c.MetadataEndpoint}} {
 		if e.v != "" {
-			if _, err := parseEndpoint(e.v); err != nil {
+			if _, err := node.ParseEndpoint(e.v); err != nil {
 				d.Errorf(e.key, "%s: %v", e.key, err)
 			}
 		}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/sigil-spiffe/sigil/internal/attest/node"
@@ -44,16 +43,6 @@ type Agent struct {
 	client *http.Client
 }
 
-// parseEndpoint checks an endpoint URL and returns it without a trailing
-// "/".
-func parseEndpoint(s string) (string, error) {
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return "", fmt.Errorf("%s is not an http:// or https:// URL with a host", clip.Quote(s))
-	}
-	return strings.TrimSuffix(u.String(), "/"), nil
-}
-
 // NewAgent returns the agent half. It talks to the metadata service only
 // when an attestation begins.
 func NewAgent(c AgentConfig) (*Agent, error) {
@@ -64,7 +53,7 @@ func NewAgent(c AgentConfig) (*Agent, error) {
 	if res == "" {
 		res = DefaultResourceID
 	}
-	base, err := parseEndpoint(ep)
+	base, err := node.ParseEndpoint(ep)
 	if err != nil {
 		return nil, fmt.Errorf("azure_msi: metadata_endpoint: %w", err)
 	}

@@ -2,6 +2,8 @@ package azuremsi
 
 import (
 	"github.com/sigil-spiffe/sigil/internal/config"
+
+	"github.com/sigil-spiffe/sigil/internal/attest/node"
 )
 
 // ParseServerConfig reads the plugin_data of the server's NodeAttestor
@@ -51,7 +53,7 @@ func ParseServerConfig(d *config.PluginData, parseTemplate func(string) (PathTem
 	}
 	for _, e := range []struct{ key, v string }{{"login_endpoint", c.LoginEndpoint}, {"management_endpoint", c.ManagementEndpoint}, {"metadata_endpoint", c.MetadataEndpoint}} {
 		if e.v != "" {
-			if _, err := parseEndpoint(e.v); err != nil {
+			if _, err := node.ParseEndpoint(e.v); err != nil {
 				d.Errorf(e.key, "%s: %v", e.key, err)
 			}
 		}

@@ -101,7 +101,7 @@ func (c ServerConfig) Validate() error {
 	}
 	for _, e := range []struct{ key, v string }{{"login_endpoint", c.LoginEndpoint}, {"management_endpoint", c.ManagementEndpoint}, {"metadata_endpoint", c.MetadataEndpoint}} {
 		if e.v != "" {
-			if _, err := parseEndpoint(e.v); err != nil {
+			if _, err := node.ParseEndpoint(e.v); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", e.key, err))
 			}
 		}
